@@ -1,0 +1,25 @@
+//! The `fanout.dev/v1alpha1` API shared by every Fanout component.
+//!
+//! - [`target`] and [`route`]: the two custom resources, as users write them.
+//! - [`policy`]: retry, circuit breaker, rate limit and auth specs used by both.
+//! - [`settings`]: a spec resolved into the effective, validated delivery policy.
+//! - [`names`]: how NATS streams, subjects, consumers and keys are named.
+//! - [`crd`]: the CustomResourceDefinitions generated from these types.
+
+pub mod crd;
+pub mod duration;
+pub mod names;
+pub mod policy;
+pub mod route;
+pub mod settings;
+pub mod status;
+pub mod target;
+
+pub use duration::Duration;
+pub use route::{FanOutRoute, FanOutRouteSpec, FanOutRouteStatus};
+pub use target::{ApiTarget, ApiTargetSpec, ApiTargetStatus};
+
+/// API group of every Fanout resource.
+pub const GROUP: &str = "fanout.dev";
+/// API version of every Fanout resource.
+pub const VERSION: &str = "v1alpha1";

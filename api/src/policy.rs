@@ -1,0 +1,216 @@
+//! Delivery policies shared by `ApiTarget` and a route's per-target overrides.
+//!
+//! Every field is optional in the schema: an override names only what it changes, and
+//! the effective value is resolved field by field (route override, then the target,
+//! then the default) in [`crate::settings`]. The defaults are listed in each field's
+//! documentation, which is what `kubectl explain` shows.
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// How the wait between attempts grows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BackoffKind {
+    /// initialDelay * 2^(attempt-1), capped at maxDelay.
+    #[default]
+    Exponential,
+    /// initialDelay * attempt, capped at maxDelay.
+    Linear,
+    /// Always initialDelay.
+    Constant,
+}
+
+/// How much randomness is applied to each computed delay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum JitterKind {
+    /// A uniformly random delay between 0 and the computed delay ("full jitter"):
+    /// spreads retries of many events apart so a recovering API is not hit in lockstep.
+    #[default]
+    Full,
+    /// Half the computed delay plus a random part of up to the other half.
+    Equal,
+    /// Exactly the computed delay.
+    None,
+}
+
+/// When and how a failed delivery is attempted again.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.initialDelay) || !has(self.maxDelay) || duration(self.maxDelay) >= duration(self.initialDelay)").message("maxDelay must be greater than or equal to initialDelay"))]
+pub struct RetrySpec {
+    /// Total number of attempts per event and target, the first one included
+    /// (1 disables retries). When they are used up the event goes to the dead-letter
+    /// stream. Default: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_attempts: Option<u32>,
+
+    /// Shape of the wait between attempts: exponential, linear or constant.
+    /// Default: exponential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffKind>,
+
+    /// Randomness applied to each wait: full, equal or none. Default: full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<JitterKind>,
+
+    /// Wait before the second attempt, e.g. 500ms. Default: 500ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<Duration>,
+
+    /// Upper bound of any computed wait, e.g. 5m. Default: 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<Duration>,
+
+    /// Longest `Retry-After` (seconds or HTTP date) a target may ask for; a longer
+    /// request is shortened to this. 0s ignores Retry-After. Default: 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_max: Option<Duration>,
+
+    /// Response codes that are retried: exact codes ("503") or classes ("5xx").
+    /// Network errors and timeouts are always retried; any other non-2xx response is a
+    /// permanent failure and goes straight to the dead-letter stream.
+    /// Default: ["408", "429", "5xx"].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(c, c.matches('^([3-5][0-9][0-9]|[3-5]xx)$'))").message("each entry must be a 3xx-5xx status code such as \"503\" or a class such as \"5xx\""))]
+    pub retryable_status_codes: Option<Vec<String>>,
+
+    /// Codes that are never retried even when they match retryableStatusCodes, written
+    /// the same way. Default: ["501"] (Not Implemented will not start working).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(c, c.matches('^([3-5][0-9][0-9]|[3-5]xx)$'))").message("each entry must be a 3xx-5xx status code such as \"501\" or a class such as \"4xx\""))]
+    pub non_retryable_status_codes: Option<Vec<String>>,
+}
+
+/// Stops sending to a target that keeps failing, so its backlog waits in the stream
+/// instead of using up retry attempts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.openDuration) || !has(self.maxOpenDuration) || duration(self.maxOpenDuration) >= duration(self.openDuration)").message("maxOpenDuration must be greater than or equal to openDuration"))]
+pub struct CircuitBreakerSpec {
+    /// Whether the breaker is used at all. Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
+    /// Share of failed attempts within the window that opens the circuit, in (0, 1].
+    /// Default: 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0").message("failureRatio must be greater than 0 and at most 1"))]
+    pub failure_ratio: Option<f64>,
+
+    /// Attempts that must have been made within the window before the ratio is
+    /// judged, so a single early failure cannot open the circuit. Default: 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub minimum_requests: Option<u32>,
+
+    /// Sliding window over which the failure ratio is computed. Default: 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Duration>,
+
+    /// How long the circuit stays open before probing. Repeated openings double it,
+    /// up to maxOpenDuration. Default: 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_duration: Option<Duration>,
+
+    /// Cap on the growing open duration. Default: 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_open_duration: Option<Duration>,
+
+    /// Requests let through while half-open; all must succeed to close the circuit,
+    /// any failure opens it again. Default: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub half_open_probes: Option<u32>,
+}
+
+/// A token bucket shared by all dispatcher replicas of a route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Sustained requests per second to this target, summed over all replicas.
+    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1000000.0").message("requestsPerSecond must be greater than 0 and at most 1000000"))]
+    pub requests_per_second: f64,
+
+    /// Requests that may be sent at once after an idle period. Default: the rate
+    /// rounded up, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: Option<u32>,
+}
+
+/// A key in a Secret in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A Secret in the same namespace, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// `Authorization: Bearer <token>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BearerAuth {
+    /// The Secret key holding the token.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// `Authorization: Basic ...` from a username and password in one Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    /// The Secret holding the credentials.
+    pub secret_ref: SecretRef,
+    /// Key of the username in the Secret. Default: username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_key: Option<String>,
+    /// Key of the password in the Secret. Default: password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_key: Option<String>,
+}
+
+/// Payload signing with the Standard Webhooks scheme (`webhook-id`,
+/// `webhook-timestamp`, `webhook-signature` headers, HMAC-SHA256).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningSpec {
+    /// The Secret key holding the signing secret (`whsec_` followed by base64, or raw base64).
+    pub secret_ref: SecretKeyRef,
+}
+
+/// Credentials sent with each request. Secrets are read by the dispatcher at run
+/// time; they are never copied into rendered configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.bearer) && has(self.basic))").message("choose one of bearer and basic, not both"))]
+pub struct AuthSpec {
+    /// Bearer token authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer: Option<BearerAuth>,
+    /// Basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicAuth>,
+    /// Standard Webhooks payload signature; combines with bearer or basic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningSpec>,
+}

@@ -1,0 +1,299 @@
+//! `FanOutRoute`: one stream of events and the targets it fans out to.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::policy::{CircuitBreakerSpec, RateLimitSpec, RetrySpec};
+use crate::status::{CircuitState, Condition};
+
+/// Events published to a route's subjects are stored once and delivered to every
+/// target independently, with each target's retry, circuit breaker and rate limit.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "fanout.dev",
+    version = "v1alpha1",
+    kind = "FanOutRoute",
+    doc = "A stream of events and the ApiTargets it fans out to. Each event is stored once in JetStream and delivered to every target independently.",
+    plural = "fanoutroutes",
+    namespaced,
+    status = "FanOutRouteStatus",
+    shortname = "fr",
+    category = "fanout",
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label (lowercase letters, digits and '-', at most 63 characters, no dots): it becomes part of NATS stream and subject names"),
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Targets","type":"string","description":"healthy/total targets","jsonPath":".status.healthyTargets"}"#,
+    printcolumn = r#"{"name":"Pending","type":"integer","description":"events waiting for delivery, summed over targets","jsonPath":".status.pending"}"#,
+    printcolumn = r#"{"name":"Dead-Lettered","type":"integer","jsonPath":".status.deadLettered"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FanOutRouteSpec {
+    /// Where events come from and how long they are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+
+    /// The APIs each event is delivered to. Names are unique within the route.
+    #[schemars(length(min = 1, max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub targets: Vec<RouteTargetSpec>,
+
+    /// Where events go that could not be delivered to a target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterSpec>,
+
+    /// The dispatcher pods that deliver this route's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatcher: Option<DispatcherSpec>,
+}
+
+/// The route's JetStream stream.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// Extra NATS subjects captured by the stream, besides the route's own ingest
+    /// subject `fanout.in.<namespace>.<route>.>` that the gateway publishes to.
+    /// The first token must be literal and `fanout.` is reserved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(s, s.size() <= 255 && s.matches('^[A-Za-z0-9_-]+([.]([A-Za-z0-9_-]+|[*]))*([.]>)?$'))").message("each subject must be a NATS subject of at most 255 characters: dot-separated tokens of letters, digits, '_' or '-', '*' for one token, a final '>' for the rest; the first token must be literal"))]
+    #[x_kube(validation = Rule::new("self.all(s, s != 'fanout' && !s.startsWith('fanout.'))").message("subjects under 'fanout.' are reserved for Fanout's own ingest, redrive and dead-letter subjects"))]
+    pub subjects: Vec<String>,
+
+    /// How long and how much the stream keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+
+    /// Where JetStream keeps messages: file or memory. Default: file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageKind>,
+
+    /// JetStream replicas of the stream: 1, or 3 on a clustered NATS. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 1 || self == 3").message("replicas must be 1 or 3"))]
+    pub replicas: Option<u8>,
+
+    /// Window in which a repeated event id (Idempotency-Key or Nats-Msg-Id) is stored
+    /// only once. Default: 2m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_window: Option<Duration>,
+}
+
+/// Retention limits of a stream; the oldest events are removed first.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Oldest event kept. Default: 72h for the route's stream, 336h for dead letters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    /// Bytes kept at most. Default: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_bytes: Option<i64>,
+    /// Events kept at most. Default: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_messages: Option<i64>,
+}
+
+/// JetStream storage backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StorageKind {
+    /// Survives a NATS restart.
+    #[default]
+    File,
+    /// Faster, lost when NATS restarts.
+    Memory,
+}
+
+/// One target of a route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTargetSpec {
+    /// Name of this target within the route; also the name of its JetStream consumer.
+    #[schemars(length(min = 1, max = 48))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("target name must be lowercase letters, digits and '-', starting and ending with a letter or digit"))]
+    pub name: String,
+
+    /// The `ApiTarget` (in the route's namespace) that receives the events.
+    pub api_target_ref: ApiTargetRef,
+
+    /// Only events that match are delivered to this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterSpec>,
+
+    /// Changes to the ApiTarget's policies for this route only; fields left out keep
+    /// the ApiTarget's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<PolicyOverrides>,
+}
+
+/// Reference to an `ApiTarget` in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiTargetRef {
+    /// Name of the ApiTarget.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Which events a target receives. All given conditions must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FilterSpec {
+    /// NATS subject patterns; the event's subject must match one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(s, s.size() <= 255 && s.matches('^([A-Za-z0-9_-]+|[*])([.]([A-Za-z0-9_-]+|[*]))*([.]>)?$|^>$'))").message("each subject must be a NATS subject pattern: dot-separated tokens of letters, digits, '_' or '-', '*' for one token, a final '>' for the rest"))]
+    pub subjects: Vec<String>,
+
+    /// Event headers that must be present with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Per-route changes to an ApiTarget's delivery policy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyOverrides {
+    /// Replaces the ApiTarget's timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Fields given here replace the ApiTarget's retry fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Fields given here replace the ApiTarget's circuit breaker fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    /// Replaces the ApiTarget's rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Replaces the ApiTarget's maxInFlight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_in_flight: Option<u32>,
+}
+
+/// The dead-letter stream of a route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterSpec {
+    /// Keep undeliverable events in a dead-letter stream. When false they are
+    /// discarded after the last attempt (and counted). Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// How long and how much the dead-letter stream keeps. Default maxAge: 336h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+}
+
+/// When the kubelet pulls the dispatcher image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// The Deployment of dispatcher pods for the route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatcherSpec {
+    /// Number of dispatcher pods. Rate limits and in-flight limits are shared among
+    /// them. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 64))]
+    pub replicas: Option<i32>,
+    /// CPU and memory for each dispatcher container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Dispatcher image. Default: the image the operator was installed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// Pull policy of the dispatcher image. Default: the operator's setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+}
+
+/// What the operator observed about a route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FanOutRouteStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `StreamReady`, `DispatcherAvailable`, `TargetsHealthy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// The route's stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
+
+    /// The route's dead-letter stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_stream: Option<StreamStatus>,
+
+    /// Delivery health of each target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetStatus>,
+
+    /// Healthy targets out of all, e.g. "2/3" (shown by `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_targets: Option<String>,
+
+    /// Events waiting for delivery, summed over targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
+
+    /// Events dead-lettered, summed over targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_lettered: Option<u64>,
+}
+
+/// Size of a JetStream stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStatus {
+    /// Stream name in JetStream.
+    pub name: String,
+    /// Messages stored.
+    pub messages: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
+/// Delivery health of one target of a route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    /// The target's name in the route.
+    pub name: String,
+    /// Worst circuit state reported by the dispatcher replicas.
+    pub circuit: CircuitState,
+    /// Events not yet delivered to this target.
+    pub pending: u64,
+    /// Deliveries currently in progress.
+    pub in_flight: u64,
+    /// Events delivered successfully.
+    pub delivered: u64,
+    /// Failed attempts (each retry counts).
+    pub failed: u64,
+    /// Events sent to the dead-letter stream.
+    pub dead_lettered: u64,
+    /// When an event was last delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<Time>,
+    /// The most recent delivery error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
