@@ -77,14 +77,14 @@ pub struct RetrySpec {
     /// permanent failure and goes straight to the dead-letter stream.
     /// Default: ["408", "429", "5xx"].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 16), inner(length(max = 3)))]
     #[x_kube(validation = Rule::new("self.all(c, c.matches('^([3-5][0-9][0-9]|[3-5]xx)$'))").message("each entry must be a 3xx-5xx status code such as \"503\" or a class such as \"5xx\""))]
     pub retryable_status_codes: Option<Vec<String>>,
 
     /// Codes that are never retried even when they match retryableStatusCodes, written
     /// the same way. Default: ["501"] (Not Implemented will not start working).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 16), inner(length(max = 3)))]
     #[x_kube(validation = Rule::new("self.all(c, c.matches('^([3-5][0-9][0-9]|[3-5]xx)$'))").message("each entry must be a 3xx-5xx status code such as \"501\" or a class such as \"4xx\""))]
     pub non_retryable_status_codes: Option<Vec<String>>,
 }

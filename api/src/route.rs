@@ -60,8 +60,8 @@ pub struct SourceSpec {
     /// subject `fanout.in.<namespace>.<route>.>` that the gateway publishes to.
     /// The first token must be literal and `fanout.` is reserved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(s, s.size() <= 255 && s.matches('^[A-Za-z0-9_-]+([.]([A-Za-z0-9_-]+|[*]))*([.]>)?$'))").message("each subject must be a NATS subject of at most 255 characters: dot-separated tokens of letters, digits, '_' or '-', '*' for one token, a final '>' for the rest; the first token must be literal"))]
+    #[schemars(length(max = 16), inner(length(max = 255)))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[A-Za-z0-9_-]+([.]([A-Za-z0-9_-]+|[*]))*([.]>)?$'))").message("each subject must be a NATS subject of at most 255 characters: dot-separated tokens of letters, digits, '_' or '-', '*' for one token, a final '>' for the rest; the first token must be literal"))]
     #[x_kube(validation = Rule::new("self.all(s, s != 'fanout' && !s.startsWith('fanout.'))").message("subjects under 'fanout.' are reserved for Fanout's own ingest, redrive and dead-letter subjects"))]
     pub subjects: Vec<String>,
 
@@ -149,8 +149,8 @@ pub struct ApiTargetRef {
 pub struct FilterSpec {
     /// NATS subject patterns; the event's subject must match one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    #[x_kube(validation = Rule::new("self.all(s, s.size() <= 255 && s.matches('^([A-Za-z0-9_-]+|[*])([.]([A-Za-z0-9_-]+|[*]))*([.]>)?$|^>$'))").message("each subject must be a NATS subject pattern: dot-separated tokens of letters, digits, '_' or '-', '*' for one token, a final '>' for the rest"))]
+    #[schemars(length(max = 16), inner(length(max = 255)))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^([A-Za-z0-9_-]+|[*])([.]([A-Za-z0-9_-]+|[*]))*([.]>)?$|^>$'))").message("each subject must be a NATS subject pattern: dot-separated tokens of letters, digits, '_' or '-', '*' for one token, a final '>' for the rest"))]
     pub subjects: Vec<String>,
 
     /// Event headers that must be present with exactly these values.

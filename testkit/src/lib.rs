@@ -1,0 +1,30 @@
+//! Real parts for Fanout's tests, each started on free loopback ports and cleaned up.
+//!
+//! - [`nats::NatsServer`]: a nats-server with JetStream and a temporary store.
+//! - [`cluster`]: the local kube-apiserver + controller-manager (started once per test
+//!   run by `e2e/cluster.sh`), a client for it, and a fresh namespace per test.
+//! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
+
+pub mod cluster;
+pub mod nats;
+pub mod tools;
+pub mod wait;
+
+use std::path::PathBuf;
+
+/// The repository root (testkit lives one level below it).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit has a parent directory")
+        .to_path_buf()
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests, which
+/// retry when a port turns out to be taken meanwhile).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port on 127.0.0.1")
+}

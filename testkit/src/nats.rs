@@ -1,0 +1,128 @@
+//! A real nats-server with JetStream, on free loopback ports with a temporary store.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use tempfile::TempDir;
+
+use crate::{free_port, tools, wait};
+
+/// A nats-server child process; killed when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    monitor_port: u16,
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream enabled and waits until JetStream is ready.
+    pub fn start() -> anyhow::Result<NatsServer> {
+        let dir = tempfile::Builder::new().prefix("fanout-nats-").tempdir()?;
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            monitor_port: free_port(),
+            dir,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory (kept across [`restart`](Self::restart)).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("jetstream")
+    }
+
+    /// The server's log file, for failure messages.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
+    }
+
+    /// Stops the server abruptly (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let binary = tools::path("nats-server")?;
+        let child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string()])
+            .arg("-js")
+            .arg("-sd")
+            .arg(self.store_dir())
+            .arg("-l")
+            .arg(self.log_file())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        self.child = Some(child);
+        let monitor = self.monitor_port;
+        let ready = wait::until_blocking(
+            "nats-server JetStream health",
+            Duration::from_secs(20),
+            || healthz(monitor),
+        );
+        if let Err(e) = ready {
+            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+            self.kill();
+            return Err(e.context(format!("nats-server did not become ready; its log:\n{log}")));
+        }
+        Ok(())
+    }
+}
+
+/// `GET /healthz?js-enabled-only=true` answers 200 once JetStream can take requests.
+fn healthz(monitor_port: u16) -> Result<(), String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", monitor_port)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(response.lines().next().unwrap_or("no response").to_string())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
