@@ -3,19 +3,19 @@
 //! - [`target`] and [`route`]: the two custom resources, as users write them.
 //! - [`policy`]: retry, circuit breaker, rate limit and auth specs used by both.
 //! - [`settings`]: a spec resolved into the effective, validated delivery policy.
-//! - [`names`]: how NATS streams, subjects, consumers and keys are named.
+//! - [`render`]: a route and its targets rendered into dispatcher configuration
+//!   and JetStream objects (the types are in `fanout-config`).
 //! - [`crd`]: the CustomResourceDefinitions generated from these types.
 
 pub mod crd;
-pub mod duration;
-pub mod names;
 pub mod policy;
+pub mod render;
 pub mod route;
 pub mod settings;
 pub mod status;
 pub mod target;
 
-pub use duration::Duration;
+pub use fanout_config::{Duration, names};
 pub use route::{FanOutRoute, FanOutRouteSpec, FanOutRouteStatus};
 pub use target::{ApiTarget, ApiTargetSpec, ApiTargetStatus};
 

@@ -6,37 +6,11 @@
 //! documentation, which is what `kubectl explain` shows.
 
 use kube::KubeSchema;
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::duration::Duration;
+pub use fanout_config::policy::{BackoffKind, JitterKind};
 
-/// How the wait between attempts grows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum BackoffKind {
-    /// initialDelay * 2^(attempt-1), capped at maxDelay.
-    #[default]
-    Exponential,
-    /// initialDelay * attempt, capped at maxDelay.
-    Linear,
-    /// Always initialDelay.
-    Constant,
-}
-
-/// How much randomness is applied to each computed delay.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum JitterKind {
-    /// A uniformly random delay between 0 and the computed delay ("full jitter"):
-    /// spreads retries of many events apart so a recovering API is not hit in lockstep.
-    #[default]
-    Full,
-    /// Half the computed delay plus a random part of up to the other half.
-    Equal,
-    /// Exactly the computed delay.
-    None,
-}
+use fanout_config::Duration;
 
 /// When and how a failed delivery is attempted again.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]

@@ -8,9 +8,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::duration::Duration;
 use crate::policy::{CircuitBreakerSpec, RateLimitSpec, RetrySpec};
 use crate::status::{CircuitState, Condition};
+use fanout_config::Duration;
 
 /// Events published to a route's subjects are stored once and delivered to every
 /// target independently, with each target's retry, circuit breaker and rate limit.

@@ -3,34 +3,13 @@
 use std::collections::BTreeMap;
 
 use kube::{CustomResource, KubeSchema};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::duration::Duration;
+pub use fanout_config::policy::HttpMethod;
+
 use crate::policy::{AuthSpec, CircuitBreakerSpec, RateLimitSpec, RetrySpec};
 use crate::status::{CircuitState, Condition};
-
-/// HTTP method used to deliver events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum HttpMethod {
-    #[default]
-    #[serde(rename = "POST")]
-    Post,
-    #[serde(rename = "PUT")]
-    Put,
-    #[serde(rename = "PATCH")]
-    Patch,
-}
-
-impl HttpMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HttpMethod::Post => "POST",
-            HttpMethod::Put => "PUT",
-            HttpMethod::Patch => "PATCH",
-        }
-    }
-}
+use fanout_config::Duration;
 
 /// An HTTP API that routes deliver events to, with how to authenticate, how long to
 /// wait, when to retry, when to stop trying (circuit breaker) and how fast to send.

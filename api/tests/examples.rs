@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fanout_api::settings::DeliveryPolicy;
+use fanout_api::render::{Rendered, render};
 use fanout_api::{ApiTarget, FanOutRoute};
 use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
@@ -98,29 +98,25 @@ fn there_are_at_least_two_complete_scenarios() {
     }
 }
 
+fn render_example(example: &Example, route: &FanOutRoute) -> Rendered {
+    let mut route = route.clone();
+    route.metadata.namespace = Some("example".into());
+    render(
+        &route,
+        |name| example.targets.get(name),
+        Path::new("/secrets"),
+    )
+    .unwrap_or_else(|e| panic!("{:?}: {e}", route.metadata.name))
+}
+
 #[test]
-fn every_route_target_resolves_to_a_valid_policy() {
+fn every_route_renders_with_its_targets() {
     for dir in example_dirs() {
         let example = load(&dir);
-        for (route_name, route) in &example.routes {
-            assert!(!route.spec.targets.is_empty());
-            for target in &route.spec.targets {
-                let api_target = example
-                    .targets
-                    .get(&target.api_target_ref.name)
-                    .unwrap_or_else(|| {
-                        panic!(
-                            "{}: route {route_name} target {} refers to missing ApiTarget {}",
-                            dir.display(),
-                            target.name,
-                            target.api_target_ref.name
-                        )
-                    });
-                DeliveryPolicy::resolve(&api_target.spec, target.overrides.as_ref())
-                    .unwrap_or_else(|e| {
-                        panic!("{}: {route_name}/{}: {e}", dir.display(), target.name)
-                    });
-            }
+        for route in example.routes.values() {
+            let rendered = render_example(&example, route);
+            assert_eq!(rendered.config.targets.len(), route.spec.targets.len());
+            assert_eq!(rendered.streams.consumers.len(), route.spec.targets.len());
         }
     }
 }
@@ -180,12 +176,8 @@ fn the_order_example_uses_overrides_and_filters() {
     let route = &example.routes["orders"];
     let names: Vec<_> = route.spec.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["inventory", "email", "analytics"]);
-    let analytics = &route.spec.targets[2];
-    let policy = DeliveryPolicy::resolve(
-        &example.targets["analytics"].spec,
-        analytics.overrides.as_ref(),
-    )
-    .unwrap();
+    let rendered = render_example(&example, route);
+    let policy = &rendered.config.targets[2].policy;
     assert_eq!(policy.retry.max_attempts, 2, "route override wins");
     assert_eq!(
         policy.retry.initial_delay.to_string(),
@@ -193,4 +185,17 @@ fn the_order_example_uses_overrides_and_filters() {
         "target value kept"
     );
     assert_eq!(policy.max_in_flight, 8);
+    assert_eq!(rendered.streams.consumers[2].max_ack_pending, 8);
+    assert_eq!(
+        rendered.config.targets[1].filter.headers["X-Event-Type"],
+        "order.placed"
+    );
+    assert_eq!(
+        rendered.streams.stream.subjects,
+        [
+            "fanout.in.example.orders.>",
+            "shop.orders.>",
+            "fanout.redrive.example.orders.*"
+        ]
+    );
 }

@@ -132,6 +132,22 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// Whether every subject matched by `inner` is also matched by `outer`.
+pub fn subject_pattern_within(inner: &str, outer: &str) -> bool {
+    let mut inner_tokens = inner.split('.');
+    let mut outer_tokens = outer.split('.');
+    loop {
+        match (inner_tokens.next(), outer_tokens.next()) {
+            (Some(_), Some(">")) => return true,
+            (Some(">"), Some(_)) => return false,
+            (Some(_), Some("*")) => {}
+            (Some(i), Some(o)) if i == o => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +235,22 @@ mod tests {
             r.health_key("email", "p")
                 .starts_with(&r.health_key_prefix("email"))
         );
+    }
+
+    #[test]
+    fn pattern_containment_follows_wildcards() {
+        assert!(subject_pattern_within(
+            "shop.orders.placed",
+            "shop.orders.>"
+        ));
+        assert!(subject_pattern_within("shop.orders.*", "shop.>"));
+        assert!(subject_pattern_within("shop.*.placed", "shop.*.*"));
+        assert!(subject_pattern_within("a.b", "a.b"));
+        assert!(!subject_pattern_within("shop.>", "shop.orders.>"));
+        assert!(!subject_pattern_within("shop.*", "shop.orders"));
+        assert!(!subject_pattern_within("shop.orders.>", "shop.orders.*"));
+        assert!(!subject_pattern_within("other.x", "shop.>"));
+        assert!(!subject_pattern_within("shop", "shop.>"));
     }
 
     #[test]

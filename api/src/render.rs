@@ -1,0 +1,475 @@
+//! Renders a `FanOutRoute` and the `ApiTarget`s it references into what runs it:
+//! the dispatcher configuration and the JetStream objects. Pure: no client, no I/O,
+//! so the operator and `fanout standalone` share it and tests need nothing running.
+
+use std::path::Path;
+
+use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
+use fanout_config::names::{RouteKey, subject_pattern_within};
+use fanout_config::policy::defaults;
+use fanout_config::route::{BasicCredentials, Credentials, Filter, RouteConfig, TargetConfig};
+use fanout_config::{DeliveryPolicy, Duration};
+
+use crate::policy::AuthSpec;
+use crate::route::{FanOutRoute, RetentionSpec, StorageKind};
+use crate::settings::{self, SettingsError};
+use crate::target::ApiTarget;
+
+/// Slack added to a target's timeout for the consumer's ack wait, covering the time
+/// between fetching an event and starting its request, and the dead-letter publish.
+const ACK_WAIT_SLACK: Duration = Duration::from_secs(30);
+
+/// Everything a route turns into.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    pub config: RouteConfig,
+    pub streams: RouteStreams,
+}
+
+/// Why a route cannot be rendered; each names the part of the spec at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("metadata: the route has no {0}")]
+    MissingMetadata(&'static str),
+    #[error("targets[{target}].apiTargetRef: ApiTarget {api_target:?} does not exist")]
+    MissingApiTarget { target: String, api_target: String },
+    #[error("targets[{target}]: ApiTarget {api_target:?}: {source}")]
+    InvalidPolicy {
+        target: String,
+        api_target: String,
+        #[source]
+        source: SettingsError,
+    },
+    #[error(
+        "targets[{target}].filter.subjects: {subject:?} is not within the route's subjects {route_subjects:?}"
+    )]
+    FilterOutsideRoute {
+        target: String,
+        subject: String,
+        route_subjects: Vec<String>,
+    },
+}
+
+/// Renders `route`. `api_target` looks up ApiTargets of the route's namespace by name;
+/// `secrets_dir` is where Secret keys are readable as `<secret>/<key>` files (a volume
+/// in a pod, a private directory in standalone mode).
+pub fn render<'a>(
+    route: &FanOutRoute,
+    api_target: impl Fn(&str) -> Option<&'a ApiTarget>,
+    secrets_dir: &Path,
+) -> Result<Rendered, RenderError> {
+    let namespace = route
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(RenderError::MissingMetadata("namespace"))?;
+    let name = route
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(RenderError::MissingMetadata("name"))?;
+    let key = RouteKey::new(namespace, name);
+    let spec = &route.spec;
+    let source = spec.source.clone().unwrap_or_default();
+
+    // The gateway's ingest subjects first, then whatever else the user publishes to.
+    let mut route_subjects = vec![key.ingest_subjects()];
+    route_subjects.extend(source.subjects.iter().cloned());
+
+    let mut targets = Vec::with_capacity(spec.targets.len());
+    let mut consumers = Vec::with_capacity(spec.targets.len());
+    for t in &spec.targets {
+        let referenced =
+            api_target(&t.api_target_ref.name).ok_or_else(|| RenderError::MissingApiTarget {
+                target: t.name.clone(),
+                api_target: t.api_target_ref.name.clone(),
+            })?;
+        let policy: DeliveryPolicy = settings::resolve(&referenced.spec, t.overrides.as_ref())
+            .map_err(|source| RenderError::InvalidPolicy {
+                target: t.name.clone(),
+                api_target: t.api_target_ref.name.clone(),
+                source,
+            })?;
+        let filter = t.filter.clone().unwrap_or_default();
+        for subject in &filter.subjects {
+            if !route_subjects
+                .iter()
+                .any(|r| subject_pattern_within(subject, r))
+            {
+                return Err(RenderError::FilterOutsideRoute {
+                    target: t.name.clone(),
+                    subject: subject.clone(),
+                    route_subjects: route_subjects.clone(),
+                });
+            }
+        }
+
+        // Subject filters run in JetStream (the consumer never sees other events);
+        // header filters run in the dispatcher. The redrive subject is always added,
+        // so each consumer sees its own redrives and never another target's.
+        let mut filter_subjects = if filter.subjects.is_empty() {
+            route_subjects.clone()
+        } else {
+            filter.subjects.clone()
+        };
+        filter_subjects.push(key.redrive_subject(&t.name));
+        consumers.push(ConsumerPlan {
+            name: key.consumer(&t.name),
+            filter_subjects,
+            ack_wait: Duration::from(policy.timeout.as_std() + ACK_WAIT_SLACK.as_std()),
+            max_ack_pending: i64::from(policy.max_in_flight),
+        });
+
+        targets.push(TargetConfig {
+            name: t.name.clone(),
+            consumer: key.consumer(&t.name),
+            dead_letter_subject: key.dead_letter_subject(&t.name),
+            filter: Filter {
+                subjects: filter.subjects,
+                headers: filter.headers,
+            },
+            credentials: credentials(referenced.spec.auth.as_ref(), secrets_dir),
+            policy,
+        });
+    }
+
+    let dead_letter = spec.dead_letter.clone().unwrap_or_default();
+    let dead_letter_enabled = dead_letter.enabled.unwrap_or(true);
+    let storage = match source.storage.unwrap_or_default() {
+        StorageKind::File => Storage::File,
+        StorageKind::Memory => Storage::Memory,
+    };
+    let replicas = source.replicas.unwrap_or(1);
+    let duplicate_window = source
+        .duplicate_window
+        .unwrap_or(defaults::DUPLICATE_WINDOW);
+    let stream = stream_plan(
+        key.stream(),
+        route_subjects
+            .into_iter()
+            .chain([key.redrive_subjects()])
+            .collect(),
+        source.retention.as_ref(),
+        defaults::STREAM_MAX_AGE,
+        (storage, replicas, duplicate_window),
+    );
+    let dead_letter_stream = dead_letter_enabled.then(|| {
+        stream_plan(
+            key.dead_letter_stream(),
+            vec![key.dead_letter_subjects()],
+            dead_letter.retention.as_ref(),
+            defaults::DEAD_LETTER_MAX_AGE,
+            // Dead letters are the last copy of an event: always on disk.
+            (Storage::File, replicas, duplicate_window),
+        )
+    });
+
+    let dispatcher_replicas = spec
+        .dispatcher
+        .as_ref()
+        .and_then(|d| d.replicas)
+        .unwrap_or(defaults::DISPATCHER_REPLICAS);
+    Ok(Rendered {
+        config: RouteConfig {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            stream: stream.name.clone(),
+            dead_letter_stream: dead_letter_stream.as_ref().map(|s| s.name.clone()),
+            replicas: u32::try_from(dispatcher_replicas).unwrap_or(0).max(1),
+            targets,
+        },
+        streams: RouteStreams {
+            stream,
+            dead_letter: dead_letter_stream,
+            consumers,
+        },
+    })
+}
+
+fn stream_plan(
+    name: String,
+    subjects: Vec<String>,
+    retention: Option<&RetentionSpec>,
+    default_max_age: Duration,
+    (storage, replicas, duplicate_window): (Storage, u8, Duration),
+) -> StreamPlan {
+    StreamPlan {
+        name,
+        subjects,
+        max_age: retention.and_then(|r| r.max_age).unwrap_or(default_max_age),
+        max_bytes: retention.and_then(|r| r.max_bytes),
+        max_messages: retention.and_then(|r| r.max_messages),
+        storage,
+        replicas,
+        duplicate_window,
+    }
+}
+
+fn credentials(auth: Option<&AuthSpec>, secrets_dir: &Path) -> Credentials {
+    let Some(auth) = auth else {
+        return Credentials::default();
+    };
+    let file = |secret: &str, key: &str| secrets_dir.join(secret).join(key);
+    Credentials {
+        bearer_token_file: auth
+            .bearer
+            .as_ref()
+            .map(|b| file(&b.secret_ref.name, &b.secret_ref.key)),
+        basic: auth.basic.as_ref().map(|b| BasicCredentials {
+            username_file: file(
+                &b.secret_ref.name,
+                b.username_key.as_deref().unwrap_or("username"),
+            ),
+            password_file: file(
+                &b.secret_ref.name,
+                b.password_key.as_deref().unwrap_or("password"),
+            ),
+        }),
+        signing_secret_file: auth
+            .signing
+            .as_ref()
+            .map(|s| file(&s.secret_ref.name, &s.secret_ref.key)),
+    }
+}
+
+/// The Secrets (name, key) an ApiTarget needs, for mounting and for readiness checks.
+pub fn secret_keys(auth: Option<&AuthSpec>) -> Vec<(String, String)> {
+    let Some(auth) = auth else { return Vec::new() };
+    let mut keys = Vec::new();
+    if let Some(b) = &auth.bearer {
+        keys.push((b.secret_ref.name.clone(), b.secret_ref.key.clone()));
+    }
+    if let Some(b) = &auth.basic {
+        let user = b.username_key.clone().unwrap_or_else(|| "username".into());
+        let pass = b.password_key.clone().unwrap_or_else(|| "password".into());
+        keys.push((b.secret_ref.name.clone(), user));
+        keys.push((b.secret_ref.name.clone(), pass));
+    }
+    if let Some(s) = &auth.signing {
+        keys.push((s.secret_ref.name.clone(), s.secret_ref.key.clone()));
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::route::{
+        ApiTargetRef, DeadLetterSpec, FanOutRouteSpec, FilterSpec, RouteTargetSpec, SourceSpec,
+    };
+    use crate::target::ApiTargetSpec;
+
+    fn api_target(name: &str, url: &str) -> ApiTarget {
+        let mut t = ApiTarget::new(
+            name,
+            ApiTargetSpec {
+                url: url.into(),
+                method: None,
+                headers: BTreeMap::new(),
+                timeout: Some("5s".parse().unwrap()),
+                auth: None,
+                retry: None,
+                circuit_breaker: None,
+                rate_limit: None,
+                max_in_flight: Some(32),
+            },
+        );
+        t.metadata.namespace = Some("shop".into());
+        t
+    }
+
+    fn target(name: &str, api_target: &str) -> RouteTargetSpec {
+        RouteTargetSpec {
+            name: name.into(),
+            api_target_ref: ApiTargetRef {
+                name: api_target.into(),
+            },
+            filter: None,
+            overrides: None,
+        }
+    }
+
+    fn route(targets: Vec<RouteTargetSpec>) -> FanOutRoute {
+        let mut r = FanOutRoute::new(
+            "orders",
+            FanOutRouteSpec {
+                source: None,
+                targets,
+                dead_letter: None,
+                dispatcher: None,
+            },
+        );
+        r.metadata.namespace = Some("shop".into());
+        r
+    }
+
+    fn render_with(route: &FanOutRoute, targets: &[ApiTarget]) -> Result<Rendered, RenderError> {
+        render(
+            route,
+            |name| {
+                targets
+                    .iter()
+                    .find(|t| t.metadata.name.as_deref() == Some(name))
+            },
+            Path::new("/var/run/fanout/secrets"),
+        )
+    }
+
+    #[test]
+    fn each_consumer_sees_the_route_subjects_and_only_its_own_redrives() {
+        let r = route(vec![target("email", "mailer"), target("crm", "crm")]);
+        let out = render_with(
+            &r,
+            &[
+                api_target("mailer", "http://m"),
+                api_target("crm", "http://c"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            out.streams.consumers[0].filter_subjects,
+            [
+                "fanout.in.shop.orders.>",
+                "fanout.redrive.shop.orders.email"
+            ]
+        );
+        assert_eq!(
+            out.streams.consumers[1].filter_subjects,
+            ["fanout.in.shop.orders.>", "fanout.redrive.shop.orders.crm"]
+        );
+        assert_eq!(
+            out.streams.stream.subjects,
+            ["fanout.in.shop.orders.>", "fanout.redrive.shop.orders.*"]
+        );
+    }
+
+    #[test]
+    fn consumers_take_ack_wait_and_max_ack_pending_from_the_policy() {
+        let r = route(vec![target("email", "mailer")]);
+        let out = render_with(&r, &[api_target("mailer", "http://m")]).unwrap();
+        let consumer = &out.streams.consumers[0];
+        assert_eq!(
+            consumer.ack_wait.to_string(),
+            "35s",
+            "5s timeout + 30s slack"
+        );
+        assert_eq!(consumer.max_ack_pending, 32);
+        assert_eq!(
+            out.config.targets[0].dead_letter_subject,
+            "fanout.dlq.shop.orders.email"
+        );
+    }
+
+    #[test]
+    fn subject_filters_narrow_the_consumer() {
+        let mut t = target("email", "mailer");
+        t.filter = Some(FilterSpec {
+            subjects: vec!["shop.orders.placed".into()],
+            headers: BTreeMap::new(),
+        });
+        let mut r = route(vec![t]);
+        r.spec.source = Some(SourceSpec {
+            subjects: vec!["shop.orders.>".into()],
+            ..Default::default()
+        });
+        let out = render_with(&r, &[api_target("mailer", "http://m")]).unwrap();
+        assert_eq!(
+            out.streams.consumers[0].filter_subjects,
+            ["shop.orders.placed", "fanout.redrive.shop.orders.email"]
+        );
+    }
+
+    #[test]
+    fn a_filter_outside_the_route_subjects_is_refused_by_name() {
+        let mut t = target("email", "mailer");
+        t.filter = Some(FilterSpec {
+            subjects: vec!["billing.>".into()],
+            headers: BTreeMap::new(),
+        });
+        let err = render_with(&route(vec![t]), &[api_target("mailer", "http://m")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("targets[email].filter.subjects: \"billing.>\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_api_target_is_named() {
+        let err = render_with(&route(vec![target("email", "mailer")]), &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "targets[email].apiTargetRef: ApiTarget \"mailer\" does not exist"
+        );
+    }
+
+    #[test]
+    fn an_invalid_policy_names_the_target_and_field() {
+        let err = render_with(
+            &route(vec![target("email", "mailer")]),
+            &[api_target("mailer", "ftp://m")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "targets[email]: ApiTarget \"mailer\": url: scheme \"ftp\" is not supported; use http or https"
+        );
+    }
+
+    #[test]
+    fn dead_lettering_can_be_disabled_and_has_its_own_retention() {
+        let mut r = route(vec![target("email", "mailer")]);
+        let targets = [api_target("mailer", "http://m")];
+        let out = render_with(&r, &targets).unwrap();
+        let dlq = out.streams.dead_letter.expect("on by default");
+        assert_eq!(dlq.name, "fanout_shop_orders_dlq");
+        assert_eq!(dlq.subjects, ["fanout.dlq.shop.orders.*"]);
+        assert_eq!(dlq.max_age.to_string(), "336h");
+        assert_eq!(out.streams.stream.max_age.to_string(), "72h");
+
+        r.spec.dead_letter = Some(DeadLetterSpec {
+            enabled: Some(false),
+            retention: None,
+        });
+        let out = render_with(&r, &targets).unwrap();
+        assert!(out.streams.dead_letter.is_none());
+        assert!(out.config.dead_letter_stream.is_none());
+    }
+
+    #[test]
+    fn credentials_point_at_secret_files_never_values() {
+        let mut mailer = api_target("mailer", "http://m");
+        mailer.spec.auth = Some(
+            serde_json::from_value(serde_json::json!({
+                "basic": {"secretRef": {"name": "mail-creds"}, "passwordKey": "pw"},
+                "signing": {"secretRef": {"name": "sig", "key": "secret"}}
+            }))
+            .unwrap(),
+        );
+        let out = render_with(&route(vec![target("email", "mailer")]), &[mailer.clone()]).unwrap();
+        let creds = &out.config.targets[0].credentials;
+        let basic = creds.basic.as_ref().unwrap();
+        assert_eq!(
+            basic.username_file,
+            Path::new("/var/run/fanout/secrets/mail-creds/username")
+        );
+        assert_eq!(
+            basic.password_file,
+            Path::new("/var/run/fanout/secrets/mail-creds/pw")
+        );
+        assert_eq!(
+            creds.signing_secret_file.as_deref(),
+            Some(Path::new("/var/run/fanout/secrets/sig/secret"))
+        );
+        assert_eq!(
+            secret_keys(mailer.spec.auth.as_ref()),
+            [
+                ("mail-creds".to_string(), "username".to_string()),
+                ("mail-creds".to_string(), "pw".to_string()),
+                ("sig".to_string(), "secret".to_string())
+            ]
+        );
+    }
+}

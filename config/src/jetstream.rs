@@ -1,0 +1,54 @@
+//! The JetStream objects one route needs, as plain data: rendered from the CRDs,
+//! created by the provisioning code, compared against what exists.
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// Desired state of a route's streams and consumers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStreams {
+    pub stream: StreamPlan,
+    /// `None` when dead-lettering is disabled.
+    pub dead_letter: Option<StreamPlan>,
+    /// One durable consumer per target, on `stream`.
+    pub consumers: Vec<ConsumerPlan>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Storage {
+    File,
+    Memory,
+}
+
+/// One JetStream stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPlan {
+    pub name: String,
+    pub subjects: Vec<String>,
+    pub max_age: Duration,
+    /// `None`: unlimited.
+    pub max_bytes: Option<i64>,
+    /// `None`: unlimited.
+    pub max_messages: Option<i64>,
+    pub storage: Storage,
+    pub replicas: u8,
+    pub duplicate_window: Duration,
+}
+
+/// One durable pull consumer (one per target).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerPlan {
+    pub name: String,
+    /// The route's subjects (or the target's filter subjects) plus its redrive subject.
+    pub filter_subjects: Vec<String>,
+    /// How long a delivery may stay unacknowledged before JetStream redelivers it:
+    /// longer than the target's timeout, so a slow success is not sent twice.
+    pub ack_wait: Duration,
+    /// The target's maxInFlight, enforced by JetStream across all replicas.
+    pub max_ack_pending: i64,
+}

@@ -1,0 +1,141 @@
+//! What the dispatchers of one route run with, rendered into a ConfigMap by the
+//! operator. Secret values are never part of it: credentials are files (mounted
+//! Secrets) that the dispatcher reads at start.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{RouteKey, subject_matches};
+use crate::policy::DeliveryPolicy;
+
+/// One route as its dispatchers see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteConfig {
+    pub namespace: String,
+    pub name: String,
+    /// The route's JetStream stream.
+    pub stream: String,
+    /// The dead-letter stream, or `None` when dead-lettering is disabled.
+    pub dead_letter_stream: Option<String>,
+    /// Dispatcher replicas sharing the work; each takes this share of a rate limit.
+    pub replicas: u32,
+    pub targets: Vec<TargetConfig>,
+}
+
+impl RouteConfig {
+    pub fn key(&self) -> RouteKey {
+        RouteKey::new(&self.namespace, &self.name)
+    }
+}
+
+/// One target of a route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetConfig {
+    /// The target's name within the route.
+    pub name: String,
+    /// Its durable consumer on the route's stream.
+    pub consumer: String,
+    /// Subject its undeliverable events are published to.
+    pub dead_letter_subject: String,
+    pub filter: Filter,
+    pub policy: DeliveryPolicy,
+    #[serde(default)]
+    pub credentials: Credentials,
+}
+
+/// Which events a target receives: all given conditions must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Filter {
+    /// Subject patterns; empty means every subject. Redriven events bypass this
+    /// (they were addressed to this target explicitly).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+    /// Header name (case-insensitive) to required value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Filter {
+    /// Whether an event with this subject and headers is for the target.
+    pub fn matches<'a>(&self, subject: &str, header: impl Fn(&str) -> Option<&'a str>) -> bool {
+        let subject_ok =
+            self.subjects.is_empty() || self.subjects.iter().any(|p| subject_matches(p, subject));
+        subject_ok
+            && self
+                .headers
+                .iter()
+                .all(|(name, want)| header(name) == Some(want.as_str()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty() && self.headers.is_empty()
+    }
+}
+
+/// Where the target's credentials are read from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    /// File holding a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Files holding the basic auth username and password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicCredentials>,
+    /// File holding the Standard Webhooks signing secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicCredentials {
+    pub username_file: PathBuf,
+    pub password_file: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        }
+    }
+
+    #[test]
+    fn an_empty_filter_matches_everything() {
+        assert!(Filter::default().matches("a.b", headers(&[])));
+    }
+
+    #[test]
+    fn subject_patterns_must_match_one_of_them() {
+        let f = Filter {
+            subjects: vec!["shop.orders.*".into(), "legacy.>".into()],
+            ..Default::default()
+        };
+        assert!(f.matches("shop.orders.placed", headers(&[])));
+        assert!(f.matches("legacy.x.y", headers(&[])));
+        assert!(!f.matches("shop.users.created", headers(&[])));
+    }
+
+    #[test]
+    fn header_conditions_must_all_hold() {
+        let f = Filter {
+            headers: [("X-Event-Type".to_string(), "order.placed".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(f.matches("s", headers(&[("x-event-type", "order.placed")])));
+        assert!(!f.matches("s", headers(&[("X-Event-Type", "order.cancelled")])));
+        assert!(!f.matches("s", headers(&[])));
+    }
+}

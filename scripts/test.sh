@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project, the way CI does:
+#   formatting, clippy (warnings are errors), CRD drift, then all tests, including
+#   those against a real nats-server and a real local Kubernetes control plane.
+# Tools (kube-apiserver, etcd, kubectl, helm, nats-server) are built or installed on
+# first use into ${FANOUT_CACHE:-~/.cache/fanout}; see docs/control-plane.md.
+#
+# Environment:
+#   FANOUT_KEEP_CLUSTER=1   leave the local control plane running afterwards
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$SECONDS
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "CRD drift: crds/fanout.dev.yaml must equal 'fanout crd'"
+generated=$(mktemp)
+trap 'rm -f "$generated"' EXIT
+cargo run --quiet --locked -- crd >"$generated"
+if ! diff -u crds/fanout.dev.yaml "$generated"; then
+    echo "crds/fanout.dev.yaml is out of date: run 'cargo run -q -- crd > crds/fanout.dev.yaml'" >&2
+    exit 1
+fi
+
+step "pinned tools (cached after the first build)"
+bash e2e/tools.sh all
+
+step "local control plane"
+if [[ ${FANOUT_KEEP_CLUSTER:-0} != 1 ]]; then
+    trap 'rm -f "$generated"; bash e2e/cluster.sh down || true' EXIT
+fi
+bash e2e/cluster.sh up
+
+step "cargo test --workspace"
+cargo test --workspace --locked
+
+printf '\n==> all checks passed in %ss\n' "$((SECONDS - started))"
