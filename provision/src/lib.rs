@@ -1,0 +1,269 @@
+//! Makes JetStream match a route's [`RouteStreams`] plan: streams and consumers are
+//! created or updated in place, consumers of removed targets are deleted, and
+//! settings JetStream cannot change in place are reported instead of forced.
+//!
+//! Used by the operator's reconciler and by `fanout standalone`; every call is
+//! idempotent, and deleting something that is already gone counts as success.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
+use fanout_config::names::HEALTH_BUCKET;
+use futures::TryStreamExt;
+
+/// What could not be provisioned, with the JetStream object it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(
+        "stream {stream}: {field} cannot be changed in place (is {current}, wanted {wanted}); delete and recreate the route to change it"
+    )]
+    ImmutableChange {
+        stream: String,
+        field: &'static str,
+        current: String,
+        wanted: String,
+    },
+    #[error("stream {stream}: creating or updating failed")]
+    Stream {
+        stream: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("stream {stream}: consumer {consumer}: creating or updating failed")]
+    Consumer {
+        stream: String,
+        consumer: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("KV bucket {bucket}: creating failed")]
+    Bucket {
+        bucket: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl ProvisionError {
+    /// A fixed label for metrics and condition reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ProvisionError::ImmutableChange { .. } => "immutable_change",
+            ProvisionError::Stream { .. } => "stream",
+            ProvisionError::Consumer { .. } => "consumer",
+            ProvisionError::Bucket { .. } => "kv_bucket",
+        }
+    }
+}
+
+fn boxed(
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+/// Applies plans to one JetStream account.
+#[derive(Clone)]
+pub struct Provisioner {
+    js: jetstream::Context,
+}
+
+impl Provisioner {
+    pub fn new(js: jetstream::Context) -> Self {
+        Provisioner { js }
+    }
+
+    /// Creates or updates everything in `plan` and removes consumers of targets that
+    /// are no longer in it.
+    pub async fn apply(&self, plan: &RouteStreams) -> Result<(), ProvisionError> {
+        self.ensure_stream(&plan.stream).await?;
+        if let Some(dead_letter) = &plan.dead_letter {
+            self.ensure_stream(dead_letter).await?;
+        }
+        let stream =
+            self.js
+                .get_stream(&plan.stream.name)
+                .await
+                .map_err(|e| ProvisionError::Stream {
+                    stream: plan.stream.name.clone(),
+                    source: boxed(e),
+                })?;
+        for consumer in &plan.consumers {
+            ensure_consumer(&stream, &plan.stream.name, consumer).await?;
+        }
+        self.remove_other_consumers(&stream, plan).await
+    }
+
+    /// Deletes a route's streams (and with them its consumers). Streams that do not
+    /// exist are skipped.
+    pub async fn delete(&self, stream_names: &[String]) -> Result<(), ProvisionError> {
+        for name in stream_names {
+            match self.js.delete_stream(name).await {
+                Ok(_) => tracing::info!(stream = %name, "deleted stream"),
+                Err(e)
+                    if matches!(e.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                {
+                    tracing::debug!(stream = %name, "stream already gone");
+                }
+                Err(e) => {
+                    return Err(ProvisionError::Stream {
+                        stream: name.clone(),
+                        source: boxed(e),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the KV bucket dispatchers report health to; entries expire after `ttl`
+    /// so a dead pod's snapshot disappears by itself.
+    pub async fn ensure_health_bucket(&self, ttl: Duration) -> Result<kv::Store, ProvisionError> {
+        let config = kv::Config {
+            bucket: HEALTH_BUCKET.to_string(),
+            description: "Fanout dispatcher health snapshots, one key per route/target/pod".into(),
+            history: 1,
+            max_age: ttl,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        match self.js.get_key_value(HEALTH_BUCKET).await {
+            Ok(store) => Ok(store),
+            Err(_) => self
+                .js
+                .create_key_value(config)
+                .await
+                .map_err(|e| ProvisionError::Bucket {
+                    bucket: HEALTH_BUCKET.to_string(),
+                    source: boxed(e),
+                }),
+        }
+    }
+
+    async fn ensure_stream(&self, plan: &StreamPlan) -> Result<(), ProvisionError> {
+        let wanted = stream_config(plan);
+        if let Ok(mut existing) = self.js.get_stream(&plan.name).await {
+            let current = existing
+                .info()
+                .await
+                .map_err(|e| ProvisionError::Stream {
+                    stream: plan.name.clone(),
+                    source: boxed(e),
+                })?
+                .config
+                .clone();
+            if current.storage != wanted.storage {
+                return Err(ProvisionError::ImmutableChange {
+                    stream: plan.name.clone(),
+                    field: "storage",
+                    current: format!("{:?}", current.storage),
+                    wanted: format!("{:?}", wanted.storage),
+                });
+            }
+        }
+        self.js
+            .create_or_update_stream(wanted)
+            .await
+            .map_err(|e| ProvisionError::Stream {
+                stream: plan.name.clone(),
+                source: boxed(e),
+            })?;
+        tracing::debug!(stream = %plan.name, "stream up to date");
+        Ok(())
+    }
+
+    async fn remove_other_consumers(
+        &self,
+        stream: &stream::Stream,
+        plan: &RouteStreams,
+    ) -> Result<(), ProvisionError> {
+        let wanted: BTreeSet<&str> = plan.consumers.iter().map(|c| c.name.as_str()).collect();
+        let existing: Vec<String> =
+            stream
+                .consumer_names()
+                .try_collect()
+                .await
+                .map_err(|e| ProvisionError::Stream {
+                    stream: plan.stream.name.clone(),
+                    source: boxed(e),
+                })?;
+        for name in existing.iter().filter(|n| !wanted.contains(n.as_str())) {
+            match stream.delete_consumer(name).await {
+                Ok(_) => {
+                    tracing::info!(stream = %plan.stream.name, consumer = %name, "deleted consumer of a removed target")
+                }
+                Err(e)
+                    if matches!(e.kind(), stream::ConsumerErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
+                Err(e) => {
+                    return Err(ProvisionError::Consumer {
+                        stream: plan.stream.name.clone(),
+                        consumer: name.clone(),
+                        source: boxed(e),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn ensure_consumer(
+    stream: &stream::Stream,
+    stream_name: &str,
+    plan: &ConsumerPlan,
+) -> Result<(), ProvisionError> {
+    stream
+        .create_consumer(consumer_config(plan))
+        .await
+        .map_err(|e| ProvisionError::Consumer {
+            stream: stream_name.to_string(),
+            consumer: plan.name.clone(),
+            source: boxed(e),
+        })?;
+    Ok(())
+}
+
+/// The JetStream configuration of a stream plan.
+pub fn stream_config(plan: &StreamPlan) -> stream::Config {
+    stream::Config {
+        name: plan.name.clone(),
+        subjects: plan.subjects.clone(),
+        max_age: plan.max_age.as_std(),
+        max_bytes: plan.max_bytes.unwrap_or(-1),
+        max_messages: plan.max_messages.unwrap_or(-1),
+        storage: match plan.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        num_replicas: usize::from(plan.replicas),
+        duplicate_window: plan.duplicate_window.as_std(),
+        // Limits retention: the stream keeps each event until every target's consumer
+        // is past it *and* the limits expire it, so a redrive can still find it.
+        retention: stream::RetentionPolicy::Limits,
+        // When full, refuse new events (the gateway answers 507) instead of silently
+        // discarding the oldest undelivered ones.
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
+/// The JetStream configuration of a consumer plan.
+pub fn consumer_config(plan: &ConsumerPlan) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(plan.name.clone()),
+        description: Some("Fanout delivery to one target".into()),
+        filter_subjects: plan.filter_subjects.clone(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: plan.ack_wait.as_std(),
+        max_ack_pending: plan.max_ack_pending,
+        // Attempts are counted and bounded by the dispatcher, which dead-letters the
+        // event itself; a JetStream limit would drop it silently instead.
+        max_deliver: -1,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,210 @@
+//! Provisioning against a real nats-server.
+
+use async_nats::jetstream;
+use fanout_config::Duration;
+use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
+use fanout_provision::{ProvisionError, Provisioner};
+use fanout_testkit::nats::NatsServer;
+
+fn plan(targets: &[&str]) -> RouteStreams {
+    let stream = |name: &str, subjects: Vec<String>| StreamPlan {
+        name: name.into(),
+        subjects,
+        max_age: "72h".parse().unwrap(),
+        max_bytes: Some(1 << 20),
+        max_messages: None,
+        storage: Storage::File,
+        replicas: 1,
+        duplicate_window: "2m".parse().unwrap(),
+    };
+    RouteStreams {
+        stream: stream(
+            "fanout_shop_orders",
+            vec![
+                "fanout.in.shop.orders.>".into(),
+                "fanout.redrive.shop.orders.*".into(),
+            ],
+        ),
+        dead_letter: Some(stream(
+            "fanout_shop_orders_dlq",
+            vec!["fanout.dlq.shop.orders.*".into()],
+        )),
+        consumers: targets
+            .iter()
+            .map(|t| ConsumerPlan {
+                name: t.to_string(),
+                filter_subjects: vec![
+                    "fanout.in.shop.orders.>".into(),
+                    format!("fanout.redrive.shop.orders.{t}"),
+                ],
+                ack_wait: Duration::from_secs(35),
+                max_ack_pending: 64,
+            })
+            .collect(),
+    }
+}
+
+async fn connect(server: &NatsServer) -> (Provisioner, jetstream::Context) {
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client);
+    (Provisioner::new(js.clone()), js)
+}
+
+async fn consumer_names(js: &jetstream::Context, stream: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let mut names: Vec<String> = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .consumer_names()
+        .try_collect()
+        .await
+        .unwrap();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn apply_creates_streams_and_one_consumer_per_target() {
+    let server = NatsServer::start().unwrap();
+    let (provisioner, js) = connect(&server).await;
+    provisioner.apply(&plan(&["email", "crm"])).await.unwrap();
+
+    let mut stream = js.get_stream("fanout_shop_orders").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(
+        info.config.max_age,
+        std::time::Duration::from_secs(72 * 3600)
+    );
+    assert_eq!(info.config.max_bytes, 1 << 20);
+    assert_eq!(
+        info.config.duplicate_window,
+        std::time::Duration::from_secs(120)
+    );
+    assert_eq!(info.config.discard, jetstream::stream::DiscardPolicy::New);
+    assert!(js.get_stream("fanout_shop_orders_dlq").await.is_ok());
+    assert_eq!(
+        consumer_names(&js, "fanout_shop_orders").await,
+        ["crm", "email"]
+    );
+
+    let consumer: jetstream::consumer::PullConsumer = stream.get_consumer("email").await.unwrap();
+    let config = &consumer.cached_info().config;
+    assert_eq!(config.ack_wait, std::time::Duration::from_secs(35));
+    assert_eq!(config.max_ack_pending, 64);
+    assert_eq!(config.max_deliver, -1);
+    assert_eq!(
+        config.filter_subjects,
+        [
+            "fanout.in.shop.orders.>",
+            "fanout.redrive.shop.orders.email"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn apply_is_idempotent_and_updates_in_place() {
+    let server = NatsServer::start().unwrap();
+    let (provisioner, js) = connect(&server).await;
+    let mut p = plan(&["email"]);
+    provisioner.apply(&p).await.unwrap();
+    provisioner.apply(&p).await.unwrap();
+
+    p.stream.max_age = "24h".parse().unwrap();
+    p.consumers[0].max_ack_pending = 8;
+    p.consumers[0].ack_wait = Duration::from_secs(90);
+    provisioner.apply(&p).await.unwrap();
+
+    let mut stream = js.get_stream("fanout_shop_orders").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().config.max_age,
+        std::time::Duration::from_secs(24 * 3600)
+    );
+    let consumer: jetstream::consumer::PullConsumer = stream.get_consumer("email").await.unwrap();
+    assert_eq!(consumer.cached_info().config.max_ack_pending, 8);
+    assert_eq!(
+        consumer.cached_info().config.ack_wait,
+        std::time::Duration::from_secs(90)
+    );
+}
+
+#[tokio::test]
+async fn a_removed_target_loses_its_consumer() {
+    let server = NatsServer::start().unwrap();
+    let (provisioner, js) = connect(&server).await;
+    provisioner
+        .apply(&plan(&["email", "crm", "analytics"]))
+        .await
+        .unwrap();
+    provisioner.apply(&plan(&["email", "crm"])).await.unwrap();
+    assert_eq!(
+        consumer_names(&js, "fanout_shop_orders").await,
+        ["crm", "email"]
+    );
+}
+
+#[tokio::test]
+async fn changing_storage_is_reported_not_forced() {
+    let server = NatsServer::start().unwrap();
+    let (provisioner, js) = connect(&server).await;
+    let mut p = plan(&["email"]);
+    provisioner.apply(&p).await.unwrap();
+    p.stream.storage = Storage::Memory;
+    let err = provisioner.apply(&p).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProvisionError::ImmutableChange {
+                field: "storage",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("fanout_shop_orders"), "{err}");
+    // The existing stream is untouched.
+    let mut stream = js.get_stream("fanout_shop_orders").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().config.storage,
+        jetstream::stream::StorageType::File
+    );
+}
+
+#[tokio::test]
+async fn delete_removes_streams_and_tolerates_missing_ones() {
+    let server = NatsServer::start().unwrap();
+    let (provisioner, js) = connect(&server).await;
+    provisioner.apply(&plan(&["email"])).await.unwrap();
+    let names = vec![
+        "fanout_shop_orders".to_string(),
+        "fanout_shop_orders_dlq".to_string(),
+    ];
+    provisioner.delete(&names).await.unwrap();
+    assert!(js.get_stream("fanout_shop_orders").await.is_err());
+    assert!(js.get_stream("fanout_shop_orders_dlq").await.is_err());
+    provisioner.delete(&names).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_health_bucket_expires_entries() {
+    let server = NatsServer::start().unwrap();
+    let (provisioner, js) = connect(&server).await;
+    let store = provisioner
+        .ensure_health_bucket(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    store
+        .put("shop.orders.email.pod-1", "{}".into())
+        .await
+        .unwrap();
+    // A second call finds the same bucket.
+    provisioner
+        .ensure_health_bucket(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut kv_stream = js.get_stream("KV_fanout_health").await.unwrap();
+    assert_eq!(
+        kv_stream.info().await.unwrap().config.max_age,
+        std::time::Duration::from_secs(30)
+    );
+}
