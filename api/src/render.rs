@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use fanout_config::gateway::GatewayRoute;
 use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
 use fanout_config::names::{RouteKey, subject_pattern_within};
 use fanout_config::policy::defaults;
@@ -24,6 +25,7 @@ const ACK_WAIT_SLACK: Duration = Duration::from_secs(30);
 pub struct Rendered {
     pub config: RouteConfig,
     pub streams: RouteStreams,
+    pub gateway: GatewayRoute,
 }
 
 /// Why a route cannot be rendered; each names the part of the spec at fault.
@@ -169,7 +171,21 @@ pub fn render<'a>(
         .as_ref()
         .and_then(|d| d.replicas)
         .unwrap_or(defaults::DISPATCHER_REPLICAS);
+    let gateway = spec.gateway.clone().unwrap_or_default();
+    let gateway = GatewayRoute {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        stream: stream.name.clone(),
+        ingest_prefix: key.ingest_prefix(),
+        token_files: gateway
+            .bearer_tokens
+            .iter()
+            .map(|t| secrets_dir.join(&t.name).join(&t.key))
+            .collect(),
+        allow_unauthenticated: gateway.allow_unauthenticated.unwrap_or(false),
+    };
     Ok(Rendered {
+        gateway,
         config: RouteConfig {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -299,6 +315,7 @@ mod tests {
                 targets,
                 dead_letter: None,
                 dispatcher: None,
+                gateway: None,
             },
         );
         r.metadata.namespace = Some("shop".into());
@@ -415,6 +432,29 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "targets[email]: ApiTarget \"mailer\": url: scheme \"ftp\" is not supported; use http or https"
+        );
+    }
+
+    #[test]
+    fn the_gateway_refuses_anonymous_events_unless_allowed() {
+        let mut r = route(vec![target("email", "mailer")]);
+        let targets = [api_target("mailer", "http://m")];
+        let out = render_with(&r, &targets).unwrap();
+        assert!(!out.gateway.allow_unauthenticated);
+        assert!(out.gateway.token_files.is_empty());
+        assert_eq!(out.gateway.ingest_prefix, "fanout.in.shop.orders");
+        assert_eq!(out.gateway.stream, "fanout_shop_orders");
+
+        r.spec.gateway = Some(
+            serde_json::from_value(serde_json::json!({
+                "bearerTokens": [{"name": "ingest", "key": "token"}]
+            }))
+            .unwrap(),
+        );
+        let out = render_with(&r, &targets).unwrap();
+        assert_eq!(
+            out.gateway.token_files,
+            [Path::new("/var/run/fanout/secrets/ingest/token")]
         );
     }
 

@@ -8,7 +8,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{CircuitBreakerSpec, RateLimitSpec, RetrySpec};
+use crate::policy::{CircuitBreakerSpec, RateLimitSpec, RetrySpec, SecretKeyRef};
 use crate::status::{CircuitState, Condition};
 use fanout_config::Duration;
 
@@ -50,6 +50,27 @@ pub struct FanOutRouteSpec {
     /// The dispatcher pods that deliver this route's events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatcher: Option<DispatcherSpec>,
+
+    /// How the HTTP gateway accepts events for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySpec>,
+}
+
+/// Ingest through the HTTP gateway.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.allowUnauthenticated) && self.allowUnauthenticated) || !has(self.bearerTokens) || size(self.bearerTokens) == 0").message("allowUnauthenticated cannot be combined with bearerTokens"))]
+pub struct GatewaySpec {
+    /// Bearer tokens that may send events to this route (any one of them, so tokens
+    /// can be rotated without downtime). Requests without a valid token get 401/403.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub bearer_tokens: Vec<SecretKeyRef>,
+
+    /// Accept events without a token. Default: false, so a route without
+    /// bearerTokens refuses every HTTP request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unauthenticated: Option<bool>,
 }
 
 /// The route's JetStream stream.

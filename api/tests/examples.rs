@@ -167,6 +167,26 @@ fn every_secret_reference_exists_in_the_example() {
                 );
             }
         }
+        for (name, route) in &example.routes {
+            let tokens = route
+                .spec
+                .gateway
+                .iter()
+                .flat_map(|g| g.bearer_tokens.iter());
+            let wanted: Vec<(String, String)> =
+                tokens.map(|t| (t.name.clone(), t.key.clone())).collect();
+            for (secret, key) in wanted {
+                let found = example
+                    .secrets
+                    .get(&secret)
+                    .is_some_and(|s| secret_has_key(s, &key));
+                assert!(
+                    found,
+                    "{}: ApiTarget {name} needs Secret {secret} key {key}",
+                    dir.display()
+                );
+            }
+        }
     }
 }
 

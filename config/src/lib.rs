@@ -7,8 +7,10 @@
 //! - [`policy`]: the effective delivery policy of one target.
 //! - [`route`]: what one route's dispatchers run with.
 //! - [`jetstream`]: the JetStream objects a route needs.
+//! - [`gateway`]: the routes the gateway accepts events for.
 
 pub mod duration;
+pub mod gateway;
 pub mod jetstream;
 pub mod names;
 pub mod policy;

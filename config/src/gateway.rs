@@ -1,0 +1,31 @@
+//! What the gateway serves: one entry per route, rendered by the operator into the
+//! gateway's ConfigMap. Token values are files (mounted Secrets), never inline.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// All routes the gateway accepts events for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayConfig {
+    pub routes: Vec<GatewayRoute>,
+}
+
+/// One route as the gateway sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRoute {
+    pub namespace: String,
+    pub name: String,
+    /// The route's stream (the gateway checks PubAcks come from it).
+    pub stream: String,
+    /// Events are published to `<ingestPrefix>.<event type or "event">`.
+    pub ingest_prefix: String,
+    /// Files each holding one accepted bearer token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_files: Vec<PathBuf>,
+    /// Accept requests without a token.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+}
