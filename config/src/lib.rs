@@ -8,9 +8,11 @@
 //! - [`route`]: what one route's dispatchers run with.
 //! - [`jetstream`]: the JetStream objects a route needs.
 //! - [`gateway`]: the routes the gateway accepts events for.
+//! - [`health`]: the per-target snapshots dispatchers report.
 
 pub mod duration;
 pub mod gateway;
+pub mod health;
 pub mod jetstream;
 pub mod names;
 pub mod policy;

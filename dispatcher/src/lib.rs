@@ -1,17 +1,169 @@
-//! The delivery engine (`fanout dispatch`). Work in progress.
+//! The delivery engine (`fanout dispatch`): every event of a route to every target,
+//! independently, durably, at least once.
+//!
+//! Where things are decided:
+//! - [`classify`]: what a response means (delivered / retry / permanent).
+//! - [`backoff`]: how long to wait before the next attempt (jitter, Retry-After).
+//! - [`breaker`]: whether a target is healthy enough to be sent to.
+//! - [`delivery`]: ack, retry later or dead-letter, after an attempt.
+//! - [`dead_letter`]: what a dead letter carries and how it is published.
+//! - [`request`], [`signing`], [`trace`]: what each HTTP request carries.
+//! - [`worker`]: one target's fetch-deliver-settle loop.
+//! - [`engine`]: starting and stopping all workers of a route.
+//! - [`telemetry`], [`health`], [`server`]: metrics, logs, health snapshots, probes.
+//! - [`load`]: reading the rendered configuration and credentials.
 
-/// Command-line settings of `fanout dispatch`.
+pub mod backoff;
+pub mod breaker;
+pub mod classify;
+pub mod dead_letter;
+pub mod delivery;
+pub mod engine;
+pub mod event;
+pub mod health;
+pub mod load;
+pub mod request;
+pub mod server;
+pub mod signing;
+pub mod telemetry;
+pub mod trace;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+pub use engine::{Engine, EngineOptions};
+pub use telemetry::Metrics;
+
+/// Command-line settings of `fanout dispatch`. Every flag is also an environment variable.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The rendered route configuration (YAML or JSON).
+    /// The rendered route configuration (YAML or JSON), as written by the operator.
     #[arg(long, env = "FANOUT_DISPATCH_CONFIG")]
-    pub config: std::path::PathBuf,
+    pub config: PathBuf,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "FANOUT_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: SocketAddr,
+
+    /// Name in health snapshots; defaults to $HOSTNAME (the pod name in Kubernetes).
+    #[arg(long, env = "FANOUT_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// How often per-target health snapshots are written to NATS.
+    #[arg(long, env = "FANOUT_HEALTH_INTERVAL", default_value = "5s")]
+    pub health_interval: fanout_config::Duration,
+
+    /// How long requests in flight may take to finish after SIGTERM.
+    #[arg(long, env = "FANOUT_SHUTDOWN_GRACE", default_value = "25s")]
+    pub shutdown_grace: fanout_config::Duration,
 }
 
-/// Runs the dispatcher until a shutdown signal.
+/// How to reach NATS. Secrets come from files, never from the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long = "nats-url",
+        env = "FANOUT_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(long = "nats-credentials-file", env = "FANOUT_NATS_CREDENTIALS_FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// File holding a NATS token.
+    #[arg(long = "nats-token-file", env = "FANOUT_NATS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        let mut options = match &self.credentials_file {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .with_context(|| format!("reading the NATS credentials file {}", path.display()))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let Some(path) = &self.token_file {
+            let token = read_secret(path).context("reading the NATS token file")?;
+            options = options.token(token);
+        }
+        options
+            .name(name)
+            .connect(&self.url)
+            .await
+            .with_context(|| format!("connecting to NATS at {}", self.url))
+    }
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| path.display().to_string())?
+        .trim()
+        .to_string())
+}
+
+/// Runs the dispatcher until SIGTERM or SIGINT, then drains and exits.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "the dispatcher is not implemented yet (config {})",
-        args.config.display()
-    )
+    let config = load::route_config(&args.config)?;
+    let auths = config
+        .targets
+        .iter()
+        .map(load::auth)
+        .collect::<Result<Vec<_>, _>>()?;
+    let nats = args.nats.connect("fanout-dispatcher").await?;
+    let metrics = Arc::new(Metrics::default());
+    let pod = args
+        .pod_name
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "dispatcher".into());
+    let options = EngineOptions {
+        pod,
+        health_interval: args.health_interval.as_std(),
+        shutdown_grace: args.shutdown_grace.as_std(),
+        ..Default::default()
+    };
+    let engine = Engine::start(config, auths, nats.clone(), metrics.clone(), options).await?;
+
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let server = tokio::spawn(server::serve(
+        listener,
+        metrics,
+        nats.clone(),
+        shutdown.clone(),
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("stopping: no new fetches, finishing deliveries in flight");
+    engine.stop().await;
+    shutdown.cancel();
+    server
+        .await
+        .context("metrics server task")?
+        .context("metrics server")?;
+    // Acks are buffered by the client; make sure they reach the server before exit.
+    nats.flush().await.context("flushing NATS")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

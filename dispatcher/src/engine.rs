@@ -1,0 +1,220 @@
+//! Starts and stops the delivery of one route: a worker per target plus the health
+//! reporter. Used by `fanout dispatch`, by `fanout standalone` and by the tests.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use fanout_config::RouteConfig;
+use fanout_config::health::HealthSnapshot;
+use fanout_provision::Provisioner;
+use governor::{Quota, RateLimiter};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::health;
+use crate::request::{Auth, RequestTemplate, TemplateError};
+use crate::telemetry::{Metrics, TargetTelemetry};
+use crate::worker::{RouteContext, Worker, WorkerParts};
+
+/// How the engine runs, beyond the route's configuration.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// This process's name in health snapshots (the pod name in Kubernetes).
+    pub pod: String,
+    /// How often health snapshots are written.
+    pub health_interval: Duration,
+    /// How long snapshots live in the KV bucket without being refreshed.
+    pub health_ttl: Duration,
+    /// How long requests in flight may take to finish after a stop.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            pod: "dispatcher".into(),
+            health_interval: Duration::from_secs(5),
+            health_ttl: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("stream {stream} does not exist (is the route provisioned?)")]
+    MissingStream {
+        stream: String,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    #[error(
+        "targets[{target}]: consumer {consumer} on stream {stream} does not exist (is the route provisioned?)"
+    )]
+    MissingConsumer {
+        target: String,
+        consumer: String,
+        stream: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("targets[{target}].policy")]
+    Template {
+        target: String,
+        #[source]
+        source: TemplateError,
+    },
+    #[error("targets[{target}]: building the HTTP client")]
+    HttpClient {
+        target: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the health KV bucket")]
+    HealthBucket(#[source] fanout_provision::ProvisionError),
+    #[error("targets has {targets} entries but {auths} credential sets were given")]
+    CredentialCount { targets: usize, auths: usize },
+}
+
+/// A running route.
+pub struct Engine {
+    workers: Vec<Arc<Worker>>,
+    pod: String,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Engine {
+    /// Checks that the stream and every consumer exist, then starts delivering.
+    /// `auths` holds each target's credentials, in the order of `config.targets`.
+    pub async fn start(
+        config: RouteConfig,
+        auths: Vec<Auth>,
+        nats: async_nats::Client,
+        metrics: Arc<Metrics>,
+        options: EngineOptions,
+    ) -> Result<Engine, StartError> {
+        if auths.len() != config.targets.len() {
+            return Err(StartError::CredentialCount {
+                targets: config.targets.len(),
+                auths: auths.len(),
+            });
+        }
+        // reqwest is built without a bundled TLS provider; ring is the one kube uses too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+
+        let js = jetstream::new(nats);
+        let stream =
+            js.get_stream(&config.stream)
+                .await
+                .map_err(|source| StartError::MissingStream {
+                    stream: config.stream.clone(),
+                    source,
+                })?;
+        let label = format!("{}/{}", config.namespace, config.name);
+        let route = Arc::new(RouteContext {
+            label: label.clone(),
+            namespace: config.namespace.clone(),
+            js: js.clone(),
+            dead_letter_enabled: config.dead_letter_stream.is_some(),
+        });
+        let replicas = config.replicas.max(1);
+
+        let mut workers = Vec::with_capacity(config.targets.len());
+        for (target, auth) in config.targets.into_iter().zip(auths) {
+            let consumer: PullConsumer =
+                stream
+                    .get_consumer(&target.consumer)
+                    .await
+                    .map_err(|source| StartError::MissingConsumer {
+                        target: target.name.clone(),
+                        consumer: target.consumer.clone(),
+                        stream: config.stream.clone(),
+                        source,
+                    })?;
+            let template = RequestTemplate::new(&label, &target, auth).map_err(|source| {
+                StartError::Template {
+                    target: target.name.clone(),
+                    source,
+                }
+            })?;
+            let client = http_client(&target.policy).map_err(|source| StartError::HttpClient {
+                target: target.name.clone(),
+                source,
+            })?;
+            let limiter = target.policy.rate_limit.as_ref().map(|limit| {
+                // Each replica takes an equal share of the route's rate and burst.
+                let share = limit.requests_per_second / f64::from(replicas);
+                let burst = NonZeroU32::new((limit.burst / replicas).max(1)).expect("at least 1");
+                let period = Duration::from_secs_f64(1.0 / share);
+                RateLimiter::direct(
+                    Quota::with_period(period)
+                        .expect("a positive period")
+                        .allow_burst(burst),
+                )
+            });
+            let telemetry = TargetTelemetry::new(metrics.clone(), &label, &target.name);
+            workers.push(Arc::new(Worker::new(WorkerParts {
+                route: route.clone(),
+                config: target,
+                consumer,
+                template,
+                client,
+                limiter,
+                telemetry,
+            })));
+        }
+
+        let bucket = Provisioner::new(js)
+            .ensure_health_bucket(options.health_ttl)
+            .await
+            .map_err(StartError::HealthBucket)?;
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        for worker in &workers {
+            tasks.spawn(worker.clone().run(shutdown.clone(), options.shutdown_grace));
+        }
+        tasks.spawn(health::report(
+            workers.clone(),
+            bucket,
+            options.pod.clone(),
+            options.health_interval,
+            shutdown.clone(),
+        ));
+        tracing::info!(route = %label, targets = workers.len(), pod = %options.pod, "delivering");
+        Ok(Engine {
+            workers,
+            pod: options.pod,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The current health of every target, as it would be reported.
+    pub fn snapshots(&self) -> Vec<HealthSnapshot> {
+        self.workers.iter().map(|w| w.snapshot(&self.pod)).collect()
+    }
+
+    /// Stops fetching, drains, writes a last health snapshot, and returns when done.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+fn http_client(policy: &fanout_config::DeliveryPolicy) -> Result<reqwest::Client, reqwest::Error> {
+    let timeout = policy.timeout.as_std();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        // A redirect is an answer, not an instruction: 3xx is a permanent failure.
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(policy.max_in_flight as usize)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .user_agent(concat!("fanout/", env!("CARGO_PKG_VERSION")))
+        .build()
+}

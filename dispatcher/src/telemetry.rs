@@ -1,0 +1,355 @@
+//! Everything the dispatcher reports about a target, from one place: each delivery
+//! event updates the Prometheus metric, the counters behind the health snapshot and
+//! the log line together, so logs, metrics and status never disagree.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fanout_config::health::{Circuit, HealthSnapshot};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::classify::Failure;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    route: String,
+    target: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    Retried,
+    DeadLettered,
+    Discarded,
+    Filtered,
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Retried => "retried",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Discarded => "discarded",
+            Outcome::Filtered => "filtered",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    route: String,
+    target: String,
+    outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    route: String,
+    target: String,
+    /// From [`Failure::category`]: a fixed set of values.
+    reason: &'static str,
+}
+
+/// The process's metrics registry and metric families.
+pub struct Metrics {
+    pub registry: Registry,
+    outcomes: Family<OutcomeLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    latency: Family<TargetLabels, Histogram>,
+    in_flight: Family<TargetLabels, Gauge>,
+    circuit: Family<TargetLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("fanout");
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Events finished per target, by outcome (delivered, retried, dead_lettered, discarded, filtered)",
+            outcomes.clone(),
+        );
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "delivery_failures",
+            "Failed delivery attempts per target, by reason",
+            failures.clone(),
+        );
+        let latency = Family::<TargetLabels, Histogram>::new_with_constructor(|| {
+            // 1 ms .. ~33 s
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ])
+        });
+        registry.register(
+            "delivery_duration_seconds",
+            "Duration of delivery attempts per target, request sent to response headers",
+            latency.clone(),
+        );
+        let in_flight = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "deliveries_in_flight",
+            "Delivery requests in progress per target",
+            in_flight.clone(),
+        );
+        let circuit = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "circuit_state",
+            "Circuit breaker state per target: 0 closed, 1 half-open, 2 open",
+            circuit.clone(),
+        );
+        Metrics {
+            registry,
+            outcomes,
+            failures,
+            latency,
+            in_flight,
+            circuit,
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// The reporting handle of one target; metric handles are resolved once here so the
+/// delivery path does no label lookups.
+pub struct TargetTelemetry {
+    route: String,
+    target: String,
+    metrics: std::sync::Arc<Metrics>,
+    delivered_total: Counter,
+    retried_total: Counter,
+    dead_lettered_total: Counter,
+    discarded_total: Counter,
+    filtered_total: Counter,
+    latency: Histogram,
+    in_flight_gauge: Gauge,
+    circuit_gauge: Gauge,
+    // Totals for the health snapshot.
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+    in_flight: AtomicU64,
+    last_success_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl TargetTelemetry {
+    pub fn new(metrics: std::sync::Arc<Metrics>, route: &str, target: &str) -> Self {
+        let outcome = |outcome| {
+            metrics
+                .outcomes
+                .get_or_create(&OutcomeLabels {
+                    route: route.to_string(),
+                    target: target.to_string(),
+                    outcome,
+                })
+                .clone()
+        };
+        let labels = TargetLabels {
+            route: route.to_string(),
+            target: target.to_string(),
+        };
+        let latency = metrics.latency.get_or_create(&labels).clone();
+        let in_flight_gauge = metrics.in_flight.get_or_create(&labels).clone();
+        let circuit_gauge = metrics.circuit.get_or_create(&labels).clone();
+        TargetTelemetry {
+            delivered_total: outcome(Outcome::Delivered),
+            retried_total: outcome(Outcome::Retried),
+            dead_lettered_total: outcome(Outcome::DeadLettered),
+            discarded_total: outcome(Outcome::Discarded),
+            filtered_total: outcome(Outcome::Filtered),
+            latency,
+            in_flight_gauge,
+            circuit_gauge,
+            route: route.to_string(),
+            target: target.to_string(),
+            metrics,
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            last_success_ms: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight_gauge.inc();
+    }
+
+    pub fn request_finished(&self, took: Duration) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight_gauge.dec();
+        self.latency.observe(took.as_secs_f64());
+    }
+
+    pub fn delivered(&self, event_id: &str, attempt: u32, status: u16) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.delivered_total.inc();
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_success_ms.store(now_ms, Ordering::Relaxed);
+        tracing::debug!(route = %self.route, target = %self.target, event_id, attempt, status, "delivered");
+    }
+
+    /// An attempt failed; `retry_in` is `Some` when another attempt is scheduled.
+    pub fn attempt_failed(
+        &self,
+        event_id: &str,
+        attempt: u32,
+        failure: &Failure,
+        retry_in: Option<Duration>,
+    ) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .failures
+            .get_or_create(&FailureLabels {
+                route: self.route.clone(),
+                target: self.target.clone(),
+                reason: failure.category(),
+            })
+            .inc();
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure.to_string());
+        if let Some(delay) = retry_in {
+            self.retried_total.inc();
+            tracing::info!(route = %self.route, target = %self.target, event_id, attempt, error = %failure, retry_in = ?delay, "attempt failed; will retry");
+        }
+    }
+
+    pub fn dead_lettered(&self, event_id: &str, attempts: u32, reason: &str, failure: &Failure) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.dead_lettered_total.inc();
+        tracing::warn!(route = %self.route, target = %self.target, event_id, attempts, reason, error = %failure, "event dead-lettered");
+    }
+
+    /// Dead-lettering is disabled for the route: the event is dropped, loudly.
+    pub fn discarded(&self, event_id: &str, attempts: u32, reason: &str, failure: &Failure) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.discarded_total.inc();
+        tracing::error!(route = %self.route, target = %self.target, event_id, attempts, reason, error = %failure, "event discarded: dead-lettering is disabled for this route");
+    }
+
+    pub fn dead_letter_failed(&self, event_id: &str, error: &dyn std::error::Error) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(format!("dead-letter publish failed: {error}"));
+        tracing::error!(route = %self.route, target = %self.target, event_id, error = %error, "dead-letter publish failed; the event stays in the stream and is retried");
+    }
+
+    pub fn filtered(&self) {
+        self.filtered_total.inc();
+    }
+
+    pub fn circuit_changed(&self, state: Circuit) {
+        self.set_circuit_gauge(state);
+        match state {
+            Circuit::Open => {
+                tracing::warn!(route = %self.route, target = %self.target, "circuit opened: fetching paused")
+            }
+            Circuit::HalfOpen => {
+                tracing::info!(route = %self.route, target = %self.target, "circuit half-open: probing")
+            }
+            Circuit::Closed => {
+                tracing::info!(route = %self.route, target = %self.target, "circuit closed: delivering")
+            }
+        }
+    }
+
+    pub fn set_circuit_gauge(&self, state: Circuit) {
+        self.circuit_gauge.set(match state {
+            Circuit::Closed => 0,
+            Circuit::HalfOpen => 1,
+            Circuit::Open => 2,
+        });
+    }
+
+    pub fn snapshot(&self, namespace: &str, pod: &str, circuit: Circuit) -> HealthSnapshot {
+        let last_success_ms = self.last_success_ms.load(Ordering::Relaxed);
+        HealthSnapshot {
+            namespace: namespace.to_string(),
+            route: self
+                .route
+                .rsplit('/')
+                .next()
+                .unwrap_or(&self.route)
+                .to_string(),
+            target: self.target.clone(),
+            pod: pod.to_string(),
+            circuit,
+            delivered: self.delivered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            last_success_time: (last_success_ms > 0)
+                .then(|| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(last_success_ms))),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            reported_at: rfc3339(SystemTime::now()),
+        }
+    }
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn counters_feed_both_the_snapshot_and_the_metrics() {
+        let metrics = Arc::new(Metrics::default());
+        let t = TargetTelemetry::new(metrics.clone(), "shop/orders", "email");
+        t.request_started();
+        t.request_finished(Duration::from_millis(3));
+        t.delivered("e1", 1, 200);
+        let failure = Failure::Status {
+            code: 503,
+            body: String::new(),
+        };
+        t.attempt_failed("e2", 1, &failure, Some(Duration::from_secs(1)));
+        t.dead_lettered("e3", 5, "exhausted", &failure);
+
+        let s = t.snapshot("shop", "pod-1", Circuit::Closed);
+        assert_eq!(
+            (s.delivered, s.failed, s.dead_lettered, s.in_flight),
+            (1, 1, 1, 0)
+        );
+        assert_eq!(s.route, "orders");
+        assert_eq!(s.last_error.as_deref(), Some("HTTP 503"));
+        assert!(s.last_success_time.is_some());
+
+        let text = metrics.encode();
+        assert!(text.contains(r#"fanout_deliveries_total{route="shop/orders",target="email",outcome="delivered"} 1"#), "{text}");
+        assert!(text.contains(r#"fanout_delivery_failures_total{route="shop/orders",target="email",reason="status_5xx"} 1"#), "{text}");
+        assert!(text.contains(r#"fanout_deliveries_total{route="shop/orders",target="email",outcome="dead_lettered"} 1"#), "{text}");
+    }
+}

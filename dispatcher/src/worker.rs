@@ -1,0 +1,459 @@
+//! One target's consumer loop: fetch as many events as there is room for, deliver
+//! each concurrently, and settle it: acknowledge, retry later, or dead-letter.
+//!
+//! Room is the in-flight semaphore (the target's maxInFlight; JetStream's
+//! max_ack_pending enforces the same bound across replicas). While the circuit is
+//! open nothing is fetched; events already in hand wait for admission with progress
+//! acks, so they keep their place and no attempt is used up.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
+use fanout_config::TargetConfig;
+use fanout_config::health::{Circuit, HealthSnapshot};
+use futures::StreamExt;
+use governor::DefaultDirectRateLimiter;
+use reqwest::header::RETRY_AFTER;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::parse_retry_after;
+use crate::breaker::{Admission, Breaker};
+use crate::classify::{Failure, Verdict, classify_status, classify_transport};
+use crate::dead_letter::DeadLetter;
+use crate::delivery::{DeadLetterReason, Decision, decide};
+use crate::event::Event;
+use crate::request::RequestTemplate;
+use crate::telemetry::TargetTelemetry;
+
+/// Longest a pull request waits for events before a new one is made.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// Most events asked for in one pull.
+const MAX_BATCH: usize = 256;
+/// Bytes of an error response kept for the status and the dead letter.
+const ERROR_BODY_LIMIT: usize = 1024;
+/// Bytes of a success response read to keep the connection reusable.
+const SUCCESS_BODY_LIMIT: usize = 64 * 1024;
+/// Wait before settling again when a dead-letter publish failed.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
+
+/// What every target of a route shares.
+pub struct RouteContext {
+    /// `namespace/name`, for logs and metric labels.
+    pub label: String,
+    pub namespace: String,
+    pub js: jetstream::Context,
+    pub dead_letter_enabled: bool,
+}
+
+pub struct Worker {
+    route: Arc<RouteContext>,
+    config: TargetConfig,
+    consumer: PullConsumer,
+    ack_wait: Duration,
+    template: RequestTemplate,
+    client: reqwest::Client,
+    breaker: Option<Mutex<Breaker>>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    telemetry: TargetTelemetry,
+    in_flight: Arc<Semaphore>,
+    /// Events held back by the breaker right now.
+    waiting: AtomicUsize,
+}
+
+/// The parts a worker is built from (see `engine.rs`).
+pub struct WorkerParts {
+    pub route: Arc<RouteContext>,
+    pub config: TargetConfig,
+    pub consumer: PullConsumer,
+    pub template: RequestTemplate,
+    pub client: reqwest::Client,
+    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub telemetry: TargetTelemetry,
+}
+
+impl Worker {
+    pub fn new(parts: WorkerParts) -> Worker {
+        let ack_wait = parts.consumer.cached_info().config.ack_wait;
+        let max_in_flight = parts.config.policy.max_in_flight as usize;
+        let breaker = parts
+            .config
+            .policy
+            .circuit_breaker
+            .clone()
+            .map(|policy| Mutex::new(Breaker::new(policy, Instant::now())));
+        Worker {
+            route: parts.route,
+            ack_wait,
+            template: parts.template,
+            client: parts.client,
+            breaker,
+            limiter: parts.limiter,
+            telemetry: parts.telemetry,
+            consumer: parts.consumer,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            waiting: AtomicUsize::new(0),
+            config: parts.config,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn circuit(&self) -> Circuit {
+        self.breaker.as_ref().map_or(Circuit::Closed, |b| {
+            b.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .state(Instant::now())
+        })
+    }
+
+    pub fn snapshot(&self, pod: &str) -> HealthSnapshot {
+        let circuit = self.circuit();
+        self.telemetry.set_circuit_gauge(circuit);
+        self.telemetry.snapshot(&self.route.namespace, pod, circuit)
+    }
+
+    /// Fetches and delivers until `shutdown`; then stops fetching, sends events that
+    /// have not started back to JetStream, and gives requests in flight `grace` to end.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        let drain = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            if let Some(until) = self.fetch_pause() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let free = self.in_flight.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    permit = self.in_flight.clone().acquire_owned() => drop(permit),
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let want = match self.circuit() {
+                Circuit::Closed => free.min(MAX_BATCH),
+                _ => free.min(self.probes()),
+            };
+            let pull = self
+                .consumer
+                .batch()
+                .max_messages(want)
+                .expires(FETCH_WAIT)
+                .messages();
+            let batch = tokio::select! {
+                batch = pull => batch,
+                _ = shutdown.cancelled() => break,
+            };
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(route = %self.route.label, target = %self.name(), %error, "fetching events failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            while let Some(item) = batch.next().await {
+                let message = match item {
+                    Ok(message) => message,
+                    Err(error) => {
+                        tracing::debug!(route = %self.route.label, target = %self.name(), %error, "pull ended");
+                        break;
+                    }
+                };
+                if shutdown.is_cancelled() {
+                    // Arrived after the stop signal: straight back for another replica.
+                    settle(&message, AckKind::Nak(None)).await;
+                    continue;
+                }
+                let permit = match self.in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => self
+                        .in_flight
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore is never closed"),
+                };
+                tasks.spawn(self.clone().deliver(message, permit, drain.clone()));
+            }
+        }
+        drain.cancel();
+        let finished =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            tracing::warn!(route = %self.route.label, target = %self.name(), ?grace, "requests still in flight after the grace period; abandoning them (JetStream redelivers after the ack wait)");
+            tasks.abort_all();
+        }
+    }
+
+    fn probes(&self) -> usize {
+        self.config
+            .policy
+            .circuit_breaker
+            .as_ref()
+            .map_or(1, |b| b.half_open_probes as usize)
+    }
+
+    /// When fetching must wait: the circuit is open, or half-open with probes pending.
+    fn fetch_pause(&self) -> Option<Instant> {
+        let breaker = self
+            .breaker
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match breaker.state(now) {
+            Circuit::Open => Some(
+                breaker
+                    .open_until()
+                    .unwrap_or(now + Duration::from_millis(100)),
+            ),
+            Circuit::HalfOpen if self.waiting.load(Ordering::Relaxed) > 0 => {
+                Some(now + Duration::from_millis(50))
+            }
+            _ => None,
+        }
+    }
+
+    async fn deliver(
+        self: Arc<Self>,
+        message: Message,
+        _permit: OwnedSemaphorePermit,
+        drain: CancellationToken,
+    ) {
+        let event = Event::from_message(&message);
+        // A redriven event was addressed to this target explicitly.
+        let redrive = event.subject.starts_with("fanout.redrive.");
+        if !redrive
+            && !self
+                .config
+                .filter
+                .matches(&event.subject, |h| event.header(h))
+        {
+            self.telemetry.filtered();
+            settle(&message, AckKind::Ack).await;
+            return;
+        }
+        if !self.admit(&message, &drain).await {
+            settle(&message, AckKind::Nak(None)).await;
+            return;
+        }
+
+        self.telemetry.request_started();
+        let started = Instant::now();
+        let verdict = self.attempt(&event).await;
+        self.telemetry.request_finished(started.elapsed());
+        if let Some(breaker) = &self.breaker {
+            let change = breaker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(!verdict.counts_against_target(), Instant::now());
+            if let Some(state) = change {
+                self.telemetry.circuit_changed(state);
+            }
+        }
+
+        let status = match &verdict {
+            Verdict::Delivered { status } => *status,
+            _ => 0,
+        };
+        let decision = decide(
+            &self.config.policy.retry,
+            event.delivery,
+            verdict,
+            &mut rand::rng(),
+        );
+        match decision {
+            Decision::Ack => {
+                self.telemetry.delivered(&event.id, event.delivery, status);
+                settle(&message, AckKind::Ack).await;
+            }
+            Decision::Retry { delay, failure } => {
+                self.telemetry
+                    .attempt_failed(&event.id, event.delivery, &failure, Some(delay));
+                settle(&message, AckKind::Nak(Some(delay))).await;
+            }
+            Decision::DeadLetter { reason, failure } => {
+                self.telemetry
+                    .attempt_failed(&event.id, event.delivery, &failure, None);
+                self.dead_letter(&message, &event, reason, &failure).await;
+            }
+        }
+    }
+
+    /// Waits until the breaker and the rate limiter let a request go, sending progress
+    /// acks so JetStream keeps the event with us. False when draining for shutdown.
+    async fn admit(&self, message: &Message, drain: &CancellationToken) -> bool {
+        let progress_every = self.ack_wait / 3;
+        let mut next_progress = Instant::now() + progress_every;
+        if let Some(breaker) = &self.breaker {
+            let mut held = false;
+            let admitted = loop {
+                let admission = breaker
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .admit(Instant::now());
+                let until = match admission {
+                    Admission::Allowed => break true,
+                    Admission::Denied { until } => until,
+                };
+                if !held {
+                    held = true;
+                    self.waiting.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.min(next_progress).into()) => {}
+                    _ = drain.cancelled() => break false,
+                }
+                if Instant::now() >= next_progress {
+                    settle(message, AckKind::Progress).await;
+                    next_progress = Instant::now() + progress_every;
+                }
+            };
+            if held {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            if !admitted {
+                return false;
+            }
+        }
+        if let Some(limiter) = &self.limiter {
+            loop {
+                tokio::select! {
+                    _ = limiter.until_ready() => break,
+                    _ = tokio::time::sleep_until(next_progress.into()) => {
+                        settle(message, AckKind::Progress).await;
+                        next_progress = Instant::now() + progress_every;
+                    }
+                    _ = drain.cancelled() => return false,
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends one request and classifies what came back.
+    async fn attempt(&self, event: &Event) -> Verdict {
+        let request = self.template.build(&self.client, event, &mut rand::rng());
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) if error.is_timeout() => return classify_transport(Failure::Timeout),
+            Err(error) => return classify_transport(Failure::Connection(error_chain(&error))),
+        };
+        let code = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let success = response.status().is_success();
+        let limit = if success {
+            SUCCESS_BODY_LIMIT
+        } else {
+            ERROR_BODY_LIMIT
+        };
+        let body = match read_limited(response, limit).await {
+            Ok(body) => body,
+            // The status is known; a body that times out still counts for a success,
+            // the response headers were the answer.
+            Err(error) if success => {
+                tracing::debug!(%error, "reading a success response body failed");
+                Vec::new()
+            }
+            Err(error) if error.is_timeout() => return classify_transport(Failure::Timeout),
+            Err(error) => return classify_transport(Failure::Connection(error_chain(&error))),
+        };
+        let text = if success {
+            String::new()
+        } else {
+            String::from_utf8_lossy(&body).trim().to_string()
+        };
+        classify_status(&self.config.policy.retry, code, text, retry_after)
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &Message,
+        event: &Event,
+        reason: DeadLetterReason,
+        failure: &Failure,
+    ) {
+        if !self.route.dead_letter_enabled {
+            self.telemetry
+                .discarded(&event.id, event.delivery, reason.as_str(), failure);
+            settle(message, AckKind::Term).await;
+            return;
+        }
+        let letter = DeadLetter {
+            subject: &self.config.dead_letter_subject,
+            target: &self.config.name,
+            event,
+            attempts: event.delivery,
+            reason,
+            failure,
+        };
+        match letter.publish(&self.route.js).await {
+            Ok(()) => {
+                self.telemetry
+                    .dead_lettered(&event.id, event.delivery, reason.as_str(), failure);
+                settle(message, AckKind::Term).await;
+            }
+            Err(error) => {
+                // Not acknowledged: the event stays and comes back after the delay.
+                self.telemetry.dead_letter_failed(&event.id, &error);
+                settle(message, AckKind::Nak(Some(DEAD_LETTER_RETRY))).await;
+            }
+        }
+    }
+}
+
+/// Acks, naks or terms a message. A failure here means the NATS connection is gone;
+/// JetStream then redelivers after the ack wait, so logging is all that is left to do.
+async fn settle(message: &Message, kind: AckKind) {
+    if let Err(error) = message.ack_with(kind).await {
+        tracing::warn!(%error, ?kind, "settling a message failed; JetStream will redeliver it");
+    }
+}
+
+/// Reads at most `limit` bytes of a response body.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while body.len() < limit {
+        match response.chunk().await? {
+            Some(chunk) => body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]),
+            None => break,
+        }
+    }
+    Ok(body)
+}
+
+/// An error and its causes on one line ("error sending request: connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

