@@ -3,10 +3,12 @@
 //! - [`nats::NatsServer`]: a nats-server with JetStream and a temporary store.
 //! - [`cluster`]: the local kube-apiserver + controller-manager (started once per test
 //!   run by `e2e/cluster.sh`), a client for it, and a fresh namespace per test.
+//! - [`target::TargetServer`]: a scripted HTTP target that records what it receives.
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
 
 pub mod cluster;
 pub mod nats;
+pub mod target;
 pub mod tools;
 pub mod wait;
 

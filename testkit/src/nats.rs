@@ -29,8 +29,21 @@ impl NatsServer {
             monitor_port: free_port(),
             dir,
         };
-        server.spawn()?;
-        Ok(server)
+        // A port found free can be taken by a parallel test before nats-server binds
+        // it; then the server exits at once and we try again on other ports.
+        let mut attempts = 0;
+        loop {
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) if attempts < 4 => {
+                    attempts += 1;
+                    eprintln!("nats-server did not start ({e:#}); retrying on other ports");
+                    server.port = free_port();
+                    server.monitor_port = free_port();
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.

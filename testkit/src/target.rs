@@ -1,0 +1,258 @@
+//! A real HTTP target on loopback with scripted behaviour: it answers with a
+//! programmed sequence of replies (status codes, Retry-After, latency, connection
+//! resets), records every request it receives, and can go down and come back up on
+//! the same port.
+
+use std::collections::VecDeque;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::wait;
+
+/// How the target answers one request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// This status with an empty body.
+    Status(u16),
+    /// This status and body.
+    StatusBody(u16, &'static str),
+    /// 429/503-style answer with a `Retry-After` value.
+    RetryAfter(u16, String),
+    /// Wait, then answer with the status (for timeouts and slow targets).
+    Delay(Duration, u16),
+    /// Close the connection without answering.
+    Reset,
+}
+
+/// One request as the target saw it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+    received: Vec<Received>,
+}
+
+/// A scripted HTTP server on 127.0.0.1.
+pub struct TargetServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Option<CancellationToken>,
+}
+
+impl TargetServer {
+    /// Starts on a free port, answering 200 to everything.
+    pub async fn start() -> anyhow::Result<TargetServer> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let mut server = TargetServer {
+            addr: listener.local_addr()?,
+            state: Arc::new(Mutex::new(State::default())),
+            stop: None,
+        };
+        server.serve(listener);
+        Ok(server)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Replies used in order for the next requests, then the default.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// The reply once the script is used up (200 unless set).
+    pub fn set_default(&self, reply: Reply) {
+        self.state.lock().unwrap().default = Some(reply);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.lock().unwrap().received.len()
+    }
+
+    /// Waits until at least `n` requests arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<Received>> {
+        wait::until(
+            &format!("{n} requests at {}", self.addr),
+            timeout,
+            || async {
+                let received = self.received();
+                if received.len() >= n {
+                    Ok(received)
+                } else {
+                    Err(format!("{} received", received.len()))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Stops listening and drops open connections: the target is down.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let listener = wait::until(
+            "the target port to be free again",
+            Duration::from_secs(10),
+            || async {
+                TcpListener::bind(self.addr)
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await?;
+        self.serve(listener);
+        Ok(())
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let stop = CancellationToken::new();
+        self.stop = Some(stop.clone());
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                    _ = stop.cancelled() => return,
+                };
+                let state = state.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |request| handle(state.clone(), request));
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+    }
+}
+
+impl Drop for TargetServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A hyper service error closes the connection without a response.
+#[derive(Debug)]
+struct ResetConnection;
+
+impl std::fmt::Display for ResetConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("scripted connection reset")
+    }
+}
+
+impl std::error::Error for ResetConnection {}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ResetConnection> {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let reply = {
+        let mut s = state.lock().unwrap();
+        s.received.push(Received {
+            method,
+            path,
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        s.script
+            .pop_front()
+            .or_else(|| s.default.clone())
+            .unwrap_or(Reply::Status(200))
+    };
+    let respond = |status: u16, body: &'static str| {
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .expect("valid response")
+    };
+    match reply {
+        Reply::Status(code) => Ok(respond(code, "")),
+        Reply::StatusBody(code, body) => Ok(respond(code, body)),
+        Reply::RetryAfter(code, value) => {
+            let mut response = respond(code, "");
+            response
+                .headers_mut()
+                .insert("retry-after", value.parse().expect("valid header"));
+            Ok(response)
+        }
+        Reply::Delay(delay, code) => {
+            tokio::time::sleep(delay).await;
+            Ok(respond(code, ""))
+        }
+        Reply::Reset => Err(ResetConnection),
+    }
+}
