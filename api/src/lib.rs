@@ -5,9 +5,11 @@
 //! - [`settings`]: a spec resolved into the effective, validated delivery policy.
 //! - [`render`]: a route and its targets rendered into dispatcher configuration
 //!   and JetStream objects (the types are in `fanout-config`).
+//! - [`manifests`]: reading manifest files (for standalone mode and tests).
 //! - [`crd`]: the CustomResourceDefinitions generated from these types.
 
 pub mod crd;
+pub mod manifests;
 pub mod policy;
 pub mod render;
 pub mod route;

@@ -18,7 +18,9 @@ use crate::target::ApiTarget;
 
 /// Slack added to a target's timeout for the consumer's ack wait, covering the time
 /// between fetching an event and starting its request, and the dead-letter publish.
-const ACK_WAIT_SLACK: Duration = Duration::from_secs(30);
+/// Longer waits (circuit open, rate limit) send progress acks, so this stays short:
+/// it is also how long an event held by a crashed dispatcher waits for redelivery.
+const ACK_WAIT_SLACK: Duration = Duration::from_secs(5);
 
 /// Everything a route turns into.
 #[derive(Clone, Debug, PartialEq)]
@@ -369,8 +371,8 @@ mod tests {
         let consumer = &out.streams.consumers[0];
         assert_eq!(
             consumer.ack_wait.to_string(),
-            "35s",
-            "5s timeout + 30s slack"
+            "10s",
+            "5s timeout + 5s slack"
         );
         assert_eq!(consumer.max_ack_pending, 32);
         assert_eq!(

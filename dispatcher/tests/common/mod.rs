@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer};
-use fanout_api::{ApiTarget, FanOutRoute};
+use fanout_api::manifests::Manifests;
 use fanout_config::RouteConfig;
 use fanout_config::health::HealthSnapshot;
 use fanout_config::jetstream::RouteStreams;
@@ -18,7 +18,6 @@ use fanout_provision::Provisioner;
 use fanout_testkit::nats::NatsServer;
 use fanout_testkit::wait;
 use futures::StreamExt;
-use serde::Deserialize;
 
 pub const NAMESPACE: &str = "test";
 
@@ -34,37 +33,13 @@ pub struct Harness {
 }
 
 /// Renders `manifests` (ApiTargets and one FanOutRoute, namespace `test`) the way the
-/// operator does; `secrets` are written as files `<secret>/<key>`.
+/// operator does; Secret keys are read from files `<secrets_dir>/<secret>/<key>`.
 pub fn render(manifests: &str, secrets_dir: &Path) -> (RouteConfig, RouteStreams) {
-    let mut targets = Vec::new();
-    let mut route = None;
-    for document in serde_yaml_ng::Deserializer::from_str(manifests) {
-        let value = serde_yaml_ng::Value::deserialize(document).unwrap();
-        match value["kind"].as_str() {
-            Some("ApiTarget") => {
-                let mut t: ApiTarget = serde_yaml_ng::from_value(value).unwrap();
-                t.metadata.namespace = Some(NAMESPACE.into());
-                targets.push(t);
-            }
-            Some("FanOutRoute") => {
-                let mut r: FanOutRoute = serde_yaml_ng::from_value(value).unwrap();
-                r.metadata.namespace = Some(NAMESPACE.into());
-                route = Some(r);
-            }
-            other => panic!("unexpected kind {other:?}"),
-        }
-    }
-    let route = route.expect("a FanOutRoute");
-    let rendered = fanout_api::render::render(
-        &route,
-        |name| {
-            targets
-                .iter()
-                .find(|t| t.metadata.name.as_deref() == Some(name))
-        },
-        secrets_dir,
-    )
-    .unwrap();
+    let rendered = Manifests::parse(manifests, NAMESPACE)
+        .unwrap()
+        .render(secrets_dir)
+        .unwrap()
+        .remove(0);
     (rendered.config, rendered.streams)
 }
 
