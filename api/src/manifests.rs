@@ -33,7 +33,7 @@ pub enum ManifestError {
         namespace: String,
         name: String,
         #[source]
-        source: RenderError,
+        source: Box<RenderError>,
     },
     #[error("writing Secret {name} key {key} to {dir}")]
     WriteSecret {
@@ -124,7 +124,7 @@ impl Manifests {
                 render(route, lookup, secrets_dir).map_err(|source| ManifestError::Render {
                     namespace: namespace.clone(),
                     name: route.metadata.name.clone().unwrap_or_default(),
-                    source,
+                    source: Box::new(source),
                 })
             })
             .collect()

@@ -3,10 +3,10 @@
 //!
 //! Room is the in-flight semaphore (the target's maxInFlight; JetStream's
 //! max_ack_pending enforces the same bound across replicas). While the circuit is
-//! open nothing is fetched; events already in hand wait for admission with progress
-//! acks, so they keep their place and no attempt is used up.
+//! open, events in hand wait for admission with progress acks, so they keep their
+//! place and no attempt is used up; once maxInFlight events are held nothing more is
+//! read, JetStream stops delivering, and the backlog waits in the stream.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,10 +29,16 @@ use crate::event::Event;
 use crate::request::RequestTemplate;
 use crate::telemetry::TargetTelemetry;
 
-/// Longest a pull request waits for events before a new one is made.
-const FETCH_WAIT: Duration = Duration::from_secs(1);
-/// Most events asked for in one pull.
-const MAX_BATCH: usize = 256;
+/// Most events JetStream keeps on the way to one worker.
+const MAX_BATCH: usize = 512;
+/// Idle heartbeat of the pull, so a dead connection is noticed.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// On stop, events still arriving are handed back until none came for this long...
+const HAND_BACK_QUIET: Duration = Duration::from_millis(200);
+/// ...or for at most this long.
+const HAND_BACK_MAX: Duration = Duration::from_secs(2);
+
+type PullStream = jetstream::consumer::pull::Stream;
 /// Bytes of an error response kept for the status and the dead letter.
 const ERROR_BODY_LIMIT: usize = 1024;
 /// Bytes of a success response read to keep the connection reusable.
@@ -60,8 +66,6 @@ pub struct Worker {
     limiter: Option<DefaultDirectRateLimiter>,
     telemetry: TargetTelemetry,
     in_flight: Arc<Semaphore>,
-    /// Events held back by the breaker right now.
-    waiting: AtomicUsize,
 }
 
 /// The parts a worker is built from (see `engine.rs`).
@@ -95,7 +99,6 @@ impl Worker {
             telemetry: parts.telemetry,
             consumer: parts.consumer,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
-            waiting: AtomicUsize::new(0),
             config: parts.config,
         }
     }
@@ -123,74 +126,51 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         let drain = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let mut messages = None;
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
-            if let Some(until) = self.fetch_pause() {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until.into()) => {}
-                    _ = shutdown.cancelled() => break,
-                }
-                continue;
-            }
-            let free = self.in_flight.available_permits();
-            if free == 0 {
-                tokio::select! {
-                    permit = self.in_flight.clone().acquire_owned() => drop(permit),
-                    _ = shutdown.cancelled() => break,
-                }
-                continue;
-            }
-            let want = match self.circuit() {
-                Circuit::Closed => free.min(MAX_BATCH),
-                _ => free.min(self.probes()),
-            };
-            let pull = self
-                .consumer
-                .batch()
-                .max_messages(want)
-                .expires(FETCH_WAIT)
-                .messages();
-            let batch = tokio::select! {
-                batch = pull => batch,
+            // A free slot first: while every slot is taken (by requests, or by events
+            // held back by an open circuit) nothing more is read, JetStream stops
+            // delivering at max_ack_pending, and the backlog stays in the stream.
+            let permit = tokio::select! {
+                permit = self.in_flight.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 _ = shutdown.cancelled() => break,
             };
-            let mut batch = match batch {
-                Ok(batch) => batch,
-                Err(error) => {
-                    tracing::warn!(route = %self.route.label, target = %self.name(), %error, "fetching events failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => break,
-                    }
-                    continue;
-                }
-            };
-            while let Some(item) = batch.next().await {
-                let message = match item {
-                    Ok(message) => message,
+            if messages.is_none() {
+                match self.subscribe().await {
+                    Ok(stream) => messages = Some(stream),
                     Err(error) => {
-                        tracing::debug!(route = %self.route.label, target = %self.name(), %error, "pull ended");
-                        break;
+                        tracing::warn!(route = %self.route.label, target = %self.name(), %error, "pulling events failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                        continue;
                     }
-                };
-                if shutdown.is_cancelled() {
-                    // Arrived after the stop signal: straight back for another replica.
-                    settle(&message, AckKind::Nak(None)).await;
-                    continue;
                 }
-                let permit = match self.in_flight.clone().try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) => self
-                        .in_flight
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore is never closed"),
-                };
-                tasks.spawn(self.clone().deliver(message, permit, drain.clone()));
+            }
+            let stream = messages.as_mut().expect("subscribed above");
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = shutdown.cancelled() => break,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    tasks.spawn(self.clone().deliver(message, permit, drain.clone()));
+                }
+                Some(Err(error)) => {
+                    // Missed heartbeats after a long wait for a slot, a NATS reconnect,
+                    // a consumer recreated by the operator: pull anew.
+                    tracing::debug!(route = %self.route.label, target = %self.name(), %error, "pull stream ended; pulling anew");
+                    messages = None;
+                }
+                None => messages = None,
             }
         }
         drain.cancel();
+        if let Some(stream) = messages.take() {
+            self.hand_back(stream).await;
+        }
         let finished =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if finished.is_err() {
@@ -199,32 +179,31 @@ impl Worker {
         }
     }
 
-    fn probes(&self) -> usize {
-        self.config
-            .policy
-            .circuit_breaker
-            .as_ref()
-            .map_or(1, |b| b.half_open_probes as usize)
+    /// A continuous pull: JetStream keeps up to a batch of events on the way to us.
+    async fn subscribe(&self) -> Result<PullStream, jetstream::consumer::StreamError> {
+        let batch = (self.config.policy.max_in_flight as usize).clamp(1, MAX_BATCH);
+        self.consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(HEARTBEAT)
+            .messages()
+            .await
     }
 
-    /// When fetching must wait: the circuit is open, or half-open with probes pending.
-    fn fetch_pause(&self) -> Option<Instant> {
-        let breaker = self
-            .breaker
-            .as_ref()?
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        match breaker.state(now) {
-            Circuit::Open => Some(
-                breaker
-                    .open_until()
-                    .unwrap_or(now + Duration::from_millis(100)),
-            ),
-            Circuit::HalfOpen if self.waiting.load(Ordering::Relaxed) > 0 => {
-                Some(now + Duration::from_millis(50))
+    /// On stop: events already on their way to us go straight back (negative ack
+    /// without delay) so another replica takes them now, not after the ack wait.
+    async fn hand_back(&self, mut stream: PullStream) {
+        let deadline = tokio::time::Instant::now() + HAND_BACK_MAX;
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = tokio::time::sleep(HAND_BACK_QUIET) => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            match next {
+                Some(Ok(message)) => settle(&message, AckKind::Nak(None)).await,
+                _ => break,
             }
-            _ => None,
         }
     }
 
@@ -300,7 +279,6 @@ impl Worker {
         let progress_every = self.ack_wait / 3;
         let mut next_progress = Instant::now() + progress_every;
         if let Some(breaker) = &self.breaker {
-            let mut held = false;
             let admitted = loop {
                 let admission = breaker
                     .lock()
@@ -310,10 +288,6 @@ impl Worker {
                     Admission::Allowed => break true,
                     Admission::Denied { until } => until,
                 };
-                if !held {
-                    held = true;
-                    self.waiting.fetch_add(1, Ordering::Relaxed);
-                }
                 tokio::select! {
                     _ = tokio::time::sleep_until(until.min(next_progress).into()) => {}
                     _ = drain.cancelled() => break false,
@@ -323,9 +297,6 @@ impl Worker {
                     next_progress = Instant::now() + progress_every;
                 }
             };
-            if held {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-            }
             if !admitted {
                 return false;
             }

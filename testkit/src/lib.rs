@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod nats;
+pub mod python;
 pub mod target;
 pub mod tools;
 pub mod wait;
