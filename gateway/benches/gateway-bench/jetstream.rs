@@ -1,0 +1,161 @@
+//! The storage side: the route's stream, the gateway's configuration, and the raw
+//! JetStream publish rate.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use bytes::Bytes;
+use fanout_config::gateway::{GatewayConfig, GatewayRoute};
+use fanout_config::jetstream::{RouteStreams, Storage, StreamPlan};
+use fanout_provision::Provisioner;
+use fanout_testkit::nats::NatsServer;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use crate::load::Report;
+
+pub const STREAM: &str = "fanout_bench_events";
+const PREFIX: &str = "fanout.in.bench.events";
+
+/// Creates the route's stream the way the operator does.
+pub async fn provision(nats: &NatsServer) -> jetstream::Context {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let plan = RouteStreams {
+        stream: StreamPlan {
+            name: STREAM.into(),
+            subjects: vec![format!("{PREFIX}.>")],
+            max_age: "1h".parse().unwrap(),
+            max_bytes: None,
+            max_messages: None,
+            storage: Storage::File,
+            replicas: 1,
+            duplicate_window: "2m".parse().unwrap(),
+        },
+        dead_letter: None,
+        consumers: vec![],
+    };
+    Provisioner::new(js.clone()).apply(&plan).await.unwrap();
+    js
+}
+
+pub fn write_gateway_config(dir: &Path, token: &str) -> PathBuf {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let config = GatewayConfig {
+        routes: vec![GatewayRoute {
+            namespace: "bench".into(),
+            name: "events".into(),
+            stream: STREAM.into(),
+            ingest_prefix: PREFIX.into(),
+            token_files: vec![token_file],
+            allow_unauthenticated: false,
+        }],
+    };
+    let path = dir.join("gateway.json");
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    path
+}
+
+/// Publishes with up to `window` acknowledgements outstanding, each message with its
+/// own Nats-Msg-Id (as the gateway sends), counting acknowledgements.
+pub async fn publish_pipelined(
+    js: &jetstream::Context,
+    payload: &Bytes,
+    window: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Report {
+    let subject = format!("{PREFIX}.event");
+    let start = Instant::now() + warmup;
+    let end = start + duration;
+    let mut pending: FuturesUnordered<<PublishAckFuture as IntoFuture>::IntoFuture> =
+        FuturesUnordered::new();
+    let mut report = Report {
+        elapsed: duration,
+        ..Report::default()
+    };
+    let mut n: u64 = 0;
+    loop {
+        while pending.len() < window {
+            n += 1;
+            let message = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(format!("raw-{n}"));
+            let ack = js.send_publish(subject.clone(), message).await.unwrap();
+            pending.push(ack.into_future());
+        }
+        let acked = pending.next().await.expect("an outstanding publish");
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if now >= start {
+            match acked {
+                Ok(_) => report.ok += 1,
+                Err(_) => report.failed += 1,
+            }
+        }
+    }
+    report
+}
+
+/// `rate` publishes per second from `tasks` tasks (each waiting for its ack before
+/// the next, like a gateway request), measuring the acknowledgement latency: the
+/// storage's own share of the gateway's latency.
+pub async fn publish_at_rate(
+    js: &jetstream::Context,
+    payload: &Bytes,
+    tasks: usize,
+    rate: f64,
+    duration: Duration,
+) -> Report {
+    let interval = Duration::from_secs_f64(tasks as f64 / rate);
+    let per_task = (duration.as_secs_f64() / interval.as_secs_f64()) as u64;
+    let begin = Instant::now() + Duration::from_millis(200);
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (js, payload) = (js.clone(), payload.clone());
+        let offset = interval.mul_f64(t as f64 / tasks as f64);
+        handles.push(tokio::spawn(async move {
+            let mut report = Report::default();
+            let mut last_done = Instant::now();
+            for k in 0..per_task {
+                let due = begin + offset + interval * k as u32;
+                tokio::time::sleep_until(due.into()).await;
+                let sent = Instant::now();
+                let from = if last_done > due { due } else { sent };
+                let message = PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(format!("rate-{t}-{k}"));
+                let result = match js.send_publish(format!("{PREFIX}.event"), message).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                };
+                last_done = Instant::now();
+                if result {
+                    report.ok += 1;
+                    let micros = last_done.duration_since(from).as_micros();
+                    report
+                        .latencies_us
+                        .push(micros.min(u128::from(u32::MAX)) as u32);
+                } else {
+                    report.failed += 1;
+                }
+            }
+            report
+        }));
+    }
+    let mut total = Report {
+        elapsed: duration,
+        ..Report::default()
+    };
+    for handle in handles {
+        let report = handle.await.unwrap();
+        total.ok += report.ok;
+        total.failed += report.failed;
+        total.latencies_us.extend(report.latencies_us);
+    }
+    total
+}

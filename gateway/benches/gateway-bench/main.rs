@@ -1,0 +1,385 @@
+//! The gateway benchmark: `cargo bench -p fanout-gateway --bench gateway-bench`.
+//!
+//! In one run, on loopback, with the same load generator throughout:
+//! (a) a trivial axum server answering 202: the HTTP ceiling;
+//! (b) raw JetStream publishes, pipelined: the storage ceiling;
+//! (c) the gateway (the `fanout-gateway` binary, a child process) at its maximum rate
+//!     with 256-byte bodies, counting acknowledged events (202s);
+//! (d) the gateway at half that rate: latency percentiles;
+//! and the gateway's peak resident memory (VmHWM of its process).
+//!
+//! Environment: `BENCH_CONNECTIONS` (default 64), `BENCH_SECONDS` per phase
+//! (default 5).
+
+mod jetstream;
+mod load;
+mod trivial;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fanout_testkit::nats::NatsServer;
+use load::{Report, Target};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_fanout-gateway");
+const TOKEN: &str = "bench-token";
+const PATH: &str = "/v1/namespaces/bench/routes/events/events";
+const WARMUP: Duration = Duration::from_secs(1);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("trivial-server") {
+        trivial::serve(args[2].parse().expect("listen address"));
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A child process, killed when dropped.
+struct ChildProcess(Child);
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", fanout_testkit::free_port())
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `addr` answers `GET path` with 200.
+async fn wait_http_ok(addr: SocketAddr, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let request = format!("GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+            let mut answer = Vec::new();
+            if stream.write_all(request.as_bytes()).await.is_ok()
+                && stream.read_to_end(&mut answer).await.is_ok()
+                && answer.starts_with(b"HTTP/1.1 200")
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{addr}{path} did not answer 200");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A JSON body of exactly `size` bytes.
+fn body(size: usize) -> Bytes {
+    let mut text = String::from(r#"{"type":"order.placed","order":{"id":12345,"note":""#);
+    let tail = r#""}}"#;
+    while text.len() + tail.len() < size {
+        text.push('x');
+    }
+    text.push_str(tail);
+    assert_eq!(text.len(), size);
+    Bytes::from(text)
+}
+
+/// User + system CPU time of a process so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The pid of the nats-server listening on `port`.
+fn nats_pid(port: u16) -> u32 {
+    let port = port.to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"nats-server"))
+            && args
+                .windows(2)
+                .any(|w| w[0] == b"-p" && w[1] == port.as_bytes())
+        {
+            return pid;
+        }
+    }
+    panic!("no nats-server on port {port}");
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+async fn run() {
+    let connections = env_number("BENCH_CONNECTIONS", 64) as usize;
+    let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
+    let payload = body(256);
+    println!("machine: {}", machine());
+    println!(
+        "load average before the run: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!(
+        "load: {connections} keep-alive HTTP/1.1 connections, {}s per phase after {}s warm-up, 256-byte JSON bodies",
+        seconds.as_secs(),
+        WARMUP.as_secs()
+    );
+
+    let nats = NatsServer::start().expect("starting nats-server");
+    let js = jetstream::provision(&nats).await;
+
+    // (c) The gateway at its maximum rate, then (d) at half of it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = jetstream::write_gateway_config(dir.path(), TOKEN);
+    let addr = free_addr();
+    let gateway = ChildProcess(
+        Command::new(GATEWAY)
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", &addr.to_string(), "--nats-url", &nats.url()])
+            .env("FANOUT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_http_ok(addr, "/readyz").await;
+    let events = Target {
+        addr,
+        path: PATH.into(),
+        headers: vec![
+            ("content-type", "application/json".into()),
+            ("authorization", format!("Bearer {TOKEN}")),
+        ],
+        body: payload.clone(),
+        expect: 202,
+    };
+    let processes = [
+        ("gateway", gateway.0.id()),
+        ("nats-server", nats_pid(nats.port())),
+        ("load generator", std::process::id()),
+    ];
+    let cpu_before: Vec<f64> = processes.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let max = load::closed_loop(&events, connections, WARMUP, seconds).await;
+    let cpu_per_event: Vec<(&str, f64)> = processes
+        .iter()
+        .zip(&cpu_before)
+        .map(|((name, pid), before)| {
+            // The warm-up's requests used CPU too.
+            let requests = max.ok as f64 * (1.0 + WARMUP.as_secs_f64() / seconds.as_secs_f64());
+            (*name, (cpu_seconds(*pid) - before) / requests * 1e6)
+        })
+        .collect();
+    eprintln!("(c) gateway: {:.0} events/s", max.rate());
+    let half_rate = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(max.rate() / 2.0);
+    let half = load::open_loop(&events, connections, half_rate, seconds).await;
+    let rss_kib = peak_rss_kib(gateway.0.id());
+    if std::env::var_os("BENCH_DUMP_METRICS").is_some() {
+        dump_metrics(addr).await;
+    }
+    drop(gateway);
+
+    // (b) The storage ceiling, and the storage's own latency at the same rate.
+    let storage = jetstream::publish_pipelined(&js, &payload, 1024, WARMUP, seconds).await;
+    eprintln!("(b) JetStream publish: {:.0} msg/s", storage.rate());
+    let storage_half =
+        jetstream::publish_at_rate(&js, &payload, connections, half_rate, seconds).await;
+    drop(nats);
+
+    // (a) The HTTP ceiling, and a trivial server's latency at the same rate.
+    let addr = free_addr();
+    let exe = std::env::current_exe().unwrap();
+    let trivial = ChildProcess(
+        Command::new(exe)
+            .args(["trivial-server", &addr.to_string()])
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(addr).await;
+    let plain = Target {
+        addr,
+        path: PATH.into(),
+        headers: vec![("content-type", "application/json".into())],
+        body: payload.clone(),
+        expect: 202,
+    };
+    let ceiling = load::closed_loop(&plain, connections, WARMUP, seconds).await;
+    eprintln!("(a) trivial server: {:.0} req/s", ceiling.rate());
+    let trivial_half = load::open_loop(&plain, connections, half_rate, seconds).await;
+    drop(trivial);
+
+    print_table(Results {
+        connections,
+        ceiling,
+        trivial_half,
+        storage,
+        storage_half,
+        max,
+        half_rate,
+        half,
+        cpu_per_event,
+        rss_kib,
+    });
+}
+
+/// Prints the gateway's publish-latency histogram (to tell its own time from
+/// JetStream's).
+async fn dump_metrics(addr: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = "GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    for line in answer
+        .lines()
+        .filter(|l| l.starts_with("fanout_gateway_publish_duration"))
+    {
+        eprintln!("{line}");
+    }
+}
+
+/// Waits until something accepts connections on `addr`.
+async fn wait_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+struct Results<'a> {
+    connections: usize,
+    ceiling: Report,
+    trivial_half: Report,
+    storage: Report,
+    storage_half: Report,
+    max: Report,
+    half_rate: f64,
+    half: Report,
+    cpu_per_event: Vec<(&'a str, f64)>,
+    rss_kib: Option<u64>,
+}
+
+fn latencies(report: &mut Report) -> String {
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        report.latency_ms(0.50),
+        report.latency_ms(0.99),
+        report.latency_ms(0.999),
+        report.latency_ms(1.0)
+    )
+}
+
+fn print_table(mut r: Results) {
+    let (connections, half_rate) = (r.connections, r.half_rate);
+    let share = r.max.rate() / r.ceiling.rate() * 100.0;
+    let p99 = r.half.latency_ms(0.99);
+    println!();
+    println!("| measurement | result | goal |");
+    println!("|---|---|---|");
+    println!(
+        "| (a) trivial axum server answering 202, {connections} connections | {:.0} req/s | ceiling |",
+        r.ceiling.rate()
+    );
+    println!(
+        "| (b) raw JetStream publish, file storage, 1024 in flight, Nats-Msg-Id set | {:.0} msg/s | storage ceiling |",
+        r.storage.rate()
+    );
+    println!(
+        "| (c) gateway, {connections} connections, 256 B bodies: acked events | {:.0} events/s = {share:.0}% of (a), {:.0}% of (b) | >= 40% of (a): {} |",
+        r.max.rate(),
+        r.max.rate() / r.storage.rate() * 100.0,
+        verdict(share >= 40.0)
+    );
+    let cpu: Vec<String> = r
+        .cpu_per_event
+        .iter()
+        .map(|(name, micros)| format!("{name} {micros:.1} µs"))
+        .collect();
+    println!(
+        "| (c) CPU time per event during (c) | {} | |",
+        cpu.join(", ")
+    );
+    println!(
+        "| (d) gateway at {half_rate:.0}/s offered (half of c), achieved {:.0}/s | {} | p99 < 5 ms: {} |",
+        r.half.rate(),
+        latencies(&mut r.half),
+        verdict(p99 < 5.0)
+    );
+    println!(
+        "| (d) for comparison, the trivial server at the same rate | {} | |",
+        latencies(&mut r.trivial_half)
+    );
+    println!(
+        "| (d) for comparison, JetStream publish+ack alone at the same rate, {connections} publishers | {} | |",
+        latencies(&mut r.storage_half)
+    );
+    match r.rss_kib.map(|k| k as f64 / 1024.0) {
+        Some(mib) => println!(
+            "| gateway peak RSS (VmHWM of the fanout-gateway process) | {mib:.1} MiB | < 64 MiB: {} |",
+            verdict(mib < 64.0)
+        ),
+        None => println!("| gateway peak RSS | unknown | < 64 MiB |"),
+    }
+    let failed = [
+        ("a", r.ceiling.failed),
+        ("b", r.storage.failed),
+        ("c", r.max.failed),
+        ("d", r.half.failed),
+    ];
+    if failed.iter().any(|(_, n)| *n > 0) {
+        println!("\nnot counted (failed requests): {failed:?}");
+    }
+}

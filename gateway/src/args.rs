@@ -1,0 +1,95 @@
+//! Command-line flags of `fanout gateway`; each is also an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use fanout_config::Duration;
+
+/// Command-line settings of `fanout gateway`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// The rendered gateway configuration (YAML or JSON): routes, streams, token files.
+    #[arg(long, env = "FANOUT_GATEWAY_CONFIG")]
+    pub config: PathBuf,
+
+    /// How often the configuration and token files are re-read for changes; 0s turns
+    /// reloading off.
+    #[arg(
+        long,
+        env = "FANOUT_GATEWAY_CONFIG_POLL_INTERVAL",
+        default_value = "5s"
+    )]
+    pub config_poll_interval: Duration,
+
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "FANOUT_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// NATS server URL (comma-separated for several).
+    #[arg(long, env = "FANOUT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(long, env = "FANOUT_NATS_CREDENTIALS_FILE")]
+    pub nats_credentials_file: Option<PathBuf>,
+
+    /// File holding a NATS token (never pass a token on the command line).
+    #[arg(
+        long,
+        env = "FANOUT_NATS_TOKEN_FILE",
+        conflicts_with = "nats_credentials_file"
+    )]
+    pub nats_token_file: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes (single events and whole batches).
+    #[arg(long, env = "FANOUT_GATEWAY_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+
+    /// Most items accepted in one batch request.
+    #[arg(long, env = "FANOUT_GATEWAY_MAX_BATCH_ITEMS", default_value_t = 1000)]
+    pub max_batch_items: usize,
+
+    /// Most publishes waiting for JetStream's acknowledgement at once.
+    #[arg(long, env = "FANOUT_GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// How long a request waits for an in-flight slot before it gets 503.
+    #[arg(long, env = "FANOUT_GATEWAY_IN_FLIGHT_WAIT", default_value = "100ms")]
+    pub in_flight_wait: Duration,
+
+    /// How long to wait for JetStream's acknowledgement before answering 503.
+    #[arg(long, env = "FANOUT_GATEWAY_PUBLISH_TIMEOUT", default_value = "5s")]
+    pub publish_timeout: Duration,
+
+    /// Request headers stored with each event, besides Content-Type, traceparent,
+    /// tracestate and (for single events) every ce-* header. Comma-separated.
+    #[arg(
+        long,
+        env = "FANOUT_GATEWAY_FORWARD_HEADERS",
+        value_delimiter = ',',
+        default_value = "X-Event-Type,X-Request-Id,X-Correlation-Id"
+    )]
+    pub forward_headers: Vec<String>,
+
+    /// After SIGTERM/SIGINT, how long requests in progress may take to finish.
+    #[arg(long, env = "FANOUT_GATEWAY_SHUTDOWN_TIMEOUT", default_value = "30s")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Args {
+    /// Parses flags as the command line would (for tests, benchmarks and embedding).
+    pub fn from_flags<I, T>(flags: I) -> Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: Args,
+        }
+        let argv = std::iter::once(std::ffi::OsString::from("fanout-gateway"))
+            .chain(flags.into_iter().map(Into::into));
+        <Command as clap::Parser>::try_parse_from(argv).map(|c| c.args)
+    }
+}

@@ -1,0 +1,42 @@
+//! Reading a request body up to the configured limit.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::problem::{Problem, ProblemKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("reading the request body failed")]
+    Read(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<BodyError> for Problem {
+    fn from(e: BodyError) -> Self {
+        let kind = match e {
+            BodyError::TooLarge { .. } => ProblemKind::PayloadTooLarge,
+            BodyError::Read(_) => ProblemKind::InvalidEvent,
+        };
+        Problem::new(kind, e.to_string())
+    }
+}
+
+/// The whole body, refusing it early when `Content-Length` already exceeds `limit`.
+pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
+        Err(e) => Err(BodyError::Read(e)),
+    }
+}

@@ -1,0 +1,314 @@
+//! Turning an accepted request (or one batch item) into the message stored in
+//! JetStream: its id, its subject and the headers that travel with it.
+
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+
+use crate::cloudevents::{self, CloudEventError};
+use crate::config::Route;
+use crate::headers::{ForwardHeaders, InvalidHeaderValue};
+
+/// Header with the event id on every stored message; dispatchers send it on as the
+/// `Idempotency-Key` of each delivery.
+pub const EVENT_ID_HEADER: &str = "Fanout-Event-Id";
+/// JetStream's de-duplication header.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// Makes JetStream refuse the message unless it lands in the route's stream.
+pub const EXPECTED_STREAM_HEADER: &str = "Nats-Expected-Stream";
+/// Request header a client sets so that retries are stored once.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest event id accepted.
+pub const MAX_ID_LEN: usize = 256;
+
+/// Why an event id is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("it is empty")]
+    Empty,
+    #[error("it is longer than {MAX_ID_LEN} bytes")]
+    TooLong,
+    #[error("it contains characters other than printable ASCII")]
+    NotPrintable,
+}
+
+/// Why a request cannot become an event.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("the Idempotency-Key header is not a valid event id: {0}")]
+    IdempotencyKey(#[source] IdError),
+    #[error("the CloudEvent id is not a valid event id: {0}")]
+    CloudEventId(#[source] IdError),
+    #[error("invalid CloudEvent: {0}")]
+    CloudEvent(#[from] CloudEventError),
+    #[error(transparent)]
+    Header(#[from] InvalidHeaderValue),
+}
+
+/// A message ready to be published.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: String,
+    pub subject: String,
+    pub headers: async_nats::HeaderMap,
+    pub payload: Bytes,
+}
+
+/// What a batch item contributes; the rest comes from the request.
+#[derive(Clone, Debug)]
+pub struct ItemParts {
+    pub payload: Bytes,
+    pub content_type: &'static str,
+    pub cloudevent: Option<cloudevents::Attributes>,
+}
+
+/// Event ids become NATS header values and, downstream, HTTP header values: printable
+/// ASCII only, bounded length.
+pub fn check_id(id: &str) -> Result<(), IdError> {
+    if id.is_empty() {
+        Err(IdError::Empty)
+    } else if id.len() > MAX_ID_LEN {
+        Err(IdError::TooLong)
+    } else if !id.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        Err(IdError::NotPrintable)
+    } else {
+        Ok(())
+    }
+}
+
+/// A new, time-ordered event id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The lower-cased media type of `Content-Type`, without parameters.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    (!essence.is_empty()).then(|| essence.to_ascii_lowercase())
+}
+
+/// Whether `Content-Type` is `expected` (ignoring case and parameters).
+pub fn is_media_type(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(expected))
+}
+
+/// The client's `Idempotency-Key`, checked.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, EventError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| EventError::IdempotencyKey(IdError::NotPrintable))?;
+    check_id(key).map_err(EventError::IdempotencyKey)?;
+    Ok(Some(key.to_string()))
+}
+
+/// One event from one request: structured CloudEvent, binary CloudEvent or any body.
+/// The id is the `Idempotency-Key`, else the CloudEvent id, else a new one.
+pub fn single(
+    route: &Route,
+    forward: &ForwardHeaders,
+    request: &HeaderMap,
+    body: Bytes,
+) -> Result<Event, EventError> {
+    let cloudevent = if is_media_type(request, cloudevents::STRUCTURED) {
+        Some(cloudevents::from_structured(&body)?)
+    } else {
+        cloudevents::from_binary(request).transpose()?
+    };
+    let id = match (idempotency_key(request)?, &cloudevent) {
+        (Some(key), _) => key,
+        (None, Some(ce)) => {
+            check_id(&ce.id).map_err(EventError::CloudEventId)?;
+            ce.id.clone()
+        }
+        (None, None) => new_id(),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(content_type) = request.get(header::CONTENT_TYPE) {
+        let text = content_type.to_str().map_err(|_| InvalidHeaderValue {
+            name: "Content-Type".into(),
+        })?;
+        headers.insert("Content-Type", text);
+    }
+    forward.copy(request, &mut headers, true)?;
+    Ok(finish(route, id, cloudevent.as_ref(), headers, body))
+}
+
+/// One event of a batch: its id is the item's CloudEvent id, else
+/// `<Idempotency-Key>-<index>` when the request has a key (so a retried batch is
+/// stored once), else a new one.
+pub fn batch_item(
+    route: &Route,
+    forward: &ForwardHeaders,
+    request: &HeaderMap,
+    index: usize,
+    item: ItemParts,
+) -> Result<Event, EventError> {
+    let id = match (&item.cloudevent, idempotency_key(request)?) {
+        (Some(ce), _) => {
+            check_id(&ce.id).map_err(EventError::CloudEventId)?;
+            ce.id.clone()
+        }
+        (None, Some(key)) => {
+            let id = format!("{key}-{index}");
+            check_id(&id).map_err(EventError::IdempotencyKey)?;
+            id
+        }
+        (None, None) => new_id(),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", item.content_type);
+    forward.copy(request, &mut headers, false)?;
+    Ok(finish(
+        route,
+        id,
+        item.cloudevent.as_ref(),
+        headers,
+        item.payload,
+    ))
+}
+
+fn finish(
+    route: &Route,
+    id: String,
+    cloudevent: Option<&cloudevents::Attributes>,
+    mut headers: async_nats::HeaderMap,
+    payload: Bytes,
+) -> Event {
+    let type_token = match cloudevent {
+        Some(ce) => cloudevents::subject_token(&ce.event_type),
+        None => cloudevents::DEFAULT_TYPE_TOKEN.to_string(),
+    };
+    headers.insert(MSG_ID_HEADER, id.as_str());
+    headers.insert(EVENT_ID_HEADER, id.as_str());
+    headers.insert(EXPECTED_STREAM_HEADER, route.stream.as_str());
+    Event {
+        subject: format!("{}.{type_token}", route.ingest_prefix),
+        id,
+        headers,
+        payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Tokens;
+
+    fn route() -> Route {
+        Route {
+            namespace: "shop".into(),
+            name: "orders".into(),
+            stream: "fanout_shop_orders".into(),
+            ingest_prefix: "fanout.in.shop.orders".into(),
+            tokens: Tokens::default(),
+            allow_unauthenticated: true,
+            label: crate::metrics::RouteLabel::new("shop", "orders"),
+        }
+    }
+
+    fn forward() -> ForwardHeaders {
+        ForwardHeaders::new(&["X-Event-Type".into()]).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, value.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn idempotency_key_wins_over_the_cloudevent_id() {
+        let request = headers(&[
+            ("idempotency-key", "key-1"),
+            ("ce-specversion", "1.0"),
+            ("ce-id", "ce-1"),
+            ("ce-source", "/s"),
+            ("ce-type", "order.placed"),
+        ]);
+        let event = single(&route(), &forward(), &request, Bytes::new()).unwrap();
+        assert_eq!(event.id, "key-1");
+        assert_eq!(event.subject, "fanout.in.shop.orders.order.placed");
+        assert_eq!(event.headers.get(MSG_ID_HEADER).unwrap().as_str(), "key-1");
+        assert_eq!(
+            event.headers.get(EVENT_ID_HEADER).unwrap().as_str(),
+            "key-1"
+        );
+        assert_eq!(event.headers.get("ce-id").unwrap().as_str(), "ce-1");
+    }
+
+    #[test]
+    fn structured_cloudevents_give_id_and_subject() {
+        let request = headers(&[(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )]);
+        let body = Bytes::from_static(
+            br#"{"specversion":"1.0","id":"ce-9","source":"/s","type":"user created"}"#,
+        );
+        let event = single(&route(), &forward(), &request, body).unwrap();
+        assert_eq!(event.id, "ce-9");
+        assert_eq!(event.subject, "fanout.in.shop.orders.user_created");
+        assert_eq!(
+            event.headers.get("Content-Type").unwrap().as_str(),
+            "application/cloudevents+json; charset=utf-8"
+        );
+        assert_eq!(
+            event.headers.get(EXPECTED_STREAM_HEADER).unwrap().as_str(),
+            "fanout_shop_orders"
+        );
+    }
+
+    #[test]
+    fn plain_bodies_get_a_new_id_and_the_default_subject() {
+        let request = headers(&[("content-type", "text/plain")]);
+        let a = single(&route(), &forward(), &request, Bytes::from_static(b"x")).unwrap();
+        let b = single(&route(), &forward(), &request, Bytes::from_static(b"x")).unwrap();
+        assert_ne!(a.id, b.id);
+        assert_eq!(uuid::Uuid::parse_str(&a.id).unwrap().get_version_num(), 7);
+        assert_eq!(a.subject, "fanout.in.shop.orders.event");
+    }
+
+    #[test]
+    fn unusable_ids_are_refused() {
+        let request = headers(&[("idempotency-key", "")]);
+        assert!(matches!(
+            single(&route(), &forward(), &request, Bytes::new()),
+            Err(EventError::IdempotencyKey(IdError::Empty))
+        ));
+        let request = headers(&[("content-type", "application/cloudevents+json")]);
+        let body = Bytes::from_static(
+            b"{\"specversion\":\"1.0\",\"id\":\"a\\nb\",\"source\":\"/s\",\"type\":\"t\"}",
+        );
+        assert!(matches!(
+            single(&route(), &forward(), &request, body),
+            Err(EventError::CloudEventId(IdError::NotPrintable))
+        ));
+        assert_eq!(check_id(&"x".repeat(MAX_ID_LEN + 1)), Err(IdError::TooLong));
+    }
+
+    #[test]
+    fn batch_items_derive_their_id_from_the_idempotency_key_and_index() {
+        let request = headers(&[("idempotency-key", "batch-7"), ("ce-id", "ignored")]);
+        let item = ItemParts {
+            payload: Bytes::from_static(b"{}"),
+            content_type: "application/json",
+            cloudevent: None,
+        };
+        let event = batch_item(&route(), &forward(), &request, 3, item).unwrap();
+        assert_eq!(event.id, "batch-7-3");
+        assert!(event.headers.get("ce-id").is_none());
+        assert_eq!(
+            event.headers.get("Content-Type").unwrap().as_str(),
+            "application/json"
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! Storing events in JetStream: one publish per event, answered only by JetStream's
+//! acknowledgement, with a bounded number in flight.
+//!
+//! A publish holds a permit of the in-flight semaphore from before it is sent until
+//! its acknowledgement (or failure) arrives. When every permit is taken, a request
+//! waits a short, bounded time and then gets 503 instead of queueing without limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::connection::State;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::{self, ErrorCode};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::problem::{Problem, ProblemKind};
+
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_BUSY: u32 = 1;
+const RETRY_AFTER_UNAVAILABLE: u32 = 2;
+const RETRY_AFTER_STREAM_MISSING: u32 = 5;
+
+/// JetStream's answer for a stored event: what the client gets in the 202.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stored {
+    pub id: String,
+    pub stream: String,
+    pub sequence: u64,
+    pub duplicate: bool,
+}
+
+/// Why an event was not (known to be) stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the gateway is not connected to NATS")]
+    NotConnected,
+    #[error("the gateway has {limit} publishes in flight and none finished within {waited:?}")]
+    Busy { limit: usize, waited: Duration },
+    #[error(
+        "JetStream did not acknowledge the event within {0:?}; it may or may not be stored, so retry with the same Idempotency-Key"
+    )]
+    TimedOut(Duration),
+    #[error("no JetStream stream stores subject {subject} (is the route provisioned?)")]
+    StreamMissing { subject: String },
+    #[error("stream {stream} is full ({reason}); it refuses new events until old ones expire")]
+    StreamFull {
+        stream: String,
+        reason: String,
+        #[source]
+        source: jetstream::Error,
+    },
+    #[error("the event is larger than NATS or the stream accepts")]
+    TooLarge(#[source] jetstream::context::PublishError),
+    #[error("JetStream stored the event in stream {got}, not in the route's stream {expected}")]
+    WrongStream { expected: String, got: String },
+    #[error("JetStream refused the event: {0}")]
+    Rejected(#[source] jetstream::context::PublishError),
+    #[error("the connection to NATS failed while publishing; retry with the same Idempotency-Key")]
+    Connection(#[source] jetstream::context::PublishError),
+}
+
+impl From<&PublishError> for Problem {
+    fn from(e: &PublishError) -> Self {
+        let detail = e.to_string();
+        match e {
+            PublishError::NotConnected
+            | PublishError::TimedOut(_)
+            | PublishError::Connection(_) => {
+                Problem::new(ProblemKind::Unavailable, detail).retry_after(RETRY_AFTER_UNAVAILABLE)
+            }
+            PublishError::StreamMissing { .. } => Problem::new(ProblemKind::Unavailable, detail)
+                .retry_after(RETRY_AFTER_STREAM_MISSING),
+            PublishError::Busy { .. } => {
+                Problem::new(ProblemKind::Busy, detail).retry_after(RETRY_AFTER_BUSY)
+            }
+            PublishError::StreamFull { .. } => Problem::new(ProblemKind::StreamFull, detail),
+            PublishError::TooLarge(_) => Problem::new(ProblemKind::PayloadTooLarge, detail),
+            PublishError::WrongStream { .. } | PublishError::Rejected(_) => {
+                Problem::new(ProblemKind::StorageRejected, detail)
+            }
+        }
+    }
+}
+
+/// Publishes events to JetStream.
+#[derive(Clone)]
+pub struct Publisher {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    permit_wait: Duration,
+    ack_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// A right to have one publish in flight, given back when dropped.
+pub struct Permit {
+    _held: OwnedSemaphorePermit,
+}
+
+/// A sent event whose acknowledgement has not arrived yet.
+pub struct Pending {
+    ack: PublishAckFuture,
+    id: String,
+    stream: String,
+    subject: String,
+    started: Instant,
+    ack_timeout: Duration,
+    metrics: Arc<Metrics>,
+    _permit: Permit,
+}
+
+impl Publisher {
+    pub fn new(
+        client: async_nats::Client,
+        max_in_flight: usize,
+        permit_wait: Duration,
+        ack_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(ack_timeout)
+            // The gateway bounds in-flight publishes itself (with a deadline); the
+            // client's own limit must never be the one that blocks.
+            .max_ack_inflight(max_in_flight.saturating_mul(2).max(1))
+            .build(client.clone());
+        Publisher {
+            client,
+            js,
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            permit_wait,
+            ack_timeout,
+            metrics,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// Fails fast when NATS is not connected: a publish now would only wait for the
+    /// acknowledgement timeout.
+    pub fn check_connected(&self) -> Result<(), PublishError> {
+        if self.is_connected() {
+            Ok(())
+        } else {
+            Err(PublishError::NotConnected)
+        }
+    }
+
+    /// Publishes currently waiting for their acknowledgement.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.permits.available_permits()
+    }
+
+    /// A permit if one is free right now.
+    pub fn try_reserve(&self) -> Option<Permit> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|held| Permit { _held: held })
+    }
+
+    /// A permit, waiting at most the configured bound.
+    pub async fn reserve(&self) -> Result<Permit, PublishError> {
+        let busy = || PublishError::Busy {
+            limit: self.max_in_flight,
+            waited: self.permit_wait,
+        };
+        match tokio::time::timeout(self.permit_wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(held)) => Ok(Permit { _held: held }),
+            // The semaphore is never closed; treat it like a timeout anyway.
+            Ok(Err(_)) | Err(_) => Err(busy()),
+        }
+    }
+
+    /// Sends one event without waiting for its acknowledgement.
+    pub async fn send(
+        &self,
+        permit: Permit,
+        event: Event,
+        stream: &str,
+    ) -> Result<Pending, PublishError> {
+        let started = Instant::now();
+        let message = jetstream::message::PublishMessage::build()
+            .payload(event.payload)
+            .headers(event.headers);
+        let ack = self
+            .js
+            .send_publish(event.subject.clone(), message)
+            .await
+            .map_err(|e| match e.kind() {
+                PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge(e),
+                PublishErrorKind::TimedOut => PublishError::TimedOut(self.ack_timeout),
+                _ => PublishError::Connection(e),
+            })?;
+        Ok(Pending {
+            ack,
+            id: event.id,
+            stream: stream.to_string(),
+            subject: event.subject,
+            started,
+            ack_timeout: self.ack_timeout,
+            metrics: self.metrics.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Sends one event and waits for JetStream to store it.
+    pub async fn publish(&self, event: Event, stream: &str) -> Result<Stored, PublishError> {
+        self.check_connected()?;
+        let permit = self.reserve().await?;
+        let pending = self.send(permit, event, stream).await?;
+        pending.stored().await
+    }
+
+    /// Flushes what is buffered towards NATS (used at shutdown).
+    pub async fn flush(&self) {
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "flushing the NATS connection at shutdown failed");
+        }
+    }
+}
+
+impl Pending {
+    /// Waits for the acknowledgement: only `Ok` means the event is stored.
+    pub async fn stored(self) -> Result<Stored, PublishError> {
+        let ack = self
+            .ack
+            .await
+            .map_err(|e| classify_ack_error(e, &self.stream, &self.subject, self.ack_timeout))?;
+        self.metrics.publish_latency(self.started.elapsed());
+        if ack.stream != self.stream {
+            return Err(PublishError::WrongStream {
+                expected: self.stream,
+                got: ack.stream,
+            });
+        }
+        Ok(Stored {
+            id: self.id,
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+}
+
+fn classify_ack_error(
+    e: jetstream::context::PublishError,
+    stream: &str,
+    subject: &str,
+    ack_timeout: Duration,
+) -> PublishError {
+    match e.kind() {
+        PublishErrorKind::TimedOut => PublishError::TimedOut(ack_timeout),
+        PublishErrorKind::BrokenPipe => PublishError::Connection(e),
+        PublishErrorKind::StreamNotFound => PublishError::StreamMissing {
+            subject: subject.to_string(),
+        },
+        PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge(e),
+        _ => {
+            let api_error = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<jetstream::Error>())
+                .cloned();
+            match api_error {
+                Some(api) if is_stream_full(&api) => PublishError::StreamFull {
+                    stream: stream.to_string(),
+                    reason: description(&api),
+                    source: api,
+                },
+                Some(api) if api.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => {
+                    PublishError::TooLarge(e)
+                }
+                _ => PublishError::Rejected(e),
+            }
+        }
+    }
+}
+
+/// JetStream's ways of saying "no room": the stream's limits with discard=new, or the
+/// account's or server's storage.
+fn is_stream_full(e: &jetstream::Error) -> bool {
+    let code = e.error_code();
+    (code == ErrorCode::STREAM_STORE_FAILED && e.to_string().contains("maximum"))
+        || code == ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+        || code == ErrorCode::STORAGE_RESOURCES_EXCEEDED
+        || code == ErrorCode::MEMORY_RESOURCES_EXCEEDED
+        || code == ErrorCode::INSUFFICIENT_RESOURCES
+}
+
+/// The server's description without the codes async-nats appends.
+fn description(e: &jetstream::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (code ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}

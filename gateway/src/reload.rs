@@ -1,0 +1,57 @@
+//! Picks up changes to the configuration and token files (the operator updates a
+//! ConfigMap, Kubernetes rotates a Secret) by re-reading them periodically. A change
+//! that does not load keeps the routes as they were.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{self, RouteTable};
+use crate::metrics::Metrics;
+
+/// Re-reads `path` every `interval` until `stop` fires, publishing changed tables.
+pub async fn watch_config(
+    path: PathBuf,
+    interval: Duration,
+    routes: watch::Sender<Arc<RouteTable>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate; the table is fresh
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let path = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+        match loaded {
+            Ok(Ok(table)) => {
+                last_error = None;
+                if **routes.borrow() != table {
+                    tracing::info!(
+                        routes = table.len(),
+                        "gateway configuration changed; now serving the new routes"
+                    );
+                    routes.send_replace(Arc::new(table));
+                    metrics.reload(true);
+                }
+            }
+            Ok(Err(e)) => {
+                let message = crate::error_chain(&e);
+                // Say it once per distinct error rather than every interval.
+                if last_error.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(error = %message, "gateway configuration did not load; keeping the previous routes");
+                    metrics.reload(false);
+                    last_error = Some(message);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "configuration reload task failed"),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The gateway against a real nats-server over real loopback HTTP.
+
+mod support;
+
+mod batch;
+mod durability;
+mod errors;
+mod ingest;
+mod ops;
+mod process;
+mod schemathesis;

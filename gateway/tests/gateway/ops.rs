@@ -1,0 +1,104 @@
+//! Health, readiness, metrics, the API description and configuration reloads.
+
+use std::time::Duration;
+
+use crate::support::{Harness, RouteSpec};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_openapi_answer() {
+    let h = Harness::start().await;
+    let healthz = h.get("/healthz").await;
+    assert_eq!(healthz.status, 200);
+    assert_eq!(healthz.json()["status"], "ok");
+    let readyz = h.get("/readyz").await;
+    assert_eq!(readyz.status, 200);
+    assert_eq!(readyz.json()["routes"], 1);
+    let openapi = h.get("/openapi.json").await;
+    assert_eq!(openapi.status, 200);
+    let doc = openapi.json();
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["paths"]["/v1/namespaces/{ns}/routes/{route}/events:batch"]["post"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_route_and_outcome() {
+    let h = Harness::start().await;
+    assert_eq!(h.send_event(&[], "x").await.status, 202);
+    assert_eq!(h.send_event(&[], "y").await.status, 202);
+    h.post(&Harness::events_path("any", "thing"), &[], "x")
+        .await
+        .problem(404);
+    let reply = h.get("/metrics").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = String::from_utf8(reply.body.to_vec()).unwrap();
+    for expected in [
+        r#"fanout_gateway_requests_total{route="shop/orders",endpoint="single",outcome="accepted"} 2"#,
+        r#"fanout_gateway_requests_total{route="unknown",endpoint="single",outcome="route-not-found"} 1"#,
+        r#"fanout_gateway_events_total{route="shop/orders",outcome="accepted"} 2"#,
+        "fanout_gateway_publish_duration_seconds_count 2",
+        "fanout_gateway_publishes_in_flight 0",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+    // The requested but unknown route name never becomes a label.
+    assert!(!text.contains("any/thing"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_add_routes_and_rotate_tokens_without_a_restart() {
+    let h = Harness::start().await;
+    let new_route = RouteSpec::new("shop", "returns").token("returns-token");
+    crate::support::provision(&h, &new_route).await;
+    h.reconfigure(&[RouteSpec::new("shop", "orders").token("rotated"), new_route]);
+
+    let path = Harness::events_path("shop", "returns");
+    fanout_testkit::wait::until(
+        "the new route to be served",
+        Duration::from_secs(10),
+        || async {
+            let reply = h
+                .post(&path, &[("authorization", "Bearer returns-token")], "x")
+                .await;
+            match reply.status {
+                202 => Ok(()),
+                other => Err(format!("status {other}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // The old token of shop/orders no longer works; the rotated one does.
+    assert_eq!(h.send_event(&[], "x").await.status, 403);
+    let orders = Harness::events_path("shop", "orders");
+    let reply = h
+        .post(&orders, &[("authorization", "Bearer rotated")], "x")
+        .await;
+    assert_eq!(reply.status, 202);
+
+    // A broken configuration is reported and keeps the routes as they were.
+    std::fs::write(&h.config_path, "routes: [ {").unwrap();
+    fanout_testkit::wait::until(
+        "the failed reload to be counted",
+        Duration::from_secs(10),
+        || async {
+            let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+            if metrics.contains(r#"fanout_gateway_config_reloads_total{result="failure"} 1"#) {
+                Ok(())
+            } else {
+                Err("no failed reload yet".to_string())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let reply = h
+        .post(&orders, &[("authorization", "Bearer rotated")], "x")
+        .await;
+    assert_eq!(reply.status, 202);
+}
