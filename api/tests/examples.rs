@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fanout_api::render::{Rendered, render};
+use fanout_api::render::{Rendered, render, secret_keys};
 use fanout_api::{ApiTarget, FanOutRoute};
 use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
@@ -126,35 +126,7 @@ fn every_secret_reference_exists_in_the_example() {
     for dir in example_dirs() {
         let example = load(&dir);
         for (name, target) in &example.targets {
-            let Some(auth) = &target.spec.auth else {
-                continue;
-            };
-            let mut wanted: Vec<(String, String)> = Vec::new();
-            if let Some(bearer) = &auth.bearer {
-                wanted.push((
-                    bearer.secret_ref.name.clone(),
-                    bearer.secret_ref.key.clone(),
-                ));
-            }
-            if let Some(basic) = &auth.basic {
-                let secret = basic.secret_ref.name.clone();
-                let user = basic
-                    .username_key
-                    .clone()
-                    .unwrap_or_else(|| "username".into());
-                let pass = basic
-                    .password_key
-                    .clone()
-                    .unwrap_or_else(|| "password".into());
-                wanted.push((secret.clone(), user));
-                wanted.push((secret, pass));
-            }
-            if let Some(signing) = &auth.signing {
-                wanted.push((
-                    signing.secret_ref.name.clone(),
-                    signing.secret_ref.key.clone(),
-                ));
-            }
+            let wanted = secret_keys(target.spec.auth.as_ref());
             for (secret, key) in wanted {
                 let found = example
                     .secrets
