@@ -5,11 +5,13 @@
 //! (b) raw JetStream publishes, pipelined: the storage ceiling;
 //! (c) the gateway (the `fanout-gateway` binary, a child process) at its maximum rate
 //!     with 256-byte bodies, counting acknowledged events (202s);
-//! (d) the gateway at half that rate: latency percentiles;
+//! (d) the gateway at half that rate: latency percentiles, next to the trivial
+//!     server's and JetStream's own at the same rate; (e) the gateway at 5,000/s;
 //! and the gateway's peak resident memory (VmHWM of its process).
 //!
 //! Environment: `BENCH_CONNECTIONS` (default 64), `BENCH_SECONDS` per phase
-//! (default 5).
+//! (default 5), `BENCH_RATE` (offered rate of (d) instead of half of (c)),
+//! `BENCH_DUMP_METRICS` (print the gateway's publish-latency histogram).
 
 mod jetstream;
 mod load;
@@ -27,6 +29,8 @@ const GATEWAY: &str = env!("CARGO_BIN_EXE_fanout-gateway");
 const TOKEN: &str = "bench-token";
 const PATH: &str = "/v1/namespaces/bench/routes/events/events";
 const WARMUP: Duration = Duration::from_secs(1);
+/// A fixed rate for latency, comparable across runs and machines.
+const FIXED_RATE: f64 = 5000.0;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -220,6 +224,7 @@ async fn run() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(max.rate() / 2.0);
     let half = load::open_loop(&events, connections, half_rate, seconds).await;
+    let fixed = load::open_loop(&events, connections, FIXED_RATE, seconds).await;
     let rss_kib = peak_rss_kib(gateway.0.id());
     if std::env::var_os("BENCH_DUMP_METRICS").is_some() {
         dump_metrics(addr).await;
@@ -264,6 +269,7 @@ async fn run() {
         max,
         half_rate,
         half,
+        fixed,
         cpu_per_event,
         rss_kib,
     });
@@ -308,6 +314,7 @@ struct Results<'a> {
     max: Report,
     half_rate: f64,
     half: Report,
+    fixed: Report,
     cpu_per_event: Vec<(&'a str, f64)>,
     rss_kib: Option<u64>,
 }
@@ -357,6 +364,11 @@ fn print_table(mut r: Results) {
         r.half.rate(),
         latencies(&mut r.half),
         verdict(p99 < 5.0)
+    );
+    println!(
+        "| (e) gateway at a fixed {FIXED_RATE:.0}/s offered, achieved {:.0}/s | {} | |",
+        r.fixed.rate(),
+        latencies(&mut r.fixed)
     );
     println!(
         "| (d) for comparison, the trivial server at the same rate | {} | |",
