@@ -6,6 +6,7 @@
 //! is checked once more here; code past [`resolve`] never re-checks. The defaults
 //! live in [`fanout_config::policy::defaults`].
 
+use fanout_config::Duration;
 use fanout_config::policy::{
     BreakerPolicy, DeliveryPolicy, RateLimit, RetryPolicy, StatusCodeSet, defaults,
 };
@@ -138,15 +139,12 @@ fn resolve_retry(
     if policy.max_attempts == 0 {
         return Err(invalid("retry.maxAttempts", "must be at least 1"));
     }
-    if policy.max_delay < policy.initial_delay {
-        return Err(invalid(
-            "retry.maxDelay",
-            format!(
-                "{} is less than retry.initialDelay {} (after applying overrides)",
-                policy.max_delay, policy.initial_delay
-            ),
-        ));
-    }
+    not_below(
+        "retry.maxDelay",
+        policy.max_delay,
+        "retry.initialDelay",
+        policy.initial_delay,
+    )?;
     Ok(policy)
 }
 
@@ -187,24 +185,42 @@ fn resolve_breaker(
     if policy.window.as_std().is_zero() {
         return Err(invalid("circuitBreaker.window", "must be greater than 0s"));
     }
-    if policy.max_open_duration < policy.open_duration {
-        return Err(invalid(
-            "circuitBreaker.maxOpenDuration",
-            format!(
-                "{} is less than circuitBreaker.openDuration {} (after applying overrides)",
-                policy.max_open_duration, policy.open_duration
-            ),
-        ));
-    }
+    not_below(
+        "circuitBreaker.maxOpenDuration",
+        policy.max_open_duration,
+        "circuitBreaker.openDuration",
+        policy.open_duration,
+    )?;
     Ok(Some(policy))
 }
 
+/// Refuses an upper bound below its lower bound, once overrides are applied (the CRD
+/// checks each object alone and cannot see the combination).
+fn not_below(
+    field: &'static str,
+    value: Duration,
+    lower_field: &str,
+    lower: Duration,
+) -> Result<(), SettingsError> {
+    if value < lower {
+        return Err(invalid(
+            field,
+            format!("{value} is less than {lower_field} {lower} (after applying overrides)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Upper bound of `rateLimit.requestsPerSecond`, as in the CRD.
+const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
+
 fn resolve_rate_limit(spec: &RateLimitSpec) -> Result<RateLimit, SettingsError> {
     let rps = spec.requests_per_second;
-    if !(rps > 0.0 && rps.is_finite()) {
+    // The same bounds as the CRD's rule; files read by standalone mode skip the apiserver.
+    if !(rps > 0.0 && rps <= MAX_REQUESTS_PER_SECOND) {
         return Err(invalid(
             "rateLimit.requestsPerSecond",
-            format!("{rps} must be greater than 0"),
+            format!("{rps} must be greater than 0 and at most {MAX_REQUESTS_PER_SECOND}"),
         ));
     }
     let burst = spec.burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32);
@@ -430,6 +446,17 @@ mod tests {
         });
         assert_eq!(resolve(&spec, None).unwrap().rate_limit.unwrap().burst, 3);
 
+        for rps in [-1.0, 0.0, 2e6, f64::INFINITY, f64::NAN] {
+            spec.rate_limit = Some(RateLimitSpec {
+                requests_per_second: rps,
+                burst: None,
+            });
+            let err = resolve(&spec, None).unwrap_err();
+            assert!(
+                err.to_string().starts_with("rateLimit.requestsPerSecond"),
+                "{rps}: {err}"
+            );
+        }
         spec.rate_limit = Some(RateLimitSpec {
             requests_per_second: -1.0,
             burst: None,

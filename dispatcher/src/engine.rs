@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use fanout_config::RouteConfig;
 use fanout_config::health::HealthSnapshot;
 use fanout_provision::Provisioner;
-use governor::{Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +71,13 @@ pub enum StartError {
         target: String,
         #[source]
         source: reqwest::Error,
+    },
+    #[error(
+        "targets[{target}].policy.rateLimit: {requests_per_second} requests/s cannot be enforced; use a rate in (0, 1000000]"
+    )]
+    RateLimit {
+        target: String,
+        requests_per_second: f64,
     },
     #[error("the health KV bucket")]
     HealthBucket(#[source] fanout_provision::ProvisionError),
@@ -144,17 +151,16 @@ impl Engine {
                 target: target.name.clone(),
                 source,
             })?;
-            let limiter = target.policy.rate_limit.as_ref().map(|limit| {
-                // Each replica takes an equal share of the route's rate and burst.
-                let share = limit.requests_per_second / f64::from(replicas);
-                let burst = NonZeroU32::new((limit.burst / replicas).max(1)).expect("at least 1");
-                let period = Duration::from_secs_f64(1.0 / share);
-                RateLimiter::direct(
-                    Quota::with_period(period)
-                        .expect("a positive period")
-                        .allow_burst(burst),
-                )
-            });
+            let limiter =
+                match &target.policy.rate_limit {
+                    Some(limit) => Some(rate_limiter(limit, replicas).ok_or_else(|| {
+                        StartError::RateLimit {
+                            target: target.name.clone(),
+                            requests_per_second: limit.requests_per_second,
+                        }
+                    })?),
+                    None => None,
+                };
             let telemetry = TargetTelemetry::new(metrics.clone(), &label, &target.name);
             workers.push(Arc::new(Worker::new(WorkerParts {
                 route: route.clone(),
@@ -205,6 +211,21 @@ impl Engine {
     }
 }
 
+/// One replica's token bucket: an equal share of the route's rate and burst. `None`
+/// when the rate is not a positive number of usable size (only a hand-written
+/// configuration can have that; rendering refuses it).
+fn rate_limiter(
+    limit: &fanout_config::policy::RateLimit,
+    replicas: u32,
+) -> Option<DefaultDirectRateLimiter> {
+    let share = limit.requests_per_second / f64::from(replicas);
+    let period = Duration::try_from_secs_f64(1.0 / share).ok()?;
+    let burst = NonZeroU32::new((limit.burst / replicas).max(1))?;
+    Some(RateLimiter::direct(
+        Quota::with_period(period)?.allow_burst(burst),
+    ))
+}
+
 fn http_client(policy: &fanout_config::DeliveryPolicy) -> Result<reqwest::Client, reqwest::Error> {
     let timeout = policy.timeout.as_std();
     reqwest::Client::builder()
@@ -217,4 +238,26 @@ fn http_client(policy: &fanout_config::DeliveryPolicy) -> Result<reqwest::Client
         .tcp_nodelay(true)
         .user_agent(concat!("fanout/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use fanout_config::policy::RateLimit;
+
+    use super::rate_limiter;
+
+    fn limit(requests_per_second: f64) -> RateLimit {
+        RateLimit {
+            requests_per_second,
+            burst: 10,
+        }
+    }
+
+    #[test]
+    fn unusable_rates_are_refused_instead_of_panicking() {
+        assert!(rate_limiter(&limit(50.0), 2).is_some());
+        assert!(rate_limiter(&limit(1e-300), 1).is_none(), "period too long");
+        assert!(rate_limiter(&limit(1e300), 1).is_none(), "period of zero");
+        assert!(rate_limiter(&limit(f64::NAN), 1).is_none());
+    }
 }
