@@ -123,7 +123,6 @@ impl Engine {
         let label = format!("{}/{}", config.namespace, config.name);
         let route = Arc::new(RouteContext {
             label: label.clone(),
-            namespace: config.namespace.clone(),
             js: js.clone(),
             dead_letter_enabled: config.dead_letter_stream.is_some(),
         });
@@ -161,7 +160,8 @@ impl Engine {
                     })?),
                     None => None,
                 };
-            let telemetry = TargetTelemetry::new(metrics.clone(), &label, &target.name);
+            let telemetry =
+                TargetTelemetry::new(&metrics, &config.namespace, &config.name, &target.name);
             workers.push(Arc::new(Worker::new(WorkerParts {
                 route: route.clone(),
                 config: target,

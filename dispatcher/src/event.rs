@@ -28,7 +28,9 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn from_message(message: &Message) -> Event {
+    /// Moves the headers out of `message` (only its reply subject is needed later, to
+    /// settle it), so no event pays for a copy of its header map.
+    pub fn from_message(message: &mut Message) -> Event {
         let (delivery, stream_sequence, stream) = match message.info() {
             Ok(info) => (
                 u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
@@ -38,7 +40,7 @@ impl Event {
             // Only a message that did not come from a consumer lacks this.
             Err(_) => (1, 0, String::new()),
         };
-        let headers = message.headers.clone().unwrap_or_default();
+        let headers = message.message.headers.take().unwrap_or_default();
         let id = header(&headers, EVENT_ID_HEADER)
             .or_else(|| header(&headers, "Nats-Msg-Id"))
             .map(str::to_string)

@@ -92,7 +92,9 @@ impl RequestTemplate {
                 headers.insert(name, value);
             }
         }
-        headers.extend(self.static_headers.clone());
+        for (name, value) in &self.static_headers {
+            headers.insert(name.clone(), value.clone());
+        }
         let content_type = event
             .header("Content-Type")
             .unwrap_or("application/octet-stream");

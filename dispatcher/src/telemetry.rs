@@ -54,6 +54,15 @@ struct OutcomeLabels {
     outcome: Outcome,
 }
 
+/// Every value [`Failure::category`] returns.
+const FAILURE_CATEGORIES: [&str; 5] = [
+    "status_5xx",
+    "status_4xx",
+    "status_other",
+    "timeout",
+    "connection",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     route: String,
@@ -134,9 +143,13 @@ impl Metrics {
 /// The reporting handle of one target; metric handles are resolved once here so the
 /// delivery path does no label lookups.
 pub struct TargetTelemetry {
+    /// `namespace/name`, the metric label.
     route: String,
+    namespace: String,
+    route_name: String,
     target: String,
-    metrics: std::sync::Arc<Metrics>,
+    /// One counter per [`Failure::category`], in [`FAILURE_CATEGORIES`] order.
+    failures_total: Vec<Counter>,
     delivered_total: Counter,
     retried_total: Counter,
     dead_lettered_total: Counter,
@@ -155,7 +168,9 @@ pub struct TargetTelemetry {
 }
 
 impl TargetTelemetry {
-    pub fn new(metrics: std::sync::Arc<Metrics>, route: &str, target: &str) -> Self {
+    pub fn new(metrics: &Metrics, namespace: &str, route_name: &str, target: &str) -> Self {
+        let route = format!("{namespace}/{route_name}");
+        let route = route.as_str();
         let outcome = |outcome| {
             metrics
                 .outcomes
@@ -173,7 +188,23 @@ impl TargetTelemetry {
         let latency = metrics.latency.get_or_create(&labels).clone();
         let in_flight_gauge = metrics.in_flight.get_or_create(&labels).clone();
         let circuit_gauge = metrics.circuit.get_or_create(&labels).clone();
+        let failures_total = FAILURE_CATEGORIES
+            .iter()
+            .map(|reason| {
+                metrics
+                    .failures
+                    .get_or_create(&FailureLabels {
+                        route: route.to_string(),
+                        target: target.to_string(),
+                        reason,
+                    })
+                    .clone()
+            })
+            .collect();
         TargetTelemetry {
+            failures_total,
+            namespace: namespace.to_string(),
+            route_name: route_name.to_string(),
             delivered_total: outcome(Outcome::Delivered),
             retried_total: outcome(Outcome::Retried),
             dead_lettered_total: outcome(Outcome::DeadLettered),
@@ -184,7 +215,6 @@ impl TargetTelemetry {
             circuit_gauge,
             route: route.to_string(),
             target: target.to_string(),
-            metrics,
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
@@ -224,14 +254,11 @@ impl TargetTelemetry {
         retry_in: Option<Duration>,
     ) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .failures
-            .get_or_create(&FailureLabels {
-                route: self.route.clone(),
-                target: self.target.clone(),
-                reason: failure.category(),
-            })
-            .inc();
+        let category = FAILURE_CATEGORIES
+            .iter()
+            .position(|c| *c == failure.category())
+            .expect("every category is listed");
+        self.failures_total[category].inc();
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure.to_string());
         if let Some(delay) = retry_in {
             self.retried_total.inc();
@@ -285,16 +312,11 @@ impl TargetTelemetry {
         });
     }
 
-    pub fn snapshot(&self, namespace: &str, pod: &str, circuit: Circuit) -> HealthSnapshot {
+    pub fn snapshot(&self, pod: &str, circuit: Circuit) -> HealthSnapshot {
         let last_success_ms = self.last_success_ms.load(Ordering::Relaxed);
         HealthSnapshot {
-            namespace: namespace.to_string(),
-            route: self
-                .route
-                .rsplit('/')
-                .next()
-                .unwrap_or(&self.route)
-                .to_string(),
+            namespace: self.namespace.clone(),
+            route: self.route_name.clone(),
             target: self.target.clone(),
             pod: pod.to_string(),
             circuit,
@@ -325,9 +347,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_failure_category_has_a_counter() {
+        let failures = [
+            Failure::Status {
+                code: 503,
+                body: String::new(),
+            },
+            Failure::Status {
+                code: 404,
+                body: String::new(),
+            },
+            Failure::Status {
+                code: 302,
+                body: String::new(),
+            },
+            Failure::Timeout,
+            Failure::Connection("reset".into()),
+        ];
+        for failure in failures {
+            assert!(
+                FAILURE_CATEGORIES.contains(&failure.category()),
+                "{failure}"
+            );
+        }
+    }
+
+    #[test]
     fn counters_feed_both_the_snapshot_and_the_metrics() {
         let metrics = Arc::new(Metrics::default());
-        let t = TargetTelemetry::new(metrics.clone(), "shop/orders", "email");
+        let t = TargetTelemetry::new(&metrics, "shop", "orders", "email");
         t.request_started();
         t.request_finished(Duration::from_millis(3));
         t.delivered("e1", 1, 200);
@@ -338,7 +386,7 @@ mod tests {
         t.attempt_failed("e2", 1, &failure, Some(Duration::from_secs(1)));
         t.dead_lettered("e3", 5, "exhausted", &failure);
 
-        let s = t.snapshot("shop", "pod-1", Circuit::Closed);
+        let s = t.snapshot("pod-1", Circuit::Closed);
         assert_eq!(
             (s.delivered, s.failed, s.dead_lettered, s.in_flight),
             (1, 1, 1, 0)

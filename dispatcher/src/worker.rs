@@ -50,7 +50,6 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
 pub struct RouteContext {
     /// `namespace/name`, for logs and metric labels.
     pub label: String,
-    pub namespace: String,
     pub js: jetstream::Context,
     pub dead_letter_enabled: bool,
 }
@@ -118,7 +117,7 @@ impl Worker {
     pub fn snapshot(&self, pod: &str) -> HealthSnapshot {
         let circuit = self.circuit();
         self.telemetry.set_circuit_gauge(circuit);
-        self.telemetry.snapshot(&self.route.namespace, pod, circuit)
+        self.telemetry.snapshot(pod, circuit)
     }
 
     /// Fetches and delivers until `shutdown`; then stops fetching, sends events that
@@ -209,11 +208,11 @@ impl Worker {
 
     async fn deliver(
         self: Arc<Self>,
-        message: Message,
+        mut message: Message,
         _permit: OwnedSemaphorePermit,
         drain: CancellationToken,
     ) {
-        let event = Event::from_message(&message);
+        let event = Event::from_message(&mut message);
         // A redriven event was addressed to this target explicitly.
         let redrive = event.subject.starts_with("fanout.redrive.");
         if !redrive
