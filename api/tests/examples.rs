@@ -125,39 +125,32 @@ fn every_route_renders_with_its_targets() {
 fn every_secret_reference_exists_in_the_example() {
     for dir in example_dirs() {
         let example = load(&dir);
+        // (who needs it, Secret, key) for every credential and ingest token.
+        let mut wanted: Vec<(String, String, String)> = Vec::new();
         for (name, target) in &example.targets {
-            let wanted = secret_keys(target.spec.auth.as_ref());
-            for (secret, key) in wanted {
-                let found = example
-                    .secrets
-                    .get(&secret)
-                    .is_some_and(|s| secret_has_key(s, &key));
-                assert!(
-                    found,
-                    "{}: ApiTarget {name} needs Secret {secret} key {key}",
-                    dir.display()
-                );
+            for (secret, key) in secret_keys(target.spec.auth.as_ref()) {
+                wanted.push((format!("ApiTarget {name}"), secret, key));
             }
         }
         for (name, route) in &example.routes {
-            let tokens = route
-                .spec
-                .gateway
-                .iter()
-                .flat_map(|g| g.bearer_tokens.iter());
-            let wanted: Vec<(String, String)> =
-                tokens.map(|t| (t.name.clone(), t.key.clone())).collect();
-            for (secret, key) in wanted {
-                let found = example
-                    .secrets
-                    .get(&secret)
-                    .is_some_and(|s| secret_has_key(s, &key));
-                assert!(
-                    found,
-                    "{}: ApiTarget {name} needs Secret {secret} key {key}",
-                    dir.display()
-                );
+            for token in route.spec.gateway.iter().flat_map(|g| &g.bearer_tokens) {
+                wanted.push((
+                    format!("FanOutRoute {name}"),
+                    token.name.clone(),
+                    token.key.clone(),
+                ));
             }
+        }
+        for (owner, secret, key) in wanted {
+            let found = example
+                .secrets
+                .get(&secret)
+                .is_some_and(|s| secret_has_key(s, &key));
+            assert!(
+                found,
+                "{}: {owner} needs Secret {secret} key {key}",
+                dir.display()
+            );
         }
     }
 }

@@ -7,7 +7,9 @@
 //! run as a child process of this binary, so CPU time and peak RSS are theirs alone.
 //! Phases: throughput from a full stream; latency from publish to delivery at a fixed
 //! offered rate; throughput of the healthy target while the other answers 503.
-//! `FANOUT_BENCH_EVENTS` sets the pre-loaded count (default 100000).
+//! `FANOUT_BENCH_EVENTS` sets the pre-loaded count (default 100000). For
+//! experiments: `FANOUT_BENCH_LATENCY_ONLY=1` runs only the latency phase, and
+//! `FANOUT_BENCH_NO_LIMIT=1` leaves the rate limiter out of the targets.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

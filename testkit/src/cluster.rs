@@ -62,7 +62,7 @@ fn install_crds(kubeconfig: &Path) -> anyhow::Result<()> {
     let apply = kubectl_with(
         kubeconfig,
         &["apply", "--server-side", "--force-conflicts", "-f"],
-    )
+    )?
     .arg(&crds)
     .output()?;
     check(&apply, "applying the CRDs")?;
@@ -75,7 +75,7 @@ fn install_crds(kubeconfig: &Path) -> anyhow::Result<()> {
             "crd/apitargets.fanout.dev",
             "crd/fanoutroutes.fanout.dev",
         ],
-    )
+    )?
     .output()?;
     check(&wait, "waiting for the CRDs to be Established")
 }
@@ -91,16 +91,17 @@ pub async fn client() -> anyhow::Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> Command {
-    let binary = tools::path("kubectl").unwrap_or_else(|_| PathBuf::from("kubectl"));
-    let mut cmd = Command::new(binary);
+/// The pinned kubectl (the server's minor version; a kubectl on PATH may be too far
+/// off to trust its output).
+fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(tools::path("kubectl")?);
     cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
-    cmd
+    Ok(cmd)
 }
 
 /// A `kubectl` command (the pinned one, matching the server's version) for the control plane.
 pub fn kubectl(args: &[&str]) -> anyhow::Result<Command> {
-    Ok(kubectl_with(&kubeconfig()?, args))
+    kubectl_with(&kubeconfig()?, args)
 }
 
 /// Fails with the command's stderr when it did not succeed.

@@ -165,9 +165,8 @@ impl Harness {
 
     /// (pending, ack pending) of a target's consumer.
     pub async fn consumer_backlog(&self, target: &str) -> (u64, usize) {
-        let mut stream = self.js.get_stream(&self.config.stream).await.unwrap();
+        let stream = self.js.get_stream(&self.config.stream).await.unwrap();
         let mut consumer: consumer::PullConsumer = stream.get_consumer(target).await.unwrap();
-        let _ = &mut stream;
         let info = consumer.info().await.unwrap();
         (info.num_pending, info.num_ack_pending)
     }
