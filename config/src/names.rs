@@ -89,9 +89,14 @@ impl RouteKey {
         target.to_string()
     }
 
+    /// Key prefix of all health snapshots of the route (every target, every pod).
+    pub fn health_route_prefix(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+
     /// Key prefix of all health snapshots of one target (one key per dispatcher pod).
     pub fn health_key_prefix(&self, target: &str) -> String {
-        format!("{}.{}.{target}", self.namespace, self.name)
+        format!("{}.{target}", self.health_route_prefix())
     }
 
     /// Health snapshot key of one target as seen by one dispatcher pod.

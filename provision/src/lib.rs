@@ -5,6 +5,8 @@
 //! Used by the operator's reconciler and by `fanout standalone`; every call is
 //! idempotent, and deleting something that is already gone counts as success.
 
+pub mod observe;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

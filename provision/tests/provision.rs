@@ -2,7 +2,10 @@
 
 use async_nats::jetstream;
 use fanout_config::Duration;
+use fanout_config::health::{Circuit, HealthSnapshot};
 use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
+use fanout_config::names::RouteKey;
+use fanout_provision::observe::observe;
 use fanout_provision::{ProvisionError, Provisioner};
 use fanout_testkit::nats::NatsServer;
 
@@ -207,4 +210,120 @@ async fn the_health_bucket_expires_entries() {
         kv_stream.info().await.unwrap().config.max_age,
         std::time::Duration::from_secs(30)
     );
+}
+
+fn snapshot(target: &str, pod: &str, circuit: Circuit, delivered: u64) -> Vec<u8> {
+    serde_json::to_vec(&HealthSnapshot {
+        namespace: "shop".into(),
+        route: "orders".into(),
+        target: target.into(),
+        pod: pod.into(),
+        circuit,
+        delivered,
+        failed: 0,
+        dead_lettered: 0,
+        in_flight: 0,
+        last_success_time: None,
+        last_error: None,
+        reported_at: "2026-11-27T10:00:00.000Z".into(),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn observe_combines_streams_consumers_and_health_snapshots() {
+    let server = NatsServer::start().unwrap();
+    let (provisioner, js) = connect(&server).await;
+    provisioner
+        .apply(&plan(&["email", "inventory"]))
+        .await
+        .unwrap();
+    let key = RouteKey::new("shop", "orders");
+    let targets = [
+        "email".to_string(),
+        "inventory".to_string(),
+        "gone".to_string(),
+    ];
+
+    // Before any dispatcher ran there is no health bucket: everything reads as idle.
+    let before = observe(
+        &js,
+        &key,
+        "fanout_shop_orders",
+        Some("fanout_shop_orders_dlq"),
+        &targets,
+    )
+    .await
+    .unwrap();
+    assert_eq!(before.targets[0].reporting_pods, 0);
+
+    for i in 0..3 {
+        js.publish(format!("fanout.in.shop.orders.e{i}"), "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let store = provisioner
+        .ensure_health_bucket(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    store
+        .put(
+            "shop.orders.email.pod-1",
+            snapshot("email", "pod-1", Circuit::Closed, 7).into(),
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            "shop.orders.email.pod-2",
+            snapshot("email", "pod-2", Circuit::Open, 5).into(),
+        )
+        .await
+        .unwrap();
+    // Another route's snapshot with a name that shares the prefix must not count.
+    store
+        .put(
+            "shop.orders-eu.email.pod-1",
+            snapshot("email", "pod-1", Circuit::Open, 100).into(),
+        )
+        .await
+        .unwrap();
+
+    let seen = observe(
+        &js,
+        &key,
+        "fanout_shop_orders",
+        Some("fanout_shop_orders_dlq"),
+        &targets,
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen.stream.messages, 3);
+    assert!(seen.stream.bytes > 0);
+    assert_eq!(seen.dead_letter.as_ref().map(|d| d.messages), Some(0));
+    let email = &seen.targets[0];
+    assert_eq!((email.delivered, email.reporting_pods), (12, 2));
+    assert_eq!(email.circuit, Circuit::Open);
+    assert_eq!(email.pending, 3);
+    assert!(email.consumer_found);
+    let inventory = &seen.targets[1];
+    assert_eq!((inventory.reporting_pods, inventory.pending), (0, 3));
+    assert!(
+        !seen.targets[2].consumer_found,
+        "no consumer for a target not provisioned"
+    );
+
+    // An unprovisioned route is an error that names its stream.
+    let err = observe(
+        &js,
+        &RouteKey::new("shop", "none"),
+        "fanout_shop_none",
+        None,
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("fanout_shop_none"), "{err}");
 }

@@ -1,0 +1,299 @@
+//! Reads how a route is doing from JetStream: stream sizes, each target's consumer
+//! (pending, in flight) and the health snapshots every dispatcher pod writes to the
+//! `fanout_health` KV bucket. The operator turns the result into status; `fanout
+//! standalone` prints it as a table. Read-only: nothing here changes JetStream.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::{self, kv};
+use fanout_config::health::{Circuit, HealthSnapshot};
+use fanout_config::names::{HEALTH_BUCKET, RouteKey};
+use futures::TryStreamExt;
+
+/// Size of one stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamCounts {
+    pub name: String,
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+/// One target of a route, combined over every dispatcher pod that reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetObservation {
+    pub name: String,
+    /// The worst circuit state any pod reports (Open > HalfOpen > Closed).
+    pub circuit: Circuit,
+    /// Events in the stream this target's consumer has not fetched yet.
+    pub pending: u64,
+    /// Events fetched and not yet acknowledged (JetStream's view, all pods).
+    pub in_flight: u64,
+    /// Totals since each reporting pod started, summed over pods.
+    pub delivered: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+    /// RFC 3339; the latest success any pod saw.
+    pub last_success_time: Option<String>,
+    /// The last error of the pod that reported most recently with one.
+    pub last_error: Option<String>,
+    /// How many dispatcher pods have a live snapshot of this target.
+    pub reporting_pods: usize,
+    /// False when the target's consumer does not exist (not provisioned yet).
+    pub consumer_found: bool,
+}
+
+/// Everything observed about one route.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteObservation {
+    pub stream: StreamCounts,
+    pub dead_letter: Option<StreamCounts>,
+    pub targets: Vec<TargetObservation>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("stream {stream}: reading its state failed")]
+    Stream {
+        stream: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("KV bucket {HEALTH_BUCKET}: reading health snapshots failed")]
+    Health {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn stream_error<E: std::error::Error + Send + Sync + 'static>(
+    name: &str,
+) -> impl FnOnce(E) -> ObserveError {
+    let stream = name.to_string();
+    move |e| ObserveError::Stream {
+        stream,
+        source: boxed(e),
+    }
+}
+
+fn boxed(
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+/// Observes the route `key` with streams `stream` and `dead_letter` and the targets
+/// (consumer names) `targets`, in that order. A missing stream is an error (the route
+/// is not provisioned); a missing consumer or health bucket is reported as such.
+pub async fn observe(
+    js: &jetstream::Context,
+    key: &RouteKey,
+    stream: &str,
+    dead_letter: Option<&str>,
+    targets: &[String],
+) -> Result<RouteObservation, ObserveError> {
+    let mut main = js.get_stream(stream).await.map_err(stream_error(stream))?;
+    let counts = stream_counts(&mut main)
+        .await
+        .map_err(stream_error(stream))?;
+    let dead_letter = match dead_letter {
+        Some(name) => {
+            let mut s = js.get_stream(name).await.map_err(stream_error(name))?;
+            Some(stream_counts(&mut s).await.map_err(stream_error(name))?)
+        }
+        None => None,
+    };
+
+    let snapshots = read_snapshots(js, key).await?;
+    let mut observed = Vec::with_capacity(targets.len());
+    for target in targets {
+        let consumer = match main.consumer_info(key.consumer(target)).await {
+            Ok(info) => Some(info),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::ConsumerInfoErrorKind::NotFound
+                ) || matches!(e.kind(), jetstream::context::ConsumerInfoErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) =>
+            {
+                None
+            }
+            Err(e) => return Err(stream_error(stream)(e)),
+        };
+        let mut t = combine(
+            target,
+            snapshots
+                .get(target.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+        );
+        if let Some(info) = consumer {
+            t.consumer_found = true;
+            t.pending = info.num_pending;
+            t.in_flight = u64::try_from(info.num_ack_pending).unwrap_or(0);
+        }
+        observed.push(t);
+    }
+    Ok(RouteObservation {
+        stream: counts,
+        dead_letter,
+        targets: observed,
+    })
+}
+
+async fn stream_counts(
+    stream: &mut jetstream::stream::Stream,
+) -> Result<StreamCounts, jetstream::context::RequestError> {
+    let info = stream.info().await?;
+    Ok(StreamCounts {
+        name: info.config.name.clone(),
+        messages: info.state.messages,
+        bytes: info.state.bytes,
+    })
+}
+
+/// The route's live snapshots, grouped by target. No bucket yet (no dispatcher has
+/// started) reads as no snapshots.
+async fn read_snapshots(
+    js: &jetstream::Context,
+    key: &RouteKey,
+) -> Result<BTreeMap<String, Vec<HealthSnapshot>>, ObserveError> {
+    let health = |e| ObserveError::Health { source: boxed(e) };
+    let store: kv::Store = match js.get_key_value(HEALTH_BUCKET).await {
+        Ok(store) => store,
+        Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
+            return Ok(BTreeMap::new());
+        }
+        Err(e) => return Err(health(e)),
+    };
+    // Keys are `<ns>.<route>.<target>.<pod>`; one wildcard watch of the route's keys
+    // would be cheaper at scale, but a route has few targets and pods.
+    let prefix = format!("{}.", key.health_route_prefix());
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(|e| ObserveError::Health { source: boxed(e) })?
+        .try_filter(|k| std::future::ready(k.starts_with(&prefix)))
+        .try_collect()
+        .await
+        .map_err(|e| ObserveError::Health { source: boxed(e) })?;
+    let mut grouped: BTreeMap<String, Vec<HealthSnapshot>> = BTreeMap::new();
+    for k in keys {
+        let Some(value) = store
+            .get(&k)
+            .await
+            .map_err(|e| ObserveError::Health { source: boxed(e) })?
+        else {
+            continue; // expired between listing and reading
+        };
+        match serde_json::from_slice::<HealthSnapshot>(&value) {
+            Ok(s) if s.namespace == key.namespace && s.route == key.name => {
+                grouped.entry(s.target.clone()).or_default().push(s);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(key = %k, %error, "ignoring a health snapshot that does not parse")
+            }
+        }
+    }
+    Ok(grouped)
+}
+
+/// Combines the snapshots of one target from every pod: counters add up, the circuit
+/// is the worst any pod sees (one pod with an open circuit means the target is
+/// failing), the last success is the latest, and the last error comes from the most
+/// recent report that has one.
+pub fn combine(target: &str, snapshots: &[HealthSnapshot]) -> TargetObservation {
+    let mut out = TargetObservation {
+        name: target.to_string(),
+        reporting_pods: snapshots.len(),
+        ..TargetObservation::default()
+    };
+    let mut error_reported_at: Option<&str> = None;
+    for s in snapshots {
+        out.circuit = out.circuit.max(s.circuit);
+        out.delivered += s.delivered;
+        out.failed += s.failed;
+        out.dead_lettered += s.dead_lettered;
+        // Timestamps are RFC 3339 in UTC with a fixed precision, as the dispatcher
+        // writes them, so they order as strings.
+        if s.last_success_time > out.last_success_time {
+            out.last_success_time = s.last_success_time.clone();
+        }
+        if s.last_error.is_some() && error_reported_at.is_none_or(|at| s.reported_at.as_str() > at)
+        {
+            out.last_error = s.last_error.clone();
+            error_reported_at = Some(&s.reported_at);
+        }
+    }
+    out
+}
+
+/// True when the target delivers: its circuit is closed and its consumer exists.
+pub fn is_healthy(t: &TargetObservation) -> bool {
+    t.consumer_found && t.circuit == Circuit::Closed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(pod: &str, circuit: Circuit, delivered: u64) -> HealthSnapshot {
+        HealthSnapshot {
+            namespace: "shop".into(),
+            route: "orders".into(),
+            target: "email".into(),
+            pod: pod.into(),
+            circuit,
+            delivered,
+            failed: 1,
+            dead_lettered: 2,
+            in_flight: 3,
+            last_success_time: None,
+            last_error: None,
+            reported_at: "2026-11-27T10:00:00.000Z".into(),
+        }
+    }
+
+    #[test]
+    fn counters_add_up_and_the_worst_circuit_wins() {
+        let t = combine(
+            "email",
+            &[
+                snapshot("a", Circuit::Closed, 10),
+                snapshot("b", Circuit::Open, 5),
+                snapshot("c", Circuit::HalfOpen, 1),
+            ],
+        );
+        assert_eq!(t.circuit, Circuit::Open);
+        assert_eq!((t.delivered, t.failed, t.dead_lettered), (16, 3, 6));
+        assert_eq!(t.reporting_pods, 3);
+    }
+
+    #[test]
+    fn latest_success_and_most_recent_error_are_kept() {
+        let mut a = snapshot("a", Circuit::Closed, 1);
+        a.last_success_time = Some("2026-11-27T10:00:05.000Z".into());
+        a.last_error = Some("HTTP 503".into());
+        a.reported_at = "2026-11-27T10:00:10.000Z".into();
+        let mut b = snapshot("b", Circuit::Closed, 1);
+        b.last_success_time = Some("2026-11-27T10:00:07.000Z".into());
+        b.last_error = Some("timeout".into());
+        b.reported_at = "2026-11-27T10:00:09.000Z".into();
+        let c = snapshot("c", Circuit::Closed, 1);
+        let t = combine("email", &[a, b, c]);
+        assert_eq!(
+            t.last_success_time.as_deref(),
+            Some("2026-11-27T10:00:07.000Z")
+        );
+        assert_eq!(t.last_error.as_deref(), Some("HTTP 503"));
+    }
+
+    #[test]
+    fn no_snapshots_reads_as_closed_and_idle() {
+        let t = combine("email", &[]);
+        assert_eq!(t.circuit, Circuit::Closed);
+        assert_eq!(t.reporting_pods, 0);
+        assert_eq!(t.delivered, 0);
+        assert!(!is_healthy(&t), "no consumer found yet");
+    }
+}
