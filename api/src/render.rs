@@ -2,7 +2,7 @@
 //! the dispatcher configuration and the JetStream objects. Pure: no client, no I/O,
 //! so the operator and `fanout standalone` share it and tests need nothing running.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fanout_config::gateway::GatewayRoute;
 use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
@@ -11,7 +11,7 @@ use fanout_config::policy::defaults;
 use fanout_config::route::{BasicCredentials, Credentials, Filter, RouteConfig, TargetConfig};
 use fanout_config::{DeliveryPolicy, Duration};
 
-use crate::policy::AuthSpec;
+use crate::policy::{AuthSpec, SecretKeyRef};
 use crate::route::{FanOutRoute, RetentionSpec, StorageKind};
 use crate::settings::{self, SettingsError};
 use crate::target::ApiTarget;
@@ -173,19 +173,7 @@ pub fn render<'a>(
         .as_ref()
         .and_then(|d| d.replicas)
         .unwrap_or(defaults::DISPATCHER_REPLICAS);
-    let gateway = spec.gateway.clone().unwrap_or_default();
-    let gateway = GatewayRoute {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        stream: stream.name.clone(),
-        ingest_prefix: key.ingest_prefix(),
-        token_files: gateway
-            .bearer_tokens
-            .iter()
-            .map(|t| secrets_dir.join(&t.name).join(&t.key))
-            .collect(),
-        allow_unauthenticated: gateway.allow_unauthenticated.unwrap_or(false),
-    };
+    let gateway = gateway_route(route, |_, t| secrets_dir.join(&t.name).join(&t.key))?;
     Ok(Rendered {
         gateway,
         config: RouteConfig {
@@ -201,6 +189,41 @@ pub fn render<'a>(
             dead_letter: dead_letter_stream,
             consumers,
         },
+    })
+}
+
+/// What the gateway needs to accept events for `route`. `token_file` says where the
+/// gateway reads each bearer token (by its index in `spec.gateway.bearerTokens`): the
+/// dispatcher's Secret layout in standalone mode, a copy in the gateway's own Secret
+/// when the operator runs it.
+pub fn gateway_route(
+    route: &FanOutRoute,
+    token_file: impl Fn(usize, &SecretKeyRef) -> PathBuf,
+) -> Result<GatewayRoute, RenderError> {
+    let namespace = route
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(RenderError::MissingMetadata("namespace"))?;
+    let name = route
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(RenderError::MissingMetadata("name"))?;
+    let key = RouteKey::new(namespace, name);
+    let gateway = route.spec.gateway.clone().unwrap_or_default();
+    Ok(GatewayRoute {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        stream: key.stream(),
+        ingest_prefix: key.ingest_prefix(),
+        token_files: gateway
+            .bearer_tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| token_file(i, t))
+            .collect(),
+        allow_unauthenticated: gateway.allow_unauthenticated.unwrap_or(false),
     })
 }
 

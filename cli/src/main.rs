@@ -46,6 +46,9 @@ enum Command {
     Dispatch(fanout_dispatcher::Args),
     /// Accept events over HTTP and store them in JetStream.
     Gateway(fanout_gateway::Args),
+    /// Reconcile FanOutRoutes and ApiTargets into JetStream, dispatcher Deployments
+    /// and status.
+    Operator(fanout_operator::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +70,11 @@ fn main() -> anyhow::Result<()> {
             cli.log_format,
             cli.worker_threads,
             fanout_gateway::run(args),
+        ),
+        Command::Operator(args) => serve(
+            cli.log_format,
+            cli.worker_threads,
+            fanout_operator::run(args),
         ),
     }
 }

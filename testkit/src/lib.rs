@@ -7,6 +7,7 @@
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
 
 pub mod cluster;
+pub mod http;
 pub mod nats;
 pub mod python;
 pub mod target;

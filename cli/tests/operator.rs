@@ -1,0 +1,998 @@
+//! `fanout operator` as a process against the real local control plane
+//! (kube-apiserver + controller-manager from e2e/cluster.sh) and a real nats-server.
+//!
+//! Each test gets its own namespace, NATS server and operator scoped to that
+//! namespace (`--watch-namespace`), so tests run in parallel on one control plane.
+//! There is no node yet (issue 8), so dispatcher pods never run: the end-to-end test
+//! starts the real `fanout dispatch` and `fanout gateway` processes itself, with the
+//! configuration the operator rendered, read back from the API server.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use fanout_api::names::RouteKey;
+use fanout_api::{ApiTarget, FanOutRoute, FanOutRouteStatus};
+use fanout_config::RouteConfig;
+use fanout_config::gateway::GatewayConfig;
+use fanout_testkit::cluster::{self, TestNamespace};
+use fanout_testkit::nats::NatsServer;
+use fanout_testkit::target::{Reply, TargetServer};
+use fanout_testkit::{free_port, http, wait};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+
+const T: Duration = Duration::from_secs(60);
+
+/// A running `fanout operator`; killed when dropped. Its log is printed if a test
+/// fails while it runs, which is where the reason usually is.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    fn start(ns: &str, nats_url: &str, identity: &str, leader_elect: bool) -> Operator {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("operator.log");
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(["operator", "--watch-namespace", ns, "--namespace", ns])
+            .args(["--pod-name", identity, "--lease-name", "fanout-operator"])
+            .args([
+                "--leader-elect",
+                if leader_elect { "true" } else { "false" },
+            ])
+            .args(["--nats-url", nats_url, "--dispatcher-image", "fanout:test"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--status-interval", "1s"])
+            .env("KUBECONFIG", cluster::kubeconfig().unwrap())
+            .env("FANOUT_LOG", "info,fanout_operator=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Operator {
+            child,
+            log,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn metrics(&self) -> Result<String, String> {
+        let r = http::get(&format!("127.0.0.1:{}", self.port), "/metrics").await?;
+        Ok(r.body)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- operator log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+struct Env {
+    client: kube::Client,
+    ns: TestNamespace,
+    nats: NatsServer,
+    js: jetstream::Context,
+}
+
+impl Env {
+    async fn new(prefix: &str) -> Env {
+        let client = cluster::client().await.unwrap();
+        let ns = TestNamespace::create(&client, prefix).await.unwrap();
+        let nats = NatsServer::start().unwrap();
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        Env {
+            client,
+            ns,
+            nats,
+            js,
+        }
+    }
+
+    fn operator(&self) -> Operator {
+        Operator::start(&self.ns.name, &self.nats.url(), "op-1", false)
+    }
+
+    fn key(&self, route: &str) -> RouteKey {
+        RouteKey::new(&self.ns.name, route)
+    }
+
+    fn apply(&self, yaml: &str) {
+        let mut child =
+            cluster::kubectl(&["apply", "--server-side", "-n", &self.ns.name, "-f", "-"])
+                .unwrap()
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        cluster::check(&out, "kubectl apply").unwrap();
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    async fn status(&self, route: &str) -> Option<FanOutRouteStatus> {
+        self.api::<FanOutRoute>()
+            .get_opt(route)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.status)
+    }
+
+    /// Waits until the route's condition `type_` has `status` (and `reason`, if given).
+    async fn wait_condition(
+        &self,
+        route: &str,
+        type_: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> FanOutRouteStatus {
+        wait::until(
+            &format!("{route} {type_}={status} {reason:?}"),
+            T,
+            || async {
+                let s = self.status(route).await.ok_or("no status")?;
+                let c = s
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == type_)
+                    .ok_or(format!("no {type_} in {:?}", s.conditions))?;
+                if c.status == status && reason.is_none_or(|r| r == c.reason) {
+                    Ok(s.clone())
+                } else {
+                    Err(format!("{}/{}: {}", c.status, c.reason, c.message))
+                }
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn consumers(&self, stream: &str) -> Result<BTreeSet<String>, String> {
+        use futures::TryStreamExt;
+        let s = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.consumer_names()
+            .try_collect()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn events(&self, reason: &str) -> Vec<Event> {
+        self.api::<Event>()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+}
+
+fn target_yaml(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: {name}}}
+spec:
+  url: {url}
+  timeout: 3s
+  maxInFlight: 16
+{extra}
+---
+"
+    )
+}
+
+fn route_yaml(name: &str, targets: &[&str], extra: &str) -> String {
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|t| format!("    - {{name: {t}, apiTargetRef: {{name: {t}}}}}"))
+        .collect();
+    format!(
+        "apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {{name: {name}}}
+spec:
+  targets:
+{}
+{extra}
+",
+        targets.join("\n")
+    )
+}
+
+const SECRETS: &str = "apiVersion: v1
+kind: Secret
+metadata: {name: email-token}
+stringData: {token: s3cr3t}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: ingest}
+stringData: {token: ingest-token}
+---
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_becomes_streams_consumers_and_dispatcher_objects_and_follows_edits() {
+    let env = Env::new("op-apply").await;
+    let _operator = env.operator();
+    let auth = "  auth: {bearer: {secretRef: {name: email-token, key: token}}}";
+    env.apply(&format!(
+        "{SECRETS}{}{}{}",
+        target_yaml("inventory", "http://127.0.0.1:9/in", ""),
+        target_yaml("email", "http://127.0.0.1:9/mail", auth),
+        route_yaml(
+            "orders",
+            &["inventory", "email"],
+            "  gateway: {bearerTokens: [{name: ingest, key: token}]}"
+        ),
+    ));
+    let key = env.key("orders");
+
+    // JetStream: both streams and one consumer per target, with the target's limits.
+    let consumers = wait::until("both consumers", T, || async {
+        let c = env.consumers(&key.stream()).await?;
+        if c.len() == 2 {
+            Ok(c)
+        } else {
+            Err(format!("{c:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        consumers,
+        BTreeSet::from(["email".to_string(), "inventory".to_string()])
+    );
+    env.js.get_stream(key.dead_letter_stream()).await.unwrap();
+    let mut stream = env.js.get_stream(key.stream()).await.unwrap();
+    let info = stream.consumer_info("inventory").await.unwrap();
+    assert_eq!(
+        info.config.ack_wait,
+        Duration::from_secs(8),
+        "timeout 3s + 5s slack"
+    );
+    assert_eq!(info.config.max_ack_pending, 16);
+    assert!(
+        info.config
+            .filter_subjects
+            .contains(&key.redrive_subject("inventory"))
+    );
+    assert_eq!(
+        stream.info().await.unwrap().config.subjects[0],
+        key.ingest_subjects()
+    );
+
+    // Kubernetes: ServiceAccount, ConfigMap and Deployment, owned by the route.
+    let route = env.api::<FanOutRoute>().get("orders").await.unwrap();
+    let uid = route.metadata.uid.clone().unwrap();
+    let name = key.dispatcher_object_name();
+    let deployment = wait::until("the Deployment", T, || async {
+        env.api::<Deployment>()
+            .get_opt(&name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent".to_string())
+    })
+    .await
+    .unwrap();
+    let owner =
+        |refs: Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
+            refs.unwrap_or_default()
+                .first()
+                .map(|o| (o.uid.clone(), o.controller))
+        };
+    assert_eq!(
+        owner(deployment.metadata.owner_references.clone()),
+        Some((uid.clone(), Some(true)))
+    );
+    let sa = env.api::<ServiceAccount>().get(&name).await.unwrap();
+    assert_eq!(
+        owner(sa.metadata.owner_references),
+        Some((uid.clone(), Some(true)))
+    );
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    let config_map = env.api::<ConfigMap>().get(&name).await.unwrap();
+    assert_eq!(
+        owner(config_map.metadata.owner_references.clone()),
+        Some((uid.clone(), Some(true)))
+    );
+    let config: RouteConfig =
+        serde_yaml_ng::from_str(&config_map.data.unwrap()["route.yaml"]).unwrap();
+    assert_eq!(config.targets.len(), 2);
+    let email = config.targets.iter().find(|t| t.name == "email").unwrap();
+    assert_eq!(
+        email.credentials.bearer_token_file.as_deref(),
+        Some(std::path::Path::new(
+            "/var/run/fanout/secrets/email-token/token"
+        )),
+        "the ConfigMap names a file, never the secret value"
+    );
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let volumes = pod.volumes.unwrap();
+    let projected = volumes.iter().find(|v| v.name == "secrets").unwrap();
+    assert_eq!(
+        projected
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .as_ref()
+            .unwrap()[0]
+            .secret
+            .as_ref()
+            .unwrap()
+            .name,
+        "email-token"
+    );
+    let hash_of = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["fanout.dev/config-hash"]
+            .clone()
+    };
+    let first_hash = hash_of(&env.api::<Deployment>().get(&name).await.unwrap());
+
+    // Status: streams ready, no node to run pods yet, the finalizer is on.
+    let status = env
+        .wait_condition("orders", "StreamReady", "True", None)
+        .await;
+    assert_eq!(status.observed_generation, route.metadata.generation);
+    let available = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DispatcherAvailable")
+        .unwrap();
+    assert_eq!(available.status, "False");
+    assert_eq!(status.targets.len(), 2);
+    assert!(
+        route
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"fanout.dev/jetstream".to_string())
+    );
+
+    // The gateway's routes and token copy.
+    let gateway = wait::until("the gateway ConfigMap", T, || async {
+        let cm = env
+            .api::<ConfigMap>()
+            .get_opt("fanout-gateway")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent")?;
+        let config: GatewayConfig =
+            serde_yaml_ng::from_str(&cm.data.unwrap_or_default()["gateway.yaml"])
+                .map_err(|e| e.to_string())?;
+        if config.routes.is_empty() {
+            Err("no routes".to_string())
+        } else {
+            Ok(config)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(gateway.routes[0].stream, key.stream());
+    let token_key = format!("{}.orders.0", env.ns.name);
+    assert_eq!(
+        gateway.routes[0].token_files,
+        vec![PathBuf::from(format!(
+            "/var/run/fanout/gateway-tokens/{token_key}"
+        ))]
+    );
+    let tokens = env
+        .api::<Secret>()
+        .get("fanout-gateway-tokens")
+        .await
+        .unwrap();
+    assert_eq!(tokens.data.unwrap()[&token_key].0, b"ingest-token");
+
+    // Editing the ApiTarget re-renders the route: the consumer and the config follow.
+    env.apply(
+        &target_yaml("inventory", "http://127.0.0.1:9/in", "")
+            .replace("timeout: 3s", "timeout: 10s"),
+    );
+    wait::until("ack wait to follow the new timeout", T, || async {
+        let s = env
+            .js
+            .get_stream(key.stream())
+            .await
+            .map_err(|e| e.to_string())?;
+        let wait = s
+            .consumer_info("inventory")
+            .await
+            .map_err(|e| e.to_string())?
+            .config
+            .ack_wait;
+        if wait == Duration::from_secs(15) {
+            Ok(())
+        } else {
+            Err(format!("{wait:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    wait::until("the pod template to change", T, || async {
+        let d = env
+            .api::<Deployment>()
+            .get(&name)
+            .await
+            .map_err(|e| e.to_string())?;
+        if hash_of(&d) != first_hash {
+            Ok(())
+        } else {
+            Err("same hash".into())
+        }
+    })
+    .await
+    .unwrap();
+
+    // A target removed from the route loses its consumer.
+    env.apply(&route_yaml(
+        "orders",
+        &["inventory"],
+        "  gateway: {bearerTokens: [{name: ingest, key: token}]}",
+    ));
+    wait::until("the email consumer to go", T, || async {
+        let c = env.consumers(&key.stream()).await?;
+        if c == BTreeSet::from(["inventory".to_string()]) {
+            Ok(())
+        } else {
+            Err(format!("{c:?}"))
+        }
+    })
+    .await
+    .unwrap();
+
+    // Deleting the route deletes its streams, then the finalizer lets it go.
+    env.api::<FanOutRoute>()
+        .delete("orders", &Default::default())
+        .await
+        .unwrap();
+    wait::until("the route to be gone", T, || async {
+        match env.api::<FanOutRoute>().get_opt("orders").await {
+            Ok(None) => Ok(()),
+            other => Err(format!(
+                "{:?}",
+                other.map(|r| r.map(|r| r.metadata.finalizers))
+            )),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        env.js.get_stream(key.stream()).await.is_err(),
+        "stream deleted"
+    );
+    assert!(
+        env.js.get_stream(key.dead_letter_stream()).await.is_err(),
+        "DLQ stream deleted"
+    );
+    wait::until("the gateway to drop the route", T, || async {
+        let cm = env
+            .api::<ConfigMap>()
+            .get("fanout-gateway")
+            .await
+            .map_err(|e| e.to_string())?;
+        let config: GatewayConfig =
+            serde_yaml_ng::from_str(&cm.data.unwrap_or_default()["gateway.yaml"])
+                .map_err(|e| e.to_string())?;
+        if config.routes.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{:?}", config.routes))
+        }
+    })
+    .await
+    .unwrap();
+    env.ns.delete(&env.client).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_references_are_reported_and_picked_up_when_they_appear() {
+    let env = Env::new("op-refs").await;
+    let _operator = env.operator();
+    env.apply(&route_yaml("orders", &["crm"], ""));
+    let status = env
+        .wait_condition("orders", "Ready", "False", Some("ApiTargetNotFound"))
+        .await;
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready.message.contains("\"crm\" does not exist"),
+        "{}",
+        ready.message
+    );
+    wait::until("an ApiTargetNotFound Event", T, || async {
+        let events = env.events("ApiTargetNotFound").await;
+        if events.is_empty() {
+            Err("none".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        env.js.get_stream(env.key("orders").stream()).await.is_err(),
+        "nothing provisioned for a route that does not render"
+    );
+
+    // The ApiTarget appears, but its Secret does not exist yet.
+    env.apply(&target_yaml(
+        "crm",
+        "http://127.0.0.1:9/crm",
+        "  auth: {bearer: {secretRef: {name: crm-token, key: token}}}",
+    ));
+    let status = env
+        .wait_condition("orders", "Ready", "False", Some("SecretNotFound"))
+        .await;
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(ready.message.contains("crm-token"), "{}", ready.message);
+    wait::until("the ApiTarget to say its Secret is missing", T, || async {
+        let t = env
+            .api::<ApiTarget>()
+            .get("crm")
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = t.status.ok_or("no status")?;
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .ok_or("no Ready")?;
+        if c.status == "False"
+            && c.reason == "SecretNotFound"
+            && s.routes == vec!["orders".to_string()]
+        {
+            Ok(())
+        } else {
+            Err(format!("{c:?} {:?}", s.routes))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        env.api::<Deployment>()
+            .get_opt(&env.key("orders").dispatcher_object_name())
+            .await
+            .unwrap()
+            .is_none(),
+        "no Deployment whose pods could not start"
+    );
+
+    // The Secret appears: everything is created without touching the route.
+    env.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: crm-token}\nstringData: {token: t}\n",
+    );
+    let status = env
+        .wait_condition("orders", "Ready", "False", Some("NoPodAvailable"))
+        .await;
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "StreamReady" && c.status == "True")
+    );
+    wait::until("the ApiTarget to be Ready", T, || async {
+        let t = env
+            .api::<ApiTarget>()
+            .get("crm")
+            .await
+            .map_err(|e| e.to_string())?;
+        let c = t
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .ok_or("no Ready")?;
+        if c.status == "True" {
+            Ok(())
+        } else {
+            Err(format!("{c:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    env.api::<Deployment>()
+        .get(&env.key("orders").dispatcher_object_name())
+        .await
+        .unwrap();
+    env.ns.delete(&env.client).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_stopped_and_restarted_flips_stream_ready_and_recovers() {
+    let mut env = Env::new("op-nats").await;
+    let _operator = env.operator();
+    env.apply(&format!(
+        "{}{}",
+        target_yaml("crm", "http://127.0.0.1:9/crm", ""),
+        route_yaml("orders", &["crm"], "")
+    ));
+    env.wait_condition("orders", "StreamReady", "True", None)
+        .await;
+
+    env.nats.kill();
+    let status = env
+        .wait_condition("orders", "StreamReady", "False", None)
+        .await;
+    let stream = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "StreamReady")
+        .unwrap();
+    assert_eq!(stream.reason, "NatsUnavailable", "{}", stream.message);
+    assert_eq!(
+        status.targets.len(),
+        1,
+        "the last numbers are kept while NATS is away"
+    );
+
+    env.nats.restart().unwrap();
+    env.wait_condition("orders", "StreamReady", "True", Some("Provisioned"))
+        .await;
+    env.ns.delete(&env.client).await.unwrap();
+}
+
+/// Starts `fanout <args>` with its log in `dir`; killed when dropped.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn start(dir: &std::path::Path, name: &str, args: &[&str]) -> Process {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Process { child, log }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} ---\n{}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn ids(target: &TargetServer) -> BTreeSet<String> {
+    target
+        .received()
+        .iter()
+        .filter_map(|r| r.header("idempotency-key").map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_configuration_delivers_and_status_reports_each_targets_health() {
+    let env = Env::new("op-e2e").await;
+    let _operator = env.operator();
+    let healthy = TargetServer::start().await.unwrap();
+    let flaky = TargetServer::start().await.unwrap();
+    let retry = "  retry: {maxAttempts: 1000, initialDelay: 100ms, maxDelay: 500ms}";
+    let breaker = format!(
+        "{retry}\n  circuitBreaker: {{failureRatio: 0.5, minimumRequests: 4, window: 10s, openDuration: 2s, halfOpenProbes: 1}}"
+    );
+    env.apply(&format!(
+        "{}{}{}",
+        target_yaml("healthy", &healthy.url("/in"), retry),
+        target_yaml("flaky", &flaky.url("/in"), &breaker),
+        route_yaml(
+            "orders",
+            &["healthy", "flaky"],
+            "  gateway: {allowUnauthenticated: true}"
+        ),
+    ));
+    let key = env.key("orders");
+
+    // Read back what the operator rendered, as a pod would mount it.
+    let dir = tempfile::tempdir().unwrap();
+    let route_config = wait::until("the dispatcher ConfigMap", T, || async {
+        let cm = env
+            .api::<ConfigMap>()
+            .get_opt(&key.dispatcher_object_name())
+            .await
+            .map_err(|e| e.to_string())?;
+        cm.and_then(|c| c.data)
+            .and_then(|mut d| d.remove("route.yaml"))
+            .ok_or("absent".to_string())
+    })
+    .await
+    .unwrap();
+    let gateway_config = wait::until("the gateway ConfigMap", T, || async {
+        let cm = env
+            .api::<ConfigMap>()
+            .get_opt("fanout-gateway")
+            .await
+            .map_err(|e| e.to_string())?;
+        let yaml = cm
+            .and_then(|c| c.data)
+            .and_then(|mut d| d.remove("gateway.yaml"))
+            .ok_or("absent")?;
+        if yaml.contains(&key.stream()) {
+            Ok(yaml)
+        } else {
+            Err(yaml)
+        }
+    })
+    .await
+    .unwrap();
+    std::fs::write(dir.path().join("route.yaml"), route_config).unwrap();
+    std::fs::write(dir.path().join("gateway.yaml"), gateway_config).unwrap();
+    let nats_url = env.nats.url();
+    let dispatcher_port = free_port().to_string();
+    let _dispatcher = Process::start(
+        dir.path(),
+        "dispatcher",
+        &[
+            "dispatch",
+            "--config",
+            dir.path().join("route.yaml").to_str().unwrap(),
+            "--nats-url",
+            &nats_url,
+            "--listen",
+            &format!("127.0.0.1:{dispatcher_port}"),
+            "--pod-name",
+            "orders-dispatcher-e2e",
+            "--health-interval",
+            "1s",
+        ],
+    );
+    let gateway_addr = format!("127.0.0.1:{}", free_port());
+    let _gateway = Process::start(
+        dir.path(),
+        "gateway",
+        &[
+            "gateway",
+            "--config",
+            dir.path().join("gateway.yaml").to_str().unwrap(),
+            "--nats-url",
+            &nats_url,
+            "--listen",
+            &gateway_addr,
+        ],
+    );
+    let path = format!("/v1/namespaces/{}/routes/orders/events", env.ns.name);
+    let send = |n: usize, from: usize| {
+        let (addr, path) = (gateway_addr.clone(), path.clone());
+        async move {
+            for i in from..from + n {
+                let body = format!("{{\"order\": {i}}}");
+                let r = wait::until("the gateway to accept an event", T, || async {
+                    let r = http::post(
+                        &addr,
+                        &path,
+                        &[("content-type", "application/json")],
+                        body.as_bytes(),
+                    )
+                    .await?;
+                    if r.status == 202 {
+                        Ok(r)
+                    } else {
+                        Err(format!("{} {}", r.status, r.body))
+                    }
+                })
+                .await
+                .unwrap();
+                assert!(r.body.contains("\"id\""), "{}", r.body);
+            }
+        }
+    };
+
+    // Both targets receive everything; status counts it per target.
+    send(20, 0).await;
+    healthy.wait_for(20, T).await.unwrap();
+    flaky.wait_for(20, T).await.unwrap();
+    let status = wait::until("delivered counts in status", T, || async {
+        let s = env.status("orders").await.ok_or("no status")?;
+        let delivered: Vec<u64> = s.targets.iter().map(|t| t.delivered).collect();
+        let healthy = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "TargetsHealthy" && c.status == "True");
+        if delivered == vec![20, 20] && healthy {
+            Ok(s)
+        } else {
+            Err(format!("{delivered:?} {:?}", s.conditions))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.healthy_targets.as_deref(), Some("2/2"));
+    assert!(status.targets.iter().all(|t| t.last_success_time.is_some()));
+    assert_eq!(status.stream.as_ref().map(|s| s.messages), Some(20));
+
+    // One target fails: its circuit opens and status says so; the other keeps going.
+    flaky.set_default(Reply::Status(503));
+    send(20, 20).await;
+    let status = env
+        .wait_condition("orders", "TargetsHealthy", "False", Some("TargetsFailing"))
+        .await;
+    let flaky_status = status.targets.iter().find(|t| t.name == "flaky").unwrap();
+    assert_ne!(
+        flaky_status.circuit,
+        fanout_api::status::CircuitState::Closed
+    );
+    assert!(
+        flaky_status
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("503"),
+        "{flaky_status:?}"
+    );
+    healthy.wait_for(40, T).await.unwrap();
+    wait::until("the ApiTarget to show the open circuit", T, || async {
+        let t = env
+            .api::<ApiTarget>()
+            .get("flaky")
+            .await
+            .map_err(|e| e.to_string())?;
+        let circuit = t.status.and_then(|s| s.circuit);
+        if circuit.is_some_and(|c| c != fanout_api::status::CircuitState::Closed) {
+            Ok(())
+        } else {
+            Err(format!("{circuit:?}"))
+        }
+    })
+    .await
+    .unwrap();
+
+    // It recovers: probes succeed, the circuit closes and every event arrives.
+    flaky.set_default(Reply::Status(200));
+    env.wait_condition("orders", "TargetsHealthy", "True", None)
+        .await;
+    wait::until("all 40 events at the recovered target", T, || async {
+        let n = ids(&flaky).len();
+        if n == 40 {
+            Ok(())
+        } else {
+            Err(format!("{n} distinct ids"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ids(&healthy).len(), 40);
+    env.ns.delete(&env.client).await.unwrap();
+}
+
+async fn lease_holder(env: &Env) -> Result<String, String> {
+    let lease = env
+        .api::<Lease>()
+        .get_opt("fanout-operator")
+        .await
+        .map_err(|e| e.to_string())?;
+    lease
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .ok_or("no holder".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_operators_one_reconciles_and_a_killed_leader_hands_over() {
+    let env = Env::new("op-lease").await;
+    let mut operators = [
+        Operator::start(&env.ns.name, &env.nats.url(), "op-a", true),
+        Operator::start(&env.ns.name, &env.nats.url(), "op-b", true),
+    ];
+    let holder = wait::until("a Lease holder", T, || lease_holder(&env))
+        .await
+        .unwrap();
+    let (leader, standby) = if holder == "op-a" { (0, 1) } else { (1, 0) };
+
+    env.apply(&format!(
+        "{}{}",
+        target_yaml("crm", "http://127.0.0.1:9/crm", ""),
+        route_yaml("orders", &["crm"], "")
+    ));
+    env.wait_condition("orders", "StreamReady", "True", None)
+        .await;
+    let leader_metrics = operators[leader].metrics().await.unwrap();
+    assert!(
+        leader_metrics.contains("fanout_operator_leader 1"),
+        "{leader_metrics}"
+    );
+    assert!(
+        leader_metrics
+            .contains("fanout_operator_reconciles_total{controller=\"fanoutroute\",result=\"ok\"}")
+    );
+    let standby_metrics = operators[standby].metrics().await.unwrap();
+    assert!(
+        standby_metrics.contains("fanout_operator_leader 0"),
+        "{standby_metrics}"
+    );
+    assert!(
+        !standby_metrics.contains("controller=\"fanoutroute\""),
+        "the standby reconciled:\n{standby_metrics}"
+    );
+
+    // The leader dies without releasing the Lease: the standby takes over once the
+    // Lease expires, and reconciles what changed meanwhile.
+    operators[leader].kill();
+    env.apply(&route_yaml("payments", &["crm"], ""));
+    let new_holder = wait::until("the standby to take the Lease", T, || async {
+        let h = lease_holder(&env).await?;
+        if h != holder { Ok(h) } else { Err(h) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(new_holder, if standby == 0 { "op-a" } else { "op-b" });
+    env.wait_condition("payments", "StreamReady", "True", None)
+        .await;
+    assert!(
+        operators[standby]
+            .metrics()
+            .await
+            .unwrap()
+            .contains("fanout_operator_leader 1")
+    );
+    env.ns.delete(&env.client).await.unwrap();
+}

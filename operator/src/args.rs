@@ -1,0 +1,117 @@
+//! `fanout operator` flags. Every flag has an environment variable (the Helm chart
+//! sets those); secrets are only ever read from files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use fanout_config::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The operator's own namespace: its Lease, the gateway's ConfigMap and token
+    /// Secret live here. Default: the pod's service-account namespace, else "default".
+    #[arg(long, env = "FANOUT_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Reconcile only this namespace (a namespace-scoped install). Default: every
+    /// namespace.
+    #[arg(long, env = "FANOUT_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Identity in leader election. Default: $HOSTNAME.
+    #[arg(long, env = "FANOUT_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "FANOUT_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+
+    /// Run controllers only while holding the Lease, so that two replicas can run
+    /// with one active.
+    #[arg(long, env = "FANOUT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Name of the coordination.k8s.io Lease used for leader election.
+    #[arg(long, env = "FANOUT_LEASE_NAME", default_value = "fanout-operator")]
+    pub lease_name: String,
+
+    #[command(flatten)]
+    pub nats: NatsArgs,
+
+    #[command(flatten)]
+    pub dispatcher: DispatcherArgs,
+
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+
+    /// How often each route's status is refreshed from JetStream and the dispatchers'
+    /// health reports.
+    #[arg(long, env = "FANOUT_STATUS_INTERVAL", default_value = "10s")]
+    pub status_interval: Duration,
+}
+
+/// How the operator reaches NATS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long = "nats-url",
+        env = "FANOUT_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// NATS credentials file (JWT and NKey seed).
+    #[arg(long = "nats-credentials-file", env = "FANOUT_NATS_CREDENTIALS_FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// File holding a NATS token.
+    #[arg(long = "nats-token-file", env = "FANOUT_NATS_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the NATS server's certificate; enables TLS.
+    #[arg(long = "nats-ca-file", env = "FANOUT_NATS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What the dispatcher pods the operator creates look like.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DispatcherArgs {
+    /// Image of dispatcher pods (routes may override it).
+    #[arg(long = "dispatcher-image", env = "FANOUT_DISPATCHER_IMAGE")]
+    pub image: String,
+    /// Pull policy of dispatcher pods: Always, IfNotPresent or Never.
+    #[arg(
+        long = "dispatcher-image-pull-policy",
+        env = "FANOUT_DISPATCHER_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent",
+        value_parser = ["Always", "IfNotPresent", "Never"]
+    )]
+    pub image_pull_policy: String,
+    /// NATS URL as seen from dispatcher pods. Default: --nats-url.
+    #[arg(long = "dispatcher-nats-url", env = "FANOUT_DISPATCHER_NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
+/// Where the gateway reads the routes the operator renders for it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// ConfigMap (in --namespace) the operator writes the gateway's routes to.
+    #[arg(
+        long = "gateway-config-map",
+        env = "FANOUT_GATEWAY_CONFIG_MAP",
+        default_value = "fanout-gateway"
+    )]
+    pub config_map: String,
+    /// Secret (in --namespace) the operator copies routes' ingest tokens into.
+    #[arg(
+        long = "gateway-tokens-secret",
+        env = "FANOUT_GATEWAY_TOKENS_SECRET",
+        default_value = "fanout-gateway-tokens"
+    )]
+    pub tokens_secret: String,
+    /// Where the gateway pods mount that Secret.
+    #[arg(
+        long = "gateway-tokens-dir",
+        env = "FANOUT_GATEWAY_TOKENS_DIR",
+        default_value = "/var/run/fanout/gateway-tokens"
+    )]
+    pub tokens_dir: PathBuf,
+}

@@ -1,0 +1,386 @@
+//! `fanout operator`: the controllers that turn `FanOutRoute` and `ApiTarget`
+//! resources into running delivery.
+//!
+//! - [`route_controller`]: a route -> JetStream streams and consumers, the
+//!   dispatcher's ConfigMap, ServiceAccount and Deployment, a finalizer, status.
+//! - [`route_status`]: how a route's status and conditions are computed.
+//! - [`dispatcher_objects`]: the Kubernetes objects of a route's dispatchers.
+//! - [`target_controller`]: an ApiTarget's readiness, users and worst circuit.
+//! - [`gateway_sync`]: the gateway's route list and ingest-token copies.
+//! - [`leader`]: Lease-based leader election; [`server`] and [`metrics`]: probes
+//!   and Prometheus metrics.
+
+pub mod args;
+pub mod conditions;
+pub mod context;
+pub mod dispatcher_objects;
+pub mod error;
+pub mod gateway_sync;
+pub mod leader;
+pub mod metrics;
+pub mod route_controller;
+pub mod route_status;
+pub mod secrets;
+pub mod server;
+pub mod target_controller;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use fanout_api::{ApiTarget, FanOutRoute};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::{Controller, WatchStreamExt};
+use tokio_util::sync::CancellationToken;
+
+pub use args::Args;
+
+use crate::context::Context;
+use crate::dispatcher_objects::DispatcherSettings;
+use crate::gateway_sync::GatewaySync;
+use crate::leader::LeaderElector;
+use crate::metrics::Metrics;
+
+/// Runs the operator until SIGTERM or SIGINT. Returns an error when leadership is
+/// lost, so that the process restarts and campaigns again from a clean state.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
+    let identity = args
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("fanout-operator-{}", std::process::id()));
+    let nats = connect_nats(&args.nats).await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let server = tokio::spawn(server::serve(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        stop.clone(),
+    ));
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        signal.cancel();
+    });
+
+    let mut elector = args.leader_elect.then(|| {
+        LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &namespace),
+            args.lease_name.clone(),
+            identity.clone(),
+        )
+    });
+    if let Some(elector) = elector.as_mut() {
+        // A standby is healthy and ready: it is waiting, not failing.
+        ready.store(true, Ordering::Relaxed);
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = stop.cancelled() => return finish(server, stop).await,
+        }
+    }
+    metrics.set_leader(true);
+
+    let controllers = run_controllers(
+        &args,
+        client.clone(),
+        nats.clone(),
+        namespace,
+        identity,
+        metrics.clone(),
+        ready,
+        stop.clone(),
+    );
+    let lost = match elector.as_mut() {
+        Some(elector) => {
+            tokio::select! {
+                _ = controllers => false,
+                _ = elector.hold() => true,
+            }
+        }
+        None => {
+            controllers.await;
+            false
+        }
+    };
+    metrics.set_leader(false);
+    if lost {
+        stop.cancel();
+        let _ = server.await;
+        anyhow::bail!("lost the leader Lease; restarting to campaign again");
+    }
+    if let Some(elector) = elector.as_mut() {
+        elector.release().await;
+    }
+    nats.flush().await.ok();
+    finish(server, stop).await
+}
+
+async fn finish(
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    stop.cancel();
+    server
+        .await
+        .context("probe server task")?
+        .context("probe server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs both controllers and the gateway sync until `stop` fires.
+#[allow(clippy::too_many_arguments)]
+async fn run_controllers(
+    args: &Args,
+    client: kube::Client,
+    nats: async_nats::Client,
+    namespace: String,
+    identity: String,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let api = |client: &kube::Client| -> ApiScope {
+        ApiScope(client.clone(), args.watch_namespace.clone())
+    };
+    let routes_api: Api<FanOutRoute> = api(&client).get();
+    let targets_api: Api<ApiTarget> = api(&client).get();
+    // Metadata only: values are read when a reconcile needs them.
+    let secrets_api: Api<PartialObjectMeta<Secret>> = api(&client).get();
+    let dispatchers = watcher::Config::default().labels(
+        "app.kubernetes.io/component=dispatcher,app.kubernetes.io/managed-by=fanout-operator",
+    );
+
+    let routes = Controller::new(routes_api.clone(), watcher::Config::default())
+        .owns(api(&client).get::<Deployment>(), dispatchers);
+    let route_store = routes.store();
+    let (target_store, target_writer) = reflector::store();
+    let target_events = reflector::reflector(
+        target_writer,
+        watcher(targets_api.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        nats,
+        target_store.clone(),
+        route_store.clone(),
+        DispatcherSettings {
+            image: args.dispatcher.image.clone(),
+            image_pull_policy: args.dispatcher.image_pull_policy.clone(),
+            nats_url: args
+                .dispatcher
+                .nats_url
+                .clone()
+                .unwrap_or_else(|| args.nats.url.clone()),
+        },
+        args.status_interval.as_std(),
+        metrics.clone(),
+        identity,
+    ));
+
+    // A changed ApiTarget re-renders every route that references it; a changed Secret
+    // every route whose targets or ingest tokens use it.
+    let by_target = route_store.clone();
+    let by_secret = (route_store.clone(), target_store.clone());
+    let stop_routes = stop.clone();
+    let route_controller = routes
+        .watches_stream(target_events, move |t: ApiTarget| {
+            routes_using_target(&by_target.state(), &t)
+        })
+        .watches_stream(
+            watcher(secrets_api.clone(), watcher::Config::default())
+                .default_backoff()
+                .touched_objects(),
+            move |s: PartialObjectMeta<Secret>| {
+                routes_using_secret(&by_secret.0.state(), &by_secret.1.state(), &s)
+            },
+        )
+        .graceful_shutdown_on(async move { stop_routes.cancelled().await })
+        .run(
+            route_controller::reconcile,
+            route_controller::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    let stop_targets = stop.clone();
+    let target_controller = Controller::new(targets_api, watcher::Config::default())
+        .watches(
+            routes_api,
+            watcher::Config::default(),
+            move |r: FanOutRoute| {
+                let namespace = r.metadata.namespace.clone().unwrap_or_default();
+                r.spec
+                    .targets
+                    .iter()
+                    .map(|t| ObjectRef::new(&t.api_target_ref.name).within(&namespace))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches_stream(
+            watcher(secrets_api, watcher::Config::default())
+                .default_backoff()
+                .touched_objects(),
+            move |s: PartialObjectMeta<Secret>| targets_using_secret(&target_store.state(), &s),
+        )
+        .graceful_shutdown_on(async move { stop_targets.cancelled().await })
+        .run(
+            target_controller::reconcile,
+            target_controller::error_policy,
+            ctx,
+        )
+        .for_each(|_| async {});
+
+    let gateway = GatewaySync {
+        client,
+        namespace,
+        config_map: args.gateway.config_map.clone(),
+        tokens_secret: args.gateway.tokens_secret.clone(),
+        tokens_dir: args.gateway.tokens_dir.clone(),
+        routes: route_store.clone(),
+        metrics,
+    }
+    .run(stop.clone());
+
+    let became_ready = async {
+        if route_store.wait_until_ready().await.is_ok() {
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!("caches synced; reconciling");
+        }
+    };
+    tokio::join!(route_controller, target_controller, gateway, became_ready);
+}
+
+/// Cluster-wide, or one namespace with `--watch-namespace`.
+struct ApiScope(kube::Client, Option<String>);
+
+impl ApiScope {
+    fn get<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match &self.1 {
+            Some(ns) => Api::namespaced(self.0.clone(), ns),
+            None => Api::all(self.0.clone()),
+        }
+    }
+}
+
+fn routes_using_target(
+    routes: &[Arc<FanOutRoute>],
+    target: &ApiTarget,
+) -> Vec<ObjectRef<FanOutRoute>> {
+    let namespace = target.metadata.namespace.as_deref();
+    let name = target.metadata.name.as_deref().unwrap_or_default();
+    routes
+        .iter()
+        .filter(|r| r.metadata.namespace.as_deref() == namespace)
+        .filter(|r| r.spec.targets.iter().any(|t| t.api_target_ref.name == name))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+fn routes_using_secret(
+    routes: &[Arc<FanOutRoute>],
+    targets: &[Arc<ApiTarget>],
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<FanOutRoute>> {
+    let namespace = secret.metadata.namespace.as_deref();
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    let users: Vec<&str> = targets
+        .iter()
+        .filter(|t| t.metadata.namespace.as_deref() == namespace)
+        .filter(|t| secrets::mentions(&secrets::dispatcher_secrets([t.as_ref()]), name))
+        .filter_map(|t| t.metadata.name.as_deref())
+        .collect();
+    routes
+        .iter()
+        .filter(|r| r.metadata.namespace.as_deref() == namespace)
+        .filter(|r| {
+            r.spec
+                .targets
+                .iter()
+                .any(|t| users.contains(&t.api_target_ref.name.as_str()))
+                || secrets::mentions(&secrets::gateway_token_secrets(r), name)
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+fn targets_using_secret(
+    targets: &[Arc<ApiTarget>],
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<ApiTarget>> {
+    let namespace = secret.metadata.namespace.as_deref();
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    targets
+        .iter()
+        .filter(|t| t.metadata.namespace.as_deref() == namespace)
+        .filter(|t| secrets::mentions(&secrets::dispatcher_secrets([t.as_ref()]), name))
+        .map(|t| ObjectRef::from_obj(t.as_ref()))
+        .collect()
+}
+
+/// The namespace of the pod's service account, when running in a cluster.
+fn own_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "default".into())
+}
+
+async fn connect_nats(args: &args::NatsArgs) -> anyhow::Result<async_nats::Client> {
+    let mut options = match &args.credentials_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .with_context(|| format!("reading the NATS credentials file {}", path.display()))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    if let Some(path) = &args.token_file {
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the NATS token file {}", path.display()))?;
+        options = options.token(token.trim().to_string());
+    }
+    if let Some(ca) = &args.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    // Start even while NATS is away: routes then report StreamReady=False and recover
+    // once it is back, instead of the operator crash-looping.
+    options
+        .name("fanout-operator")
+        .retry_on_initial_connect()
+        .connect(&args.url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.url))
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

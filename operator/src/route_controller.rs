@@ -1,0 +1,358 @@
+//! The `FanOutRoute` controller. Each reconcile runs the same pipeline:
+//! dereference (ApiTargets from the cache, Secrets from the API) -> validate and
+//! build (`api::render`, dispatcher objects) -> apply (JetStream, then the
+//! ServiceAccount, ConfigMap and Deployment by server-side apply) -> status (from
+//! JetStream, the dispatchers' health reports and the Deployment). Problems the user
+//! can fix become conditions and Events, never a crash loop; the route is looked at
+//! again every status interval, or sooner with backoff while something is wrong.
+//! A finalizer deletes the route's streams when the route is deleted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fanout_api::names::RouteKey;
+use fanout_api::render::{RenderError, render};
+use fanout_api::{ApiTarget, FanOutRoute, FanOutRouteStatus};
+use fanout_provision::ProvisionError;
+use fanout_provision::observe::observe;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+
+use crate::conditions::READY;
+use crate::context::{Context, FIELD_MANAGER};
+use crate::dispatcher_objects::{self, SECRETS_DIR};
+use crate::error::{Error, chain, kube_error};
+use crate::route_status::{self, Findings, Problem};
+use crate::secrets::{self, SecretError};
+
+/// Held on every route until its JetStream streams are deleted.
+pub const FINALIZER: &str = "fanout.dev/jetstream";
+/// The controller's name in metrics.
+pub const CONTROLLER: &str = "fanoutroute";
+
+pub async fn reconcile(route: Arc<FanOutRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let namespace = route.namespace().unwrap_or_default();
+    let api: Api<FanOutRoute> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, route, |event| async {
+        match event {
+            finalizer::Event::Apply(route) => apply(&route, &ctx).await,
+            finalizer::Event::Cleanup(route) => cleanup(&route, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(_) => "error",
+    };
+    ctx.metrics
+        .reconciled(CONTROLLER, outcome, started.elapsed());
+    result
+}
+
+/// Called by the controller when `reconcile` failed: count it, say it on the route,
+/// and try again with backoff.
+pub fn error_policy(route: Arc<FanOutRoute>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(CONTROLLER, error.category());
+    let message = chain(error);
+    tracing::warn!(route = %ObjectRef::from_obj(route.as_ref()), error = %message, "reconcile failed; retrying");
+    let ctx2 = ctx.clone();
+    let route2 = route.clone();
+    tokio::spawn(async move {
+        publish(
+            &ctx2,
+            &route2,
+            EventType::Warning,
+            "ReconcileFailed",
+            "Reconcile",
+            message,
+        )
+        .await;
+    });
+    Action::requeue(ctx.backoff(&ObjectRef::from_obj(route.as_ref())))
+}
+
+async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
+    let namespace = route.namespace().unwrap_or_default();
+    let name = route.name_any();
+    let key = RouteKey::new(&namespace, &name);
+    let oref = ObjectRef::from_obj(route);
+    // Until the ApiTarget cache has synced, every target would look missing.
+    ctx.targets
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheGone)?;
+
+    // Dereference.
+    let referenced: BTreeMap<String, Arc<ApiTarget>> = route
+        .spec
+        .targets
+        .iter()
+        .filter_map(|t| {
+            let name = &t.api_target_ref.name;
+            ctx.targets
+                .get(&ObjectRef::new(name).within(&namespace))
+                .map(|a| (name.clone(), a))
+        })
+        .collect();
+
+    // Validate and build, then apply.
+    let mut stream = None;
+    let mut deployment = None;
+    let config = match render(
+        route,
+        |n| referenced.get(n).map(Arc::as_ref),
+        Path::new(SECRETS_DIR),
+    ) {
+        Err(e) => Err(render_problem(&e)),
+        Ok(rendered) => {
+            let wanted = secrets::dispatcher_secrets(referenced.values().map(Arc::as_ref));
+            let found = match secrets::check(&ctx.client, &namespace, &wanted).await {
+                Ok(found) => Ok(found),
+                Err(SecretError::Read {
+                    namespace,
+                    name,
+                    source,
+                }) => {
+                    return Err(Error::Kube {
+                        what: format!("reading Secret {namespace}/{name}"),
+                        source,
+                    });
+                }
+                Err(e) => Err(Problem::new("SecretNotFound", e.to_string())),
+            };
+            let provisioned = ctx.provisioner.apply(&rendered.streams).await;
+            stream = Some(provisioned.map_err(|e| provision_problem(&e, ctx)));
+            match (&found, &stream) {
+                (Ok(found), Some(Ok(()))) => {
+                    let keys = wanted
+                        .iter()
+                        .map(|(s, k)| (s.clone(), k.iter().cloned().collect()))
+                        .collect();
+                    let objects = dispatcher_objects::build(
+                        route,
+                        &rendered,
+                        &keys,
+                        &found.versions,
+                        &ctx.dispatcher,
+                    )
+                    .map_err(Error::Build)?;
+                    deployment = Some(apply_objects(ctx, &namespace, objects).await?);
+                }
+                // Keep whatever runs now: new pods could not start (missing Secret) or
+                // would fail at once (stream not provisioned).
+                _ => deployment = current_deployment(ctx, &namespace, &key).await?,
+            }
+            found.map(|_| ())
+        }
+    };
+    if config.is_err() && deployment.is_none() {
+        deployment = current_deployment(ctx, &namespace, &key).await?;
+    }
+
+    // Status.
+    let observation = if matches!(stream, Some(Err(_))) {
+        None
+    } else {
+        let dead_letter = route
+            .spec
+            .dead_letter
+            .as_ref()
+            .and_then(|d| d.enabled)
+            .unwrap_or(true)
+            .then(|| key.dead_letter_stream());
+        let targets: Vec<String> = route.spec.targets.iter().map(|t| t.name.clone()).collect();
+        match observe(
+            &ctx.js,
+            &key,
+            &key.stream(),
+            dead_letter.as_deref(),
+            &targets,
+        )
+        .await
+        {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::debug!(route = %oref, error = %chain(&e), "route not observable yet");
+                None
+            }
+        }
+    };
+    let troubled = config.is_err() || matches!(stream, Some(Err(_)));
+    let status = route_status::compute(
+        &Findings {
+            generation: route.metadata.generation.unwrap_or(0),
+            previous: route.status.as_ref(),
+            config,
+            stream,
+            deployment: deployment.as_ref(),
+            observation: observation.as_ref(),
+        },
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    announce_changes(ctx, route, route.status.as_ref(), &status).await;
+    if route.status.as_ref() != Some(&status) {
+        patch_status(ctx, &namespace, &name, &status).await?;
+    }
+    if troubled {
+        Ok(Action::requeue(ctx.backoff(&oref)))
+    } else {
+        ctx.succeeded(&oref);
+        Ok(Action::requeue(ctx.status_interval))
+    }
+}
+
+async fn cleanup(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
+    let key = RouteKey::new(route.namespace().unwrap_or_default(), route.name_any());
+    // Names come from the route's identity alone, so this works even when the route
+    // no longer renders. Streams already gone count as deleted.
+    ctx.provisioner
+        .delete(&[key.stream(), key.dead_letter_stream()])
+        .await
+        .map_err(Error::Cleanup)?;
+    tracing::info!(route = %key, "route deleted; its streams are gone");
+    // The Deployment, ConfigMap and ServiceAccount follow by garbage collection.
+    Ok(Action::await_change())
+}
+
+fn render_problem(e: &RenderError) -> Problem {
+    let reason = match e {
+        RenderError::MissingMetadata(_) => "InvalidMetadata",
+        RenderError::MissingApiTarget { .. } => "ApiTargetNotFound",
+        RenderError::InvalidPolicy { .. } => "InvalidPolicy",
+        RenderError::FilterOutsideRoute { .. } => "InvalidFilter",
+    };
+    Problem::new(reason, chain(e))
+}
+
+fn provision_problem(e: &ProvisionError, ctx: &Context) -> Problem {
+    let reason = match e {
+        ProvisionError::ImmutableChange { .. } => "ImmutableStreamSetting",
+        _ if ctx.nats.connection_state() != async_nats::connection::State::Connected => {
+            "NatsUnavailable"
+        }
+        _ => "ProvisioningFailed",
+    };
+    Problem::new(reason, chain(e))
+}
+
+async fn apply_objects(
+    ctx: &Context,
+    namespace: &str,
+    objects: dispatcher_objects::DispatcherObjects,
+) -> Result<Deployment, Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let name = objects.deployment.metadata.name.clone().unwrap_or_default();
+    Api::<ServiceAccount>::namespaced(ctx.client.clone(), namespace)
+        .patch(&name, &params, &Patch::Apply(&objects.service_account))
+        .await
+        .map_err(kube_error(format!(
+            "applying ServiceAccount {namespace}/{name}"
+        )))?;
+    Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+        .patch(&name, &params, &Patch::Apply(&objects.config_map))
+        .await
+        .map_err(kube_error(format!("applying ConfigMap {namespace}/{name}")))?;
+    Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
+        .patch(&name, &params, &Patch::Apply(&objects.deployment))
+        .await
+        .map_err(kube_error(format!(
+            "applying Deployment {namespace}/{name}"
+        )))
+}
+
+async fn current_deployment(
+    ctx: &Context,
+    namespace: &str,
+    key: &RouteKey,
+) -> Result<Option<Deployment>, Error> {
+    let name = key.dispatcher_object_name();
+    Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(&name)
+        .await
+        .map_err(kube_error(format!("reading Deployment {namespace}/{name}")))
+}
+
+async fn patch_status(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    status: &FanOutRouteStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": format!("{}/{}", fanout_api::GROUP, fanout_api::VERSION),
+        "kind": "FanOutRoute",
+        "status": status,
+    });
+    Api::<FanOutRoute>::namespaced(ctx.client.clone(), namespace)
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_error(format!(
+            "writing the status of FanOutRoute {namespace}/{name}"
+        )))?;
+    Ok(())
+}
+
+/// An Event when the route's readiness or a target's health changes, not on every
+/// refresh: Events are for what happened.
+async fn announce_changes(
+    ctx: &Context,
+    route: &FanOutRoute,
+    before: Option<&FanOutRouteStatus>,
+    after: &FanOutRouteStatus,
+) {
+    let find = |s: Option<&FanOutRouteStatus>, type_: &str| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    for type_ in [READY, crate::conditions::TARGETS_HEALTHY] {
+        let (old, new) = (find(before, type_), find(Some(after), type_));
+        let Some((status, reason, message)) = new else {
+            continue;
+        };
+        if old.as_ref().map(|(s, r, _)| (s, r)) == Some((&status, &reason)) {
+            continue;
+        }
+        let type_event = if status == "False" {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, route, type_event, &reason, type_, message).await;
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    route: &FanOutRoute,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        // The Events API caps notes at 1 kB.
+        note: Some(note.chars().take(1000).collect()),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &route.object_ref(&())).await {
+        tracing::warn!(%error, "publishing an Event failed");
+    }
+}

@@ -1,0 +1,476 @@
+//! A route's status, computed from what one reconcile learned: whether the route
+//! rendered, whether JetStream was provisioned, how the dispatcher Deployment is
+//! doing, and the per-target observation (consumer info plus the dispatchers' health
+//! snapshots). Pure, so every rule here is unit-tested.
+
+use fanout_api::FanOutRouteStatus;
+use fanout_api::route::{StreamStatus, TargetStatus};
+use fanout_api::status::CircuitState;
+use fanout_config::health::Circuit;
+use fanout_provision::observe::{RouteObservation, StreamCounts, is_healthy};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::conditions::{
+    DISPATCHER_AVAILABLE, Draft, READY, STREAM_READY, State, TARGETS_HEALTHY, carry_over, stamp,
+};
+
+/// Something wrong, as a condition reason and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What one reconcile of a route found.
+pub struct Findings<'a> {
+    pub generation: i64,
+    pub previous: Option<&'a FanOutRouteStatus>,
+    /// The route rendered and every referenced Secret key exists.
+    pub config: Result<(), Problem>,
+    /// JetStream provisioning; `None` when it was not attempted (the route did not
+    /// render), so the previous condition stands.
+    pub stream: Option<Result<(), Problem>>,
+    /// The dispatcher Deployment as the API server returned it, if it exists.
+    pub deployment: Option<&'a Deployment>,
+    /// `None` when the route could not be observed (stream missing, NATS down).
+    pub observation: Option<&'a RouteObservation>,
+}
+
+pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
+    let previous = f.previous.cloned().unwrap_or_default();
+
+    let stream = match &f.stream {
+        Some(Ok(())) => Draft::new(
+            STREAM_READY,
+            true,
+            "Provisioned",
+            "stream, dead-letter stream and consumers match the spec",
+        ),
+        Some(Err(p)) => Draft::new(STREAM_READY, false, p.reason.clone(), p.message.clone()),
+        None => carry_over(&previous.conditions, STREAM_READY).unwrap_or_else(|| {
+            Draft::new(
+                STREAM_READY,
+                State::Unknown,
+                "NotProvisioned",
+                "waiting for the route to render",
+            )
+        }),
+    };
+    let dispatcher = dispatcher_condition(f.deployment);
+    let targets = targets_condition(f.observation, &previous.conditions);
+    let ready = match (&f.config, stream.is_true(), dispatcher.is_true()) {
+        (Err(p), _, _) => Draft::new(READY, false, p.reason.clone(), p.message.clone()),
+        (Ok(()), false, _) => {
+            Draft::new(READY, false, stream.reason.clone(), stream.message.clone())
+        }
+        (Ok(()), true, false) => Draft::new(
+            READY,
+            false,
+            dispatcher.reason.clone(),
+            dispatcher.message.clone(),
+        ),
+        (Ok(()), true, true) => Draft::new(READY, true, "Ready", "events are being delivered"),
+    };
+    let drafts = [ready, stream, dispatcher, targets];
+
+    let mut status = FanOutRouteStatus {
+        observed_generation: Some(f.generation),
+        conditions: stamp(&previous.conditions, &drafts, f.generation, now),
+        ..FanOutRouteStatus::default()
+    };
+    match f.observation {
+        Some(o) => {
+            status.stream = Some(stream_status(&o.stream));
+            status.dead_letter_stream = o.dead_letter.as_ref().map(stream_status);
+            status.targets = o.targets.iter().map(target_status).collect();
+            let healthy = o.targets.iter().filter(|t| is_healthy(t)).count();
+            status.healthy_targets = Some(format!("{healthy}/{}", o.targets.len()));
+            status.pending = Some(o.targets.iter().map(|t| t.pending).sum());
+            // The dead-letter stream survives dispatcher restarts; the pods' counters
+            // do not.
+            status.dead_lettered = Some(match &o.dead_letter {
+                Some(d) => d.messages,
+                None => o.targets.iter().map(|t| t.dead_lettered).sum(),
+            });
+        }
+        None => {
+            // Keep the last numbers rather than blanking them while NATS is away.
+            status.stream = previous.stream;
+            status.dead_letter_stream = previous.dead_letter_stream;
+            status.targets = previous.targets;
+            status.healthy_targets = previous.healthy_targets;
+            status.pending = previous.pending;
+            status.dead_lettered = previous.dead_lettered;
+        }
+    }
+    status
+}
+
+fn dispatcher_condition(deployment: Option<&Deployment>) -> Draft {
+    let Some(d) = deployment else {
+        return Draft::new(
+            DISPATCHER_AVAILABLE,
+            false,
+            "NotCreated",
+            "the dispatcher Deployment does not exist yet",
+        );
+    };
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = d.status.clone().unwrap_or_default();
+    let available = status.available_replicas.unwrap_or(0);
+    if desired == 0 {
+        return Draft::new(
+            DISPATCHER_AVAILABLE,
+            false,
+            "ScaledToZero",
+            "spec.dispatcher.replicas is 0: nothing delivers",
+        );
+    }
+    if available > 0 {
+        return Draft::new(
+            DISPATCHER_AVAILABLE,
+            true,
+            "Available",
+            format!("{available}/{desired} dispatcher pods available"),
+        );
+    }
+    // The Deployment controller's own words say why (quota, image, scheduling).
+    let detail = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Available" || c.type_ == "Progressing" && c.status == "False")
+        .and_then(|c| c.message)
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    Draft::new(
+        DISPATCHER_AVAILABLE,
+        false,
+        "NoPodAvailable",
+        format!("0/{desired} dispatcher pods available{detail}"),
+    )
+}
+
+fn targets_condition(
+    observation: Option<&RouteObservation>,
+    previous: &[fanout_api::status::Condition],
+) -> Draft {
+    let Some(o) = observation else {
+        return carry_over(previous, TARGETS_HEALTHY).unwrap_or_else(|| {
+            Draft::new(
+                TARGETS_HEALTHY,
+                State::Unknown,
+                "NotObserved",
+                "the route's stream could not be read",
+            )
+        });
+    };
+    let unhealthy: Vec<String> = o
+        .targets
+        .iter()
+        .filter(|t| !is_healthy(t))
+        .map(|t| {
+            if !t.consumer_found {
+                format!("{}: no consumer", t.name)
+            } else {
+                let error = t
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                format!("{}: circuit {}{error}", t.name, circuit(t.circuit))
+            }
+        })
+        .collect();
+    if !unhealthy.is_empty() {
+        return Draft::new(
+            TARGETS_HEALTHY,
+            false,
+            "TargetsFailing",
+            unhealthy.join("; "),
+        );
+    }
+    if o.targets.iter().all(|t| t.reporting_pods == 0) {
+        return Draft::new(
+            TARGETS_HEALTHY,
+            State::Unknown,
+            "NoHealthReports",
+            "no dispatcher has reported target health yet",
+        );
+    }
+    Draft::new(
+        TARGETS_HEALTHY,
+        true,
+        "CircuitsClosed",
+        "every target's circuit is closed",
+    )
+}
+
+fn stream_status(s: &StreamCounts) -> StreamStatus {
+    StreamStatus {
+        name: s.name.clone(),
+        messages: s.messages,
+        bytes: s.bytes,
+    }
+}
+
+pub fn circuit(c: Circuit) -> CircuitState {
+    match c {
+        Circuit::Closed => CircuitState::Closed,
+        Circuit::HalfOpen => CircuitState::HalfOpen,
+        Circuit::Open => CircuitState::Open,
+    }
+}
+
+fn target_status(t: &fanout_provision::observe::TargetObservation) -> TargetStatus {
+    TargetStatus {
+        name: t.name.clone(),
+        circuit: circuit(t.circuit),
+        pending: t.pending,
+        in_flight: t.in_flight,
+        delivered: t.delivered,
+        failed: t.failed,
+        dead_lettered: t.dead_lettered,
+        last_success_time: t
+            .last_success_time
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .map(Time),
+        last_error: t.last_error.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fanout_provision::observe::TargetObservation;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+
+    use super::*;
+
+    fn now() -> Time {
+        Time("2026-11-27T10:00:00Z".parse().unwrap())
+    }
+
+    fn target(name: &str, circuit: Circuit, pods: usize) -> TargetObservation {
+        TargetObservation {
+            name: name.into(),
+            circuit,
+            pending: 2,
+            delivered: 10,
+            reporting_pods: pods,
+            consumer_found: true,
+            last_success_time: Some("2026-11-27T09:59:58.123Z".into()),
+            ..TargetObservation::default()
+        }
+    }
+
+    fn observation(targets: Vec<TargetObservation>) -> RouteObservation {
+        RouteObservation {
+            stream: StreamCounts {
+                name: "fanout_shop_orders".into(),
+                messages: 5,
+                bytes: 500,
+            },
+            dead_letter: Some(StreamCounts {
+                name: "fanout_shop_orders_dlq".into(),
+                messages: 1,
+                bytes: 90,
+            }),
+            targets,
+        }
+    }
+
+    fn deployment(available: i32) -> Deployment {
+        Deployment {
+            spec: Some(DeploymentSpec {
+                replicas: Some(2),
+                ..DeploymentSpec::default()
+            }),
+            status: Some(DeploymentStatus {
+                available_replicas: Some(available),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        }
+    }
+
+    fn condition<'a>(s: &'a FanOutRouteStatus, type_: &str) -> &'a fanout_api::status::Condition {
+        s.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn everything_in_place_is_ready_with_per_target_numbers() {
+        let d = deployment(2);
+        let o = observation(vec![
+            target("email", Circuit::Closed, 2),
+            target("crm", Circuit::Closed, 2),
+        ]);
+        let s = compute(
+            &Findings {
+                generation: 3,
+                previous: None,
+                config: Ok(()),
+                stream: Some(Ok(())),
+                deployment: Some(&d),
+                observation: Some(&o),
+            },
+            &now(),
+        );
+        assert_eq!(condition(&s, READY).status, "True");
+        assert_eq!(condition(&s, TARGETS_HEALTHY).status, "True");
+        assert_eq!(
+            condition(&s, DISPATCHER_AVAILABLE).message,
+            "2/2 dispatcher pods available"
+        );
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.healthy_targets.as_deref(), Some("2/2"));
+        assert_eq!((s.pending, s.dead_lettered), (Some(4), Some(1)));
+        assert_eq!(s.targets[0].delivered, 10);
+        assert!(s.targets[0].last_success_time.is_some());
+    }
+
+    #[test]
+    fn an_open_circuit_makes_targets_unhealthy_but_not_the_route_unready() {
+        let d = deployment(1);
+        let mut failing = target("crm", Circuit::Open, 1);
+        failing.last_error = Some("HTTP 503".into());
+        let o = observation(vec![target("email", Circuit::Closed, 1), failing]);
+        let s = compute(
+            &Findings {
+                generation: 1,
+                previous: None,
+                config: Ok(()),
+                stream: Some(Ok(())),
+                deployment: Some(&d),
+                observation: Some(&o),
+            },
+            &now(),
+        );
+        let t = condition(&s, TARGETS_HEALTHY);
+        assert_eq!(
+            (t.status.as_str(), t.reason.as_str()),
+            ("False", "TargetsFailing")
+        );
+        assert_eq!(t.message, "crm: circuit Open (HTTP 503)");
+        assert_eq!(s.healthy_targets.as_deref(), Some("1/2"));
+        assert_eq!(s.targets[1].circuit, CircuitState::Open);
+        assert_eq!(condition(&s, READY).status, "True");
+    }
+
+    #[test]
+    fn a_config_problem_is_the_ready_reason_and_stream_state_carries_over() {
+        let first = compute(
+            &Findings {
+                generation: 1,
+                previous: None,
+                config: Ok(()),
+                stream: Some(Ok(())),
+                deployment: None,
+                observation: None,
+            },
+            &now(),
+        );
+        assert_eq!(condition(&first, READY).reason, "NotCreated");
+        let second = compute(
+            &Findings {
+                generation: 2,
+                previous: Some(&first),
+                config: Err(Problem::new(
+                    "ApiTargetNotFound",
+                    "targets[crm].apiTargetRef: ApiTarget \"crm\" does not exist",
+                )),
+                stream: None,
+                deployment: None,
+                observation: None,
+            },
+            &now(),
+        );
+        let ready = condition(&second, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ApiTargetNotFound")
+        );
+        assert!(ready.message.contains("crm"));
+        assert_eq!(condition(&second, STREAM_READY).status, "True");
+        assert_eq!(condition(&second, TARGETS_HEALTHY).status, "Unknown");
+    }
+
+    #[test]
+    fn nats_down_keeps_the_last_numbers_and_says_why() {
+        let d = deployment(1);
+        let o = observation(vec![target("email", Circuit::Closed, 1)]);
+        let healthy = compute(
+            &Findings {
+                generation: 1,
+                previous: None,
+                config: Ok(()),
+                stream: Some(Ok(())),
+                deployment: Some(&d),
+                observation: Some(&o),
+            },
+            &now(),
+        );
+        let down = compute(
+            &Findings {
+                generation: 1,
+                previous: Some(&healthy),
+                config: Ok(()),
+                stream: Some(Err(Problem::new(
+                    "NatsUnavailable",
+                    "connecting to NATS failed",
+                ))),
+                deployment: Some(&d),
+                observation: None,
+            },
+            &now(),
+        );
+        assert_eq!(condition(&down, STREAM_READY).status, "False");
+        assert_eq!(condition(&down, READY).reason, "NatsUnavailable");
+        assert_eq!(down.targets, healthy.targets);
+        assert_eq!(down.pending, Some(2));
+    }
+
+    #[test]
+    fn no_reports_yet_is_unknown_and_a_missing_consumer_is_unhealthy() {
+        let d = deployment(0);
+        let o = observation(vec![target("email", Circuit::Closed, 0)]);
+        let s = compute(
+            &Findings {
+                generation: 1,
+                previous: None,
+                config: Ok(()),
+                stream: Some(Ok(())),
+                deployment: Some(&d),
+                observation: Some(&o),
+            },
+            &now(),
+        );
+        assert_eq!(condition(&s, TARGETS_HEALTHY).reason, "NoHealthReports");
+        assert_eq!(condition(&s, DISPATCHER_AVAILABLE).reason, "NoPodAvailable");
+        let mut missing = target("email", Circuit::Closed, 1);
+        missing.consumer_found = false;
+        let o = observation(vec![missing]);
+        let s = compute(
+            &Findings {
+                generation: 1,
+                previous: None,
+                config: Ok(()),
+                stream: Some(Ok(())),
+                deployment: Some(&d),
+                observation: Some(&o),
+            },
+            &now(),
+        );
+        assert_eq!(condition(&s, TARGETS_HEALTHY).message, "email: no consumer");
+    }
+}

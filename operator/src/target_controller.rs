@@ -1,0 +1,235 @@
+//! The `ApiTarget` controller: `Ready` (the policy resolves and every referenced
+//! Secret key exists), the routes in the namespace that use the target, and the
+//! worst circuit state those routes report for it. Routes carry the delivery work;
+//! this status is the per-API summary.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fanout_api::status::CircuitState;
+use fanout_api::{ApiTarget, ApiTargetStatus, FanOutRoute, settings};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+
+use crate::conditions::{Draft, READY, stamp};
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::{Error, chain, kube_error};
+use crate::secrets::{self, SecretError};
+
+/// The controller's name in metrics.
+pub const CONTROLLER: &str = "apitarget";
+
+pub async fn reconcile(target: Arc<ApiTarget>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = refresh(&target, &ctx).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciled(CONTROLLER, outcome, started.elapsed());
+    result
+}
+
+pub fn error_policy(target: Arc<ApiTarget>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(CONTROLLER, error.category());
+    tracing::warn!(target = %ObjectRef::from_obj(target.as_ref()), error = %chain(error), "reconcile failed; retrying");
+    Action::requeue(ctx.status_interval.min(std::time::Duration::from_secs(5)))
+}
+
+async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
+    let namespace = target.namespace().unwrap_or_default();
+    let name = target.name_any();
+    ctx.routes
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheGone)?;
+
+    let ready = match settings::resolve(&target.spec, None) {
+        Err(e) => Draft::new(READY, false, "InvalidPolicy", chain(&e)),
+        Ok(_) => {
+            let wanted = secrets::dispatcher_secrets([target]);
+            match secrets::check(&ctx.client, &namespace, &wanted).await {
+                Ok(_) => Draft::new(
+                    READY,
+                    true,
+                    "Ready",
+                    "the policy is valid and every referenced Secret key exists",
+                ),
+                Err(SecretError::Read {
+                    namespace,
+                    name,
+                    source,
+                }) => {
+                    return Err(Error::Kube {
+                        what: format!("reading Secret {namespace}/{name}"),
+                        source,
+                    });
+                }
+                Err(e) => Draft::new(READY, false, "SecretNotFound", e.to_string()),
+            }
+        }
+    };
+
+    let users = users(&ctx.routes.state(), &namespace, &name);
+    let previous = target.status.clone().unwrap_or_default();
+    let generation = target.metadata.generation.unwrap_or(0);
+    let status = ApiTargetStatus {
+        observed_generation: Some(generation),
+        conditions: stamp(
+            &previous.conditions,
+            std::slice::from_ref(&ready),
+            generation,
+            &Time(k8s_openapi::jiff::Timestamp::now()),
+        ),
+        routes: users.iter().map(|(route, _)| route.clone()).collect(),
+        circuit: users
+            .iter()
+            .filter_map(|(_, c)| *c)
+            .reduce(CircuitState::worst),
+    };
+
+    let was = previous.conditions.iter().find(|c| c.type_ == READY);
+    let changed = was.is_none_or(|c| {
+        c.status != if ready.is_true() { "True" } else { "False" } || c.reason != ready.reason
+    });
+    if changed {
+        let event = Event {
+            type_: if ready.is_true() {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: ready.reason.clone(),
+            note: Some(ready.message.chars().take(1000).collect()),
+            action: READY.into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &target.object_ref(&())).await {
+            tracing::warn!(%error, "publishing an Event failed");
+        }
+    }
+    if target.status.as_ref() != Some(&status) {
+        let patch = serde_json::json!({
+            "apiVersion": format!("{}/{}", fanout_api::GROUP, fanout_api::VERSION),
+            "kind": "ApiTarget",
+            "status": status,
+        });
+        Api::<ApiTarget>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(kube_error(format!(
+                "writing the status of ApiTarget {namespace}/{name}"
+            )))?;
+    }
+    Ok(Action::requeue(ctx.status_interval))
+}
+
+/// Routes of `namespace` that reference the ApiTarget `name`, sorted, each with the
+/// worst circuit state it reports for targets pointing at it (if it reports any).
+pub fn users(
+    routes: &[Arc<FanOutRoute>],
+    namespace: &str,
+    name: &str,
+) -> Vec<(String, Option<CircuitState>)> {
+    let mut out: Vec<(String, Option<CircuitState>)> = routes
+        .iter()
+        .filter(|r| r.namespace().as_deref() == Some(namespace))
+        .filter_map(|r| {
+            let using: Vec<&str> = r
+                .spec
+                .targets
+                .iter()
+                .filter(|t| t.api_target_ref.name == name)
+                .map(|t| t.name.as_str())
+                .collect();
+            if using.is_empty() {
+                return None;
+            }
+            let circuit = r
+                .status
+                .iter()
+                .flat_map(|s| &s.targets)
+                .filter(|t| using.contains(&t.name.as_str()))
+                .map(|t| t.circuit)
+                .reduce(CircuitState::worst);
+            Some((r.name_any(), circuit))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use fanout_api::FanOutRouteSpec;
+    use fanout_api::route::{ApiTargetRef, RouteTargetSpec, TargetStatus};
+
+    use super::*;
+
+    fn route(ns: &str, name: &str, targets: &[(&str, &str, CircuitState)]) -> Arc<FanOutRoute> {
+        let mut r = FanOutRoute::new(
+            name,
+            FanOutRouteSpec {
+                source: None,
+                targets: targets
+                    .iter()
+                    .map(|(t, api, _)| RouteTargetSpec {
+                        name: (*t).into(),
+                        api_target_ref: ApiTargetRef {
+                            name: (*api).into(),
+                        },
+                        filter: None,
+                        overrides: None,
+                    })
+                    .collect(),
+                dead_letter: None,
+                dispatcher: None,
+                gateway: None,
+            },
+        );
+        r.metadata.namespace = Some(ns.into());
+        r.status = Some(fanout_api::FanOutRouteStatus {
+            targets: targets
+                .iter()
+                .map(|(t, _, c)| TargetStatus {
+                    name: (*t).into(),
+                    circuit: *c,
+                    ..TargetStatus::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+        Arc::new(r)
+    }
+
+    #[test]
+    fn users_are_routes_of_the_namespace_with_their_worst_circuit() {
+        let routes = vec![
+            route(
+                "shop",
+                "orders",
+                &[
+                    ("crm", "crm", CircuitState::Closed),
+                    ("crm-eu", "crm", CircuitState::Open),
+                ],
+            ),
+            route("shop", "audit", &[("crm", "crm", CircuitState::HalfOpen)]),
+            route("shop", "other", &[("mail", "mail", CircuitState::Open)]),
+            route("billing", "orders", &[("crm", "crm", CircuitState::Open)]),
+        ];
+        assert_eq!(
+            users(&routes, "shop", "crm"),
+            vec![
+                ("audit".to_string(), Some(CircuitState::HalfOpen)),
+                ("orders".to_string(), Some(CircuitState::Open)),
+            ]
+        );
+        assert!(users(&routes, "shop", "nobody").is_empty());
+    }
+}
