@@ -165,17 +165,22 @@ async fn read_snapshots(
         }
         Err(e) => return Err(health(e)),
     };
-    // Keys are `<ns>.<route>.<target>.<pod>`; one wildcard watch of the route's keys
-    // would be cheaper at scale, but a route has few targets and pods.
-    let prefix = format!("{}.", key.health_route_prefix());
-    let keys: Vec<String> = store
-        .keys()
+    // Keys are `<ns>.<route>.<target>.<pod>`. Asking the bucket's stream which of
+    // its subjects match this route costs one request however many routes share
+    // the bucket; listing every key would grow with all of them.
+    let filter = format!("$KV.{HEALTH_BUCKET}.{}.>", key.health_route_prefix());
+    let subjects: Vec<(String, usize)> = store
+        .stream
+        .info_with_subjects(&filter)
         .await
         .map_err(|e| ObserveError::Health { source: boxed(e) })?
-        .try_filter(|k| std::future::ready(k.starts_with(&prefix)))
         .try_collect()
         .await
         .map_err(|e| ObserveError::Health { source: boxed(e) })?;
+    let prefix = format!("$KV.{HEALTH_BUCKET}.");
+    let keys = subjects
+        .into_iter()
+        .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_string));
     let mut grouped: BTreeMap<String, Vec<HealthSnapshot>> = BTreeMap::new();
     for k in keys {
         let Some(value) = store
