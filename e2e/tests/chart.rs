@@ -265,7 +265,10 @@ async fn defaults_render_an_operator_a_gateway_and_least_privilege_rbac() {
     let operator = find(&objects, "Deployment", "fan-fanout-operator");
     assert_eq!(operator["spec"]["replicas"], 1);
     let pod = &operator["spec"]["template"]["spec"];
-    assert_eq!(pod["containers"][0]["args"], serde_json::json!(["operator"]));
+    assert_eq!(
+        pod["containers"][0]["args"],
+        serde_json::json!(["operator"])
+    );
     assert_eq!(pod["containers"][0]["image"], "fanout:0.1.0");
     assert_eq!(pod["containers"][0]["imagePullPolicy"], "IfNotPresent");
     for (name, value) in [
@@ -278,7 +281,10 @@ async fn defaults_render_an_operator_a_gateway_and_least_privilege_rbac() {
         ("FANOUT_DISPATCHER_NATS_URL", NATS_URL),
         ("FANOUT_GATEWAY_CONFIG_MAP", "fan-fanout-gateway-routes"),
         ("FANOUT_GATEWAY_TOKENS_SECRET", "fan-fanout-gateway-tokens"),
-        ("FANOUT_GATEWAY_TOKENS_DIR", "/var/run/fanout/gateway-tokens"),
+        (
+            "FANOUT_GATEWAY_TOKENS_DIR",
+            "/var/run/fanout/gateway-tokens",
+        ),
         ("FANOUT_STATUS_INTERVAL", "10s"),
     ] {
         assert_eq!(env_value(operator, name), value, "{name}");
@@ -389,7 +395,8 @@ async fn service_monitors_render_only_when_enabled() {
         let service = objects
             .iter()
             .find(|o| {
-                o["kind"] == "Service" && &o["metadata"]["labels"]["app.kubernetes.io/component"] == component
+                o["kind"] == "Service"
+                    && &o["metadata"]["labels"]["app.kubernetes.io/component"] == component
             })
             .unwrap();
         assert_eq!(service["spec"]["ports"][0]["name"], port);
@@ -421,12 +428,18 @@ async fn nats_secrets_are_mounted_as_files_never_as_values() {
     for (kind, sets, variable) in [
         (
             "credentials",
-            ["nats.credentials.secretName=nats-creds", "nats.ca.secretName=nats-ca"],
+            [
+                "nats.credentials.secretName=nats-creds",
+                "nats.ca.secretName=nats-ca",
+            ],
             "FANOUT_NATS_CREDENTIALS_FILE",
         ),
         (
             "token",
-            ["nats.token.secretName=nats-token", "nats.ca.secretName=nats-ca"],
+            [
+                "nats.token.secretName=nats-token",
+                "nats.ca.secretName=nats-ca",
+            ],
             "FANOUT_NATS_TOKEN_FILE",
         ),
     ] {
@@ -440,13 +453,19 @@ async fn nats_secrets_are_mounted_as_files_never_as_values() {
             let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
             let volumes = pod["volumes"].as_array().unwrap();
             for (volume, path) in [(format!("nats-{kind}"), file), ("nats-ca".into(), ca)] {
-                let mount = mounts.iter().find(|m| m["name"] == volume.as_str()).unwrap();
+                let mount = mounts
+                    .iter()
+                    .find(|m| m["name"] == volume.as_str())
+                    .unwrap();
                 assert_eq!(mount["readOnly"], true);
                 assert!(
                     path.starts_with(mount["mountPath"].as_str().unwrap()),
                     "{path} is not under {mount}"
                 );
-                let source = volumes.iter().find(|v| v["name"] == volume.as_str()).unwrap();
+                let source = volumes
+                    .iter()
+                    .find(|v| v["name"] == volume.as_str())
+                    .unwrap();
                 assert!(source["secret"]["secretName"].is_string(), "{source}");
             }
             // No variable takes its value from a Secret: Secrets are files only.
@@ -461,18 +480,40 @@ async fn nats_secrets_are_mounted_as_files_never_as_values() {
 #[test]
 fn wrong_values_are_refused_with_the_field_named() {
     let cases: [(&[&str], &str); 8] = [
-        (&["--set-json", r#"operator.replicas="two""#], "/operator/replicas"),
+        (
+            &["--set-string", "operator.replicas=two"],
+            "/operator/replicas",
+        ),
         (&["--set", "operator.replicas=0"], "/operator/replicas"),
         (&["--set", "nats.url=nats.example.com"], "/nats/url"),
-        (&["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
-        (&["--set", "gateway.sevice.port=80"], "additional properties 'sevice' not allowed"),
-        (&["--set", "gateway.service.type=External"], "/gateway/service/type"),
         (
-            &["--set", "nats.token.secretName=a", "--set", "nats.credentials.secretName=b"],
+            &["--set", "replicas=2"],
+            "additional properties 'replicas' not allowed",
+        ),
+        (
+            &["--set", "gateway.sevice.port=80"],
+            "additional properties 'sevice' not allowed",
+        ),
+        (
+            &["--set", "gateway.service.type=External"],
+            "/gateway/service/type",
+        ),
+        (
+            &[
+                "--set",
+                "nats.token.secretName=a",
+                "--set",
+                "nats.credentials.secretName=b",
+            ],
             "nats.credentials.secretName and nats.token.secretName",
         ),
         (
-            &["--set", "operator.replicas=2", "--set", "operator.leaderElection.enabled=false"],
+            &[
+                "--set",
+                "operator.replicas=2",
+                "--set",
+                "operator.leaderElection.enabled=false",
+            ],
             "operator.leaderElection.enabled",
         ),
     ];
@@ -487,7 +528,10 @@ fn wrong_values_are_refused_with_the_field_named() {
 
     // Without nats.url (there is no default: Fanout cannot guess where NATS runs).
     let out = template("fan", "default", &[]);
-    assert!(!out.status.success(), "an install without nats.url was accepted");
+    assert!(
+        !out.status.success(),
+        "an install without nats.url was accepted"
+    );
     assert!(stderr(&out).contains("/nats/url"), "{}", stderr(&out));
 }
 
@@ -522,15 +566,30 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
         ]);
-        cmd.args(value_flags(&["operator.replicas=2", "nats.token.secretName=nats-token"]))
-            .args(extra);
+        cmd.args(value_flags(&[
+            "operator.replicas=2",
+            "nats.token.secretName=nats-token",
+        ]))
+        .args(extra);
         run(&mut cmd)
     };
 
-    // A wrong value stops the install before anything is created.
-    let refused = install(&["--set-json", r#"operator.replicas="two""#]);
+    // Should an assertion fail, the release (and its cluster-scoped RBAC) goes too.
+    let mut guard = UninstallOnDrop {
+        release: release.clone(),
+        namespace: ns.name.clone(),
+        kubeconfig: kubeconfig.clone(),
+    };
+
+    // A wrong value stops the install before anything is created. (--set-string
+    // comes after --set, so it wins over operator.replicas=2.)
+    let refused = install(&["--set-string", "operator.replicas=two"]);
     assert!(!refused.status.success());
-    assert!(stderr(&refused).contains("/operator/replicas"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("/operator/replicas"),
+        "{}",
+        stderr(&refused)
+    );
     assert!(labelled(&ns.name, &release, "deployments,serviceaccounts").is_empty());
 
     check(&install(&[]), "helm install").unwrap();
@@ -551,13 +610,20 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
     for pod in &pods {
         let spec = &pod["spec"];
         let security = &spec["securityContext"];
-        assert_eq!(security["runAsNonRoot"], true, "{}", pod["metadata"]["name"]);
+        assert_eq!(
+            security["runAsNonRoot"], true,
+            "{}",
+            pod["metadata"]["name"]
+        );
         assert_eq!(security["runAsUser"], 65532);
         assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
         let container = &spec["containers"][0]["securityContext"];
         assert_eq!(container["readOnlyRootFilesystem"], true);
         assert_eq!(container["allowPrivilegeEscalation"], false);
-        assert_eq!(container["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(
+            container["capabilities"]["drop"],
+            serde_json::json!(["ALL"])
+        );
         let component = &pod["metadata"]["labels"]["app.kubernetes.io/component"];
         // Only the operator gets an API token.
         let has_token = spec["volumes"]
@@ -565,7 +631,12 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
             .unwrap()
             .iter()
             .any(|v| v["projected"].is_object());
-        assert_eq!(has_token, component == "operator", "{}", pod["metadata"]["name"]);
+        assert_eq!(
+            has_token,
+            component == "operator",
+            "{}",
+            pod["metadata"]["name"]
+        );
     }
 
     // What each ServiceAccount may do.
@@ -573,16 +644,52 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
     let gateway = format!("system:serviceaccount:{}:{fullname}-gateway", ns.name);
     let tokens = format!("secrets/{fullname}-gateway-tokens");
     for (who, verb, what, namespace, allowed) in [
-        (&operator, "watch", "fanoutroutes.fanout.dev", "elsewhere", true),
-        (&operator, "patch", "apitargets.fanout.dev/status", "elsewhere", true),
-        (&operator, "update", "fanoutroutes.fanout.dev/finalizers", "elsewhere", true),
-        (&operator, "delete", "fanoutroutes.fanout.dev", "elsewhere", false),
+        (
+            &operator,
+            "watch",
+            "fanoutroutes.fanout.dev",
+            "elsewhere",
+            true,
+        ),
+        (
+            &operator,
+            "patch",
+            "apitargets.fanout.dev/status",
+            "elsewhere",
+            true,
+        ),
+        (
+            &operator,
+            "update",
+            "fanoutroutes.fanout.dev/finalizers",
+            "elsewhere",
+            true,
+        ),
+        (
+            &operator,
+            "delete",
+            "fanoutroutes.fanout.dev",
+            "elsewhere",
+            false,
+        ),
         (&operator, "create", "deployments.apps", "elsewhere", true),
         (&operator, "list", "secrets", "elsewhere", true),
         (&operator, "create", "secrets", "elsewhere", false),
         (&operator, "create", "pods", "elsewhere", false),
-        (&operator, "create", "leases.coordination.k8s.io", &ns.name, true),
-        (&operator, "create", "leases.coordination.k8s.io", "elsewhere", false),
+        (
+            &operator,
+            "create",
+            "leases.coordination.k8s.io",
+            &ns.name,
+            true,
+        ),
+        (
+            &operator,
+            "create",
+            "leases.coordination.k8s.io",
+            "elsewhere",
+            false,
+        ),
         (&operator, "patch", &tokens, &ns.name, true),
         (&operator, "patch", "secrets/someone-elses", &ns.name, false),
         (&operator, "delete", &tokens, &ns.name, false),
@@ -590,8 +697,9 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
         (&gateway, "get", "configmaps", &ns.name, false),
         (&gateway, "list", "fanoutroutes.fanout.dev", &ns.name, false),
     ] {
-        let out = run(&mut kubectl(&["auth", "can-i", verb, what, "-n", namespace, "--as", who])
-            .unwrap());
+        let out = run(
+            &mut kubectl(&["auth", "can-i", verb, what, "-n", namespace, "--as", who]).unwrap(),
+        );
         assert_eq!(
             out.status.success(),
             allowed,
@@ -609,6 +717,7 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
         kubeconfig.to_str().unwrap(),
     ]);
     check(&run(&mut uninstall), "helm uninstall").unwrap();
+    guard.release.clear();
 
     // Nothing of the release is left: not in the namespace (pods go through garbage
     // collection, hence the poll), not cluster-scoped, not Helm's release record.
@@ -631,7 +740,8 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
             ])
             .unwrap());
             let cluster_left = String::from_utf8_lossy(&cluster_left.stdout).into_owned();
-            let helm_records = labelled_by(&ns.name, &format!("owner=helm,name={release}"), "secrets");
+            let helm_records =
+                labelled_by(&ns.name, &format!("owner=helm,name={release}"), "secrets");
             if left.is_empty() && cluster_left.trim().is_empty() && helm_records.is_empty() {
                 Ok(())
             } else {
@@ -652,6 +762,32 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
     ns.delete(&client).await.unwrap();
 }
 
+/// Uninstalls a release when dropped (a test that fails half-way would otherwise leave
+/// its ClusterRole behind); an empty release name means it was uninstalled already.
+struct UninstallOnDrop {
+    release: String,
+    namespace: String,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for UninstallOnDrop {
+    fn drop(&mut self) {
+        if self.release.is_empty() {
+            return;
+        }
+        let _ = helm(&[
+            "uninstall",
+            &self.release,
+            "--namespace",
+            &self.namespace,
+            "--ignore-not-found",
+            "--kubeconfig",
+            self.kubeconfig.to_str().unwrap_or_default(),
+        ])
+        .output();
+    }
+}
+
 /// Objects of `kinds` in `namespace` labelled with the release as instance.
 fn labelled(namespace: &str, release: &str, kinds: &str) -> Vec<Value> {
     labelled_by(
@@ -662,10 +798,8 @@ fn labelled(namespace: &str, release: &str, kinds: &str) -> Vec<Value> {
 }
 
 fn labelled_by(namespace: &str, selector: &str, kinds: &str) -> Vec<Value> {
-    let out = run(&mut kubectl(&[
-        "get", kinds, "-n", namespace, "-l", selector, "-o", "json",
-    ])
-    .unwrap());
+    let out =
+        run(&mut kubectl(&["get", kinds, "-n", namespace, "-l", selector, "-o", "json"]).unwrap());
     check(&out, &format!("kubectl get {kinds}")).unwrap();
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     list["items"].as_array().cloned().unwrap_or_default()

@@ -236,6 +236,10 @@ async fn connect(args: &Args) -> Result<async_nats::Client, StartError> {
         })?;
         options = options.token(token.trim_end_matches(['\n', '\r']).to_string());
     }
+    if let Some(path) = &args.nats_ca_file {
+        // Read by async-nats each time it connects over TLS.
+        options = options.add_root_certificates(path.clone());
+    }
     options
         .name("fanout-gateway")
         .retry_on_initial_connect()
