@@ -19,12 +19,16 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "CRD drift: crds/fanout.dev.yaml must equal 'fanout crd'"
+step "CRD drift: crds/fanout.dev.yaml and the chart's copy must equal 'fanout crd'"
 generated=$(mktemp)
 trap 'rm -f "$generated"' EXIT
 cargo run --quiet --locked -- crd >"$generated"
 if ! diff -u crds/fanout.dev.yaml "$generated"; then
     echo "crds/fanout.dev.yaml is out of date: run 'cargo run -q -- crd > crds/fanout.dev.yaml'" >&2
+    exit 1
+fi
+if ! cmp -s crds/fanout.dev.yaml charts/fanout/crds/fanout.dev.yaml; then
+    echo "charts/fanout/crds/fanout.dev.yaml differs from crds/fanout.dev.yaml: run 'cp crds/fanout.dev.yaml charts/fanout/crds/'" >&2
     exit 1
 fi
 

@@ -41,6 +41,11 @@ pub struct Args {
     )]
     pub nats_token_file: Option<PathBuf>,
 
+    /// PEM file with the CA certificate(s) that signed the NATS server's certificate
+    /// (for `tls://` URLs with a private CA).
+    #[arg(long, env = "FANOUT_NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
+
     /// Largest request body accepted, in bytes (single events and whole batches).
     #[arg(long, env = "FANOUT_GATEWAY_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,

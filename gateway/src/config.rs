@@ -44,6 +44,14 @@ pub enum ConfigError {
     EmptyToken { route: String, path: PathBuf },
 }
 
+impl ConfigError {
+    /// Whether the configuration file itself does not exist (yet): in Kubernetes the
+    /// operator creates the ConfigMap after the gateway may already have started.
+    pub fn is_missing_file(&self) -> bool {
+        matches!(self, ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
 /// One route, validated, with its tokens loaded.
 #[derive(Debug, PartialEq)]
 pub struct Route {
@@ -231,6 +239,18 @@ mod tests {
             message.contains(&missing.display().to_string()),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_missing_configuration_file_is_told_apart_from_a_broken_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = load(&dir.path().join("gateway.yaml")).unwrap_err();
+        assert!(missing.is_missing_file(), "{missing:?}");
+        let broken = write(dir.path(), "broken.yaml", "routes: [ {");
+        assert!(!load(&broken).unwrap_err().is_missing_file());
+        let token = dir.path().join("no-token");
+        let config = write(dir.path(), "gateway.yaml", &route_yaml(&token));
+        assert!(!load(&config).unwrap_err().is_missing_file());
     }
 
     #[test]

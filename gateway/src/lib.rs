@@ -109,8 +109,20 @@ impl Gateway {
                 flag: "max-batch-items",
             });
         }
-        let routes = config::load(&args.config)?;
-        tracing::info!(routes = routes.len(), config = %args.config.display(), "loaded gateway configuration");
+        let poll = args.config_poll_interval.as_std();
+        let routes = match config::load(&args.config) {
+            Ok(routes) => {
+                tracing::info!(routes = routes.len(), config = %args.config.display(), "loaded gateway configuration");
+                routes
+            }
+            // The operator writes the file (a ConfigMap) after it first reconciles;
+            // until then serve no routes and pick the file up on a later reload.
+            Err(e) if e.is_missing_file() && !poll.is_zero() => {
+                tracing::info!(config = %args.config.display(), "the gateway configuration does not exist yet; serving no routes until it appears");
+                config::RouteTable::default()
+            }
+            Err(e) => return Err(e.into()),
+        };
         let forward = ForwardHeaders::new(&args.forward_headers)?;
         let metrics = Arc::new(Metrics::new());
         let client = connect(&args).await?;
@@ -123,7 +135,6 @@ impl Gateway {
         );
         let (routes_tx, routes_rx) = watch::channel(Arc::new(routes));
         let (stop, stop_rx) = watch::channel(false);
-        let poll = args.config_poll_interval.as_std();
         if !poll.is_zero() {
             tokio::spawn(reload::watch_config(
                 args.config.clone(),
@@ -224,6 +235,10 @@ async fn connect(args: &Args) -> Result<async_nats::Client, StartError> {
             source,
         })?;
         options = options.token(token.trim_end_matches(['\n', '\r']).to_string());
+    }
+    if let Some(path) = &args.nats_ca_file {
+        // Read by async-nats each time it connects over TLS.
+        options = options.add_root_certificates(path.clone());
     }
     options
         .name("fanout-gateway")

@@ -1,6 +1,7 @@
 //! Picks up changes to the configuration and token files (the operator updates a
 //! ConfigMap, Kubernetes rotates a Secret) by re-reading them periodically. A change
-//! that does not load keeps the routes as they were.
+//! that does not load keeps the routes as they were. A file that does not exist yet
+//! (the gateway started before the operator rendered it) is waited for quietly.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub async fn watch_config(
                     metrics.reload(true);
                 }
             }
+            // Still waiting for a file that never existed: start-up said so already.
+            Ok(Err(e)) if e.is_missing_file() && routes.borrow().is_empty() => {}
             Ok(Err(e)) => {
                 let message = crate::error_chain(&e);
                 // Say it once per distinct error rather than every interval.

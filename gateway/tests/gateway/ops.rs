@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Harness, RouteSpec};
+use crate::support::{Harness, RouteSpec, Setup};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_openapi_answer() {
@@ -101,4 +101,28 @@ async fn config_changes_add_routes_and_rotate_tokens_without_a_restart() {
         .post(&orders, &[("authorization", "Bearer rotated")], "x")
         .await;
     assert_eq!(reply.status, 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_without_a_config_file_and_serves_its_routes_once_it_appears() {
+    let setup = Setup::default();
+    let routes = setup.routes.clone();
+    let h = Harness::with(setup.without_config_file()).await;
+    assert_eq!(h.get("/readyz").await.json()["routes"], 0);
+    h.send_event(&[], "x").await.problem(404);
+
+    h.reconfigure(&routes);
+    fanout_testkit::wait::until(
+        "the route to be served once the file exists",
+        Duration::from_secs(10),
+        || async {
+            match h.send_event(&[], "x").await.status {
+                202 => Ok(()),
+                other => Err(format!("status {other}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(h.get("/readyz").await.json()["routes"], 1);
 }

@@ -88,6 +88,9 @@ impl RouteSpec {
 pub struct Setup {
     pub routes: Vec<RouteSpec>,
     flags: Vec<String>,
+    /// Whether the configuration file exists when the gateway starts (the routes'
+    /// streams are provisioned either way).
+    config_file: bool,
 }
 
 impl Default for Setup {
@@ -95,6 +98,7 @@ impl Default for Setup {
         Setup {
             routes: vec![RouteSpec::new("shop", "orders").token(TOKEN)],
             flags: vec![],
+            config_file: true,
         }
     }
 }
@@ -104,7 +108,15 @@ impl Setup {
         Setup {
             routes,
             flags: vec![],
+            config_file: true,
         }
+    }
+
+    /// Starts the gateway before its configuration file exists, as in Kubernetes
+    /// before the operator has rendered the ConfigMap.
+    pub fn without_config_file(mut self) -> Self {
+        self.config_file = false;
+        self
     }
 
     pub fn flag(mut self, name: &str, value: &str) -> Self {
@@ -232,6 +244,9 @@ impl Harness {
             dir,
             config_path,
         } = Backend::start(&setup.routes).await;
+        if !setup.config_file {
+            std::fs::remove_file(&config_path).unwrap();
+        }
         let mut flags = gateway_flags(&config_path, &nats, "127.0.0.1:0");
         flags.extend(setup.flags);
         let gateway = Gateway::start(Args::from_flags(flags).unwrap())

@@ -1,0 +1,146 @@
+{{/*
+Names. Every object name starts with the full name, so two releases in one cluster
+never share a cluster-scoped object.
+*/}}
+{{- define "fanout.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "fanout.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "fanout.operator.fullname" -}}
+{{- printf "%s-operator" (include "fanout.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "fanout.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "fanout.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The ConfigMap the operator writes the gateway's routes into (the chart only mounts it). */}}
+{{- define "fanout.gateway.routesConfigMap" -}}
+{{- printf "%s-gateway-routes" (include "fanout.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret the operator mirrors the routes' bearer tokens into (the chart only mounts it). */}}
+{{- define "fanout.gateway.tokensSecret" -}}
+{{- printf "%s-gateway-tokens" (include "fanout.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "fanout.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (include "fanout.operator.fullname" .) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- required "operator.serviceAccount.name is required when operator.serviceAccount.create is false" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "fanout.gateway.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create }}
+{{- default (include "fanout.gateway.fullname" .) .Values.gateway.serviceAccount.name }}
+{{- else }}
+{{- required "gateway.serviceAccount.name is required when gateway.serviceAccount.create is false" .Values.gateway.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Labels. `component` is "operator" or "gateway". */}}
+{{- define "fanout.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "fanout.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: fanout
+{{- end }}
+
+{{- define "fanout.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fanout.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Images. */}}
+{{- define "fanout.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "fanout.dispatcherImage" -}}
+{{- $repository := .Values.dispatcher.image.repository | default .Values.image.repository }}
+{{- $tag := .Values.dispatcher.image.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
+{{/*
+Values that JSON schema cannot express clearly; checked once, from the operator
+Deployment (always rendered).
+*/}}
+{{- define "fanout.validate" -}}
+{{- if and .Values.nats.credentials.secretName .Values.nats.token.secretName }}
+{{- fail "nats.credentials.secretName and nats.token.secretName exclude each other: NATS authenticates with one of them" }}
+{{- end }}
+{{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) }}
+{{- fail "operator.replicas > 1 needs operator.leaderElection.enabled: true (two active operators would fight over every route)" }}
+{{- end }}
+{{- end }}
+
+{{/* Where the NATS secret files are mounted. */}}
+{{- define "fanout.nats.dir" -}}/etc/fanout/nats{{- end }}
+
+{{/* FANOUT_NATS_* variables shared by the operator and the gateway. */}}
+{{- define "fanout.nats.env" -}}
+- name: FANOUT_NATS_URL
+  value: {{ .Values.nats.url | quote }}
+{{- with .Values.nats.credentials.secretName }}
+- name: FANOUT_NATS_CREDENTIALS_FILE
+  value: {{ printf "%s/credentials/%s" (include "fanout.nats.dir" $) $.Values.nats.credentials.key | quote }}
+{{- end }}
+{{- with .Values.nats.token.secretName }}
+- name: FANOUT_NATS_TOKEN_FILE
+  value: {{ printf "%s/token/%s" (include "fanout.nats.dir" $) $.Values.nats.token.key | quote }}
+{{- end }}
+{{- with .Values.nats.ca.secretName }}
+- name: FANOUT_NATS_CA_FILE
+  value: {{ printf "%s/ca/%s" (include "fanout.nats.dir" $) $.Values.nats.ca.key | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "fanout.common.env" -}}
+- name: FANOUT_LOG
+  value: {{ .Values.logLevel | quote }}
+- name: FANOUT_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end }}
+
+{{- define "fanout.nats.volumeMounts" -}}
+{{- range $kind := list "credentials" "token" "ca" }}
+{{- if (get $.Values.nats $kind).secretName }}
+- name: nats-{{ $kind }}
+  mountPath: {{ printf "%s/%s" (include "fanout.nats.dir" $) $kind }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "fanout.nats.volumes" -}}
+{{- range $kind := list "credentials" "token" "ca" }}
+{{- $ref := get $.Values.nats $kind }}
+{{- if $ref.secretName }}
+- name: nats-{{ $kind }}
+  secret:
+    secretName: {{ $ref.secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ $ref.key }}
+        path: {{ $ref.key }}
+{{- end }}
+{{- end }}
+{{- end }}

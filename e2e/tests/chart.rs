@@ -1,0 +1,819 @@
+//! The Helm chart `charts/fanout` against the pinned helm and the local control
+//! plane: it lints clean, every supported value set renders into objects the
+//! apiserver accepts, wrong values are refused with the field named, and a real
+//! install creates locked-down objects that `helm uninstall` removes again.
+//!
+//! Pods stay Pending (the control plane has no node yet), so installs never `--wait`.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use fanout_testkit::cluster::{self, TestNamespace, check, kubectl};
+use fanout_testkit::{tools, wait};
+use serde_json::Value;
+
+/// The NATS URL every value set uses; nothing connects to it in these tests.
+const NATS_URL: &str = "nats://nats.nats.svc:4222";
+/// The Kubernetes version of the local control plane (see e2e/tools.sh).
+const KUBE_VERSION: &str = "v1.34.4";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e has a parent directory")
+        .to_path_buf()
+}
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/fanout")
+}
+
+/// The pinned helm, with its cache, config and data kept out of the user's home.
+fn helm(args: &[&str]) -> Command {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    let home = HOME.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("fanout-chart-helm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    });
+    let mut cmd = Command::new(tools::path("helm").unwrap());
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .args(args);
+    cmd
+}
+
+/// `--set` flags for the given `key=value` pairs, with nats.url first.
+fn value_flags(sets: &[&str]) -> Vec<String> {
+    std::iter::once(format!("nats.url={NATS_URL}"))
+        .chain(sets.iter().map(|s| s.to_string()))
+        .flat_map(|s| ["--set".to_string(), s])
+        .collect()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// `helm template` of the chart into `namespace`, with `extra` flags (values).
+fn template(release: &str, namespace: &str, extra: &[String]) -> Output {
+    let chart = chart_dir();
+    let mut cmd = helm(&[
+        "template",
+        release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBE_VERSION,
+    ]);
+    cmd.args(extra);
+    run(&mut cmd)
+}
+
+/// Renders the chart and sends the result to the apiserver with
+/// `kubectl apply --dry-run=server`; returns the objects as the server would store them.
+fn render_and_dry_run(release: &str, namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let rendered = template(release, namespace, &value_flags(sets));
+    check(&rendered, &format!("helm template with {sets:?}")).unwrap();
+    let mut apply = kubectl(&["apply", "--dry-run=server", "-o", "json", "-f", "-"])
+        .unwrap()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    apply
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&rendered.stdout)
+        .unwrap();
+    let out = apply.wait_with_output().unwrap();
+    check(
+        &out,
+        &format!("kubectl apply --dry-run=server of the chart with {sets:?}"),
+    )
+    .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    match json["kind"].as_str() {
+        Some("List") => json["items"].as_array().unwrap().clone(),
+        _ => vec![json],
+    }
+}
+
+/// `Kind/name` of every object, sorted.
+fn kinds_and_names(objects: &[Value]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} in {:?}", kinds_and_names(objects)))
+}
+
+/// The value of environment variable `name` of the first container.
+fn env<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+fn env_value<'a>(deployment: &'a Value, name: &str) -> &'a str {
+    env(deployment, name)
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("no value for env {name}"))
+}
+
+/// A release name unique to one test: the test namespace's random suffix.
+fn release_for(ns: &TestNamespace) -> String {
+    ns.name.clone()
+}
+
+/// Installs a minimal ServiceMonitor CRD (any spec accepted), so the server dry-run
+/// can check the chart's ServiceMonitors' kind, scope and metadata. The Prometheus
+/// Operator's own schema is not available here; its spec fields are checked below
+/// by reading the rendered object.
+fn ensure_service_monitor_crd() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crd = serde_json::json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "scope": "Namespaced",
+                "names": {"kind": "ServiceMonitor", "listKind": "ServiceMonitorList",
+                          "plural": "servicemonitors", "singular": "servicemonitor"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object",
+                        "x-kubernetes-preserve-unknown-fields": true}}}]
+            }
+        });
+        let mut apply = kubectl(&["apply", "--server-side", "-f", "-"])
+            .unwrap()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        apply
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(crd.to_string().as_bytes())
+            .unwrap();
+        check(
+            &apply.wait_with_output().unwrap(),
+            "applying a ServiceMonitor CRD",
+        )
+        .unwrap();
+        let established = run(&mut kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        ])
+        .unwrap());
+        check(&established, "waiting for the ServiceMonitor CRD").unwrap();
+    });
+}
+
+#[test]
+fn chart_crds_are_the_generated_crds() {
+    let generated = std::fs::read(repo_root().join("crds/fanout.dev.yaml")).unwrap();
+    let in_chart = std::fs::read(chart_dir().join("crds/fanout.dev.yaml")).unwrap();
+    assert!(
+        generated == in_chart,
+        "charts/fanout/crds/fanout.dev.yaml differs from crds/fanout.dev.yaml: run \
+         'cp crds/fanout.dev.yaml charts/fanout/crds/fanout.dev.yaml'"
+    );
+}
+
+#[test]
+fn helm_lint_is_clean_in_strict_mode() {
+    let chart = chart_dir();
+    for sets in [
+        &[][..],
+        &["operator.replicas=2", "serviceMonitor.enabled=true"][..],
+        &["gateway.enabled=false"][..],
+        &[
+            "nats.credentials.secretName=nats-creds",
+            "nats.ca.secretName=nats-ca",
+        ][..],
+    ] {
+        let mut cmd = helm(&[
+            "lint",
+            "--strict",
+            chart.to_str().unwrap(),
+            "--kube-version",
+            KUBE_VERSION,
+        ]);
+        cmd.args(value_flags(sets));
+        let out = run(&mut cmd);
+        check(&out, &format!("helm lint --strict with {sets:?}")).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn defaults_render_an_operator_a_gateway_and_least_privilege_rbac() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let objects = render_and_dry_run("fan", &ns.name, &[]);
+    let expected: BTreeSet<String> = [
+        "ServiceAccount/fan-fanout-operator",
+        "ClusterRole/fan-fanout-operator",
+        "ClusterRoleBinding/fan-fanout-operator",
+        "Role/fan-fanout-operator",
+        "RoleBinding/fan-fanout-operator",
+        "Service/fan-fanout-operator-metrics",
+        "Deployment/fan-fanout-operator",
+        "ServiceAccount/fan-fanout-gateway",
+        "Service/fan-fanout-gateway",
+        "Deployment/fan-fanout-gateway",
+        "PodDisruptionBudget/fan-fanout-gateway",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    // One operator replica: no budget for it (it would block every drain).
+    assert_eq!(kinds_and_names(&objects), expected);
+
+    let operator = find(&objects, "Deployment", "fan-fanout-operator");
+    assert_eq!(operator["spec"]["replicas"], 1);
+    let pod = &operator["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["args"],
+        serde_json::json!(["operator"])
+    );
+    assert_eq!(pod["containers"][0]["image"], "fanout:0.1.0");
+    assert_eq!(pod["containers"][0]["imagePullPolicy"], "IfNotPresent");
+    for (name, value) in [
+        ("FANOUT_NATS_URL", NATS_URL),
+        ("FANOUT_OPERATOR_LISTEN", "0.0.0.0:8081"),
+        ("FANOUT_LEADER_ELECT", "true"),
+        ("FANOUT_LEASE_NAME", "fan-fanout-operator"),
+        ("FANOUT_DISPATCHER_IMAGE", "fanout:0.1.0"),
+        ("FANOUT_DISPATCHER_IMAGE_PULL_POLICY", "IfNotPresent"),
+        ("FANOUT_DISPATCHER_NATS_URL", NATS_URL),
+        ("FANOUT_GATEWAY_CONFIG_MAP", "fan-fanout-gateway-routes"),
+        ("FANOUT_GATEWAY_TOKENS_SECRET", "fan-fanout-gateway-tokens"),
+        (
+            "FANOUT_GATEWAY_TOKENS_DIR",
+            "/var/run/fanout/gateway-tokens",
+        ),
+        ("FANOUT_STATUS_INTERVAL", "10s"),
+    ] {
+        assert_eq!(env_value(operator, name), value, "{name}");
+    }
+    for (name, field) in [
+        ("FANOUT_NAMESPACE", "metadata.namespace"),
+        ("FANOUT_POD_NAME", "metadata.name"),
+    ] {
+        let var = env(operator, name).unwrap_or_else(|| panic!("no env {name}"));
+        assert_eq!(var["valueFrom"]["fieldRef"]["fieldPath"], field);
+    }
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let path = &pod["containers"][0][probe]["httpGet"]["path"];
+        assert_eq!(
+            path,
+            if probe == "livenessProbe" {
+                "/healthz"
+            } else {
+                "/readyz"
+            }
+        );
+    }
+
+    let gateway = find(&objects, "Deployment", "fan-fanout-gateway");
+    let pod = &gateway["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["containers"][0]["args"], serde_json::json!(["gateway"]));
+    assert_eq!(
+        env_value(gateway, "FANOUT_GATEWAY_CONFIG"),
+        "/etc/fanout/gateway/gateway.yaml"
+    );
+    assert_eq!(env_value(gateway, "FANOUT_GATEWAY_LISTEN"), "0.0.0.0:8080");
+    // The operator writes both; the gateway starts before they exist.
+    let volumes = pod["volumes"].as_array().unwrap();
+    let routes = volumes.iter().find(|v| v["name"] == "routes").unwrap();
+    assert_eq!(routes["configMap"]["name"], "fan-fanout-gateway-routes");
+    assert_eq!(routes["configMap"]["optional"], true);
+    let tokens = volumes.iter().find(|v| v["name"] == "tokens").unwrap();
+    assert_eq!(tokens["secret"]["secretName"], "fan-fanout-gateway-tokens");
+    assert_eq!(tokens["secret"]["optional"], true);
+    assert_eq!(
+        find(&objects, "ServiceAccount", "fan-fanout-gateway")["automountServiceAccountToken"],
+        false
+    );
+
+    // The namespaced Role limits changes to Secrets to the gateway token Secret.
+    let role = find(&objects, "Role", "fan-fanout-operator");
+    let secret_rules: Vec<&Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"] == serde_json::json!(["secrets"]))
+        .collect();
+    assert_eq!(secret_rules.len(), 2, "{role}");
+    for rule in secret_rules {
+        if rule["verbs"] != serde_json::json!(["create"]) {
+            assert_eq!(
+                rule["resourceNames"],
+                serde_json::json!(["fan-fanout-gateway-tokens"])
+            );
+        }
+    }
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn two_operator_replicas_get_a_disruption_budget() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let objects = render_and_dry_run("fan", &ns.name, &["operator.replicas=2"]);
+    assert_eq!(
+        find(&objects, "Deployment", "fan-fanout-operator")["spec"]["replicas"],
+        2
+    );
+    let budget = find(&objects, "PodDisruptionBudget", "fan-fanout-operator");
+    assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "operator"
+    );
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn service_monitors_render_only_when_enabled() {
+    let client = cluster::client().await.unwrap();
+    ensure_service_monitor_crd();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let objects = render_and_dry_run(
+        "fan",
+        &ns.name,
+        &[
+            "serviceMonitor.enabled=true",
+            "serviceMonitor.labels.release=prometheus",
+        ],
+    );
+    for (name, port) in [
+        ("fan-fanout-operator", "metrics"),
+        ("fan-fanout-gateway", "http"),
+    ] {
+        let monitor = find(&objects, "ServiceMonitor", name);
+        assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+        assert_eq!(monitor["spec"]["endpoints"][0]["port"], port);
+        assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+        // The selector matches the Service that exposes that port.
+        let component = &monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"];
+        let service = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "Service"
+                    && &o["metadata"]["labels"]["app.kubernetes.io/component"] == component
+            })
+            .unwrap();
+        assert_eq!(service["spec"]["ports"][0]["name"], port);
+    }
+    let defaults = template("fan", &ns.name, &value_flags(&[]));
+    check(&defaults, "helm template").unwrap();
+    assert!(!String::from_utf8_lossy(&defaults.stdout).contains("ServiceMonitor"));
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn gateway_disabled_renders_no_gateway_objects() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let objects = render_and_dry_run("fan", &ns.name, &["gateway.enabled=false"]);
+    let gateway_objects: Vec<_> = objects
+        .iter()
+        .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway")
+        .collect();
+    assert!(gateway_objects.is_empty(), "{gateway_objects:?}");
+    find(&objects, "Deployment", "fan-fanout-operator");
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn nats_secrets_are_mounted_as_files_never_as_values() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    for (kind, sets, variable) in [
+        (
+            "credentials",
+            [
+                "nats.credentials.secretName=nats-creds",
+                "nats.ca.secretName=nats-ca",
+            ],
+            "FANOUT_NATS_CREDENTIALS_FILE",
+        ),
+        (
+            "token",
+            [
+                "nats.token.secretName=nats-token",
+                "nats.ca.secretName=nats-ca",
+            ],
+            "FANOUT_NATS_TOKEN_FILE",
+        ),
+    ] {
+        let objects = render_and_dry_run("fan", &ns.name, &sets);
+        for name in ["fan-fanout-operator", "fan-fanout-gateway"] {
+            let deployment = find(&objects, "Deployment", name);
+            let pod = &deployment["spec"]["template"]["spec"];
+            let file = env_value(deployment, variable);
+            let ca = env_value(deployment, "FANOUT_NATS_CA_FILE");
+            assert_eq!(ca, "/etc/fanout/nats/ca/ca.crt");
+            let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+            let volumes = pod["volumes"].as_array().unwrap();
+            for (volume, path) in [(format!("nats-{kind}"), file), ("nats-ca".into(), ca)] {
+                let mount = mounts
+                    .iter()
+                    .find(|m| m["name"] == volume.as_str())
+                    .unwrap();
+                assert_eq!(mount["readOnly"], true);
+                assert!(
+                    path.starts_with(mount["mountPath"].as_str().unwrap()),
+                    "{path} is not under {mount}"
+                );
+                let source = volumes
+                    .iter()
+                    .find(|v| v["name"] == volume.as_str())
+                    .unwrap();
+                assert!(source["secret"]["secretName"].is_string(), "{source}");
+            }
+            // No variable takes its value from a Secret: Secrets are files only.
+            for var in pod["containers"][0]["env"].as_array().unwrap() {
+                assert!(var["valueFrom"]["secretKeyRef"].is_null(), "{var}");
+            }
+        }
+    }
+    ns.delete(&client).await.unwrap();
+}
+
+#[test]
+fn wrong_values_are_refused_with_the_field_named() {
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["--set-string", "operator.replicas=two"],
+            "/operator/replicas",
+        ),
+        (&["--set", "operator.replicas=0"], "/operator/replicas"),
+        (&["--set", "nats.url=nats.example.com"], "/nats/url"),
+        (
+            &["--set", "replicas=2"],
+            "additional properties 'replicas' not allowed",
+        ),
+        (
+            &["--set", "gateway.sevice.port=80"],
+            "additional properties 'sevice' not allowed",
+        ),
+        (
+            &["--set", "gateway.service.type=External"],
+            "/gateway/service/type",
+        ),
+        (
+            &[
+                "--set",
+                "nats.token.secretName=a",
+                "--set",
+                "nats.credentials.secretName=b",
+            ],
+            "nats.credentials.secretName and nats.token.secretName",
+        ),
+        (
+            &[
+                "--set",
+                "operator.replicas=2",
+                "--set",
+                "operator.leaderElection.enabled=false",
+            ],
+            "operator.leaderElection.enabled",
+        ),
+    ];
+    for (flags, named) in cases {
+        let mut all = vec!["--set".to_string(), format!("nats.url={NATS_URL}")];
+        all.extend(flags.iter().map(|f| f.to_string()));
+        let out = template("fan", "default", &all);
+        assert!(!out.status.success(), "{flags:?} was accepted");
+        let message = stderr(&out);
+        assert!(message.contains(named), "{flags:?}: {message}");
+    }
+
+    // Without nats.url (there is no default: Fanout cannot guess where NATS runs).
+    let out = template("fan", "default", &[]);
+    assert!(
+        !out.status.success(),
+        "an install without nats.url was accepted"
+    );
+    assert!(stderr(&out).contains("/nats/url"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    // Enforce the "restricted" Pod Security Standard: the ReplicaSets can only create
+    // their pods if the chart's security contexts meet it.
+    check(
+        &run(&mut kubectl(&[
+            "label",
+            "namespace",
+            &ns.name,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ])
+        .unwrap()),
+        "labelling the namespace",
+    )
+    .unwrap();
+    let release = release_for(&ns);
+    let fullname = format!("{release}-fanout");
+    let kubeconfig = cluster::kubeconfig().unwrap();
+    let chart = chart_dir();
+    let install = |extra: &[&str]| {
+        let mut cmd = helm(&[
+            "install",
+            &release,
+            chart.to_str().unwrap(),
+            "--namespace",
+            &ns.name,
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ]);
+        cmd.args(value_flags(&[
+            "operator.replicas=2",
+            "nats.token.secretName=nats-token",
+        ]))
+        .args(extra);
+        run(&mut cmd)
+    };
+
+    // Should an assertion fail, the release (and its cluster-scoped RBAC) goes too.
+    let mut guard = UninstallOnDrop {
+        release: release.clone(),
+        namespace: ns.name.clone(),
+        kubeconfig: kubeconfig.clone(),
+    };
+
+    // A wrong value stops the install before anything is created. (--set-string
+    // comes after --set, so it wins over operator.replicas=2.)
+    let refused = install(&["--set-string", "operator.replicas=two"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("/operator/replicas"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(labelled(&ns.name, &release, "deployments,serviceaccounts").is_empty());
+
+    check(&install(&[]), "helm install").unwrap();
+
+    let pods = wait::until_blocking(
+        "the ReplicaSets to create every pod",
+        Duration::from_secs(60),
+        || {
+            let pods = labelled(&ns.name, &release, "pods");
+            if pods.len() == 4 {
+                Ok(pods)
+            } else {
+                Err(format!("{} pods; events: {}", pods.len(), events(&ns.name)))
+            }
+        },
+    )
+    .unwrap();
+    for pod in &pods {
+        let spec = &pod["spec"];
+        let security = &spec["securityContext"];
+        assert_eq!(
+            security["runAsNonRoot"], true,
+            "{}",
+            pod["metadata"]["name"]
+        );
+        assert_eq!(security["runAsUser"], 65532);
+        assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+        let container = &spec["containers"][0]["securityContext"];
+        assert_eq!(container["readOnlyRootFilesystem"], true);
+        assert_eq!(container["allowPrivilegeEscalation"], false);
+        assert_eq!(
+            container["capabilities"]["drop"],
+            serde_json::json!(["ALL"])
+        );
+        let component = &pod["metadata"]["labels"]["app.kubernetes.io/component"];
+        // Only the operator gets an API token.
+        let has_token = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["projected"].is_object());
+        assert_eq!(
+            has_token,
+            component == "operator",
+            "{}",
+            pod["metadata"]["name"]
+        );
+    }
+
+    // What each ServiceAccount may do.
+    let operator = format!("system:serviceaccount:{}:{fullname}-operator", ns.name);
+    let gateway = format!("system:serviceaccount:{}:{fullname}-gateway", ns.name);
+    let tokens = format!("secrets/{fullname}-gateway-tokens");
+    for (who, verb, what, namespace, allowed) in [
+        (
+            &operator,
+            "watch",
+            "fanoutroutes.fanout.dev",
+            "elsewhere",
+            true,
+        ),
+        (
+            &operator,
+            "patch",
+            "apitargets.fanout.dev/status",
+            "elsewhere",
+            true,
+        ),
+        (
+            &operator,
+            "update",
+            "fanoutroutes.fanout.dev/finalizers",
+            "elsewhere",
+            true,
+        ),
+        (
+            &operator,
+            "delete",
+            "fanoutroutes.fanout.dev",
+            "elsewhere",
+            false,
+        ),
+        (&operator, "create", "deployments.apps", "elsewhere", true),
+        (&operator, "list", "secrets", "elsewhere", true),
+        (&operator, "create", "secrets", "elsewhere", false),
+        (&operator, "create", "pods", "elsewhere", false),
+        (
+            &operator,
+            "create",
+            "leases.coordination.k8s.io",
+            &ns.name,
+            true,
+        ),
+        (
+            &operator,
+            "create",
+            "leases.coordination.k8s.io",
+            "elsewhere",
+            false,
+        ),
+        (&operator, "patch", &tokens, &ns.name, true),
+        (&operator, "patch", "secrets/someone-elses", &ns.name, false),
+        (&operator, "delete", &tokens, &ns.name, false),
+        (&gateway, "get", "secrets", &ns.name, false),
+        (&gateway, "get", "configmaps", &ns.name, false),
+        (&gateway, "list", "fanoutroutes.fanout.dev", &ns.name, false),
+    ] {
+        let out = run(
+            &mut kubectl(&["auth", "can-i", verb, what, "-n", namespace, "--as", who]).unwrap(),
+        );
+        assert_eq!(
+            out.status.success(),
+            allowed,
+            "{who} {verb} {what} in {namespace}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    let mut uninstall = helm(&[
+        "uninstall",
+        &release,
+        "--namespace",
+        &ns.name,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    check(&run(&mut uninstall), "helm uninstall").unwrap();
+    guard.release.clear();
+
+    // Nothing of the release is left: not in the namespace (pods go through garbage
+    // collection, hence the poll), not cluster-scoped, not Helm's release record.
+    wait::until_blocking(
+        "the release's objects to be gone",
+        Duration::from_secs(60),
+        || {
+            let left = labelled(
+                &ns.name,
+                &release,
+                "all,serviceaccounts,roles,rolebindings,poddisruptionbudgets,configmaps,secrets",
+            );
+            let cluster_left = run(&mut kubectl(&[
+                "get",
+                "clusterroles,clusterrolebindings",
+                "-l",
+                &format!("app.kubernetes.io/instance={release}"),
+                "-o",
+                "name",
+            ])
+            .unwrap());
+            let cluster_left = String::from_utf8_lossy(&cluster_left.stdout).into_owned();
+            let helm_records =
+                labelled_by(&ns.name, &format!("owner=helm,name={release}"), "secrets");
+            if left.is_empty() && cluster_left.trim().is_empty() && helm_records.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "left: {:?} {cluster_left} {:?}",
+                    names(&left),
+                    names(&helm_records)
+                ))
+            }
+        },
+    )
+    .unwrap();
+    // Helm leaves CRDs from crds/ in place: routes elsewhere would be deleted with them.
+    for crd in ["fanoutroutes.fanout.dev", "apitargets.fanout.dev"] {
+        let out = run(&mut kubectl(&["get", "crd", crd]).unwrap());
+        check(&out, &format!("the CRD {crd} after uninstall")).unwrap();
+    }
+    ns.delete(&client).await.unwrap();
+}
+
+/// Uninstalls a release when dropped (a test that fails half-way would otherwise leave
+/// its ClusterRole behind); an empty release name means it was uninstalled already.
+struct UninstallOnDrop {
+    release: String,
+    namespace: String,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for UninstallOnDrop {
+    fn drop(&mut self) {
+        if self.release.is_empty() {
+            return;
+        }
+        let _ = helm(&[
+            "uninstall",
+            &self.release,
+            "--namespace",
+            &self.namespace,
+            "--ignore-not-found",
+            "--kubeconfig",
+            self.kubeconfig.to_str().unwrap_or_default(),
+        ])
+        .output();
+    }
+}
+
+/// Objects of `kinds` in `namespace` labelled with the release as instance.
+fn labelled(namespace: &str, release: &str, kinds: &str) -> Vec<Value> {
+    labelled_by(
+        namespace,
+        &format!("app.kubernetes.io/instance={release}"),
+        kinds,
+    )
+}
+
+fn labelled_by(namespace: &str, selector: &str, kinds: &str) -> Vec<Value> {
+    let out =
+        run(&mut kubectl(&["get", kinds, "-n", namespace, "-l", selector, "-o", "json"]).unwrap());
+    check(&out, &format!("kubectl get {kinds}")).unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn names(objects: &[Value]) -> Vec<String> {
+    kinds_and_names(objects).into_iter().collect()
+}
+
+/// Recent events of a namespace, for failure messages.
+fn events(namespace: &str) -> String {
+    kubectl(&["get", "events", "-n", namespace])
+        .ok()
+        .and_then(|mut c| c.output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
