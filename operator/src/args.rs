@@ -88,6 +88,21 @@ pub struct DispatcherArgs {
     /// NATS URL as seen from dispatcher pods. Default: --nats-url.
     #[arg(long = "dispatcher-nats-url", env = "FANOUT_DISPATCHER_NATS_URL")]
     pub nats_url: Option<String>,
+    /// Secret, in each route's namespace, whose key `nats.creds` is the NATS
+    /// credentials file of that route's dispatchers.
+    #[arg(
+        long = "dispatcher-nats-credentials-secret",
+        env = "FANOUT_DISPATCHER_NATS_CREDENTIALS_SECRET",
+        conflicts_with = "nats_token_secret"
+    )]
+    pub nats_credentials_secret: Option<String>,
+    /// Secret, in each route's namespace, whose key `token` is the NATS token of
+    /// that route's dispatchers.
+    #[arg(
+        long = "dispatcher-nats-token-secret",
+        env = "FANOUT_DISPATCHER_NATS_TOKEN_SECRET"
+    )]
+    pub nats_token_secret: Option<String>,
 }
 
 /// Where the gateway reads the routes the operator renders for it.

@@ -43,6 +43,41 @@ pub struct DispatcherSettings {
     pub image: String,
     pub image_pull_policy: String,
     pub nats_url: String,
+    /// How dispatchers authenticate to NATS, if they must.
+    pub nats_auth: Option<NatsAuth>,
+}
+
+/// A Secret in the route's namespace with the dispatchers' NATS credentials. It is
+/// mounted with the other Secrets, under `SECRETS_DIR/<secret>/<key>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// Key `nats.creds`: a credentials file (JWT and NKey seed).
+    Credentials { secret: String },
+    /// Key `token`: a token.
+    Token { secret: String },
+}
+
+impl NatsAuth {
+    pub const CREDENTIALS_KEY: &str = "nats.creds";
+    pub const TOKEN_KEY: &str = "token";
+
+    /// The Secret and key to mount.
+    pub fn secret_key(&self) -> (&str, &str) {
+        match self {
+            NatsAuth::Credentials { secret } => (secret, Self::CREDENTIALS_KEY),
+            NatsAuth::Token { secret } => (secret, Self::TOKEN_KEY),
+        }
+    }
+
+    /// The dispatcher's environment variable naming the mounted file.
+    fn env(&self) -> (&'static str, String) {
+        let (secret, key) = self.secret_key();
+        let file = format!("{SECRETS_DIR}/{secret}/{key}");
+        match self {
+            NatsAuth::Credentials { .. } => ("FANOUT_NATS_CREDENTIALS_FILE", file),
+            NatsAuth::Token { .. } => ("FANOUT_NATS_TOKEN_FILE", file),
+        }
+    }
 }
 
 /// The three objects, ready for server-side apply.
@@ -178,31 +213,36 @@ pub fn build(
         value: Some(value.into()),
         value_from: None,
     };
+    let mut env_vars = vec![
+        env(
+            "FANOUT_DISPATCH_CONFIG",
+            &format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+        ),
+        env("FANOUT_NATS_URL", &settings.nats_url),
+        env("FANOUT_LISTEN", &format!("0.0.0.0:{METRICS_PORT}")),
+        env("FANOUT_LOG_FORMAT", "json"),
+        EnvVar {
+            name: "FANOUT_POD_NAME".into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+    ];
+    if let Some(auth) = &settings.nats_auth {
+        let (name, file) = auth.env();
+        env_vars.push(env(name, &file));
+    }
     let container = Container {
         name: "dispatcher".into(),
         image: Some(image),
         image_pull_policy: Some(pull_policy),
         args: Some(vec!["dispatch".into()]),
-        env: Some(vec![
-            env(
-                "FANOUT_DISPATCH_CONFIG",
-                &format!("{CONFIG_DIR}/{CONFIG_KEY}"),
-            ),
-            env("FANOUT_NATS_URL", &settings.nats_url),
-            env("FANOUT_LISTEN", &format!("0.0.0.0:{METRICS_PORT}")),
-            env("FANOUT_LOG_FORMAT", "json"),
-            EnvVar {
-                name: "FANOUT_POD_NAME".into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".into(),
-                        api_version: None,
-                    }),
-                    ..EnvVarSource::default()
-                }),
-            },
-        ]),
+        env: Some(env_vars),
         ports: Some(vec![ContainerPort {
             name: Some("metrics".into()),
             container_port: METRICS_PORT,
@@ -308,5 +348,266 @@ fn default_resources() -> ResourceRequirements {
             Quantity("256Mi".into()),
         )])),
         ..ResourceRequirements::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use fanout_api::route::{ApiTargetRef, DispatcherSpec, RouteTargetSpec};
+    use fanout_api::{ApiTarget, ApiTargetSpec, FanOutRouteSpec};
+
+    use super::*;
+
+    fn route(dispatcher: Option<DispatcherSpec>) -> FanOutRoute {
+        let mut r = FanOutRoute::new(
+            "orders",
+            FanOutRouteSpec {
+                source: None,
+                targets: vec![RouteTargetSpec {
+                    name: "crm".into(),
+                    api_target_ref: ApiTargetRef { name: "crm".into() },
+                    filter: None,
+                    overrides: None,
+                }],
+                dead_letter: None,
+                dispatcher,
+                gateway: None,
+            },
+        );
+        r.metadata.namespace = Some("shop".into());
+        r.metadata.uid = Some("uid-1".into());
+        r
+    }
+
+    fn rendered(route: &FanOutRoute) -> Rendered {
+        let target: ApiTarget = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fanout.dev/v1alpha1", "kind": "ApiTarget",
+            "metadata": {"name": "crm", "namespace": "shop"},
+            "spec": {"url": "https://crm.example/hook",
+                     "auth": {"bearer": {"secretRef": {"name": "crm-token", "key": "token"}}}}
+        }))
+        .unwrap();
+        fanout_api::render::render(route, |_| Some(&target), Path::new(SECRETS_DIR)).unwrap()
+    }
+
+    fn settings(nats_auth: Option<NatsAuth>) -> DispatcherSettings {
+        DispatcherSettings {
+            image: "fanout:1".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            nats_url: "nats://nats:4222".into(),
+            nats_auth,
+        }
+    }
+
+    fn secrets() -> BTreeMap<String, Vec<String>> {
+        BTreeMap::from([("crm-token".to_string(), vec!["token".to_string()])])
+    }
+
+    fn pod(d: &Deployment) -> &PodSpec {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    fn hash(d: &Deployment) -> String {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    }
+
+    #[test]
+    fn objects_are_owned_by_the_route_and_mount_secrets_where_the_config_says() {
+        let r = route(None);
+        let o = build(
+            &r,
+            &rendered(&r),
+            &secrets(),
+            &BTreeMap::new(),
+            &settings(None),
+        )
+        .unwrap();
+        let owner = &o.deployment.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            ("uid-1", Some(true))
+        );
+        assert_eq!(
+            o.config_map.metadata.owner_references,
+            o.deployment.metadata.owner_references
+        );
+        assert_eq!(
+            o.service_account.automount_service_account_token,
+            Some(false)
+        );
+        assert_eq!(
+            o.deployment.metadata.name.as_deref(),
+            Some("orders-dispatcher")
+        );
+
+        let config: fanout_config::RouteConfig =
+            serde_yaml_ng::from_str(&o.config_map.data.as_ref().unwrap()[CONFIG_KEY]).unwrap();
+        let token_file = config.targets[0]
+            .credentials
+            .bearer_token_file
+            .clone()
+            .unwrap();
+        let pod = pod(&o.deployment);
+        let projected = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "secrets")
+            .unwrap();
+        let item = &projected
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .as_ref()
+            .unwrap()[0]
+            .secret
+            .as_ref()
+            .unwrap()
+            .items
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            Path::new(SECRETS_DIR).join(&item.path),
+            token_file,
+            "the mounted path is the configured one"
+        );
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("fanout:1"));
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        assert_eq!(
+            pod.security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
+        let selector = o
+            .deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .match_labels
+            .clone()
+            .unwrap();
+        assert_eq!(selector[ROUTE_LABEL], "orders");
+        assert!(
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|e| !e.name.starts_with("FANOUT_NATS_CREDENTIALS"))
+        );
+    }
+
+    #[test]
+    fn the_pod_template_changes_with_the_config_or_a_secret_version() {
+        let r = route(None);
+        let one = build(
+            &r,
+            &rendered(&r),
+            &secrets(),
+            &BTreeMap::from([("crm-token".into(), "1".into())]),
+            &settings(None),
+        )
+        .unwrap();
+        let same = build(
+            &r,
+            &rendered(&r),
+            &secrets(),
+            &BTreeMap::from([("crm-token".into(), "1".into())]),
+            &settings(None),
+        )
+        .unwrap();
+        let rotated = build(
+            &r,
+            &rendered(&r),
+            &secrets(),
+            &BTreeMap::from([("crm-token".into(), "2".into())]),
+            &settings(None),
+        )
+        .unwrap();
+        let scaled = route(Some(DispatcherSpec {
+            replicas: Some(3),
+            ..DispatcherSpec::default()
+        }));
+        let more = build(
+            &scaled,
+            &rendered(&scaled),
+            &secrets(),
+            &BTreeMap::from([("crm-token".into(), "1".into())]),
+            &settings(None),
+        )
+        .unwrap();
+        assert_eq!(hash(&one.deployment), hash(&same.deployment));
+        assert_ne!(hash(&one.deployment), hash(&rotated.deployment));
+        assert_ne!(
+            hash(&one.deployment),
+            hash(&more.deployment),
+            "replicas are in the config (limits are shared among them)"
+        );
+        assert_eq!(more.deployment.spec.as_ref().unwrap().replicas, Some(3));
+    }
+
+    #[test]
+    fn route_overrides_and_nats_credentials_reach_the_container() {
+        let r = route(Some(DispatcherSpec {
+            image: Some("registry.local/fanout:2".into()),
+            image_pull_policy: Some(ImagePullPolicy::Never),
+            ..DispatcherSpec::default()
+        }));
+        let auth = NatsAuth::Credentials {
+            secret: "nats".into(),
+        };
+        let o = build(
+            &r,
+            &rendered(&r),
+            &secrets(),
+            &BTreeMap::new(),
+            &settings(Some(auth)),
+        )
+        .unwrap();
+        let c = &pod(&o.deployment).containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.local/fanout:2"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+        let creds = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "FANOUT_NATS_CREDENTIALS_FILE")
+            .unwrap();
+        assert_eq!(
+            creds.value.as_deref(),
+            Some("/var/run/fanout/secrets/nats/nats.creds")
+        );
+    }
+
+    #[test]
+    fn a_route_without_a_uid_cannot_own_anything() {
+        let mut r = route(None);
+        let rendered = rendered(&r);
+        r.metadata.uid = None;
+        assert!(matches!(
+            build(&r, &rendered, &secrets(), &BTreeMap::new(), &settings(None)),
+            Err(BuildError::NoUid)
+        ));
     }
 }

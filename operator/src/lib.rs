@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub use args::Args;
 
 use crate::context::Context;
-use crate::dispatcher_objects::DispatcherSettings;
+use crate::dispatcher_objects::{DispatcherSettings, NatsAuth};
 use crate::gateway_sync::GatewaySync;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
@@ -193,6 +193,18 @@ async fn run_controllers(
                 .nats_url
                 .clone()
                 .unwrap_or_else(|| args.nats.url.clone()),
+            nats_auth: match (
+                &args.dispatcher.nats_credentials_secret,
+                &args.dispatcher.nats_token_secret,
+            ) {
+                (Some(secret), _) => Some(NatsAuth::Credentials {
+                    secret: secret.clone(),
+                }),
+                (None, Some(secret)) => Some(NatsAuth::Token {
+                    secret: secret.clone(),
+                }),
+                (None, None) => None,
+            },
         },
         args.status_interval.as_std(),
         metrics.clone(),

@@ -116,7 +116,14 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     ) {
         Err(e) => Err(render_problem(&e)),
         Ok(rendered) => {
-            let wanted = secrets::dispatcher_secrets(referenced.values().map(Arc::as_ref));
+            let mut wanted = secrets::dispatcher_secrets(referenced.values().map(Arc::as_ref));
+            if let Some(auth) = &ctx.dispatcher.nats_auth {
+                let (secret, key) = auth.secret_key();
+                wanted
+                    .entry(secret.to_string())
+                    .or_default()
+                    .insert(key.to_string());
+            }
             let found = match secrets::check(&ctx.client, &namespace, &wanted).await {
                 Ok(found) => Ok(found),
                 Err(SecretError::Read {
