@@ -29,6 +29,7 @@ use fanout_config::Duration;
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Targets","type":"string","description":"healthy/total targets","jsonPath":".status.healthyTargets"}"#,
     printcolumn = r#"{"name":"Pending","type":"integer","description":"events waiting for delivery, summed over targets","jsonPath":".status.pending"}"#,
+    printcolumn = r#"{"name":"Delivered","type":"string","description":"events delivered per target since the dispatchers started","jsonPath":".status.deliveredSummary"}"#,
     printcolumn = r#"{"name":"Dead-Lettered","type":"integer","jsonPath":".status.deadLettered"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -271,6 +272,11 @@ pub struct FanOutRouteStatus {
     /// Healthy targets out of all, e.g. "2/3" (shown by `kubectl get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_targets: Option<String>,
+
+    /// Events delivered per target, e.g. "inventory=120 email=118" (shown by
+    /// `kubectl get`; counted since the dispatcher pods started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_summary: Option<String>,
 
     /// Events waiting for delivery, summed over targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]

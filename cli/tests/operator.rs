@@ -867,6 +867,15 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
     .await
     .unwrap();
     assert_eq!(status.healthy_targets.as_deref(), Some("2/2"));
+    // What a person sees with `kubectl get fanoutroutes`.
+    let table = cluster::kubectl(&["get", "fanoutroutes", "-n", &env.ns.name])
+        .unwrap()
+        .output()
+        .unwrap();
+    cluster::check(&table, "kubectl get fanoutroutes").unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("DELIVERED"), "{table}");
+    assert!(table.contains("healthy=20 flaky=20"), "{table}");
     assert!(status.targets.iter().all(|t| t.last_success_time.is_some()));
     assert_eq!(status.stream.as_ref().map(|s| s.messages), Some(20));
 

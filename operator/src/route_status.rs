@@ -96,6 +96,13 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
             let healthy = o.targets.iter().filter(|t| is_healthy(t)).count();
             status.healthy_targets = Some(format!("{healthy}/{}", o.targets.len()));
             status.pending = Some(o.targets.iter().map(|t| t.pending).sum());
+            status.delivered_summary = Some(
+                o.targets
+                    .iter()
+                    .map(|t| format!("{}={}", t.name, t.delivered))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
             // The dead-letter stream survives dispatcher restarts; the pods' counters
             // do not.
             status.dead_lettered = Some(match &o.dead_letter {
@@ -110,6 +117,7 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
             status.targets = previous.targets;
             status.healthy_targets = previous.healthy_targets;
             status.pending = previous.pending;
+            status.delivered_summary = previous.delivered_summary;
             status.dead_lettered = previous.dead_lettered;
         }
     }
@@ -336,6 +344,7 @@ mod tests {
         assert_eq!(s.healthy_targets.as_deref(), Some("2/2"));
         assert_eq!((s.pending, s.dead_lettered), (Some(4), Some(1)));
         assert_eq!(s.targets[0].delivered, 10);
+        assert_eq!(s.delivered_summary.as_deref(), Some("email=10 crm=10"));
         assert!(s.targets[0].last_success_time.is_some());
     }
 
