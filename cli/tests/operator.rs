@@ -1005,3 +1005,94 @@ async fn with_two_operators_one_reconciles_and_a_killed_leader_hands_over() {
     );
     env.ns.delete(&env.client).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_setting_jetstream_cannot_change_is_reported_not_forced() {
+    let env = Env::new("op-immutable").await;
+    let _operator = env.operator();
+    env.apply(&format!(
+        "{}{}",
+        target_yaml("crm", "http://127.0.0.1:9/crm", ""),
+        route_yaml("orders", &["crm"], "  source: {storage: file}")
+    ));
+    env.wait_condition("orders", "StreamReady", "True", None)
+        .await;
+    env.apply(&route_yaml(
+        "orders",
+        &["crm"],
+        "  source: {storage: memory}",
+    ));
+    let status = env
+        .wait_condition(
+            "orders",
+            "StreamReady",
+            "False",
+            Some("ImmutableStreamSetting"),
+        )
+        .await;
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "StreamReady")
+        .unwrap();
+    assert!(c.message.contains("storage"), "{}", c.message);
+    let mut stream = env.js.get_stream(env.key("orders").stream()).await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().config.storage,
+        jetstream::stream::StorageType::File,
+        "the stream and its events are kept"
+    );
+    env.ns.delete(&env.client).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_exits_cleanly_and_hands_over_at_once() {
+    let env = Env::new("op-handover").await;
+    let mut a = Operator::start(&env.ns.name, &env.nats.url(), "op-a", true);
+    wait::until("op-a to lead", T, || async {
+        let h = lease_holder(&env).await?;
+        if h == "op-a" { Ok(()) } else { Err(h) }
+    })
+    .await
+    .unwrap();
+    let _b = Operator::start(&env.ns.name, &env.nats.url(), "op-b", true);
+    wait::until("op-b to stand by", T, || async {
+        let m = _b.metrics().await?;
+        if m.contains("fanout_operator_leader 0") {
+            Ok(())
+        } else {
+            Err(m)
+        }
+    })
+    .await
+    .unwrap();
+
+    let stopped = std::time::Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit = wait::until_blocking("op-a to exit", T, || {
+        a.child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or("running".to_string())
+    })
+    .unwrap();
+    assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
+    wait::until("op-b to lead", T, || async {
+        let h = lease_holder(&env).await?;
+        if h == "op-b" { Ok(()) } else { Err(h) }
+    })
+    .await
+    .unwrap();
+    // A released Lease is taken within a retry period or two; an expired one would
+    // take the whole lease duration (15 s).
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "handover took {:?}",
+        stopped.elapsed()
+    );
+    env.ns.delete(&env.client).await.unwrap();
+}
