@@ -62,16 +62,7 @@ pub fn render<'a>(
     api_target: impl Fn(&str) -> Option<&'a ApiTarget>,
     secrets_dir: &Path,
 ) -> Result<Rendered, RenderError> {
-    let namespace = route
-        .metadata
-        .namespace
-        .as_deref()
-        .ok_or(RenderError::MissingMetadata("namespace"))?;
-    let name = route
-        .metadata
-        .name
-        .as_deref()
-        .ok_or(RenderError::MissingMetadata("name"))?;
+    let (namespace, name) = identity(route)?;
     let key = RouteKey::new(namespace, name);
     let spec = &route.spec;
     let source = spec.source.clone().unwrap_or_default();
@@ -200,16 +191,7 @@ pub fn gateway_route(
     route: &FanOutRoute,
     token_file: impl Fn(usize, &SecretKeyRef) -> PathBuf,
 ) -> Result<GatewayRoute, RenderError> {
-    let namespace = route
-        .metadata
-        .namespace
-        .as_deref()
-        .ok_or(RenderError::MissingMetadata("namespace"))?;
-    let name = route
-        .metadata
-        .name
-        .as_deref()
-        .ok_or(RenderError::MissingMetadata("name"))?;
+    let (namespace, name) = identity(route)?;
     let key = RouteKey::new(namespace, name);
     let gateway = route.spec.gateway.clone().unwrap_or_default();
     Ok(GatewayRoute {
@@ -225,6 +207,16 @@ pub fn gateway_route(
             .collect(),
         allow_unauthenticated: gateway.allow_unauthenticated.unwrap_or(false),
     })
+}
+
+/// The route's namespace and name: every NATS name derives from them.
+fn identity(route: &FanOutRoute) -> Result<(&str, &str), RenderError> {
+    let namespace = route.metadata.namespace.as_deref();
+    let name = route.metadata.name.as_deref();
+    Ok((
+        namespace.ok_or(RenderError::MissingMetadata("namespace"))?,
+        name.ok_or(RenderError::MissingMetadata("name"))?,
+    ))
 }
 
 fn stream_plan(

@@ -32,7 +32,7 @@ use crate::context::{Context, FIELD_MANAGER};
 use crate::dispatcher_objects::{self, SECRETS_DIR};
 use crate::error::{Error, chain, kube_error};
 use crate::route_status::{self, Findings, Problem};
-use crate::secrets::{self, SecretError};
+use crate::secrets;
 
 /// Held on every route until its JetStream streams are deleted.
 pub const FINALIZER: &str = "fanout.dev/jetstream";
@@ -124,20 +124,9 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
                     .or_default()
                     .insert(key.to_string());
             }
-            let found = match secrets::check(&ctx.client, &namespace, &wanted).await {
-                Ok(found) => Ok(found),
-                Err(SecretError::Read {
-                    namespace,
-                    name,
-                    source,
-                }) => {
-                    return Err(Error::Kube {
-                        what: format!("reading Secret {namespace}/{name}"),
-                        source,
-                    });
-                }
-                Err(e) => Err(Problem::new("SecretNotFound", e.to_string())),
-            };
+            let found = secrets::check(&ctx.client, &namespace, &wanted)
+                .await?
+                .map_err(|missing| Problem::new("SecretNotFound", missing.to_string()));
             let provisioned = ctx.provisioner.apply(&rendered.streams).await;
             stream = Some(provisioned.map_err(|e| provision_problem(&e, ctx)));
             match (&found, &stream) {

@@ -312,6 +312,18 @@ mod tests {
         }
     }
 
+    /// Findings of a reconcile where everything was applied.
+    fn in_place<'a>(d: &'a Deployment, o: &'a RouteObservation) -> Findings<'a> {
+        Findings {
+            generation: 1,
+            previous: None,
+            config: Ok(()),
+            stream: Some(Ok(())),
+            deployment: Some(d),
+            observation: Some(o),
+        }
+    }
+
     fn condition<'a>(s: &'a FanOutRouteStatus, type_: &str) -> &'a fanout_api::status::Condition {
         s.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
@@ -326,11 +338,7 @@ mod tests {
         let s = compute(
             &Findings {
                 generation: 3,
-                previous: None,
-                config: Ok(()),
-                stream: Some(Ok(())),
-                deployment: Some(&d),
-                observation: Some(&o),
+                ..in_place(&d, &o)
             },
             &now(),
         );
@@ -357,11 +365,7 @@ mod tests {
         let s = compute(
             &Findings {
                 generation: 1,
-                previous: None,
-                config: Ok(()),
-                stream: Some(Ok(())),
-                deployment: Some(&d),
-                observation: Some(&o),
+                ..in_place(&d, &o)
             },
             &now(),
         );
@@ -421,11 +425,7 @@ mod tests {
         let healthy = compute(
             &Findings {
                 generation: 1,
-                previous: None,
-                config: Ok(()),
-                stream: Some(Ok(())),
-                deployment: Some(&d),
-                observation: Some(&o),
+                ..in_place(&d, &o)
             },
             &now(),
         );
@@ -456,11 +456,7 @@ mod tests {
         let s = compute(
             &Findings {
                 generation: 1,
-                previous: None,
-                config: Ok(()),
-                stream: Some(Ok(())),
-                deployment: Some(&d),
-                observation: Some(&o),
+                ..in_place(&d, &o)
             },
             &now(),
         );
@@ -472,11 +468,7 @@ mod tests {
         let s = compute(
             &Findings {
                 generation: 1,
-                previous: None,
-                config: Ok(()),
-                stream: Some(Ok(())),
-                deployment: Some(&d),
-                observation: Some(&o),
+                ..in_place(&d, &o)
             },
             &now(),
         );

@@ -9,6 +9,8 @@ use fanout_api::{ApiTarget, FanOutRoute};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
+use crate::error::{Error, kube_error};
+
 /// Secret name -> keys, for one namespace.
 pub type SecretKeys = BTreeMap<String, BTreeSet<String>>;
 
@@ -33,23 +35,17 @@ pub fn gateway_token_secrets(route: &FanOutRoute) -> SecretKeys {
     out
 }
 
-/// A referenced Secret or key that is not there.
+/// A referenced Secret or key that is not there: the user fixes it, the route says
+/// so in its status.
 #[derive(Debug, thiserror::Error)]
-pub enum SecretError {
+pub enum Missing {
     #[error("Secret {namespace}/{name} does not exist")]
-    Missing { namespace: String, name: String },
+    Secret { namespace: String, name: String },
     #[error("Secret {namespace}/{name} has no key {key:?}")]
-    MissingKey {
+    Key {
         namespace: String,
         name: String,
         key: String,
-    },
-    #[error("reading Secret {namespace}/{name}")]
-    Read {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
     },
 }
 
@@ -61,27 +57,27 @@ pub struct Found {
     pub secrets: BTreeMap<String, Secret>,
 }
 
-/// Reads each Secret in `wanted` from `namespace` and checks its keys.
+/// Reads each Secret in `wanted` from `namespace` and checks its keys. The outer
+/// error is the API server failing (retried); the inner one is a Secret or key the
+/// user has not created yet.
 pub async fn check(
     client: &kube::Client,
     namespace: &str,
     wanted: &SecretKeys,
-) -> Result<Found, SecretError> {
+) -> Result<Result<Found, Missing>, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut found = Found::default();
     for (name, keys) in wanted {
-        let secret = api
+        let Some(secret) = api
             .get_opt(name)
             .await
-            .map_err(|source| SecretError::Read {
+            .map_err(kube_error(format!("reading Secret {namespace}/{name}")))?
+        else {
+            return Ok(Err(Missing::Secret {
                 namespace: namespace.into(),
                 name: name.clone(),
-                source,
-            })?
-            .ok_or_else(|| SecretError::Missing {
-                namespace: namespace.into(),
-                name: name.clone(),
-            })?;
+            }));
+        };
         for key in keys {
             let present = secret.data.as_ref().is_some_and(|d| d.contains_key(key))
                 || secret
@@ -89,11 +85,11 @@ pub async fn check(
                     .as_ref()
                     .is_some_and(|d| d.contains_key(key));
             if !present {
-                return Err(SecretError::MissingKey {
+                return Ok(Err(Missing::Key {
                     namespace: namespace.into(),
                     name: name.clone(),
                     key: key.clone(),
-                });
+                }));
             }
         }
         found.versions.insert(
@@ -102,7 +98,7 @@ pub async fn check(
         );
         found.secrets.insert(name.clone(), secret);
     }
-    Ok(found)
+    Ok(Ok(found))
 }
 
 /// Whether any of `keys` refers to the Secret `name`.

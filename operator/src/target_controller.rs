@@ -18,7 +18,7 @@ use kube::{Api, Resource, ResourceExt};
 use crate::conditions::{Draft, READY, stamp};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Error, chain, kube_error};
-use crate::secrets::{self, SecretError};
+use crate::secrets;
 
 /// The controller's name in metrics.
 pub const CONTROLLER: &str = "apitarget";
@@ -50,24 +50,14 @@ async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
         Err(e) => Draft::new(READY, false, "InvalidPolicy", chain(&e)),
         Ok(_) => {
             let wanted = secrets::dispatcher_secrets([target]);
-            match secrets::check(&ctx.client, &namespace, &wanted).await {
+            match secrets::check(&ctx.client, &namespace, &wanted).await? {
                 Ok(_) => Draft::new(
                     READY,
                     true,
                     "Ready",
                     "the policy is valid and every referenced Secret key exists",
                 ),
-                Err(SecretError::Read {
-                    namespace,
-                    name,
-                    source,
-                }) => {
-                    return Err(Error::Kube {
-                        what: format!("reading Secret {namespace}/{name}"),
-                        source,
-                    });
-                }
-                Err(e) => Draft::new(READY, false, "SecretNotFound", e.to_string()),
+                Err(missing) => Draft::new(READY, false, "SecretNotFound", missing.to_string()),
             }
         }
     };
