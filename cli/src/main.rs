@@ -1,6 +1,8 @@
 //! `fanout`: one binary, one subcommand per component. Each component crate owns its
 //! flags (`Args`) and its `run`; this file only wires them up.
 
+mod dlq;
+
 use std::io::Write;
 use std::num::NonZeroUsize;
 
@@ -46,6 +48,8 @@ enum Command {
     Dispatch(fanout_dispatcher::Args),
     /// Accept events over HTTP and store them in JetStream.
     Gateway(fanout_gateway::Args),
+    /// List a route's dead letters, or send them again to their target.
+    Dlq(dlq::Args),
     /// Reconcile FanOutRoutes and ApiTargets into JetStream, dispatcher Deployments
     /// and status.
     Operator(fanout_operator::Args),
@@ -71,6 +75,11 @@ fn main() -> anyhow::Result<()> {
             cli.worker_threads,
             fanout_gateway::run(args),
         ),
+        Command::Dlq(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(dlq::run(args)),
         Command::Operator(args) => serve(
             cli.log_format,
             cli.worker_threads,

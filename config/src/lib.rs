@@ -9,7 +9,9 @@
 //! - [`jetstream`]: the JetStream objects a route needs.
 //! - [`gateway`]: the routes the gateway accepts events for.
 //! - [`health`]: the per-target snapshots dispatchers report.
+//! - [`dead_letter`]: the headers of a dead letter.
 
+pub mod dead_letter;
 pub mod duration;
 pub mod gateway;
 pub mod health;

@@ -5,6 +5,7 @@
 //! Used by the operator's reconciler and by `fanout standalone`; every call is
 //! idempotent, and deleting something that is already gone counts as success.
 
+pub mod dead_letters;
 pub mod observe;
 
 use std::collections::BTreeSet;
