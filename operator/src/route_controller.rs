@@ -185,10 +185,24 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
         }
     };
     let troubled = config.is_err() || matches!(stream, Some(Err(_)));
+    // Without a fresh observation the status carries the last numbers over. The
+    // cached object may predate this controller's own last status write, so carry
+    // over what the API server has, not what the cache has.
+    let previous = if observation.is_none() {
+        Api::<FanOutRoute>::namespaced(ctx.client.clone(), &namespace)
+            .get_status(&name)
+            .await
+            .map_err(kube_error(format!(
+                "reading FanOutRoute {namespace}/{name}"
+            )))?
+            .status
+    } else {
+        route.status.clone()
+    };
     let status = route_status::compute(
         &Findings {
             generation: route.metadata.generation.unwrap_or(0),
-            previous: route.status.as_ref(),
+            previous: previous.as_ref(),
             config,
             stream,
             deployment: deployment.as_ref(),
@@ -196,8 +210,8 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
         },
         &Time(k8s_openapi::jiff::Timestamp::now()),
     );
-    announce_changes(ctx, route, route.status.as_ref(), &status).await;
-    if route.status.as_ref() != Some(&status) {
+    announce_changes(ctx, route, previous.as_ref(), &status).await;
+    if previous.as_ref() != Some(&status) {
         patch_status(ctx, &namespace, &name, &status).await?;
     }
     if troubled {
