@@ -68,6 +68,9 @@ EVENTS=${FANOUT_QUICKSTART_EVENTS:-30}
 WORK=${FANOUT_QUICKSTART_DIR:-target/quickstart}
 command -v curl >/dev/null || die "curl is needed to send events"
 
+# Logs go to files: plain text, no colour codes.
+export NO_COLOR=1
+
 pids=()
 stop_all() {
     local pid
@@ -99,10 +102,10 @@ free_port() {
 
 # Polls a command until it succeeds; fails after the deadline with what it waited for.
 wait_until() { # seconds what command...
-    local deadline=$((SECONDS + $1)) what=$2
+    local limit=$1 deadline=$((SECONDS + $1)) what=$2
     shift 2
     until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "timed out after $deadline s waiting for $what"
+        ((SECONDS < deadline)) || die "timed out after ${limit}s waiting for $what"
         sleep 0.2
     done
 }

@@ -1,10 +1,12 @@
-//! Checks across objects that Kubernetes would make (unique names, the CEL name
-//! rules that shape NATS names) or that the operator would report (a missing Secret
-//! key), made before anything starts so that a bad set of manifests fails at once.
+//! Checks that Kubernetes would make (unique names; the schema's CEL rules that
+//! rendering does not repeat, restated here because no apiserver evaluates them in
+//! standalone mode) or that the operator would report (a missing Secret key), made
+//! before anything starts so that a bad set of manifests fails at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use fanout_api::manifests::Manifests;
+use fanout_api::names::RESERVED_SUBJECT_PREFIX;
 use fanout_api::render::secret_keys;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -34,6 +36,12 @@ pub enum CheckError {
         name: String,
         first: String,
         second: String,
+    },
+    #[error("{owner}: {field}: {rule}")]
+    Rule {
+        owner: String,
+        field: &'static str,
+        rule: &'static str,
     },
     #[error("{owner}: {field}: Secret {namespace}/{secret} has no key {key:?} in the manifests")]
     MissingSecretKey {
@@ -114,6 +122,16 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
     };
     for target in &m.targets {
         let (namespace, name) = ns!(target.metadata);
+        if let Some(auth) = &target.spec.auth
+            && auth.bearer.is_some()
+            && auth.basic.is_some()
+        {
+            problems.push(CheckError::Rule {
+                owner: format!("ApiTarget {namespace}/{name}"),
+                field: "spec.auth",
+                rule: "choose one of bearer and basic, not both",
+            });
+        }
         for (secret, key) in secret_keys(target.spec.auth.as_ref()) {
             if !has_key(&namespace, &secret, &key) {
                 problems.push(CheckError::MissingSecretKey {
@@ -135,6 +153,35 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
                 namespace: namespace.clone(),
                 name: name.clone(),
             });
+        }
+        let rule = |field, rule| CheckError::Rule {
+            owner: format!("FanOutRoute {label}"),
+            field,
+            rule,
+        };
+        if let Some(source) = &route.spec.source {
+            if source.replicas.is_some_and(|r| r != 1 && r != 3) {
+                problems.push(rule("spec.source.replicas", "replicas must be 1 or 3"));
+            }
+            if source
+                .subjects
+                .iter()
+                .any(|s| s == "fanout" || s.starts_with(RESERVED_SUBJECT_PREFIX))
+            {
+                problems.push(rule(
+                    "spec.source.subjects",
+                    "subjects under 'fanout.' are reserved for Fanout's own ingest, redrive and dead-letter subjects",
+                ));
+            }
+        }
+        if let Some(gateway) = &route.spec.gateway
+            && gateway.allow_unauthenticated == Some(true)
+            && !gateway.bearer_tokens.is_empty()
+        {
+            problems.push(rule(
+                "spec.gateway",
+                "allowUnauthenticated cannot be combined with bearerTokens",
+            ));
         }
         let mut targets = BTreeSet::new();
         for t in &route.spec.targets {

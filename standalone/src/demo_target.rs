@@ -113,8 +113,8 @@ async fn receive(
         demo.status
     };
     tracing::info!(
-        name = %demo.name,
-        "#{n} {method} {} event={} attempt={} type={} bytes={} -> {}",
+        "{} #{n}: {method} {} event={} attempt={} type={} bytes={} -> {}",
+        demo.name,
         uri.path(),
         header("idempotency-key"),
         header("fanout-attempt"),
