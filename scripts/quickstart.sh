@@ -144,8 +144,8 @@ log "starting nats-server with JetStream on 127.0.0.1:$NATS_PORT (store in $WORK
 pids+=($!)
 wait_until 20 "nats-server to be ready" curl -sf "http://127.0.0.1:$NATS_MONITOR/healthz?js-enabled-only=true"
 
-log "starting three demo APIs (inventory answers 503 to 20% of requests, to show retries)"
-"$FANOUT" demo-target --listen "$INVENTORY" --name inventory --fail-rate 0.2 >"$WORK/inventory.log" 2>&1 &
+log "starting three demo APIs (inventory answers 503 to 10% of requests, to show retries)"
+"$FANOUT" demo-target --listen "$INVENTORY" --name inventory --fail-rate 0.1 >"$WORK/inventory.log" 2>&1 &
 pids+=($!)
 "$FANOUT" demo-target --listen "$MAILER" --name mailer >"$WORK/mailer.log" 2>&1 &
 pids+=($!)

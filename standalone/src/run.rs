@@ -174,7 +174,27 @@ fn gateway_args(args: &Args, prepared: &Prepared) -> anyhow::Result<fanout_gatew
     if let Some(path) = &args.nats.token_file {
         flags.extend(["--nats-token-file".into(), path.display().to_string()]);
     }
-    fanout_gateway::Args::from_flags(flags).context("building the gateway's settings")
+    let mut gateway =
+        fanout_gateway::Args::from_flags(flags).context("building the gateway's settings")?;
+    gateway.forward_headers = forwarded_headers(&gateway.forward_headers, prepared);
+    Ok(gateway)
+}
+
+/// The gateway's forwarded headers plus every header a target's filter matches on:
+/// a filter on a header the gateway does not store would drop every HTTP event.
+fn forwarded_headers(defaults: &[String], prepared: &Prepared) -> Vec<String> {
+    let mut headers = defaults.to_vec();
+    let filters = prepared
+        .routes
+        .iter()
+        .flat_map(|r| &r.config.targets)
+        .flat_map(|t| t.filter.headers.keys());
+    for name in filters {
+        if !headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            headers.push(name.clone());
+        }
+    }
+    headers
 }
 
 /// Tells a person where to send events and where to look.
@@ -236,4 +256,39 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = interrupt.recv() => {}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use fanout_api::manifests::Manifests;
+
+    use super::*;
+
+    #[test]
+    fn headers_that_filters_match_on_are_forwarded_by_the_gateway() {
+        let manifests = Manifests::parse(
+            "apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {name: api}
+spec: {url: 'http://127.0.0.1:1/'}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {name: users}
+spec:
+  targets:
+    - {name: a, apiTargetRef: {name: api}, filter: {headers: {X-Account-Kind: customer}}}
+    - {name: b, apiTargetRef: {name: api}, filter: {headers: {x-event-type: user.created}}}
+",
+            "demo",
+        )
+        .unwrap();
+        let state = StateDir::open(None).unwrap();
+        let prepared = prepare(&manifests, &state).unwrap();
+        let defaults = ["X-Event-Type".to_string(), "X-Request-Id".to_string()];
+        assert_eq!(
+            forwarded_headers(&defaults, &prepared),
+            ["X-Event-Type", "X-Request-Id", "X-Account-Kind"]
+        );
+    }
 }
