@@ -83,6 +83,8 @@ stop_all() {
     pids=()
 }
 trap stop_all EXIT
+# Ctrl-C or a TERM to the script: exit, which runs stop_all.
+trap 'exit 130' INT TERM
 
 # A port nothing listens on (connecting fails), from a range the kernel does not hand
 # out for outgoing connections, and not one already picked by this script.
@@ -139,17 +141,19 @@ MAILER=127.0.0.1:$(free_port)
 ANALYTICS=127.0.0.1:$(free_port)
 
 log "starting nats-server with JetStream on 127.0.0.1:$NATS_PORT (store in $WORK/nats)"
-"$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR" -js -sd "$WORK/nats" \
+# setsid: Ctrl-C reaches fanout standalone, which drains; NATS and the demo APIs
+# keep serving until stop_all ends them after it.
+setsid "$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR" -js -sd "$WORK/nats" \
     -l "$WORK/nats-server.log" &
 pids+=($!)
 wait_until 20 "nats-server to be ready" curl -sf "http://127.0.0.1:$NATS_MONITOR/healthz?js-enabled-only=true"
 
 log "starting three demo APIs (inventory answers 503 to 10% of requests, to show retries)"
-"$FANOUT" demo-target --listen "$INVENTORY" --name inventory --fail-rate 0.1 >"$WORK/inventory.log" 2>&1 &
+setsid "$FANOUT" demo-target --listen "$INVENTORY" --name inventory --fail-rate 0.1 >"$WORK/inventory.log" 2>&1 &
 pids+=($!)
-"$FANOUT" demo-target --listen "$MAILER" --name mailer >"$WORK/mailer.log" 2>&1 &
+setsid "$FANOUT" demo-target --listen "$MAILER" --name mailer >"$WORK/mailer.log" 2>&1 &
 pids+=($!)
-"$FANOUT" demo-target --listen "$ANALYTICS" --name analytics >"$WORK/analytics.log" 2>&1 &
+setsid "$FANOUT" demo-target --listen "$ANALYTICS" --name analytics >"$WORK/analytics.log" 2>&1 &
 pids+=($!)
 
 # The example's ApiTargets point at in-cluster and public hosts; here they point at

@@ -27,6 +27,9 @@ use crate::{Args, checks, http, manifests_dir};
 /// previous run's snapshots instead of adding to them.
 const POD: &str = "standalone";
 
+/// How long NATS may take, after the deliveries' grace, to take the last acks.
+const NATS_GRACE: Duration = Duration::from_secs(5);
+
 /// How long snapshots stay in the KV bucket without a refresh.
 const HEALTH_TTL: Duration = Duration::from_secs(60);
 
@@ -123,14 +126,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for engine in std::mem::take(&mut *lock(&engines)) {
         stopping.spawn(engine.stop());
     }
-    while stopping.join_next().await.is_some() {}
+    // Draining talks to NATS (acks, the last health snapshot); when NATS is gone it
+    // would wait for a reconnect forever. What is not acknowledged is redelivered.
+    let drain_limit = args.shutdown_grace.as_std() + NATS_GRACE;
+    let drained = tokio::time::timeout(drain_limit, async {
+        while stopping.join_next().await.is_some() {}
+    })
+    .await;
     shutdown.cancel();
     server
         .await
         .context("status server task")?
         .context("status server")?;
+    drained.map_err(|_| {
+        anyhow::anyhow!(
+            "deliveries did not drain within {drain_limit:?} (is NATS reachable?); unacknowledged events will be delivered again"
+        )
+    })?;
     // Acks are buffered by the client; they must reach the server before exit.
-    nats.flush().await.context("flushing NATS")?;
+    tokio::time::timeout(NATS_GRACE, nats.flush())
+        .await
+        .map_err(|_| anyhow::anyhow!("flushing NATS took longer than {NATS_GRACE:?}"))?
+        .context("flushing NATS")?;
     gateway_stopped.context("stopping the gateway")?;
     drop(state);
     tracing::info!("stopped");
