@@ -44,4 +44,9 @@ bash e2e/cluster.sh up
 step "cargo test --workspace"
 cargo test --workspace --locked
 
+# The README's quick start, end to end, with the debug binary the tests just built
+# (a few seconds; it fails when any target's delivered count is wrong).
+step "quick start: scripts/quickstart.sh (standalone)"
+FANOUT_BIN=target/debug/fanout bash scripts/quickstart.sh
+
 printf '\n==> all checks passed in %ss\n' "$((SECONDS - started))"

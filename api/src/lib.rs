@@ -7,10 +7,12 @@
 //!   and JetStream objects (the types are in `fanout-config`).
 //! - [`manifests`]: reading manifest files (for standalone mode and tests).
 //! - [`crd`]: the CustomResourceDefinitions generated from these types.
+//! - [`reference`]: the field reference (docs/reference.md) generated from the CRDs.
 
 pub mod crd;
 pub mod manifests;
 pub mod policy;
+pub mod reference;
 pub mod render;
 pub mod route;
 pub mod settings;

@@ -53,6 +53,11 @@ enum Command {
     /// Reconcile FanOutRoutes and ApiTargets into JetStream, dispatcher Deployments
     /// and status.
     Operator(fanout_operator::Args),
+    /// Run gateway and dispatchers for manifests from files, in one process, without
+    /// Kubernetes (quick start, demos, tests).
+    Standalone(fanout_standalone::Args),
+    /// A small HTTP API that logs what it receives, for trying Fanout out.
+    DemoTarget(fanout_standalone::demo_target::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +89,16 @@ fn main() -> anyhow::Result<()> {
             cli.log_format,
             cli.worker_threads,
             fanout_operator::run(args),
+        ),
+        Command::Standalone(args) => serve(
+            cli.log_format,
+            cli.worker_threads,
+            fanout_standalone::run(args),
+        ),
+        Command::DemoTarget(args) => serve(
+            cli.log_format,
+            cli.worker_threads.or(NonZeroUsize::new(1)),
+            fanout_standalone::demo_target::run(args),
         ),
     }
 }

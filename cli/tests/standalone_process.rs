@@ -1,0 +1,353 @@
+//! `fanout standalone` as a process, against a real nats-server and real loopback
+//! targets: events posted to its gateway reach every target, `/status` reports the
+//! counts and circuits, bad manifests fail before anything starts, SIGTERM exits 0.
+//!
+//! Tests block on child processes, so they run on a multi-threaded runtime: the
+//! scripted targets must keep answering while the test thread waits.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use fanout_testkit::nats::NatsServer;
+use fanout_testkit::target::{Reply, TargetServer};
+use fanout_testkit::{free_port, wait};
+
+const T: Duration = Duration::from_secs(30);
+const TOKEN: &str = "test-ingest-token";
+
+/// Route `orders` in namespace `test`, delivering to `a` and `b`; producers need the
+/// bearer token from the Secret `ingest`.
+fn manifests(a: &str, b: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: ingest}}
+stringData: {{token: {TOKEN}}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: a}}
+spec:
+  url: {a}
+  timeout: 2s
+  retry: {{maxAttempts: 50, initialDelay: 50ms, maxDelay: 200ms}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: b}}
+spec:
+  url: {b}
+  timeout: 2s
+  retry: {{maxAttempts: 50, initialDelay: 50ms, maxDelay: 200ms}}
+  circuitBreaker: {{failureRatio: 0.5, minimumRequests: 4, window: 30s, openDuration: 1m}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {{name: orders}}
+spec:
+  targets:
+    - {{name: a, apiTargetRef: {{name: a}}}}
+    - {{name: b, apiTargetRef: {{name: b}}}}
+  gateway:
+    bearerTokens: [{{name: ingest, key: token}}]
+"
+    )
+}
+
+struct Standalone {
+    child: Child,
+    gateway: String,
+    status: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Standalone {
+    /// Starts `fanout standalone -f <dir>` with `manifests` in the directory and
+    /// waits until both endpoints answer.
+    async fn start(nats: &NatsServer, manifests: &str) -> Standalone {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("orders.yaml"), manifests).unwrap();
+        let gateway = format!("127.0.0.1:{}", free_port());
+        let status = format!("127.0.0.1:{}", free_port());
+        let child = standalone(dir.path(), &nats.url())
+            .args(["--listen-gateway", &gateway, "--listen-metrics", &status])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stderr(if std::env::var_os("FANOUT_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap();
+        let s = Standalone {
+            child,
+            gateway,
+            status,
+            _dir: dir,
+        };
+        for addr in [&s.gateway, &s.status] {
+            wait::until("standalone to be ready", T, || async {
+                match http(addr, "GET", "/readyz", &[], "") {
+                    Ok((200, _)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await
+            .unwrap();
+        }
+        s
+    }
+
+    fn post_event(&self, id: &str) {
+        let auth = format!("Bearer {TOKEN}");
+        let (code, body) = http(
+            &self.gateway,
+            "POST",
+            "/v1/namespaces/test/routes/orders/events",
+            &[
+                ("Authorization", &auth),
+                ("Idempotency-Key", id),
+                ("Content-Type", "application/json"),
+            ],
+            "{\"order\": 1}",
+        )
+        .unwrap();
+        assert_eq!(code, 202, "{body}");
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (code, body) = http(&self.status, "GET", "/status", &[], "").unwrap();
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn sigterm_exits_zero(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "exit status {exit}");
+    }
+}
+
+fn standalone(dir: &Path, nats_url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
+    command
+        .arg("standalone")
+        .arg("-f")
+        .arg(dir)
+        .args(["--namespace", "test", "--nats-url", nats_url])
+        .args(["--health-interval", "200ms", "--shutdown-grace", "5s"])
+        .env("FANOUT_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let code = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+fn ids(target: &TargetServer) -> BTreeSet<String> {
+    target
+        .received()
+        .iter()
+        .filter_map(|r| r.header("idempotency-key").map(str::to_string))
+        .collect()
+}
+
+async fn wait_all(target: &TargetServer, sent: &BTreeSet<String>) {
+    wait::until("every event at the target", T, || async {
+        let got = ids(target);
+        if &got == sent {
+            Ok(())
+        } else {
+            Err(format!("{} of {}", got.len(), sent.len()))
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Target `name` of the route in a `/status` answer.
+fn target<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["routes"][0]["targets"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
+        .unwrap_or_else(|| panic!("no target {name} in {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_both_targets_and_status_counts_them() {
+    let nats = NatsServer::start().unwrap();
+    let a = TargetServer::start().await.unwrap();
+    let b = TargetServer::start().await.unwrap();
+    let s = Standalone::start(&nats, &manifests(&a.url("/a"), &b.url("/b"))).await;
+
+    let sent: BTreeSet<String> = (0..25).map(|i| format!("order-{i}")).collect();
+    for id in &sent {
+        s.post_event(id);
+    }
+    wait_all(&a, &sent).await;
+    wait_all(&b, &sent).await;
+
+    let status = wait::until(
+        "status to report 25 deliveries per target, settled",
+        T,
+        || async {
+            let status = s.status();
+            let delivered = |t| target(&status, t)["delivered"].as_u64();
+            if status["settled"] == true && delivered("a") == Some(25) && delivered("b") == Some(25)
+            {
+                Ok(status)
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    for name in ["a", "b"] {
+        let t = target(&status, name);
+        assert_eq!(t["circuit"], "Closed");
+        assert_eq!(
+            (t["pending"].as_u64(), t["deadLettered"].as_u64()),
+            (Some(0), Some(0))
+        );
+    }
+    assert_eq!(status["routes"][0]["stream"]["messages"], 25);
+
+    let (code, table) = http(&s.status, "GET", "/status.txt", &[], "").unwrap();
+    assert_eq!(code, 200);
+    let line = table.lines().find(|l| l.contains(" a ")).expect(&table);
+    assert!(
+        line.split_whitespace().collect::<Vec<_>>()[..4] == ["test/orders", "a", "Closed", "25"],
+        "{table}"
+    );
+    s.sigterm_exits_zero();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_target_shows_an_open_circuit_while_the_other_keeps_delivering() {
+    let nats = NatsServer::start().unwrap();
+    let a = TargetServer::start().await.unwrap();
+    let b = TargetServer::start().await.unwrap();
+    b.set_default(Reply::Status(503));
+    let s = Standalone::start(&nats, &manifests(&a.url("/a"), &b.url("/b"))).await;
+
+    let sent: BTreeSet<String> = (0..10).map(|i| format!("order-{i}")).collect();
+    for id in &sent {
+        s.post_event(id);
+    }
+    wait_all(&a, &sent).await;
+    let status = wait::until("b's circuit to show as Open", T, || async {
+        let status = s.status();
+        if target(&status, "b")["circuit"] == "Open" && target(&status, "a")["delivered"] == 10 {
+            Ok(status)
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await
+    .unwrap();
+    let b_status = target(&status, "b");
+    assert_eq!(b_status["delivered"], 0);
+    assert!(b_status["failed"].as_u64() >= Some(4), "{b_status}");
+    assert_eq!(b_status["lastError"], "HTTP 503");
+    assert_eq!(
+        b_status["deadLettered"], 0,
+        "an open circuit keeps the backlog"
+    );
+    assert_eq!(target(&status, "a")["circuit"], "Closed");
+    assert_eq!(status["settled"], false, "b still has events to deliver");
+    s.sigterm_exits_zero();
+}
+
+fn run_to_exit(manifests: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("orders.yaml"), manifests).unwrap();
+    // Nothing listens on this port: a refusal must come before connecting to NATS.
+    let unused = format!("nats://127.0.0.1:{}", free_port());
+    let output = standalone(dir.path(), &unused)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    assert!(!output.status.success());
+    output
+}
+
+#[test]
+fn bad_manifests_fail_before_starting_naming_the_document_and_field() {
+    let good = manifests("http://127.0.0.1:1/a", "http://127.0.0.1:1/b");
+
+    let misspelt = good.replace("  timeout: 2s\n  retry:", "  timeout: 2s\n  retries:");
+    let stderr = String::from_utf8(run_to_exit(&misspelt).stderr).unwrap();
+    assert!(
+        stderr.contains("orders.yaml: document 2 (ApiTarget a): spec.retries: unknown field"),
+        "{stderr}"
+    );
+
+    let no_secret = good.replace("name: ingest, key: token", "name: ingest, key: other");
+    let stderr = String::from_utf8(run_to_exit(&no_secret).stderr).unwrap();
+    assert!(
+        stderr.contains(
+            "FanOutRoute test/orders: spec.gateway.bearerTokens: Secret test/ingest has no key \"other\""
+        ),
+        "{stderr}"
+    );
+
+    let bad_url = good.replace("url: http://127.0.0.1:1/b", "url: ftp://127.0.0.1:1/b");
+    let stderr = String::from_utf8(run_to_exit(&bad_url).stderr).unwrap();
+    assert!(stderr.contains("route test/orders"), "{stderr}");
+    assert!(
+        stderr.contains("targets[b]: ApiTarget \"b\": url: scheme \"ftp\" is not supported"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TOKEN), "no secret values in the output");
+}

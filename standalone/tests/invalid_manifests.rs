@@ -1,0 +1,181 @@
+//! The manifests the apiserver refuses (`e2e/manifests/invalid`) are refused by
+//! standalone mode too, before anything starts, with the field named. Each file holds
+//! one object; the test adds what it references (or a route using it), so the mistake
+//! in the file is the only one.
+
+use std::path::{Path, PathBuf};
+
+use fanout_standalone::{checks, manifests_dir, prepare, secrets};
+use serde::Deserialize;
+
+/// (file, what standalone's refusal says), or None for a mistake only the apiserver
+/// can see (none at the moment; a new invalid manifest must be added here).
+const EXPECTED: &[(&str, Option<&str>)] = &[
+    (
+        "anonymous-with-tokens.yaml",
+        Some("spec.gateway: allowUnauthenticated cannot be combined"),
+    ),
+    (
+        "bad-replicas.yaml",
+        Some("spec.source.replicas: replicas must be 1 or 3"),
+    ),
+    (
+        "bad-target-name.yaml",
+        Some("spec.targets[Email.Service].name must be lowercase"),
+    ),
+    (
+        "bad-url-scheme.yaml",
+        Some("url: scheme \"ftp\" is not supported"),
+    ),
+    (
+        "bearer-and-basic.yaml",
+        Some("spec.auth: choose one of bearer and basic"),
+    ),
+    (
+        "dotted-route-name.yaml",
+        Some("orders.v2: metadata.name must be a DNS label"),
+    ),
+    (
+        "duplicate-target-names.yaml",
+        Some("spec.targets: \"email\" is listed more than once"),
+    ),
+    (
+        "failure-ratio-above-one.yaml",
+        Some("circuitBreaker.failureRatio"),
+    ),
+    (
+        "malformed-duration.yaml",
+        Some("spec.timeout: invalid duration \"5 seconds\""),
+    ),
+    ("max-delay-below-initial-delay.yaml", Some("maxDelay")),
+    (
+        "missing-api-target-ref-name.yaml",
+        Some("spec.targets[0].apiTargetRef: missing field `name`"),
+    ),
+    ("negative-rate.yaml", Some("rateLimit.requestsPerSecond")),
+    (
+        "override-max-in-flight-zero.yaml",
+        Some("spec.targets[0].overrides.maxInFlight: must be at least 1"),
+    ),
+    ("relative-url.yaml", Some("url")),
+    ("reserved-header.yaml", Some("headers")),
+    (
+        "reserved-subject.yaml",
+        Some("spec.source.subjects: subjects under 'fanout.' are reserved"),
+    ),
+    (
+        "success-code-as-retryable.yaml",
+        Some("retryableStatusCodes"),
+    ),
+    ("unknown-field.yaml", Some("spec.retries: unknown field")),
+    (
+        "zero-targets.yaml",
+        Some("spec.targets: needs at least 1 items"),
+    ),
+];
+
+/// Manifests that complete the object in `text`: ApiTargets and ingest Secrets for a
+/// route, a route for an ApiTarget.
+fn complement(text: &str) -> String {
+    let value =
+        serde_yaml_ng::Value::deserialize(serde_yaml_ng::Deserializer::from_str(text)).unwrap();
+    let mut out = String::new();
+    let target = |name: &str| {
+        format!(
+            "---\napiVersion: fanout.dev/v1alpha1\nkind: ApiTarget\nmetadata: {{name: {name}}}\nspec: {{url: 'http://127.0.0.1:1/'}}\n"
+        )
+    };
+    let secret = |name: &str, keys: &[&str]| {
+        let data: Vec<String> = keys.iter().map(|k| format!("{k}: t")).collect();
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{{}}}\n",
+            data.join(", ")
+        )
+    };
+    match value["kind"].as_str() {
+        Some("ApiTarget") => {
+            let name = value["metadata"]["name"].as_str().unwrap();
+            out.push_str(&format!("---\napiVersion: fanout.dev/v1alpha1\nkind: FanOutRoute\nmetadata: {{name: probe}}\nspec: {{targets: [{{name: probe, apiTargetRef: {{name: {name}}}}}]}}\n"));
+            let auth = &value["spec"]["auth"];
+            for kind in ["bearer", "signing"] {
+                let r = &auth[kind]["secretRef"];
+                if let (Some(name), Some(key)) = (r["name"].as_str(), r["key"].as_str()) {
+                    out.push_str(&secret(name, &[key]));
+                }
+            }
+            if let Some(name) = auth["basic"]["secretRef"]["name"].as_str() {
+                out.push_str(&secret(name, &["username", "password"]));
+            }
+        }
+        Some("FanOutRoute") => {
+            for t in value["spec"]["targets"].as_sequence().into_iter().flatten() {
+                if let Some(name) = t["apiTargetRef"]["name"].as_str() {
+                    out.push_str(&target(name));
+                }
+            }
+            for token in value["spec"]["gateway"]["bearerTokens"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+            {
+                let (name, key) = (
+                    token["name"].as_str().unwrap(),
+                    token["key"].as_str().unwrap(),
+                );
+                out.push_str(&secret(name, &[key]));
+            }
+        }
+        other => panic!("unexpected kind {other:?}"),
+    }
+    out
+}
+
+/// Standalone's first refusal of `file` plus its complement, or None when it would run.
+fn refusal(file: &Path) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(file).unwrap();
+    std::fs::write(dir.path().join("a.yaml"), &text).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), complement(&text)).unwrap();
+    let manifests = match manifests_dir::read(&[dir.path().to_path_buf()], "test") {
+        Ok(m) => m,
+        Err(e) => return Some(format!("{:#}", anyhow::Error::from(e))),
+    };
+    if let Some(problem) = checks::check(&manifests).first() {
+        return Some(problem.to_string());
+    }
+    let state = secrets::StateDir::open(None).unwrap();
+    state.write_secrets(&manifests).unwrap();
+    match prepare::prepare(&manifests, &state) {
+        Ok(_) => None,
+        Err(e) => Some(format!("{:#}", anyhow::Error::from(e))),
+    }
+}
+
+#[test]
+fn what_the_apiserver_refuses_standalone_refuses_naming_the_field() {
+    let dir = fanout_testkit::repo_root().join("e2e/manifests/invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let listed: Vec<&str> = EXPECTED.iter().map(|(f, _)| *f).collect();
+    assert_eq!(names, listed, "every invalid manifest is listed here");
+    let mut wrong = Vec::new();
+    for (file, expected) in EXPECTED {
+        let got = refusal(&dir.join(file));
+        let ok = match (expected, &got) {
+            (Some(fragment), Some(message)) => message.contains(fragment),
+            (None, None) => true,
+            _ => false,
+        };
+        if !ok {
+            wrong.push(format!("{file}: expected {expected:?}, got {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
