@@ -206,7 +206,21 @@ pub fn gateway_route(
             .map(|(i, t)| token_file(i, t))
             .collect(),
         allow_unauthenticated: gateway.allow_unauthenticated.unwrap_or(false),
+        forward_headers: filter_headers(route),
     })
+}
+
+/// Every header name a target filter of `route` matches on, once, in order.
+fn filter_headers(route: &FanOutRoute) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let filters = route.spec.targets.iter().filter_map(|t| t.filter.as_ref());
+    for name in filters.flat_map(|f| f.headers.keys()) {
+        // Header names are case-insensitive; filters may spell one two ways.
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            names.push(name.clone());
+        }
+    }
+    names
 }
 
 /// The route's namespace and name: every NATS name derives from them.

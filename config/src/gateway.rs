@@ -28,4 +28,9 @@ pub struct GatewayRoute {
     /// Accept requests without a token.
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// Request headers stored with this route's events besides the gateway's own
+    /// allow-list: every header a target filter of the route matches on, or the
+    /// filter would never see it on events that came over HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_headers: Vec<String>,
 }

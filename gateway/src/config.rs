@@ -8,6 +8,7 @@ use std::sync::Arc;
 use fanout_config::gateway::{GatewayConfig, GatewayRoute};
 
 use crate::auth::Tokens;
+use crate::headers::ForwardHeaders;
 use crate::metrics::RouteLabel;
 
 /// Why the configuration could not be loaded. Token values never appear here.
@@ -33,6 +34,12 @@ pub enum ConfigError {
         "route {route}: ingestPrefix {prefix:?} is not a literal NATS subject (no spaces, wildcards or empty tokens)"
     )]
     InvalidIngestPrefix { route: String, prefix: String },
+    #[error("route {route}: forwardHeaders")]
+    ForwardHeader {
+        route: String,
+        #[source]
+        source: crate::headers::InvalidHeaderName,
+    },
     #[error("route {route}: reading token file {path}")]
     TokenFile {
         route: String,
@@ -61,6 +68,9 @@ pub struct Route {
     pub ingest_prefix: String,
     pub tokens: Tokens,
     pub allow_unauthenticated: bool,
+    /// Headers stored with this route's events besides the global allow-list (the
+    /// ones its target filters match on).
+    pub forward: ForwardHeaders,
     /// `<namespace>/<name>`: the route's metrics label (bounded by the configuration).
     pub label: RouteLabel,
 }
@@ -150,6 +160,12 @@ fn load_route(route: &GatewayRoute) -> Result<Route, ConfigError> {
         ingest_prefix: route.ingest_prefix.clone(),
         tokens: Tokens::new(tokens),
         allow_unauthenticated: route.allow_unauthenticated,
+        forward: ForwardHeaders::new(&route.forward_headers).map_err(|source| {
+            ConfigError::ForwardHeader {
+                route: label.clone(),
+                source,
+            }
+        })?,
         label: RouteLabel::new(&route.namespace, &route.name),
     })
 }
@@ -270,6 +286,7 @@ mod tests {
             ingest_prefix: prefix.into(),
             token_files: vec![],
             allow_unauthenticated: true,
+            forward_headers: Vec::new(),
         };
         let twice = GatewayConfig {
             routes: vec![route("a.b"), route("a.b")],

@@ -137,6 +137,7 @@ pub fn single(
         headers.insert("Content-Type", text);
     }
     forward.copy(request, &mut headers, true)?;
+    route.forward.copy_listed(request, &mut headers)?;
     Ok(finish(route, id, cloudevent.as_ref(), headers, body))
 }
 
@@ -165,6 +166,7 @@ pub fn batch_item(
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Content-Type", item.content_type);
     forward.copy(request, &mut headers, false)?;
+    route.forward.copy_listed(request, &mut headers)?;
     Ok(finish(
         route,
         id,
@@ -209,8 +211,31 @@ mod tests {
             ingest_prefix: "fanout.in.shop.orders".into(),
             tokens: Tokens::default(),
             allow_unauthenticated: true,
+            // What a route whose targets filter on these headers is rendered with.
+            forward: ForwardHeaders::new(&["X-Account-Kind".into(), "x-event-type".into()])
+                .unwrap(),
             label: crate::metrics::RouteLabel::new("shop", "orders"),
         }
+    }
+
+    #[test]
+    fn headers_the_routes_filters_use_travel_once_besides_the_global_list() {
+        let request = headers(&[
+            ("x-account-kind", "customer"),
+            ("x-event-type", "user.created"),
+            ("x-other", "dropped"),
+        ]);
+        let event = single(&route(), &forward(), &request, Bytes::new()).unwrap();
+        let values = |name: &str| -> Vec<String> {
+            event
+                .headers
+                .get_all(name)
+                .map(|v| v.as_str().to_string())
+                .collect()
+        };
+        assert_eq!(values("X-Account-Kind"), ["customer"]);
+        assert_eq!(values("X-Event-Type"), ["user.created"], "not stored twice");
+        assert!(event.headers.get("x-other").is_none());
     }
 
     fn forward() -> ForwardHeaders {

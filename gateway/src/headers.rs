@@ -25,7 +25,7 @@ pub struct InvalidHeaderValue {
 
 /// The configured allow-list: HTTP names to match, NATS names to store under (as
 /// written in the flag, so `X-Event-Type` stays `X-Event-Type`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ForwardHeaders {
     names: Vec<(axum::http::HeaderName, async_nats::HeaderName)>,
 }
@@ -57,9 +57,7 @@ impl ForwardHeaders {
         for name in TRACE_HEADERS {
             copy_all(request, name, name, event)?;
         }
-        for (http_name, nats_name) in &self.names {
-            copy_all(request, http_name.as_str(), nats_name.clone(), event)?;
-        }
+        self.copy_listed(request, event)?;
         if include_cloudevent_headers {
             for (name, _) in request.iter() {
                 let name = name.as_str();
@@ -69,6 +67,23 @@ impl ForwardHeaders {
                         copy_all(request, name, name, event)?;
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ForwardHeaders {
+    /// Copies only the allow-listed headers; a header `event` already has (from
+    /// another list) is not copied twice.
+    pub fn copy_listed(
+        &self,
+        request: &HeaderMap,
+        event: &mut async_nats::HeaderMap,
+    ) -> Result<(), InvalidHeaderValue> {
+        for (http_name, nats_name) in &self.names {
+            if event.get(nats_name.clone()).is_none() {
+                copy_all(request, http_name.as_str(), nats_name.clone(), event)?;
             }
         }
         Ok(())

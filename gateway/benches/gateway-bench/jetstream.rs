@@ -51,6 +51,7 @@ pub fn write_gateway_config(dir: &Path, token: &str) -> PathBuf {
             ingest_prefix: PREFIX.into(),
             token_files: vec![token_file],
             allow_unauthenticated: false,
+            forward_headers: Vec::new(),
         }],
     };
     let path = dir.join("gateway.json");

@@ -404,6 +404,7 @@ fn write_config(dir: &std::path::Path, path: &std::path::Path, routes: &[RouteSp
                     })
                     .collect(),
                 allow_unauthenticated: r.anonymous,
+                forward_headers: Vec::new(),
             })
             .collect(),
     };
