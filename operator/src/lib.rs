@@ -51,6 +51,9 @@ use crate::metrics::Metrics;
 /// Runs the operator until SIGTERM or SIGINT. Returns an error when leadership is
 /// lost, so that the process restarts and campaigns again from a clean state.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Registered before anything slow, so an early SIGTERM is a clean stop too.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -76,7 +79,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
     let signal = stop.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
         tracing::info!("stopping");
         signal.cancel();
     });
@@ -281,7 +287,34 @@ async fn run_controllers(
             tracing::info!("caches synced; reconciling");
         }
     };
-    tokio::join!(route_controller, target_controller, gateway, became_ready);
+    tokio::join!(
+        until_stopped("route controller", route_controller, stop.clone()),
+        until_stopped("target controller", target_controller, stop.clone()),
+        until_stopped("gateway sync", gateway, stop.clone()),
+        became_ready
+    );
+}
+
+/// How long in-flight reconciles may take to finish once the operator stops.
+/// Cutting one short is safe (every step is idempotent and the next leader redoes
+/// it); the bound exists because a controller stopped before its cache synced never
+/// finishes by itself (kube-runtime waits for a store that will not fill).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs `part` until it ends, or until `SHUTDOWN_GRACE` after `stop` fired.
+async fn until_stopped(
+    name: &'static str,
+    part: impl Future<Output = ()>,
+    stop: CancellationToken,
+) {
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = part => tracing::debug!(part = name, "stopped"),
+        _ = deadline => tracing::warn!(part = name, "did not stop within the grace period; dropping it"),
+    }
 }
 
 /// Cluster-wide, or one namespace with `--watch-namespace`.
@@ -385,14 +418,4 @@ async fn connect_nats(args: &args::NatsArgs) -> anyhow::Result<async_nats::Clien
         .connect(&args.url)
         .await
         .with_context(|| format!("connecting to NATS at {}", args.url))
-}
-
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
