@@ -159,6 +159,7 @@ async fn kubectl_get_prints_the_printer_columns() {
         "conditions": [{"type": "Ready", "status": "True", "reason": "Delivering",
                         "message": "", "lastTransitionTime": "2026-11-26T00:00:00Z"}],
         "healthyTargets": "2/3", "pending": 42, "deadLettered": 7,
+        "deliveredSummary": "inventory=12 mailer=10 analytics=0",
     }});
     routes
         .patch_status("orders", &PatchParams::default(), &Patch::Merge(&status))
@@ -179,12 +180,23 @@ async fn kubectl_get_prints_the_printer_columns() {
             "READY",
             "TARGETS",
             "PENDING",
+            "DELIVERED",
             "DEAD-LETTERED",
             "AGE"
         ]
     );
     let row = routes.row("orders");
-    assert_eq!(&row[1..5], ["True", "2/3", "42", "7"], "{routes:?}");
+    assert_eq!(
+        &row[1..6],
+        [
+            "True",
+            "2/3",
+            "42",
+            "inventory=12 mailer=10 analytics=0",
+            "7"
+        ],
+        "{routes:?}"
+    );
 
     let targets = Table::parse(&get(&ns.name, "apitargets"));
     assert_eq!(targets.header, ["NAME", "URL", "READY", "CIRCUIT", "AGE"]);
