@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::health;
+use crate::http::{ClientError, ClientSettings, HttpClient};
 use crate::request::{Auth, RequestTemplate, TemplateError};
 use crate::telemetry::{Metrics, TargetTelemetry};
 use crate::worker::{RouteContext, Worker, WorkerParts};
@@ -66,11 +67,11 @@ pub enum StartError {
         #[source]
         source: TemplateError,
     },
-    #[error("targets[{target}]: building the HTTP client")]
+    #[error("targets[{target}].policy")]
     HttpClient {
         target: String,
         #[source]
-        source: reqwest::Error,
+        source: ClientError,
     },
     #[error(
         "targets[{target}].policy.rateLimit: {requests_per_second} requests/s cannot be enforced; use a rate in (0, 1000000]"
@@ -109,8 +110,11 @@ impl Engine {
                 auths: auths.len(),
             });
         }
-        // reqwest is built without a bundled TLS provider; ring is the one kube uses too.
+        // The HTTP client names ring itself; other rustls users in the process (the NATS
+        // client) use the process default, ring too, as kube does.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Built for the first https target, then shared.
+        let mut tls = None;
 
         let js = jetstream::new(nats);
         let stream =
@@ -146,7 +150,12 @@ impl Engine {
                     source,
                 }
             })?;
-            let client = http_client(&target.policy).map_err(|source| StartError::HttpClient {
+            let client = HttpClient::new(
+                &target.policy.url,
+                &client_settings(&target.policy),
+                &mut tls,
+            )
+            .map_err(|source| StartError::HttpClient {
                 target: target.name.clone(),
                 source,
             })?;
@@ -226,18 +235,12 @@ fn rate_limiter(
     ))
 }
 
-fn http_client(policy: &fanout_config::DeliveryPolicy) -> Result<reqwest::Client, reqwest::Error> {
-    let timeout = policy.timeout.as_std();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        // A redirect is an answer, not an instruction: 3xx is a permanent failure.
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(policy.max_in_flight as usize)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .user_agent(concat!("fanout/", env!("CARGO_PKG_VERSION")))
-        .build()
+fn client_settings(policy: &fanout_config::DeliveryPolicy) -> ClientSettings {
+    ClientSettings {
+        timeout: policy.timeout.as_std(),
+        // No more connections are ever busy at once than requests in flight.
+        max_idle: policy.max_in_flight as usize,
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,12 @@ pub const EVENT_ID_HEADER: &str = "Fanout-Event-Id";
 
 /// Headers that describe the message inside NATS/Fanout and are not sent to targets.
 pub fn is_internal_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("nats-") || lower.starts_with("fanout-")
+    // Called for every header of every request: compares in place, no lower-cased copy.
+    let has_prefix = |prefix: &str| {
+        name.get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    has_prefix("nats-") || has_prefix("fanout-")
 }
 
 /// The parts of a message a delivery needs, copied out once.

@@ -8,6 +8,7 @@
 //! - [`delivery`]: ack, retry later or dead-letter, after an attempt.
 //! - [`dead_letter`]: what a dead letter carries and how it is published.
 //! - [`request`], [`signing`], [`trace`]: what each HTTP request carries.
+//! - [`http`]: how it gets there (pooled connections, TLS, HTTP/2, timeouts).
 //! - [`worker`]: one target's fetch-deliver-settle loop.
 //! - [`engine`]: starting and stopping all workers of a route.
 //! - [`telemetry`], [`health`], [`server`]: metrics, logs, health snapshots, probes.
@@ -21,6 +22,7 @@ pub mod delivery;
 pub mod engine;
 pub mod event;
 pub mod health;
+pub mod http;
 pub mod load;
 pub mod request;
 pub mod server;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use fanout_config::{RouteConfig, TargetConfig};
-use reqwest::header::HeaderValue;
+use http::HeaderValue;
 
 use crate::request::Auth;
 use crate::signing::{InvalidSigningSecret, SigningKey};

@@ -1,10 +1,13 @@
 //! The HTTP request for one attempt: the event's body and content type, the target's
-//! method, URL and static headers, Fanout's own headers, auth and signature.
+//! method and static headers, Fanout's own headers, auth and signature. Where it goes
+//! (URI, `Host`, connection) is the HTTP client's part (see `http/`).
 
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use fanout_config::TargetConfig;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use http_body_util::Full;
 
 use crate::event::{Event, is_internal_header};
 use crate::signing::SigningKey;
@@ -21,132 +24,125 @@ pub struct Auth {
 /// What stays the same for every request to one target, built once.
 #[derive(Debug)]
 pub struct RequestTemplate {
-    method: reqwest::Method,
-    url: reqwest::Url,
-    static_headers: HeaderMap,
-    auth: Auth,
-    route: HeaderValue,
-    target: HeaderValue,
+    method: http::Method,
+    /// The target's static headers, `User-Agent`, `Fanout-Route`, `Fanout-Target` and
+    /// `Authorization`: copied into each request, never rebuilt.
+    fixed: HeaderMap,
+    signing: Option<SigningKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    #[error("url {0:?} is not a valid URL")]
-    Url(String, #[source] url::ParseError),
     #[error("headers: {0:?} is not a valid header")]
     Header(String),
 }
 
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const FANOUT_ATTEMPT: HeaderName = HeaderName::from_static("fanout-attempt");
+const FANOUT_ROUTE: HeaderName = HeaderName::from_static("fanout-route");
+const FANOUT_TARGET: HeaderName = HeaderName::from_static("fanout-target");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
 impl RequestTemplate {
     pub fn new(route: &str, target: &TargetConfig, auth: Auth) -> Result<Self, TemplateError> {
         let policy = &target.policy;
-        let url = reqwest::Url::parse(&policy.url)
-            .map_err(|e| TemplateError::Url(policy.url.clone(), e))?;
-        let mut static_headers = HeaderMap::new();
+        let header_value =
+            |s: &str| HeaderValue::from_str(s).map_err(|_| TemplateError::Header(s.to_string()));
+        let mut fixed = HeaderMap::new();
+        fixed.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("fanout/", env!("CARGO_PKG_VERSION"))),
+        );
         for (name, value) in &policy.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| TemplateError::Header(name.clone()))?;
             let value = HeaderValue::from_str(value)
                 .map_err(|_| TemplateError::Header(name.to_string()))?;
-            static_headers.insert(name, value);
+            fixed.insert(name, value);
         }
-        let header_value =
-            |s: &str| HeaderValue::from_str(s).map_err(|_| TemplateError::Header(s.to_string()));
+        fixed.insert(FANOUT_ROUTE, header_value(route)?);
+        fixed.insert(FANOUT_TARGET, header_value(&target.name)?);
+        if let Some(authorization) = auth.authorization {
+            fixed.insert(AUTHORIZATION, authorization);
+        }
         Ok(RequestTemplate {
             method: policy
                 .method
                 .as_str()
                 .parse()
                 .expect("POST, PUT and PATCH are valid methods"),
-            url,
-            static_headers,
-            auth,
-            route: header_value(route)?,
-            target: header_value(&target.name)?,
+            fixed,
+            signing: auth.signing,
         })
     }
 
     /// Builds the request of one attempt.
-    pub fn build(
-        &self,
-        client: &reqwest::Client,
-        event: &Event,
-        rng: &mut impl rand::Rng,
-    ) -> reqwest::RequestBuilder {
-        let mut headers =
-            HeaderMap::with_capacity(self.static_headers.len() + event.headers.len() + 8);
-        // The event's own headers first (CloudEvents ce-*, X-Event-Type, ...), so that
-        // the target's static headers and Fanout's headers take precedence.
+    pub fn build(&self, event: &Event, rng: &mut impl rand::Rng) -> http::Request<Full<Bytes>> {
+        let mut headers = self.fixed.clone();
+        // The event's own headers (CloudEvents ce-*, X-Event-Type, ...) fill in what
+        // the target's static headers did not set; Fanout's below override both.
         for (name, values) in event.headers.iter() {
             let name: &str = name.as_ref();
-            if is_internal_header(name)
-                || name.eq_ignore_ascii_case("traceparent")
-                || name.eq_ignore_ascii_case("content-type")
-                || name.eq_ignore_ascii_case("authorization")
-            {
+            if !is_forwarded(name) {
                 continue;
             }
             let name = HeaderName::from_bytes(name.as_bytes());
             let value = values.first().map(|v| HeaderValue::from_str(v.as_str()));
             if let (Ok(name), Some(Ok(value))) = (name, value) {
-                headers.insert(name, value);
+                headers.entry(name).or_insert(value);
             }
-        }
-        for (name, value) in &self.static_headers {
-            headers.insert(name.clone(), value.clone());
         }
         let content_type = event
             .header("Content-Type")
             .unwrap_or("application/octet-stream");
         insert(&mut headers, CONTENT_TYPE, content_type);
-        insert(
-            &mut headers,
-            HeaderName::from_static("idempotency-key"),
-            &event.id,
-        );
-        headers.insert(
-            HeaderName::from_static("fanout-attempt"),
-            HeaderValue::from(event.delivery),
-        );
-        headers.insert(HeaderName::from_static("fanout-route"), self.route.clone());
-        headers.insert(
-            HeaderName::from_static("fanout-target"),
-            self.target.clone(),
-        );
+        insert(&mut headers, IDEMPOTENCY_KEY, &event.id);
+        headers.insert(FANOUT_ATTEMPT, HeaderValue::from(event.delivery));
         let traceparent = trace::child_traceparent(event.header("traceparent"), rng);
-        insert(
-            &mut headers,
-            HeaderName::from_static("traceparent"),
-            &traceparent,
-        );
-        if let Some(authorization) = &self.auth.authorization {
-            headers.insert(AUTHORIZATION, authorization.clone());
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(traceparent)) {
+            headers.insert(TRACEPARENT, value);
         }
-        if let Some(key) = &self.auth.signing {
+        if let Some(key) = &self.signing {
             let timestamp = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
-            insert(
-                &mut headers,
-                HeaderName::from_static("webhook-id"),
-                &event.id,
-            );
-            headers.insert(
-                HeaderName::from_static("webhook-timestamp"),
-                HeaderValue::from(timestamp),
-            );
+            insert(&mut headers, WEBHOOK_ID, &event.id);
+            headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
             let signature = key.sign(&event.id, timestamp, &event.body);
-            insert(
-                &mut headers,
-                HeaderName::from_static("webhook-signature"),
-                &signature,
-            );
+            insert(&mut headers, WEBHOOK_SIGNATURE, &signature);
         }
-        client
-            .request(self.method.clone(), self.url.clone())
-            .headers(headers)
-            .body(event.body.clone())
+        let mut request = http::Request::new(Full::new(event.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.headers_mut() = headers;
+        request
     }
+}
+
+/// Whether an event header goes to the target. Not NATS' or Fanout's own, not the ones
+/// Fanout sets itself (content type, auth, trace), and not the ones that describe the
+/// connection or the framing of the message, which only the HTTP client may set.
+fn is_forwarded(name: &str) -> bool {
+    const SET_BY_FANOUT_OR_THE_CONNECTION: [&str; 12] = [
+        "traceparent",
+        "content-type",
+        "authorization",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ];
+    !is_internal_header(name)
+        && !SET_BY_FANOUT_OR_THE_CONNECTION
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// Inserts a header whose value came from an event; values that are not valid header
@@ -154,5 +150,159 @@ impl RequestTemplate {
 fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn target(headers: &[(&str, &str)]) -> TargetConfig {
+        let yaml = format!(
+            "name: api
+consumer: api
+deadLetterSubject: fanout.dlq.shop.orders.api
+filter: {{}}
+policy:
+  url: http://127.0.0.1:1/hook
+  method: PUT
+  headers: {headers}
+  timeout: 2s
+  retry:
+    maxAttempts: 3
+    backoff: exponential
+    jitter: full
+    initialDelay: 100ms
+    maxDelay: 1s
+    retryAfterMax: 10s
+    retryableStatusCodes: [\"5xx\"]
+    nonRetryableStatusCodes: []
+  maxInFlight: 4
+",
+            headers = serde_json::to_string(
+                &headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>()
+            )
+            .unwrap()
+        );
+        serde_yaml_ng::from_str(&yaml).unwrap()
+    }
+
+    fn event(headers: &[(&str, &str)]) -> Event {
+        let mut map = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        Event {
+            id: "evt-1".into(),
+            subject: "fanout.in.shop.orders.event".into(),
+            headers: map,
+            body: Bytes::from_static(b"{}"),
+            delivery: 2,
+            stream_sequence: 9,
+        }
+    }
+
+    fn build(target: &TargetConfig, auth: Auth, event: &Event) -> http::Request<Full<Bytes>> {
+        RequestTemplate::new("shop/orders", target, auth)
+            .unwrap()
+            .build(event, &mut StdRng::seed_from_u64(1))
+    }
+
+    #[test]
+    fn fanout_headers_and_the_method_are_set() {
+        let request = build(
+            &target(&[]),
+            Auth::default(),
+            &event(&[("Content-Type", "application/json")]),
+        );
+        let h = request.headers();
+        assert_eq!(request.method(), http::Method::PUT);
+        assert_eq!(h["idempotency-key"], "evt-1");
+        assert_eq!(h["fanout-attempt"], "2");
+        assert_eq!(h["fanout-route"], "shop/orders");
+        assert_eq!(h["fanout-target"], "api");
+        assert_eq!(h["content-type"], "application/json");
+        assert!(h["user-agent"].to_str().unwrap().starts_with("fanout/"));
+        assert_eq!(h["traceparent"].len(), 55);
+    }
+
+    #[test]
+    fn event_headers_are_forwarded_but_static_headers_win() {
+        let request = build(
+            &target(&[("X-Tenant", "static")]),
+            Auth::default(),
+            &event(&[("ce-type", "order.placed"), ("X-Tenant", "from-event")]),
+        );
+        assert_eq!(request.headers()["ce-type"], "order.placed");
+        assert_eq!(request.headers()["x-tenant"], "static");
+        assert_eq!(request.headers().get_all("x-tenant").iter().count(), 1);
+    }
+
+    #[test]
+    fn internal_connection_and_fanout_set_headers_of_the_event_are_not_forwarded() {
+        let auth = Auth {
+            authorization: Some(HeaderValue::from_static("Bearer real")),
+            signing: None,
+        };
+        let request = build(
+            &target(&[]),
+            auth,
+            &event(&[
+                ("Nats-Msg-Id", "x"),
+                ("Fanout-Attempt", "99"),
+                ("Authorization", "Bearer forged"),
+                ("Host", "elsewhere.example"),
+                ("Content-Length", "5"),
+                ("Transfer-Encoding", "chunked"),
+                ("Connection", "close"),
+                ("Idempotency-Key", "forged"),
+            ]),
+        );
+        let h = request.headers();
+        assert!(h.get("nats-msg-id").is_none());
+        assert_eq!(h["fanout-attempt"], "2");
+        assert_eq!(h["authorization"], "Bearer real");
+        assert!(h.get("host").is_none(), "the client sets Host");
+        assert!(h.get("content-length").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h["idempotency-key"], "evt-1");
+    }
+
+    #[test]
+    fn an_incoming_trace_is_continued_with_a_new_span() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let request = build(
+            &target(&[]),
+            Auth::default(),
+            &event(&[("traceparent", parent)]),
+        );
+        let child = request.headers()["traceparent"].to_str().unwrap();
+        assert!(
+            child.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{child}"
+        );
+        assert_ne!(child, parent);
+    }
+
+    #[test]
+    fn signed_requests_carry_the_standard_webhooks_headers() {
+        let auth = Auth {
+            authorization: None,
+            signing: Some(SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()),
+        };
+        let request = build(&target(&[]), auth, &event(&[]));
+        let h = request.headers();
+        assert_eq!(h["webhook-id"], "evt-1");
+        assert!(h["webhook-signature"].to_str().unwrap().starts_with("v1,"));
+        assert!(h.get("webhook-timestamp").is_some());
     }
 }

@@ -15,7 +15,8 @@ use fanout_config::TargetConfig;
 use fanout_config::health::{Circuit, HealthSnapshot};
 use futures::StreamExt;
 use governor::DefaultDirectRateLimiter;
-use reqwest::header::RETRY_AFTER;
+use http::StatusCode;
+use http::header::RETRY_AFTER;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,7 @@ use crate::classify::{Failure, Verdict, classify_status, classify_transport};
 use crate::dead_letter::DeadLetter;
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::event::Event;
+use crate::http::HttpClient;
 use crate::request::RequestTemplate;
 use crate::telemetry::TargetTelemetry;
 
@@ -60,7 +62,7 @@ pub struct Worker {
     consumer: PullConsumer,
     ack_wait: Duration,
     template: RequestTemplate,
-    client: reqwest::Client,
+    client: HttpClient,
     breaker: Option<Mutex<Breaker>>,
     limiter: Option<DefaultDirectRateLimiter>,
     telemetry: TargetTelemetry,
@@ -73,7 +75,7 @@ pub struct WorkerParts {
     pub config: TargetConfig,
     pub consumer: PullConsumer,
     pub template: RequestTemplate,
-    pub client: reqwest::Client,
+    pub client: HttpClient,
     pub limiter: Option<DefaultDirectRateLimiter>,
     pub telemetry: TargetTelemetry,
 }
@@ -267,7 +269,9 @@ impl Worker {
             Decision::DeadLetter { reason, failure } => {
                 self.telemetry
                     .attempt_failed(&event.id, event.delivery, &failure, None);
-                self.dead_letter(&message, &event, reason, &failure).await;
+                // Boxed: rare, and its publish future would otherwise enlarge every
+                // delivery's task.
+                Box::pin(self.dead_letter(&message, &event, reason, &failure)).await;
             }
         }
     }
@@ -317,30 +321,25 @@ impl Worker {
 
     /// Sends one request and classifies what came back.
     async fn attempt(&self, event: &Event) -> Verdict {
-        let request = self.template.build(&self.client, event, &mut rand::rng());
-        let response = match request.send().await {
+        let request = self.template.build(event, &mut rand::rng());
+        let response = match self.client.send(request, body_limit).await {
             Ok(response) => response,
             Err(error) if error.is_timeout() => return classify_transport(Failure::Timeout),
             Err(error) => return classify_transport(Failure::Connection(error_chain(&error))),
         };
-        let code = response.status().as_u16();
+        let code = response.status.as_u16();
         let retry_after = response
-            .headers()
+            .headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        let success = response.status().is_success();
-        let limit = if success {
-            SUCCESS_BODY_LIMIT
-        } else {
-            ERROR_BODY_LIMIT
-        };
-        let body = match read_limited(response, limit).await {
+        let success = response.status.is_success();
+        let body = match response.body {
             Ok(body) => body,
-            // The status is known; a body that times out still counts for a success,
-            // the response headers were the answer.
+            // The status is known; a body that fails still counts for a success, the
+            // response head was the answer.
             Err(error) if success => {
-                tracing::debug!(%error, "reading a success response body failed");
+                tracing::debug!(error = %error_chain(&error), "reading a success response body failed");
                 Vec::new()
             }
             Err(error) if error.is_timeout() => return classify_transport(Failure::Timeout),
@@ -398,19 +397,14 @@ async fn settle(message: &Message, kind: AckKind) {
     }
 }
 
-/// Reads at most `limit` bytes of a response body.
-async fn read_limited(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while body.len() < limit {
-        match response.chunk().await? {
-            Some(chunk) => body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]),
-            None => break,
-        }
+/// How much of a response body is worth reading: an error's start for the dead
+/// letter, a success's whole (small) body so the connection can be used again.
+fn body_limit(status: StatusCode) -> usize {
+    if status.is_success() {
+        SUCCESS_BODY_LIMIT
+    } else {
+        ERROR_BODY_LIMIT
     }
-    Ok(body)
 }
 
 /// An error and its causes on one line ("error sending request: connection refused").

@@ -100,6 +100,21 @@ async fn retries_503_twice_then_delivers_once_with_the_same_idempotency_key() {
 }
 
 #[tokio::test]
+async fn a_connection_reset_without_an_answer_is_retried() {
+    let target = TargetServer::start().await.unwrap();
+    target.script([Reply::Reset, Reply::Status(200)]);
+    let manifests = api_target("api", &target.url("/hook"), "") + &route(&[("api", "")]);
+    let h = Harness::start(&manifests, &[]).await;
+    h.publish("evt-1", "{}", &[]).await;
+
+    target.wait_for(2, T).await.unwrap();
+    h.wait_settled("api", T).await;
+    let s = h.snapshot("api");
+    assert_eq!((s.delivered, s.failed, s.dead_lettered), (1, 1, 0));
+    assert!(h.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
 async fn permanent_400_goes_to_the_dead_letter_stream_once_with_its_reason() {
     let target = TargetServer::start().await.unwrap();
     target.set_default(Reply::StatusBody(400, "missing sku"));

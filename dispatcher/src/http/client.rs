@@ -1,0 +1,225 @@
+//! One target's HTTP client: sends a request over a pooled connection (a new one when
+//! none is free), reads the answer's body up to a limit, and holds the whole attempt
+//! to the target's timeout. Redirects are answers: nothing here follows them.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::read_limited;
+use super::connect::{self, ConnectError, Fresh, Http1, Http2};
+use super::origin::{Origin, OriginError, Security};
+use super::pool::Pool;
+
+/// How long a connection may sit unused before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Connecting gets at most this long, even when the target's timeout is longer.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a target is reached.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// The whole attempt: connecting, sending, the answer and its body.
+    pub timeout: Duration,
+    /// Idle connections kept; more than the requests that can be in flight at once
+    /// would never be used.
+    pub max_idle: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("url")]
+    Origin(#[from] OriginError),
+    #[error("TLS settings")]
+    Tls(#[source] rustls::Error),
+}
+
+/// Why no answer came back.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no complete answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Connect(ConnectError),
+    #[error("sending the request")]
+    Request(#[source] hyper::Error),
+    #[error("reading the response body")]
+    Body(#[source] hyper::Error),
+}
+
+impl SendError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            SendError::Timeout(_) | SendError::Connect(ConnectError::Timeout(_))
+        )
+    }
+}
+
+/// The answer to one request.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// The body's start, or why it could not be read (the status still stands).
+    pub body: Result<Vec<u8>, SendError>,
+}
+
+pub struct HttpClient {
+    origin: Origin,
+    tls: Option<tokio_rustls::TlsConnector>,
+    pool: Arc<Pool<Http1, Http2>>,
+    timeout: Duration,
+}
+
+impl HttpClient {
+    /// A client for `url`. `tls` holds the TLS settings that https targets share: built
+    /// here ([`connect::tls_config`]) when the first one needs them. Must be called
+    /// within the Tokio runtime: idle connections are swept by a task.
+    pub fn new(
+        url: &str,
+        settings: &ClientSettings,
+        tls: &mut Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<HttpClient, ClientError> {
+        let origin = Origin::parse(url)?;
+        let tls = match origin.security {
+            Security::Plain => None,
+            Security::Tls => Some(match tls {
+                Some(config) => config.clone(),
+                None => tls
+                    .insert(connect::tls_config().map_err(ClientError::Tls)?)
+                    .clone(),
+            }),
+        };
+        let pool = Arc::new(Pool::new(settings.max_idle, IDLE_TIMEOUT));
+        tokio::spawn(sweep(Arc::downgrade(&pool)));
+        Ok(HttpClient {
+            origin,
+            tls: tls.map(tokio_rustls::TlsConnector::from),
+            pool,
+            timeout: settings.timeout,
+        })
+    }
+
+    /// Sends `request` (its URI and `Host` are the target's) and reads up to
+    /// `body_limit(status)` bytes of the answer's body.
+    pub async fn send(
+        &self,
+        mut request: Request<Full<Bytes>>,
+        body_limit: impl FnOnce(StatusCode) -> usize,
+    ) -> Result<Response, SendError> {
+        let deadline = Instant::now() + self.timeout;
+        request
+            .headers_mut()
+            .insert(http::header::HOST, self.origin.host_header.clone());
+        let (response, connection) = tokio::time::timeout_at(deadline, self.exchange(request))
+            .await
+            .map_err(|_| SendError::Timeout(self.timeout))??;
+        let (head, mut body) = response.into_parts();
+        let limit = body_limit(head.status);
+        let body = match tokio::time::timeout_at(deadline, read_limited(&mut body, limit)).await {
+            Ok(Ok(limited)) => {
+                if let (true, Some(connection)) = (limited.ended, connection) {
+                    self.pool.put_idle(connection, std::time::Instant::now());
+                }
+                Ok(limited.bytes)
+            }
+            Ok(Err(error)) => Err(SendError::Body(error)),
+            Err(_) => Err(SendError::Timeout(self.timeout)),
+        };
+        Ok(Response {
+            status: head.status,
+            headers: head.headers,
+            body,
+        })
+    }
+
+    /// Idle HTTP/1.1 connections in the pool (for tests and diagnostics).
+    pub fn idle_connections(&self) -> usize {
+        self.pool.idle_count()
+    }
+
+    /// Gets the answer's head. Returns the HTTP/1.1 connection that carried it, to be
+    /// put back once the body has been read.
+    async fn exchange(
+        &self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(http::Response<Incoming>, Option<Http1>), SendError> {
+        if let Some(mut shared) = self.pool.shared() {
+            *request.uri_mut() = self.origin.absolute.clone();
+            match shared.try_send_request(request).await {
+                Ok(response) => return Ok((response, None)),
+                // It closed before taking the request: open a new one below.
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Request(error.into_error())),
+                },
+            }
+        }
+        *request.uri_mut() = self.origin.origin_form.clone();
+        while let Some(mut idle) = self.pool.take_idle(std::time::Instant::now()) {
+            if idle.ready().await.is_err() {
+                continue;
+            }
+            match idle.try_send_request(request).await {
+                Ok(response) => return Ok((response, Some(idle))),
+                // The peer closed it while it was idle, before the request was
+                // written: nothing was sent, so another connection may carry it.
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendError::Request(error.into_error())),
+                },
+            }
+        }
+        let connect_timeout = self.timeout.min(MAX_CONNECT_TIMEOUT);
+        // Boxed: connecting (DNS, TCP, TLS) needs a large future and happens rarely;
+        // unboxed it would make every request's future that large, and moving those
+        // showed up as a tenth of the engine's CPU.
+        match Box::pin(connect::connect(
+            &self.origin,
+            self.tls.as_ref(),
+            connect_timeout,
+        ))
+        .await
+        .map_err(SendError::Connect)?
+        {
+            Fresh::Http1(mut connection) => {
+                let response = connection
+                    .send_request(request)
+                    .await
+                    .map_err(SendError::Request)?;
+                Ok((response, Some(connection)))
+            }
+            Fresh::Http2(mut connection) => {
+                // Requests that found no connection at the same moment may each open
+                // one; the last stays shared, the others close when their answer is in.
+                self.pool.set_shared(connection.clone());
+                *request.uri_mut() = self.origin.absolute.clone();
+                let response = connection
+                    .send_request(request)
+                    .await
+                    .map_err(SendError::Request)?;
+                Ok((response, None))
+            }
+        }
+    }
+}
+
+/// Closes idle connections past their time even when no request comes to do it;
+/// ends with the client.
+async fn sweep(pool: Weak<Pool<Http1, Http2>>) {
+    let mut every = tokio::time::interval(IDLE_TIMEOUT / 3);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.evict_expired(std::time::Instant::now()),
+            None => return,
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Opening a new connection to a target: TCP (no Nagle delay), TLS for https with
+//! ALPN offering h2 and http/1.1, then the HTTP handshake of whichever protocol the
+//! target chose. Each connection is driven by its own task until it closes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+
+use super::origin::{Host, Origin, Security};
+
+pub type Http1 = http1::SendRequest<Full<Bytes>>;
+pub type Http2 = http2::SendRequest<Full<Bytes>>;
+
+/// A new connection, ready for its first request.
+pub enum Fresh {
+    Http1(Http1),
+    Http2(Http2),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no connection within {0:?}")]
+    Timeout(Duration),
+    #[error("connecting to {target}")]
+    Tcp {
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TLS handshake")]
+    Tls(#[source] io::Error),
+    #[error("HTTP handshake")]
+    Handshake(#[source] hyper::Error),
+}
+
+/// The TLS settings every https target uses: the platform's trust store (as reqwest
+/// had), ring, and ALPN so a target that speaks HTTP/2 is used over HTTP/2.
+pub fn tls_config() -> Result<Arc<ClientConfig>, rustls::Error> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth();
+    config.alpn_protocols = alpn();
+    Ok(Arc::new(config))
+}
+
+/// h2 first: when the target speaks it, one connection carries every request.
+pub fn alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+}
+
+/// Opens a connection to `origin` within `timeout` (TCP and TLS handshakes).
+pub async fn connect(
+    origin: &Origin,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    timeout: Duration,
+) -> Result<Fresh, ConnectError> {
+    let tcp = tokio::time::timeout(timeout, async {
+        let tcp = tcp(origin).await?;
+        match (origin.security, tls, &origin.server_name) {
+            (Security::Tls, Some(tls), Some(name)) => {
+                let stream = tls
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(ConnectError::Tls)?;
+                Ok(Stream::Tls(Box::new(stream)))
+            }
+            _ => Ok(Stream::Plain(tcp)),
+        }
+    })
+    .await
+    .map_err(|_| ConnectError::Timeout(timeout))??;
+    match tcp {
+        Stream::Plain(tcp) => http1_handshake(tcp).await.map(Fresh::Http1),
+        Stream::Tls(stream) => {
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            if h2 {
+                http2_handshake(*stream).await.map(Fresh::Http2)
+            } else {
+                http1_handshake(*stream).await.map(Fresh::Http1)
+            }
+        }
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn tcp(origin: &Origin) -> Result<TcpStream, ConnectError> {
+    let tcp = match &origin.host {
+        Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, origin.port)).await,
+        // Resolved on every new connection, so a changed DNS record is followed.
+        Host::Name(name) => TcpStream::connect((name.as_str(), origin.port)).await,
+    };
+    let tcp = tcp.map_err(|source| ConnectError::Tcp {
+        target: format!("{}:{}", origin.host, origin.port),
+        source,
+    })?;
+    // Requests are written whole; a small one must not wait for a delayed ACK.
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+async fn http1_handshake<T>(io: T) -> Result<Http1, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "HTTP/1.1 connection to a target ended");
+        }
+    });
+    Ok(sender)
+}
+
+async fn http2_handshake<T>(io: T) -> Result<Http2, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "HTTP/2 connection to a target ended");
+        }
+    });
+    Ok(sender)
+}

@@ -1,0 +1,19 @@
+//! The HTTP client of the delivery path, on hyper directly. One client per target: its
+//! URL is parsed once into the request target and `Host` every request reuses, its
+//! connections are pooled (keep-alive), HTTP/2 is used when the target offers it over
+//! TLS (ALPN), TLS is rustls, redirects are answers (never followed), the target's
+//! timeout covers the whole attempt, and response bodies are read up to a limit.
+//!
+//! - [`origin`]: the target's URL taken apart once.
+//! - [`connect`]: opening a connection (TCP, TLS, HTTP handshake).
+//! - [`pool`]: connections kept between requests.
+//! - [`body`]: reading a response body up to a limit.
+//! - [`client`]: one request over all of the above.
+
+pub mod body;
+pub mod client;
+pub mod connect;
+pub mod origin;
+pub mod pool;
+
+pub use client::{ClientError, ClientSettings, HttpClient, Response, SendError};
