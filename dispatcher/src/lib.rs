@@ -32,7 +32,7 @@ pub mod trace;
 pub mod worker;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -68,50 +68,8 @@ pub struct Args {
     pub shutdown_grace: fanout_config::Duration,
 }
 
-/// How to reach NATS. Secrets come from files, never from the command line.
-#[derive(Debug, Clone, clap::Args)]
-pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(
-        long = "nats-url",
-        env = "FANOUT_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub url: String,
-    /// NATS credentials file (JWT + NKey seed).
-    #[arg(long = "nats-credentials-file", env = "FANOUT_NATS_CREDENTIALS_FILE")]
-    pub credentials_file: Option<PathBuf>,
-    /// File holding a NATS token.
-    #[arg(long = "nats-token-file", env = "FANOUT_NATS_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-}
-
-impl NatsArgs {
-    pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
-        let mut options = match &self.credentials_file {
-            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
-                .await
-                .with_context(|| format!("reading the NATS credentials file {}", path.display()))?,
-            None => async_nats::ConnectOptions::new(),
-        };
-        if let Some(path) = &self.token_file {
-            let token = read_secret(path).context("reading the NATS token file")?;
-            options = options.token(token);
-        }
-        options
-            .name(name)
-            .connect(&self.url)
-            .await
-            .with_context(|| format!("connecting to NATS at {}", self.url))
-    }
-}
-
-fn read_secret(path: &Path) -> anyhow::Result<String> {
-    Ok(std::fs::read_to_string(path)
-        .with_context(|| path.display().to_string())?
-        .trim()
-        .to_string())
-}
+/// How to reach NATS (shared by every Fanout process).
+pub use fanout_provision::nats::NatsArgs;
 
 /// Runs the dispatcher until SIGTERM or SIGINT, then drains and exits.
 pub async fn run(args: Args) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use fanout_config::Duration;
+use fanout_provision::nats::NatsArgs;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -50,27 +51,6 @@ pub struct Args {
     pub status_interval: Duration,
 }
 
-/// How the operator reaches NATS.
-#[derive(Debug, Clone, clap::Args)]
-pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(
-        long = "nats-url",
-        env = "FANOUT_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub url: String,
-    /// NATS credentials file (JWT and NKey seed).
-    #[arg(long = "nats-credentials-file", env = "FANOUT_NATS_CREDENTIALS_FILE")]
-    pub credentials_file: Option<PathBuf>,
-    /// File holding a NATS token.
-    #[arg(long = "nats-token-file", env = "FANOUT_NATS_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// PEM file of the CA that signed the NATS server's certificate; enables TLS.
-    #[arg(long = "nats-ca-file", env = "FANOUT_NATS_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-}
-
 /// What the dispatcher pods the operator creates look like.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DispatcherArgs {
@@ -103,6 +83,13 @@ pub struct DispatcherArgs {
         env = "FANOUT_DISPATCHER_NATS_TOKEN_SECRET"
     )]
     pub nats_token_secret: Option<String>,
+    /// Secret, in each route's namespace, whose key `ca.crt` is the CA (PEM) that
+    /// signed the NATS server's certificate, for dispatchers reaching NATS over TLS.
+    #[arg(
+        long = "dispatcher-nats-ca-secret",
+        env = "FANOUT_DISPATCHER_NATS_CA_SECRET"
+    )]
+    pub nats_ca_secret: Option<String>,
 }
 
 /// Where the gateway reads the routes the operator renders for it.

@@ -45,7 +45,13 @@ pub struct DispatcherSettings {
     pub nats_url: String,
     /// How dispatchers authenticate to NATS, if they must.
     pub nats_auth: Option<NatsAuth>,
+    /// Secret (in the route's namespace) with the CA of NATS's certificate under
+    /// `NATS_CA_KEY`, when dispatchers reach NATS over TLS with a private CA.
+    pub nats_ca_secret: Option<String>,
 }
+
+/// Key of the CA certificate in `DispatcherSettings::nats_ca_secret`.
+pub const NATS_CA_KEY: &str = "ca.crt";
 
 /// A Secret in the route's namespace with the dispatchers' NATS credentials. It is
 /// mounted with the other Secrets, under `SECRETS_DIR/<secret>/<key>`.
@@ -237,6 +243,10 @@ pub fn build(
         let (name, file) = auth.env();
         env_vars.push(env(name, &file));
     }
+    if let Some(secret) = &settings.nats_ca_secret {
+        let file = format!("{SECRETS_DIR}/{secret}/{NATS_CA_KEY}");
+        env_vars.push(env("FANOUT_NATS_CA_FILE", &file));
+    }
     let container = Container {
         name: "dispatcher".into(),
         image: Some(image),
@@ -398,6 +408,7 @@ mod tests {
             image_pull_policy: "IfNotPresent".into(),
             nats_url: "nats://nats:4222".into(),
             nats_auth,
+            nats_ca_secret: Some("nats-ca".into()),
         }
     }
 
@@ -597,6 +608,17 @@ mod tests {
         assert_eq!(
             creds.value.as_deref(),
             Some("/var/run/fanout/secrets/nats/nats.creds")
+        );
+        let ca = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "FANOUT_NATS_CA_FILE")
+            .unwrap();
+        assert_eq!(
+            ca.value.as_deref(),
+            Some("/var/run/fanout/secrets/nats-ca/ca.crt")
         );
     }
 

@@ -63,7 +63,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| format!("fanout-operator-{}", std::process::id()));
-    let nats = connect_nats(&args.nats).await?;
+    // Start even while NATS is away: routes then report StreamReady=False and recover
+    // once it is back, instead of the operator crash-looping.
+    let nats = args.nats.connect_in_background("fanout-operator").await?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -211,6 +213,7 @@ async fn run_controllers(
                 }),
                 (None, None) => None,
             },
+            nats_ca_secret: args.dispatcher.nats_ca_secret.clone(),
         },
         args.status_interval.as_std(),
         metrics.clone(),
@@ -393,29 +396,4 @@ fn own_namespace() -> String {
     std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "default".into())
-}
-
-async fn connect_nats(args: &args::NatsArgs) -> anyhow::Result<async_nats::Client> {
-    let mut options = match &args.credentials_file {
-        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
-            .await
-            .with_context(|| format!("reading the NATS credentials file {}", path.display()))?,
-        None => async_nats::ConnectOptions::new(),
-    };
-    if let Some(path) = &args.token_file {
-        let token = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the NATS token file {}", path.display()))?;
-        options = options.token(token.trim().to_string());
-    }
-    if let Some(ca) = &args.ca_file {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    // Start even while NATS is away: routes then report StreamReady=False and recover
-    // once it is back, instead of the operator crash-looping.
-    options
-        .name("fanout-operator")
-        .retry_on_initial_connect()
-        .connect(&args.url)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", args.url))
 }

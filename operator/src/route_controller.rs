@@ -124,6 +124,12 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
                     .or_default()
                     .insert(key.to_string());
             }
+            if let Some(secret) = &ctx.dispatcher.nats_ca_secret {
+                wanted
+                    .entry(secret.clone())
+                    .or_default()
+                    .insert(dispatcher_objects::NATS_CA_KEY.to_string());
+            }
             let found = secrets::check(&ctx.client, &namespace, &wanted)
                 .await?
                 .map_err(|missing| Problem::new("SecretNotFound", missing.to_string()));

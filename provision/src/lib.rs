@@ -6,6 +6,7 @@
 //! idempotent, and deleting something that is already gone counts as success.
 
 pub mod dead_letters;
+pub mod nats;
 pub mod observe;
 
 use std::collections::BTreeSet;
