@@ -63,6 +63,11 @@ impl NatsServer {
         self.port
     }
 
+    /// `host:port` of the monitoring endpoint (`/jsz`, `/healthz`, ...).
+    pub fn monitor_addr(&self) -> String {
+        format!("{}:{}", self.host, self.monitor_port)
+    }
+
     /// The JetStream store directory (kept across [`restart`](Self::restart)).
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("jetstream")
