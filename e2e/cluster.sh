@@ -421,6 +421,8 @@ cmd_down() {
     if [[ -d $STATE/node ]]; then bash "$E2E_DIR/node.sh" stop; fi
     stop_all
     rm -rf "$DATA" "$RUN" "$KUBECONFIG_FILE" "$KCM_KUBECONFIG"
+    # The node's bridge (if any) outlives the apiserver bound to its address.
+    bash "$E2E_DIR/node.sh" unbridge
     log "down (certificates kept in $PKI, logs in $LOGS)"
 }
 

@@ -10,6 +10,7 @@
 #   e2e/node.sh down         stop the node and the control plane; leaves no process,
 #                            mount, network interface, netns or cgroup of the node
 #   e2e/node.sh stop         stop the node only (cluster.sh down calls this)
+#   e2e/node.sh unbridge     remove the pod bridge (cluster.sh down, once the apiserver is gone)
 #   e2e/node.sh status       one line per node component; exit 0 only if all healthy
 #   e2e/node.sh env          the export lines (KUBECONFIG, PATH) plus FANOUT_NODE_HOST_IP
 #   e2e/node.sh load ARCHIVE import an OCI image archive (e2e/image.sh) into the node
@@ -207,7 +208,19 @@ EOF
 
 # ---- containerd ---------------------------------------------------------------------------
 
+# True when this process may not lower an OOM score (no CAP_SYS_RESOURCE, bit 24
+# of CapEff), as on machines whose root runs with a reduced capability set.
+# containerd's sandboxes ask for -998; runc then fails with "failed to update
+# /proc/self/oom_score_adj: Permission denied".
+lacks_sys_resource() {
+    local cap
+    cap=$(awk '/^CapEff:/ {print $2}' /proc/self/status)
+    (((0x$cap >> 24 & 1) == 0))
+}
+
 write_containerd_config() { # sandbox-image
+    local restrict_oom=false
+    if lacks_sys_resource; then restrict_oom=true; fi
     cat >"$NODE/containerd/config.toml" <<EOF
 # Written by e2e/node.sh. Everything lives under $NODE, so down removes it all.
 version = 3
@@ -228,6 +241,8 @@ state = "$NODE/containerd/state"
 [plugins.'io.containerd.cri.v1.runtime']
   # Network namespaces under the state dir rather than /var/run/netns.
   netns_mounts_under_state_dir = true
+  # Clamp OOM scores to containerd's own when it may not lower them.
+  restrict_oom_score_adj = $restrict_oom
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = 'runc'
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -414,13 +429,20 @@ cmd_stop() {
     done
     unmount_all
     remove_cgroups
-    # Pod veths went with their network namespaces; the bridge is ours to remove.
+    rm -rf "$NODE"
+}
+
+# Removes the bridge if this state dir's node created it. Pod veths went with
+# their network namespaces. Runs after the apiserver, which listens on the
+# bridge's address, has stopped (cluster.sh down calls it): an apiserver whose
+# address vanished does not shut down in time.
+cmd_unbridge() {
     local owner_file="/run/fanout-e2e-$BRIDGE.owner"
     if [[ -f $owner_file && $(<"$owner_file") == "$STATE" ]]; then
         ip link del "$BRIDGE" 2>/dev/null || true
         rm -f "$owner_file"
+        log "removed bridge $BRIDGE"
     fi
-    rm -rf "$NODE"
 }
 
 # ---- commands ----------------------------------------------------------------------------
@@ -514,10 +536,8 @@ EOF
     print_env
 }
 
-cmd_down() {
-    cmd_stop
-    bash "$E2E_DIR/cluster.sh" down
-}
+# cluster.sh down stops the node first and removes the bridge last.
+cmd_down() { bash "$E2E_DIR/cluster.sh" down; }
 
 cmd_status() {
     load_state
@@ -549,6 +569,7 @@ case ${1:-help} in
     up) cmd_up ;;
     down) cmd_down ;;
     stop) cmd_stop ;;
+    unbridge) cmd_unbridge ;;
     status) cmd_status ;;
     env) print_env ;;
     load) shift; cmd_load "$@" ;;
