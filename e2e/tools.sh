@@ -427,6 +427,7 @@ main() {
             timed helm build_helm
             timed nats-server build_nats
             timed kubernetes build_kube
+            build_node
             log "all tools ready in $((SECONDS - start))s under $TOOLS_DIR"
             ;;
         kube | kubernetes) timed kubernetes build_kube ;;
