@@ -388,6 +388,7 @@ EOF
         --enable-admission-plugins=NodeRestriction \
         --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
         --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+        --kubelet-preferred-address-types=InternalIP,Hostname \
         --service-cluster-ip-range="$SERVICE_CIDR" \
         --allow-privileged=true \
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \

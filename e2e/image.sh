@@ -6,6 +6,7 @@
 #   e2e/image.sh fanout [--debug]   build the fanout binary (release; --debug: the dev
 #                                   profile, much faster to build) and pack it; prints
 #                                   "<image name> <archive path>"
+#   e2e/image.sh fanout --binary PATH   pack an existing fanout binary instead
 #   e2e/image.sh pause              pack the pod sandbox (pause) image; prints the same
 #
 # Archives go to $FANOUT_CACHE/images/. Image tags are the first 12 hex digits of
@@ -67,15 +68,31 @@ pack() { # name-without-tag binary image-path [extra oci_image.py args...]
 }
 
 cmd_fanout() {
-    local profile=release dir=release start=$SECONDS
-    if [[ ${1:-} == --debug ]]; then profile=dev dir=debug; fi
-    log "building fanout (cargo profile $profile)"
-    (cd "$REPO" && cargo build --locked --profile "$profile" -p fanout >&2)
-    log "built in $((SECONDS - start))s"
-    local bin
-    bin=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/$dir/fanout
+    local profile=release dir=release start=$SECONDS bin=''
+    case ${1:-} in
+        --debug) profile=dev dir=debug ;;
+        --binary) bin=${2:?--binary needs a path} ;;
+        '') ;;
+        *) die "unknown option '$1'" ;;
+    esac
+    if [[ -z $bin ]]; then
+        log "building fanout (cargo profile $profile)"
+        (cd "$REPO" && cargo build --locked --profile "$profile" -p fanout >&2)
+        log "built in $((SECONDS - start))s"
+        bin=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/$dir/fanout
+    fi
     [[ -x $bin ]] || die "no binary at $bin"
+    # Debug info is most of a dev-profile binary (hundreds of MB); symbols stay,
+    # so backtraces still name functions.
+    local stripped
+    stripped=$IMAGES/.fanout-$(short_hash "$bin")
+    if [[ ! -x $stripped ]]; then
+        strip --strip-debug -o "$stripped.tmp" "$bin"
+        mv "$stripped.tmp" "$stripped"
+        find "$IMAGES" -name '.fanout-*' -mmin +120 -delete
+    fi
+    bin=$stripped
     # CA certificates for https targets, when the host has them.
     local certs=()
     if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then

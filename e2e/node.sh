@@ -290,6 +290,8 @@ authentication:
 authorization:
   mode: Webhook
 clusterDomain: cluster.local
+# Container logs under the state dir, not /var/log/pods.
+podLogsDirectory: $NODE/kubelet/pod-logs
 failSwapOn: false
 # Pick up ConfigMap and Secret changes (the gateway's routes) within seconds, not
 # the default minute.
