@@ -77,6 +77,17 @@ cmd_fanout() {
     esac
     if [[ -z $bin ]]; then
         log "building fanout (cargo profile $profile)"
+        # Called from inside `cargo test`, the inherited CARGO_* variables
+        # (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...) differ from a shell's; build
+        # scripts that watch them rerun and half the dependency tree is rebuilt,
+        # and rebuilt again by the next plain `cargo build`. Drop them.
+        local v
+        for v in $(compgen -e); do
+            case $v in
+                CARGO_HOME | CARGO_TARGET_DIR) ;;
+                CARGO_* | OUT_DIR) unset "$v" ;;
+            esac
+        done
         (cd "$REPO" && cargo build --locked --profile "$profile" -p fanout >&2)
         log "built in $((SECONDS - start))s"
         bin=$(cd "$REPO" && cargo metadata --format-version 1 --no-deps |
