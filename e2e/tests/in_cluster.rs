@@ -177,6 +177,31 @@ impl Env {
     }
 }
 
+/// Uninstalls the release and deletes its namespace when the test ends, passed or
+/// not: the chart's ClusterRoles are cluster-wide, and a release left behind by a
+/// failed run would block the next install.
+struct ReleaseGuard {
+    node: Node,
+    ns: String,
+}
+
+impl Drop for ReleaseGuard {
+    fn drop(&mut self) {
+        if let Ok(mut cmd) =
+            self.node
+                .helm(&["uninstall", RELEASE, "-n", &self.ns, "--ignore-not-found"])
+        {
+            let _ = cmd.output();
+        }
+        if let Ok(mut cmd) = self
+            .node
+            .kubectl(&["delete", "namespace", &self.ns, "--wait=false"])
+        {
+            let _ = cmd.output();
+        }
+    }
+}
+
 fn ids(target: &TargetServer) -> BTreeSet<String> {
     target
         .received()
@@ -337,6 +362,11 @@ async fn helm_installed_fanout_delivers_through_dispatcher_pods_on_a_real_node()
     let env = Env {
         node: node.clone(),
         client: client.clone(),
+        ns: ns.clone(),
+    };
+
+    let _cleanup = ReleaseGuard {
+        node: node.clone(),
         ns: ns.clone(),
     };
 
