@@ -356,7 +356,7 @@ mod tests {
     use std::path::Path;
 
     use fanout_api::route::{ApiTargetRef, DispatcherSpec, RouteTargetSpec};
-    use fanout_api::{ApiTarget, ApiTargetSpec, FanOutRouteSpec};
+    use fanout_api::{ApiTarget, FanOutRouteSpec};
 
     use super::*;
 
