@@ -10,7 +10,9 @@
 #   e2e/cluster.sh env     print the export lines, for: eval "$(e2e/cluster.sh env)"
 #
 # Environment: FANOUT_CACHE (default ~/.cache/fanout), FANOUT_CLUSTER_DIR (default
-# $FANOUT_CACHE/cluster), FANOUT_CLUSTER_TIMEOUT (seconds per readiness wait, default 120).
+# $FANOUT_CACHE/cluster), FANOUT_CLUSTER_TIMEOUT (seconds per readiness wait, default 120),
+# FANOUT_APISERVER_ADDRESS (default 127.0.0.1: the address the apiserver binds to and
+# advertises; e2e/node.sh sets the pod bridge's host address so pods can reach it).
 set -euo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,6 +33,9 @@ TIMEOUT=${FANOUT_CLUSTER_TIMEOUT:-120}
 STOP_TIMEOUT=20
 SERVICE_CIDR=10.0.0.0/24
 SERVICE_IP=10.0.0.1
+# An address that must exist on this host when the apiserver starts.
+WANT_API_ADDRESS=${FANOUT_APISERVER_ADDRESS:-127.0.0.1}
+API_ADDRESS=$WANT_API_ADDRESS
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 
 log() { printf '[cluster %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -174,7 +179,7 @@ subjectKeyIdentifier = hash
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost,IP:127.0.0.1,IP:$SERVICE_IP,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName = DNS:localhost,IP:127.0.0.1,IP:$SERVICE_IP,IP:$API_ADDRESS,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 authorityKeyIdentifier = keyid
 [client]
 basicConstraints = critical,CA:FALSE
@@ -196,7 +201,14 @@ sign_cert() { # name subject extensions
     rm -f "$PKI/$name.csr"
 }
 
+# True if the apiserver's serving certificate names $API_ADDRESS.
+apiserver_cert_names_address() {
+    openssl x509 -noout -ext subjectAltName -in "$PKI/apiserver.crt" 2>/dev/null |
+        tr ',' '\n' | sed 's/^[[:space:]]*//' | grep -qxF "IP Address:$API_ADDRESS"
+}
+
 # Certificates survive `down`; regenerated when missing or expiring within a day.
+# The apiserver's own certificate is re-signed (same CA) when the address changes.
 ensure_pki() {
     local f ok=1
     for f in ca.crt ca.key apiserver.crt apiserver.key admin.crt admin.key \
@@ -205,6 +217,12 @@ ensure_pki() {
     done
     if ((ok)) && openssl x509 -checkend 86400 -noout -in "$PKI/apiserver.crt" >/dev/null &&
         openssl x509 -checkend 86400 -noout -in "$PKI/admin.crt" >/dev/null; then
+        if ! apiserver_cert_names_address; then
+            log "re-signing the apiserver certificate for $API_ADDRESS"
+            write_openssl_cnf
+            sign_cert apiserver "/CN=kube-apiserver" serving
+        fi
+        ensure_kubelet_client_cert
         return
     fi
     log "generating certificates in $PKI"
@@ -220,6 +238,15 @@ ensure_pki() {
     sign_cert controller-manager "/CN=system:kube-controller-manager" client
     new_key "$PKI/sa.key"
     openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
+    ensure_kubelet_client_cert
+}
+
+# The apiserver's client certificate towards kubelets (logs, exec, port-forward).
+# Signed separately so a PKI from before it existed is kept.
+ensure_kubelet_client_cert() {
+    [[ -s $PKI/apiserver-kubelet-client.crt && -s $PKI/apiserver-kubelet-client.key ]] && return
+    [[ -s $PKI/openssl.cnf ]] || write_openssl_cnf
+    sign_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" client
 }
 
 write_kubeconfig() { # file user cert key
@@ -231,7 +258,7 @@ kind: Config
 clusters:
 - name: fanout-e2e
   cluster:
-    server: https://127.0.0.1:$API_PORT
+    server: https://$API_ADDRESS:$API_PORT
     certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
 users:
 - name: $user
@@ -263,7 +290,7 @@ PY
 }
 
 load_state() {
-    ETCD_PORT='' ETCD_PEER_PORT='' API_PORT='' KCM_PORT='' KUBECTL=''
+    ETCD_PORT='' ETCD_PEER_PORT='' API_PORT='' KCM_PORT='' KUBECTL='' API_ADDRESS=127.0.0.1
     if [[ -f $RUN/state.env ]]; then
         # shellcheck source=/dev/null
         source "$RUN/state.env"
@@ -280,6 +307,8 @@ print_env() {
 healthy() {
     load_state
     [[ -n $API_PORT && -f $KUBECONFIG_FILE && -x ${KUBECTL:-/nonexistent} ]] || return 1
+    # Up, but on another address than asked for: not what the caller needs.
+    [[ $API_ADDRESS == "$WANT_API_ADDRESS" ]] || return 1
     local c
     for c in "${COMPONENTS[@]}"; do
         is_ours "$(cat "$RUN/$c.pid" 2>/dev/null)" || return 1
@@ -307,6 +336,7 @@ cmd_up() {
         print_env
         return
     fi
+    API_ADDRESS=$WANT_API_ADDRESS
     trap cleanup_failed_up EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
@@ -331,6 +361,7 @@ cmd_up() {
 ETCD_PORT=$ETCD_PORT
 ETCD_PEER_PORT=$ETCD_PEER_PORT
 API_PORT=$API_PORT
+API_ADDRESS=$API_ADDRESS
 KCM_PORT=$KCM_PORT
 KUBECTL=$KUBECTL
 EOF
@@ -350,16 +381,20 @@ EOF
 
     start_component kube-apiserver "$apiserver" \
         --etcd-servers="$etcd_url" \
-        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+        --bind-address="$API_ADDRESS" --advertise-address="$API_ADDRESS" --secure-port="$API_PORT" \
         --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
         --client-ca-file="$PKI/ca.crt" \
-        --authorization-mode=RBAC \
+        --authorization-mode=Node,RBAC \
+        --enable-admission-plugins=NodeRestriction \
+        --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+        --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+        --kubelet-preferred-address-types=InternalIP,Hostname \
         --service-cluster-ip-range="$SERVICE_CIDR" \
         --allow-privileged=true \
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-account-key-file="$PKI/sa.pub" \
         --service-account-signing-key-file="$PKI/sa.key"
-    wait_for "kube-apiserver /readyz ok on https://127.0.0.1:$API_PORT" kube-apiserver apiserver_ready
+    wait_for "kube-apiserver /readyz ok on https://$API_ADDRESS:$API_PORT" kube-apiserver apiserver_ready
 
     start_component kube-controller-manager "$kcm" \
         --kubeconfig="$KCM_KUBECONFIG" \
@@ -382,8 +417,13 @@ EOF
 }
 
 cmd_down() {
+    # A node (e2e/node.sh) on this control plane goes first: its pods, mounts and
+    # bridge must not outlive the apiserver that describes them.
+    if [[ -d $STATE/node ]]; then bash "$E2E_DIR/node.sh" stop; fi
     stop_all
     rm -rf "$DATA" "$RUN" "$KUBECONFIG_FILE" "$KCM_KUBECONFIG"
+    # The node's bridge (if any) outlives the apiserver bound to its address.
+    bash "$E2E_DIR/node.sh" unbridge
     log "down (certificates kept in $PKI, logs in $LOGS)"
 }
 
@@ -402,7 +442,7 @@ cmd_status() {
         case $c in
             etcd) [[ -n $ETCD_PORT ]] && etcd_healthy && health="healthy (http://127.0.0.1:$ETCD_PORT)" ;;
             kube-apiserver) [[ -n $API_PORT && -n $KUBECTL ]] && apiserver_ready &&
-                health="ready (https://127.0.0.1:$API_PORT)" ;;
+                health="ready (https://${API_ADDRESS:-127.0.0.1}:$API_PORT)" ;;
             kube-controller-manager) [[ -n $KCM_PORT ]] && kcm_healthy &&
                 health="healthy (https://127.0.0.1:$KCM_PORT)" ;;
         esac

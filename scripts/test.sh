@@ -6,7 +6,7 @@
 # first use into ${FANOUT_CACHE:-~/.cache/fanout}; see docs/control-plane.md.
 #
 # Environment:
-#   FANOUT_KEEP_CLUSTER=1   leave the local control plane running afterwards
+#   FANOUT_KEEP_CLUSTER=1   leave the local control plane (and the node's) running afterwards
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,12 +32,16 @@ if ! cmp -s crds/fanout.dev.yaml charts/fanout/crds/fanout.dev.yaml; then
     exit 1
 fi
 
-step "pinned tools (cached after the first build)"
+step "pinned tools, the node's included (cached after the first build)"
 bash e2e/tools.sh all
 
 step "local control plane"
+# The in-cluster test (e2e/tests/in_cluster.rs) brings up a second control plane
+# with a real node (e2e/node.sh) in its own state dir; it goes down here too.
+node_dir=${FANOUT_NODE_CLUSTER_DIR:-${FANOUT_CACHE:-$HOME/.cache/fanout}/cluster-node}
 if [[ ${FANOUT_KEEP_CLUSTER:-0} != 1 ]]; then
-    trap 'rm -f "$generated"; bash e2e/cluster.sh down || true' EXIT
+    trap 'rm -f "$generated"; bash e2e/cluster.sh down || true
+        FANOUT_CLUSTER_DIR=$node_dir bash e2e/node.sh down || true' EXIT
 fi
 bash e2e/cluster.sh up
 

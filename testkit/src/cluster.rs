@@ -57,7 +57,7 @@ fn bring_up() -> anyhow::Result<PathBuf> {
 }
 
 /// Applies the checked-in CRDs and waits until the apiserver serves them.
-fn install_crds(kubeconfig: &Path) -> anyhow::Result<()> {
+pub(crate) fn install_crds(kubeconfig: &Path) -> anyhow::Result<()> {
     let crds = repo_root().join("crds/fanout.dev.yaml");
     let apply = kubectl_with(
         kubeconfig,
@@ -93,7 +93,7 @@ pub async fn client() -> anyhow::Result<kube::Client> {
 
 /// The pinned kubectl (the server's minor version; a kubectl on PATH may be too far
 /// off to trust its output).
-fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Command> {
+pub(crate) fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Command> {
     let mut cmd = Command::new(tools::path("kubectl")?);
     cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
     Ok(cmd)

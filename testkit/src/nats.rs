@@ -1,7 +1,7 @@
 //! A real nats-server with JetStream, on free loopback ports with a temporary store.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use crate::{free_port, tools, wait};
 /// A nats-server child process; killed when dropped.
 pub struct NatsServer {
     child: Option<Child>,
+    host: IpAddr,
     port: u16,
     monitor_port: u16,
     dir: TempDir,
@@ -22,9 +23,16 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server with JetStream enabled and waits until JetStream is ready.
     pub fn start() -> anyhow::Result<NatsServer> {
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Like [`start`](Self::start), listening for clients on `host` (e.g. the e2e
+    /// node's bridge address, so pods reach it). Monitoring listens there too.
+    pub fn start_on(host: IpAddr) -> anyhow::Result<NatsServer> {
         let dir = tempfile::Builder::new().prefix("fanout-nats-").tempdir()?;
         let mut server = NatsServer {
             child: None,
+            host,
             port: free_port(),
             monitor_port: free_port(),
             dir,
@@ -46,13 +54,18 @@ impl NatsServer {
         }
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://<host>:<port>` (`127.0.0.1` unless started with [`start_on`](Self::start_on)).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `host:port` of the monitoring endpoint (`/jsz`, `/healthz`, ...).
+    pub fn monitor_addr(&self) -> String {
+        format!("{}:{}", self.host, self.monitor_port)
     }
 
     /// The JetStream store directory (kept across [`restart`](Self::restart)).
@@ -86,7 +99,7 @@ impl NatsServer {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let binary = tools::path("nats-server")?;
         let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-a", &self.host.to_string(), "-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
             .arg("-js")
             .arg("-sd")
@@ -99,11 +112,11 @@ impl NatsServer {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         self.child = Some(child);
-        let monitor = self.monitor_port;
+        let (host, monitor) = (self.host, self.monitor_port);
         let ready = wait::until_blocking(
             "nats-server JetStream health",
             Duration::from_secs(20),
-            || healthz(monitor),
+            || healthz(host, monitor),
         );
         if let Err(e) = ready {
             let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
@@ -115,8 +128,8 @@ impl NatsServer {
 }
 
 /// `GET /healthz?js-enabled-only=true` answers 200 once JetStream can take requests.
-fn healthz(monitor_port: u16) -> Result<(), String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", monitor_port)).map_err(|e| e.to_string())?;
+fn healthz(host: IpAddr, monitor_port: u16) -> Result<(), String> {
+    let mut stream = TcpStream::connect((host, monitor_port)).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;

@@ -62,7 +62,7 @@ struct State {
     received: Vec<Received>,
 }
 
-/// A scripted HTTP server on 127.0.0.1.
+/// A scripted HTTP server on 127.0.0.1 (or an address of choice).
 pub struct TargetServer {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
@@ -72,7 +72,13 @@ pub struct TargetServer {
 impl TargetServer {
     /// Starts on a free port, answering 200 to everything.
     pub async fn start() -> anyhow::Result<TargetServer> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1".parse()?).await
+    }
+
+    /// Like [`start`](Self::start), on `host` (e.g. the e2e node's bridge address, so
+    /// pods reach it).
+    pub async fn start_on(host: std::net::IpAddr) -> anyhow::Result<TargetServer> {
+        let listener = TcpListener::bind((host, 0)).await?;
         let mut server = TargetServer {
             addr: listener.local_addr()?,
             state: Arc::new(Mutex::new(State::default())),
