@@ -8,7 +8,6 @@
 //! configuration the operator rendered, read back from the API server.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -121,21 +120,9 @@ impl Env {
     }
 
     fn apply(&self, yaml: &str) {
-        let mut child =
-            cluster::kubectl(&["apply", "--server-side", "-n", &self.ns.name, "-f", "-"])
-                .unwrap()
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let kubectl =
+            cluster::kubectl(&["apply", "--server-side", "-n", &self.ns.name, "-f", "-"]).unwrap();
+        let out = cluster::run_with_stdin(kubectl, yaml.as_bytes()).unwrap();
         cluster::check(&out, "kubectl apply").unwrap();
     }
 

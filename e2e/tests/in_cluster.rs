@@ -45,23 +45,11 @@ impl Env {
     }
 
     fn apply(&self, yaml: &str) {
-        let mut child = self
+        let kubectl = self
             .node
             .kubectl(&["-n", &self.ns, "apply", "-f", "-"])
-            .unwrap()
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
             .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = cluster::run_with_stdin(kubectl, yaml.as_bytes()).unwrap();
         cluster::check(&out, "kubectl apply").unwrap();
     }
 

@@ -49,12 +49,11 @@ pub enum Missing {
     },
 }
 
-/// The Secrets as read: their resource versions (a change rolls dispatcher pods) and
-/// their data, for the few callers that copy a value.
+/// The Secrets as read: their resource versions (a change rolls dispatcher pods).
+/// Values are not kept: nothing here needs them.
 #[derive(Debug, Default)]
 pub struct Found {
     pub versions: BTreeMap<String, String>,
-    pub secrets: BTreeMap<String, Secret>,
 }
 
 /// Reads each Secret in `wanted` from `namespace` and checks its keys. The outer
@@ -96,7 +95,6 @@ pub async fn check(
             name.clone(),
             secret.metadata.resource_version.clone().unwrap_or_default(),
         );
-        found.secrets.insert(name.clone(), secret);
     }
     Ok(Ok(found))
 }

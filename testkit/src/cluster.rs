@@ -117,6 +117,25 @@ pub fn check(output: &Output, what: &str) -> anyhow::Result<()> {
     )
 }
 
+/// Runs `cmd` (e.g. `kubectl apply -f -`) with `input` on its stdin and returns its
+/// output; `check` says whether it worked.
+pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> anyhow::Result<Output> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the command")?;
+    child
+        .stdin
+        .take()
+        .context("the command's stdin")?
+        .write_all(input)
+        .context("writing the command's stdin")?;
+    Ok(child.wait_with_output()?)
+}
+
 /// A namespace of its own for one test; deleted (in the background) when dropped.
 pub struct TestNamespace {
     pub name: String,
