@@ -50,25 +50,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The release `fanout` binary (the product, with its allocator and runtime
-/// settings), built first if this checkout has none.
-fn fanout_binary() -> PathBuf {
-    let release = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("fanout");
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--quiet", "-p", "fanout"])
-            .status()
-            .unwrap();
-    assert!(status.success(), "building the fanout binary failed");
-    assert!(release.is_file(), "{} is missing", release.display());
-    release
-}
-
 /// The straightforward fan-out: per target a consumer, a bounded set of concurrent
 /// reqwest deliveries, one ack per message, no retry policy beyond nak.
 fn child_baseline(config: &str, nats_url: &str) {
@@ -225,7 +206,7 @@ impl Child {
                 c
             }
             Contender::Engine => {
-                let mut c = std::process::Command::new(fanout_binary());
+                let mut c = std::process::Command::new(fanout_testkit::fanout_release_binary());
                 c.arg("dispatch").arg("--config").arg(config).args([
                     "--nats-url",
                     nats_url,

@@ -14,11 +14,10 @@ use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
 use fanout_config::TargetConfig;
 use fanout_config::health::{Circuit, HealthSnapshot};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use governor::DefaultDirectRateLimiter;
 use http::StatusCode;
 use http::header::RETRY_AFTER;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::parse_retry_after;
@@ -66,7 +65,8 @@ pub struct Worker {
     breaker: Option<Mutex<Breaker>>,
     limiter: Option<DefaultDirectRateLimiter>,
     telemetry: TargetTelemetry,
-    in_flight: Arc<Semaphore>,
+    /// The target's maxInFlight: deliveries this worker has in hand at most.
+    max_in_flight: usize,
 }
 
 /// The parts a worker is built from (see `engine.rs`).
@@ -99,7 +99,7 @@ impl Worker {
             limiter: parts.limiter,
             telemetry: parts.telemetry,
             consumer: parts.consumer,
-            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            max_in_flight: max_in_flight.max(1),
             config: parts.config,
         }
     }
@@ -124,59 +124,67 @@ impl Worker {
 
     /// Fetches and delivers until `shutdown`; then stops fetching, sends events that
     /// have not started back to JetStream, and gives requests in flight `grace` to end.
+    ///
+    /// Deliveries are futures driven by this one task, not spawned tasks: a spawn,
+    /// its scheduling and its join bookkeeping per event cost more than the
+    /// delivery's own code. The dispatcher runs one runtime thread by default, so
+    /// nothing is lost in parallelism; targets still run side by side as tasks.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         let drain = CancellationToken::new();
-        let mut tasks = JoinSet::new();
+        let mut deliveries = FuturesUnordered::new();
         let mut messages = None;
-        while !shutdown.is_cancelled() {
-            while tasks.try_join_next().is_some() {}
+        loop {
             // A free slot first: while every slot is taken (by requests, or by events
             // held back by an open circuit) nothing more is read, JetStream stops
             // delivering at max_ack_pending, and the backlog stays in the stream.
-            let permit = tokio::select! {
-                permit = self.in_flight.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-                _ = shutdown.cancelled() => break,
-            };
-            if messages.is_none() {
-                match self.subscribe().await {
-                    Ok(stream) => messages = Some(stream),
-                    Err(error) => {
-                        tracing::warn!(route = %self.route.label, target = %self.name(), %error, "pulling events failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = shutdown.cancelled() => break,
-                        }
-                        continue;
-                    }
+            while deliveries.len() >= self.max_in_flight {
+                tokio::select! {
+                    _ = deliveries.next() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                if shutdown.is_cancelled() {
+                    break;
                 }
             }
-            let stream = messages.as_mut().expect("subscribed above");
-            let next = tokio::select! {
-                next = stream.next() => next,
-                _ = shutdown.cancelled() => break,
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let stream = match &mut messages {
+                Some(stream) => stream,
+                None => match alongside(&mut deliveries, self.subscribe()).await {
+                    Ok(stream) => messages.insert(stream),
+                    Err(error) => {
+                        tracing::warn!(route = %self.route.label, target = %self.name(), %error, "pulling events failed; retrying");
+                        let pause = tokio::time::sleep(Duration::from_secs(1));
+                        alongside(&mut deliveries, shutdown.run_until_cancelled(pause)).await;
+                        continue;
+                    }
+                },
             };
+            let next =
+                alongside(&mut deliveries, shutdown.run_until_cancelled(stream.next())).await;
             match next {
-                Some(Ok(message)) => {
-                    tasks.spawn(self.clone().deliver(message, permit, drain.clone()));
+                None => break,
+                Some(Some(Ok(message))) => {
+                    deliveries.push(self.clone().deliver(message, drain.clone()));
                 }
-                Some(Err(error)) => {
+                Some(Some(Err(error))) => {
                     // Missed heartbeats after a long wait for a slot, a NATS reconnect,
                     // a consumer recreated by the operator: pull anew.
                     tracing::debug!(route = %self.route.label, target = %self.name(), %error, "pull stream ended; pulling anew");
                     messages = None;
                 }
-                None => messages = None,
+                Some(None) => messages = None,
             }
         }
         drain.cancel();
         if let Some(stream) = messages.take() {
-            self.hand_back(stream).await;
+            alongside(&mut deliveries, self.hand_back(stream)).await;
         }
         let finished =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+            tokio::time::timeout(grace, async { while deliveries.next().await.is_some() {} }).await;
         if finished.is_err() {
-            tracing::warn!(route = %self.route.label, target = %self.name(), ?grace, "requests still in flight after the grace period; abandoning them (JetStream redelivers after the ack wait)");
-            tasks.abort_all();
+            tracing::warn!(route = %self.route.label, target = %self.name(), ?grace, in_flight = deliveries.len(), "requests still in flight after the grace period; abandoning them (JetStream redelivers after the ack wait)");
         }
     }
 
@@ -208,12 +216,7 @@ impl Worker {
         }
     }
 
-    async fn deliver(
-        self: Arc<Self>,
-        mut message: Message,
-        _permit: OwnedSemaphorePermit,
-        drain: CancellationToken,
-    ) {
+    async fn deliver(self: Arc<Self>, mut message: Message, drain: CancellationToken) {
         let event = Event::from_message(&mut message);
         // A redriven event was addressed to this target explicitly.
         let redrive = event.subject.starts_with("fanout.redrive.");
@@ -385,6 +388,24 @@ impl Worker {
                 self.telemetry.dead_letter_failed(&event.id, &error);
                 settle(message, AckKind::Nak(Some(DEAD_LETTER_RETRY))).await;
             }
+        }
+    }
+}
+
+/// Awaits `future` while the deliveries in hand keep going. The future comes first
+/// when both are ready, so a free slot is filled before finished deliveries are
+/// collected.
+async fn alongside<D, F>(deliveries: &mut FuturesUnordered<D>, future: F) -> F::Output
+where
+    D: Future<Output = ()>,
+    F: Future,
+{
+    let mut future = std::pin::pin!(future);
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut future => return output,
+            Some(()) = deliveries.next(), if !deliveries.is_empty() => {}
         }
     }
 }

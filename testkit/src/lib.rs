@@ -16,7 +16,7 @@ pub mod target;
 pub mod tools;
 pub mod wait;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The repository root (testkit lives one level below it).
 pub fn repo_root() -> PathBuf {
@@ -33,4 +33,26 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding an ephemeral port on 127.0.0.1")
+}
+
+/// The release `fanout` binary (the product, with its allocator and runtime defaults),
+/// built first. For benchmarks, which measure what users run; run from a bench binary
+/// (`target/release/deps/...`), whose target directory holds it.
+pub fn fanout_release_binary() -> PathBuf {
+    let release = std::env::current_exe()
+        .expect("the running executable's path")
+        .parent()
+        .and_then(Path::parent)
+        .expect("a bench binary lives in target/release/deps")
+        .join("fanout");
+    // `cargo bench` sets CARGO; running the bench binary directly with CARGO=/bin/true
+    // skips the build and uses the binary already there.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "fanout"])
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building the fanout binary failed");
+    assert!(release.is_file(), "{} is missing", release.display());
+    release
 }

@@ -3,8 +3,9 @@
 //! In one run, on loopback, with the same load generator throughout:
 //! (a) a trivial axum server answering 202: the HTTP ceiling;
 //! (b) raw JetStream publishes, pipelined: the storage ceiling;
-//! (c) the gateway (the `fanout-gateway` binary, a child process) at its maximum rate
-//!     with 256-byte bodies, counting acknowledged events (202s);
+//! (c) the gateway (`fanout gateway` from the release binary users run, as a child
+//!     process) at its maximum rate with 256-byte bodies, counting acknowledged
+//!     events (202s);
 //! (d) the gateway at half that rate: latency percentiles, next to the trivial
 //!     server's and JetStream's own at the same rate; (e) the gateway at 5,000/s;
 //! and the gateway's peak resident memory (VmHWM of its process).
@@ -25,7 +26,6 @@ use bytes::Bytes;
 use fanout_testkit::nats::NatsServer;
 use load::{Report, Target};
 
-const GATEWAY: &str = env!("CARGO_BIN_EXE_fanout-gateway");
 const TOKEN: &str = "bench-token";
 const PATH: &str = "/v1/namespaces/bench/routes/events/events";
 const WARMUP: Duration = Duration::from_secs(1);
@@ -182,7 +182,8 @@ async fn run() {
     let config = jetstream::write_gateway_config(dir.path(), TOKEN);
     let addr = free_addr();
     let gateway = ChildProcess(
-        Command::new(GATEWAY)
+        Command::new(fanout_testkit::fanout_release_binary())
+            .arg("gateway")
             .arg("--config")
             .arg(&config)
             .args(["--listen", &addr.to_string(), "--nats-url", &nats.url()])
@@ -380,7 +381,7 @@ fn print_table(mut r: Results) {
     );
     match r.rss_kib.map(|k| k as f64 / 1024.0) {
         Some(mib) => println!(
-            "| gateway peak RSS (VmHWM of the fanout-gateway process) | {mib:.1} MiB | < 64 MiB: {} |",
+            "| gateway peak RSS (VmHWM of the `fanout gateway` process) | {mib:.1} MiB | < 64 MiB: {} |",
             verdict(mib < 64.0)
         ),
         None => println!("| gateway peak RSS | unknown | < 64 MiB |"),
