@@ -191,7 +191,7 @@ impl Contender {
     fn name(self) -> &'static str {
         match self {
             Contender::Baseline => "baseline (naive reqwest fan-out)",
-            Contender::Engine => "engine (fanout dispatch, 1 thread)",
+            Contender::Engine => "engine (fanout dispatch)",
         }
     }
 }

@@ -86,6 +86,9 @@ impl Harness {
             pod: "test-pod".into(),
             health_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(5),
+            // As `fanout dispatch` runs (standalone's shared runtime is covered by
+            // its own tests).
+            thread_per_target: true,
             ..Default::default()
         };
         let engine = Engine::start(
