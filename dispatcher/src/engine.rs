@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use fanout_config::RouteConfig;
 use fanout_config::health::HealthSnapshot;
 use fanout_provision::Provisioner;
+use fanout_provision::nats::NatsArgs;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,9 +31,11 @@ pub struct EngineOptions {
     pub health_ttl: Duration,
     /// How long requests in flight may take to finish after a stop.
     pub shutdown_grace: Duration,
-    /// Run each target's worker on a thread of its own, with its own single-threaded
-    /// runtime, instead of on the caller's runtime. See [`on_own_thread`].
-    pub thread_per_target: bool,
+    /// When set, each target's worker runs on a thread of its own, with its own
+    /// single-threaded runtime and its own connection to NATS made with these
+    /// settings, instead of on the caller's runtime and connection. See
+    /// [`on_own_thread`].
+    pub thread_per_target: Option<NatsArgs>,
 }
 
 impl Default for EngineOptions {
@@ -42,7 +45,7 @@ impl Default for EngineOptions {
             health_interval: Duration::from_secs(5),
             health_ttl: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(25),
-            thread_per_target: false,
+            thread_per_target: None,
         }
     }
 }
@@ -200,8 +203,10 @@ impl Engine {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         for worker in &workers {
-            let run = worker.clone().run(shutdown.clone(), options.shutdown_grace);
-            if options.thread_per_target {
+            let grace = options.shutdown_grace;
+            if let Some(nats) = &options.thread_per_target {
+                let run =
+                    with_own_connection(nats.clone(), worker.clone(), shutdown.clone(), grace);
                 let done = on_own_thread(worker.name(), run).map_err(|source| {
                     shutdown.cancel();
                     StartError::Thread {
@@ -216,7 +221,8 @@ impl Engine {
                     }
                 });
             } else {
-                tasks.spawn(run);
+                let consumer = worker.consumer().clone();
+                tasks.spawn(worker.clone().run(consumer, shutdown.clone(), grace));
             }
         }
         tasks.spawn(health::report(
@@ -252,9 +258,8 @@ impl Engine {
 ///
 /// One thread per target lets a dispatcher use more than one core without a
 /// multi-threaded runtime, whose cross-thread wake-ups cost more CPU per event than
-/// they gain. Everything a delivery touches (its HTTP connections, their tasks, its
-/// timers) then stays on that thread; only the NATS connection is shared, and its
-/// messages and acks cross threads in batches.
+/// they gain. Everything a delivery touches (its NATS connection, its HTTP
+/// connections, their tasks, its timers) stays on that thread.
 fn on_own_thread(
     target: &str,
     work: impl Future<Output = ()> + Send + 'static,
@@ -273,6 +278,45 @@ fn on_own_thread(
             let _ = done.send(());
         })?;
     Ok(ended)
+}
+
+/// Runs `worker` on a NATS connection of its own (made on the calling thread, whose
+/// runtime then drives it), so that its messages and acks never cross threads.
+/// Dead letters still go through the engine's connection: they are rare.
+async fn with_own_connection(
+    nats: NatsArgs,
+    worker: Arc<Worker>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let name = format!("fanout-dispatcher-{}", worker.name());
+    let info = worker.consumer().cached_info();
+    let (stream, consumer_name) = (info.stream_name.clone(), info.name.clone());
+    let connected = loop {
+        let attempt = async {
+            let client = nats.connect(&name).await?;
+            let consumer: PullConsumer = jetstream::new(client.clone())
+                .get_consumer_from_stream(&consumer_name, &stream)
+                .await?;
+            anyhow::Ok((client, consumer))
+        };
+        match attempt.await {
+            Ok(connected) => break connected,
+            Err(error) => {
+                tracing::warn!(target = %worker.name(), error = format!("{error:#}"), "the target's own NATS connection failed; retrying");
+                let pause = tokio::time::sleep(Duration::from_secs(1));
+                if shutdown.run_until_cancelled(pause).await.is_none() {
+                    return;
+                }
+            }
+        }
+    };
+    let (client, consumer) = connected;
+    worker.clone().run(consumer, shutdown, grace).await;
+    // Acks are buffered by the client: send them before the connection goes.
+    if let Err(error) = client.flush().await {
+        tracing::warn!(target = %worker.name(), %error, "flushing the target's NATS connection failed; unsent acks are redelivered after the ack wait");
+    }
 }
 
 /// One replica's token bucket: an equal share of the route's rate and burst. `None`

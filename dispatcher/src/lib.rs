@@ -89,7 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pod,
         health_interval: args.health_interval.as_std(),
         shutdown_grace: args.shutdown_grace.as_std(),
-        thread_per_target: true,
+        thread_per_target: Some(args.nats.clone()),
         ..Default::default()
     };
     let engine = Engine::start(config, auths, nats.clone(), metrics.clone(), options).await?;

@@ -108,6 +108,11 @@ impl Worker {
         &self.config.name
     }
 
+    /// The target's consumer, as found at start on the engine's NATS connection.
+    pub fn consumer(&self) -> &PullConsumer {
+        &self.consumer
+    }
+
     pub fn circuit(&self) -> Circuit {
         self.breaker.as_ref().map_or(Circuit::Closed, |b| {
             b.lock()
@@ -129,7 +134,15 @@ impl Worker {
     /// its scheduling and its join bookkeeping per event cost more than the
     /// delivery's own code. The dispatcher runs one runtime thread by default, so
     /// nothing is lost in parallelism; targets still run side by side as tasks.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+    /// `consumer` is the target's consumer on the NATS connection to fetch and settle
+    /// through: [`Worker::consumer`], or the same consumer on a connection of the
+    /// worker's own thread.
+    pub async fn run(
+        self: Arc<Self>,
+        consumer: PullConsumer,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) {
         let drain = CancellationToken::new();
         let mut deliveries = FuturesUnordered::new();
         let mut messages = None;
@@ -151,7 +164,7 @@ impl Worker {
             }
             let stream = match &mut messages {
                 Some(stream) => stream,
-                None => match alongside(&mut deliveries, self.subscribe()).await {
+                None => match alongside(&mut deliveries, self.subscribe(&consumer)).await {
                     Ok(stream) => messages.insert(stream),
                     Err(error) => {
                         tracing::warn!(route = %self.route.label, target = %self.name(), %error, "pulling events failed; retrying");
@@ -189,9 +202,12 @@ impl Worker {
     }
 
     /// A continuous pull: JetStream keeps up to a batch of events on the way to us.
-    async fn subscribe(&self) -> Result<PullStream, jetstream::consumer::StreamError> {
+    async fn subscribe(
+        &self,
+        consumer: &PullConsumer,
+    ) -> Result<PullStream, jetstream::consumer::StreamError> {
         let batch = (self.config.policy.max_in_flight as usize).clamp(1, MAX_BATCH);
-        self.consumer
+        consumer
             .stream()
             .max_messages_per_batch(batch)
             .heartbeat(HEARTBEAT)

@@ -82,7 +82,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_grace: args.shutdown_grace.as_std(),
         // Every route's targets share this process's runtime: a thread each would add
         // up quickly on a laptop, and local use is not about throughput.
-        thread_per_target: false,
+        thread_per_target: None,
     };
     for (route, auths) in prepared.routes.iter().zip(auths) {
         let key = RouteKey::new(&route.config.namespace, &route.config.name);

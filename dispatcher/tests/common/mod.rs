@@ -13,6 +13,7 @@ use fanout_api::manifests::Manifests;
 use fanout_config::RouteConfig;
 use fanout_config::health::HealthSnapshot;
 use fanout_config::jetstream::RouteStreams;
+use fanout_dispatcher::NatsArgs;
 use fanout_dispatcher::{Engine, EngineOptions, Metrics, load};
 use fanout_provision::Provisioner;
 use fanout_testkit::nats::NatsServer;
@@ -88,7 +89,12 @@ impl Harness {
             shutdown_grace: Duration::from_secs(5),
             // As `fanout dispatch` runs (standalone's shared runtime is covered by
             // its own tests).
-            thread_per_target: true,
+            thread_per_target: Some(NatsArgs {
+                url: self.nats.url(),
+                credentials_file: None,
+                token_file: None,
+                ca_file: None,
+            }),
             ..Default::default()
         };
         let engine = Engine::start(
