@@ -25,26 +25,8 @@ pub struct Args {
     #[arg(long, env = "FANOUT_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// NATS server URL (comma-separated for several).
-    #[arg(long, env = "FANOUT_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-
-    /// NATS credentials file (JWT + NKey seed).
-    #[arg(long, env = "FANOUT_NATS_CREDENTIALS_FILE")]
-    pub nats_credentials_file: Option<PathBuf>,
-
-    /// File holding a NATS token (never pass a token on the command line).
-    #[arg(
-        long,
-        env = "FANOUT_NATS_TOKEN_FILE",
-        conflicts_with = "nats_credentials_file"
-    )]
-    pub nats_token_file: Option<PathBuf>,
-
-    /// PEM file with the CA certificate(s) that signed the NATS server's certificate
-    /// (for `tls://` URLs with a private CA).
-    #[arg(long, env = "FANOUT_NATS_CA_FILE")]
-    pub nats_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats: fanout_provision::nats::NatsArgs,
 
     /// Largest request body accepted, in bytes (single events and whole batches).
     #[arg(long, env = "FANOUT_GATEWAY_BODY_LIMIT", default_value_t = 1024 * 1024)]

@@ -29,7 +29,6 @@ pub mod reload;
 pub mod server;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,18 +52,9 @@ pub enum StartError {
     ForwardHeaders(#[from] InvalidHeaderName),
     #[error("--{flag} must be at least 1")]
     Zero { flag: &'static str },
-    #[error("reading the NATS credentials file {path}")]
-    NatsCredentials {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("reading the NATS token file {path}")]
-    NatsToken {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A credentials or token file that cannot be read (the error names the file).
+    #[error("{0:#}")]
+    NatsSettings(anyhow::Error),
     #[error("connecting to NATS at {url}")]
     Connect {
         url: String,
@@ -161,7 +151,7 @@ impl Gateway {
         let server = tokio::spawn(server::serve(listener, state, async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
-        tracing::info!(%addr, nats = %args.nats_url, "gateway listening");
+        tracing::info!(%addr, nats = %args.nats.url, "gateway listening");
         Ok(Gateway {
             addr,
             stop,
@@ -220,26 +210,12 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 }
 
 async fn connect(args: &Args) -> Result<async_nats::Client, StartError> {
-    let mut options = match &args.nats_credentials_file {
-        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
-            .await
-            .map_err(|source| StartError::NatsCredentials {
-                path: path.clone(),
-                source,
-            })?,
-        None => async_nats::ConnectOptions::new(),
-    };
-    if let Some(path) = &args.nats_token_file {
-        let token = std::fs::read_to_string(path).map_err(|source| StartError::NatsToken {
-            path: path.clone(),
-            source,
-        })?;
-        options = options.token(token.trim_end_matches(['\n', '\r']).to_string());
-    }
-    if let Some(path) = &args.nats_ca_file {
-        // Read by async-nats each time it connects over TLS.
-        options = options.add_root_certificates(path.clone());
-    }
+    let url = &args.nats.url;
+    let options = args
+        .nats
+        .options()
+        .await
+        .map_err(StartError::NatsSettings)?;
     options
         .name("fanout-gateway")
         .retry_on_initial_connect()
@@ -249,10 +225,10 @@ async fn connect(args: &Args) -> Result<async_nats::Client, StartError> {
         .reconnect_delay_callback(|attempt| {
             Duration::from_millis((attempt as u64).saturating_mul(100).min(1000))
         })
-        .connect(args.nats_url.as_str())
+        .connect(url.as_str())
         .await
         .map_err(|source| StartError::Connect {
-            url: args.nats_url.clone(),
+            url: url.clone(),
             source,
         })
 }

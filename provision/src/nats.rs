@@ -19,7 +19,11 @@ pub struct NatsArgs {
     #[arg(long = "nats-credentials-file", env = "FANOUT_NATS_CREDENTIALS_FILE")]
     pub credentials_file: Option<PathBuf>,
     /// File holding a NATS token.
-    #[arg(long = "nats-token-file", env = "FANOUT_NATS_TOKEN_FILE")]
+    #[arg(
+        long = "nats-token-file",
+        env = "FANOUT_NATS_TOKEN_FILE",
+        conflicts_with = "credentials_file"
+    )]
     pub token_file: Option<PathBuf>,
     /// PEM file of the CA that signed the NATS server's certificate; enables TLS.
     #[arg(long = "nats-ca-file", env = "FANOUT_NATS_CA_FILE")]
@@ -50,7 +54,9 @@ impl NatsArgs {
             .with_context(|| format!("connecting to NATS at {}", self.url))
     }
 
-    async fn options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
+    /// The connection settings these flags give (authentication and TLS), for a
+    /// process that sets more of its own before connecting (the gateway).
+    pub async fn options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
         let mut options = match &self.credentials_file {
             Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
                 .await

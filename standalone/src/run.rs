@@ -178,24 +178,18 @@ fn credentials(prepared: &Prepared) -> anyhow::Result<Vec<Vec<Auth>>> {
 /// The gateway's flags: its configuration file is the one just rendered, and it is
 /// not re-read (standalone reads manifests once; restart to apply a change).
 fn gateway_args(args: &Args, prepared: &Prepared) -> anyhow::Result<fanout_gateway::Args> {
-    let mut flags = vec![
+    let flags = vec![
         "--config".to_string(),
         prepared.gateway_config.display().to_string(),
         "--config-poll-interval".into(),
         "0s".into(),
         "--listen".into(),
         args.listen_gateway.to_string(),
-        "--nats-url".into(),
-        args.nats.url.clone(),
     ];
-    if let Some(path) = &args.nats.credentials_file {
-        flags.extend(["--nats-credentials-file".into(), path.display().to_string()]);
-    }
-    if let Some(path) = &args.nats.token_file {
-        flags.extend(["--nats-token-file".into(), path.display().to_string()]);
-    }
-    let gateway =
+    let mut gateway =
         fanout_gateway::Args::from_flags(flags).context("building the gateway's settings")?;
+    // The same NATS settings as the rest of the process (URL, credentials, CA).
+    gateway.nats = args.nats.clone();
     Ok(gateway)
 }
 

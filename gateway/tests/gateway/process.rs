@@ -11,6 +11,22 @@ use crate::support::{Backend, RouteSpec, TOKEN, send_signal, stored_messages};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_fanout-gateway");
 
+/// Waits for a process that should stop by itself; one still running after `limit`
+/// (it started although it should have refused to) is killed and fails the test.
+fn exit_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "the gateway was still running after {limit:?}; it should have refused to start"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Reads from `stream` until `needle` has arrived (or fails after a deadline).
 async fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, needle: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -124,15 +140,43 @@ async fn a_missing_token_file_stops_start_up_naming_the_route_and_the_file() {
     let token_file = backend.dir.path().join("shop-orders-token-0");
     std::fs::remove_file(&token_file).unwrap();
     let port = fanout_testkit::free_port();
-    let output = Command::new(GATEWAY)
+    let child = Command::new(GATEWAY)
         .args(backend.gateway_flags(&format!("127.0.0.1:{port}")))
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let output = exit_within(child, Duration::from_secs(20));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("shop/orders"), "{stderr}");
     assert!(
         stderr.contains(&token_file.display().to_string()),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_nats_token_file_stops_start_up_naming_the_file() {
+    let backend = Backend::start(&[RouteSpec::new("shop", "orders").token(TOKEN)]).await;
+    let missing = backend.dir.path().join("no-such-nats-token");
+    let port = fanout_testkit::free_port();
+    let child = Command::new(GATEWAY)
+        .args(backend.gateway_flags(&format!("127.0.0.1:{port}")))
+        .arg("--nats-token-file")
+        .arg(&missing)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = exit_within(child, Duration::from_secs(20));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "reading the NATS token file {}",
+            missing.display()
+        )),
         "{stderr}"
     );
 }
