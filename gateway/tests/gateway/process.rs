@@ -11,9 +11,18 @@ use crate::support::{Backend, RouteSpec, TOKEN, send_signal, stored_messages};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_fanout-gateway");
 
-/// Waits for a process that should stop by itself; one still running after `limit`
-/// (it started although it should have refused to) is killed and fails the test.
-fn exit_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+/// Starts the gateway with `backend`'s flags and `extra`, expecting it to refuse to
+/// start: one still running after a deadline is killed and fails the test.
+fn start_refused(backend: &Backend, extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    let port = fanout_testkit::free_port();
+    let mut child = Command::new(GATEWAY)
+        .args(backend.gateway_flags(&format!("127.0.0.1:{port}")))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limit = Duration::from_secs(20);
     let deadline = std::time::Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
@@ -139,14 +148,7 @@ async fn a_missing_token_file_stops_start_up_naming_the_route_and_the_file() {
     let backend = Backend::start(&[RouteSpec::new("shop", "orders").token(TOKEN)]).await;
     let token_file = backend.dir.path().join("shop-orders-token-0");
     std::fs::remove_file(&token_file).unwrap();
-    let port = fanout_testkit::free_port();
-    let child = Command::new(GATEWAY)
-        .args(backend.gateway_flags(&format!("127.0.0.1:{port}")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = exit_within(child, Duration::from_secs(20));
+    let output = start_refused(&backend, &[]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("shop/orders"), "{stderr}");
@@ -160,16 +162,10 @@ async fn a_missing_token_file_stops_start_up_naming_the_route_and_the_file() {
 async fn an_unreadable_nats_token_file_stops_start_up_naming_the_file() {
     let backend = Backend::start(&[RouteSpec::new("shop", "orders").token(TOKEN)]).await;
     let missing = backend.dir.path().join("no-such-nats-token");
-    let port = fanout_testkit::free_port();
-    let child = Command::new(GATEWAY)
-        .args(backend.gateway_flags(&format!("127.0.0.1:{port}")))
-        .arg("--nats-token-file")
-        .arg(&missing)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = exit_within(child, Duration::from_secs(20));
+    let output = start_refused(
+        &backend,
+        &["--nats-token-file".as_ref(), missing.as_os_str()],
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
