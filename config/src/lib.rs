@@ -10,6 +10,9 @@
 //! - [`gateway`]: the routes the gateway accepts events for.
 //! - [`health`]: the per-target snapshots dispatchers report.
 //! - [`dead_letter`]: the headers of a dead letter.
+//!
+//! Plus [`error_chain`], the one way every Fanout process writes an error and its
+//! causes on one line.
 
 pub mod dead_letter;
 pub mod duration;
@@ -24,3 +27,42 @@ pub use duration::Duration;
 pub use names::RouteKey;
 pub use policy::DeliveryPolicy;
 pub use route::{RouteConfig, TargetConfig};
+
+/// An error and its causes on one line ("sending the request: connection refused"),
+/// for logs, status conditions and messages people read. A cause whose text the line
+/// already holds (libraries often repeat their source in their own message) is not
+/// repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Middle);
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle: inner")]
+    struct Middle(#[source] Inner);
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner;
+
+    #[test]
+    fn causes_are_joined_and_a_repeated_one_is_left_out() {
+        assert_eq!(
+            super::error_chain(&Outer(Middle(Inner))),
+            "outer: middle: inner"
+        );
+    }
+}

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
-use fanout_config::TargetConfig;
 use fanout_config::health::{Circuit, HealthSnapshot};
+use fanout_config::{TargetConfig, error_chain};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use governor::DefaultDirectRateLimiter;
@@ -442,19 +442,4 @@ fn body_limit(status: StatusCode) -> usize {
     } else {
         ERROR_BODY_LIMIT
     }
-}
-
-/// An error and its causes on one line ("error sending request: connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

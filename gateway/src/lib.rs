@@ -232,15 +232,3 @@ async fn connect(args: &Args) -> Result<async_nats::Client, StartError> {
             source,
         })
 }
-
-/// An error and its causes on one line, for logs.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -46,7 +46,7 @@ pub async fn watch_config(
             // Still waiting for a file that never existed: start-up said so already.
             Ok(Err(e)) if e.is_missing_file() && routes.borrow().is_empty() => {}
             Ok(Err(e)) => {
-                let message = crate::error_chain(&e);
+                let message = fanout_config::error_chain(&e);
                 // Say it once per distinct error rather than every interval.
                 if last_error.as_deref() != Some(message.as_str()) {
                     tracing::warn!(error = %message, "gateway configuration did not load; keeping the previous routes");

@@ -45,15 +45,3 @@ pub fn kube_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error 
     let what = what.into();
     move |source| Error::Kube { what, source }
 }
-
-/// The whole chain of an error, for messages people read.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}

@@ -21,8 +21,8 @@ use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::FIELD_MANAGER;
-use crate::error::chain;
 use crate::metrics::Metrics;
+use fanout_config::error_chain;
 
 /// The key of the rendered configuration in the gateway's ConfigMap.
 pub const CONFIG_KEY: &str = "gateway.yaml";
@@ -74,7 +74,7 @@ pub fn desired(
         match rendered {
             Ok(r) => config.routes.push(r),
             Err(error) => {
-                tracing::warn!(route = %format!("{namespace}/{name}"), error = %chain(&error), "route left out of the gateway");
+                tracing::warn!(route = %format!("{namespace}/{name}"), error = %error_chain(&error), "route left out of the gateway");
                 continue;
             }
         }
@@ -121,7 +121,7 @@ impl GatewaySync {
                         self.metrics
                             .reconciled(CONTROLLER, "error", started.elapsed());
                         self.metrics.error(CONTROLLER, "kubernetes");
-                        tracing::warn!(error = %chain(error.as_ref()), "updating the gateway's routes failed; retrying");
+                        tracing::warn!(error = %error_chain(error.as_ref()), "updating the gateway's routes failed; retrying");
                     }
                 }
             }

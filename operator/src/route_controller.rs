@@ -30,7 +30,9 @@ use kube::{Api, Resource, ResourceExt};
 use crate::conditions::READY;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::dispatcher_objects::{self, SECRETS_DIR};
-use crate::error::{Error, chain, kube_error};
+use fanout_config::error_chain;
+
+use crate::error::{Error, kube_error};
 use crate::route_status::{self, Findings, Problem};
 use crate::secrets;
 
@@ -64,7 +66,7 @@ pub async fn reconcile(route: Arc<FanOutRoute>, ctx: Arc<Context>) -> Result<Act
 /// and try again with backoff.
 pub fn error_policy(route: Arc<FanOutRoute>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(CONTROLLER, error.category());
-    let message = chain(error);
+    let message = error_chain(error);
     tracing::warn!(route = %ObjectRef::from_obj(route.as_ref()), error = %message, "reconcile failed; retrying");
     let ctx2 = ctx.clone();
     let route2 = route.clone();
@@ -185,7 +187,7 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
         {
             Ok(o) => Some(o),
             Err(e) => {
-                tracing::debug!(route = %oref, error = %chain(&e), "route not observable yet");
+                tracing::debug!(route = %oref, error = %error_chain(&e), "route not observable yet");
                 None
             }
         }
@@ -248,7 +250,7 @@ fn render_problem(e: &RenderError) -> Problem {
         RenderError::InvalidPolicy { .. } => "InvalidPolicy",
         RenderError::FilterOutsideRoute { .. } => "InvalidFilter",
     };
-    Problem::new(reason, chain(e))
+    Problem::new(reason, error_chain(e))
 }
 
 fn provision_problem(e: &ProvisionError, ctx: &Context) -> Problem {
@@ -259,7 +261,7 @@ fn provision_problem(e: &ProvisionError, ctx: &Context) -> Problem {
         }
         _ => "ProvisioningFailed",
     };
-    Problem::new(reason, chain(e))
+    Problem::new(reason, error_chain(e))
 }
 
 async fn apply_objects(

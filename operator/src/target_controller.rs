@@ -17,7 +17,9 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::conditions::{Draft, READY, stamp};
 use crate::context::{Context, FIELD_MANAGER};
-use crate::error::{Error, chain, kube_error};
+use fanout_config::error_chain;
+
+use crate::error::{Error, kube_error};
 use crate::secrets;
 
 /// The controller's name in metrics.
@@ -34,7 +36,7 @@ pub async fn reconcile(target: Arc<ApiTarget>, ctx: Arc<Context>) -> Result<Acti
 
 pub fn error_policy(target: Arc<ApiTarget>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.error(CONTROLLER, error.category());
-    tracing::warn!(target = %ObjectRef::from_obj(target.as_ref()), error = %chain(error), "reconcile failed; retrying");
+    tracing::warn!(target = %ObjectRef::from_obj(target.as_ref()), error = %error_chain(error), "reconcile failed; retrying");
     Action::requeue(ctx.status_interval.min(std::time::Duration::from_secs(5)))
 }
 
@@ -47,7 +49,7 @@ async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
         .map_err(|_| Error::CacheGone)?;
 
     let ready = match settings::resolve(&target.spec, None) {
-        Err(e) => Draft::new(READY, false, "InvalidPolicy", chain(&e)),
+        Err(e) => Draft::new(READY, false, "InvalidPolicy", error_chain(&e)),
         Ok(_) => {
             let wanted = secrets::dispatcher_secrets([target]);
             match secrets::check(&ctx.client, &namespace, &wanted).await? {

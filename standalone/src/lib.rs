@@ -90,15 +90,3 @@ pub struct Args {
     #[arg(long, env = "FANOUT_STANDALONE_SHUTDOWN_GRACE", default_value = "25s")]
     pub shutdown_grace: fanout_config::Duration,
 }
-
-/// An error and its causes on one line, for logs and status.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -119,7 +119,7 @@ impl StatusSource {
                         stream: None,
                         dead_letter_stream: None,
                         targets: Vec::new(),
-                        error: Some(crate::error_chain(&e)),
+                        error: Some(fanout_config::error_chain(&e)),
                     }
                 }
             };
