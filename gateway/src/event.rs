@@ -121,13 +121,13 @@ pub fn single(
     } else {
         cloudevents::from_binary(request).transpose()?
     };
-    let id = match (idempotency_key(request)?, &cloudevent) {
-        (Some(key), _) => key,
+    let client_id = match (idempotency_key(request)?, &cloudevent) {
+        (Some(key), _) => Some(key),
         (None, Some(ce)) => {
             check_id(&ce.id).map_err(EventError::CloudEventId)?;
-            ce.id.clone()
+            Some(ce.id.clone())
         }
-        (None, None) => new_id(),
+        (None, None) => None,
     };
     let mut headers = async_nats::HeaderMap::new();
     if let Some(content_type) = request.get(header::CONTENT_TYPE) {
@@ -138,7 +138,7 @@ pub fn single(
     }
     forward.copy(request, &mut headers, true)?;
     route.forward.copy_listed(request, &mut headers)?;
-    Ok(finish(route, id, cloudevent.as_ref(), headers, body))
+    Ok(finish(route, client_id, cloudevent.as_ref(), headers, body))
 }
 
 /// One event of a batch: its id is the item's CloudEvent id, else
@@ -151,17 +151,17 @@ pub fn batch_item(
     index: usize,
     item: ItemParts,
 ) -> Result<Event, EventError> {
-    let id = match (&item.cloudevent, idempotency_key(request)?) {
+    let client_id = match (&item.cloudevent, idempotency_key(request)?) {
         (Some(ce), _) => {
             check_id(&ce.id).map_err(EventError::CloudEventId)?;
-            ce.id.clone()
+            Some(ce.id.clone())
         }
         (None, Some(key)) => {
             let id = format!("{key}-{index}");
             check_id(&id).map_err(EventError::IdempotencyKey)?;
-            id
+            Some(id)
         }
-        (None, None) => new_id(),
+        (None, None) => None,
     };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Content-Type", item.content_type);
@@ -169,16 +169,22 @@ pub fn batch_item(
     route.forward.copy_listed(request, &mut headers)?;
     Ok(finish(
         route,
-        id,
+        client_id,
         item.cloudevent.as_ref(),
         headers,
         item.payload,
     ))
 }
 
+/// Completes an event. An id the client chose (Idempotency-Key, CloudEvent id) is also
+/// the JetStream message id, so a retry within the stream's duplicate window is stored
+/// once. An id the gateway makes up is not: no retry can ever repeat it, and each
+/// message id costs the server an entry in its duplicate table for the whole window
+/// (at 30,000 events/s and a 2-minute window, millions of entries to look up, grow
+/// and garbage-collect; docs/benchmarks.md, "Gateway").
 fn finish(
     route: &Route,
-    id: String,
+    client_id: Option<String>,
     cloudevent: Option<&cloudevents::Attributes>,
     mut headers: async_nats::HeaderMap,
     payload: Bytes,
@@ -187,7 +193,13 @@ fn finish(
         Some(ce) => cloudevents::subject_token(&ce.event_type),
         None => cloudevents::DEFAULT_TYPE_TOKEN.to_string(),
     };
-    headers.insert(MSG_ID_HEADER, id.as_str());
+    let id = match client_id {
+        Some(id) => {
+            headers.insert(MSG_ID_HEADER, id.as_str());
+            id
+        }
+        None => new_id(),
+    };
     headers.insert(EVENT_ID_HEADER, id.as_str());
     headers.insert(EXPECTED_STREAM_HEADER, route.stream.as_str());
     Event {
@@ -281,6 +293,7 @@ mod tests {
         );
         let event = single(&route(), &forward(), &request, body).unwrap();
         assert_eq!(event.id, "ce-9");
+        assert_eq!(event.headers.get(MSG_ID_HEADER).unwrap().as_str(), "ce-9");
         assert_eq!(event.subject, "fanout.in.shop.orders.user_created");
         assert_eq!(
             event.headers.get("Content-Type").unwrap().as_str(),
@@ -299,6 +312,9 @@ mod tests {
         let b = single(&route(), &forward(), &request, Bytes::from_static(b"x")).unwrap();
         assert_ne!(a.id, b.id);
         assert_eq!(uuid::Uuid::parse_str(&a.id).unwrap().get_version_num(), 7);
+        assert_eq!(a.headers.get(EVENT_ID_HEADER).unwrap().as_str(), a.id);
+        // No retry can repeat a made-up id: no duplicate-table entry for it.
+        assert!(a.headers.get(MSG_ID_HEADER).is_none());
         assert_eq!(a.subject, "fanout.in.shop.orders.event");
     }
 
@@ -330,6 +346,10 @@ mod tests {
         };
         let event = batch_item(&route(), &forward(), &request, 3, item).unwrap();
         assert_eq!(event.id, "batch-7-3");
+        assert_eq!(
+            event.headers.get(MSG_ID_HEADER).unwrap().as_str(),
+            "batch-7-3"
+        );
         assert!(event.headers.get("ce-id").is_none());
         assert_eq!(
             event.headers.get("Content-Type").unwrap().as_str(),

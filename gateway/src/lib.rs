@@ -142,7 +142,7 @@ impl Gateway {
             body_limit: args.body_limit,
             max_batch_items: args.max_batch_items,
         });
-        let listener = server::bind(args.listen).await?;
+        let listener = server::bind(args.listen)?;
         let addr = listener.local_addr().map_err(|source| ServeError::Bind {
             addr: args.listen,
             source,

@@ -261,7 +261,7 @@ fn build() -> Value {
                     "required": ["id", "stream", "sequence", "duplicate"],
                     "additionalProperties": false,
                     "properties": {
-                        "id": {"type": "string", "description": "The event id (Nats-Msg-Id and Fanout-Event-Id of the stored message)"},
+                        "id": {"type": "string", "description": "The event id: Fanout-Event-Id of the stored message, and its Nats-Msg-Id when it came from the Idempotency-Key or the CloudEvent id"},
                         "stream": {"type": "string", "description": "The JetStream stream that stored it"},
                         "sequence": {"type": "integer", "format": "int64", "minimum": 1, "description": "Its sequence in the stream (the original one for a duplicate)"},
                         "duplicate": {"type": "boolean", "description": "The id was already stored within the duplicate window; nothing new was stored"},

@@ -173,6 +173,10 @@ impl Publisher {
             limit: self.max_in_flight,
             waited: self.permit_wait,
         };
+        // The common case, a free permit, needs no timer.
+        if let Some(permit) = self.try_reserve() {
+            return Ok(permit);
+        }
         match tokio::time::timeout(self.permit_wait, self.permits.clone().acquire_owned()).await {
             Ok(Ok(held)) => Ok(Permit { _held: held }),
             // The semaphore is never closed; treat it like a timeout anyway.

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -88,10 +88,25 @@ async fn method_not_allowed() -> axum::response::Response {
     .into_response()
 }
 
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+/// Connections the kernel may hold completed but not yet accepted (capped by
+/// `net.core.somaxconn`). Producers connect in bursts (a gateway restart, a client
+/// fleet scaling up); a connection that finds the queue full has its SYN dropped and
+/// waits a whole second to retry. Tokio's `TcpListener::bind` asks for only 128.
+const LISTEN_BACKLOG: u32 = 4096;
+
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // A restarted gateway binds again at once, despite connections in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Serves until `shutdown` completes, then stops accepting connections and waits
@@ -112,4 +127,31 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(ServeError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A burst of connections larger than Tokio's default backlog (128) all complete
+    /// their handshake while the gateway is too busy to accept them: none has its SYN
+    /// dropped and waits a second to retry.
+    #[tokio::test]
+    async fn a_burst_of_connections_fits_in_the_listen_queue() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..400).map(|_| tokio::net::TcpStream::connect(addr));
+        // A dropped SYN is retried after 1 s; the whole burst takes milliseconds.
+        let connected = tokio::time::timeout(
+            Duration::from_millis(900),
+            futures::future::try_join_all(connects),
+        )
+        .await
+        .expect("some connections waited for a SYN retry: the listen queue overflowed")
+        .unwrap();
+        assert_eq!(connected.len(), 400);
+        drop(listener);
+    }
 }
