@@ -59,8 +59,9 @@ pub fn write_gateway_config(dir: &Path, token: &str) -> PathBuf {
     path
 }
 
-/// Publishes with up to `window` acknowledgements outstanding, each message with its
-/// own Nats-Msg-Id (as the gateway sends), counting acknowledgements.
+/// Publishes with up to `window` acknowledgements outstanding, counting
+/// acknowledgements. Without a Nats-Msg-Id, as the gateway stores an event the client
+/// sent without an Idempotency-Key.
 pub async fn publish_pipelined(
     js: &jetstream::Context,
     payload: &Bytes,
@@ -77,13 +78,9 @@ pub async fn publish_pipelined(
         elapsed: duration,
         ..Report::default()
     };
-    let mut n: u64 = 0;
     loop {
         while pending.len() < window {
-            n += 1;
-            let message = PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(format!("raw-{n}"));
+            let message = PublishMessage::build().payload(payload.clone());
             let ack = js.send_publish(subject.clone(), message).await.unwrap();
             pending.push(ack.into_future());
         }
@@ -127,9 +124,7 @@ pub async fn publish_at_rate(
                 tokio::time::sleep_until(due.into()).await;
                 let sent = Instant::now();
                 let from = if last_done > due { due } else { sent };
-                let message = PublishMessage::build()
-                    .payload(payload.clone())
-                    .message_id(format!("rate-{t}-{k}"));
+                let message = PublishMessage::build().payload(payload.clone());
                 let result = match js.send_publish(format!("{PREFIX}.event"), message).await {
                     Ok(ack) => ack.await.is_ok(),
                     Err(_) => false,

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,13 +22,22 @@ pub struct Target {
     pub body: Bytes,
     /// The status that counts as success.
     pub expect: u16,
+    /// Send a new `Idempotency-Key` with every request.
+    pub idempotency_keys: bool,
 }
+
+/// Makes idempotency keys unique across connections and phases.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
 impl Target {
     fn request(&self) -> hyper::Request<Full<Bytes>> {
         let mut builder = hyper::Request::post(&self.path).header("host", self.addr.to_string());
         for (name, value) in &self.headers {
             builder = builder.header(*name, value);
+        }
+        if self.idempotency_keys {
+            let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+            builder = builder.header("idempotency-key", format!("bench-{key}"));
         }
         builder.body(Full::new(self.body.clone())).unwrap()
     }
@@ -129,7 +139,8 @@ pub async fn closed_loop(
 }
 
 /// `rate` requests per second in all, spread evenly over the connections; each
-/// latency is measured from the moment its request was due.
+/// latency is measured from the moment its request was due. Every connection is open
+/// before the first request is due: the latency of a steady load, not of connecting.
 pub async fn open_loop(
     target: &Target,
     connections: usize,
@@ -138,14 +149,14 @@ pub async fn open_loop(
 ) -> Report {
     let interval = Duration::from_secs_f64(connections as f64 / rate);
     let per_connection = (duration.as_secs_f64() / interval.as_secs_f64()) as u64;
-    let begin = Instant::now() + Duration::from_millis(200);
+    let senders = futures::future::join_all((0..connections).map(|_| connect(target))).await;
+    let begin = Instant::now() + Duration::from_millis(50);
     let target = Arc::new(target.clone());
     let mut tasks = Vec::new();
-    for c in 0..connections {
+    for (c, mut sender) in senders.into_iter().enumerate() {
         let target = target.clone();
         let offset = interval.mul_f64(c as f64 / connections as f64);
         tasks.push(tokio::spawn(async move {
-            let mut sender = connect(&target).await;
             let mut report = Report::default();
             let mut last_done = Instant::now();
             for k in 0..per_connection {

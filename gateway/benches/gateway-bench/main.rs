@@ -5,14 +5,14 @@
 //! (b) raw JetStream publishes, pipelined: the storage ceiling;
 //! (c) the gateway (`fanout gateway` from the release binary users run, as a child
 //!     process) at its maximum rate with 256-byte bodies, counting acknowledged
-//!     events (202s);
+//!     events (202s); (c') the same with an Idempotency-Key on every request;
 //! (d) the gateway at half that rate: latency percentiles, next to the trivial
 //!     server's and JetStream's own at the same rate; (e) the gateway at 5,000/s;
 //! and the gateway's peak resident memory (VmHWM of its process).
 //!
 //! Environment: `BENCH_CONNECTIONS` (default 64), `BENCH_SECONDS` per phase
 //! (default 5), `BENCH_RATE` (offered rate of (d) instead of half of (c)),
-//! `BENCH_DUMP_METRICS` (print the gateway's publish-latency histogram).
+//! `BENCH_DUMP_METRICS` (print the gateway's publish latencies during (d)).
 
 mod jetstream;
 mod load;
@@ -115,6 +115,26 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+fn cpu_now(processes: &[(&str, u32)]) -> Vec<f64> {
+    processes.iter().map(|(_, pid)| cpu_seconds(*pid)).collect()
+}
+
+/// CPU microseconds per successful request of a closed-loop run, by process.
+fn cpu_per_request<'a>(
+    processes: &[(&'a str, u32)],
+    before: &[f64],
+    report: &Report,
+    seconds: Duration,
+) -> Vec<(&'a str, f64)> {
+    // The warm-up's requests used CPU too.
+    let requests = report.ok as f64 * (1.0 + WARMUP.as_secs_f64() / seconds.as_secs_f64());
+    processes
+        .iter()
+        .zip(before)
+        .map(|((name, pid), before)| (*name, (cpu_seconds(*pid) - before) / requests * 1e6))
+        .collect()
+}
+
 /// The pid of the nats-server listening on `port`.
 fn nats_pid(port: u16) -> u32 {
     let port = port.to_string();
@@ -135,6 +155,29 @@ fn nats_pid(port: u16) -> u32 {
         }
     }
     panic!("no nats-server on port {port}");
+}
+
+/// Time the threads of a process spent runnable but waiting for a CPU, and how many
+/// times they were put on one (`/proc/<pid>/task/*/schedstat`).
+fn run_delay(pid: u32) -> (Duration, u64) {
+    let mut waited = 0u64;
+    let mut slices = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        if let [_, delay, count] = fields[..] {
+            waited += delay;
+            slices += count;
+        }
+    }
+    (Duration::from_nanos(waited), slices)
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
@@ -202,34 +245,50 @@ async fn run() {
         ],
         body: payload.clone(),
         expect: 202,
+        idempotency_keys: false,
     };
     let processes = [
         ("gateway", gateway.0.id()),
         ("nats-server", nats_pid(nats.port())),
         ("load generator", std::process::id()),
     ];
-    let cpu_before: Vec<f64> = processes.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let cpu_before = cpu_now(&processes);
     let max = load::closed_loop(&events, connections, WARMUP, seconds).await;
-    let cpu_per_event: Vec<(&str, f64)> = processes
-        .iter()
-        .zip(&cpu_before)
-        .map(|((name, pid), before)| {
-            // The warm-up's requests used CPU too.
-            let requests = max.ok as f64 * (1.0 + WARMUP.as_secs_f64() / seconds.as_secs_f64());
-            (*name, (cpu_seconds(*pid) - before) / requests * 1e6)
-        })
-        .collect();
+    let cpu_per_event = cpu_per_request(&processes, &cpu_before, &max, seconds);
     eprintln!("(c) gateway: {:.0} events/s", max.rate());
     let half_rate = std::env::var("BENCH_RATE")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(max.rate() / 2.0);
+    let dump = std::env::var_os("BENCH_DUMP_METRICS").is_some();
+    let before = if dump {
+        publish_histogram(addr).await
+    } else {
+        Vec::new()
+    };
+    let delays_before: Vec<_> = processes.iter().map(|(_, pid)| run_delay(*pid)).collect();
     let half = load::open_loop(&events, connections, half_rate, seconds).await;
-    let fixed = load::open_loop(&events, connections, FIXED_RATE, seconds).await;
-    let rss_kib = peak_rss_kib(gateway.0.id());
-    if std::env::var_os("BENCH_DUMP_METRICS").is_some() {
-        dump_metrics(addr).await;
+    if dump {
+        print_histogram_delta("(d)", &before, &publish_histogram(addr).await);
+        for ((name, pid), (waited, slices)) in processes.iter().zip(&delays_before) {
+            let (w, n) = run_delay(*pid);
+            let (w, n) = (w - *waited, n - slices);
+            eprintln!(
+                "(d) {name}: waited for a CPU {:.0} ms in all, {:.0} µs per time slice ({n} slices)",
+                w.as_secs_f64() * 1e3,
+                w.as_secs_f64() * 1e6 / n.max(1) as f64
+            );
+        }
     }
+    let fixed = load::open_loop(&events, connections, FIXED_RATE, seconds).await;
+    // (c') Every request with its own Idempotency-Key: each event then has a
+    // Nats-Msg-Id, and nats-server keeps it in the stream's duplicate table.
+    let keyed = Target {
+        idempotency_keys: true,
+        ..events.clone()
+    };
+    let max_keyed = load::closed_loop(&keyed, connections, WARMUP, seconds).await;
+    let rss_kib = peak_rss_kib(gateway.0.id());
     drop(gateway);
 
     // (b) The storage ceiling, and the storage's own latency at the same rate.
@@ -255,8 +314,16 @@ async fn run() {
         headers: vec![("content-type", "application/json".into())],
         body: payload.clone(),
         expect: 202,
+        idempotency_keys: false,
     };
+    let trivial_processes = [
+        ("trivial server", trivial.0.id()),
+        ("load generator", std::process::id()),
+    ];
+    let cpu_before = cpu_now(&trivial_processes);
     let ceiling = load::closed_loop(&plain, connections, WARMUP, seconds).await;
+    let cpu_per_request_trivial =
+        cpu_per_request(&trivial_processes, &cpu_before, &ceiling, seconds);
     eprintln!("(a) trivial server: {:.0} req/s", ceiling.rate());
     let trivial_half = load::open_loop(&plain, connections, half_rate, seconds).await;
     drop(trivial);
@@ -268,28 +335,45 @@ async fn run() {
         storage,
         storage_half,
         max,
+        max_keyed,
         half_rate,
         half,
         fixed,
         cpu_per_event,
+        cpu_per_request_trivial,
         rss_kib,
     });
 }
 
-/// Prints the gateway's publish-latency histogram (to tell its own time from
-/// JetStream's).
-async fn dump_metrics(addr: SocketAddr) {
+/// The gateway's publish-latency histogram: cumulative counts by upper bound.
+async fn publish_histogram(addr: SocketAddr) -> Vec<(String, u64)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = "GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n";
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();
-    for line in answer
+    answer
         .lines()
-        .filter(|l| l.starts_with("fanout_gateway_publish_duration"))
-    {
-        eprintln!("{line}");
+        .filter_map(|l| l.strip_prefix("fanout_gateway_publish_duration_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (bound, count) = l.split_once("\"} ")?;
+            Some((bound.to_string(), count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Prints how the publishes of one phase were distributed (to tell the gateway's own
+/// time from JetStream's round trip).
+fn print_histogram_delta(phase: &str, before: &[(String, u64)], after: &[(String, u64)]) {
+    let total = after.last().map_or(0, |(_, n)| *n) - before.last().map_or(0, |(_, n)| *n);
+    eprintln!("publish latency during {phase}, {total} publishes (cumulative share):");
+    for ((bound, b), (_, a)) in before.iter().zip(after) {
+        let share = (a - b) as f64 / total.max(1) as f64 * 100.0;
+        eprintln!("  <= {bound:>7} s: {share:6.2}%");
+        if a - b == total {
+            break;
+        }
     }
 }
 
@@ -313,10 +397,12 @@ struct Results<'a> {
     storage: Report,
     storage_half: Report,
     max: Report,
+    max_keyed: Report,
     half_rate: f64,
     half: Report,
     fixed: Report,
     cpu_per_event: Vec<(&'a str, f64)>,
+    cpu_per_request_trivial: Vec<(&'a str, f64)>,
     rss_kib: Option<u64>,
 }
 
@@ -328,6 +414,14 @@ fn latencies(report: &mut Report) -> String {
         report.latency_ms(0.999),
         report.latency_ms(1.0)
     )
+}
+
+fn cpu_list(cpu: &[(&str, f64)]) -> String {
+    let items: Vec<String> = cpu
+        .iter()
+        .map(|(name, micros)| format!("{name} {micros:.1} µs"))
+        .collect();
+    items.join(", ")
 }
 
 fn print_table(mut r: Results) {
@@ -342,7 +436,11 @@ fn print_table(mut r: Results) {
         r.ceiling.rate()
     );
     println!(
-        "| (b) raw JetStream publish, file storage, 1024 in flight, Nats-Msg-Id set | {:.0} msg/s | storage ceiling |",
+        "| (a) CPU time per request during (a) | {} | |",
+        cpu_list(&r.cpu_per_request_trivial)
+    );
+    println!(
+        "| (b) raw JetStream publish, file storage, 1024 in flight | {:.0} msg/s | storage ceiling |",
         r.storage.rate()
     );
     println!(
@@ -351,14 +449,14 @@ fn print_table(mut r: Results) {
         r.max.rate() / r.storage.rate() * 100.0,
         verdict(share >= 40.0)
     );
-    let cpu: Vec<String> = r
-        .cpu_per_event
-        .iter()
-        .map(|(name, micros)| format!("{name} {micros:.1} µs"))
-        .collect();
     println!(
         "| (c) CPU time per event during (c) | {} | |",
-        cpu.join(", ")
+        cpu_list(&r.cpu_per_event)
+    );
+    println!(
+        "| (c') the same, each request with its own Idempotency-Key (a Nats-Msg-Id in the duplicate table) | {:.0} events/s = {:.0}% of (a) | |",
+        r.max_keyed.rate(),
+        r.max_keyed.rate() / r.ceiling.rate() * 100.0
     );
     println!(
         "| (d) gateway at {half_rate:.0}/s offered (half of c), achieved {:.0}/s | {} | p99 < 5 ms: {} |",
@@ -390,6 +488,7 @@ fn print_table(mut r: Results) {
         ("a", r.ceiling.failed),
         ("b", r.storage.failed),
         ("c", r.max.failed),
+        ("c'", r.max_keyed.failed),
         ("d", r.half.failed),
     ];
     if failed.iter().any(|(_, n)| *n > 0) {

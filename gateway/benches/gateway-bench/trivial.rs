@@ -25,9 +25,8 @@ pub fn serve(addr: SocketAddr) {
                     (StatusCode::ACCEPTED, answer)
                 }),
             );
-            // TCP_NODELAY, as the gateway sets it.
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            // The gateway's listen backlog and TCP_NODELAY.
+            let listener = fanout_gateway::server::bind(addr)
                 .unwrap()
                 .tap_io(|tcp| tcp.set_nodelay(true).unwrap());
             axum::serve(listener, app).await.unwrap();
