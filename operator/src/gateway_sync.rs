@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use fanout_api::FanOutRoute;
 use fanout_api::render::gateway_route;
+use fanout_config::error_chain;
 use fanout_config::gateway::GatewayConfig;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -22,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::FIELD_MANAGER;
 use crate::metrics::Metrics;
-use fanout_config::error_chain;
 
 /// The key of the rendered configuration in the gateway's ConfigMap.
 pub const CONFIG_KEY: &str = "gateway.yaml";

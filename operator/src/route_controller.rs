@@ -15,6 +15,7 @@ use std::time::Instant;
 use fanout_api::names::RouteKey;
 use fanout_api::render::{RenderError, render};
 use fanout_api::{ApiTarget, FanOutRoute, FanOutRouteStatus};
+use fanout_config::error_chain;
 use fanout_provision::ProvisionError;
 use fanout_provision::observe::observe;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -30,8 +31,6 @@ use kube::{Api, Resource, ResourceExt};
 use crate::conditions::READY;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::dispatcher_objects::{self, SECRETS_DIR};
-use fanout_config::error_chain;
-
 use crate::error::{Error, kube_error};
 use crate::route_status::{self, Findings, Problem};
 use crate::secrets;

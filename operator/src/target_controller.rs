@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use fanout_api::status::CircuitState;
 use fanout_api::{ApiTarget, ApiTargetStatus, FanOutRoute, settings};
+use fanout_config::error_chain;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -17,8 +18,6 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::conditions::{Draft, READY, stamp};
 use crate::context::{Context, FIELD_MANAGER};
-use fanout_config::error_chain;
-
 use crate::error::{Error, kube_error};
 use crate::secrets;
 

@@ -266,7 +266,11 @@ async fn run() {
     } else {
         Vec::new()
     };
-    let delays_before: Vec<_> = processes.iter().map(|(_, pid)| run_delay(*pid)).collect();
+    let delays_before: Vec<_> = if dump {
+        processes.iter().map(|(_, pid)| run_delay(*pid)).collect()
+    } else {
+        Vec::new()
+    };
     let half = load::open_loop(&events, connections, half_rate, seconds).await;
     if dump {
         print_histogram_delta("(d)", &before, &publish_histogram(addr).await);
