@@ -25,9 +25,10 @@ struct Cli {
     #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 
-    /// Async runtime threads. Default: 1 for `dispatch` and `gateway` (I/O bound;
-    /// scale out with replicas, and one thread avoids cross-thread wake-ups, which
-    /// cost a third of the CPU per event in both), all cores otherwise.
+    /// Async runtime threads. Default: 1 for `dispatch` and `gateway`, whose work runs
+    /// on threads of their own (a thread per target, a thread per gateway shard: no
+    /// cross-thread wake-ups, which cost a third more CPU per event), all cores
+    /// otherwise.
     #[arg(long, env = "FANOUT_WORKER_THREADS", global = true)]
     worker_threads: Option<NonZeroUsize>,
 

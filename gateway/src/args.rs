@@ -1,6 +1,7 @@
 //! Command-line flags of `fanout gateway`; each is also an environment variable.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use fanout_config::Duration;
@@ -25,6 +26,11 @@ pub struct Args {
     #[arg(long, env = "FANOUT_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Threads serving HTTP, each with its own NATS connection (docs/gateway.md,
+    /// "Shards"). Default: the CPUs this process may use.
+    #[arg(long, env = "FANOUT_GATEWAY_SHARDS")]
+    pub shards: Option<NonZeroUsize>,
+
     #[command(flatten)]
     pub nats: fanout_provision::nats::NatsArgs,
 
@@ -36,7 +42,8 @@ pub struct Args {
     #[arg(long, env = "FANOUT_GATEWAY_MAX_BATCH_ITEMS", default_value_t = 1000)]
     pub max_batch_items: usize,
 
-    /// Most publishes waiting for JetStream's acknowledgement at once.
+    /// Most publishes waiting for JetStream's acknowledgement at once (all shards
+    /// together).
     #[arg(long, env = "FANOUT_GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
@@ -64,6 +71,13 @@ pub struct Args {
 }
 
 impl Args {
+    /// How many shards to run: `--shards`, else one per CPU the process may use
+    /// (which honours a container's CPU quota).
+    pub fn shard_count(&self) -> NonZeroUsize {
+        self.shards
+            .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
+    }
+
     /// Parses flags as the command line would (for tests, benchmarks and embedding).
     pub fn from_flags<I, T>(flags: I) -> Result<Args, clap::Error>
     where

@@ -9,8 +9,12 @@
 //! - [`cloudevents`], [`event`], [`headers`]: the event id, subject and headers.
 //! - [`ingest`], [`batch`]: the two ingest endpoints; [`ops`]: health, metrics, API.
 //! - [`publish`]: JetStream publishes, the in-flight bound, error classification.
-//! - [`problem`]: RFC 9457 error answers; [`metrics`]; [`openapi`]; [`server`].
+//! - [`shard`]: the threads that serve, each with its own runtime and NATS
+//!   connection; [`accept`]: which shard serves a connection; [`server`]: the HTTP
+//!   server of one shard.
+//! - [`problem`]: RFC 9457 error answers; [`metrics`]; [`openapi`].
 
+pub mod accept;
 pub mod args;
 pub mod auth;
 pub mod batch;
@@ -27,21 +31,22 @@ pub mod problem;
 pub mod publish;
 pub mod reload;
 pub mod server;
+pub mod shard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 pub use args::Args;
 
 use crate::config::ConfigError;
 use crate::headers::{ForwardHeaders, InvalidHeaderName};
 use crate::metrics::Metrics;
-use crate::publish::Publisher;
-use crate::server::{AppState, ServeError};
+use crate::publish::InFlight;
+use crate::server::ServeError;
+use crate::shard::{Connections, Phase, Shard, Shared};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,14 @@ pub enum StartError {
     },
     #[error("starting the HTTP server")]
     Serve(#[from] ServeError),
+    #[error("starting shard {index} (a thread and its runtime)")]
+    Shard {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("shard {index} stopped while starting (its thread panicked)")]
+    ShardLost { index: usize },
 }
 
 /// Why the gateway did not stop cleanly.
@@ -72,22 +85,22 @@ pub enum ShutdownError {
     DrainTimedOut(Duration),
     #[error("the HTTP server failed")]
     Serve(#[from] ServeError),
-    #[error("the HTTP server task panicked")]
-    Panicked(#[source] tokio::task::JoinError),
+    #[error("shard {index} stopped unexpectedly (its thread panicked)")]
+    ShardLost { index: usize },
 }
 
-/// A running gateway.
+/// A running gateway: its shards, each serving on a thread of its own.
 pub struct Gateway {
     addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<Result<(), ServeError>>,
-    publisher: Publisher,
+    phase: watch::Sender<Phase>,
+    shards: Vec<Shard>,
     shutdown_timeout: Duration,
 }
 
 impl Gateway {
-    /// Loads the configuration, connects to NATS (in the background: the gateway
-    /// serves, and answers 503, until NATS is reachable) and starts serving HTTP.
+    /// Loads the configuration, binds the listening socket and starts the shards. Each
+    /// connects to NATS in the background: a shard serves, and answers 503, until
+    /// NATS is reachable.
     pub async fn start(args: Args) -> Result<Gateway, StartError> {
         if args.max_in_flight == 0 {
             return Err(StartError::Zero {
@@ -113,50 +126,54 @@ impl Gateway {
             }
             Err(e) => return Err(e.into()),
         };
-        let forward = ForwardHeaders::new(&args.forward_headers)?;
+        let shard_count = args.shard_count().get();
         let metrics = Arc::new(Metrics::new());
-        let client = connect(&args).await?;
-        let publisher = Publisher::new(
-            client,
-            args.max_in_flight,
-            args.in_flight_wait.as_std(),
-            args.publish_timeout.as_std(),
-            metrics.clone(),
-        );
         let (routes_tx, routes_rx) = watch::channel(Arc::new(routes));
-        let (stop, stop_rx) = watch::channel(false);
-        if !poll.is_zero() {
-            tokio::spawn(reload::watch_config(
-                args.config.clone(),
-                poll,
-                routes_tx,
-                metrics.clone(),
-                stop_rx.clone(),
-            ));
-        }
-        let state = Arc::new(AppState {
+        let shared = Shared {
             routes: routes_rx,
-            publisher: publisher.clone(),
-            metrics,
-            forward,
+            metrics: metrics.clone(),
+            forward: ForwardHeaders::new(&args.forward_headers)?,
             body_limit: args.body_limit,
             max_batch_items: args.max_batch_items,
-        });
+            in_flight: InFlight::new(args.max_in_flight),
+            permit_wait: args.in_flight_wait.as_std(),
+            ack_timeout: args.publish_timeout.as_std(),
+            connections: Arc::new(Connections::new(shard_count)),
+            nats: args.nats.clone(),
+        };
         let listener = server::bind(args.listen)?;
         let addr = listener.local_addr().map_err(|source| ServeError::Bind {
             addr: args.listen,
             source,
         })?;
-        let mut stopped = stop_rx;
-        let server = tokio::spawn(server::serve(listener, state, async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
-        tracing::info!(%addr, nats = %args.nats.url, "gateway listening");
+        let (phase, phase_rx) = watch::channel(Phase::Serve);
+        let mut shards = Vec::with_capacity(shard_count);
+        let mut handoffs = Vec::with_capacity(shard_count);
+        for index in 0..shard_count {
+            let (handoff, handed) = accept::channel(addr);
+            let shard = Shard::spawn(index, handed, shared.clone(), phase_rx.clone());
+            // Dropping `phase` on an early return stops the shards started so far.
+            shards.push(shard?);
+            handoffs.push(handoff);
+        }
+        for shard in &mut shards {
+            shard.started().await?;
+        }
+        tokio::spawn(accept::hand_out(listener, handoffs, phase_rx.clone()));
+        if !poll.is_zero() {
+            tokio::spawn(reload::watch_config(
+                args.config.clone(),
+                poll,
+                routes_tx,
+                metrics,
+                phase_rx,
+            ));
+        }
+        tracing::info!(%addr, shards = shard_count, nats = %args.nats.url, "gateway listening");
         Ok(Gateway {
             addr,
-            stop,
-            server,
-            publisher,
+            phase,
+            shards,
             shutdown_timeout: args.shutdown_timeout.as_std(),
         })
     }
@@ -167,20 +184,25 @@ impl Gateway {
     }
 
     /// Stops accepting connections, lets the requests in progress finish (up to the
-    /// shutdown timeout) and flushes the NATS connection.
+    /// shutdown timeout) and flushes the NATS connections.
     pub async fn shutdown(self) -> Result<(), ShutdownError> {
-        let _ = self.stop.send(true);
-        let mut server = self.server;
-        let served = match tokio::time::timeout(self.shutdown_timeout, &mut server).await {
-            Ok(joined) => joined.map_err(ShutdownError::Panicked)?,
-            Err(_) => {
-                server.abort();
-                return Err(ShutdownError::DrainTimedOut(self.shutdown_timeout));
+        let _ = self.phase.send(Phase::Drain);
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let mut outcome = Ok(());
+        let mut shards = self.shards;
+        for (done, shard) in shards.iter_mut().enumerate() {
+            match tokio::time::timeout_at(deadline, shard.stopped()).await {
+                Ok(stopped) => outcome = outcome.and(stopped),
+                Err(_) => {
+                    let _ = self.phase.send(Phase::Abort);
+                    for shard in &mut shards[done..] {
+                        let _ = shard.stopped().await;
+                    }
+                    return Err(ShutdownError::DrainTimedOut(self.shutdown_timeout));
+                }
             }
-        };
-        self.publisher.flush().await;
-        served?;
-        Ok(())
+        }
+        outcome
     }
 }
 
@@ -207,28 +229,4 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = interrupt.recv() => {}
         }
     })
-}
-
-async fn connect(args: &Args) -> Result<async_nats::Client, StartError> {
-    let url = &args.nats.url;
-    let options = args
-        .nats
-        .options()
-        .await
-        .map_err(StartError::NatsSettings)?;
-    options
-        .name("fanout-gateway")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        // Reconnect quickly after a NATS restart: while disconnected every ingest
-        // request is answered 503.
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis((attempt as u64).saturating_mul(100).min(1000))
-        })
-        .connect(url.as_str())
-        .await
-        .map_err(|source| StartError::Connect {
-            url: url.clone(),
-            source,
-        })
 }

@@ -24,7 +24,8 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    // One runtime thread, as `fanout gateway` runs by default.
+    // One runtime thread for accepting connections, reloads and signals, as `fanout
+    // gateway` runs by default; the shards have threads of their own.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

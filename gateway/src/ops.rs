@@ -19,18 +19,23 @@ pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// Ready when connected to NATS: only then can events be stored.
+/// Ready when every shard is connected to NATS: only then can any request store its
+/// event.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.publisher.is_connected() {
-        let routes = state.routes.borrow().len();
-        Json(json!({"status": "ready", "routes": routes})).into_response()
-    } else {
-        Problem::new(
+    match state.connections.disconnected() {
+        0 => {
+            let routes = state.routes.borrow().len();
+            Json(json!({"status": "ready", "routes": routes})).into_response()
+        }
+        down => Problem::new(
             ProblemKind::Unavailable,
-            "the gateway is not connected to NATS",
+            format!(
+                "the gateway is not connected to NATS on {down} of its {} shards",
+                state.connections.shards()
+            ),
         )
         .retry_after(2)
-        .into_response()
+        .into_response(),
     }
 }
 

@@ -85,13 +85,34 @@ impl From<&PublishError> for Problem {
     }
 }
 
-/// Publishes events to JetStream.
+/// The bound on publishes in flight, shared by every shard of the gateway, so that
+/// `--max-in-flight` bounds the whole process.
+#[derive(Clone)]
+pub struct InFlight {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl InFlight {
+    pub fn new(limit: usize) -> Self {
+        InFlight {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// Publishes currently waiting for their acknowledgement.
+    pub fn in_use(&self) -> usize {
+        self.limit - self.permits.available_permits()
+    }
+}
+
+/// Publishes events to JetStream over one NATS connection.
 #[derive(Clone)]
 pub struct Publisher {
     client: async_nats::Client,
     js: jetstream::Context,
-    permits: Arc<Semaphore>,
-    max_in_flight: usize,
+    in_flight: InFlight,
     permit_wait: Duration,
     ack_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -117,7 +138,7 @@ pub struct Pending {
 impl Publisher {
     pub fn new(
         client: async_nats::Client,
-        max_in_flight: usize,
+        in_flight: InFlight,
         permit_wait: Duration,
         ack_timeout: Duration,
         metrics: Arc<Metrics>,
@@ -126,13 +147,12 @@ impl Publisher {
             .timeout(ack_timeout)
             // The gateway bounds in-flight publishes itself (with a deadline); the
             // client's own limit must never be the one that blocks.
-            .max_ack_inflight(max_in_flight.saturating_mul(2).max(1))
+            .max_ack_inflight(in_flight.limit.saturating_mul(2).max(1))
             .build(client.clone());
         Publisher {
             client,
             js,
-            permits: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
+            in_flight,
             permit_wait,
             ack_timeout,
             metrics,
@@ -153,14 +173,15 @@ impl Publisher {
         }
     }
 
-    /// Publishes currently waiting for their acknowledgement.
+    /// Publishes waiting for their acknowledgement, in every shard.
     pub fn in_flight(&self) -> usize {
-        self.max_in_flight - self.permits.available_permits()
+        self.in_flight.in_use()
     }
 
     /// A permit if one is free right now.
     pub fn try_reserve(&self) -> Option<Permit> {
-        self.permits
+        self.in_flight
+            .permits
             .clone()
             .try_acquire_owned()
             .ok()
@@ -170,14 +191,19 @@ impl Publisher {
     /// A permit, waiting at most the configured bound.
     pub async fn reserve(&self) -> Result<Permit, PublishError> {
         let busy = || PublishError::Busy {
-            limit: self.max_in_flight,
+            limit: self.in_flight.limit,
             waited: self.permit_wait,
         };
         // The common case, a free permit, needs no timer.
         if let Some(permit) = self.try_reserve() {
             return Ok(permit);
         }
-        match tokio::time::timeout(self.permit_wait, self.permits.clone().acquire_owned()).await {
+        match tokio::time::timeout(
+            self.permit_wait,
+            self.in_flight.permits.clone().acquire_owned(),
+        )
+        .await
+        {
             Ok(Ok(held)) => Ok(Permit { _held: held }),
             // The semaphore is never closed; treat it like a timeout anyway.
             Ok(Err(_)) | Err(_) => Err(busy()),

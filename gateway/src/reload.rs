@@ -11,14 +11,16 @@ use tokio::sync::watch;
 
 use crate::config::{self, RouteTable};
 use crate::metrics::Metrics;
+use crate::shard::Phase;
 
-/// Re-reads `path` every `interval` until `stop` fires, publishing changed tables.
+/// Re-reads `path` every `interval` until the gateway stops serving, publishing
+/// changed tables.
 pub async fn watch_config(
     path: PathBuf,
     interval: Duration,
     routes: watch::Sender<Arc<RouteTable>>,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -27,7 +29,7 @@ pub async fn watch_config(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
+            _ = phase.wait_for(|phase| *phase != Phase::Serve) => return,
         }
         let path = path.clone();
         let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
-use tokio::net::{TcpListener, TcpSocket};
+use axum::serve::{Listener, ListenerExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -18,6 +18,7 @@ use crate::headers::ForwardHeaders;
 use crate::metrics::Metrics;
 use crate::problem::{Problem, ProblemKind};
 use crate::publish::Publisher;
+use crate::shard::Connections;
 use crate::{batch, ingest, ops};
 
 /// Path of the single-event endpoint.
@@ -25,10 +26,13 @@ pub const EVENTS_PATH: &str = "/v1/namespaces/{ns}/routes/{route}/events";
 /// Path of the batch endpoint.
 pub const BATCH_PATH: &str = "/v1/namespaces/{ns}/routes/{route}/events:batch";
 
-/// What every handler shares.
+/// What every handler of a shard shares.
 pub struct AppState {
     pub routes: watch::Receiver<Arc<RouteTable>>,
+    /// This shard's own NATS connection.
     pub publisher: Publisher,
+    /// Every shard's, for readiness.
+    pub connections: Arc<Connections>,
     pub metrics: Arc<Metrics>,
     pub forward: ForwardHeaders,
     pub body_limit: usize,
@@ -112,7 +116,7 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// Serves until `shutdown` completes, then stops accepting connections and waits
 /// for the requests in progress to finish.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Listener<Io = TcpStream, Addr = SocketAddr>,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {

@@ -6,6 +6,7 @@
 //! (c) the gateway (`fanout gateway` from the release binary users run, as a child
 //!     process) at its maximum rate with 256-byte bodies, counting acknowledged
 //!     events (202s); (c') the same with an Idempotency-Key on every request;
+//!     (c1) the same as (c) with one shard instead of one per CPU;
 //! (d) the gateway at half that rate: latency percentiles, next to the trivial
 //!     server's and JetStream's own at the same rate; (e) the gateway at 5,000/s;
 //! and the gateway's peak resident memory (VmHWM of its process).
@@ -212,6 +213,10 @@ async fn run() {
             .trim()
     );
     println!(
+        "gateway: its default shards ({} here: one per CPU), unless a row says otherwise",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
         "load: {connections} keep-alive HTTP/1.1 connections, {}s per phase after {}s warm-up, 256-byte JSON bodies",
         seconds.as_secs(),
         WARMUP.as_secs()
@@ -224,18 +229,7 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let config = jetstream::write_gateway_config(dir.path(), TOKEN);
     let addr = free_addr();
-    let gateway = ChildProcess(
-        Command::new(fanout_testkit::fanout_release_binary())
-            .arg("gateway")
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &addr.to_string(), "--nats-url", &nats.url()])
-            .env("FANOUT_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_http_ok(addr, "/readyz").await;
+    let gateway = start_gateway(&config, addr, &nats, &[]).await;
     let events = Target {
         addr,
         path: PATH.into(),
@@ -295,6 +289,23 @@ async fn run() {
     let rss_kib = peak_rss_kib(gateway.0.id());
     drop(gateway);
 
+    // (c1) One shard: what the gateway's other shards add.
+    let addr = free_addr();
+    let gateway = start_gateway(&config, addr, &nats, &["--shards", "1"]).await;
+    let one_shard = Target {
+        addr,
+        ..events.clone()
+    };
+    let processes = [
+        ("gateway", gateway.0.id()),
+        ("nats-server", nats_pid(nats.port())),
+        ("load generator", std::process::id()),
+    ];
+    let cpu_before = cpu_now(&processes);
+    let max_one_shard = load::closed_loop(&one_shard, connections, WARMUP, seconds).await;
+    let cpu_per_event_one_shard = cpu_per_request(&processes, &cpu_before, &max_one_shard, seconds);
+    drop(gateway);
+
     // (b) The storage ceiling, and the storage's own latency at the same rate.
     let storage = jetstream::publish_pipelined(&js, &payload, 1024, WARMUP, seconds).await;
     eprintln!("(b) JetStream publish: {:.0} msg/s", storage.rate());
@@ -340,6 +351,8 @@ async fn run() {
         storage_half,
         max,
         max_keyed,
+        max_one_shard,
+        cpu_per_event_one_shard,
         half_rate,
         half,
         fixed,
@@ -347,6 +360,29 @@ async fn run() {
         cpu_per_request_trivial,
         rss_kib,
     });
+}
+
+/// `fanout gateway` from the release binary, as a child process, once it is ready.
+async fn start_gateway(
+    config: &std::path::Path,
+    addr: SocketAddr,
+    nats: &NatsServer,
+    extra: &[&str],
+) -> ChildProcess {
+    let gateway = ChildProcess(
+        Command::new(fanout_testkit::fanout_release_binary())
+            .arg("gateway")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &addr.to_string(), "--nats-url", &nats.url()])
+            .args(extra)
+            .env("FANOUT_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_http_ok(addr, "/readyz").await;
+    gateway
 }
 
 /// The gateway's publish-latency histogram: cumulative counts by upper bound.
@@ -402,6 +438,8 @@ struct Results<'a> {
     storage_half: Report,
     max: Report,
     max_keyed: Report,
+    max_one_shard: Report,
+    cpu_per_event_one_shard: Vec<(&'a str, f64)>,
     half_rate: f64,
     half: Report,
     fixed: Report,
@@ -463,6 +501,12 @@ fn print_table(mut r: Results) {
         r.max_keyed.rate() / r.ceiling.rate() * 100.0
     );
     println!(
+        "| (c1) the same as (c) with one shard (`--shards 1`) | {:.0} events/s = {:.0}% of (a); CPU per event: {} | |",
+        r.max_one_shard.rate(),
+        r.max_one_shard.rate() / r.ceiling.rate() * 100.0,
+        cpu_list(&r.cpu_per_event_one_shard)
+    );
+    println!(
         "| (d) gateway at {half_rate:.0}/s offered (half of c), achieved {:.0}/s | {} | p99 < 5 ms: {} |",
         r.half.rate(),
         latencies(&mut r.half),
@@ -493,6 +537,7 @@ fn print_table(mut r: Results) {
         ("b", r.storage.failed),
         ("c", r.max.failed),
         ("c'", r.max_keyed.failed),
+        ("c1", r.max_one_shard.failed),
         ("d", r.half.failed),
     ];
     if failed.iter().any(|(_, n)| *n > 0) {

@@ -211,6 +211,9 @@ async fn exhausted_in_flight_limit_is_503_busy_instead_of_queueing() {
     let h = Harness::with(
         Setup::default()
             .flag("max-in-flight", "1")
+            // The bound is the whole gateway's: the second request, on another
+            // connection and so on the other shard, finds no slot either.
+            .flag("shards", "2")
             .flag("in-flight-wait", "50ms")
             .flag("publish-timeout", "30s"),
     )

@@ -66,6 +66,9 @@ async fn sigterm_stops_accepting_finishes_the_request_in_progress_and_exits_0() 
     let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(GATEWAY)
         .args(backend.gateway_flags(&addr))
+        // Readiness is asked on one connection, the request below made on another:
+        // two shards drain, one with a request in progress.
+        .args(["--shards", "2"])
         .env("FANOUT_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

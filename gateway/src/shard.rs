@@ -1,0 +1,232 @@
+//! Shards: the gateway serves HTTP on several threads, by default one per CPU the
+//! process may use. Each shard is a thread with a current-thread runtime and a NATS
+//! connection of its own, and serves the connections [`crate::accept`] hands it. A
+//! request, its publish and JetStream's acknowledgement then stay on one thread: no
+//! cross-thread wake-ups, which cost a multi-threaded runtime 35–65% more CPU per
+//! event (docs/benchmarks.md, "Gateway").
+//!
+//! The shards share the route table, the metrics, the bound on publishes in flight,
+//! and the list of their NATS connections (the gateway is ready when all are up).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use fanout_provision::nats::NatsArgs;
+use tokio::sync::{oneshot, watch};
+
+use crate::accept::Handed;
+use crate::config::RouteTable;
+use crate::headers::ForwardHeaders;
+use crate::metrics::Metrics;
+use crate::publish::{InFlight, Publisher};
+use crate::server::{self, AppState};
+use crate::{ShutdownError, StartError};
+
+/// What the gateway asks of its shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Serve,
+    /// Stop accepting connections, finish the requests in progress.
+    Drain,
+    /// Stop now (draining took too long, or another shard failed to start).
+    Abort,
+}
+
+/// The NATS connections of all shards.
+pub struct Connections {
+    expected: usize,
+    clients: Mutex<Vec<async_nats::Client>>,
+}
+
+impl Connections {
+    pub fn new(expected: usize) -> Self {
+        Connections {
+            expected,
+            clients: Mutex::new(Vec::with_capacity(expected)),
+        }
+    }
+
+    /// How many shards the gateway runs.
+    pub fn shards(&self) -> usize {
+        self.expected
+    }
+
+    fn add(&self, client: async_nats::Client) {
+        self.lock().push(client);
+    }
+
+    /// How many shards cannot store events now: not connected to NATS, or not started
+    /// yet. Each shard publishes on its own connection, so the gateway is ready only
+    /// when this is zero.
+    pub fn disconnected(&self) -> usize {
+        let connected = self
+            .lock()
+            .iter()
+            .filter(|client| client.connection_state() == State::Connected)
+            .count();
+        self.expected - connected
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<async_nats::Client>> {
+        // The list is only ever pushed to: a panic elsewhere cannot leave it torn.
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What every shard shares, and how each connects to NATS.
+#[derive(Clone)]
+pub struct Shared {
+    pub routes: watch::Receiver<Arc<RouteTable>>,
+    pub metrics: Arc<Metrics>,
+    pub forward: ForwardHeaders,
+    pub body_limit: usize,
+    pub max_batch_items: usize,
+    pub in_flight: InFlight,
+    pub permit_wait: Duration,
+    pub ack_timeout: Duration,
+    pub connections: Arc<Connections>,
+    pub nats: NatsArgs,
+}
+
+/// A running shard, as the gateway sees it.
+pub struct Shard {
+    index: usize,
+    started: Option<oneshot::Receiver<Result<(), StartError>>>,
+    stopped: oneshot::Receiver<Result<(), ShutdownError>>,
+}
+
+impl Shard {
+    /// Starts shard `index` on a thread of its own, serving the connections handed to
+    /// it until `phase` says otherwise.
+    pub fn spawn(
+        index: usize,
+        listener: Handed,
+        shared: Shared,
+        phase: watch::Receiver<Phase>,
+    ) -> Result<Shard, StartError> {
+        let thread_failed = |source| StartError::Shard { index, source };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(thread_failed)?;
+        let (started_tx, started) = oneshot::channel();
+        let (stopped_tx, stopped) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("gateway-shard-{index}"))
+            .spawn(move || {
+                let result = runtime.block_on(serve(listener, shared, phase, started_tx));
+                // Connections still open when the shard aborted go with its runtime,
+                // before the gateway hears that the shard stopped.
+                drop(runtime);
+                let _ = stopped_tx.send(result);
+            })
+            .map_err(thread_failed)?;
+        Ok(Shard {
+            index,
+            started: Some(started),
+            stopped,
+        })
+    }
+
+    /// Waits until the shard serves, or fails to start.
+    pub async fn started(&mut self) -> Result<(), StartError> {
+        match self.started.take() {
+            Some(started) => started
+                .await
+                .unwrap_or(Err(StartError::ShardLost { index: self.index })),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the shard has stopped; `Ok` when it drained cleanly. Call it
+    /// again after a timeout, not after it returned.
+    pub async fn stopped(&mut self) -> Result<(), ShutdownError> {
+        let index = self.index;
+        (&mut self.stopped)
+            .await
+            .unwrap_or(Err(ShutdownError::ShardLost { index }))
+    }
+}
+
+/// A shard's life: connect, serve, drain, flush.
+async fn serve(
+    listener: Handed,
+    shared: Shared,
+    mut phase: watch::Receiver<Phase>,
+    started: oneshot::Sender<Result<(), StartError>>,
+) -> Result<(), ShutdownError> {
+    // Connect on this thread, so that the connection's task runs on this runtime.
+    let client = match connect(&shared.nats).await {
+        Ok(client) => client,
+        Err(e) => {
+            let _ = started.send(Err(e));
+            return Ok(());
+        }
+    };
+    shared.connections.add(client.clone());
+    let publisher = Publisher::new(
+        client,
+        shared.in_flight,
+        shared.permit_wait,
+        shared.ack_timeout,
+        shared.metrics.clone(),
+    );
+    let state = Arc::new(AppState {
+        routes: shared.routes,
+        publisher: publisher.clone(),
+        connections: shared.connections,
+        metrics: shared.metrics,
+        forward: shared.forward,
+        body_limit: shared.body_limit,
+        max_batch_items: shared.max_batch_items,
+    });
+    let _ = started.send(Ok(()));
+    let mut drain = phase.clone();
+    let draining = async move {
+        // Also when the gateway is gone without a shutdown: then stop too.
+        let _ = drain.wait_for(|phase| *phase != Phase::Serve).await;
+    };
+    tokio::select! {
+        served = server::serve(listener, state, draining) => {
+            // Publishes are buffered by the client: send them before the thread ends.
+            publisher.flush().await;
+            served.map_err(ShutdownError::Serve)
+        }
+        _ = phase.wait_for(|phase| *phase == Phase::Abort) => Ok(()),
+    }
+}
+
+/// Connects in the background: the shard serves, and answers 503, until NATS is
+/// reachable.
+async fn connect(nats: &NatsArgs) -> Result<async_nats::Client, StartError> {
+    let options = nats.options().await.map_err(StartError::NatsSettings)?;
+    options
+        .name("fanout-gateway")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        // Reconnect quickly after a NATS restart: while disconnected every ingest
+        // request is answered 503.
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((attempt as u64).saturating_mul(100).min(1000))
+        })
+        .connect(nats.url.as_str())
+        .await
+        .map_err(|source| StartError::Connect {
+            url: nats.url.clone(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_that_has_not_started_counts_as_disconnected() {
+        let connections = Connections::new(3);
+        assert_eq!(connections.shards(), 3);
+        // Until every shard has its connection, the gateway is not ready.
+        assert_eq!(connections.disconnected(), 3);
+    }
+}
