@@ -1,16 +1,20 @@
 //! The load generator: many HTTP/1.1 keep-alive connections, each sending one request
 //! at a time, either as fast as answers come (closed loop: the maximum rate) or on a
 //! fixed schedule (open loop: latency at a given rate).
+//!
+//! It shares the machine's cores with what it measures, so it is kept lean, as wrk is:
+//! one thread per core, each a single-threaded runtime driving its share of the
+//! connections; requests written as prepared bytes; answers parsed only for their
+//! status and length. (A hyper client on a multi-threaded runtime needed 10–12 µs of
+//! CPU per request, CPU the gateway and nats-server then lacked.)
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// One request, sent again and again.
@@ -30,16 +34,29 @@ pub struct Target {
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
 impl Target {
-    fn request(&self) -> hyper::Request<Full<Bytes>> {
-        let mut builder = hyper::Request::post(&self.path).header("host", self.addr.to_string());
+    /// The request's bytes on the wire.
+    fn request(&self) -> Vec<u8> {
+        let mut head = format!("POST {} HTTP/1.1\r\nhost: {}\r\n", self.path, self.addr);
         for (name, value) in &self.headers {
-            builder = builder.header(*name, value);
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         if self.idempotency_keys {
             let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-            builder = builder.header("idempotency-key", format!("bench-{key}"));
+            head.push_str(&format!("idempotency-key: bench-{key}\r\n"));
         }
-        builder.body(Full::new(self.body.clone())).unwrap()
+        head.push_str(&format!("content-length: {}\r\n\r\n", self.body.len()));
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&self.body);
+        request
+    }
+
+    /// The next request to send: the same bytes each time, unless each needs a key.
+    fn next<'a>(&self, fixed: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if self.idempotency_keys {
+            std::borrow::Cow::Owned(self.request())
+        } else {
+            std::borrow::Cow::Borrowed(fixed)
+        }
     }
 }
 
@@ -75,28 +92,116 @@ impl Report {
     }
 }
 
-async fn connect(target: &Target) -> http1::SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(target.addr).await.expect("connecting");
-    stream.set_nodelay(true).unwrap();
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP handshake");
-    tokio::spawn(connection);
-    sender
+/// One keep-alive connection.
+struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
 }
 
-/// Sends one request and reads the whole answer; `true` if it had the expected status.
-async fn exchange(sender: &mut http1::SendRequest<Full<Bytes>>, target: &Target) -> bool {
-    if sender.ready().await.is_err() {
-        return false;
-    }
-    match sender.send_request(target.request()).await {
-        Ok(response) => {
-            let ok = response.status().as_u16() == target.expect;
-            ok && response.into_body().collect().await.is_ok()
+impl Connection {
+    async fn open(addr: SocketAddr) -> Connection {
+        let stream = TcpStream::connect(addr).await.expect("connecting");
+        stream.set_nodelay(true).unwrap();
+        Connection {
+            stream,
+            buffer: Vec::with_capacity(4096),
         }
-        Err(_) => false,
     }
+
+    /// Sends one request and reads its whole answer; `true` if it had the expected
+    /// status, `false` if not or if the connection failed (then open a new one).
+    async fn exchange(&mut self, target: &Target, request: &[u8]) -> bool {
+        if self.stream.write_all(request).await.is_err() {
+            return false;
+        }
+        self.buffer.clear();
+        loop {
+            match answer(&self.buffer) {
+                Answer::Complete(status) => return status == target.expect,
+                Answer::Partial => {}
+                Answer::Invalid(why) => panic!("the server's answer is not usable: {why}"),
+            }
+            match self.stream.read_buf(&mut self.buffer).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+enum Answer {
+    Complete(u16),
+    Partial,
+    Invalid(String),
+}
+
+/// Whether `bytes` hold a whole answer (head and `Content-Length` bytes of body).
+fn answer(bytes: &[u8]) -> Answer {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head_len = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Answer::Partial,
+        Err(e) => return Answer::Invalid(e.to_string()),
+    };
+    let length = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| {
+            std::str::from_utf8(h.value)
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        });
+    match (length, response.code) {
+        (Some(length), Some(code)) if bytes.len() >= head_len + length => Answer::Complete(code),
+        (Some(_), Some(_)) => Answer::Partial,
+        _ => Answer::Invalid("no status or no Content-Length".into()),
+    }
+}
+
+/// Runs `work` for every connection index, spread over one thread per core, each a
+/// single-threaded runtime; merges what they measured.
+async fn on_every_core<F, Fut>(connections: usize, duration: Duration, work: F) -> Report
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Report> + 'static,
+{
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(connections.max(1));
+    let work = Arc::new(work);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let work = work.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let mine = (t..connections).step_by(threads).map(|c| work(c));
+                runtime.block_on(futures::future::join_all(mine))
+            })
+        })
+        .collect();
+    let reports = tokio::task::spawn_blocking(move || {
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("load thread"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let mut total = Report {
+        elapsed: duration,
+        ..Report::default()
+    };
+    for report in reports {
+        total.merge(report);
+    }
+    total
 }
 
 /// Every connection sends its next request as soon as the previous answer arrived.
@@ -109,14 +214,15 @@ pub async fn closed_loop(
 ) -> Report {
     let start = Instant::now() + warmup;
     let end = start + duration;
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
+    let target = Arc::new(target.clone());
+    on_every_core(connections, duration, move |_| {
         let target = target.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut sender = connect(&target).await;
+        async move {
+            let fixed = target.request();
+            let mut connection = Connection::open(target.addr).await;
             let mut report = Report::default();
             loop {
-                let ok = exchange(&mut sender, &target).await;
+                let ok = connection.exchange(&target, &target.next(&fixed)).await;
                 let now = Instant::now();
                 if now >= end {
                     break;
@@ -129,13 +235,13 @@ pub async fn closed_loop(
                     }
                 }
                 if !ok {
-                    sender = connect(&target).await;
+                    connection = Connection::open(target.addr).await;
                 }
             }
             report
-        }));
-    }
-    collect(tasks, duration).await
+        }
+    })
+    .await
 }
 
 /// `rate` requests per second in all, spread evenly over the connections; each
@@ -149,14 +255,17 @@ pub async fn open_loop(
 ) -> Report {
     let interval = Duration::from_secs_f64(connections as f64 / rate);
     let per_connection = (duration.as_secs_f64() / interval.as_secs_f64()) as u64;
-    let senders = futures::future::join_all((0..connections).map(|_| connect(target))).await;
-    let begin = Instant::now() + Duration::from_millis(50);
+    let all_open = Arc::new(tokio::sync::Barrier::new(connections));
+    let begin = Arc::new(OnceLock::new());
     let target = Arc::new(target.clone());
-    let mut tasks = Vec::new();
-    for (c, mut sender) in senders.into_iter().enumerate() {
-        let target = target.clone();
+    on_every_core(connections, duration, move |c| {
+        let (target, all_open, begin) = (target.clone(), all_open.clone(), begin.clone());
         let offset = interval.mul_f64(c as f64 / connections as f64);
-        tasks.push(tokio::spawn(async move {
+        async move {
+            let fixed = target.request();
+            let mut connection = Connection::open(target.addr).await;
+            all_open.wait().await;
+            let begin = *begin.get_or_init(|| Instant::now() + Duration::from_millis(50));
             let mut report = Report::default();
             let mut last_done = Instant::now();
             for k in 0..per_connection {
@@ -167,7 +276,7 @@ pub async fn open_loop(
                 // woke up late: that is the generator's, not the server's.
                 let sent = Instant::now();
                 let from = if last_done > due { due } else { sent };
-                let ok = exchange(&mut sender, &target).await;
+                let ok = connection.exchange(&target, &target.next(&fixed)).await;
                 last_done = Instant::now();
                 if ok {
                     report.ok += 1;
@@ -177,22 +286,11 @@ pub async fn open_loop(
                         .push(micros.min(u128::from(u32::MAX)) as u32);
                 } else {
                     report.failed += 1;
-                    sender = connect(&target).await;
+                    connection = Connection::open(target.addr).await;
                 }
             }
             report
-        }));
-    }
-    collect(tasks, duration).await
-}
-
-async fn collect(tasks: Vec<tokio::task::JoinHandle<Report>>, duration: Duration) -> Report {
-    let mut total = Report {
-        elapsed: duration,
-        ..Report::default()
-    };
-    for task in tasks {
-        total.merge(task.await.expect("load task"));
-    }
-    total
+        }
+    })
+    .await
 }
