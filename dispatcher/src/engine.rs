@@ -105,6 +105,8 @@ pub struct Engine {
     pod: String,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    /// Targets whose worker thread panicked.
+    lost: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Engine {
@@ -202,6 +204,7 @@ impl Engine {
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
         for worker in &workers {
             let grace = options.shutdown_grace;
             if let Some(nats) = &options.thread_per_target {
@@ -215,9 +218,11 @@ impl Engine {
                     }
                 })?;
                 let (route, target) = (label.clone(), worker.name().to_string());
+                let lost = lost_tx.clone();
                 tasks.spawn(async move {
                     if done.await.is_err() {
                         tracing::error!(%route, %target, "the target's worker thread panicked; it delivers no more until the dispatcher restarts");
+                        let _ = lost.send(target);
                     }
                 });
             } else {
@@ -238,12 +243,23 @@ impl Engine {
             pod: options.pod,
             shutdown,
             tasks,
+            lost,
         })
     }
 
     /// The current health of every target, as it would be reported.
     pub fn snapshots(&self) -> Vec<HealthSnapshot> {
         self.workers.iter().map(|w| w.snapshot(&self.pod)).collect()
+    }
+
+    /// Resolves with a target's name if its worker thread panicked: that target gets
+    /// no more deliveries from this process, which should then stop and be restarted.
+    pub async fn worker_lost(&mut self) -> String {
+        match self.lost.recv().await {
+            Some(target) => target,
+            // No thread per target, or every watcher has finished: nothing to report.
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops fetching, drains, writes a last health snapshot, and returns when done.
@@ -254,7 +270,8 @@ impl Engine {
 }
 
 /// Runs `work` (a target's worker) on a new thread with its own single-threaded
-/// runtime; the returned receiver resolves when it has ended.
+/// runtime; the returned receiver resolves when it has ended: `Ok` when `work`
+/// returned, an error when it panicked.
 ///
 /// One thread per target lets a dispatcher use more than one core without a
 /// multi-threaded runtime, whose cross-thread wake-ups cost more CPU per event than
@@ -346,7 +363,15 @@ fn client_settings(policy: &fanout_config::DeliveryPolicy) -> ClientSettings {
 mod tests {
     use fanout_config::policy::RateLimit;
 
-    use super::rate_limiter;
+    use super::{on_own_thread, rate_limiter};
+
+    #[tokio::test]
+    async fn a_worker_thread_that_panics_is_told_apart_from_one_that_returned() {
+        let returned = on_own_thread("calm", async {}).unwrap();
+        assert!(returned.await.is_ok());
+        let panicked = on_own_thread("buggy", async { panic!("a bug in a worker") }).unwrap();
+        assert!(panicked.await.is_err());
+    }
 
     fn limit(requests_per_second: f64) -> RateLimit {
         RateLimit {

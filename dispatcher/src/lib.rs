@@ -92,7 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         thread_per_target: Some(args.nats.clone()),
         ..Default::default()
     };
-    let engine = Engine::start(config, auths, nats.clone(), metrics.clone(), options).await?;
+    let mut engine = Engine::start(config, auths, nats.clone(), metrics.clone(), options).await?;
 
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -105,7 +105,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    shutdown_signal().await;
+    // A target whose worker thread panicked gets nothing more from this process: stop
+    // (and fail, so that Kubernetes restarts the pod) rather than deliver to the
+    // other targets only.
+    let lost = tokio::select! {
+        () = shutdown_signal() => None,
+        target = engine.worker_lost() => Some(target),
+    };
     tracing::info!("stopping: no new fetches, finishing deliveries in flight");
     engine.stop().await;
     shutdown.cancel();
@@ -116,7 +122,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Acks are buffered by the client; make sure they reach the server before exit.
     nats.flush().await.context("flushing NATS")?;
     tracing::info!("stopped");
-    Ok(())
+    match lost {
+        None => Ok(()),
+        Some(target) => anyhow::bail!("the worker thread of target {target} panicked"),
+    }
 }
 
 /// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

@@ -37,7 +37,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 pub use args::Args;
 
@@ -94,6 +94,8 @@ pub struct Gateway {
     addr: SocketAddr,
     phase: watch::Sender<Phase>,
     shards: Vec<Shard>,
+    /// The index of each shard whose thread has ended.
+    ended: mpsc::UnboundedReceiver<usize>,
     shutdown_timeout: Duration,
 }
 
@@ -147,11 +149,18 @@ impl Gateway {
             source,
         })?;
         let (phase, phase_rx) = watch::channel(Phase::Serve);
+        let (ended_tx, ended) = mpsc::unbounded_channel();
         let mut shards = Vec::with_capacity(shard_count);
         let mut handoffs = Vec::with_capacity(shard_count);
         for index in 0..shard_count {
             let (handoff, handed) = accept::channel(addr);
-            let shard = Shard::spawn(index, handed, shared.clone(), phase_rx.clone());
+            let shard = Shard::spawn(
+                index,
+                handed,
+                shared.clone(),
+                phase_rx.clone(),
+                ended_tx.clone(),
+            );
             // Dropping `phase` on an early return stops the shards started so far.
             shards.push(shard?);
             handoffs.push(handoff);
@@ -174,6 +183,7 @@ impl Gateway {
             addr,
             phase,
             shards,
+            ended,
             shutdown_timeout: args.shutdown_timeout.as_std(),
         })
     }
@@ -181,6 +191,17 @@ impl Gateway {
     /// The address the HTTP server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Resolves with a shard's index if one stops while the gateway serves: a bug made
+    /// its thread panic. Its share of the connections would then be refused, so the
+    /// gateway should stop and be restarted.
+    pub async fn shard_lost(&mut self) -> usize {
+        match self.ended.recv().await {
+            Some(index) => index,
+            // Every shard's thread holds a sender; none is dropped before it ends.
+            None => std::future::pending().await,
+        }
     }
 
     /// Stops accepting connections, lets the requests in progress finish (up to the
@@ -206,15 +227,26 @@ impl Gateway {
     }
 }
 
-/// Runs the gateway until SIGTERM or SIGINT, then shuts it down gracefully.
+/// Runs the gateway until SIGTERM or SIGINT, then shuts it down gracefully. Fails if
+/// a shard stops on its own, so that the gateway is restarted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
-    let gateway = Gateway::start(args).await?;
-    signal.await;
-    tracing::info!("shutdown signal received; finishing requests in progress");
-    gateway.shutdown().await?;
-    tracing::info!("gateway stopped");
-    Ok(())
+    let mut gateway = Gateway::start(args).await?;
+    tokio::select! {
+        () = signal => {
+            tracing::info!("shutdown signal received; finishing requests in progress");
+            gateway.shutdown().await?;
+            tracing::info!("gateway stopped");
+            Ok(())
+        }
+        index = gateway.shard_lost() => {
+            tracing::error!(shard = index, "a shard stopped unexpectedly; stopping the gateway so that it is restarted");
+            if let Err(e) = gateway.shutdown().await {
+                tracing::warn!(error = %fanout_config::error_chain(&e), "the other shards did not stop cleanly");
+            }
+            Err(ShutdownError::ShardLost { index }.into())
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT. The handlers are installed before this

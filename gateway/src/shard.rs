@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use fanout_provision::nats::NatsArgs;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::accept::Handed;
 use crate::config::RouteTable;
@@ -98,30 +98,19 @@ pub struct Shard {
 
 impl Shard {
     /// Starts shard `index` on a thread of its own, serving the connections handed to
-    /// it until `phase` says otherwise.
+    /// it until `phase` says otherwise. `ended` hears the shard's index when its
+    /// thread ends, however it ends.
     pub fn spawn(
         index: usize,
         listener: Handed,
         shared: Shared,
         phase: watch::Receiver<Phase>,
+        ended: mpsc::UnboundedSender<usize>,
     ) -> Result<Shard, StartError> {
-        let thread_failed = |source| StartError::Shard { index, source };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(thread_failed)?;
         let (started_tx, started) = oneshot::channel();
-        let (stopped_tx, stopped) = oneshot::channel();
-        std::thread::Builder::new()
-            .name(format!("gateway-shard-{index}"))
-            .spawn(move || {
-                let result = runtime.block_on(serve(listener, shared, phase, started_tx));
-                // Connections still open when the shard aborted go with its runtime,
-                // before the gateway hears that the shard stopped.
-                drop(runtime);
-                let _ = stopped_tx.send(result);
-            })
-            .map_err(thread_failed)?;
+        let work = move || serve(listener, shared, phase, started_tx);
+        let stopped = on_own_thread(index, ended, work)
+            .map_err(|source| StartError::Shard { index, source })?;
         Ok(Shard {
             index,
             started: Some(started),
@@ -147,6 +136,42 @@ impl Shard {
             .await
             .unwrap_or(Err(ShutdownError::ShardLost { index }))
     }
+}
+
+/// Runs the future `work` makes on a new thread with a single-threaded runtime of its
+/// own. The receiver gets what it returned; `ended` gets `index` when the thread
+/// ends, also when the future panicked (then the receiver gets nothing).
+fn on_own_thread<F>(
+    index: usize,
+    ended: mpsc::UnboundedSender<usize>,
+    work: impl FnOnce() -> F + Send + 'static,
+) -> std::io::Result<oneshot::Receiver<Result<(), ShutdownError>>>
+where
+    F: Future<Output = Result<(), ShutdownError>>,
+{
+    /// Says that the thread ended when dropped, which unwinding from a panic does too.
+    struct Ended(usize, mpsc::UnboundedSender<usize>);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            let _ = self.1.send(self.0);
+        }
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stopped_tx, stopped) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("gateway-shard-{index}"))
+        .spawn(move || {
+            let _ended = Ended(index, ended);
+            let result = runtime.block_on(work());
+            // Connections still open when the shard aborted go with its runtime,
+            // before the gateway hears that the shard stopped.
+            drop(runtime);
+            let _ = stopped_tx.send(result);
+        })?;
+    Ok(stopped)
 }
 
 /// A shard's life: connect, serve, drain, flush.
@@ -221,6 +246,30 @@ async fn connect(nats: &NatsArgs) -> Result<async_nats::Client, StartError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_thread_that_panics_is_reported_as_ended_and_lost() {
+        let (ended_tx, mut ended) = mpsc::unbounded_channel();
+        let stopped = on_own_thread(4, ended_tx, || async { panic!("a bug in a shard") }).unwrap();
+        let mut shard = Shard {
+            index: 4,
+            started: None,
+            stopped,
+        };
+        assert_eq!(ended.recv().await, Some(4));
+        assert!(matches!(
+            shard.stopped().await,
+            Err(ShutdownError::ShardLost { index: 4 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_thread_that_returns_is_reported_as_ended_with_its_result() {
+        let (ended_tx, mut ended) = mpsc::unbounded_channel();
+        let stopped = on_own_thread(1, ended_tx, || async { Ok(()) }).unwrap();
+        assert_eq!(ended.recv().await, Some(1));
+        assert!(matches!(stopped.await, Ok(Ok(()))));
+    }
 
     #[test]
     fn a_shard_that_has_not_started_counts_as_disconnected() {
