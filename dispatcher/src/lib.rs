@@ -73,6 +73,7 @@ pub use fanout_provision::nats::NatsArgs;
 
 /// Runs the dispatcher until SIGTERM or SIGINT, then drains and exits.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let signal = fanout_provision::signal::shutdown().context("installing the signal handlers")?;
     let config = load::route_config(&args.config)?;
     let auths = config
         .targets
@@ -109,7 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // (and fail, so that Kubernetes restarts the pod) rather than deliver to the
     // other targets only.
     let lost = tokio::select! {
-        () = shutdown_signal() => None,
+        () = signal => None,
         target = engine.worker_lost() => Some(target),
     };
     tracing::info!("stopping: no new fetches, finishing deliveries in flight");
@@ -125,15 +126,5 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match lost {
         None => Ok(()),
         Some(target) => anyhow::bail!("the worker thread of target {target} panicked"),
-    }
-}
-
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

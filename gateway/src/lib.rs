@@ -230,7 +230,7 @@ impl Gateway {
 /// Runs the gateway until SIGTERM or SIGINT, then shuts it down gracefully. Fails if
 /// a shard stops on its own, so that the gateway is restarted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let signal = shutdown_signal()?;
+    let signal = fanout_provision::signal::shutdown()?;
     let mut gateway = Gateway::start(args).await?;
     tokio::select! {
         () = signal => {
@@ -247,18 +247,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Err(ShutdownError::ShardLost { index }.into())
         }
     }
-}
-
-/// Resolves on the first SIGTERM or SIGINT. The handlers are installed before this
-/// returns, so a signal that arrives during start-up is not missed.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-    })
 }

@@ -35,7 +35,7 @@ const HEALTH_TTL: Duration = Duration::from_secs(60);
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let signal = shutdown_signal().context("installing the signal handlers")?;
+    let signal = fanout_provision::signal::shutdown().context("installing the signal handlers")?;
 
     let manifests = manifests_dir::read(&args.files, &args.namespace)?;
     let problems = checks::check(&manifests);
@@ -238,20 +238,6 @@ fn lock(engines: &Mutex<Vec<Engine>>) -> std::sync::MutexGuard<'_, Vec<Engine>> 
     // A panic while holding the lock leaves the list usable: it is only ever pushed to
     // or taken whole.
     engines.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Resolves on the first SIGTERM or SIGINT; the handlers are installed before this
-/// returns, so a signal during start-up is not missed.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-    })
 }
 
 #[cfg(test)]
