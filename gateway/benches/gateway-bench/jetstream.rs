@@ -13,7 +13,7 @@ use fanout_testkit::nats::NatsServer;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
-use crate::load::Report;
+use crate::load::{Pace, Report};
 
 pub const STREAM: &str = "fanout_bench_events";
 const PREFIX: &str = "fanout.in.bench.events";
@@ -99,7 +99,7 @@ pub async fn publish_pipelined(
     report
 }
 
-/// `rate` publishes per second from `tasks` tasks (each waiting for its ack before
+/// `rate` publishes per second from `tasks` publishers (each waiting for its ack before
 /// the next, like a gateway request), measuring the acknowledgement latency: the
 /// storage's own share of the gateway's latency.
 pub async fn publish_at_rate(
@@ -109,49 +109,24 @@ pub async fn publish_at_rate(
     rate: f64,
     duration: Duration,
 ) -> Report {
-    let interval = Duration::from_secs_f64(tasks as f64 / rate);
-    let per_task = (duration.as_secs_f64() / interval.as_secs_f64()) as u64;
+    let pace = Pace::new(tasks, rate, duration);
     let begin = Instant::now() + Duration::from_millis(200);
-    let mut handles = Vec::new();
-    for t in 0..tasks {
-        let (js, payload) = (js.clone(), payload.clone());
-        let offset = interval.mul_f64(t as f64 / tasks as f64);
-        handles.push(tokio::spawn(async move {
-            let mut report = Report::default();
-            let mut last_done = Instant::now();
-            for k in 0..per_task {
-                let due = begin + offset + interval * k as u32;
-                tokio::time::sleep_until(due.into()).await;
-                let sent = Instant::now();
-                let from = if last_done > due { due } else { sent };
-                let message = PublishMessage::build().payload(payload.clone());
-                let result = match js.send_publish(format!("{PREFIX}.event"), message).await {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                };
-                last_done = Instant::now();
-                if result {
-                    report.ok += 1;
-                    let micros = last_done.duration_since(from).as_micros();
-                    report
-                        .latencies_us
-                        .push(micros.min(u128::from(u32::MAX)) as u32);
-                } else {
-                    report.failed += 1;
-                }
+    // Driven together by this task, as a gateway shard drives its requests.
+    let publishers = (0..tasks).map(|t| {
+        pace.run(t, begin, async || {
+            let message = PublishMessage::build().payload(payload.clone());
+            match js.send_publish(format!("{PREFIX}.event"), message).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
             }
-            report
-        }));
-    }
+        })
+    });
     let mut total = Report {
         elapsed: duration,
         ..Report::default()
     };
-    for handle in handles {
-        let report = handle.await.unwrap();
-        total.ok += report.ok;
-        total.failed += report.failed;
-        total.latencies_us.extend(report.latencies_us);
+    for report in futures::future::join_all(publishers).await {
+        total.merge(report);
     }
     total
 }

@@ -85,7 +85,7 @@ impl Report {
         f64::from(self.latencies_us[at]) / 1000.0
     }
 
-    fn merge(&mut self, other: Report) {
+    pub fn merge(&mut self, other: Report) {
         self.ok += other.ok;
         self.failed += other.failed;
         self.latencies_us.extend(other.latencies_us);
@@ -244,6 +244,59 @@ pub async fn closed_loop(
     .await
 }
 
+/// An open-loop schedule: `rate` requests per second in all, spread evenly over
+/// `senders` that each send one at a time.
+pub struct Pace {
+    senders: usize,
+    interval: Duration,
+    per_sender: u64,
+}
+
+impl Pace {
+    pub fn new(senders: usize, rate: f64, duration: Duration) -> Pace {
+        let interval = Duration::from_secs_f64(senders as f64 / rate);
+        Pace {
+            senders,
+            interval,
+            per_sender: (duration.as_secs_f64() / interval.as_secs_f64()) as u64,
+        }
+    }
+
+    /// Runs sender `index`'s share from `begin`: calls `send` (`true` for success) when
+    /// each request is due, and measures each latency from the moment it was due.
+    pub async fn run(
+        &self,
+        index: usize,
+        begin: Instant,
+        mut send: impl AsyncFnMut() -> bool,
+    ) -> Report {
+        let offset = self.interval.mul_f64(index as f64 / self.senders as f64);
+        let mut report = Report::default();
+        let mut last_done = Instant::now();
+        for k in 0..self.per_sender {
+            let due = begin + offset + self.interval * k as u32;
+            tokio::time::sleep_until(due.into()).await;
+            // Sent after `due` because the previous answer came late: that wait counts
+            // (no coordinated omission). Sent late only because the timer woke up
+            // late: that is the generator's, not the server's.
+            let sent = Instant::now();
+            let from = if last_done > due { due } else { sent };
+            let ok = send().await;
+            last_done = Instant::now();
+            if ok {
+                report.ok += 1;
+                let micros = last_done.duration_since(from).as_micros();
+                report
+                    .latencies_us
+                    .push(micros.min(u128::from(u32::MAX)) as u32);
+            } else {
+                report.failed += 1;
+            }
+        }
+        report
+    }
+}
+
 /// `rate` requests per second in all, spread evenly over the connections; each
 /// latency is measured from the moment its request was due. Every connection is open
 /// before the first request is due: the latency of a steady load, not of connecting.
@@ -253,43 +306,26 @@ pub async fn open_loop(
     rate: f64,
     duration: Duration,
 ) -> Report {
-    let interval = Duration::from_secs_f64(connections as f64 / rate);
-    let per_connection = (duration.as_secs_f64() / interval.as_secs_f64()) as u64;
+    let pace = Arc::new(Pace::new(connections, rate, duration));
     let all_open = Arc::new(tokio::sync::Barrier::new(connections));
     let begin = Arc::new(OnceLock::new());
     let target = Arc::new(target.clone());
     on_every_core(connections, duration, move |c| {
-        let (target, all_open, begin) = (target.clone(), all_open.clone(), begin.clone());
-        let offset = interval.mul_f64(c as f64 / connections as f64);
+        let (target, pace) = (target.clone(), pace.clone());
+        let (all_open, begin) = (all_open.clone(), begin.clone());
         async move {
             let fixed = target.request();
             let mut connection = Connection::open(target.addr).await;
             all_open.wait().await;
             let begin = *begin.get_or_init(|| Instant::now() + Duration::from_millis(50));
-            let mut report = Report::default();
-            let mut last_done = Instant::now();
-            for k in 0..per_connection {
-                let due = begin + offset + interval * k as u32;
-                tokio::time::sleep_until(due.into()).await;
-                // Sent after `due` because the previous answer came late: that wait
-                // counts (no coordinated omission). Sent late only because the timer
-                // woke up late: that is the generator's, not the server's.
-                let sent = Instant::now();
-                let from = if last_done > due { due } else { sent };
+            pace.run(c, begin, async || {
                 let ok = connection.exchange(&target, &target.next(&fixed)).await;
-                last_done = Instant::now();
-                if ok {
-                    report.ok += 1;
-                    let micros = last_done.duration_since(from).as_micros();
-                    report
-                        .latencies_us
-                        .push(micros.min(u128::from(u32::MAX)) as u32);
-                } else {
-                    report.failed += 1;
+                if !ok {
                     connection = Connection::open(target.addr).await;
                 }
-            }
-            report
+                ok
+            })
+            .await
         }
     })
     .await

@@ -486,7 +486,7 @@ fn print_table(mut r: Results) {
         r.storage.rate()
     );
     println!(
-        "| (c) gateway, {connections} connections, 256 B bodies: acked events | {:.0} events/s = {share:.0}% of (a), {:.0}% of (b) | >= 40% of (a): {} |",
+        "| (c) gateway, {connections} connections, 256 B bodies: acked events | {:.0} events/s = {share:.1}% of (a), {:.0}% of (b) | >= 40% of (a): {} |",
         r.max.rate(),
         r.max.rate() / r.storage.rate() * 100.0,
         verdict(share >= 40.0)
