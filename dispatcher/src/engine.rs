@@ -10,6 +10,7 @@ use fanout_config::RouteConfig;
 use fanout_config::health::HealthSnapshot;
 use fanout_provision::Provisioner;
 use fanout_provision::nats::NatsArgs;
+use fanout_provision::thread::on_own_thread;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,8 +34,8 @@ pub struct EngineOptions {
     pub shutdown_grace: Duration,
     /// When set, each target's worker runs on a thread of its own, with its own
     /// single-threaded runtime and its own connection to NATS made with these
-    /// settings, instead of on the caller's runtime and connection. See
-    /// [`on_own_thread`].
+    /// settings, instead of on the caller's runtime and connection (see
+    /// [`fanout_provision::thread`]).
     pub thread_per_target: Option<NatsArgs>,
 }
 
@@ -210,7 +211,8 @@ impl Engine {
             if let Some(nats) = &options.thread_per_target {
                 let run =
                     with_own_connection(nats.clone(), worker.clone(), shutdown.clone(), grace);
-                let done = on_own_thread(worker.name(), run).map_err(|source| {
+                let name = format!("target-{}", worker.name());
+                let done = on_own_thread(name, move || run).map_err(|source| {
                     shutdown.cancel();
                     StartError::Thread {
                         target: worker.name().to_string(),
@@ -267,34 +269,6 @@ impl Engine {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
-}
-
-/// Runs `work` (a target's worker) on a new thread with its own single-threaded
-/// runtime; the returned receiver resolves when it has ended: `Ok` when `work`
-/// returned, an error when it panicked.
-///
-/// One thread per target lets a dispatcher use more than one core without a
-/// multi-threaded runtime, whose cross-thread wake-ups cost more CPU per event than
-/// they gain. Everything a delivery touches (its NATS connection, its HTTP
-/// connections, their tasks, its timers) stays on that thread.
-fn on_own_thread(
-    target: &str,
-    work: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (done, ended) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name(format!("target-{target}"))
-        .spawn(move || {
-            runtime.block_on(work);
-            // The worker has finished; its runtime's leftover tasks (idle HTTP
-            // connections) are dropped with it before the engine reports stopped.
-            drop(runtime);
-            let _ = done.send(());
-        })?;
-    Ok(ended)
 }
 
 /// Runs `worker` on a NATS connection of its own (made on the calling thread, whose
@@ -363,15 +337,7 @@ fn client_settings(policy: &fanout_config::DeliveryPolicy) -> ClientSettings {
 mod tests {
     use fanout_config::policy::RateLimit;
 
-    use super::{on_own_thread, rate_limiter};
-
-    #[tokio::test]
-    async fn a_worker_thread_that_panics_is_told_apart_from_one_that_returned() {
-        let returned = on_own_thread("calm", async {}).unwrap();
-        assert!(returned.await.is_ok());
-        let panicked = on_own_thread("buggy", async { panic!("a bug in a worker") }).unwrap();
-        assert!(panicked.await.is_err());
-    }
+    use super::rate_limiter;
 
     fn limit(requests_per_second: f64) -> RateLimit {
         RateLimit {

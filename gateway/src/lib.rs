@@ -46,7 +46,7 @@ use crate::headers::{ForwardHeaders, InvalidHeaderName};
 use crate::metrics::Metrics;
 use crate::publish::InFlight;
 use crate::server::ServeError;
-use crate::shard::{Connections, Phase, Shard, Shared};
+use crate::shard::{Connections, Phase, Shared, Stopped};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,9 +93,10 @@ pub enum ShutdownError {
 pub struct Gateway {
     addr: SocketAddr,
     phase: watch::Sender<Phase>,
-    shards: Vec<Shard>,
-    /// The index of each shard whose thread has ended.
-    ended: mpsc::UnboundedReceiver<usize>,
+    /// Each shard, once it has stopped.
+    ended: mpsc::UnboundedReceiver<Stopped>,
+    /// Shards not heard from on `ended` yet.
+    running: usize,
     shutdown_timeout: Duration,
 }
 
@@ -150,23 +151,19 @@ impl Gateway {
         })?;
         let (phase, phase_rx) = watch::channel(Phase::Serve);
         let (ended_tx, ended) = mpsc::unbounded_channel();
-        let mut shards = Vec::with_capacity(shard_count);
         let mut handoffs = Vec::with_capacity(shard_count);
         for index in 0..shard_count {
             let (handoff, handed) = accept::channel(addr);
-            let shard = Shard::spawn(
+            // On an early return, dropping `phase` stops the shards started so far.
+            shard::start(
                 index,
                 handed,
                 shared.clone(),
                 phase_rx.clone(),
                 ended_tx.clone(),
-            );
-            // Dropping `phase` on an early return stops the shards started so far.
-            shards.push(shard?);
+            )
+            .await?;
             handoffs.push(handoff);
-        }
-        for shard in &mut shards {
-            shard.started().await?;
         }
         tokio::spawn(accept::hand_out(listener, handoffs, phase_rx.clone()));
         if !poll.is_zero() {
@@ -182,8 +179,8 @@ impl Gateway {
         Ok(Gateway {
             addr,
             phase,
-            shards,
             ended,
+            running: shard_count,
             shutdown_timeout: args.shutdown_timeout.as_std(),
         })
     }
@@ -198,26 +195,32 @@ impl Gateway {
     /// gateway should stop and be restarted.
     pub async fn shard_lost(&mut self) -> usize {
         match self.ended.recv().await {
-            Some(index) => index,
-            // Every shard's thread holds a sender; none is dropped before it ends.
+            Some(stopped) => {
+                self.running -= 1;
+                stopped.index
+            }
+            // Every shard's report holds a sender until it has sent.
             None => std::future::pending().await,
         }
     }
 
     /// Stops accepting connections, lets the requests in progress finish (up to the
     /// shutdown timeout) and flushes the NATS connections.
-    pub async fn shutdown(self) -> Result<(), ShutdownError> {
+    pub async fn shutdown(mut self) -> Result<(), ShutdownError> {
         let _ = self.phase.send(Phase::Drain);
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         let mut outcome = Ok(());
-        let mut shards = self.shards;
-        for (done, shard) in shards.iter_mut().enumerate() {
-            match tokio::time::timeout_at(deadline, shard.stopped()).await {
-                Ok(stopped) => outcome = outcome.and(stopped),
+        while self.running > 0 {
+            match tokio::time::timeout_at(deadline, self.ended.recv()).await {
+                Ok(Some(stopped)) => {
+                    self.running -= 1;
+                    outcome = outcome.and(stopped.result);
+                }
+                Ok(None) => break,
                 Err(_) => {
                     let _ = self.phase.send(Phase::Abort);
-                    for shard in &mut shards[done..] {
-                        let _ = shard.stopped().await;
+                    while self.running > 0 && self.ended.recv().await.is_some() {
+                        self.running -= 1;
                     }
                     return Err(ShutdownError::DrainTimedOut(self.shutdown_timeout));
                 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use fanout_provision::nats::NatsArgs;
+use fanout_provision::thread::on_own_thread;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::accept::Handed;
@@ -89,89 +90,45 @@ pub struct Shared {
     pub nats: NatsArgs,
 }
 
-/// A running shard, as the gateway sees it.
-pub struct Shard {
+/// A shard that has stopped, and how.
+#[derive(Debug)]
+pub struct Stopped {
+    pub index: usize,
+    /// `Ok` when it drained cleanly; [`ShutdownError::ShardLost`] when its thread
+    /// panicked.
+    pub result: Result<(), ShutdownError>,
+}
+
+/// Starts shard `index` on a thread of its own, serving the connections handed to it
+/// until `phase` says otherwise, and returns once it serves (or failed to start).
+/// `ended` hears when the shard stops, however it stops.
+pub async fn start(
     index: usize,
-    started: Option<oneshot::Receiver<Result<(), StartError>>>,
+    listener: Handed,
+    shared: Shared,
+    phase: watch::Receiver<Phase>,
+    ended: mpsc::UnboundedSender<Stopped>,
+) -> Result<(), StartError> {
+    let (started_tx, started) = oneshot::channel();
+    let work = move || serve(listener, shared, phase, started_tx);
+    let stopped = on_own_thread(format!("gateway-shard-{index}"), work)
+        .map_err(|source| StartError::Shard { index, source })?;
+    tokio::spawn(report_stop(index, stopped, ended));
+    started
+        .await
+        .unwrap_or(Err(StartError::ShardLost { index }))
+}
+
+/// Tells `ended` when the shard's thread has ended.
+async fn report_stop(
+    index: usize,
     stopped: oneshot::Receiver<Result<(), ShutdownError>>,
-}
-
-impl Shard {
-    /// Starts shard `index` on a thread of its own, serving the connections handed to
-    /// it until `phase` says otherwise. `ended` hears the shard's index when its
-    /// thread ends, however it ends.
-    pub fn spawn(
-        index: usize,
-        listener: Handed,
-        shared: Shared,
-        phase: watch::Receiver<Phase>,
-        ended: mpsc::UnboundedSender<usize>,
-    ) -> Result<Shard, StartError> {
-        let (started_tx, started) = oneshot::channel();
-        let work = move || serve(listener, shared, phase, started_tx);
-        let stopped = on_own_thread(index, ended, work)
-            .map_err(|source| StartError::Shard { index, source })?;
-        Ok(Shard {
-            index,
-            started: Some(started),
-            stopped,
-        })
-    }
-
-    /// Waits until the shard serves, or fails to start.
-    pub async fn started(&mut self) -> Result<(), StartError> {
-        match self.started.take() {
-            Some(started) => started
-                .await
-                .unwrap_or(Err(StartError::ShardLost { index: self.index })),
-            None => Ok(()),
-        }
-    }
-
-    /// Waits until the shard has stopped; `Ok` when it drained cleanly. Call it
-    /// again after a timeout, not after it returned.
-    pub async fn stopped(&mut self) -> Result<(), ShutdownError> {
-        let index = self.index;
-        (&mut self.stopped)
-            .await
-            .unwrap_or(Err(ShutdownError::ShardLost { index }))
-    }
-}
-
-/// Runs the future `work` makes on a new thread with a single-threaded runtime of its
-/// own. The receiver gets what it returned; `ended` gets `index` when the thread
-/// ends, also when the future panicked (then the receiver gets nothing).
-fn on_own_thread<F>(
-    index: usize,
-    ended: mpsc::UnboundedSender<usize>,
-    work: impl FnOnce() -> F + Send + 'static,
-) -> std::io::Result<oneshot::Receiver<Result<(), ShutdownError>>>
-where
-    F: Future<Output = Result<(), ShutdownError>>,
-{
-    /// Says that the thread ended when dropped, which unwinding from a panic does too.
-    struct Ended(usize, mpsc::UnboundedSender<usize>);
-    impl Drop for Ended {
-        fn drop(&mut self) {
-            let _ = self.1.send(self.0);
-        }
-    }
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (stopped_tx, stopped) = oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("gateway-shard-{index}"))
-        .spawn(move || {
-            let _ended = Ended(index, ended);
-            let result = runtime.block_on(work());
-            // Connections still open when the shard aborted go with its runtime,
-            // before the gateway hears that the shard stopped.
-            drop(runtime);
-            let _ = stopped_tx.send(result);
-        })?;
-    Ok(stopped)
+    ended: mpsc::UnboundedSender<Stopped>,
+) {
+    let result = stopped
+        .await
+        .unwrap_or(Err(ShutdownError::ShardLost { index }));
+    let _ = ended.send(Stopped { index, result });
 }
 
 /// A shard's life: connect, serve, drain, flush.
@@ -248,27 +205,29 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_thread_that_panics_is_reported_as_ended_and_lost() {
+    async fn a_shard_whose_thread_panics_is_reported_as_lost() {
         let (ended_tx, mut ended) = mpsc::unbounded_channel();
-        let stopped = on_own_thread(4, ended_tx, || async { panic!("a bug in a shard") }).unwrap();
-        let mut shard = Shard {
-            index: 4,
-            started: None,
-            stopped,
-        };
-        assert_eq!(ended.recv().await, Some(4));
+        let stopped = on_own_thread("shard".into(), || async {
+            panic!("a bug in a shard");
+        })
+        .unwrap();
+        report_stop(4, stopped, ended_tx).await;
+        let stopped = ended.recv().await.unwrap();
+        assert_eq!(stopped.index, 4);
         assert!(matches!(
-            shard.stopped().await,
+            stopped.result,
             Err(ShutdownError::ShardLost { index: 4 })
         ));
     }
 
     #[tokio::test]
-    async fn a_thread_that_returns_is_reported_as_ended_with_its_result() {
+    async fn a_shard_that_drained_is_reported_with_its_result() {
         let (ended_tx, mut ended) = mpsc::unbounded_channel();
-        let stopped = on_own_thread(1, ended_tx, || async { Ok(()) }).unwrap();
-        assert_eq!(ended.recv().await, Some(1));
-        assert!(matches!(stopped.await, Ok(Ok(()))));
+        let stopped = on_own_thread("shard".into(), || async { Ok(()) }).unwrap();
+        report_stop(1, stopped, ended_tx).await;
+        let stopped = ended.recv().await.unwrap();
+        assert_eq!(stopped.index, 1);
+        assert!(stopped.result.is_ok());
     }
 
     #[test]

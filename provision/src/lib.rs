@@ -5,13 +5,14 @@
 //! Used by the operator's reconciler and by `fanout standalone`; every call is
 //! idempotent, and deleting something that is already gone counts as success.
 //!
-//! Also what the Kubernetes-free processes share: their NATS flags ([`nats`]) and
-//! their shutdown signal ([`signal`]).
+//! Also what the Kubernetes-free processes share: their NATS flags ([`nats`]), their
+//! shutdown signal ([`signal`]) and their threads with a runtime each ([`thread`]).
 
 pub mod dead_letters;
 pub mod nats;
 pub mod observe;
 pub mod signal;
+pub mod thread;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

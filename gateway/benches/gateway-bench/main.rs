@@ -116,6 +116,15 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The processes that spend CPU on an event sent through the gateway.
+fn gateway_processes(gateway: &ChildProcess, nats: &NatsServer) -> [(&'static str, u32); 3] {
+    [
+        ("gateway", gateway.0.id()),
+        ("nats-server", nats_pid(nats.port())),
+        ("load generator", std::process::id()),
+    ]
+}
+
 fn cpu_now(processes: &[(&str, u32)]) -> Vec<f64> {
     processes.iter().map(|(_, pid)| cpu_seconds(*pid)).collect()
 }
@@ -241,11 +250,7 @@ async fn run() {
         expect: 202,
         idempotency_keys: false,
     };
-    let processes = [
-        ("gateway", gateway.0.id()),
-        ("nats-server", nats_pid(nats.port())),
-        ("load generator", std::process::id()),
-    ];
+    let processes = gateway_processes(&gateway, &nats);
     let cpu_before = cpu_now(&processes);
     let max = load::closed_loop(&events, connections, WARMUP, seconds).await;
     let cpu_per_event = cpu_per_request(&processes, &cpu_before, &max, seconds);
@@ -296,11 +301,7 @@ async fn run() {
         addr,
         ..events.clone()
     };
-    let processes = [
-        ("gateway", gateway.0.id()),
-        ("nats-server", nats_pid(nats.port())),
-        ("load generator", std::process::id()),
-    ];
+    let processes = gateway_processes(&gateway, &nats);
     let cpu_before = cpu_now(&processes);
     let max_one_shard = load::closed_loop(&one_shard, connections, WARMUP, seconds).await;
     let cpu_per_event_one_shard = cpu_per_request(&processes, &cpu_before, &max_one_shard, seconds);
