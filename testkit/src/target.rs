@@ -78,7 +78,7 @@ impl TargetServer {
     /// Like [`start`](Self::start), on `host` (e.g. the e2e node's bridge address, so
     /// pods reach it).
     pub async fn start_on(host: std::net::IpAddr) -> anyhow::Result<TargetServer> {
-        let listener = TcpListener::bind((host, 0)).await?;
+        let listener = bind_outside_ephemeral_range(host).await?;
         let mut server = TargetServer {
             addr: listener.local_addr()?,
             state: Arc::new(Mutex::new(State::default())),
@@ -261,4 +261,36 @@ async fn handle(
         }
         Reply::Reset => Err(ResetConnection),
     }
+}
+
+/// Lowest port the kernel hands out on its own (`net.ipv4.ip_local_port_range`).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// Binds a port below the kernel's ephemeral range. A target that stops and comes back
+/// on its port must find it free: an ephemeral port can meanwhile become another
+/// test's port, or the source port of a client's connection to the stopped target,
+/// which then connects to itself and holds the port (seen as a target that never came
+/// back in `a_target_down_for_a_while_then_up_receives_everything`).
+async fn bind_outside_ephemeral_range(host: std::net::IpAddr) -> anyhow::Result<TcpListener> {
+    use std::hash::{BuildHasher, RandomState};
+    let low = ephemeral_low().max(10_001);
+    let span = u64::from(low - 10_000);
+    let seed = RandomState::new();
+    let mut last_error = None;
+    for attempt in 0u64..200 {
+        let port = 10_000 + (seed.hash_one(attempt) % span) as u16;
+        match TcpListener::bind((host, port)).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "no free port between 10000 and {low} on {host}: {}",
+        last_error.map_or_else(String::new, |e| e.to_string())
+    ))
 }
