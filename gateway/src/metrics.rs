@@ -1,8 +1,8 @@
 //! Prometheus metrics. Label values come from fixed sets (outcomes, endpoints) or
 //! from the configured routes, never from request data, so cardinality is bounded.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -17,35 +17,79 @@ use crate::problem::ProblemKind;
 pub const UNKNOWN_ROUTE: &str = "unknown";
 
 /// A route's label, `<namespace>/<name>`: shared, so counting a request allocates
-/// nothing.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct RouteLabel(Arc<str>);
+/// nothing. It also carries the route's counters for the outcomes of nearly every
+/// request, looked up on first use: a family lookup hashes the labels under a lock
+/// that every shard shares, and costs several times an increment.
+#[derive(Clone)]
+pub struct RouteLabel(Arc<LabelInner>);
+
+struct LabelInner {
+    text: Box<str>,
+    /// The counters, and the [`Metrics`] they belong to.
+    counters: OnceLock<(u64, RouteCounters)>,
+}
+
+/// A route's counters for stored events.
+struct RouteCounters {
+    single_accepted: Counter,
+    single_duplicate: Counter,
+    event_accepted: Counter,
+    event_duplicate: Counter,
+}
 
 impl RouteLabel {
     pub fn new(namespace: &str, name: &str) -> Self {
-        RouteLabel(format!("{namespace}/{name}").into())
+        Self::from_text(format!("{namespace}/{name}"))
     }
 
     /// The label of requests for routes that are not configured (the requested
     /// name never becomes a label).
     pub fn unknown() -> Self {
-        RouteLabel(UNKNOWN_ROUTE.into())
+        Self::from_text(UNKNOWN_ROUTE.into())
+    }
+
+    fn from_text(text: String) -> Self {
+        RouteLabel(Arc::new(LabelInner {
+            text: text.into(),
+            counters: OnceLock::new(),
+        }))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.0.text
+    }
+}
+
+// Labels are their text: the cached counters are not part of what a label is.
+impl PartialEq for RouteLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteLabel {}
+
+impl std::hash::Hash for RouteLabel {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::fmt::Debug for RouteLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl std::fmt::Display for RouteLabel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl EncodeLabelValue for RouteLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        std::fmt::Write::write_str(encoder, &self.0)
+        std::fmt::Write::write_str(encoder, self.as_str())
     }
 }
 
@@ -101,16 +145,24 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
 }
 
 /// Every metric the gateway exports.
 pub struct Metrics {
+    /// Tells this instance's cached route counters from another's (tests run several
+    /// gateways in one process).
+    id: u64,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     events: Family<EventLabels, Counter>,
-    publish_latency: Histogram,
+    publish_latency: Family<ShardLabels, Histogram>,
     in_flight: Gauge,
     reloads: Family<ReloadLabels, Counter>,
 }
@@ -136,11 +188,14 @@ impl Metrics {
             "Events (single or batch items) by route and outcome",
             events.clone(),
         );
-        // 50µs .. ~3.3s
-        let publish_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 17));
+        // 50µs .. ~3.3s. One histogram per shard, so that shards never write to the
+        // same one (sum them by `le` for the gateway's).
+        let publish_latency = Family::<ShardLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.000_05, 2.0, 17))) as fn() -> Histogram,
+        );
         registry.register(
             "publish_duration_seconds",
-            "Time from sending an event to NATS to JetStream's acknowledgement",
+            "Time from sending an event to NATS to JetStream's acknowledgement, by shard",
             publish_latency.clone(),
         );
         let in_flight = Gauge::default();
@@ -155,7 +210,9 @@ impl Metrics {
             "Configuration reloads by result (success, failure)",
             reloads.clone(),
         );
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             events,
@@ -166,6 +223,15 @@ impl Metrics {
     }
 
     pub fn request(&self, route: &RouteLabel, endpoint: Endpoint, outcome: Outcome) {
+        if endpoint == Endpoint::Single
+            && let Some(counters) = self.cached(route, outcome)
+        {
+            match outcome {
+                Outcome::Duplicate => counters.single_duplicate.inc(),
+                _ => counters.single_accepted.inc(),
+            };
+            return;
+        }
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),
@@ -176,6 +242,13 @@ impl Metrics {
     }
 
     pub fn event(&self, route: &RouteLabel, outcome: Outcome) {
+        if let Some(counters) = self.cached(route, outcome) {
+            match outcome {
+                Outcome::Duplicate => counters.event_duplicate.inc(),
+                _ => counters.event_accepted.inc(),
+            };
+            return;
+        }
         self.events
             .get_or_create(&EventLabels {
                 route: route.clone(),
@@ -184,8 +257,42 @@ impl Metrics {
             .inc();
     }
 
-    pub fn publish_latency(&self, elapsed: Duration) {
-        self.publish_latency.observe(elapsed.as_secs_f64());
+    /// The route's counters for a stored event's outcome, once looked up; `None` for
+    /// other outcomes, and for a label whose counters belong to another instance.
+    fn cached<'a>(&self, route: &'a RouteLabel, outcome: Outcome) -> Option<&'a RouteCounters> {
+        if !matches!(outcome, Outcome::Accepted | Outcome::Duplicate) {
+            return None;
+        }
+        let (id, counters) = route.0.counters.get_or_init(|| {
+            let request = |outcome: Outcome| RequestLabels {
+                route: route.clone(),
+                endpoint: Endpoint::Single.as_str(),
+                outcome: outcome.as_str(),
+            };
+            let event = |outcome: Outcome| EventLabels {
+                route: route.clone(),
+                outcome: outcome.as_str(),
+            };
+            let counters = RouteCounters {
+                single_accepted: self
+                    .requests
+                    .get_or_create_owned(&request(Outcome::Accepted)),
+                single_duplicate: self
+                    .requests
+                    .get_or_create_owned(&request(Outcome::Duplicate)),
+                event_accepted: self.events.get_or_create_owned(&event(Outcome::Accepted)),
+                event_duplicate: self.events.get_or_create_owned(&event(Outcome::Duplicate)),
+            };
+            (self.id, counters)
+        });
+        (*id == self.id).then_some(counters)
+    }
+
+    /// Shard `shard`'s publish-latency histogram, for it alone to observe.
+    pub fn publish_latency(&self, shard: usize) -> Histogram {
+        self.publish_latency.get_or_create_owned(&ShardLabels {
+            shard: u32::try_from(shard).unwrap_or(u32::MAX),
+        })
     }
 
     pub fn set_in_flight(&self, n: usize) {
@@ -221,7 +328,7 @@ mod tests {
             Endpoint::Batch,
             Outcome::Failed(ProblemKind::RouteNotFound),
         );
-        m.publish_latency(Duration::from_millis(1));
+        m.publish_latency(0).observe(0.001);
         let text = m.encode();
         assert!(
             text.contains(
@@ -231,8 +338,41 @@ mod tests {
         );
         assert!(text.contains(r#"outcome="route-not-found""#), "{text}");
         assert!(
-            text.contains("fanout_gateway_publish_duration_seconds_count 1"),
+            text.contains(r#"fanout_gateway_publish_duration_seconds_count{shard="0"} 1"#),
             "{text}"
+        );
+    }
+
+    /// A label caches its counters for the instance that counted it first; another
+    /// instance (tests run several gateways in one process) still counts its own.
+    #[test]
+    fn a_label_counted_by_two_instances_counts_in_each() {
+        let route = RouteLabel::new("shop", "orders");
+        let (first, second) = (Metrics::new(), Metrics::new());
+        first.request(&route, Endpoint::Single, Outcome::Accepted);
+        second.request(&route, Endpoint::Single, Outcome::Accepted);
+        second.request(&route, Endpoint::Single, Outcome::Accepted);
+        first.event(&route, Outcome::Duplicate);
+        second.event(&route.clone(), Outcome::Accepted);
+        let accepted = |n| {
+            format!(
+                r#"fanout_gateway_requests_total{{route="shop/orders",endpoint="single",outcome="accepted"}} {n}"#
+            )
+        };
+        let (first, second) = (first.encode(), second.encode());
+        assert!(first.contains(&accepted(1)), "{first}");
+        assert!(second.contains(&accepted(2)), "{second}");
+        assert!(
+            first.contains(
+                r#"fanout_gateway_events_total{route="shop/orders",outcome="duplicate"} 1"#
+            ),
+            "{first}"
+        );
+        assert!(
+            second.contains(
+                r#"fanout_gateway_events_total{route="shop/orders",outcome="accepted"} 1"#
+            ),
+            "{second}"
         );
     }
 }

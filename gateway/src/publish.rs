@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use async_nats::connection::State;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::{self, ErrorCode};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::event::Event;
-use crate::metrics::Metrics;
 use crate::problem::{Problem, ProblemKind};
 
 /// Seconds a client is asked to wait after a 503.
@@ -115,7 +115,8 @@ pub struct Publisher {
     in_flight: InFlight,
     permit_wait: Duration,
     ack_timeout: Duration,
-    metrics: Arc<Metrics>,
+    /// This shard's publish latencies.
+    latency: Histogram,
 }
 
 /// A right to have one publish in flight, given back when dropped.
@@ -131,7 +132,7 @@ pub struct Pending {
     subject: String,
     started: Instant,
     ack_timeout: Duration,
-    metrics: Arc<Metrics>,
+    latency: Histogram,
     _permit: Permit,
 }
 
@@ -141,7 +142,7 @@ impl Publisher {
         in_flight: InFlight,
         permit_wait: Duration,
         ack_timeout: Duration,
-        metrics: Arc<Metrics>,
+        latency: Histogram,
     ) -> Self {
         let js = jetstream::ContextBuilder::new()
             .timeout(ack_timeout)
@@ -155,7 +156,7 @@ impl Publisher {
             in_flight,
             permit_wait,
             ack_timeout,
-            metrics,
+            latency,
         }
     }
 
@@ -237,7 +238,7 @@ impl Publisher {
             subject: event.subject,
             started,
             ack_timeout: self.ack_timeout,
-            metrics: self.metrics.clone(),
+            latency: self.latency.clone(),
             _permit: permit,
         })
     }
@@ -265,7 +266,7 @@ impl Pending {
             .ack
             .await
             .map_err(|e| classify_ack_error(e, &self.stream, &self.subject, self.ack_timeout))?;
-        self.metrics.publish_latency(self.started.elapsed());
+        self.latency.observe(self.started.elapsed().as_secs_f64());
         if ack.stream != self.stream {
             return Err(PublishError::WrongStream {
                 expected: self.stream,

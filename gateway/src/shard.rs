@@ -110,7 +110,7 @@ pub async fn start(
     ended: mpsc::UnboundedSender<Stopped>,
 ) -> Result<(), StartError> {
     let (started_tx, started) = oneshot::channel();
-    let work = move || serve(listener, shared, phase, started_tx);
+    let work = move || serve(index, listener, shared, phase, started_tx);
     let stopped = on_own_thread(format!("gateway-shard-{index}"), work)
         .map_err(|source| StartError::Shard { index, source })?;
     tokio::spawn(report_stop(index, stopped, ended));
@@ -133,6 +133,7 @@ async fn report_stop(
 
 /// A shard's life: connect, serve, drain, flush.
 async fn serve(
+    index: usize,
     listener: Handed,
     shared: Shared,
     mut phase: watch::Receiver<Phase>,
@@ -152,7 +153,7 @@ async fn serve(
         shared.in_flight,
         shared.permit_wait,
         shared.ack_timeout,
-        shared.metrics.clone(),
+        shared.metrics.publish_latency(index),
     );
     let state = Arc::new(AppState {
         routes: shared.routes,

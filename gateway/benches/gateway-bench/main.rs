@@ -480,7 +480,8 @@ async fn start_gateway(
     gateway
 }
 
-/// The gateway's publish-latency histogram: cumulative counts by upper bound.
+/// The gateway's publish-latency histogram, its shards' summed: cumulative counts by
+/// upper bound.
 async fn publish_histogram(addr: SocketAddr) -> Vec<(String, u64)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -488,14 +489,26 @@ async fn publish_histogram(addr: SocketAddr) -> Vec<(String, u64)> {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();
-    answer
-        .lines()
-        .filter_map(|l| l.strip_prefix("fanout_gateway_publish_duration_seconds_bucket{le=\""))
-        .filter_map(|l| {
-            let (bound, count) = l.split_once("\"} ")?;
-            Some((bound.to_string(), count.trim().parse().ok()?))
-        })
-        .collect()
+    // Lines like `..._bucket{le="0.0001",shard="0"} 42`, in bound order per shard.
+    let mut buckets: Vec<(String, u64)> = Vec::new();
+    for line in answer.lines() {
+        let Some(rest) = line.strip_prefix("fanout_gateway_publish_duration_seconds_bucket{le=\"")
+        else {
+            continue;
+        };
+        let (Some((bound, _)), Some((_, count))) = (rest.split_once('"'), rest.rsplit_once(' '))
+        else {
+            continue;
+        };
+        let Ok(count) = count.trim().parse::<u64>() else {
+            continue;
+        };
+        match buckets.iter_mut().find(|(b, _)| b == bound) {
+            Some((_, total)) => *total += count,
+            None => buckets.push((bound.to_string(), count)),
+        }
+    }
+    buckets
 }
 
 /// Prints how the publishes of one phase were distributed (to tell the gateway's own

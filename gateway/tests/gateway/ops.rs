@@ -41,11 +41,17 @@ async fn metrics_count_requests_by_route_and_outcome() {
         r#"fanout_gateway_requests_total{route="shop/orders",endpoint="single",outcome="accepted"} 2"#,
         r#"fanout_gateway_requests_total{route="unknown",endpoint="single",outcome="route-not-found"} 1"#,
         r#"fanout_gateway_events_total{route="shop/orders",outcome="accepted"} 2"#,
-        "fanout_gateway_publish_duration_seconds_count 2",
         "fanout_gateway_publishes_in_flight 0",
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }
+    // One publish-latency histogram per shard; together they saw both events.
+    let publishes: u64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("fanout_gateway_publish_duration_seconds_count{shard=\""))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(publishes, 2, "{text}");
     // The requested but unknown route name never becomes a label.
     assert!(!text.contains("any/thing"));
 }
