@@ -38,76 +38,26 @@ WANT_API_ADDRESS=${FANOUT_APISERVER_ADDRESS:-127.0.0.1}
 API_ADDRESS=$WANT_API_ADDRESS
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 
-log() { printf '[cluster %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_PREFIX=cluster
+OUR_EXECUTABLES=("${COMPONENTS[@]}")
+OUR_DIR=$STATE
+# shellcheck source=e2e/processes.sh
+source "$E2E_DIR/processes.sh"
 
 # ---- processes ----------------------------------------------------------------------
 
-# True if pid is alive and is one of our components for this state dir (guards
-# against a recycled pid).
-is_ours() { # pid
-    local pid=$1 exe
-    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-    case ${exe##*/} in etcd | kube-apiserver | kube-controller-manager) ;; *) return 1 ;; esac
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE/"
-}
-
-# Pid of a component: from its pid file, else by scanning /proc for our binary
-# with this state dir on its command line (covers lost pid files).
-component_pids() { # name
-    local name=$1 pid p
-    if [[ -f $RUN/$name.pid ]]; then
-        pid=$(<"$RUN/$name.pid")
-        if is_ours "$pid"; then echo "$pid"; fi
-    fi
-    for p in /proc/[0-9]*; do
-        p=${p#/proc/}
-        [[ $(readlink "/proc/$p/exe" 2>/dev/null) == */"$name" ]] || continue
-        if [[ $p != "${pid:-}" ]] && is_ours "$p"; then echo "$p"; fi
-    done
-}
-
-start_component() { # name binary args...
-    local name=$1 bin=$2; shift 2
-    : >"$LOGS/$name.log"
-    # setsid: own session, so a caller's Ctrl-C or process-group kill does not
-    # take the cluster down half-way; `down` stops it.
-    setsid "$bin" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
-    echo $! >"$RUN/$name.pid"
-    log "$name started (pid $!, log $LOGS/$name.log)"
-}
-
+# Stops the components one at a time, the last started first: the apiserver removes
+# its lease from etcd as it shuts down, and waits a long time if etcd is already gone.
 stop_all() {
-    local name pids=() p deadline
+    local name p pids
     for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
         name=${COMPONENTS[i]}
+        pids=()
         for p in $(component_pids "$name"); do
             log "stopping $name (pid $p)"
-            kill -TERM "$p" 2>/dev/null || true
             pids+=("$p")
         done
-    done
-    ((${#pids[@]})) || return 0
-    deadline=$((SECONDS + STOP_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        local alive=()
-        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive+=("$p"); done
-        ((${#alive[@]})) || return 0
-        sleep 0.2
-    done
-    for p in "${pids[@]}"; do
-        if kill -0 "$p" 2>/dev/null; then
-            log "pid $p did not exit within ${STOP_TIMEOUT}s; sending SIGKILL"
-            kill -KILL "$p" 2>/dev/null || true
-        fi
-    done
-    deadline=$((SECONDS + 10))
-    for p in "${pids[@]}"; do
-        while kill -0 "$p" 2>/dev/null; do
-            ((SECONDS < deadline)) || die "pid $p survives SIGKILL"
-            sleep 0.1
-        done
+        stop_pids "${pids[@]}"
     done
 }
 
@@ -136,30 +86,6 @@ kcm_healthy() { [[ $(http_get "https://127.0.0.1:$KCM_PORT/healthz" 2>/dev/null)
 default_sa_exists() {
     kctl get namespace default >/dev/null 2>&1 &&
         kctl -n default get serviceaccount default >/dev/null 2>&1
-}
-
-show_log_tail() { # name
-    if [[ -f $LOGS/$1.log ]]; then
-        log "last lines of $LOGS/$1.log:"
-        tail -n 40 "$LOGS/$1.log" >&2
-    fi
-}
-
-# Polls a probe until it passes; fails early if the component's process died.
-wait_for() { # what component probe...
-    local what=$1 comp=$2 deadline=$((SECONDS + TIMEOUT)) start=$SECONDS; shift 2
-    until "$@"; do
-        if ! is_ours "$(cat "$RUN/$comp.pid" 2>/dev/null)"; then
-            show_log_tail "$comp"
-            die "$comp exited while waiting for: $what"
-        fi
-        if ((SECONDS >= deadline)); then
-            show_log_tail "$comp"
-            die "timed out after ${TIMEOUT}s waiting for: $what"
-        fi
-        sleep 0.25
-    done
-    log "$what ($((SECONDS - start))s)"
 }
 
 # ---- certificates -----------------------------------------------------------------
@@ -278,16 +204,6 @@ EOF
 }
 
 # ---- state --------------------------------------------------------------------------
-
-free_ports() { # count
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
 
 load_state() {
     ETCD_PORT='' ETCD_PEER_PORT='' API_PORT='' KCM_PORT='' KUBECTL='' API_ADDRESS=127.0.0.1

@@ -52,60 +52,11 @@ COMPONENTS=(containerd kube-scheduler kubelet)
 # host-local and loopback plugins.
 DEBIAN_PACKAGES=(runc=1.1.5+ds1-1+deb12u1 containernetworking-plugins=1.1.1+ds1-3+b5)
 
-log() { printf '[node %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-# ---- processes -------------------------------------------------------------------------
-
-# A pid is ours if its executable is one of our binaries and its command line names
-# this state dir (a recycled pid, or another node's process, never matches).
-is_ours() { # pid
-    local pid=$1 exe
-    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
-    case ${exe##*/} in containerd | kube-scheduler | kubelet | containerd-shim-runc-v2) ;; *) return 1 ;; esac
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$NODE/"
-}
-
-pids_of() { # executable name
-    local p
-    for p in /proc/[0-9]*; do
-        p=${p#/proc/}
-        [[ $(readlink "/proc/$p/exe" 2>/dev/null) == */"$1" ]] || continue
-        if is_ours "$p"; then echo "$p"; fi
-    done
-}
-
-start_component() { # name binary args...
-    local name=$1 bin=$2; shift 2
-    : >"$LOGS/$name.log"
-    # Own session: a caller's Ctrl-C does not take half a node down.
-    setsid "$bin" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
-    echo $! >"$RUN/$name.pid"
-    log "$name started (pid $!, log $LOGS/$name.log)"
-}
-
-# SIGTERM, then SIGKILL after STOP_TIMEOUT; waits until the pids are gone.
-stop_pids() { # pid...
-    local p deadline
-    (($#)) || return 0
-    for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
-    deadline=$((SECONDS + STOP_TIMEOUT))
-    while ((SECONDS < deadline)); do
-        local alive=0
-        for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || return 0
-        sleep 0.2
-    done
-    for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
-    deadline=$((SECONDS + 10))
-    for p in "$@"; do
-        while kill -0 "$p" 2>/dev/null; do
-            ((SECONDS < deadline)) || die "pid $p survives SIGKILL"
-            sleep 0.1
-        done
-    done
-}
+LOG_PREFIX=node
+OUR_EXECUTABLES=("${COMPONENTS[@]}" containerd-shim-runc-v2)
+OUR_DIR=$NODE
+# shellcheck source=e2e/processes.sh
+source "$E2E_DIR/processes.sh"
 
 # ---- packages and tools ---------------------------------------------------------------
 
@@ -320,39 +271,6 @@ node_ready() {
 }
 kubelet_healthy() { [[ $(curl -fsS --max-time 3 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz" 2>/dev/null) == ok ]]; }
 scheduler_healthy() { [[ $(curl -fsSk --max-time 3 "https://127.0.0.1:$SCHEDULER_PORT/healthz" 2>/dev/null) == ok ]]; }
-
-show_log_tail() {
-    if [[ -f $LOGS/$1.log ]]; then
-        log "last lines of $LOGS/$1.log:"
-        tail -n 40 "$LOGS/$1.log" >&2
-    fi
-}
-
-wait_for() { # what component probe...
-    local what=$1 comp=$2 deadline=$((SECONDS + TIMEOUT)) start=$SECONDS; shift 2
-    until "$@"; do
-        if ! is_ours "$(cat "$RUN/$comp.pid" 2>/dev/null)"; then
-            show_log_tail "$comp"
-            die "$comp exited while waiting for: $what"
-        fi
-        if ((SECONDS >= deadline)); then
-            show_log_tail "$comp"
-            die "timed out after ${TIMEOUT}s waiting for: $what"
-        fi
-        sleep 0.25
-    done
-    log "$what ($((SECONDS - start))s)"
-}
-
-free_ports() { # count
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
 
 load_state() {
     KUBELET_PORT='' KUBELET_HEALTHZ_PORT='' SCHEDULER_PORT='' KUBECTL='' CTR=''

@@ -1,0 +1,126 @@
+# shellcheck shell=bash
+# Sourced by cluster.sh and node.sh: logging, and starting, finding, waiting for and
+# stopping the daemons a script owns. Not run on its own.
+#
+# The sourcing script sets, before calling any of these:
+#   LOG_PREFIX       the tag of its log lines (cluster, node)
+#   OUR_EXECUTABLES  array: the executable names of its daemons
+#   OUR_DIR          absolute directory every one of its daemons names on its command
+#                    line; a process is the script's only if it does (a recycled pid,
+#                    or another cluster's daemon, never matches)
+#   RUN, LOGS        where pid files and logs go
+#   TIMEOUT          seconds wait_for waits; STOP_TIMEOUT seconds before SIGKILL
+
+log() { printf '[%s %(%H:%M:%S)T] %s\n' "$LOG_PREFIX" -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# True if pid is alive, runs one of OUR_EXECUTABLES and names OUR_DIR.
+is_ours() { # pid
+    local pid=$1 exe name
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+    for name in "${OUR_EXECUTABLES[@]}"; do
+        if [[ ${exe##*/} == "$name" ]]; then
+            tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$OUR_DIR/"
+            return
+        fi
+    done
+    return 1
+}
+
+# Our processes running executable `name`, found by scanning /proc.
+pids_of() { # name
+    local p
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        [[ $(readlink "/proc/$p/exe" 2>/dev/null) == */"$1" ]] || continue
+        if is_ours "$p"; then echo "$p"; fi
+    done
+}
+
+# A component's pids: the one in its pid file, and any other found in /proc (covers
+# a lost or stale pid file).
+component_pids() { # name
+    local name=$1 pid='' p
+    if [[ -f $RUN/$name.pid ]]; then
+        pid=$(<"$RUN/$name.pid")
+        if is_ours "$pid"; then echo "$pid"; else pid=''; fi
+    fi
+    for p in $(pids_of "$name"); do
+        if [[ $p != "$pid" ]]; then echo "$p"; fi
+    done
+}
+
+start_component() { # name binary args...
+    local name=$1 bin=$2
+    shift 2
+    : >"$LOGS/$name.log"
+    # setsid: its own session, so a caller's Ctrl-C or process-group kill does not
+    # take half of it down; the script's down/stop command stops it.
+    setsid "$bin" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+    echo $! >"$RUN/$name.pid"
+    log "$name started (pid $!, log $LOGS/$name.log)"
+}
+
+# SIGTERM, then SIGKILL after STOP_TIMEOUT; returns once the pids are gone.
+stop_pids() { # pid...
+    local p deadline alive
+    (($#)) || return 0
+    for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        alive=0
+        for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || return 0
+        sleep 0.2
+    done
+    for p in "$@"; do
+        if kill -0 "$p" 2>/dev/null; then
+            log "pid $p did not exit within ${STOP_TIMEOUT}s; sending SIGKILL"
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+    deadline=$((SECONDS + 10))
+    for p in "$@"; do
+        while kill -0 "$p" 2>/dev/null; do
+            ((SECONDS < deadline)) || die "pid $p survives SIGKILL"
+            sleep 0.1
+        done
+    done
+}
+
+show_log_tail() { # name
+    if [[ -f $LOGS/$1.log ]]; then
+        log "last lines of $LOGS/$1.log:"
+        tail -n 40 "$LOGS/$1.log" >&2
+    fi
+}
+
+# Polls a probe until it passes; fails early if the component's process died.
+wait_for() { # what component probe...
+    local what=$1 comp=$2 deadline=$((SECONDS + TIMEOUT)) start=$SECONDS
+    shift 2
+    until "$@"; do
+        if ! is_ours "$(cat "$RUN/$comp.pid" 2>/dev/null)"; then
+            show_log_tail "$comp"
+            die "$comp exited while waiting for: $what"
+        fi
+        if ((SECONDS >= deadline)); then
+            show_log_tail "$comp"
+            die "timed out after ${TIMEOUT}s waiting for: $what"
+        fi
+        sleep 0.25
+    done
+    log "$what ($((SECONDS - start))s)"
+}
+
+# `count` free loopback ports, space-separated.
+free_ports() { # count
+    python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
