@@ -4,20 +4,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use fanout_provision::probes::{self, Probes};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-
-#[derive(Clone)]
-struct AppState {
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-}
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -25,30 +15,15 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, ready });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-}
-
-async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-}
-
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-    }
+    let probes = Probes {
+        metrics: Box::new(move || metrics.encode()),
+        ready: Box::new(move || {
+            if ready.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("starting".into())
+            }
+        }),
+    };
+    probes::serve(listener, probes, shutdown.cancelled_owned()).await
 }

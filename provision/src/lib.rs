@@ -5,12 +5,14 @@
 //! Used by the operator's reconciler and by `fanout standalone`; every call is
 //! idempotent, and deleting something that is already gone counts as success.
 //!
-//! Also what the Kubernetes-free processes share: their NATS flags ([`nats`]), their
-//! shutdown signal ([`signal`]) and their threads with a runtime each ([`thread`]).
+//! Also what the processes share: their NATS flags ([`nats`]), their shutdown signal
+//! ([`signal`]), their threads with a runtime each ([`thread`]) and the operator's
+//! and dispatcher's `/metrics`, `/healthz` and `/readyz` ([`probes`]).
 
 pub mod dead_letters;
 pub mod nats;
 pub mod observe;
+pub mod probes;
 pub mod signal;
 pub mod thread;
 
