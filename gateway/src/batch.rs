@@ -259,7 +259,7 @@ async fn store_all(
     let publisher = &state.publisher;
     let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(items.len());
     results.resize_with(items.len(), || None);
-    let mut pending: Vec<(usize, Pending)> = Vec::new();
+    let mut pending: Vec<(usize, Pending<'_>)> = Vec::new();
     // Once the gateway is found busy or disconnected, later items fail at once
     // instead of each waiting again.
     let mut gave_up: Option<Problem> = None;
@@ -319,7 +319,7 @@ async fn store_all(
 async fn collect(
     state: &AppState,
     route: &Route,
-    pending: &mut Vec<(usize, Pending)>,
+    pending: &mut Vec<(usize, Pending<'_>)>,
     results: &mut [Option<ItemResult>],
 ) {
     for (index, p) in pending.drain(..) {

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::Subject;
 use async_nats::connection::State;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::{self, ErrorCode};
@@ -124,12 +125,14 @@ pub struct Permit {
     _held: OwnedSemaphorePermit,
 }
 
-/// A sent event whose acknowledgement has not arrived yet.
-pub struct Pending {
+/// A sent event whose acknowledgement has not arrived yet. It borrows the route's
+/// stream name, and shares the subject with the sent message: nothing is copied per
+/// event to check the acknowledgement.
+pub struct Pending<'a> {
     ack: PublishAckFuture,
     id: String,
-    stream: String,
-    subject: String,
+    stream: &'a str,
+    subject: Subject,
     started: Instant,
     ack_timeout: Duration,
     latency: Histogram,
@@ -212,19 +215,20 @@ impl Publisher {
     }
 
     /// Sends one event without waiting for its acknowledgement.
-    pub async fn send(
+    pub async fn send<'a>(
         &self,
         permit: Permit,
         event: Event,
-        stream: &str,
-    ) -> Result<Pending, PublishError> {
+        stream: &'a str,
+    ) -> Result<Pending<'a>, PublishError> {
         let started = Instant::now();
+        let subject = Subject::from(event.subject);
         let message = jetstream::message::PublishMessage::build()
             .payload(event.payload)
             .headers(event.headers);
         let ack = self
             .js
-            .send_publish(event.subject.clone(), message)
+            .send_publish(subject.clone(), message)
             .await
             .map_err(|e| match e.kind() {
                 PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge(e),
@@ -234,8 +238,8 @@ impl Publisher {
         Ok(Pending {
             ack,
             id: event.id,
-            stream: stream.to_string(),
-            subject: event.subject,
+            stream,
+            subject,
             started,
             ack_timeout: self.ack_timeout,
             latency: self.latency.clone(),
@@ -259,17 +263,17 @@ impl Publisher {
     }
 }
 
-impl Pending {
+impl Pending<'_> {
     /// Waits for the acknowledgement: only `Ok` means the event is stored.
     pub async fn stored(self) -> Result<Stored, PublishError> {
         let ack = self
             .ack
             .await
-            .map_err(|e| classify_ack_error(e, &self.stream, &self.subject, self.ack_timeout))?;
+            .map_err(|e| classify_ack_error(e, self.stream, &self.subject, self.ack_timeout))?;
         self.latency.observe(self.started.elapsed().as_secs_f64());
         if ack.stream != self.stream {
             return Err(PublishError::WrongStream {
-                expected: self.stream,
+                expected: self.stream.to_string(),
                 got: ack.stream,
             });
         }
