@@ -3,13 +3,16 @@
 //!
 //! Each test gets its own namespace, NATS server and operator scoped to that
 //! namespace (`--watch-namespace`), so tests run in parallel on one control plane.
-//! There is no node yet (issue 8), so dispatcher pods never run: the end-to-end test
+//! This control plane has no node, so dispatcher pods never run: the end-to-end test
 //! starts the real `fanout dispatch` and `fanout gateway` processes itself, with the
-//! configuration the operator rendered, read back from the API server.
+//! configuration the operator rendered, read back from the API server. Pods on a real
+//! node are e2e/tests/in_cluster.rs's part.
+
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -19,6 +22,7 @@ use fanout_config::RouteConfig;
 use fanout_config::gateway::GatewayConfig;
 use fanout_testkit::cluster::{self, TestNamespace};
 use fanout_testkit::nats::NatsServer;
+use fanout_testkit::process::Spawned;
 use fanout_testkit::target::{Reply, TargetServer};
 use fanout_testkit::{free_port, http, wait};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -29,11 +33,10 @@ use kube::Api;
 
 const T: Duration = Duration::from_secs(60);
 
-/// A running `fanout operator`; killed when dropped. Its log is printed if a test
-/// fails while it runs, which is where the reason usually is.
+/// A running `fanout operator`; killed when dropped, its log printed if the test is
+/// failing then.
 struct Operator {
-    child: Child,
-    log: PathBuf,
+    process: Spawned,
     port: u16,
     _dir: tempfile::TempDir,
 }
@@ -41,9 +44,9 @@ struct Operator {
 impl Operator {
     fn start(ns: &str, nats_url: &str, identity: &str, leader_elect: bool) -> Operator {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("operator.log");
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_fanout"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
+        command
             .args(["operator", "--watch-namespace", ns, "--namespace", ns])
             .args(["--pod-name", identity, "--lease-name", "fanout-operator"])
             .args([
@@ -54,39 +57,17 @@ impl Operator {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--status-interval", "1s"])
             .env("KUBECONFIG", cluster::kubeconfig().unwrap())
-            .env("FANOUT_LOG", "info,fanout_operator=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .env("FANOUT_LOG", "info,fanout_operator=debug");
         Operator {
-            child,
-            log,
+            process: Spawned::start(command, &dir.path().join("operator.log")).unwrap(),
             port,
             _dir: dir,
         }
     }
 
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
     async fn metrics(&self) -> Result<String, String> {
         let r = http::get(&format!("127.0.0.1:{}", self.port), "/metrics").await?;
         Ok(r.body)
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- operator log ---\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
     }
 }
 
@@ -677,47 +658,6 @@ async fn nats_stopped_and_restarted_flips_stream_ready_and_recovers() {
     env.ns.delete(&env.client).await.unwrap();
 }
 
-/// Starts `fanout <args>` with its log in `dir`; killed when dropped.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn start(dir: &std::path::Path, name: &str, args: &[&str]) -> Process {
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_fanout"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Process { child, log }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} ---\n{}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-fn ids(target: &TargetServer) -> BTreeSet<String> {
-    target
-        .received()
-        .iter()
-        .filter_map(|r| r.header("idempotency-key").map(str::to_string))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_configuration_delivers_and_status_reports_each_targets_health() {
     let env = Env::new("op-e2e").await;
@@ -776,7 +716,7 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
     std::fs::write(dir.path().join("gateway.yaml"), gateway_config).unwrap();
     let nats_url = env.nats.url();
     let dispatcher_port = free_port().to_string();
-    let _dispatcher = Process::start(
+    let _dispatcher = support::spawn(
         dir.path(),
         "dispatcher",
         &[
@@ -794,7 +734,7 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
         ],
     );
     let gateway_addr = format!("127.0.0.1:{}", free_port());
-    let _gateway = Process::start(
+    let _gateway = support::spawn(
         dir.path(),
         "gateway",
         &[
@@ -907,7 +847,7 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
     env.wait_condition("orders", "TargetsHealthy", "True", None)
         .await;
     wait::until("all 40 events at the recovered target", T, || async {
-        let n = ids(&flaky).len();
+        let n = flaky.distinct_keys().len();
         if n == 40 {
             Ok(())
         } else {
@@ -916,7 +856,7 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
     })
     .await
     .unwrap();
-    assert_eq!(ids(&healthy).len(), 40);
+    assert_eq!(healthy.distinct_keys().len(), 40);
     env.ns.delete(&env.client).await.unwrap();
 }
 
@@ -972,7 +912,7 @@ async fn with_two_operators_one_reconciles_and_a_killed_leader_hands_over() {
 
     // The leader dies without releasing the Lease: the standby takes over once the
     // Lease expires, and reconciles what changed meanwhile.
-    operators[leader].kill();
+    operators[leader].process.kill();
     env.apply(&route_yaml("payments", &["crm"], ""));
     let new_holder = wait::until("the standby to take the Lease", T, || async {
         let h = lease_holder(&env).await?;
@@ -1055,18 +995,7 @@ async fn a_leader_stopped_with_sigterm_exits_cleanly_and_hands_over_at_once() {
     .unwrap();
 
     let stopped = std::time::Instant::now();
-    let kill = Command::new("kill")
-        .args(["-TERM", &a.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let exit = wait::until_blocking("op-a to exit", T, || {
-        a.child
-            .try_wait()
-            .map_err(|e| e.to_string())?
-            .ok_or("running".to_string())
-    })
-    .unwrap();
+    let exit = a.process.terminate(T).unwrap();
     assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
     wait::until("op-b to lead", T, || async {
         let h = lease_holder(&env).await?;

@@ -6,15 +6,14 @@
 //! scripted targets must keep answering while the test thread waits.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use fanout_testkit::nats::NatsServer;
+use fanout_testkit::process::Spawned;
 use fanout_testkit::target::{Reply, TargetServer};
-use fanout_testkit::{free_port, wait};
+use fanout_testkit::{free_port, http, wait};
 
 const T: Duration = Duration::from_secs(30);
 const TOKEN: &str = "test-ingest-token";
@@ -59,7 +58,7 @@ spec:
 }
 
 struct Standalone {
-    child: Child,
+    process: Spawned,
     gateway: String,
     status: String,
     _dir: tempfile::TempDir,
@@ -73,27 +72,22 @@ impl Standalone {
         std::fs::write(dir.path().join("orders.yaml"), manifests).unwrap();
         let gateway = format!("127.0.0.1:{}", free_port());
         let status = format!("127.0.0.1:{}", free_port());
-        let child = standalone(dir.path(), &nats.url())
+        let mut command = standalone(dir.path(), &nats.url());
+        command
             .args(["--listen-gateway", &gateway, "--listen-metrics", &status])
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .stderr(if std::env::var_os("FANOUT_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .unwrap();
+            .arg(dir.path().join("state"));
+        let process = Spawned::start(command, &dir.path().join("standalone.log")).unwrap();
         let s = Standalone {
-            child,
+            process,
             gateway,
             status,
             _dir: dir,
         };
         for addr in [&s.gateway, &s.status] {
             wait::until("standalone to be ready", T, || async {
-                match http(addr, "GET", "/readyz", &[], "") {
-                    Ok((200, _)) => Ok(()),
+                match http::get(addr, "/readyz").await {
+                    Ok(r) if r.status == 200 => Ok(()),
                     other => Err(format!("{other:?}")),
                 }
             })
@@ -103,36 +97,35 @@ impl Standalone {
         s
     }
 
-    fn post_event(&self, id: &str) {
+    async fn post_event(&self, id: &str) {
         let auth = format!("Bearer {TOKEN}");
-        let (code, body) = http(
+        let r = http::post(
             &self.gateway,
-            "POST",
             "/v1/namespaces/test/routes/orders/events",
             &[
                 ("Authorization", &auth),
                 ("Idempotency-Key", id),
                 ("Content-Type", "application/json"),
             ],
-            "{\"order\": 1}",
+            b"{\"order\": 1}",
         )
+        .await
         .unwrap();
-        assert_eq!(code, 202, "{body}");
+        assert_eq!(r.status, 202, "{}", r.body);
     }
 
-    fn status(&self) -> serde_json::Value {
-        let (code, body) = http(&self.status, "GET", "/status", &[], "").unwrap();
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
+    async fn get(&self, path: &str) -> String {
+        let r = http::get(&self.status, path).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/status").await).unwrap()
     }
 
     fn sigterm_exits_zero(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
+        let exit = self.process.terminate(T).unwrap();
         assert!(exit.success(), "exit status {exit}");
     }
 }
@@ -146,71 +139,8 @@ fn standalone(dir: &Path, nats_url: &str) -> Command {
         .args(["--namespace", "test", "--nats-url", nats_url])
         .args(["--health-interval", "200ms", "--shutdown-grace", "5s"])
         .env("FANOUT_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .env("NO_COLOR", "1");
     command
-}
-
-/// One HTTP/1.1 request on a fresh connection: (status, body).
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let code = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no status line in {response:?}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
-fn ids(target: &TargetServer) -> BTreeSet<String> {
-    target
-        .received()
-        .iter()
-        .filter_map(|r| r.header("idempotency-key").map(str::to_string))
-        .collect()
-}
-
-async fn wait_all(target: &TargetServer, sent: &BTreeSet<String>) {
-    wait::until("every event at the target", T, || async {
-        let got = ids(target);
-        if &got == sent {
-            Ok(())
-        } else {
-            Err(format!("{} of {}", got.len(), sent.len()))
-        }
-    })
-    .await
-    .unwrap();
 }
 
 /// Target `name` of the route in a `/status` answer.
@@ -230,16 +160,16 @@ async fn every_event_reaches_both_targets_and_status_counts_them() {
 
     let sent: BTreeSet<String> = (0..25).map(|i| format!("order-{i}")).collect();
     for id in &sent {
-        s.post_event(id);
+        s.post_event(id).await;
     }
-    wait_all(&a, &sent).await;
-    wait_all(&b, &sent).await;
+    a.wait_for_keys(&sent, T).await.unwrap();
+    b.wait_for_keys(&sent, T).await.unwrap();
 
     let status = wait::until(
         "status to report 25 deliveries per target, settled",
         T,
         || async {
-            let status = s.status();
+            let status = s.status().await;
             let delivered = |t| target(&status, t)["delivered"].as_u64();
             if status["settled"] == true && delivered("a") == Some(25) && delivered("b") == Some(25)
             {
@@ -261,8 +191,7 @@ async fn every_event_reaches_both_targets_and_status_counts_them() {
     }
     assert_eq!(status["routes"][0]["stream"]["messages"], 25);
 
-    let (code, table) = http(&s.status, "GET", "/status.txt", &[], "").unwrap();
-    assert_eq!(code, 200);
+    let table = s.get("/status.txt").await;
     let line = table.lines().find(|l| l.contains(" a ")).expect(&table);
     assert!(
         line.split_whitespace().collect::<Vec<_>>()[..4] == ["test/orders", "a", "Closed", "25"],
@@ -281,11 +210,11 @@ async fn a_failing_target_shows_an_open_circuit_while_the_other_keeps_delivering
 
     let sent: BTreeSet<String> = (0..10).map(|i| format!("order-{i}")).collect();
     for id in &sent {
-        s.post_event(id);
+        s.post_event(id).await;
     }
-    wait_all(&a, &sent).await;
+    a.wait_for_keys(&sent, T).await.unwrap();
     let status = wait::until("b's circuit to show as Open", T, || async {
-        let status = s.status();
+        let status = s.status().await;
         if target(&status, "b")["circuit"] == "Open" && target(&status, "a")["delivered"] == 10 {
             Ok(status)
         } else {
@@ -307,19 +236,19 @@ async fn a_failing_target_shows_an_open_circuit_while_the_other_keeps_delivering
     s.sigterm_exits_zero();
 }
 
-fn run_to_exit(manifests: &str) -> Output {
+/// Runs standalone on `manifests`, expecting it to refuse them; its stderr.
+fn run_to_exit(manifests: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("orders.yaml"), manifests).unwrap();
     // Nothing listens on this port: a refusal must come before connecting to NATS.
     let unused = format!("nats://127.0.0.1:{}", free_port());
-    let output = standalone(dir.path(), &unused)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-        .wait_with_output()
-        .unwrap();
-    assert!(!output.status.success());
-    output
+    let mut process = Spawned::start(
+        standalone(dir.path(), &unused),
+        &dir.path().join("standalone.log"),
+    )
+    .unwrap();
+    assert!(!process.wait(T).unwrap().success());
+    process.log()
 }
 
 #[test]
@@ -327,14 +256,14 @@ fn bad_manifests_fail_before_starting_naming_the_document_and_field() {
     let good = manifests("http://127.0.0.1:1/a", "http://127.0.0.1:1/b");
 
     let misspelt = good.replace("  timeout: 2s\n  retry:", "  timeout: 2s\n  retries:");
-    let stderr = String::from_utf8(run_to_exit(&misspelt).stderr).unwrap();
+    let stderr = run_to_exit(&misspelt);
     assert!(
         stderr.contains("orders.yaml: document 2 (ApiTarget a): spec.retries: unknown field"),
         "{stderr}"
     );
 
     let no_secret = good.replace("name: ingest, key: token", "name: ingest, key: other");
-    let stderr = String::from_utf8(run_to_exit(&no_secret).stderr).unwrap();
+    let stderr = run_to_exit(&no_secret);
     assert!(
         stderr.contains(
             "FanOutRoute test/orders: spec.gateway.bearerTokens: Secret test/ingest has no key \"other\""
@@ -343,7 +272,7 @@ fn bad_manifests_fail_before_starting_naming_the_document_and_field() {
     );
 
     let bad_url = good.replace("url: http://127.0.0.1:1/b", "url: ftp://127.0.0.1:1/b");
-    let stderr = String::from_utf8(run_to_exit(&bad_url).stderr).unwrap();
+    let stderr = run_to_exit(&bad_url);
     assert!(stderr.contains("route test/orders"), "{stderr}");
     assert!(
         stderr.contains("targets[b]: ApiTarget \"b\": url: scheme \"ftp\" is not supported"),

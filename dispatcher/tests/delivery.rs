@@ -50,25 +50,10 @@ spec:
     out
 }
 
-/// Waits until `target` has received every id in `sent` (and nothing else).
+/// Waits until `target` has received every id in `sent`, and nothing else.
 async fn wait_ids(target: &TargetServer, sent: &BTreeSet<String>) {
-    wait::until("every event at the target", T, || async {
-        let got = ids(&target.received());
-        if &got == sent {
-            Ok(())
-        } else {
-            Err(format!("{} of {} ids", got.len(), sent.len()))
-        }
-    })
-    .await
-    .unwrap();
-}
-
-fn ids(received: &[fanout_testkit::target::Received]) -> BTreeSet<String> {
-    received
-        .iter()
-        .map(|r| r.header("idempotency-key").unwrap().to_string())
-        .collect()
+    let got = target.wait_for_keys(sent, T).await.unwrap();
+    assert_eq!(&got, sent, "ids received besides those sent");
 }
 
 #[tokio::test]
@@ -343,10 +328,10 @@ async fn filters_keep_events_from_targets_they_do_not_match() {
     h.wait_settled("all", T).await;
     h.wait_settled("placed", T).await;
     assert_eq!(
-        ids(&all.received()),
+        all.distinct_keys(),
         ["a", "b", "c", "d"].map(String::from).into()
     );
-    assert_eq!(ids(&placed.received()), ["a", "d"].map(String::from).into());
+    assert_eq!(placed.distinct_keys(), ["a", "d"].map(String::from).into());
 }
 
 #[tokio::test]
@@ -364,7 +349,7 @@ async fn subject_filters_are_applied_by_the_consumer() {
         .await;
     cancelled.wait_for(1, T).await.unwrap();
     h.wait_settled("cancelled", T).await;
-    assert_eq!(ids(&cancelled.received()), ["b"].map(String::from).into());
+    assert_eq!(cancelled.distinct_keys(), ["b"].map(String::from).into());
 }
 
 #[tokio::test]

@@ -190,28 +190,6 @@ impl Drop for ReleaseGuard {
     }
 }
 
-fn ids(target: &TargetServer) -> BTreeSet<String> {
-    target
-        .received()
-        .iter()
-        .filter_map(|r| r.header("idempotency-key").map(str::to_string))
-        .collect()
-}
-
-async fn all_arrived(target: &TargetServer, name: &str, sent: &BTreeSet<String>) {
-    wait::until(&format!("every event at {name}"), T, || async {
-        let got = ids(target);
-        let missing = sent.difference(&got).count();
-        if missing == 0 {
-            Ok(())
-        } else {
-            Err(format!("{missing} of {} missing", sent.len()))
-        }
-    })
-    .await
-    .unwrap();
-}
-
 fn target_yaml(name: &str, url: &str, extra: &str) -> String {
     format!(
         "apiVersion: fanout.dev/v1alpha1
@@ -438,8 +416,8 @@ spec:
 
     // Events through the gateway reach both targets; status counts them per target.
     let mut sent: BTreeSet<String> = env.send(20, 0).await.into_iter().collect();
-    all_arrived(&stock, "stock", &sent).await;
-    all_arrived(&mail, "mail", &sent).await;
+    stock.wait_for_keys(&sent, T).await.unwrap();
+    mail.wait_for_keys(&sent, T).await.unwrap();
     wait::until("delivered counts in status", T, || async {
         let s = env.status().await?;
         let delivered: Vec<(String, u64)> = s
@@ -467,7 +445,7 @@ spec:
     let more = env.send(20, 20).await;
     sent.extend(more.iter().cloned());
     let more: BTreeSet<String> = more.into_iter().collect();
-    all_arrived(&stock, "stock", &more).await;
+    stock.wait_for_keys(&more, T).await.unwrap();
     wait::until("mail's circuit Open in status", T, || async {
         let s = env.status().await?;
         let mail = s
@@ -497,7 +475,7 @@ spec:
 
     // It recovers, and nothing was lost meanwhile.
     mail.set_default(Reply::Status(200));
-    all_arrived(&mail, "mail", &sent).await;
+    mail.wait_for_keys(&sent, T).await.unwrap();
 
     // A dispatcher pod deleted mid-stream: every event still reaches every target.
     let victim = env.dispatcher_pods().await[0]
@@ -514,10 +492,10 @@ spec:
         tokio::spawn(async move { env.send(100, 100).await })
     };
     wait::until("some of the new events at stock", T, || async {
-        if ids(&stock).len() >= sent.len() + 10 {
+        if stock.distinct_keys().len() >= sent.len() + 10 {
             Ok(())
         } else {
-            Err(format!("{}", ids(&stock).len()))
+            Err(format!("{}", stock.distinct_keys().len()))
         }
     })
     .await
@@ -528,8 +506,8 @@ spec:
         .unwrap();
     let during: BTreeSet<String> = sender.await.unwrap().into_iter().collect();
     sent.extend(during);
-    all_arrived(&stock, "stock", &sent).await;
-    all_arrived(&mail, "mail", &sent).await;
+    stock.wait_for_keys(&sent, T).await.unwrap();
+    mail.wait_for_keys(&sent, T).await.unwrap();
     wait::until("the replacement dispatcher pod Ready", T, || async {
         let d = deployments
             .get(&format!("{ROUTE}-dispatcher"))

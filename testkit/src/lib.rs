@@ -5,12 +5,14 @@
 //!   run by `e2e/cluster.sh`), a client for it, and a fresh namespace per test.
 //! - [`target::TargetServer`]: a scripted HTTP target that records what it receives.
 //! - [`node`]: the same with one real node (`e2e/node.sh`), pods and images.
+//! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed.
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
 
 pub mod cluster;
 pub mod http;
 pub mod nats;
 pub mod node;
+pub mod process;
 pub mod python;
 pub mod target;
 pub mod tools;

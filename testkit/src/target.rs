@@ -3,8 +3,7 @@
 //! resets), records every request it receives, and can go down and come back up on
 //! the same port.
 
-use std::collections::VecDeque;
-
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -112,6 +111,45 @@ impl TargetServer {
 
     pub fn count(&self) -> usize {
         self.state.lock().unwrap().received.len()
+    }
+
+    /// The `Idempotency-Key` of every request, in the order they arrived (`<none>`
+    /// for a request without one, so that it cannot pass for an expected key).
+    pub fn keys(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .map(|r| r.header("idempotency-key").unwrap_or("<none>").to_string())
+            .collect()
+    }
+
+    /// The distinct `Idempotency-Key`s received: one per event, however many times
+    /// it was delivered.
+    pub fn distinct_keys(&self) -> BTreeSet<String> {
+        self.keys().into_iter().collect()
+    }
+
+    /// Waits until every key in `expected` has arrived; returns the distinct keys
+    /// received by then (which may hold others: callers that mind compare).
+    pub async fn wait_for_keys(
+        &self,
+        expected: &BTreeSet<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<BTreeSet<String>> {
+        wait::until(
+            &format!("{} events at {}", expected.len(), self.addr),
+            timeout,
+            || async {
+                let got = self.distinct_keys();
+                match expected.difference(&got).count() {
+                    0 => Ok(got),
+                    missing => Err(format!("{missing} of {} missing", expected.len())),
+                }
+            },
+        )
+        .await
     }
 
     /// Waits until at least `n` requests arrived.

@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, RouteSpec, TOKEN, send_signal, stored_messages};
+use fanout_testkit::process::send_signal;
+
+use crate::support::{Backend, RouteSpec, TOKEN, stored_messages};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_fanout-gateway");
 

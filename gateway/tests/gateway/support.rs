@@ -11,6 +11,7 @@ use fanout_config::jetstream::{RouteStreams, Storage, StreamPlan};
 use fanout_gateway::{Args, Gateway};
 use fanout_provision::Provisioner;
 use fanout_testkit::nats::NatsServer;
+use fanout_testkit::process::send_signal;
 use http_body_util::{BodyExt, Full};
 use hyper::http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use hyper_util::client::legacy::Client;
@@ -432,15 +433,6 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         send_signal(self.pid, "CONT");
     }
-}
-
-pub fn send_signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("running kill");
-    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 /// The pid of the nats-server listening on `port` (found by its command line).

@@ -1,0 +1,120 @@
+//! What the `fanout` process tests share: starting the binary, and a route provisioned
+//! on a fresh nats-server from manifests, the way the operator would.
+//!
+//! Each file in `tests/` is its own crate and uses part of this.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use async_nats::jetstream;
+use fanout_api::manifests::Manifests;
+use fanout_config::RouteConfig;
+use fanout_provision::Provisioner;
+use fanout_testkit::nats::NatsServer;
+use fanout_testkit::process::Spawned;
+
+/// Starts `fanout <args>`, its stderr in `<dir>/<name>.log`.
+pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Spawned {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
+    command.args(args).env("FANOUT_LOG", "info");
+    Spawned::start(command, &dir.join(format!("{name}.log"))).unwrap()
+}
+
+/// Runs `fanout <args>` to the end; its stdout, or a failed test with its stderr.
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fanout {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One route (namespace `test`) rendered from manifests and provisioned on its own
+/// nats-server, its dispatcher configuration written to `route.yaml` in `dir`.
+pub struct ProvisionedRoute {
+    pub nats: NatsServer,
+    pub js: jetstream::Context,
+    pub config: RouteConfig,
+    pub dir: tempfile::TempDir,
+}
+
+impl ProvisionedRoute {
+    /// `manifests` must hold exactly one FanOutRoute.
+    pub async fn new(manifests: &str) -> ProvisionedRoute {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rendered = Manifests::parse(manifests, "test")
+            .unwrap()
+            .render(dir.path())
+            .unwrap();
+        assert_eq!(rendered.len(), 1, "one route expected");
+        let rendered = rendered.remove(0);
+        let nats = NatsServer::start().unwrap();
+        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        Provisioner::new(js.clone())
+            .apply(&rendered.streams)
+            .await
+            .unwrap();
+        let route = ProvisionedRoute {
+            nats,
+            js,
+            config: rendered.config,
+            dir,
+        };
+        std::fs::write(
+            route.config_file(),
+            serde_yaml_ng::to_string(&route.config).unwrap(),
+        )
+        .unwrap();
+        route
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("route.yaml")
+    }
+
+    /// Starts `fanout dispatch` for the route, serving probes on `listen_port`.
+    pub fn dispatcher(&self, listen_port: u16) -> Spawned {
+        spawn(
+            self.dir.path(),
+            &format!("dispatcher-{listen_port}"),
+            &[
+                "dispatch",
+                "--config",
+                self.config_file().to_str().unwrap(),
+                "--nats-url",
+                &self.nats.url(),
+                "--listen",
+                &format!("127.0.0.1:{listen_port}"),
+                "--pod-name",
+                "test-pod",
+                "--shutdown-grace",
+                "10s",
+            ],
+        )
+    }
+
+    /// Publishes one event per id to the route's subject and waits for the acks.
+    pub async fn publish(&self, ids: impl IntoIterator<Item = String>) {
+        let subject = format!("{}.event", self.config.key().ingest_prefix());
+        let mut acks = Vec::new();
+        for id in ids {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Fanout-Event-Id", id.as_str());
+            acks.push(
+                self.js
+                    .publish_with_headers(subject.clone(), headers, "{}".into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Processes a test starts (`fanout operator`, `fanout dispatch`, ...): stderr goes to
+//! a log file, the process is killed when the test lets go of it, and its log is
+//! printed when the test is failing at that moment, since that is usually where the
+//! reason is.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::wait;
+
+/// A running child process; killed (SIGKILL) when dropped.
+pub struct Spawned {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Spawned {
+    /// Starts `command` with its stderr in `log` (stdin and stdout closed).
+    pub fn start(mut command: Command, log: &Path) -> anyhow::Result<Spawned> {
+        let stderr = std::fs::File::create(log)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {:?}: {e}", command.get_program()))?;
+        Ok(Spawned {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// What the process has written to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (a name such as `TERM` or `STOP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal);
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until the process exits by itself; an error if it still runs after
+    /// `timeout` (it is killed when dropped).
+    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let pid = self.child.id();
+        wait::until_blocking(&format!("process {pid} to exit"), timeout, || {
+            self.child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_string())
+        })
+    }
+
+    /// SIGTERM, then waits for the exit: how Kubernetes stops a pod.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal("TERM");
+        self.wait(timeout)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- {} ---\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+/// Sends `signal` to process `pid` with kill(1): tests need SIGTERM and SIGSTOP, which
+/// `std::process::Child` cannot send, and the workspace forbids unsafe code.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+}
