@@ -3,7 +3,7 @@
 //! travel alongside them.
 
 /// The event id (also the Idempotency-Key targets see); kept on redrive.
-pub const EVENT_ID: &str = "Fanout-Event-Id";
+pub const EVENT_ID: &str = crate::EVENT_ID_HEADER;
 /// The target the event could not be delivered to.
 pub const TARGET: &str = "Fanout-Target";
 /// Attempts made before giving up.

@@ -11,8 +11,8 @@
 //! - [`health`]: the per-target snapshots dispatchers report.
 //! - [`dead_letter`]: the headers of a dead letter.
 //!
-//! Plus [`error_chain`], the one way every Fanout process writes an error and its
-//! causes on one line.
+//! Plus [`EVENT_ID_HEADER`], which every stored event carries, and [`error_chain`],
+//! the one way every Fanout process writes an error and its causes on one line.
 
 pub mod dead_letter;
 pub mod duration;
@@ -24,6 +24,11 @@ pub mod policy;
 pub mod route;
 
 pub use duration::Duration;
+
+/// The header that carries an event's id in its stream: the gateway sets it (from
+/// `Idempotency-Key`, the CloudEvent id, or a new UUIDv7), dispatchers send it to
+/// targets as `Idempotency-Key`, and dead letters keep it.
+pub const EVENT_ID_HEADER: &str = "Fanout-Event-Id";
 pub use names::RouteKey;
 pub use policy::DeliveryPolicy;
 pub use route::{RouteConfig, TargetConfig};

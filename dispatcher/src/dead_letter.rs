@@ -9,16 +9,9 @@ use crate::classify::Failure;
 use crate::delivery::DeadLetterReason;
 use crate::event::{EVENT_ID_HEADER, Event};
 
-/// Headers describing a dead letter (besides the event's own headers).
-pub mod headers {
-    pub const TARGET: &str = "Fanout-Target";
-    pub const ATTEMPTS: &str = "Fanout-Attempts";
-    pub const REASON: &str = "Fanout-Reason";
-    pub const LAST_STATUS: &str = "Fanout-Last-Status";
-    pub const LAST_ERROR: &str = "Fanout-Last-Error";
-    pub const ORIGINAL_SUBJECT: &str = "Fanout-Original-Subject";
-    pub const ORIGINAL_SEQUENCE: &str = "Fanout-Original-Sequence";
-}
+// Headers describing a dead letter (besides the event's own headers); `fanout dlq`
+// reads them by the same names.
+use fanout_config::dead_letter as headers;
 
 /// Longest `Fanout-Last-Error` kept; response bodies can be large.
 const MAX_ERROR_LEN: usize = 512;

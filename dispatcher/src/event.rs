@@ -5,8 +5,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::Message;
 use bytes::Bytes;
 
-/// Header the gateway sets with the event id.
-pub const EVENT_ID_HEADER: &str = "Fanout-Event-Id";
+pub use fanout_config::EVENT_ID_HEADER;
 
 /// Headers that describe the message inside NATS/Fanout and are not sent to targets.
 pub fn is_internal_header(name: &str) -> bool {

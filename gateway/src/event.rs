@@ -8,9 +8,7 @@ use crate::cloudevents::{self, CloudEventError};
 use crate::config::Route;
 use crate::headers::{ForwardHeaders, InvalidHeaderValue};
 
-/// Header with the event id on every stored message; dispatchers send it on as the
-/// `Idempotency-Key` of each delivery.
-pub const EVENT_ID_HEADER: &str = "Fanout-Event-Id";
+pub use fanout_config::EVENT_ID_HEADER;
 /// JetStream's de-duplication header.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Makes JetStream refuse the message unless it lands in the route's stream.
