@@ -412,6 +412,17 @@ bin_path() { # name -> path (building if needed)
     esac
 }
 
+# Once every tool is built, the Go build cache (over 4 GB after the Kubernetes builds)
+# only speeds up a rebuild after a pin changes, which compiles mostly new packages
+# anyway. The disk is shared with target/ and, on CI machines, with other checkouts,
+# so it goes. The module cache stays: a rebuild then downloads nothing.
+trim_go_build_cache() {
+    local cache=$FANOUT_CACHE/go/build
+    [[ -d $cache ]] || return 0
+    rm -rf "$cache"
+    log "removed the Go build cache $cache (the built tools stay)"
+}
+
 timed() { # label fn
     local start=$SECONDS
     "$2"
@@ -428,6 +439,7 @@ main() {
             timed nats-server build_nats
             timed kubernetes build_kube
             build_node
+            trim_go_build_cache
             log "all tools ready in $((SECONDS - start))s under $TOOLS_DIR"
             ;;
         kube | kubernetes) timed kubernetes build_kube ;;
