@@ -23,6 +23,7 @@ use fanout_config::gateway::GatewayConfig;
 use fanout_testkit::cluster::{self, TestNamespace};
 use fanout_testkit::nats::NatsServer;
 use fanout_testkit::process::Spawned;
+use fanout_testkit::prometheus;
 use fanout_testkit::target::{Reply, TargetServer};
 use fanout_testkit::{free_port, http, wait};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -661,7 +662,7 @@ async fn nats_stopped_and_restarted_flips_stream_ready_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_configuration_delivers_and_status_reports_each_targets_health() {
     let env = Env::new("op-e2e").await;
-    let _operator = env.operator();
+    let operator = env.operator();
     let healthy = TargetServer::start().await.unwrap();
     let flaky = TargetServer::start().await.unwrap();
     let retry = "  retry: {maxAttempts: 1000, initialDelay: 100ms, maxDelay: 500ms}";
@@ -857,7 +858,97 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
     .await
     .unwrap();
     assert_eq!(healthy.distinct_keys().len(), 40);
+
+    let dispatcher_addr = format!("127.0.0.1:{dispatcher_port}");
+    let operator_addr = format!("127.0.0.1:{}", operator.port);
+    chart_monitoring_fits(
+        &env,
+        &key.dispatcher_object_name(),
+        &[&dispatcher_addr, &gateway_addr, &operator_addr],
+    )
+    .await;
     env.ns.delete(&env.client).await.unwrap();
+}
+
+/// Families whose series appear with their first event: the gateway counts a
+/// route's refusal outcome (one of many) when one first happens.
+const LAZY_FAMILIES: [&str; 1] = ["fanout_gateway_events"];
+
+/// The chart's monitoring fits what the processes are: every alert of its
+/// PrometheusRule selects series that the running processes at `scrape` export, and
+/// its PodMonitor selects the pods of the dispatcher Deployment the operator made, on
+/// a port that they have.
+async fn chart_monitoring_fits(env: &Env, deployment: &str, scrape: &[&str]) {
+    let home = tempfile::tempdir().unwrap();
+    let rendered = Command::new(fanout_testkit::tools::path("helm").unwrap())
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .args(["template", "fan"])
+        .arg(fanout_testkit::repo_root().join("charts/fanout"))
+        .args(["--set", "nats.url=nats://nats:4222"])
+        .args(["--set", "serviceMonitor.enabled=true"])
+        .args(["--set", "prometheusRule.enabled=true"])
+        .output()
+        .unwrap();
+    cluster::check(&rendered, "helm template").unwrap();
+    let rendered = String::from_utf8(rendered.stdout).unwrap();
+
+    let mut exposition = prometheus::Exposition::default();
+    for addr in scrape {
+        let r = http::get(addr, "/metrics").await.unwrap();
+        assert_eq!(r.status, 200, "{addr}: {}", r.body);
+        exposition.add(&r.body).unwrap();
+    }
+    let rules = prometheus::rules(&rendered).unwrap();
+    assert!(rules.len() >= 8, "{rules:?}");
+    let unmatched: Vec<String> = rules
+        .iter()
+        .flat_map(|(alert, expr)| {
+            exposition
+                .unmatched(expr, &LAZY_FAMILIES)
+                .unwrap_or_else(|e| vec![format!("does not parse: {e}")])
+                .into_iter()
+                .map(move |why| format!("{alert}: {why}"))
+        })
+        .collect();
+    assert!(unmatched.is_empty(), "{unmatched:#?}");
+
+    let pod_monitor = prometheus::objects(&rendered)
+        .unwrap()
+        .into_iter()
+        .find(|o| o["kind"] == "PodMonitor")
+        .expect("a PodMonitor");
+    let template = env
+        .api::<Deployment>()
+        .get(deployment)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template;
+    let pod_labels = template.metadata.unwrap().labels.unwrap();
+    let selector = pod_monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    for (name, value) in selector {
+        assert_eq!(
+            pod_labels.get(name).map(String::as_str),
+            value.as_str(),
+            "the PodMonitor selects {name}={value} of the dispatcher pods"
+        );
+    }
+    let port = &pod_monitor["spec"]["podMetricsEndpoints"][0]["port"];
+    let ports: Vec<String> = template.spec.unwrap().containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect();
+    assert!(
+        ports.iter().any(|p| p == port),
+        "port {port} not among {ports:?}"
+    );
 }
 
 async fn lease_holder(env: &Env) -> Result<String, String> {

@@ -152,53 +152,58 @@ fn release_for(ns: &TestNamespace) -> String {
     ns.name.clone()
 }
 
-/// Installs a minimal ServiceMonitor CRD (any spec accepted), so the server dry-run
-/// can check the chart's ServiceMonitors' kind, scope and metadata. The Prometheus
-/// Operator's own schema is not available here; its spec fields are checked below
-/// by reading the rendered object.
-fn ensure_service_monitor_crd() {
+/// Installs minimal ServiceMonitor, PodMonitor and PrometheusRule CRDs (any spec
+/// accepted), so the server dry-run can check the chart's monitoring objects' kind,
+/// scope and metadata. The Prometheus Operator's own schemas are not available here;
+/// their spec fields are checked below by reading the rendered objects, and the
+/// alerts against the real processes' metrics in cli/tests/operator.rs.
+fn ensure_monitoring_crds() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let crd = serde_json::json!({
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-            "spec": {
-                "group": "monitoring.coreos.com",
-                "scope": "Namespaced",
-                "names": {"kind": "ServiceMonitor", "listKind": "ServiceMonitorList",
-                          "plural": "servicemonitors", "singular": "servicemonitor"},
-                "versions": [{"name": "v1", "served": true, "storage": true,
-                    "schema": {"openAPIV3Schema": {"type": "object",
-                        "x-kubernetes-preserve-unknown-fields": true}}}]
-            }
-        });
-        let mut apply = kubectl(&["apply", "--server-side", "-f", "-"])
-            .unwrap()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        for kind in ["ServiceMonitor", "PodMonitor", "PrometheusRule"] {
+            let singular = kind.to_lowercase();
+            let plural = format!("{singular}s");
+            let crd = serde_json::json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": format!("{plural}.monitoring.coreos.com")},
+                "spec": {
+                    "group": "monitoring.coreos.com",
+                    "scope": "Namespaced",
+                    "names": {"kind": kind, "listKind": format!("{kind}List"),
+                              "plural": plural, "singular": singular},
+                    "versions": [{"name": "v1", "served": true, "storage": true,
+                        "schema": {"openAPIV3Schema": {"type": "object",
+                            "x-kubernetes-preserve-unknown-fields": true}}}]
+                }
+            });
+            let mut apply = kubectl(&["apply", "--server-side", "-f", "-"])
+                .unwrap()
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            apply
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(crd.to_string().as_bytes())
+                .unwrap();
+            check(
+                &apply.wait_with_output().unwrap(),
+                &format!("applying a {kind} CRD"),
+            )
             .unwrap();
-        apply
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(crd.to_string().as_bytes())
-            .unwrap();
-        check(
-            &apply.wait_with_output().unwrap(),
-            "applying a ServiceMonitor CRD",
-        )
-        .unwrap();
-        let established = run(&mut kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/servicemonitors.monitoring.coreos.com",
-        ])
-        .unwrap());
-        check(&established, "waiting for the ServiceMonitor CRD").unwrap();
+            let established = run(&mut kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{plural}.monitoring.coreos.com"),
+            ])
+            .unwrap());
+            check(&established, &format!("waiting for the {kind} CRD")).unwrap();
+        }
     });
 }
 
@@ -218,7 +223,11 @@ fn helm_lint_is_clean_in_strict_mode() {
     let chart = chart_dir();
     for sets in [
         &[][..],
-        &["operator.replicas=2", "serviceMonitor.enabled=true"][..],
+        &[
+            "operator.replicas=2",
+            "serviceMonitor.enabled=true",
+            "prometheusRule.enabled=true",
+        ][..],
         &["gateway.enabled=false"][..],
         &[
             "nats.credentials.secretName=nats-creds",
@@ -371,7 +380,7 @@ async fn two_operator_replicas_get_a_disruption_budget() {
 #[tokio::test]
 async fn service_monitors_render_only_when_enabled() {
     let client = cluster::client().await.unwrap();
-    ensure_service_monitor_crd();
+    ensure_monitoring_crds();
     let ns = TestNamespace::create(&client, "chart").await.unwrap();
     let objects = render_and_dry_run(
         "fan",
@@ -401,9 +410,97 @@ async fn service_monitors_render_only_when_enabled() {
             .unwrap();
         assert_eq!(service["spec"]["ports"][0]["name"], port);
     }
+    // Dispatcher pods are the operator's, in the routes' namespaces: a PodMonitor
+    // finds them by the labels the operator gives them (checked against a real
+    // dispatcher Deployment in cli/tests/operator.rs).
+    let pods = find(&objects, "PodMonitor", "fan-fanout-dispatchers");
+    assert_eq!(pods["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(pods["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(
+        pods["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "dispatcher"
+    );
+    assert_eq!(pods["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+
     let defaults = template("fan", &ns.name, &value_flags(&[]));
     check(&defaults, "helm template").unwrap();
-    assert!(!String::from_utf8_lossy(&defaults.stdout).contains("ServiceMonitor"));
+    let defaults = String::from_utf8_lossy(&defaults.stdout);
+    for kind in ["ServiceMonitor", "PodMonitor", "PrometheusRule"] {
+        assert!(!defaults.contains(kind), "{kind} rendered by default");
+    }
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn alerting_rules_render_when_enabled_with_the_labels_given() {
+    let client = cluster::client().await.unwrap();
+    ensure_monitoring_crds();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let objects = render_and_dry_run(
+        "fan",
+        &ns.name,
+        &[
+            "prometheusRule.enabled=true",
+            "prometheusRule.labels.release=prometheus",
+            "prometheusRule.alertLabels.team=payments",
+            "prometheusRule.circuitOpenFor=3m",
+        ],
+    );
+    let rule = find(&objects, "PrometheusRule", "fan-fanout");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let alerts: Vec<&Value> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    let names: BTreeSet<&str> = alerts
+        .iter()
+        .map(|a| a["alert"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "FanoutCircuitOpen",
+            "FanoutEventsDeadLettered",
+            "FanoutTargetRefusingEvents",
+            "FanoutGatewayNotStoring",
+            "FanoutGatewayPublishSlow",
+            "FanoutGatewayConfigReloadFailing",
+            "FanoutOperatorErrors",
+            "FanoutOperatorNotLeading",
+        ])
+    );
+    for alert in &alerts {
+        assert_eq!(alert["labels"]["team"], "payments", "{alert}");
+        assert!(alert["labels"]["severity"].is_string(), "{alert}");
+        assert!(alert["annotations"]["summary"].is_string(), "{alert}");
+    }
+    let circuit = alerts
+        .iter()
+        .find(|a| a["alert"] == "FanoutCircuitOpen")
+        .unwrap();
+    assert_eq!(circuit["for"], "3m");
+    // Prometheus fills in $labels when the alert fires; Helm must leave them alone.
+    assert!(
+        circuit["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("{{ $labels.target }}"),
+        "{circuit}"
+    );
+    // The operator's own series are those of this release's namespace.
+    let leading = alerts
+        .iter()
+        .find(|a| a["alert"] == "FanoutOperatorNotLeading")
+        .unwrap();
+    assert!(
+        leading["expr"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("namespace=\"{}\"", ns.name)),
+        "{leading}"
+    );
     ns.delete(&client).await.unwrap();
 }
 

@@ -210,6 +210,10 @@ impl Metrics {
             "Configuration reloads by result (success, failure)",
             reloads.clone(),
         );
+        // From zero, so that an alert on failures fires on the first one.
+        for result in ["success", "failure"] {
+            reloads.get_or_create(&ReloadLabels { result });
+        }
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Metrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -373,6 +377,21 @@ mod tests {
                 r#"fanout_gateway_events_total{route="shop/orders",outcome="accepted"} 1"#
             ),
             "{second}"
+        );
+    }
+
+    #[test]
+    fn reload_results_start_at_zero() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(
+            text.contains(r#"fanout_gateway_config_reloads_total{result="failure"} 0"#),
+            "{text}"
+        );
+        m.reload(false);
+        assert!(
+            m.encode()
+                .contains(r#"fanout_gateway_config_reloads_total{result="failure"} 1"#)
         );
     }
 }

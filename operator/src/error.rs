@@ -23,8 +23,12 @@ pub enum Error {
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
 
+/// Every value [`Error::category`] returns. The errors metric starts each at zero,
+/// so an alert on its increase fires on the first error, not the second.
+pub const CATEGORIES: [&str; 4] = ["kubernetes", "nats", "build", "shutdown"];
+
 impl Error {
-    /// A fixed label for the errors metric.
+    /// A fixed label for the errors metric, one of [`CATEGORIES`].
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kubernetes",

@@ -30,7 +30,7 @@ pub const CONFIG_KEY: &str = "gateway.yaml";
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often token copies are refreshed even when no route changed (rotation).
 const REFRESH_TOKENS_EVERY: Duration = Duration::from_secs(30);
-const CONTROLLER: &str = "gateway";
+pub const CONTROLLER: &str = "gateway";
 
 pub struct GatewaySync {
     pub client: kube::Client,

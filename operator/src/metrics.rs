@@ -11,6 +11,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Every controller that counts errors.
+const CONTROLLERS: [&str; 3] = [
+    crate::route_controller::CONTROLLER,
+    crate::target_controller::CONTROLLER,
+    crate::gateway_sync::CONTROLLER,
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reconcile {
     controller: &'static str,
@@ -48,9 +55,17 @@ impl Default for Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "errors",
-            "Problems met while reconciling, by category (e.g. nats, kubernetes, secret, render)",
+            "Problems met while reconciling, by controller and category (kubernetes, nats, build, shutdown)",
             errors.clone(),
         );
+        for controller in CONTROLLERS {
+            for category in crate::error::CATEGORIES {
+                errors.get_or_create(&ErrorLabels {
+                    controller,
+                    category,
+                });
+            }
+        }
         let duration = Family::<Controller, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.005, 2.0, 12))
         });
@@ -103,5 +118,28 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_category_of_every_controller_starts_at_zero() {
+        let m = Metrics::default();
+        let text = m.encode();
+        for controller in CONTROLLERS {
+            for category in crate::error::CATEGORIES {
+                let line = format!(
+                    r#"fanout_operator_errors_total{{controller="{controller}",category="{category}"}} 0"#
+                );
+                assert!(text.contains(&line), "{line} in {text}");
+            }
+        }
+        m.error(crate::route_controller::CONTROLLER, "nats");
+        assert!(m.encode().contains(
+            r#"fanout_operator_errors_total{controller="fanoutroute",category="nats"} 1"#
+        ));
     }
 }

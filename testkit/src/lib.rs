@@ -6,6 +6,7 @@
 //! - [`target::TargetServer`]: a scripted HTTP target that records what it receives.
 //! - [`node`]: the same with one real node (`e2e/node.sh`), pods and images.
 //! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed.
+//! - [`prometheus`]: alerting rules checked against the metrics processes export.
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
 
 pub mod cluster;
@@ -13,6 +14,7 @@ pub mod http;
 pub mod nats;
 pub mod node;
 pub mod process;
+pub mod prometheus;
 pub mod python;
 pub mod target;
 pub mod tools;
