@@ -212,7 +212,7 @@ impl Metrics {
         );
         // From zero, so that an alert on failures fires on the first one.
         for result in ["success", "failure"] {
-            reloads.get_or_create(&ReloadLabels { result });
+            let _ = reloads.get_or_create(&ReloadLabels { result });
         }
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Metrics {

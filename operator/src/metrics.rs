@@ -60,7 +60,7 @@ impl Default for Metrics {
         );
         for controller in CONTROLLERS {
             for category in crate::error::CATEGORIES {
-                errors.get_or_create(&ErrorLabels {
+                let _ = errors.get_or_create(&ErrorLabels {
                     controller,
                     category,
                 });
