@@ -997,7 +997,7 @@ async fn with_two_operators_one_reconciles_and_a_killed_leader_hands_over() {
         "{standby_metrics}"
     );
     assert!(
-        !standby_metrics.contains("controller=\"fanoutroute\""),
+        !standby_metrics.contains("fanout_operator_reconciles_total{controller=\"fanoutroute\""),
         "the standby reconciled:\n{standby_metrics}"
     );
 
