@@ -105,7 +105,7 @@ impl ProvisionedRoute {
         let mut acks = Vec::new();
         for id in ids {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Fanout-Event-Id", id.as_str());
+            headers.insert(fanout_config::EVENT_ID_HEADER, id.as_str());
             acks.push(
                 self.js
                     .publish_with_headers(subject.clone(), headers, "{}".into())
