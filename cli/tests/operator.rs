@@ -870,10 +870,6 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
     env.ns.delete(&env.client).await.unwrap();
 }
 
-/// Families whose series appear with their first event: the gateway counts a
-/// route's refusal outcome (one of many) when one first happens.
-const LAZY_FAMILIES: [&str; 1] = ["fanout_gateway_events"];
-
 /// The chart's monitoring fits what the processes are: every alert of its
 /// PrometheusRule selects series that the running processes at `scrape` export, and
 /// its PodMonitor selects the pods of the dispatcher Deployment the operator made, on
@@ -906,7 +902,7 @@ async fn chart_monitoring_fits(env: &Env, deployment: &str, scrape: &[&str]) {
         .iter()
         .flat_map(|(alert, expr)| {
             exposition
-                .unmatched(expr, &LAZY_FAMILIES)
+                .unmatched(expr)
                 .unwrap_or_else(|e| vec![format!("does not parse: {e}")])
                 .into_iter()
                 .map(move |why| format!("{alert}: {why}"))

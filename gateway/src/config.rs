@@ -94,6 +94,10 @@ impl RouteTable {
         self.len() == 0
     }
 
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_namespace.values().flat_map(HashMap::values)
+    }
+
     /// Validates a configuration and reads its token files.
     pub fn from_config(config: &GatewayConfig) -> Result<RouteTable, ConfigError> {
         let mut table = RouteTable::default();

@@ -131,6 +131,7 @@ impl Gateway {
         };
         let shard_count = args.shard_count().get();
         let metrics = Arc::new(Metrics::new());
+        metrics.routes_configured(routes.routes().map(|r| &r.label));
         let (routes_tx, routes_rx) = watch::channel(Arc::new(routes));
         let shared = Shared {
             routes: routes_rx,

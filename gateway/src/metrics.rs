@@ -292,6 +292,29 @@ impl Metrics {
         (*id == self.id).then_some(counters)
     }
 
+    /// Starts the event counters of configured routes at zero: stored, and not stored
+    /// for a reason on the gateway's or NATS's side. An alert on an increase then
+    /// fires on the first refusal, not the second. Refusals of bad requests (which
+    /// are the producer's to see) still appear when they first happen.
+    pub fn routes_configured<'a>(&self, routes: impl IntoIterator<Item = &'a RouteLabel>) {
+        const COUNTED_FROM_ZERO: [Outcome; 6] = [
+            Outcome::Accepted,
+            Outcome::Duplicate,
+            Outcome::Failed(ProblemKind::Unavailable),
+            Outcome::Failed(ProblemKind::StreamFull),
+            Outcome::Failed(ProblemKind::StorageRejected),
+            Outcome::Failed(ProblemKind::Internal),
+        ];
+        for route in routes {
+            for outcome in COUNTED_FROM_ZERO {
+                let _ = self.events.get_or_create(&EventLabels {
+                    route: route.clone(),
+                    outcome: outcome.as_str(),
+                });
+            }
+        }
+    }
+
     /// Shard `shard`'s publish-latency histogram, for it alone to observe.
     pub fn publish_latency(&self, shard: usize) -> Histogram {
         self.publish_latency.get_or_create_owned(&ShardLabels {
@@ -393,5 +416,23 @@ mod tests {
             m.encode()
                 .contains(r#"fanout_gateway_config_reloads_total{result="failure"} 1"#)
         );
+    }
+
+    #[test]
+    fn a_configured_routes_storage_outcomes_start_at_zero() {
+        let m = Metrics::new();
+        let route = RouteLabel::new("shop", "orders");
+        m.routes_configured([&route]);
+        let text = m.encode();
+        for outcome in ["accepted", "unavailable", "stream-full", "storage-rejected"] {
+            let line = format!(
+                r#"fanout_gateway_events_total{{route="shop/orders",outcome="{outcome}"}} 0"#
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        m.event(&route, Outcome::Failed(ProblemKind::Unavailable));
+        assert!(m.encode().contains(
+            r#"fanout_gateway_events_total{route="shop/orders",outcome="unavailable"} 1"#
+        ));
     }
 }

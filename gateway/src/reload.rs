@@ -41,6 +41,7 @@ pub async fn watch_config(
                         routes = table.len(),
                         "gateway configuration changed; now serving the new routes"
                     );
+                    metrics.routes_configured(table.routes().map(|r| &r.label));
                     routes.send_replace(Arc::new(table));
                     metrics.reload(true);
                 }
