@@ -75,6 +75,43 @@ async fn a_dispatcher_killed_mid_run_and_restarted_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_restart_mid_run_loses_nothing_and_needs_no_dispatcher_restart() {
+    let target = TargetServer::start().await.unwrap();
+    target.set_default(Reply::Delay(Duration::from_millis(20), 200));
+    let mut setup = route_to(&target.url("/"), "  maxInFlight: 16\n").await;
+    let before: BTreeSet<String> = (0..300).map(|i| format!("evt-{i}")).collect();
+    setup.publish(before.iter().cloned()).await;
+    let port = free_port();
+    let mut dispatcher = setup.dispatcher(port);
+    target.wait_for(50, T).await.unwrap();
+
+    // SIGKILL: the stream's file store survives, acks in flight are lost.
+    setup.nats.kill();
+    let addr = format!("127.0.0.1:{port}");
+    wait::until("the dispatcher to report NATS away", T, || async {
+        match http::get(&addr, "/readyz").await {
+            Ok(r) if r.status != 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        target.distinct_keys().len() < 300,
+        "NATS went away too late to prove anything"
+    );
+    setup.nats.restart().unwrap();
+
+    // The same process picks up where it was, and takes new events too.
+    let after: BTreeSet<String> = (300..400).map(|i| format!("evt-{i}")).collect();
+    setup.publish(after.iter().cloned()).await;
+    let all: BTreeSet<String> = before.union(&after).cloned().collect();
+    target.wait_for_keys(&all, T).await.unwrap();
+    assert_eq!(target.distinct_keys(), all);
+    assert!(dispatcher.terminate(T).unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     let target = TargetServer::start().await.unwrap();
     target.set_default(Reply::Delay(Duration::from_millis(800), 200));
