@@ -871,9 +871,9 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
 }
 
 /// The chart's monitoring fits what the processes are: every alert of its
-/// PrometheusRule selects series that the running processes at `scrape` export, and
-/// its PodMonitor selects the pods of the dispatcher Deployment the operator made, on
-/// a port that they have.
+/// PrometheusRule and every query of its Grafana dashboard selects series that the
+/// running processes at `scrape` export, and its PodMonitor selects the pods of the
+/// dispatcher Deployment the operator made, on a port that they have.
 async fn chart_monitoring_fits(env: &Env, deployment: &str, scrape: &[&str]) {
     let home = tempfile::tempdir().unwrap();
     let rendered = Command::new(fanout_testkit::tools::path("helm").unwrap())
@@ -885,6 +885,7 @@ async fn chart_monitoring_fits(env: &Env, deployment: &str, scrape: &[&str]) {
         .args(["--set", "nats.url=nats://nats:4222"])
         .args(["--set", "serviceMonitor.enabled=true"])
         .args(["--set", "prometheusRule.enabled=true"])
+        .args(["--set", "grafanaDashboard.enabled=true"])
         .output()
         .unwrap();
     cluster::check(&rendered, "helm template").unwrap();
@@ -896,23 +897,31 @@ async fn chart_monitoring_fits(env: &Env, deployment: &str, scrape: &[&str]) {
         assert_eq!(r.status, 200, "{addr}: {}", r.body);
         exposition.add(&r.body).unwrap();
     }
+    let objects = prometheus::objects(&rendered).unwrap();
     let rules = prometheus::rules(&rendered).unwrap();
     assert!(rules.len() >= 8, "{rules:?}");
+    let dashboard = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "fan-fanout-dashboard")
+        .and_then(|o| o["data"]["fanout.json"].as_str())
+        .expect("the dashboard ConfigMap");
+    let panels = prometheus::dashboard_queries(dashboard).unwrap();
+    assert!(panels.len() >= 15, "{panels:?}");
     let unmatched: Vec<String> = rules
         .iter()
-        .flat_map(|(alert, expr)| {
+        .chain(&panels)
+        .flat_map(|(what, expr)| {
             exposition
                 .unmatched(expr)
                 .unwrap_or_else(|e| vec![format!("does not parse: {e}")])
                 .into_iter()
-                .map(move |why| format!("{alert}: {why}"))
+                .map(move |why| format!("{what}: {why}"))
         })
         .collect();
     assert!(unmatched.is_empty(), "{unmatched:#?}");
 
-    let pod_monitor = prometheus::objects(&rendered)
-        .unwrap()
-        .into_iter()
+    let pod_monitor = objects
+        .iter()
         .find(|o| o["kind"] == "PodMonitor")
         .expect("a PodMonitor");
     let template = env

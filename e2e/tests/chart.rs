@@ -227,6 +227,7 @@ fn helm_lint_is_clean_in_strict_mode() {
             "operator.replicas=2",
             "serviceMonitor.enabled=true",
             "prometheusRule.enabled=true",
+            "grafanaDashboard.enabled=true",
         ][..],
         &["gateway.enabled=false"][..],
         &[
@@ -501,6 +502,39 @@ async fn alerting_rules_render_when_enabled_with_the_labels_given() {
             .contains(&format!("namespace=\"{}\"", ns.name)),
         "{leading}"
     );
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_is_a_configmap_for_the_sidecar_when_enabled() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let objects = render_and_dry_run(
+        "fan",
+        &ns.name,
+        &[
+            "grafanaDashboard.enabled=true",
+            "grafanaDashboard.annotations.grafana_folder=Fanout",
+        ],
+    );
+    let config_map = find(&objects, "ConfigMap", "fan-fanout-dashboard");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        config_map["metadata"]["annotations"]["grafana_folder"],
+        "Fanout"
+    );
+    let dashboard: Value =
+        serde_json::from_str(config_map["data"]["fanout.json"].as_str().unwrap()).unwrap();
+    assert_eq!(dashboard["uid"], "fanout-overview");
+    // The JSON in the chart is the dashboard, unchanged by rendering.
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(chart_dir().join("dashboards/fanout.json")).unwrap())
+            .unwrap();
+    assert_eq!(dashboard, file);
+
+    let defaults = template("fan", &ns.name, &value_flags(&[]));
+    check(&defaults, "helm template").unwrap();
+    assert!(!String::from_utf8_lossy(&defaults.stdout).contains("fan-fanout-dashboard"));
     ns.delete(&client).await.unwrap();
 }
 

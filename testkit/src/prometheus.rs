@@ -56,6 +56,72 @@ pub fn rules(rendered: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// `(panel title, query)` of every Prometheus query of a Grafana dashboard (its
+/// JSON), with the variables replaced by values that select what they would: a
+/// query variable by its "All" value, `$__rate_interval` and `$__interval` by `5m`,
+/// `$__range` by `1h`. A variable's own `label_values(metric, label)` query comes
+/// out as the selector `metric{label=~".+"}`.
+pub fn dashboard_queries(json: &str) -> Result<Vec<(String, String)>, String> {
+    let dashboard: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let mut variables: Vec<(String, String)> = ["__rate_interval", "__interval"]
+        .map(|v| (v.to_string(), "5m".to_string()))
+        .into_iter()
+        .chain([("__range".to_string(), "1h".to_string())])
+        .collect();
+    let mut out = Vec::new();
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if variable["type"] != "query" {
+            continue;
+        }
+        let name = variable["name"]
+            .as_str()
+            .ok_or("a variable without a name")?;
+        let all = variable["allValue"].as_str().unwrap_or(".*");
+        variables.push((name.to_string(), all.to_string()));
+        let query = variable["query"]["query"]
+            .as_str()
+            .or(variable["query"].as_str())
+            .ok_or_else(|| format!("variable {name} has no query"))?;
+        let inner = query
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .ok_or_else(|| format!("variable {name}: only label_values(metric, label) is read"))?;
+        let (metric, label) = inner
+            .split_once(',')
+            .ok_or_else(|| format!("variable {name}: {query}"))?;
+        out.push((
+            format!("variable {name}"),
+            format!("{}{{{}=~\".+\"}}", metric.trim(), label.trim()),
+        ));
+    }
+    // Longest names first: `$routes` must not be read as `$route` and an `s`.
+    variables.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+    let panels = dashboard["panels"].as_array().into_iter().flatten();
+    let nested = panels
+        .clone()
+        .flat_map(|p| p["panels"].as_array().into_iter().flatten());
+    for panel in panels.chain(nested) {
+        let title = panel["title"].as_str().unwrap_or("(untitled)");
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = target["expr"].as_str() else {
+                continue;
+            };
+            let mut expr = expr.to_string();
+            for (name, value) in &variables {
+                expr = expr
+                    .replace(&format!("${{{name}}}"), value)
+                    .replace(&format!("${name}"), value);
+            }
+            out.push((title.to_string(), expr));
+        }
+    }
+    Ok(out)
+}
+
 /// The series and metric families of one or more `/metrics` answers.
 #[derive(Default)]
 pub struct Exposition {
@@ -256,5 +322,35 @@ fanout_latency_seconds_bucket{le="0.1",note="a \"quoted\", value"} 1
     fn rules_are_read_from_rendered_yaml() {
         let yaml = "kind: Service\n---\nkind: PrometheusRule\nspec:\n  groups:\n    - name: g\n      rules:\n        - alert: A\n          expr: up == 0\n        - record: r\n          expr: up\n";
         assert_eq!(rules(yaml).unwrap(), [("A".into(), "up == 0".into())]);
+    }
+
+    #[test]
+    fn dashboard_queries_come_with_their_variables_filled_in() {
+        let json = r#"{
+            "templating": {"list": [
+                {"name": "datasource", "type": "datasource"},
+                {"name": "route", "type": "query", "allValue": ".*",
+                 "query": {"query": "label_values(fanout_deliveries_total, route)"}}
+            ]},
+            "panels": [
+                {"type": "row", "title": "r", "panels": [
+                    {"title": "nested", "targets": [{"expr": "up{route=~\"${route}\"}"}]}
+                ]},
+                {"title": "rate", "targets": [
+                    {"expr": "rate(x_total{route=~\"$route\"}[$__rate_interval])"},
+                    {"expr": "increase(x_total[$__range])"}
+                ]}
+            ]
+        }"#;
+        assert_eq!(
+            dashboard_queries(json).unwrap(),
+            [
+                ("variable route", r#"fanout_deliveries_total{route=~".+"}"#),
+                ("rate", r#"rate(x_total{route=~".*"}[5m])"#),
+                ("rate", "increase(x_total[1h])"),
+                ("nested", r#"up{route=~".*"}"#),
+            ]
+            .map(|(t, e)| (t.to_string(), e.to_string()))
+        );
     }
 }
