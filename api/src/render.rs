@@ -159,10 +159,17 @@ pub fn render<'a>(
         )
     });
 
+    // The share of a rate limit each replica takes: with autoscaling, the most there
+    // can be, so that the route never exceeds a target's limit.
     let dispatcher_replicas = spec
         .dispatcher
         .as_ref()
-        .and_then(|d| d.replicas)
+        .and_then(|d| {
+            d.autoscaling
+                .as_ref()
+                .map(|a| a.max_replicas)
+                .or(d.replicas)
+        })
         .unwrap_or(defaults::DISPATCHER_REPLICAS);
     let gateway = gateway_route(route, |_, t| secrets_dir.join(&t.name).join(&t.key))?;
     Ok(Rendered {

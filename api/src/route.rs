@@ -227,12 +227,17 @@ pub enum ImagePullPolicy {
 /// The Deployment of dispatcher pods for the route.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.replicas) || !has(self.autoscaling)").message("set replicas or autoscaling, not both"))]
 pub struct DispatcherSpec {
     /// Number of dispatcher pods. Rate limits and in-flight limits are shared among
     /// them. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 64))]
     pub replicas: Option<i32>,
+    /// Scale the dispatcher pods with the route's backlog instead of a fixed
+    /// `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
     /// CPU and memory for each dispatcher container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -243,6 +248,36 @@ pub struct DispatcherSpec {
     /// Pull policy of the dispatcher image. Default: the operator's setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<ImagePullPolicy>,
+}
+
+/// Dispatcher replicas that follow the backlog: enough that each has at most
+/// `targetPendingPerReplica` events of the most backlogged target to deliver. More
+/// replicas are added at once; fewer only once the backlog has called for fewer
+/// throughout `scaleDownDelay`. A target whose circuit is not closed does not count:
+/// more pods would not make it answer. Rate limits are divided by `maxReplicas`, so
+/// the route never exceeds a target's limit; with fewer pods running a rate-limited
+/// target gets that much less of it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must be at most maxReplicas"))]
+pub struct AutoscalingSpec {
+    /// Fewest dispatcher pods. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub min_replicas: Option<i32>,
+    /// Most dispatcher pods.
+    #[schemars(range(min = 1, max = 64))]
+    pub max_replicas: i32,
+    /// Events not yet sent to a target (its `pending`) that one replica is expected to
+    /// keep up with. Default: 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_pending_per_replica: Option<u64>,
+    /// How long the backlog must have called for fewer replicas before they are
+    /// removed, so that a dip between bursts does not stop pods that are needed
+    /// again a minute later. Default: 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<Duration>,
 }
 
 /// What the operator observed about a route.

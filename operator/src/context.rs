@@ -10,6 +10,7 @@ use fanout_provision::Provisioner;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use crate::autoscale::Autoscaler;
 use crate::dispatcher_objects::DispatcherSettings;
 use crate::metrics::Metrics;
 
@@ -29,6 +30,7 @@ pub struct Context {
     pub status_interval: Duration,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    pub autoscaler: Autoscaler,
     /// Consecutive failed reconciles per route, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<FanOutRoute>, u32>>,
 }
@@ -64,6 +66,7 @@ impl Context {
             status_interval,
             metrics,
             recorder,
+            autoscaler: Autoscaler::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -102,12 +102,14 @@ pub enum BuildError {
     NoUid,
 }
 
-/// Builds the objects for `route`. `secrets` maps each referenced Secret to its keys
-/// and `resource_version`s to the versions read while checking them: a rotated
-/// Secret changes the hash and so restarts the pods, which read credentials at start.
+/// Builds the objects for `route`, with `replicas` dispatcher pods (see
+/// [`crate::autoscale`]). `secrets` maps each referenced Secret to its keys and
+/// `resource_version`s to the versions read while checking them: a rotated Secret
+/// changes the hash and so restarts the pods, which read credentials at start.
 pub fn build(
     route: &FanOutRoute,
     rendered: &Rendered,
+    replicas: i32,
     secrets: &BTreeMap<String, Vec<String>>,
     secret_versions: &BTreeMap<String, String>,
     settings: &DispatcherSettings,
@@ -278,7 +280,7 @@ pub fn build(
     let deployment = Deployment {
         metadata: meta,
         spec: Some(DeploymentSpec {
-            replicas: Some(i32::try_from(rendered.config.replicas).unwrap_or(i32::MAX)),
+            replicas: Some(replicas),
             selector: LabelSelector {
                 match_labels: Some(labels.clone()),
                 match_expressions: None,
@@ -365,7 +367,7 @@ fn default_resources() -> ResourceRequirements {
 mod tests {
     use std::path::Path;
 
-    use fanout_api::route::{ApiTargetRef, DispatcherSpec, RouteTargetSpec};
+    use fanout_api::route::{ApiTargetRef, AutoscalingSpec, DispatcherSpec, RouteTargetSpec};
     use fanout_api::{ApiTarget, FanOutRouteSpec};
 
     use super::*;
@@ -440,6 +442,7 @@ mod tests {
         let o = build(
             &r,
             &rendered(&r),
+            1,
             &secrets(),
             &BTreeMap::new(),
             &settings(None),
@@ -530,51 +533,52 @@ mod tests {
 
     #[test]
     fn the_pod_template_changes_with_the_config_or_a_secret_version() {
+        let deployment = |r: &FanOutRoute, replicas: i32, secret_version: &str| {
+            build(
+                r,
+                &rendered(r),
+                replicas,
+                &secrets(),
+                &BTreeMap::from([("crm-token".into(), secret_version.into())]),
+                &settings(None),
+            )
+            .unwrap()
+            .deployment
+        };
         let r = route(None);
-        let one = build(
-            &r,
-            &rendered(&r),
-            &secrets(),
-            &BTreeMap::from([("crm-token".into(), "1".into())]),
-            &settings(None),
-        )
-        .unwrap();
-        let same = build(
-            &r,
-            &rendered(&r),
-            &secrets(),
-            &BTreeMap::from([("crm-token".into(), "1".into())]),
-            &settings(None),
-        )
-        .unwrap();
-        let rotated = build(
-            &r,
-            &rendered(&r),
-            &secrets(),
-            &BTreeMap::from([("crm-token".into(), "2".into())]),
-            &settings(None),
-        )
-        .unwrap();
+        let one = deployment(&r, 1, "1");
+        let rotated = deployment(&r, 1, "2");
+        assert_eq!(hash(&one), hash(&deployment(&r, 1, "1")));
+        assert_ne!(hash(&one), hash(&rotated));
         let scaled = route(Some(DispatcherSpec {
             replicas: Some(3),
             ..DispatcherSpec::default()
         }));
-        let more = build(
-            &scaled,
-            &rendered(&scaled),
-            &secrets(),
-            &BTreeMap::from([("crm-token".into(), "1".into())]),
-            &settings(None),
-        )
-        .unwrap();
-        assert_eq!(hash(&one.deployment), hash(&same.deployment));
-        assert_ne!(hash(&one.deployment), hash(&rotated.deployment));
+        let more = deployment(&scaled, 3, "1");
         assert_ne!(
-            hash(&one.deployment),
-            hash(&more.deployment),
+            hash(&one),
+            hash(&more),
             "replicas are in the config (limits are shared among them)"
         );
-        assert_eq!(more.deployment.spec.as_ref().unwrap().replicas, Some(3));
+        assert_eq!(more.spec.as_ref().unwrap().replicas, Some(3));
+        // With autoscaling, the share is that of maxReplicas whatever runs now, so
+        // that scaling does not restart the pods.
+        let autoscaled = route(Some(DispatcherSpec {
+            autoscaling: Some(AutoscalingSpec {
+                max_replicas: 3,
+                ..AutoscalingSpec::default()
+            }),
+            ..DispatcherSpec::default()
+        }));
+        let few = deployment(&autoscaled, 1, "1");
+        let many = deployment(&autoscaled, 3, "1");
+        assert_eq!(hash(&few), hash(&many));
+        assert_eq!(
+            hash(&few),
+            hash(&more),
+            "the same share as 3 fixed replicas"
+        );
+        assert_eq!(few.spec.as_ref().unwrap().replicas, Some(1));
     }
 
     #[test]
@@ -590,6 +594,7 @@ mod tests {
         let o = build(
             &r,
             &rendered(&r),
+            1,
             &secrets(),
             &BTreeMap::new(),
             &settings(Some(auth)),
@@ -628,7 +633,14 @@ mod tests {
         let rendered = rendered(&r);
         r.metadata.uid = None;
         assert!(matches!(
-            build(&r, &rendered, &secrets(), &BTreeMap::new(), &settings(None)),
+            build(
+                &r,
+                &rendered,
+                1,
+                &secrets(),
+                &BTreeMap::new(),
+                &settings(None)
+            ),
             Err(BuildError::NoUid)
         ));
     }

@@ -11,6 +11,7 @@
 //!   and Prometheus metrics.
 
 pub mod args;
+pub mod autoscale;
 pub mod conditions;
 pub mod context;
 pub mod dispatcher_objects;

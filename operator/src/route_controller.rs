@@ -28,6 +28,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
+use crate::autoscale;
 use crate::conditions::READY;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::dispatcher_objects::{self, SECRETS_DIR};
@@ -142,9 +143,11 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
                         .iter()
                         .map(|(s, k)| (s.clone(), k.iter().cloned().collect()))
                         .collect();
+                    let replicas = replicas(ctx, route, &oref, &namespace, &key).await?;
                     let objects = dispatcher_objects::build(
                         route,
                         &rendered,
+                        replicas,
                         &keys,
                         &found.versions,
                         &ctx.dispatcher,
@@ -229,8 +232,55 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
+/// Dispatcher pods the route should run: `replicas`, or with `autoscaling` what its
+/// last reported backlog calls for (see [`crate::autoscale`]). A change of the
+/// autoscaled count is announced with an Event.
+async fn replicas(
+    ctx: &Context,
+    route: &FanOutRoute,
+    oref: &ObjectRef<FanOutRoute>,
+    namespace: &str,
+    key: &RouteKey,
+) -> Result<i32, Error> {
+    let dispatcher = route.spec.dispatcher.as_ref();
+    let Some(spec) = dispatcher.and_then(|d| d.autoscaling.as_ref()) else {
+        ctx.autoscaler.forget(oref);
+        return Ok(dispatcher
+            .and_then(|d| d.replicas)
+            .unwrap_or(fanout_config::policy::defaults::DISPATCHER_REPLICAS));
+    };
+    let current = current_deployment(ctx, namespace, key)
+        .await?
+        .and_then(|d| d.spec)
+        .and_then(|s| s.replicas);
+    let targets = route
+        .status
+        .as_ref()
+        .map(|s| s.targets.as_slice())
+        .unwrap_or_default();
+    let (recommended, why) = autoscale::recommend(spec, targets);
+    let decided = ctx
+        .autoscaler
+        .decide(oref, spec, recommended, current, Instant::now());
+    if let Some(current) = current
+        && current != decided
+    {
+        let note = if decided > current {
+            format!("dispatcher replicas {current} -> {decided}: {why}")
+        } else {
+            format!(
+                "dispatcher replicas {current} -> {decided}: {why}, for at least the scale-down delay"
+            )
+        };
+        tracing::info!(route = %oref, %note, "scaling");
+        publish(ctx, route, EventType::Normal, "Scaled", "Scale", note).await;
+    }
+    Ok(decided)
+}
+
 async fn cleanup(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     let key = RouteKey::new(route.namespace().unwrap_or_default(), route.name_any());
+    ctx.autoscaler.forget(&ObjectRef::from_obj(route));
     // Names come from the route's identity alone, so this works even when the route
     // no longer renders. Streams already gone count as deleted.
     ctx.provisioner

@@ -174,6 +174,22 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
                 ));
             }
         }
+        if let Some(dispatcher) = &route.spec.dispatcher {
+            if dispatcher.replicas.is_some() && dispatcher.autoscaling.is_some() {
+                problems.push(rule(
+                    "spec.dispatcher",
+                    "set replicas or autoscaling, not both",
+                ));
+            }
+            if let Some(a) = &dispatcher.autoscaling
+                && a.min_replicas.is_some_and(|min| min > a.max_replicas)
+            {
+                problems.push(rule(
+                    "spec.dispatcher.autoscaling",
+                    "minReplicas must be at most maxReplicas",
+                ));
+            }
+        }
         if let Some(gateway) = &route.spec.gateway
             && gateway.allow_unauthenticated == Some(true)
             && !gateway.bearer_tokens.is_empty()

@@ -16,6 +16,14 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
         Some("spec.gateway: allowUnauthenticated cannot be combined"),
     ),
     (
+        "autoscaling-min-above-max.yaml",
+        Some("spec.dispatcher.autoscaling: minReplicas must be at most maxReplicas"),
+    ),
+    (
+        "autoscaling-without-max.yaml",
+        Some("spec.dispatcher.autoscaling: missing field `maxReplicas`"),
+    ),
+    (
         "bad-replicas.yaml",
         Some("spec.source.replicas: replicas must be 1 or 3"),
     ),
@@ -58,6 +66,10 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
         Some("spec.targets[0].overrides.maxInFlight: must be at least 1"),
     ),
     ("relative-url.yaml", Some("url")),
+    (
+        "replicas-and-autoscaling.yaml",
+        Some("spec.dispatcher: set replicas or autoscaling, not both"),
+    ),
     ("reserved-header.yaml", Some("headers")),
     (
         "reserved-subject.yaml",
