@@ -28,6 +28,7 @@ use fanout_config::Duration;
     validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label (lowercase letters, digits and '-', at most 63 characters, no dots): it becomes part of NATS stream and subject names"),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Targets","type":"string","description":"healthy/total targets","jsonPath":".status.healthyTargets"}"#,
+    printcolumn = r#"{"name":"Dispatchers","type":"string","description":"available/desired dispatcher pods","jsonPath":".status.dispatchers"}"#,
     printcolumn = r#"{"name":"Pending","type":"integer","description":"events waiting for delivery, summed over targets","jsonPath":".status.pending"}"#,
     printcolumn = r#"{"name":"Delivered","type":"string","description":"events delivered per target since the dispatchers started","jsonPath":".status.deliveredSummary"}"#,
     printcolumn = r#"{"name":"Dead-Lettered","type":"integer","jsonPath":".status.deadLettered"}"#,
@@ -307,6 +308,11 @@ pub struct FanOutRouteStatus {
     /// Healthy targets out of all, e.g. "2/3" (shown by `kubectl get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_targets: Option<String>,
+
+    /// Dispatcher pods available out of those wanted, e.g. "2/4" (shown by
+    /// `kubectl get`; with autoscaling, the wanted count follows the backlog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatchers: Option<String>,
 
     /// Events delivered per target, e.g. "inventory=120 email=118" (shown by
     /// `kubectl get`; counted since the dispatcher pods started).

@@ -1011,6 +1011,17 @@ async fn an_autoscaled_route_follows_its_backlog_up_at_once_and_down_after_the_d
         .find(|n| n.contains("1 -> 4"))
         .unwrap_or_else(|| panic!("no Scaled Event for 1 -> 4 in {scaled:?}"));
     assert!(note.contains("target crm has 35 pending"), "{note}");
+    // No node runs them: none of the four is available, and status says so.
+    wait::until("status to show 0/4 dispatchers", T, || async {
+        let d = env.status("orders").await.and_then(|s| s.dispatchers);
+        if d.as_deref() == Some("0/4") {
+            Ok(())
+        } else {
+            Err(format!("{d:?}"))
+        }
+    })
+    .await
+    .unwrap();
 
     // The backlog is gone: back to the minimum once the delay has passed.
     env.js

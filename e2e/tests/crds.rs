@@ -158,7 +158,7 @@ async fn kubectl_get_prints_the_printer_columns() {
         "observedGeneration": 1,
         "conditions": [{"type": "Ready", "status": "True", "reason": "Delivering",
                         "message": "", "lastTransitionTime": "2026-11-26T00:00:00Z"}],
-        "healthyTargets": "2/3", "pending": 42, "deadLettered": 7,
+        "healthyTargets": "2/3", "dispatchers": "1/2", "pending": 42, "deadLettered": 7,
         "deliveredSummary": "inventory=12 mailer=10 analytics=0",
     }});
     routes
@@ -179,6 +179,7 @@ async fn kubectl_get_prints_the_printer_columns() {
             "NAME",
             "READY",
             "TARGETS",
+            "DISPATCHERS",
             "PENDING",
             "DELIVERED",
             "DEAD-LETTERED",
@@ -187,10 +188,11 @@ async fn kubectl_get_prints_the_printer_columns() {
     );
     let row = routes.row("orders");
     assert_eq!(
-        &row[1..6],
+        &row[1..7],
         [
             "True",
             "2/3",
+            "1/2",
             "42",
             "inventory=12 mailer=10 analytics=0",
             "7"

@@ -86,6 +86,10 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
     let mut status = FanOutRouteStatus {
         observed_generation: Some(f.generation),
         conditions: stamp(&previous.conditions, &drafts, f.generation, now),
+        dispatchers: f.deployment.map(|d| {
+            let (available, desired) = replicas(d);
+            format!("{available}/{desired}")
+        }),
         ..FanOutRouteStatus::default()
     };
     match f.observation {
@@ -124,6 +128,17 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
     status
 }
 
+/// (available, desired) pods of a Deployment.
+fn replicas(d: &Deployment) -> (i32, i32) {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let available = d
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    (available, desired)
+}
+
 fn dispatcher_condition(deployment: Option<&Deployment>) -> Draft {
     let Some(d) = deployment else {
         return Draft::new(
@@ -133,9 +148,8 @@ fn dispatcher_condition(deployment: Option<&Deployment>) -> Draft {
             "the dispatcher Deployment does not exist yet",
         );
     };
-    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let (available, desired) = replicas(d);
     let status = d.status.clone().unwrap_or_default();
-    let available = status.available_replicas.unwrap_or(0);
     if desired == 0 {
         return Draft::new(
             DISPATCHER_AVAILABLE,
@@ -350,6 +364,7 @@ mod tests {
         );
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.healthy_targets.as_deref(), Some("2/2"));
+        assert_eq!(s.dispatchers.as_deref(), Some("2/2"));
         assert_eq!((s.pending, s.dead_lettered), (Some(4), Some(1)));
         assert_eq!(s.targets[0].delivered, 10);
         assert_eq!(s.delivered_summary.as_deref(), Some("email=10 crm=10"));
