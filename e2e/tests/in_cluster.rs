@@ -528,6 +528,68 @@ spec:
     .await
     .unwrap();
 
+    // Autoscaled instead: a backlog at a slow target adds pods, and once everything is
+    // delivered the route goes back to one pod, stopping the others cleanly.
+    stock.set_default(Reply::Delay(Duration::from_secs(2), 200));
+    env.apply(&format!(
+        "apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {{name: {ROUTE}}}
+spec:
+  targets:
+    - {{name: stock, apiTargetRef: {{name: stock}}}}
+    - {{name: mail, apiTargetRef: {{name: mail}}}}
+  gateway: {{allowUnauthenticated: true}}
+  dispatcher:
+    autoscaling: {{minReplicas: 1, maxReplicas: 3, targetPendingPerReplica: 10, scaleDownDelay: 5s}}
+"
+    ));
+    let replicas = || async {
+        let d = deployments
+            .get(&format!("{ROUTE}-dispatcher"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let desired = d.spec.and_then(|s| s.replicas).unwrap_or(0);
+        let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+        Ok::<_, String>((desired, ready, env.dispatcher_pods().await.len()))
+    };
+    let burst: BTreeSet<String> = env.send(120, 200).await.into_iter().collect();
+    sent.extend(burst.iter().cloned());
+    wait::until("three dispatcher replicas for the backlog", T, || async {
+        match replicas().await? {
+            (3, _, _) => Ok(()),
+            other => Err(format!("{other:?} (desired, ready, pods)")),
+        }
+    })
+    .await
+    .unwrap();
+    stock.wait_for_keys(&sent, T).await.unwrap();
+    mail.wait_for_keys(&sent, T).await.unwrap();
+    wait::until("one dispatcher pod once the backlog is gone", T, || async {
+        match replicas().await? {
+            (1, 1, 1) => Ok(()),
+            other => Err(format!("{other:?} (desired, ready, pods)")),
+        }
+    })
+    .await
+    .unwrap();
+    let scaled = env.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=Scaled",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(scaled.contains("-> 3: target stock has"), "{scaled}");
+    assert!(scaled.contains("-> 1"), "{scaled}");
+    // The pod left delivers what comes next.
+    stock.set_default(Reply::Status(200));
+    let after: BTreeSet<String> = env.send(10, 320).await.into_iter().collect();
+    sent.extend(after);
+    stock.wait_for_keys(&sent, T).await.unwrap();
+    mail.wait_for_keys(&sent, T).await.unwrap();
+
     // Deleting the route removes its streams and its pods.
     let key = RouteKey::new(&ns, ROUTE);
     let streams = stream_names(&nats).await.unwrap();

@@ -273,7 +273,10 @@ async fn replicas(
             )
         };
         tracing::info!(route = %oref, %note, "scaling");
-        publish(ctx, route, EventType::Normal, "Scaled", "Scale", note).await;
+        // Events with the same reason and action become one series that keeps the
+        // first note; the count in the action keeps each new count's note visible.
+        let action = format!("Scale to {decided}");
+        publish(ctx, route, EventType::Normal, "Scaled", &action, note).await;
     }
     Ok(decided)
 }
