@@ -1032,6 +1032,20 @@ async fn an_autoscaled_route_follows_its_backlog_up_at_once_and_down_after_the_d
         .await
         .unwrap();
     replicas_become(1).await;
+    // Its own Event, not folded into the first one's series (which keeps the first
+    // note).
+    let notes: Vec<String> = env
+        .events("Scaled")
+        .await
+        .into_iter()
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("dispatcher replicas 4 -> 1")),
+        "{notes:?}"
+    );
 
     // A fixed count again, of zero: delivery pauses and the backlog waits.
     env.apply(&route_yaml(

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use fanout_api::{ApiTarget, FanOutRoute};
 use fanout_provision::Provisioner;
-use kube::runtime::events::{Recorder, Reporter};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::autoscale::Autoscaler;
@@ -29,7 +30,9 @@ pub struct Context {
     pub dispatcher: DispatcherSettings,
     pub status_interval: Duration,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    /// Folds repeated failures into one Event series (see [`Context::publish`]).
+    failures_recorder: Recorder,
+    reporter: Reporter,
     pub autoscaler: Autoscaler,
     /// Consecutive failed reconciles per route, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<FanOutRoute>, u32>>,
@@ -47,13 +50,11 @@ impl Context {
         metrics: Arc<Metrics>,
         instance: String,
     ) -> Context {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(instance),
-            },
-        );
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(instance),
+        };
+        let failures_recorder = Recorder::new(client.clone(), reporter.clone());
         let js = jetstream::new(nats.clone());
         Context {
             provisioner: Provisioner::new(js.clone()),
@@ -65,9 +66,30 @@ impl Context {
             dispatcher,
             status_interval,
             metrics,
-            recorder,
+            failures_recorder,
+            reporter,
             autoscaler: Autoscaler::default(),
             failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes `event` about `object`; a failure to publish is logged, not returned.
+    ///
+    /// The recorder folds an Event into an earlier one with the same reason and
+    /// action (within six minutes) and keeps the earlier note. That suits a failure
+    /// that repeats (`repeats`), which then counts up. An Event of a change (a
+    /// condition's new reason, a new replica count) is published on its own, so that
+    /// its note is the one shown.
+    pub async fn publish(&self, event: &Event, object: &ObjectReference, repeats: bool) {
+        let result = if repeats {
+            self.failures_recorder.publish(event, object).await
+        } else {
+            Recorder::new(self.client.clone(), self.reporter.clone())
+                .publish(event, object)
+                .await
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, reason = %event.reason, "publishing an Event failed");
         }
     }
 

@@ -75,9 +75,9 @@ pub fn error_policy(route: Arc<FanOutRoute>, error: &Error, ctx: Arc<Context>) -
             &ctx2,
             &route2,
             EventType::Warning,
-            "ReconcileFailed",
-            "Reconcile",
+            ("ReconcileFailed", "Reconcile"),
             message,
+            true,
         )
         .await;
     });
@@ -273,10 +273,15 @@ async fn replicas(
             )
         };
         tracing::info!(route = %oref, %note, "scaling");
-        // Events with the same reason and action become one series that keeps the
-        // first note; the count in the action keeps each new count's note visible.
-        let action = format!("Scale to {decided}");
-        publish(ctx, route, EventType::Normal, "Scaled", &action, note).await;
+        publish(
+            ctx,
+            route,
+            EventType::Normal,
+            ("Scaled", "Scale"),
+            note,
+            false,
+        )
+        .await;
     }
     Ok(decided)
 }
@@ -402,17 +407,19 @@ async fn announce_changes(
         } else {
             EventType::Normal
         };
-        publish(ctx, route, type_event, &reason, type_, message).await;
+        publish(ctx, route, type_event, (&reason, type_), message, false).await;
     }
 }
 
+/// An Event about `route`; `repeats` for a failure that may recur (see
+/// [`Context::publish`]).
 async fn publish(
     ctx: &Context,
     route: &FanOutRoute,
     type_: EventType,
-    reason: &str,
-    action: &str,
+    (reason, action): (&str, &str),
     note: String,
+    repeats: bool,
 ) {
     let event = Event {
         type_,
@@ -422,7 +429,5 @@ async fn publish(
         action: action.to_string(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &route.object_ref(&())).await {
-        tracing::warn!(%error, "publishing an Event failed");
-    }
+    ctx.publish(&event, &route.object_ref(&()), repeats).await;
 }

@@ -97,9 +97,7 @@ async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
             action: READY.into(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &target.object_ref(&())).await {
-            tracing::warn!(%error, "publishing an Event failed");
-        }
+        ctx.publish(&event, &target.object_ref(&()), false).await;
     }
     if target.status.as_ref() != Some(&status) {
         let patch = serde_json::json!({
