@@ -206,6 +206,22 @@ spec:
     )
 }
 
+/// The route: `stock` and `mail`, anonymous producers, with `dispatcher` as given.
+fn route_yaml(dispatcher: &str) -> String {
+    format!(
+        "apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {{name: {ROUTE}}}
+spec:
+  targets:
+    - {{name: stock, apiTargetRef: {{name: stock}}}}
+    - {{name: mail, apiTargetRef: {{name: mail}}}}
+  gateway: {{allowUnauthenticated: true}}
+  dispatcher: {dispatcher}
+"
+    )
+}
+
 fn values(image: &str, nats_url: &str, node: &Node) -> String {
     let (repository, tag) = image.rsplit_once(':').expect("image names carry a tag");
     let repository = repository.trim_start_matches("docker.io/library/");
@@ -369,18 +385,10 @@ async fn helm_installed_fanout_delivers_through_dispatcher_pods_on_a_real_node()
     // A route with two targets: its dispatcher pods become Ready.
     let breaker = "  circuitBreaker: {failureRatio: 0.5, minimumRequests: 4, window: 10s, openDuration: 2s, halfOpenProbes: 1}";
     env.apply(&format!(
-        "{}{}apiVersion: fanout.dev/v1alpha1
-kind: FanOutRoute
-metadata: {{name: {ROUTE}}}
-spec:
-  targets:
-    - {{name: stock, apiTargetRef: {{name: stock}}}}
-    - {{name: mail, apiTargetRef: {{name: mail}}}}
-  gateway: {{allowUnauthenticated: true}}
-  dispatcher: {{replicas: 2}}
-",
+        "{}{}{}",
         target_yaml("stock", &stock.url("/reserve"), ""),
         target_yaml("mail", &mail.url("/send"), breaker),
+        route_yaml("{replicas: 2}"),
     ));
     let deployments = env.api::<Deployment>();
     let ready = wait::until("two dispatcher pods Ready", T, || async {
@@ -531,18 +539,8 @@ spec:
     // Autoscaled instead: a backlog at a slow target adds pods, and once everything is
     // delivered the route goes back to one pod, stopping the others cleanly.
     stock.set_default(Reply::Delay(Duration::from_secs(2), 200));
-    env.apply(&format!(
-        "apiVersion: fanout.dev/v1alpha1
-kind: FanOutRoute
-metadata: {{name: {ROUTE}}}
-spec:
-  targets:
-    - {{name: stock, apiTargetRef: {{name: stock}}}}
-    - {{name: mail, apiTargetRef: {{name: mail}}}}
-  gateway: {{allowUnauthenticated: true}}
-  dispatcher:
-    autoscaling: {{minReplicas: 1, maxReplicas: 3, targetPendingPerReplica: 10, scaleDownDelay: 5s}}
-"
+    env.apply(&route_yaml(
+        "{autoscaling: {minReplicas: 1, maxReplicas: 3, targetPendingPerReplica: 10, scaleDownDelay: 5s}}",
     ));
     let replicas = || async {
         let d = deployments
