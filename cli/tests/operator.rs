@@ -833,11 +833,12 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
             .get("flaky")
             .await
             .map_err(|e| e.to_string())?;
-        let circuit = t.status.and_then(|s| s.circuit);
+        let circuit = t.status.as_ref().and_then(|s| s.circuit);
         if circuit.is_some_and(|c| c != fanout_api::status::CircuitState::Closed) {
             Ok(())
         } else {
-            Err(format!("{circuit:?}"))
+            let route = env.status("orders").await.map(|s| s.targets);
+            Err(format!("{:?}; the route's targets: {route:?}", t.status))
         }
     })
     .await
