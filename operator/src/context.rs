@@ -1,10 +1,12 @@
 //! What every reconcile shares: clients, caches, settings and metrics.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use fanout_api::route::TargetStatus;
+use fanout_api::status::CircuitState;
 use fanout_api::{ApiTarget, FanOutRoute};
 use fanout_provision::Provisioner;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -36,7 +38,12 @@ pub struct Context {
     pub autoscaler: Autoscaler,
     /// Consecutive failed reconciles per route, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<FanOutRoute>, u32>>,
+    /// Each route's target circuits as its last reconcile here computed them.
+    circuits: Mutex<HashMap<ObjectRef<FanOutRoute>, Circuits>>,
 }
+
+/// Circuit state by target name within a route.
+pub type Circuits = BTreeMap<String, CircuitState>;
 
 impl Context {
     #[allow(clippy::too_many_arguments)]
@@ -70,6 +77,7 @@ impl Context {
             reporter,
             autoscaler: Autoscaler::default(),
             failures: Mutex::new(HashMap::new()),
+            circuits: Mutex::new(HashMap::new()),
         }
     }
 
@@ -91,6 +99,30 @@ impl Context {
         if let Err(error) = result {
             tracing::warn!(%error, reason = %event.reason, "publishing an Event failed");
         }
+    }
+
+    /// Remembers the circuits of `route`'s targets just written to its status. The
+    /// ApiTarget controller reads them here: the routes in the watch cache can lag
+    /// behind what this process wrote.
+    pub fn record_circuits(&self, route: &ObjectRef<FanOutRoute>, targets: &[TargetStatus]) {
+        let circuits = targets
+            .iter()
+            .map(|t| (t.name.clone(), t.circuit))
+            .collect();
+        let mut all = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
+        all.insert(route.clone(), circuits);
+    }
+
+    /// The circuits last recorded for `route`, if this process reconciled it.
+    pub fn circuits(&self, route: &ObjectRef<FanOutRoute>) -> Option<Circuits> {
+        let all = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(route).cloned()
+    }
+
+    /// Forgets a deleted route's circuits.
+    pub fn forget_circuits(&self, route: &ObjectRef<FanOutRoute>) {
+        let mut all = self.circuits.lock().unwrap_or_else(|e| e.into_inner());
+        all.remove(route);
     }
 
     /// Records a failed reconcile of `route` and returns how long to wait before the

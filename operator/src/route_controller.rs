@@ -220,6 +220,7 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
         },
         &Time(k8s_openapi::jiff::Timestamp::now()),
     );
+    ctx.record_circuits(&oref, &status.targets);
     announce_changes(ctx, route, previous.as_ref(), &status).await;
     if previous.as_ref() != Some(&status) {
         patch_status(ctx, &namespace, &name, &status).await?;
@@ -289,6 +290,7 @@ async fn replicas(
 async fn cleanup(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     let key = RouteKey::new(route.namespace().unwrap_or_default(), route.name_any());
     ctx.autoscaler.forget(&ObjectRef::from_obj(route));
+    ctx.forget_circuits(&ObjectRef::from_obj(route));
     // Names come from the route's identity alone, so this works even when the route
     // no longer renders. Streams already gone count as deleted.
     ctx.provisioner

@@ -17,7 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::conditions::{Draft, READY, stamp};
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Circuits, Context, FIELD_MANAGER};
 use crate::error::{Error, kube_error};
 use crate::secrets;
 
@@ -63,7 +63,9 @@ async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    let users = users(&ctx.routes.state(), &namespace, &name);
+    let users = users(&ctx.routes.state(), &namespace, &name, |r| {
+        ctx.circuits(&ObjectRef::from_obj(r))
+    });
     let previous = target.status.clone().unwrap_or_default();
     let generation = target.metadata.generation.unwrap_or(0);
     let status = ApiTargetStatus {
@@ -121,10 +123,13 @@ async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
 
 /// Routes of `namespace` that reference the ApiTarget `name`, sorted, each with the
 /// worst circuit state it reports for targets pointing at it (if it reports any).
+/// `recorded` gives a route's circuits as this process last computed them; without
+/// them, the route's status (as cached) says.
 pub fn users(
     routes: &[Arc<FanOutRoute>],
     namespace: &str,
     name: &str,
+    recorded: impl Fn(&FanOutRoute) -> Option<Circuits>,
 ) -> Vec<(String, Option<CircuitState>)> {
     let mut out: Vec<(String, Option<CircuitState>)> = routes
         .iter()
@@ -140,12 +145,17 @@ pub fn users(
             if using.is_empty() {
                 return None;
             }
-            let circuit = r
-                .status
+            let circuits = recorded(r).unwrap_or_else(|| {
+                r.status
+                    .iter()
+                    .flat_map(|s| &s.targets)
+                    .map(|t| (t.name.clone(), t.circuit))
+                    .collect()
+            });
+            let circuit = circuits
                 .iter()
-                .flat_map(|s| &s.targets)
-                .filter(|t| using.contains(&t.name.as_str()))
-                .map(|t| t.circuit)
+                .filter(|(target, _)| using.contains(&target.as_str()))
+                .map(|(_, c)| *c)
                 .reduce(CircuitState::worst);
             Some((r.name_any(), circuit))
         })
@@ -212,13 +222,23 @@ mod tests {
             route("shop", "other", &[("mail", "mail", CircuitState::Open)]),
             route("billing", "orders", &[("crm", "crm", CircuitState::Open)]),
         ];
+        let cached = |_: &FanOutRoute| None;
         assert_eq!(
-            users(&routes, "shop", "crm"),
+            users(&routes, "shop", "crm", cached),
             vec![
                 ("audit".to_string(), Some(CircuitState::HalfOpen)),
                 ("orders".to_string(), Some(CircuitState::Open)),
             ]
         );
-        assert!(users(&routes, "shop", "nobody").is_empty());
+        assert!(users(&routes, "shop", "nobody", cached).is_empty());
+        // What this process last computed wins over a cached status that lags.
+        let recorded = |r: &FanOutRoute| {
+            (r.name_any() == "audit")
+                .then(|| Circuits::from([("crm".to_string(), CircuitState::Open)]))
+        };
+        assert_eq!(
+            users(&routes, "shop", "crm", recorded)[0],
+            ("audit".to_string(), Some(CircuitState::Open))
+        );
     }
 }
