@@ -5,15 +5,16 @@
 //! Tests block on child processes, so they run on a multi-threaded runtime: the
 //! scripted targets must keep answering while the test thread waits.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use fanout_testkit::nats::NatsServer;
 use fanout_testkit::process::Spawned;
 use fanout_testkit::target::{Reply, TargetServer};
-use fanout_testkit::{free_port, http, wait};
+use fanout_testkit::{free_port, wait};
+use support::standalone::{Standalone, command, find_target};
 
 const T: Duration = Duration::from_secs(30);
 const TOKEN: &str = "test-ingest-token";
@@ -57,98 +58,24 @@ spec:
     )
 }
 
-struct Standalone {
-    process: Spawned,
-    gateway: String,
-    status: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Standalone {
-    /// Starts `fanout standalone -f <dir>` with `manifests` in the directory and
-    /// waits until both endpoints answer.
-    async fn start(nats: &NatsServer, manifests: &str) -> Standalone {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("orders.yaml"), manifests).unwrap();
-        let gateway = format!("127.0.0.1:{}", free_port());
-        let status = format!("127.0.0.1:{}", free_port());
-        let mut command = standalone(dir.path(), &nats.url());
-        command
-            .args(["--listen-gateway", &gateway, "--listen-metrics", &status])
-            .arg("--state-dir")
-            .arg(dir.path().join("state"));
-        let process = Spawned::start(command, &dir.path().join("standalone.log")).unwrap();
-        let s = Standalone {
-            process,
-            gateway,
-            status,
-            _dir: dir,
-        };
-        for addr in [&s.gateway, &s.status] {
-            wait::until("standalone to be ready", T, || async {
-                match http::get(addr, "/readyz").await {
-                    Ok(r) if r.status == 200 => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            })
-            .await
-            .unwrap();
-        }
-        s
-    }
-
-    async fn post_event(&self, id: &str) {
-        let auth = format!("Bearer {TOKEN}");
-        let r = http::post(
-            &self.gateway,
-            "/v1/namespaces/test/routes/orders/events",
-            &[
-                ("Authorization", &auth),
-                ("Idempotency-Key", id),
-                ("Content-Type", "application/json"),
-            ],
-            b"{\"order\": 1}",
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 202, "{}", r.body);
-    }
-
-    async fn get(&self, path: &str) -> String {
-        let r = http::get(&self.status, path).await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.body
-    }
-
-    async fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&self.get("/status").await).unwrap()
-    }
-
-    fn sigterm_exits_zero(mut self) {
-        let exit = self.process.terminate(T).unwrap();
-        assert!(exit.success(), "exit status {exit}");
-    }
-}
-
-fn standalone(dir: &Path, nats_url: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
-    command
-        .arg("standalone")
-        .arg("-f")
-        .arg(dir)
-        .args(["--namespace", "test", "--nats-url", nats_url])
-        .args(["--health-interval", "200ms", "--shutdown-grace", "5s"])
-        .env("FANOUT_LOG", "info")
-        .env("NO_COLOR", "1");
-    command
+/// Posts order `id` with the route's token.
+async fn post_order(s: &Standalone, id: &str) {
+    let auth = format!("Bearer {TOKEN}");
+    s.accept(
+        "orders",
+        &[
+            ("Authorization", &auth),
+            ("Idempotency-Key", id),
+            ("Content-Type", "application/json"),
+        ],
+        "{\"order\": 1}",
+    )
+    .await;
 }
 
 /// Target `name` of the route in a `/status` answer.
 fn target<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["routes"][0]["targets"]
-        .as_array()
-        .and_then(|ts| ts.iter().find(|t| t["name"] == name))
-        .unwrap_or_else(|| panic!("no target {name} in {status}"))
+    find_target(status, "orders", name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,11 +83,11 @@ async fn every_event_reaches_both_targets_and_status_counts_them() {
     let nats = NatsServer::start().unwrap();
     let a = TargetServer::start().await.unwrap();
     let b = TargetServer::start().await.unwrap();
-    let s = Standalone::start(&nats, &manifests(&a.url("/a"), &b.url("/b"))).await;
+    let s = Standalone::start(&nats, "test", &manifests(&a.url("/a"), &b.url("/b"))).await;
 
     let sent: BTreeSet<String> = (0..25).map(|i| format!("order-{i}")).collect();
     for id in &sent {
-        s.post_event(id).await;
+        post_order(&s, id).await;
     }
     a.wait_for_keys(&sent, T).await.unwrap();
     b.wait_for_keys(&sent, T).await.unwrap();
@@ -206,11 +133,11 @@ async fn a_failing_target_shows_an_open_circuit_while_the_other_keeps_delivering
     let a = TargetServer::start().await.unwrap();
     let b = TargetServer::start().await.unwrap();
     b.set_default(Reply::Status(503));
-    let s = Standalone::start(&nats, &manifests(&a.url("/a"), &b.url("/b"))).await;
+    let s = Standalone::start(&nats, "test", &manifests(&a.url("/a"), &b.url("/b"))).await;
 
     let sent: BTreeSet<String> = (0..10).map(|i| format!("order-{i}")).collect();
     for id in &sent {
-        s.post_event(id).await;
+        post_order(&s, id).await;
     }
     a.wait_for_keys(&sent, T).await.unwrap();
     let status = wait::until("b's circuit to show as Open", T, || async {
@@ -243,7 +170,7 @@ fn run_to_exit(manifests: &str) -> String {
     // Nothing listens on this port: a refusal must come before connecting to NATS.
     let unused = format!("nats://127.0.0.1:{}", free_port());
     let mut process = Spawned::start(
-        standalone(dir.path(), &unused),
+        command(dir.path(), "test", &unused),
         &dir.path().join("standalone.log"),
     )
     .unwrap();

@@ -29,3 +29,39 @@ pub const DESCRIPTIVE: [&str; 7] = [
     ORIGINAL_SUBJECT,
     ORIGINAL_SEQUENCE,
 ];
+
+/// Whether a stored event's header goes along when the event is copied to another
+/// stream (a dead letter, a redrive). Headers starting with `Nats-` are instructions
+/// to JetStream for the original publish: `Nats-Msg-Id` (deduplication),
+/// `Nats-Expected-Stream` (which the gateway sets), `Nats-Expected-Last-Sequence`,
+/// `Nats-TTL`, `Nats-Rollup` and whatever later servers add. Repeated on a copy for
+/// another stream they make JetStream refuse it ("expected stream does not match") or
+/// drop it as a duplicate. The copy sets its own message id.
+pub fn travels_with_copy(name: &str) -> bool {
+    !name
+        .get(..NATS_PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(NATS_PREFIX))
+}
+
+const NATS_PREFIX: &str = "Nats-";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jetstream_instructions_stay_behind_and_event_headers_travel() {
+        for name in [
+            "Nats-Msg-Id",
+            "Nats-Expected-Stream",
+            "nats-expected-last-sequence",
+            "NATS-TTL",
+            "Nats-Rollup",
+        ] {
+            assert!(!travels_with_copy(name), "{name}");
+        }
+        for name in ["X-Event-Type", "traceparent", EVENT_ID, "Nats", "NatsX"] {
+            assert!(travels_with_copy(name), "{name}");
+        }
+    }
+}

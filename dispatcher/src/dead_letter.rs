@@ -40,10 +40,7 @@ impl DeadLetter<'_> {
     pub fn headers(&self) -> HeaderMap {
         let mut out = HeaderMap::new();
         for (name, values) in self.event.headers.iter() {
-            let name_str: &str = name.as_ref();
-            // The original's dedup id would make JetStream drop the dead letter as a
-            // duplicate of nothing; everything else travels unchanged.
-            if name_str.eq_ignore_ascii_case("Nats-Msg-Id") {
+            if !headers::travels_with_copy(name.as_ref()) {
                 continue;
             }
             for value in values {
@@ -120,6 +117,9 @@ mod tests {
     fn event() -> Event {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", "evt-1");
+        // What the gateway stores with every event: a copy to the dead-letter stream
+        // carrying it is refused by JetStream.
+        headers.insert("Nats-Expected-Stream", "FANOUT_shop_orders");
         headers.insert("X-Event-Type", "order.placed");
         Event {
             id: "evt-1".into(),
@@ -167,6 +167,7 @@ mod tests {
             get("Nats-Msg-Id").as_deref(),
             Some("evt-1:email:dead-letter")
         );
+        assert_eq!(get("Nats-Expected-Stream"), None);
     }
 
     #[test]

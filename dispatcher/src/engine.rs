@@ -306,7 +306,7 @@ async fn with_own_connection(
     worker.clone().run(consumer, shutdown, grace).await;
     // Acks are buffered by the client: send them before the connection goes.
     if let Err(error) = client.flush().await {
-        tracing::warn!(target = %worker.name(), %error, "flushing the target's NATS connection failed; unsent acks are redelivered after the ack wait");
+        tracing::warn!(target = %worker.name(), error = %fanout_config::error_chain(&error), "flushing the target's NATS connection failed; unsent acks are redelivered after the ack wait");
     }
 }
 

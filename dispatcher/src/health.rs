@@ -28,7 +28,7 @@ pub async fn report(
                 RouteKey::new(&snapshot.namespace, &snapshot.route).health_key(worker.name(), &pod);
             let value = serde_json::to_vec(&snapshot).expect("snapshots serialize");
             if let Err(error) = bucket.put(&key, value.into()).await {
-                tracing::warn!(%key, %error, "writing the health snapshot failed");
+                tracing::warn!(%key, error = %fanout_config::error_chain(&error), "writing the health snapshot failed");
             }
         }
         if stopping {

@@ -280,9 +280,11 @@ impl TargetTelemetry {
     }
 
     pub fn dead_letter_failed(&self, event_id: &str, error: &dyn std::error::Error) {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(format!("dead-letter publish failed: {error}"));
-        tracing::error!(route = %self.route, target = %self.target, event_id, error = %error, "dead-letter publish failed; the event stays in the stream and is retried");
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+            "dead-letter publish failed: {}",
+            fanout_config::error_chain(error)
+        ));
+        tracing::error!(route = %self.route, target = %self.target, event_id, error = %fanout_config::error_chain(&error), "dead-letter publish failed; the event stays in the stream and is retried");
     }
 
     pub fn filtered(&self) {

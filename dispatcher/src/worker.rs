@@ -167,7 +167,7 @@ impl Worker {
                 None => match alongside(&mut deliveries, self.subscribe(&consumer)).await {
                     Ok(stream) => messages.insert(stream),
                     Err(error) => {
-                        tracing::warn!(route = %self.route.label, target = %self.name(), %error, "pulling events failed; retrying");
+                        tracing::warn!(route = %self.route.label, target = %self.name(), error = %fanout_config::error_chain(&error), "pulling events failed; retrying");
                         let pause = tokio::time::sleep(Duration::from_secs(1));
                         alongside(&mut deliveries, shutdown.run_until_cancelled(pause)).await;
                         continue;
@@ -184,7 +184,7 @@ impl Worker {
                 Some(Some(Err(error))) => {
                     // Missed heartbeats after a long wait for a slot, a NATS reconnect,
                     // a consumer recreated by the operator: pull anew.
-                    tracing::debug!(route = %self.route.label, target = %self.name(), %error, "pull stream ended; pulling anew");
+                    tracing::debug!(route = %self.route.label, target = %self.name(), error = %fanout_config::error_chain(&error), "pull stream ended; pulling anew");
                     messages = None;
                 }
                 Some(None) => messages = None,
@@ -430,7 +430,7 @@ where
 /// JetStream then redelivers after the ack wait, so logging is all that is left to do.
 async fn settle(message: &Message, kind: AckKind) {
     if let Err(error) = message.ack_with(kind).await {
-        tracing::warn!(%error, ?kind, "settling a message failed; JetStream will redeliver it");
+        tracing::warn!(error = %fanout_config::error_chain(error.as_ref()), ?kind, "settling a message failed; JetStream will redeliver it");
     }
 }
 

@@ -46,7 +46,9 @@ pub async fn hand_out(
             Ok(stream) => {
                 let _ = shard.send((stream, peer));
             }
-            Err(e) => tracing::debug!(error = %e, %peer, "handing a connection to a shard failed"),
+            Err(e) => {
+                tracing::debug!(error = %fanout_config::error_chain(&e), %peer, "handing a connection to a shard failed")
+            }
         }
     }
 }
@@ -76,7 +78,9 @@ impl Listener for Handed {
             // Registers the connection with this shard's runtime.
             match TcpStream::from_std(stream) {
                 Ok(stream) => return (stream, peer),
-                Err(e) => tracing::debug!(error = %e, %peer, "taking over a connection failed"),
+                Err(e) => {
+                    tracing::debug!(error = %fanout_config::error_chain(&e), %peer, "taking over a connection failed")
+                }
             }
         }
     }

@@ -98,6 +98,7 @@ pub struct Gateway {
     /// Shards not heard from on `ended` yet.
     running: usize,
     shutdown_timeout: Duration,
+    connections: Arc<Connections>,
 }
 
 impl Gateway {
@@ -150,6 +151,7 @@ impl Gateway {
             addr: args.listen,
             source,
         })?;
+        let connections = shared.connections.clone();
         let (phase, phase_rx) = watch::channel(Phase::Serve);
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let mut handoffs = Vec::with_capacity(shard_count);
@@ -183,7 +185,15 @@ impl Gateway {
             ended,
             running: shard_count,
             shutdown_timeout: args.shutdown_timeout.as_std(),
+            connections,
         })
+    }
+
+    /// The shards' NATS connections: the gateway can store events only when
+    /// [`Connections::disconnected`] is zero (what its `/readyz` reports). For a process
+    /// that embeds the gateway and has readiness of its own.
+    pub fn connections(&self) -> Arc<Connections> {
+        self.connections.clone()
     }
 
     /// The address the HTTP server listens on.

@@ -258,7 +258,7 @@ impl Publisher {
     /// Flushes what is buffered towards NATS (used at shutdown).
     pub async fn flush(&self) {
         if let Err(e) = self.client.flush().await {
-            tracing::warn!(error = %e, "flushing the NATS connection at shutdown failed");
+            tracing::warn!(error = %fanout_config::error_chain(&e), "flushing the NATS connection at shutdown failed");
         }
     }
 }

@@ -57,7 +57,9 @@ pub async fn watch_config(
                     last_error = Some(message);
                 }
             }
-            Err(e) => tracing::error!(error = %e, "configuration reload task failed"),
+            Err(e) => {
+                tracing::error!(error = %fanout_config::error_chain(&e), "configuration reload task failed")
+            }
         }
     }
 }

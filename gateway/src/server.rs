@@ -124,7 +124,7 @@ pub async fn serve(
     // Nagle's algorithm hold them for the client's delayed ACK (a 40 ms stall).
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "setting TCP_NODELAY failed");
+            tracing::debug!(error = %fanout_config::error_chain(&e), "setting TCP_NODELAY failed");
         }
     });
     axum::serve(listener, router(state))

@@ -97,7 +97,7 @@ impl Context {
                 .await
         };
         if let Err(error) = result {
-            tracing::warn!(%error, reason = %event.reason, "publishing an Event failed");
+            tracing::warn!(error = %fanout_config::error_chain(&error), reason = %event.reason, "publishing an Event failed");
         }
     }
 

@@ -58,7 +58,7 @@ impl LeaderElector {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(lease = %self.name, %error, "leader election attempt failed")
+                    tracing::warn!(lease = %self.name, error = %fanout_config::error_chain(&error), "leader election attempt failed")
                 }
             }
             tokio::time::sleep(RETRY_PERIOD).await;
@@ -78,7 +78,7 @@ impl LeaderElector {
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(lease = %self.name, %error, "renewing the Lease failed");
+                    tracing::warn!(lease = %self.name, error = %fanout_config::error_chain(&error), "renewing the Lease failed");
                     if last_renewed.elapsed() >= RENEW_DEADLINE {
                         tracing::error!(lease = %self.name, "could not renew the Lease in time; stopping");
                         return;
@@ -108,7 +108,7 @@ impl LeaderElector {
         {
             Ok(_) => tracing::info!(lease = %self.name, "released the Lease"),
             Err(error) => {
-                tracing::warn!(lease = %self.name, %error, "releasing the Lease failed; it expires by itself")
+                tracing::warn!(lease = %self.name, error = %fanout_config::error_chain(&error), "releasing the Lease failed; it expires by itself")
             }
         }
     }

@@ -172,7 +172,7 @@ pub async fn redrive(
             let descriptive = dlq::DESCRIPTIVE
                 .iter()
                 .any(|d| d.eq_ignore_ascii_case(name));
-            if descriptive || name.eq_ignore_ascii_case("Nats-Msg-Id") {
+            if descriptive || !dlq::travels_with_copy(name) {
                 continue;
             }
             for v in values {

@@ -196,7 +196,7 @@ async fn read_snapshots(
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(key = %k, %error, "ignoring a health snapshot that does not parse")
+                tracing::warn!(key = %k, error = %fanout_config::error_chain(&error), "ignoring a health snapshot that does not parse")
             }
         }
     }

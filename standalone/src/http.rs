@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use fanout_gateway::shard::Connections;
 use tokio_util::sync::CancellationToken;
 
 use crate::status::{self, StatusSource};
@@ -18,6 +19,7 @@ struct AppState {
     status: Arc<StatusSource>,
     metrics: Arc<fanout_dispatcher::Metrics>,
     nats: async_nats::Client,
+    gateway: Arc<Connections>,
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -26,6 +28,7 @@ pub async fn serve(
     status: Arc<StatusSource>,
     metrics: Arc<fanout_dispatcher::Metrics>,
     nats: async_nats::Client,
+    gateway: Arc<Connections>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -38,6 +41,7 @@ pub async fn serve(
             status,
             metrics,
             nats,
+            gateway,
         });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -65,9 +69,22 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Ready when events can be stored and delivered: the engines' connection is up and
+/// so is every gateway shard's (each publishes on its own), as the gateway's own
+/// `/readyz` requires.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    match state.nats.connection_state() {
-        async_nats::connection::State::Connected => (StatusCode::OK, "ready".to_string()),
-        other => (StatusCode::SERVICE_UNAVAILABLE, format!("NATS {other:?}")),
+    let engines = state.nats.connection_state();
+    if engines != async_nats::connection::State::Connected {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("NATS {engines:?}"));
+    }
+    match state.gateway.disconnected() {
+        0 => (StatusCode::OK, "ready".to_string()),
+        down => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the gateway is not connected to NATS on {down} of its {} shards",
+                state.gateway.shards()
+            ),
+        ),
     }
 }

@@ -111,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         status.clone(),
         metrics,
         nats.clone(),
+        gateway.connections(),
         shutdown.clone(),
     ));
     if let Some(every) = args.print_status_every {

@@ -8,8 +8,11 @@
 //! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed.
 //! - [`prometheus`]: alerting rules checked against the metrics processes export.
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
+//! - [`example`]: the scenarios of `examples/` as shipped, their URLs repointed.
+//! - [`webhooks`]: Standard Webhooks signatures checked by the official library.
 
 pub mod cluster;
+pub mod example;
 pub mod http;
 pub mod nats;
 pub mod node;
@@ -19,6 +22,7 @@ pub mod python;
 pub mod target;
 pub mod tools;
 pub mod wait;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! resets), records every request it receives, and can go down and come back up on
 //! the same port.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,6 +57,11 @@ impl Received {
 #[derive(Default)]
 struct State {
     script: VecDeque<Reply>,
+    /// Replies for the requests of one event (by Idempotency-Key), before `script`.
+    by_key: HashMap<String, VecDeque<Reply>>,
+    /// Headers every request must carry, with these values (lower-case names), or it
+    /// is answered 401 like a real API would.
+    required: Vec<(String, String)>,
     default: Option<Reply>,
     received: Vec<Received>,
 }
@@ -98,6 +103,28 @@ impl TargetServer {
     /// Replies used in order for the next requests, then the default.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Replies used in order for the requests carrying `Idempotency-Key: key`, before
+    /// anything else.
+    pub fn script_for_key(&self, key: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.state
+            .lock()
+            .unwrap()
+            .by_key
+            .entry(key.to_string())
+            .or_default()
+            .extend(replies);
+    }
+
+    /// Requests without header `name` set to exactly `value` are answered 401 (and
+    /// still recorded), as an API that checks its credentials does.
+    pub fn require_header(&self, name: &str, value: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .required
+            .push((name.to_ascii_lowercase(), value.to_string()));
     }
 
     /// The reply once the script is used up (200 unless set).
@@ -265,17 +292,30 @@ async fn handle(
         .unwrap_or_default();
     let reply = {
         let mut s = state.lock().unwrap();
-        s.received.push(Received {
+        let received = Received {
             method,
             path,
             headers,
             body,
             at: Instant::now(),
-        });
-        s.script
-            .pop_front()
-            .or_else(|| s.default.clone())
-            .unwrap_or(Reply::Status(200))
+        };
+        let unauthorized = s
+            .required
+            .iter()
+            .any(|(name, value)| received.header(name) != Some(value.as_str()));
+        let key = received.header("idempotency-key").map(str::to_string);
+        s.received.push(received);
+        let for_key = key
+            .and_then(|k| s.by_key.get_mut(&k))
+            .and_then(VecDeque::pop_front);
+        if unauthorized {
+            Reply::StatusBody(401, "missing or wrong credentials")
+        } else {
+            for_key
+                .or_else(|| s.script.pop_front())
+                .or_else(|| s.default.clone())
+                .unwrap_or(Reply::Status(200))
+        }
     };
     let respond = |status: u16, body: &'static str| {
         Response::builder()

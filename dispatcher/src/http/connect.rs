@@ -123,7 +123,7 @@ where
         .map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::debug!(%error, "HTTP/1.1 connection to a target ended");
+            tracing::debug!(error = %fanout_config::error_chain(&error), "HTTP/1.1 connection to a target ended");
         }
     });
     Ok(sender)
@@ -139,7 +139,7 @@ where
         .map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::debug!(%error, "HTTP/2 connection to a target ended");
+            tracing::debug!(error = %fanout_config::error_chain(&error), "HTTP/2 connection to a target ended");
         }
     });
     Ok(sender)
