@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fanout_config::expiry::Expiry;
 use fanout_config::gateway::GatewayRoute;
 use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
 use fanout_config::names::{RouteKey, subject_pattern_within};
@@ -148,15 +149,27 @@ pub fn render<'a>(
         defaults::STREAM_MAX_AGE,
         (storage, replicas, duplicate_window),
     );
+    let expiry = Expiry::new(stream.max_age);
     let dead_letter_stream = dead_letter_enabled.then(|| {
-        stream_plan(
+        let mut plan = stream_plan(
             key.dead_letter_stream(),
             vec![key.dead_letter_subjects()],
             dead_letter.retention.as_ref(),
             defaults::DEAD_LETTER_MAX_AGE,
             // Dead letters are the last copy of an event: always on disk.
             (Storage::File, replicas, duplicate_window),
-        )
+        );
+        // An expiring event may be dead-lettered by a sweep and again when it is
+        // fetched before the stream drops it: the window keeps that to one letter.
+        if let Some(expiry) = expiry {
+            let wanted = plan.duplicate_window.max(expiry.dedup_window().into());
+            plan.duplicate_window = if plan.max_age.as_std().is_zero() {
+                wanted
+            } else {
+                wanted.min(plan.max_age)
+            };
+        }
+        plan
     });
 
     // The share of a rate limit each replica takes: with autoscaling, the most there
@@ -180,6 +193,7 @@ pub fn render<'a>(
             stream: stream.name.clone(),
             dead_letter_stream: dead_letter_stream.as_ref().map(|s| s.name.clone()),
             replicas: u32::try_from(dispatcher_replicas).unwrap_or(0).max(1),
+            expiry,
             targets,
         },
         streams: RouteStreams {

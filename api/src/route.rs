@@ -30,6 +30,7 @@ use fanout_config::Duration;
     printcolumn = r#"{"name":"Targets","type":"string","description":"healthy/total targets","jsonPath":".status.healthyTargets"}"#,
     printcolumn = r#"{"name":"Dispatchers","type":"string","description":"available/desired dispatcher pods","jsonPath":".status.dispatchers"}"#,
     printcolumn = r#"{"name":"Pending","type":"integer","description":"events waiting for delivery, summed over targets","jsonPath":".status.pending"}"#,
+    printcolumn = r#"{"name":"Oldest-Undelivered","type":"date","description":"age of the oldest event some target has not received yet","jsonPath":".status.oldestUndeliveredTime"}"#,
     printcolumn = r#"{"name":"Delivered","type":"string","description":"events delivered per target since the dispatchers started","jsonPath":".status.deliveredSummary"}"#,
     printcolumn = r#"{"name":"Dead-Lettered","type":"integer","jsonPath":".status.deadLettered"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -289,7 +290,8 @@ pub struct FanOutRouteStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// `Ready`, `StreamReady`, `DispatcherAvailable`, `TargetsHealthy`.
+    /// `Ready`, `StreamReady`, `DispatcherAvailable`, `TargetsHealthy`,
+    /// `BacklogWithinRetention`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 
@@ -326,6 +328,13 @@ pub struct FanOutRouteStatus {
     /// Events dead-lettered, summed over targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_lettered: Option<u64>,
+
+    /// When the oldest event that some target has not received yet (nor had
+    /// dead-lettered) was stored; absent when every target is up to date. Undelivered
+    /// events are dead-lettered with reason `expired` shortly before the stream's
+    /// maxAge would remove them (docs/operations.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_undelivered_time: Option<Time>,
 }
 
 /// Size of a JetStream stream.
@@ -364,4 +373,8 @@ pub struct TargetStatus {
     /// The most recent delivery error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When the oldest event this target has not received yet was stored (delivering,
+    /// waiting for a retry or not fetched yet); absent when it is up to date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_undelivered_time: Option<Time>,
 }

@@ -46,11 +46,11 @@ impl Orders {
             .unwrap();
         // The APIs take only the credentials the example's Secrets hold.
         let token = example.secret("inventory-token", "token").unwrap();
-        inventory.require_header("authorization", &format!("Bearer {token}"));
+        inventory.require_header("authorization", &[&format!("Bearer {token}")]);
         let user = example.secret("mailer-credentials", "username").unwrap();
         let password = example.secret("mailer-credentials", "password").unwrap();
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        mailer.require_header("authorization", &format!("Basic {basic}"));
+        mailer.require_header("authorization", &[&format!("Basic {basic}")]);
         let standalone = Standalone::start(&nats, "shop", &example.yaml()).await;
         Orders {
             example,
@@ -296,4 +296,188 @@ async fn exhausted_attempts_are_dead_lettered_and_retry_after_is_waited_for() {
     assert_eq!(target("analytics")["deadLettered"], 1);
     assert_eq!(target("email")["delivered"], 1);
     o.standalone.sigterm_exits_zero();
+}
+
+/// A route that keeps events 20 s, with four targets: `up` answers; `down` fails and
+/// opens its circuit (its events wait in the dispatcher's hands); `busy` asks for a
+/// retry after a minute each time (past the stream's retention); `slow` takes 5 s
+/// per event, one at a time (its backlog waits in the stream, unfetched).
+fn short_retention(up: &str, down: &str, busy: &str, slow: &str) -> String {
+    format!(
+        "apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: up}}
+spec: {{url: '{up}', timeout: 2s}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: down}}
+spec:
+  url: '{down}'
+  timeout: 2s
+  maxInFlight: 1
+  retry: {{maxAttempts: 100, initialDelay: 100ms, maxDelay: 200ms}}
+  circuitBreaker: {{failureRatio: 0.5, minimumRequests: 2, window: 30s, openDuration: 5m}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: busy}}
+spec:
+  url: '{busy}'
+  timeout: 2s
+  retry: {{maxAttempts: 100, retryAfterMax: 5m}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: slow}}
+spec:
+  url: '{slow}'
+  timeout: 10s
+  maxInFlight: 1
+---
+apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {{name: {ROUTE}}}
+spec:
+  source:
+    retention: {{maxAge: 20s}}
+    duplicateWindow: 5s
+  targets:
+    - {{name: up, apiTargetRef: {{name: up}}}}
+    - {{name: down, apiTargetRef: {{name: down}}}}
+    - {{name: busy, apiTargetRef: {{name: busy}}}}
+    - {{name: slow, apiTargetRef: {{name: slow}}}}
+  gateway: {{allowUnauthenticated: true}}
+"
+    )
+}
+
+/// The dead letters of `target` in `fanout dlq list` output: (event id, line).
+fn letters<'a>(listed: &'a str, target: &str) -> Vec<(&'a str, &'a str)> {
+    listed
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (cells.get(1) == Some(&target)).then(|| (cells[2], l))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_target_cannot_take_before_max_age_are_dead_lettered_as_expired_not_lost() {
+    let nats = NatsServer::start().unwrap();
+    let up = TargetServer::start().await.unwrap();
+    let down = TargetServer::start().await.unwrap();
+    let busy = TargetServer::start().await.unwrap();
+    let slow = TargetServer::start().await.unwrap();
+    down.set_default(Reply::Status(503));
+    busy.set_default(Reply::RetryAfter(503, "60".into()));
+    slow.set_default(Reply::Delay(Duration::from_secs(5), 200));
+    let s = Standalone::start(
+        &nats,
+        "shop",
+        &short_retention(&up.url("/"), &down.url("/"), &busy.url("/"), &slow.url("/")),
+    )
+    .await;
+    let sent: BTreeSet<String> = (1..=8).map(|i| format!("order-{i}")).collect();
+    for key in &sent {
+        s.accept(ROUTE, &[("Idempotency-Key", key)], "{}").await;
+    }
+    up.wait_for_keys(&sent, T).await.unwrap();
+
+    // Long before anything expires, /status says how old the backlog is and that it
+    // is past half of maxAge; the log says so too.
+    let target = wait::until("down's backlog reported near expiry", T, || async {
+        let t = s.target(ROUTE, "down").await;
+        if t["nearExpiry"] == true {
+            Ok(t)
+        } else {
+            Err(t.to_string())
+        }
+    })
+    .await
+    .unwrap();
+    assert!(target["oldestUndeliveredAge"].is_string(), "{target}");
+    assert!(target["oldestUndeliveredTime"].is_string(), "{target}");
+    assert_eq!(target["deadLettered"], 0, "not dead-lettered yet: {target}");
+    assert_eq!(s.status().await["routes"][0]["maxAge"], "20s");
+    wait::until("the warning in the log", T, || async {
+        let log = s.process.log();
+        if log.contains("oldest undelivered event is older than half of the stream's maxAge") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await
+    .unwrap();
+
+    // The stream removes the events at 20 s; by then every event a target did not
+    // take is dead-lettered for it with reason expired.
+    wait::until("the stream to remove the events", T, || async {
+        let status = s.status().await;
+        match status["routes"][0]["stream"]["messages"].as_u64() {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    let listed = s.cli(&["dlq", "list", "--route", ROUTE]);
+    let status = s.status().await;
+    for name in ["down", "busy", "slow"] {
+        let got = letters(&listed, name);
+        assert!(got.iter().all(|(_, l)| l.contains("expired")), "{listed}");
+        let mut accounted: BTreeSet<String> = got.iter().map(|(id, _)| id.to_string()).collect();
+        let target = match name {
+            "down" => &down,
+            "busy" => &busy,
+            _ => &slow,
+        };
+        if name == "slow" {
+            // Delivered ones count too; the rest must be dead letters.
+            accounted.extend(target.distinct_keys());
+        }
+        assert_eq!(
+            accounted, sent,
+            "{name}: every event delivered or dead-lettered\n{listed}"
+        );
+        let t = support::standalone::find_target(&status, ROUTE, name);
+        assert_eq!(t["deadLettered"].as_u64(), Some(got.len() as u64), "{t}");
+        assert!(t.get("oldestUndeliveredAge").is_none(), "{t}");
+    }
+    assert_eq!(letters(&listed, "down").len(), 8, "{listed}");
+    // `busy` would only be asked again after the retention: given up at once, with
+    // its answer.
+    assert_eq!(busy.count(), 8, "one attempt each");
+    assert!(
+        letters(&listed, "busy")
+            .iter()
+            .all(|(_, l)| l.contains(" 503 ")),
+        "{listed}"
+    );
+    // `slow`'s last events were never fetched: a sweep of the stream found them.
+    assert!(
+        letters(&listed, "slow")
+            .iter()
+            .any(|(_, l)| l.split_whitespace().nth(3) == Some("0")),
+        "an unfetched event (0 attempts) among:\n{listed}"
+    );
+    assert!(
+        listed.contains("not delivered within the stream's retention"),
+        "{listed}"
+    );
+    assert_eq!(up.count(), 8, "the healthy target got each event once");
+
+    // Fixed, the dead letters go to the busy target again, with the same keys.
+    busy.set_default(Reply::Status(200));
+    let before = busy.count();
+    let out = s.cli(&["dlq", "redrive", "--route", ROUTE, "--target", "busy"]);
+    assert!(out.contains("redriven 8 dead letter(s)"), "{out}");
+    let all = busy.wait_for(before + 8, T).await.unwrap();
+    let redriven: BTreeSet<String> = keys(&all[before..]).into_iter().collect();
+    assert_eq!(redriven, sent);
+    assert_eq!(up.count(), 8, "the other targets get nothing twice");
+    s.sigterm_exits_zero();
 }

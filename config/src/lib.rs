@@ -10,12 +10,15 @@
 //! - [`gateway`]: the routes the gateway accepts events for.
 //! - [`health`]: the per-target snapshots dispatchers report.
 //! - [`dead_letter`]: the headers of a dead letter.
+//! - [`expiry`]: when an undelivered event is dead-lettered before the stream's
+//!   maxAge would remove it, and when its age is reported.
 //!
 //! Plus [`EVENT_ID_HEADER`], which every stored event carries, and [`error_chain`],
 //! the one way every Fanout process writes an error and its causes on one line.
 
 pub mod dead_letter;
 pub mod duration;
+pub mod expiry;
 pub mod gateway;
 pub mod health;
 pub mod jetstream;

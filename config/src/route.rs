@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::expiry::Expiry;
 use crate::names::{RouteKey, subject_matches};
 use crate::policy::DeliveryPolicy;
 
@@ -22,6 +23,10 @@ pub struct RouteConfig {
     pub dead_letter_stream: Option<String>,
     /// Dispatcher replicas sharing the work; each takes this share of a rate limit.
     pub replicas: u32,
+    /// When the stream removes events (its maxAge), and so when undelivered ones are
+    /// dead-lettered as expired; `None` when it keeps them for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<Expiry>,
     pub targets: Vec<TargetConfig>,
 }
 

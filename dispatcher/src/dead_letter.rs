@@ -5,7 +5,6 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 
-use crate::classify::Failure;
 use crate::delivery::DeadLetterReason;
 use crate::event::{EVENT_ID_HEADER, Event};
 
@@ -33,7 +32,11 @@ pub struct DeadLetter<'a> {
     pub event: &'a Event,
     pub attempts: u32,
     pub reason: DeadLetterReason,
-    pub failure: &'a Failure,
+    /// The last attempt's HTTP status, if it got one.
+    pub last_status: Option<u16>,
+    /// Why the event was given up on: the last attempt's failure, or for an expired
+    /// event how old it was.
+    pub last_error: &'a str,
 }
 
 impl DeadLetter<'_> {
@@ -51,13 +54,10 @@ impl DeadLetter<'_> {
         out.insert(headers::TARGET, self.target);
         out.insert(headers::ATTEMPTS, self.attempts.to_string().as_str());
         out.insert(headers::REASON, self.reason.as_str());
-        if let Some(code) = self.failure.status() {
+        if let Some(code) = self.last_status {
             out.insert(headers::LAST_STATUS, code.to_string().as_str());
         }
-        out.insert(
-            headers::LAST_ERROR,
-            header_safe(&self.failure.to_string()).as_str(),
-        );
+        out.insert(headers::LAST_ERROR, header_safe(self.last_error).as_str());
         out.insert(headers::ORIGINAL_SUBJECT, self.event.subject.as_str());
         out.insert(
             headers::ORIGINAL_SEQUENCE,
@@ -72,23 +72,38 @@ impl DeadLetter<'_> {
         out
     }
 
-    /// Publishes and waits for JetStream's acknowledgement.
-    pub async fn publish(&self, js: &jetstream::Context) -> Result<(), DeadLetterError> {
+    /// Publishes and waits for JetStream's acknowledgement. `Stored::Already` when
+    /// the dead-letter stream had this letter (the same event and target) already.
+    pub async fn publish(&self, js: &jetstream::Context) -> Result<Stored, DeadLetterError> {
         let publish_error = |source| DeadLetterError::Publish {
             subject: self.subject.to_string(),
             source,
         };
-        js.publish_with_headers(
-            self.subject.to_string(),
-            self.headers(),
-            self.event.body.clone(),
-        )
-        .await
-        .map_err(publish_error)?
-        .await
-        .map_err(publish_error)?;
-        Ok(())
+        let ack = js
+            .publish_with_headers(
+                self.subject.to_string(),
+                self.headers(),
+                self.event.body.clone(),
+            )
+            .await
+            .map_err(publish_error)?
+            .await
+            .map_err(publish_error)?;
+        Ok(if ack.duplicate {
+            Stored::Already
+        } else {
+            Stored::Now
+        })
     }
+}
+
+/// Whether a publish stored the dead letter or found it there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Now,
+    /// Within the stream's duplicate window, e.g. an expiring event that a sweep
+    /// dead-lettered and a worker fetched before the stream removed it.
+    Already,
 }
 
 /// One line of printable text, short enough for a header.
@@ -113,6 +128,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::classify::Failure;
 
     fn event() -> Event {
         let mut headers = HeaderMap::new();
@@ -128,6 +144,7 @@ mod tests {
             body: Bytes::from_static(b"{}"),
             delivery: 3,
             stream_sequence: 42,
+            stored_at: std::time::SystemTime::now(),
         }
     }
 
@@ -138,13 +155,15 @@ mod tests {
             code: 400,
             body: "bad\nrequest".into(),
         };
+        let error = failure.to_string();
         let dl = DeadLetter {
             subject: "fanout.dlq.shop.orders.email",
             target: "email",
             event: &e,
             attempts: 3,
             reason: DeadLetterReason::Permanent,
-            failure: &failure,
+            last_status: failure.status(),
+            last_error: &error,
         };
         let h = dl.headers();
         let get = |k: &str| h.get(k).map(|v| v.as_str().to_string());

@@ -28,6 +28,9 @@ pub enum DeadLetterReason {
     Permanent,
     /// Every allowed attempt failed.
     Exhausted,
+    /// Not delivered before the stream would remove it (its maxAge): kept as a dead
+    /// letter instead of disappearing (see `fanout_config::expiry`).
+    Expired,
 }
 
 impl DeadLetterReason {
@@ -35,6 +38,7 @@ impl DeadLetterReason {
         match self {
             DeadLetterReason::Permanent => "permanent",
             DeadLetterReason::Exhausted => "exhausted",
+            DeadLetterReason::Expired => "expired",
         }
     }
 }

@@ -15,11 +15,11 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::health;
 use crate::http::{ClientError, ClientSettings, HttpClient};
 use crate::request::{Auth, RequestTemplate, TemplateError};
 use crate::telemetry::{Metrics, TargetTelemetry};
 use crate::worker::{RouteContext, Worker, WorkerParts};
+use crate::{expiry, health};
 
 /// How the engine runs, beyond the route's configuration.
 #[derive(Clone, Debug)]
@@ -145,7 +145,9 @@ impl Engine {
             label: label.clone(),
             js: js.clone(),
             dead_letter_enabled: config.dead_letter_stream.is_some(),
+            expiry: config.expiry,
         });
+        let expiry = config.expiry;
         let replicas = config.replicas.max(1);
 
         let mut workers = Vec::with_capacity(config.targets.len());
@@ -185,8 +187,13 @@ impl Engine {
                     })?),
                     None => None,
                 };
-            let telemetry =
-                TargetTelemetry::new(&metrics, &config.namespace, &config.name, &target.name);
+            let telemetry = TargetTelemetry::new(
+                &metrics,
+                &config.namespace,
+                &config.name,
+                &target.name,
+                expiry.map(|e| e.max_age.as_std()),
+            );
             workers.push(Arc::new(Worker::new(WorkerParts {
                 route: route.clone(),
                 config: target,
@@ -231,6 +238,15 @@ impl Engine {
                 let consumer = worker.consumer().clone();
                 tasks.spawn(worker.clone().run(consumer, shutdown.clone(), grace));
             }
+        }
+        // On the engine's runtime and connection: a few requests per sweep interval.
+        for worker in &workers {
+            tasks.spawn(expiry::watch(
+                worker.clone(),
+                stream.clone(),
+                expiry,
+                shutdown.clone(),
+            ));
         }
         tasks.spawn(health::report(
             workers.clone(),

@@ -1,8 +1,11 @@
 //! A JetStream message seen as an event: its id, subject, headers and body, and how
 //! many times JetStream has handed it to this target.
 
+use std::time::SystemTime;
+
 use async_nats::HeaderMap;
 use async_nats::jetstream::Message;
+use async_nats::jetstream::message::StreamMessage;
 use bytes::Bytes;
 
 pub use fanout_config::EVENT_ID_HEADER;
@@ -28,34 +31,47 @@ pub struct Event {
     /// 1 for the first delivery of this message to this target.
     pub delivery: u32,
     pub stream_sequence: u64,
+    /// When JetStream stored it: the stream's maxAge counts from here.
+    pub stored_at: SystemTime,
 }
 
 impl Event {
     /// Moves the headers out of `message` (only its reply subject is needed later, to
     /// settle it), so no event pays for a copy of its header map.
     pub fn from_message(message: &mut Message) -> Event {
-        let (delivery, stream_sequence, stream) = match message.info() {
+        let (delivery, stream_sequence, stream, stored_at) = match message.info() {
             Ok(info) => (
                 u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
                 info.stream_sequence,
                 info.stream.to_string(),
+                SystemTime::from(info.published),
             ),
             // Only a message that did not come from a consumer lacks this.
-            Err(_) => (1, 0, String::new()),
+            Err(_) => (1, 0, String::new(), SystemTime::now()),
         };
         let headers = message.message.headers.take().unwrap_or_default();
-        let id = header(&headers, EVENT_ID_HEADER)
-            .or_else(|| header(&headers, "Nats-Msg-Id"))
-            .map(str::to_string)
-            // No id given by the producer: the stream position is unique and stable.
-            .unwrap_or_else(|| format!("{stream}:{stream_sequence}"));
         Event {
-            id,
+            id: event_id(&headers, &stream, stream_sequence),
             subject: message.subject.to_string(),
             headers,
             body: message.payload.clone(),
             delivery,
             stream_sequence,
+            stored_at,
+        }
+    }
+
+    /// An event read from `stream` directly rather than through a consumer (one
+    /// that no dispatcher has fetched yet); `delivery` is 0, it was never attempted.
+    pub fn from_stored(message: StreamMessage, stream: &str) -> Event {
+        Event {
+            id: event_id(&message.headers, stream, message.sequence),
+            subject: message.subject.to_string(),
+            headers: message.headers,
+            body: message.payload,
+            delivery: 0,
+            stream_sequence: message.sequence,
+            stored_at: SystemTime::from(message.time),
         }
     }
 
@@ -63,6 +79,13 @@ impl Event {
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
     }
+}
+
+/// The producer's id, or (none given) the stream position, unique and stable.
+fn event_id(headers: &HeaderMap, stream: &str, sequence: u64) -> String {
+    header(headers, EVENT_ID_HEADER)
+        .or_else(|| header(headers, "Nats-Msg-Id"))
+        .map_or_else(|| format!("{stream}:{sequence}"), str::to_string)
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -10,6 +10,7 @@
 //! - [`request`], [`signing`], [`trace`]: what each HTTP request carries.
 //! - [`http`]: how it gets there (pooled connections, TLS, HTTP/2, timeouts).
 //! - [`worker`]: one target's fetch-deliver-settle loop.
+//! - [`expiry`]: events nearing the stream's maxAge before anyone fetched them.
 //! - [`engine`]: starting and stopping all workers of a route.
 //! - [`telemetry`], [`health`], [`server`]: metrics, logs, health snapshots, probes.
 //! - [`load`]: reading the rendered configuration and credentials.
@@ -21,6 +22,7 @@ pub mod dead_letter;
 pub mod delivery;
 pub mod engine;
 pub mod event;
+pub mod expiry;
 pub mod health;
 pub mod http;
 pub mod load;

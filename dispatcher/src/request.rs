@@ -207,6 +207,7 @@ policy:
             body: Bytes::from_static(b"{}"),
             delivery: 2,
             stream_sequence: 9,
+            stored_at: std::time::SystemTime::now(),
         }
     }
 

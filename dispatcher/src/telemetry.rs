@@ -79,6 +79,8 @@ pub struct Metrics {
     latency: Family<TargetLabels, Histogram>,
     in_flight: Family<TargetLabels, Gauge>,
     circuit: Family<TargetLabels, Gauge>,
+    oldest_undelivered: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    retention: Family<TargetLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -119,6 +121,18 @@ impl Default for Metrics {
             "Circuit breaker state per target: 0 closed, 1 half-open, 2 open",
             circuit.clone(),
         );
+        let oldest_undelivered = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "oldest_undelivered_age_seconds",
+            "Age of the oldest event not yet delivered, dead-lettered or filtered out per target (0 when there is none)",
+            oldest_undelivered.clone(),
+        );
+        let retention = Family::<TargetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "retention_max_age_seconds",
+            "The route stream's maxAge, per target: undelivered events are dead-lettered as expired shortly before it (absent when the stream keeps events for ever)",
+            retention.clone(),
+        );
         Metrics {
             registry,
             outcomes,
@@ -126,6 +140,8 @@ impl Default for Metrics {
             latency,
             in_flight,
             circuit,
+            oldest_undelivered,
+            retention,
         }
     }
 }
@@ -158,6 +174,7 @@ pub struct TargetTelemetry {
     latency: Histogram,
     in_flight_gauge: Gauge,
     circuit_gauge: Gauge,
+    oldest_undelivered_gauge: Gauge<f64, AtomicU64>,
     // Totals for the health snapshot.
     delivered: AtomicU64,
     failed: AtomicU64,
@@ -168,7 +185,14 @@ pub struct TargetTelemetry {
 }
 
 impl TargetTelemetry {
-    pub fn new(metrics: &Metrics, namespace: &str, route_name: &str, target: &str) -> Self {
+    /// `max_age`: the stream's maxAge, if it has one.
+    pub fn new(
+        metrics: &Metrics,
+        namespace: &str,
+        route_name: &str,
+        target: &str,
+        max_age: Option<Duration>,
+    ) -> Self {
         let route = format!("{namespace}/{route_name}");
         let route = route.as_str();
         let outcome = |outcome| {
@@ -188,6 +212,13 @@ impl TargetTelemetry {
         let latency = metrics.latency.get_or_create(&labels).clone();
         let in_flight_gauge = metrics.in_flight.get_or_create(&labels).clone();
         let circuit_gauge = metrics.circuit.get_or_create(&labels).clone();
+        let oldest_undelivered_gauge = metrics.oldest_undelivered.get_or_create(&labels).clone();
+        if let Some(max_age) = max_age {
+            metrics
+                .retention
+                .get_or_create(&labels)
+                .set(max_age.as_secs_f64());
+        }
         let failures_total = FAILURE_CATEGORIES
             .iter()
             .map(|reason| {
@@ -213,6 +244,7 @@ impl TargetTelemetry {
             latency,
             in_flight_gauge,
             circuit_gauge,
+            oldest_undelivered_gauge,
             route: route.to_string(),
             target: target.to_string(),
             delivered: AtomicU64::new(0),
@@ -266,17 +298,17 @@ impl TargetTelemetry {
         }
     }
 
-    pub fn dead_lettered(&self, event_id: &str, attempts: u32, reason: &str, failure: &Failure) {
+    pub fn dead_lettered(&self, event_id: &str, attempts: u32, reason: &str, error: &str) {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
         self.dead_lettered_total.inc();
-        tracing::warn!(route = %self.route, target = %self.target, event_id, attempts, reason, error = %failure, "event dead-lettered");
+        tracing::warn!(route = %self.route, target = %self.target, event_id, attempts, reason, error, "event dead-lettered");
     }
 
     /// Dead-lettering is disabled for the route: the event is dropped, loudly.
-    pub fn discarded(&self, event_id: &str, attempts: u32, reason: &str, failure: &Failure) {
+    pub fn discarded(&self, event_id: &str, attempts: u32, reason: &str, error: &str) {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
         self.discarded_total.inc();
-        tracing::error!(route = %self.route, target = %self.target, event_id, attempts, reason, error = %failure, "event discarded: dead-lettering is disabled for this route");
+        tracing::error!(route = %self.route, target = %self.target, event_id, attempts, reason, error, "event discarded: dead-lettering is disabled for this route");
     }
 
     pub fn dead_letter_failed(&self, event_id: &str, error: &dyn std::error::Error) {
@@ -285,6 +317,13 @@ impl TargetTelemetry {
             fanout_config::error_chain(error)
         ));
         tracing::error!(route = %self.route, target = %self.target, event_id, error = %fanout_config::error_chain(&error), "dead-letter publish failed; the event stays in the stream and is retried");
+    }
+
+    /// The age of the oldest event not settled for this target, `None` when there is
+    /// none.
+    pub fn oldest_undelivered(&self, age: Option<Duration>) {
+        self.oldest_undelivered_gauge
+            .set(age.map_or(0.0, |a| a.as_secs_f64()));
     }
 
     pub fn filtered(&self) {
@@ -377,7 +416,7 @@ mod tests {
     #[test]
     fn counters_feed_both_the_snapshot_and_the_metrics() {
         let metrics = Arc::new(Metrics::default());
-        let t = TargetTelemetry::new(&metrics, "shop", "orders", "email");
+        let t = TargetTelemetry::new(&metrics, "shop", "orders", "email", None);
         t.request_started();
         t.request_finished(Duration::from_millis(3));
         t.delivered("e1", 1, 200);
@@ -386,7 +425,7 @@ mod tests {
             body: String::new(),
         };
         t.attempt_failed("e2", 1, &failure, Some(Duration::from_secs(1)));
-        t.dead_lettered("e3", 5, "exhausted", &failure);
+        t.dead_lettered("e3", 5, "exhausted", &failure.to_string());
 
         let s = t.snapshot("pod-1", Circuit::Closed);
         assert_eq!(

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
+use fanout_config::expiry::Expiry;
 use fanout_config::health::{Circuit, HealthSnapshot};
 use fanout_config::{TargetConfig, error_chain};
 use futures::StreamExt;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::parse_retry_after;
 use crate::breaker::{Admission, Breaker};
 use crate::classify::{Failure, Verdict, classify_status, classify_transport};
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, DeadLetterError, Stored};
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::event::Event;
 use crate::http::HttpClient;
@@ -53,6 +54,18 @@ pub struct RouteContext {
     pub label: String,
     pub js: jetstream::Context,
     pub dead_letter_enabled: bool,
+    /// When the stream removes events; undelivered ones are dead-lettered before.
+    pub expiry: Option<Expiry>,
+}
+
+/// What stands between an event and its request once the event is in hand.
+enum Wait {
+    /// The breaker and the rate limiter let it go.
+    Go,
+    /// Stopping: hand it back.
+    Drain,
+    /// It reached its expiry deadline while waiting: dead-letter it.
+    Expired,
 }
 
 pub struct Worker {
@@ -234,21 +247,25 @@ impl Worker {
 
     async fn deliver(self: Arc<Self>, mut message: Message, drain: CancellationToken) {
         let event = Event::from_message(&mut message);
-        // A redriven event was addressed to this target explicitly.
-        let redrive = event.subject.starts_with("fanout.redrive.");
-        if !redrive
-            && !self
-                .config
-                .filter
-                .matches(&event.subject, |h| event.header(h))
-        {
+        if !self.wants(&event) {
             self.telemetry.filtered();
             settle(&message, AckKind::Ack).await;
             return;
         }
-        if !self.admit(&message, &drain).await {
-            settle(&message, AckKind::Nak(None)).await;
+        if self.time_left(&event) == Some(Duration::ZERO) {
+            Box::pin(self.expire(&message, &event, None)).await;
             return;
+        }
+        match self.admit(&message, &event, &drain).await {
+            Wait::Go => {}
+            Wait::Drain => {
+                settle(&message, AckKind::Nak(None)).await;
+                return;
+            }
+            Wait::Expired => {
+                Box::pin(self.expire(&message, &event, None)).await;
+                return;
+            }
         }
 
         self.telemetry.request_started();
@@ -280,47 +297,65 @@ impl Worker {
                 self.telemetry.delivered(&event.id, event.delivery, status);
                 settle(&message, AckKind::Ack).await;
             }
-            Decision::Retry { delay, failure } => {
-                self.telemetry
-                    .attempt_failed(&event.id, event.delivery, &failure, Some(delay));
-                settle(&message, AckKind::Nak(Some(delay))).await;
-            }
+            Decision::Retry { delay, failure } => match self.time_left(&event) {
+                // The next attempt would come after the event's expiry deadline, so
+                // there will be none: dead-letter it now, while its last answer is
+                // known.
+                Some(left) if delay >= left => {
+                    self.telemetry
+                        .attempt_failed(&event.id, event.delivery, &failure, None);
+                    Box::pin(self.expire(&message, &event, Some(&failure))).await;
+                }
+                _ => {
+                    self.telemetry
+                        .attempt_failed(&event.id, event.delivery, &failure, Some(delay));
+                    settle(&message, AckKind::Nak(Some(delay))).await;
+                }
+            },
             Decision::DeadLetter { reason, failure } => {
                 self.telemetry
                     .attempt_failed(&event.id, event.delivery, &failure, None);
                 // Boxed: rare, and its publish future would otherwise enlarge every
                 // delivery's task.
-                Box::pin(self.dead_letter(&message, &event, reason, &failure)).await;
+                let error = failure.to_string();
+                Box::pin(self.dead_letter(&message, &event, reason, failure.status(), &error))
+                    .await;
             }
         }
     }
 
     /// Waits until the breaker and the rate limiter let a request go, sending progress
-    /// acks so JetStream keeps the event with us. False when draining for shutdown.
-    async fn admit(&self, message: &Message, drain: &CancellationToken) -> bool {
+    /// acks so JetStream keeps the event with us; gives up when draining for shutdown
+    /// or when the event reaches its expiry deadline meanwhile.
+    async fn admit(&self, message: &Message, event: &Event, drain: &CancellationToken) -> Wait {
         let progress_every = self.ack_wait / 3;
         let mut next_progress = Instant::now() + progress_every;
+        // Far enough not to matter when the stream keeps events for ever.
+        let deadline = Instant::now()
+            + self
+                .time_left(event)
+                .unwrap_or(Duration::from_secs(86_400 * 365));
         if let Some(breaker) = &self.breaker {
-            let admitted = loop {
+            loop {
                 let admission = breaker
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .admit(Instant::now());
                 let until = match admission {
-                    Admission::Allowed => break true,
+                    Admission::Allowed => break,
                     Admission::Denied { until } => until,
                 };
+                if Instant::now() >= deadline {
+                    return Wait::Expired;
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep_until(until.min(next_progress).into()) => {}
-                    _ = drain.cancelled() => break false,
+                    _ = tokio::time::sleep_until(until.min(next_progress).min(deadline).into()) => {}
+                    _ = drain.cancelled() => return Wait::Drain,
                 }
                 if Instant::now() >= next_progress {
                     settle(message, AckKind::Progress).await;
                     next_progress = Instant::now() + progress_every;
                 }
-            };
-            if !admitted {
-                return false;
             }
         }
         if let Some(limiter) = &self.limiter {
@@ -331,11 +366,65 @@ impl Worker {
                         settle(message, AckKind::Progress).await;
                         next_progress = Instant::now() + progress_every;
                     }
-                    _ = drain.cancelled() => return false,
+                    _ = tokio::time::sleep_until(deadline.into()) => return Wait::Expired,
+                    _ = drain.cancelled() => return Wait::Drain,
                 }
             }
         }
-        true
+        Wait::Go
+    }
+
+    /// How long until `event` is to be dead-lettered as expired (zero once it is
+    /// due); `None` when the stream keeps events for ever.
+    fn time_left(&self, event: &Event) -> Option<Duration> {
+        let expiry = self.route.expiry?;
+        Some(
+            expiry
+                .dead_letter_at(event.stored_at)
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+
+    /// Whether this target takes `event`: a redriven event was addressed to it
+    /// explicitly, others must pass its filter.
+    pub fn wants(&self, event: &Event) -> bool {
+        event.subject.starts_with("fanout.redrive.")
+            || self
+                .config
+                .filter
+                .matches(&event.subject, |h| event.header(h))
+    }
+
+    /// Dead-letters an event in hand that reached its expiry deadline.
+    async fn expire(&self, message: &Message, event: &Event, last: Option<&Failure>) {
+        let error = self.expired_error(event, last);
+        self.dead_letter(
+            message,
+            event,
+            DeadLetterReason::Expired,
+            last.and_then(Failure::status),
+            &error,
+        )
+        .await;
+    }
+
+    /// Why an expired event was given up on, for its dead letter.
+    pub fn expired_error(&self, event: &Event, last: Option<&Failure>) -> String {
+        let age = SystemTime::now()
+            .duration_since(event.stored_at)
+            .unwrap_or_default();
+        let max_age = self.route.expiry.map_or_else(String::new, |e| {
+            format!(
+                ", and the stream keeps events {} (retention.maxAge)",
+                e.max_age
+            )
+        });
+        let last = last.map_or_else(String::new, |f| format!("; last attempt: {f}"));
+        format!(
+            "not delivered within the stream's retention: stored {} ago{max_age}{last}",
+            fanout_config::Duration::from(Duration::from_millis(age.as_millis() as u64))
+        )
     }
 
     /// Sends one request and classifies what came back.
@@ -377,13 +466,33 @@ impl Worker {
         message: &Message,
         event: &Event,
         reason: DeadLetterReason,
-        failure: &Failure,
+        last_status: Option<u16>,
+        last_error: &str,
     ) {
+        match self
+            .publish_dead_letter(event, reason, last_status, last_error)
+            .await
+        {
+            Ok(()) => settle(message, AckKind::Term).await,
+            // Not acknowledged: the event stays and comes back after the delay.
+            Err(_) => settle(message, AckKind::Nak(Some(DEAD_LETTER_RETRY))).await,
+        }
+    }
+
+    /// Publishes `event`'s dead letter for this target (or, with dead-lettering off,
+    /// counts it as discarded) and reports it. An error when JetStream did not take
+    /// it: the caller keeps the event.
+    pub async fn publish_dead_letter(
+        &self,
+        event: &Event,
+        reason: DeadLetterReason,
+        last_status: Option<u16>,
+        last_error: &str,
+    ) -> Result<(), DeadLetterError> {
         if !self.route.dead_letter_enabled {
             self.telemetry
-                .discarded(&event.id, event.delivery, reason.as_str(), failure);
-            settle(message, AckKind::Term).await;
-            return;
+                .discarded(&event.id, event.delivery, reason.as_str(), last_error);
+            return Ok(());
         }
         let letter = DeadLetter {
             subject: &self.config.dead_letter_subject,
@@ -391,20 +500,32 @@ impl Worker {
             event,
             attempts: event.delivery,
             reason,
-            failure,
+            last_status,
+            last_error,
         };
         match letter.publish(&self.route.js).await {
-            Ok(()) => {
-                self.telemetry
-                    .dead_lettered(&event.id, event.delivery, reason.as_str(), failure);
-                settle(message, AckKind::Term).await;
+            Ok(Stored::Now) => {
+                self.telemetry.dead_lettered(
+                    &event.id,
+                    event.delivery,
+                    reason.as_str(),
+                    last_error,
+                );
+                Ok(())
+            }
+            Ok(Stored::Already) => {
+                tracing::debug!(route = %self.route.label, target = %self.name(), event_id = %event.id, "dead letter stored already");
+                Ok(())
             }
             Err(error) => {
-                // Not acknowledged: the event stays and comes back after the delay.
                 self.telemetry.dead_letter_failed(&event.id, &error);
-                settle(message, AckKind::Nak(Some(DEAD_LETTER_RETRY))).await;
+                Err(error)
             }
         }
+    }
+
+    pub fn telemetry(&self) -> &TargetTelemetry {
+        &self.telemetry
     }
 }
 

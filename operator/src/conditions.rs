@@ -1,4 +1,4 @@
-//! Status conditions: the four a route reports, one for targets, and the rule that
+//! Status conditions: the five a route reports, one for targets, and the rule that
 //! `lastTransitionTime` only moves when a condition's status does.
 
 use fanout_api::status::Condition;
@@ -12,6 +12,8 @@ pub const STREAM_READY: &str = "StreamReady";
 pub const DISPATCHER_AVAILABLE: &str = "DispatcherAvailable";
 /// Every target's circuit is closed.
 pub const TARGETS_HEALTHY: &str = "TargetsHealthy";
+/// No target's oldest undelivered event is near the stream's maxAge.
+pub const BACKLOG_WITHIN_RETENTION: &str = "BacklogWithinRetention";
 
 /// A condition's status, as Kubernetes spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

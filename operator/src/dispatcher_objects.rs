@@ -32,6 +32,9 @@ pub const CONFIG_KEY: &str = "route.yaml";
 pub const SECRETS_DIR: &str = "/var/run/fanout/secrets";
 /// Port of the dispatcher's /metrics, /healthz and /readyz.
 pub const METRICS_PORT: i32 = 9090;
+/// User and group the dispatcher runs as (the image's non-root user); also the group
+/// that owns the mounted Secret files.
+pub const DISPATCHER_UID: i64 = 65532;
 /// Pod template annotation whose change rolls the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "fanout.dev/config-hash";
 /// Label naming the route a dispatcher pod serves.
@@ -310,8 +313,12 @@ pub fn build(
                     termination_grace_period_seconds: Some(35),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
+                        run_as_user: Some(DISPATCHER_UID),
+                        run_as_group: Some(DISPATCHER_UID),
+                        // Secret files are mode 0440 and owned by root unless the
+                        // kubelet gives them this group: without it the dispatcher
+                        // cannot read a target's credentials and crash-loops.
+                        fs_group: Some(DISPATCHER_UID),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".into(),
                             localhost_profile: None,
@@ -508,10 +515,15 @@ mod tests {
                 .read_only_root_filesystem,
             Some(true)
         );
+        let security = pod.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        // The Secret files (mode 0440) belong to the group the process runs as.
         assert_eq!(
-            pod.security_context.as_ref().unwrap().run_as_non_root,
-            Some(true)
+            projected.projected.as_ref().unwrap().default_mode,
+            Some(0o440)
         );
+        assert_eq!(security.fs_group, security.run_as_group);
+        assert_eq!(security.fs_group, Some(DISPATCHER_UID));
         let selector = o
             .deployment
             .spec

@@ -111,6 +111,7 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     // Validate and build, then apply.
     let mut stream = None;
     let mut deployment = None;
+    let mut expiry = None;
     let config = match render(
         route,
         |n| referenced.get(n).map(Arc::as_ref),
@@ -118,6 +119,7 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     ) {
         Err(e) => Err(render_problem(&e)),
         Ok(rendered) => {
+            expiry = rendered.config.expiry;
             let mut wanted = secrets::dispatcher_secrets(referenced.values().map(Arc::as_ref));
             if let Some(auth) = &ctx.dispatcher.nats_auth {
                 let (secret, key) = auth.secret_key();
@@ -217,6 +219,7 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
             stream,
             deployment: deployment.as_ref(),
             observation: observation.as_ref(),
+            expiry,
         },
         &Time(k8s_openapi::jiff::Timestamp::now()),
     );
@@ -396,7 +399,11 @@ async fn announce_changes(
         s.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
     };
-    for type_ in [READY, crate::conditions::TARGETS_HEALTHY] {
+    for type_ in [
+        READY,
+        crate::conditions::TARGETS_HEALTHY,
+        crate::conditions::BACKLOG_WITHIN_RETENTION,
+    ] {
         let (old, new) = (find(before, type_), find(Some(after), type_));
         let Some((status, reason, message)) = new else {
             continue;

@@ -3,16 +3,21 @@
 //! doing, and the per-target observation (consumer info plus the dispatchers' health
 //! snapshots). Pure, so every rule here is unit-tested.
 
+use std::time::{Duration, SystemTime};
+
 use fanout_api::FanOutRouteStatus;
 use fanout_api::route::{StreamStatus, TargetStatus};
 use fanout_api::status::CircuitState;
+use fanout_api::status::Condition;
+use fanout_config::expiry::Expiry;
 use fanout_config::health::Circuit;
 use fanout_provision::observe::{RouteObservation, StreamCounts, is_healthy};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::conditions::{
-    DISPATCHER_AVAILABLE, Draft, READY, STREAM_READY, State, TARGETS_HEALTHY, carry_over, stamp,
+    BACKLOG_WITHIN_RETENTION, DISPATCHER_AVAILABLE, Draft, READY, STREAM_READY, State,
+    TARGETS_HEALTHY, carry_over, stamp,
 };
 
 /// Something wrong, as a condition reason and a message for people.
@@ -44,6 +49,9 @@ pub struct Findings<'a> {
     pub deployment: Option<&'a Deployment>,
     /// `None` when the route could not be observed (stream missing, NATS down).
     pub observation: Option<&'a RouteObservation>,
+    /// When the stream removes events, from the rendering; `None` when it keeps them
+    /// for ever or the route did not render.
+    pub expiry: Option<Expiry>,
 }
 
 pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
@@ -68,6 +76,7 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
     };
     let dispatcher = dispatcher_condition(f.deployment);
     let targets = targets_condition(f.observation, &previous.conditions);
+    let retention = retention_condition(f, &previous.conditions, now);
     let ready = match (&f.config, stream.is_true(), dispatcher.is_true()) {
         (Err(p), _, _) => Draft::new(READY, false, p.reason.clone(), p.message.clone()),
         (Ok(()), false, _) => {
@@ -81,7 +90,7 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
         ),
         (Ok(()), true, true) => Draft::new(READY, true, "Ready", "events are being delivered"),
     };
-    let drafts = [ready, stream, dispatcher, targets];
+    let drafts = [ready, stream, dispatcher, targets, retention];
 
     let mut status = FanOutRouteStatus {
         observed_generation: Some(f.generation),
@@ -113,6 +122,12 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
                 Some(d) => d.messages,
                 None => o.targets.iter().map(|t| t.dead_lettered).sum(),
             });
+            status.oldest_undelivered_time = o
+                .targets
+                .iter()
+                .filter_map(|t| t.oldest_unsettled)
+                .min()
+                .and_then(time);
         }
         None => {
             // Keep the last numbers rather than blanking them while NATS is away.
@@ -123,6 +138,7 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
             status.pending = previous.pending;
             status.delivered_summary = previous.delivered_summary;
             status.dead_lettered = previous.dead_lettered;
+            status.oldest_undelivered_time = previous.oldest_undelivered_time;
         }
     }
     status
@@ -238,6 +254,82 @@ fn targets_condition(
     )
 }
 
+/// Whether any target's oldest undelivered event has reached the age at which it is
+/// reported (half of maxAge), long before it would be dead-lettered as expired.
+fn retention_condition(f: &Findings<'_>, previous: &[Condition], now: &Time) -> Draft {
+    let Some(o) = f.observation else {
+        return carry_over(previous, BACKLOG_WITHIN_RETENTION).unwrap_or_else(|| {
+            Draft::new(
+                BACKLOG_WITHIN_RETENTION,
+                State::Unknown,
+                "NotObserved",
+                "the route's stream could not be read",
+            )
+        });
+    };
+    let Some(expiry) = f.expiry else {
+        if f.config.is_err() {
+            // Not rendered: the stream's maxAge is not known this time.
+            if let Some(last) = carry_over(previous, BACKLOG_WITHIN_RETENTION) {
+                return last;
+            }
+        }
+        return Draft::new(
+            BACKLOG_WITHIN_RETENTION,
+            true,
+            "NoMaxAge",
+            "the stream keeps events until they are delivered (no retention.maxAge)",
+        );
+    };
+    let now = SystemTime::from(now.0);
+    let aged: Vec<String> = o
+        .targets
+        .iter()
+        .filter_map(|t| {
+            let age = now.duration_since(t.oldest_unsettled?).ok()?;
+            (age >= expiry.warn_after()).then(|| {
+                format!(
+                    "target {}'s oldest undelivered event is {} old",
+                    t.name,
+                    whole_seconds(age)
+                )
+            })
+        })
+        .collect();
+    let rule = format!(
+        "the stream keeps events {} (spec.source.retention.maxAge); an event not delivered to a target within {} is dead-lettered for it with reason expired",
+        expiry.max_age,
+        whole_seconds(expiry.dead_letter_after())
+    );
+    if aged.is_empty() {
+        Draft::new(
+            BACKLOG_WITHIN_RETENTION,
+            true,
+            "WithinRetention",
+            format!(
+                "no target's oldest undelivered event is older than {}; {rule}",
+                whole_seconds(expiry.warn_after())
+            ),
+        )
+    } else {
+        Draft::new(
+            BACKLOG_WITHIN_RETENTION,
+            false,
+            "EventsNearExpiry",
+            format!("{}; {rule}", aged.join("; ")),
+        )
+    }
+}
+
+/// A span for people, to the second: `41s`, `71h`.
+fn whole_seconds(d: Duration) -> fanout_config::Duration {
+    fanout_config::Duration::from(Duration::from_secs(d.as_secs()))
+}
+
+fn time(t: SystemTime) -> Option<Time> {
+    k8s_openapi::jiff::Timestamp::try_from(t).ok().map(Time)
+}
+
 fn stream_status(s: &StreamCounts) -> StreamStatus {
     StreamStatus {
         name: s.name.clone(),
@@ -269,6 +361,7 @@ fn target_status(t: &fanout_provision::observe::TargetObservation) -> TargetStat
             .and_then(|s| s.parse().ok())
             .map(Time),
         last_error: t.last_error.clone(),
+        oldest_undelivered_time: t.oldest_unsettled.and_then(time),
     }
 }
 
@@ -330,6 +423,7 @@ mod tests {
     fn in_place<'a>(d: &'a Deployment, o: &'a RouteObservation) -> Findings<'a> {
         Findings {
             generation: 1,
+            expiry: None,
             previous: None,
             config: Ok(()),
             stream: Some(Ok(())),
@@ -352,6 +446,7 @@ mod tests {
         let s = compute(
             &Findings {
                 generation: 3,
+                expiry: None,
                 ..in_place(&d, &o)
             },
             &now(),
@@ -380,6 +475,7 @@ mod tests {
         let s = compute(
             &Findings {
                 generation: 1,
+                expiry: None,
                 ..in_place(&d, &o)
             },
             &now(),
@@ -400,6 +496,7 @@ mod tests {
         let first = compute(
             &Findings {
                 generation: 1,
+                expiry: None,
                 previous: None,
                 config: Ok(()),
                 stream: Some(Ok(())),
@@ -412,6 +509,7 @@ mod tests {
         let second = compute(
             &Findings {
                 generation: 2,
+                expiry: None,
                 previous: Some(&first),
                 config: Err(Problem::new(
                     "ApiTargetNotFound",
@@ -440,6 +538,7 @@ mod tests {
         let healthy = compute(
             &Findings {
                 generation: 1,
+                expiry: None,
                 ..in_place(&d, &o)
             },
             &now(),
@@ -447,6 +546,7 @@ mod tests {
         let down = compute(
             &Findings {
                 generation: 1,
+                expiry: None,
                 previous: Some(&healthy),
                 config: Ok(()),
                 stream: Some(Err(Problem::new(
@@ -471,6 +571,7 @@ mod tests {
         let s = compute(
             &Findings {
                 generation: 1,
+                expiry: None,
                 ..in_place(&d, &o)
             },
             &now(),
@@ -483,10 +584,123 @@ mod tests {
         let s = compute(
             &Findings {
                 generation: 1,
+                expiry: None,
                 ..in_place(&d, &o)
             },
             &now(),
         );
         assert_eq!(condition(&s, TARGETS_HEALTHY).message, "email: no consumer");
+    }
+
+    fn aged(name: &str, age_secs: u64) -> TargetObservation {
+        let now = SystemTime::from(now().0);
+        TargetObservation {
+            oldest_unsettled: Some(now - Duration::from_secs(age_secs)),
+            ..target(name, Circuit::Closed, 1)
+        }
+    }
+
+    fn expiry(max_age: &str) -> Option<Expiry> {
+        Expiry::new(max_age.parse().unwrap())
+    }
+
+    #[test]
+    fn a_backlog_older_than_half_of_max_age_is_reported_before_it_expires() {
+        let d = deployment(2);
+        let young = observation(vec![aged("email", 10), aged("crm", 20)]);
+        let status = compute(
+            &Findings {
+                expiry: expiry("60s"),
+                ..in_place(&d, &young)
+            },
+            &now(),
+        );
+        let c = condition(&status, BACKLOG_WITHIN_RETENTION);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "WithinRetention")
+        );
+        assert_eq!(
+            status.oldest_undelivered_time,
+            time(SystemTime::from(now().0) - Duration::from_secs(20)),
+            "the route shows its oldest target's"
+        );
+        assert!(status.targets[0].oldest_undelivered_time.is_some());
+
+        let old = observation(vec![aged("email", 10), aged("crm", 35)]);
+        let status = compute(
+            &Findings {
+                expiry: expiry("60s"),
+                ..in_place(&d, &old)
+            },
+            &now(),
+        );
+        let c = condition(&status, BACKLOG_WITHIN_RETENTION);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "EventsNearExpiry")
+        );
+        assert!(
+            c.message
+                .starts_with("target crm's oldest undelivered event is 35s old;"),
+            "{}",
+            c.message
+        );
+        assert!(!c.message.contains("email"), "{}", c.message);
+        assert!(c.message.contains("keeps events 1m"), "{}", c.message);
+        assert!(c.message.contains("within 54s"), "{}", c.message);
+        assert!(
+            c.message.contains("spec.source.retention.maxAge"),
+            "{}",
+            c.message
+        );
+        // Ready does not depend on it: delivery works, it is late.
+        assert_eq!(condition(&status, READY).status, "True");
+    }
+
+    #[test]
+    fn up_to_date_targets_and_streams_without_max_age_are_within_retention() {
+        let d = deployment(2);
+        let idle = observation(vec![target("email", Circuit::Closed, 1)]);
+        let status = compute(
+            &Findings {
+                expiry: expiry("60s"),
+                ..in_place(&d, &idle)
+            },
+            &now(),
+        );
+        assert_eq!(status.oldest_undelivered_time, None);
+        assert_eq!(condition(&status, BACKLOG_WITHIN_RETENTION).status, "True");
+        let forever = observation(vec![aged("email", 1_000_000)]);
+        let status = compute(&in_place(&d, &forever), &now());
+        let c = condition(&status, BACKLOG_WITHIN_RETENTION);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "NoMaxAge"));
+    }
+
+    #[test]
+    fn without_an_observation_the_last_retention_condition_stands() {
+        let d = deployment(2);
+        let old = observation(vec![aged("crm", 50)]);
+        let first = compute(
+            &Findings {
+                expiry: expiry("60s"),
+                ..in_place(&d, &old)
+            },
+            &now(),
+        );
+        let blind = compute(
+            &Findings {
+                previous: Some(&first),
+                observation: None,
+                expiry: expiry("60s"),
+                ..in_place(&d, &old)
+            },
+            &now(),
+        );
+        assert_eq!(
+            condition(&blind, BACKLOG_WITHIN_RETENTION),
+            condition(&first, BACKLOG_WITHIN_RETENTION)
+        );
+        assert_eq!(blind.oldest_undelivered_time, first.oldest_undelivered_time);
     }
 }

@@ -4,8 +4,11 @@
 //! standalone` prints it as a table. Read-only: nothing here changes JetStream.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::{RawMessageError, RawMessageErrorKind};
+use async_nats::jetstream::{self, consumer, kv};
 use fanout_config::health::{Circuit, HealthSnapshot};
 use fanout_config::names::{HEALTH_BUCKET, RouteKey};
 use futures::TryStreamExt;
@@ -28,6 +31,9 @@ pub struct TargetObservation {
     pub pending: u64,
     /// Events fetched and not yet acknowledged (JetStream's view, all pods).
     pub in_flight: u64,
+    /// When the oldest event not yet settled for this target (delivered,
+    /// dead-lettered or filtered out) was stored; `None` when there is none.
+    pub oldest_unsettled: Option<SystemTime>,
     /// Totals since each reporting pod started, summed over pods.
     pub delivered: u64,
     pub failed: u64,
@@ -130,6 +136,9 @@ pub async fn observe(
             t.consumer_found = true;
             t.pending = info.num_pending;
             t.in_flight = u64::try_from(info.num_ack_pending).unwrap_or(0);
+            t.oldest_unsettled = oldest_unsettled(&main, &info)
+                .await
+                .map_err(stream_error(stream))?;
         }
         observed.push(t);
     }
@@ -138,6 +147,59 @@ pub async fn observe(
         dead_letter,
         targets: observed,
     })
+}
+
+/// When the oldest event that `consumer` has not settled was stored. Everything up
+/// to the consumer's ack floor is settled, so it is the first event after the floor
+/// that the consumer takes.
+pub async fn oldest_unsettled(
+    stream: &jetstream::stream::Stream,
+    consumer: &consumer::Info,
+) -> Result<Option<SystemTime>, RawMessageError> {
+    if consumer.num_pending == 0 && consumer.num_ack_pending == 0 {
+        return Ok(None);
+    }
+    let first = first_for_consumer(
+        stream,
+        &consumer.config,
+        consumer.ack_floor.stream_sequence + 1,
+    )
+    .await?;
+    Ok(first.map(|m| SystemTime::from(m.time)))
+}
+
+/// The first event at or after stream sequence `from` that a consumer with `config`
+/// takes (one of its filter subjects matches), if the stream still has one.
+pub async fn first_for_consumer(
+    stream: &jetstream::stream::Stream,
+    config: &consumer::Config,
+    from: u64,
+) -> Result<Option<StreamMessage>, RawMessageError> {
+    let filters: Vec<&str> = if !config.filter_subjects.is_empty() {
+        config.filter_subjects.iter().map(String::as_str).collect()
+    } else if !config.filter_subject.is_empty() {
+        vec![config.filter_subject.as_str()]
+    } else {
+        vec![">"]
+    };
+    // One request per filter subject (a route has few), the earliest answer wins:
+    // JetStream looks up "next by subject" one subject at a time.
+    let mut first: Option<StreamMessage> = None;
+    for filter in filters {
+        let found = stream
+            .raw_message_builder()
+            .sequence(from)
+            .next_by_subject(filter)
+            .send()
+            .await;
+        match found {
+            Ok(m) if first.as_ref().is_none_or(|f| m.sequence < f.sequence) => first = Some(m),
+            Ok(_) => {}
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(first)
 }
 
 async fn stream_counts(

@@ -4,11 +4,13 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream;
 use fanout_config::RouteConfig;
 use fanout_config::health::{Circuit, HealthSnapshot};
 use fanout_config::names::RouteKey;
+use fanout_dispatcher::telemetry::rfc3339;
 use fanout_provision::observe::{self, RouteObservation, StreamCounts};
 use serde::Serialize;
 
@@ -36,6 +38,11 @@ pub struct RouteStatus {
     pub stream: Option<StreamStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_stream: Option<StreamStatus>,
+    /// The stream's maxAge, e.g. `72h`; absent when it keeps events for ever. An
+    /// event a target has not received is dead-lettered for it (reason `expired`)
+    /// shortly before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
     pub targets: Vec<TargetStatus>,
     /// Why the route could not be observed (then `targets` is empty).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +74,15 @@ pub struct TargetStatus {
     pub last_success_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When the oldest event this target has not received yet was stored (RFC 3339),
+    /// and how old it is (`41s`); absent when the target is up to date.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_undelivered_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_undelivered_age: Option<String>,
+    /// The oldest undelivered event is older than half of the stream's maxAge: the
+    /// route's `BacklogWithinRetention` condition would be False in a cluster.
+    pub near_expiry: bool,
 }
 
 impl From<&StreamCounts> for StreamStatus {
@@ -118,6 +134,7 @@ impl StatusSource {
                         name: route.name.clone(),
                         stream: None,
                         dead_letter_stream: None,
+                        max_age: None,
                         targets: Vec::new(),
                         error: Some(fanout_config::error_chain(&e)),
                     }
@@ -130,28 +147,46 @@ impl StatusSource {
 }
 
 fn route_status(route: &RouteConfig, o: &RouteObservation) -> RouteStatus {
+    let now = SystemTime::now();
     RouteStatus {
         namespace: route.namespace.clone(),
         name: route.name.clone(),
         stream: Some((&o.stream).into()),
         dead_letter_stream: o.dead_letter.as_ref().map(Into::into),
+        max_age: route.expiry.map(|e| e.max_age.to_string()),
         targets: o
             .targets
             .iter()
-            .map(|t| TargetStatus {
-                name: t.name.clone(),
-                circuit: t.circuit,
-                delivered: t.delivered,
-                failed: t.failed,
-                dead_lettered: t.dead_lettered,
-                pending: t.pending,
-                in_flight: t.in_flight,
-                last_success_time: t.last_success_time.clone(),
-                last_error: t.last_error.clone(),
+            .map(|t| {
+                let age = t
+                    .oldest_unsettled
+                    .map(|stored| now.duration_since(stored).unwrap_or_default());
+                TargetStatus {
+                    name: t.name.clone(),
+                    circuit: t.circuit,
+                    delivered: t.delivered,
+                    failed: t.failed,
+                    dead_lettered: t.dead_lettered,
+                    pending: t.pending,
+                    in_flight: t.in_flight,
+                    last_success_time: t.last_success_time.clone(),
+                    last_error: t.last_error.clone(),
+                    oldest_undelivered_time: t.oldest_unsettled.map(rfc3339),
+                    oldest_undelivered_age: age.map(|a| whole_seconds(a).to_string()),
+                    near_expiry: match (route.expiry, age) {
+                        (Some(expiry), Some(age)) => age >= expiry.warn_after(),
+                        _ => false,
+                    },
+                }
             })
             .collect(),
         error: None,
     }
+}
+
+/// A span for people, to the second: `41s`, `71h`.
+fn whole_seconds(d: Duration) -> fanout_config::Duration {
+    fanout_config::Duration::from(Duration::from_secs(d.as_secs()))
 }
 
 /// Nothing left to do for the route, and the KV bucket already holds the engine's
@@ -179,6 +214,7 @@ pub fn table(report: &StatusReport) -> String {
         "DEAD-LETTERED",
         "PENDING",
         "IN-FLIGHT",
+        "OLDEST",
         "LAST-ERROR",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
@@ -198,6 +234,9 @@ pub fn table(report: &StatusReport) -> String {
                 t.dead_lettered.to_string(),
                 t.pending.to_string(),
                 t.in_flight.to_string(),
+                t.oldest_undelivered_age
+                    .clone()
+                    .unwrap_or_else(|| "-".into()),
                 t.last_error.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
@@ -244,6 +283,9 @@ mod tests {
             in_flight: 0,
             last_success_time: None,
             last_error: None,
+            oldest_undelivered_time: None,
+            oldest_undelivered_age: None,
+            near_expiry: false,
         }
     }
 
@@ -251,6 +293,7 @@ mod tests {
     fn the_table_has_one_aligned_line_per_target() {
         let mut email = target("email", 7, Circuit::Open);
         email.last_error = Some("HTTP 503".into());
+        email.oldest_undelivered_age = Some("41s".into());
         let report = StatusReport {
             settled: false,
             routes: vec![RouteStatus {
@@ -258,6 +301,7 @@ mod tests {
                 name: "orders".into(),
                 stream: None,
                 dead_letter_stream: None,
+                max_age: Some("72h".into()),
                 targets: vec![target("inventory", 120, Circuit::Closed), email],
                 error: None,
             }],
@@ -265,9 +309,9 @@ mod tests {
         assert_eq!(
             table(&report),
             "\
-ROUTE        TARGET     CIRCUIT  DELIVERED  FAILED  DEAD-LETTERED  PENDING  IN-FLIGHT  LAST-ERROR
-shop/orders  inventory  Closed   120        0       0              0        0          -
-shop/orders  email      Open     7          0       0              0        0          HTTP 503
+ROUTE        TARGET     CIRCUIT  DELIVERED  FAILED  DEAD-LETTERED  PENDING  IN-FLIGHT  OLDEST  LAST-ERROR
+shop/orders  inventory  Closed   120        0       0              0        0          -       -
+shop/orders  email      Open     7          0       0              0        0          41s     HTTP 503
 "
         );
     }

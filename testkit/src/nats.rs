@@ -17,6 +17,8 @@ pub struct NatsServer {
     host: IpAddr,
     port: u16,
     monitor_port: u16,
+    /// Clients must present this token, when set.
+    token: Option<String>,
     dir: TempDir,
 }
 
@@ -29,12 +31,33 @@ impl NatsServer {
     /// Like [`start`](Self::start), listening for clients on `host` (e.g. the e2e
     /// node's bridge address, so pods reach it). Monitoring listens there too.
     pub fn start_on(host: IpAddr) -> anyhow::Result<NatsServer> {
+        Self::start_with(host, None)
+    }
+
+    /// Like [`start_on`](Self::start_on), refusing clients that do not present
+    /// `token`, as a production NATS refuses anonymous clients.
+    pub fn start_with_token(host: IpAddr, token: &str) -> anyhow::Result<NatsServer> {
+        Self::start_with(host, Some(token.to_string()))
+    }
+
+    fn start_with(host: IpAddr, token: Option<String>) -> anyhow::Result<NatsServer> {
         let dir = tempfile::Builder::new().prefix("fanout-nats-").tempdir()?;
+        if let Some(token) = &token {
+            // In a file, not on the command line (where `ps` would show it).
+            std::fs::write(
+                dir.path().join("auth.conf"),
+                format!(
+                    "authorization {{ token: {} }}\n",
+                    serde_json::to_string(token)?
+                ),
+            )?;
+        }
         let mut server = NatsServer {
             child: None,
             host,
             port: free_port(),
             monitor_port: free_port(),
+            token,
             dir,
         };
         // A port found free can be taken by a parallel test before nats-server binds
@@ -96,9 +119,18 @@ impl NatsServer {
         self.child.is_some()
     }
 
+    /// The token clients must present, if the server requires one.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let binary = tools::path("nats-server")?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if self.token.is_some() {
+            command.arg("-c").arg(self.dir.path().join("auth.conf"));
+        }
+        let child = command
             .args(["-a", &self.host.to_string(), "-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
             .arg("-js")

@@ -61,7 +61,7 @@ struct State {
     by_key: HashMap<String, VecDeque<Reply>>,
     /// Headers every request must carry, with these values (lower-case names), or it
     /// is answered 401 like a real API would.
-    required: Vec<(String, String)>,
+    required: Vec<(String, Vec<String>)>,
     default: Option<Reply>,
     received: Vec<Received>,
 }
@@ -117,14 +117,17 @@ impl TargetServer {
             .extend(replies);
     }
 
-    /// Requests without header `name` set to exactly `value` are answered 401 (and
-    /// still recorded), as an API that checks its credentials does.
-    pub fn require_header(&self, name: &str, value: &str) {
-        self.state
-            .lock()
-            .unwrap()
+    /// Requests without header `name` set to exactly one of `accepted` are answered
+    /// 401 (and still recorded), as an API that checks its credentials does. Replaces
+    /// an earlier requirement on the same header (several values: a credential being
+    /// rotated).
+    pub fn require_header(&self, name: &str, accepted: &[&str]) {
+        let name = name.to_ascii_lowercase();
+        let mut state = self.state.lock().unwrap();
+        state.required.retain(|(n, _)| *n != name);
+        state
             .required
-            .push((name.to_ascii_lowercase(), value.to_string()));
+            .push((name, accepted.iter().map(|v| v.to_string()).collect()));
     }
 
     /// The reply once the script is used up (200 unless set).
@@ -299,10 +302,11 @@ async fn handle(
             body,
             at: Instant::now(),
         };
-        let unauthorized = s
-            .required
-            .iter()
-            .any(|(name, value)| received.header(name) != Some(value.as_str()));
+        let unauthorized = s.required.iter().any(|(name, accepted)| {
+            !received
+                .header(name)
+                .is_some_and(|v| accepted.iter().any(|a| a == v))
+        });
         let key = received.header("idempotency-key").map(str::to_string);
         s.received.push(received);
         let for_key = key

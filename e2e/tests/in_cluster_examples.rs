@@ -1,0 +1,449 @@
+//! Both scenarios of `examples/` as a user runs them in a cluster: the chart installed
+//! with helm against a NATS that requires a token, the examples applied with kubectl
+//! as shipped (their Secrets and credentials unchanged; only the ApiTargets' URLs
+//! point at scripted targets on this host), events posted to the gateway Service with
+//! the example's ingest token, dead letters read and redriven with `fanout dlq` run
+//! in the operator pod, and a rotated Secret picked up. The targets refuse requests
+//! without the right credentials (401), as real APIs do, and the analytics target's
+//! signatures are verified with the official Standard Webhooks library.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use base64::Engine as _;
+use fanout_testkit::example::Example;
+use fanout_testkit::nats::NatsServer;
+use fanout_testkit::node;
+use fanout_testkit::target::{Received, Reply, TargetServer};
+use fanout_testkit::{wait, webhooks};
+use k8s_openapi::api::apps::v1::Deployment;
+use support::{Cluster, Release, T, values};
+
+const NATS_TOKEN_SECRET: &str = "nats-token";
+
+fn basic(user: &str, password: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+fn keys(received: &[Received]) -> Vec<String> {
+    received
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap_or("<none>").to_string())
+        .collect()
+}
+
+/// The Secret holding the NATS token, for the operator, the gateway and the
+/// dispatchers of a namespace.
+fn nats_token_secret(token: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: {NATS_TOKEN_SECRET}}}
+stringData: {{token: {token}}}
+"
+    )
+}
+
+/// Waits until `ns/route`'s dispatcher Deployment has rolled out completely: every
+/// pod runs the current template.
+async fn wait_for_rollout(cluster: &Cluster, ns: &str, route: &str) {
+    let deployments = cluster.api::<Deployment>(ns);
+    wait::until(&format!("{route}'s dispatchers rolled out"), T, || async {
+        let d = deployments
+            .get(&format!("{route}-dispatcher"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let generation = d.metadata.generation.unwrap_or(0);
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let s = d.status.ok_or("no status")?;
+        let done = s.observed_generation == Some(generation)
+            && s.updated_replicas == Some(want)
+            && s.replicas == Some(want)
+            && s.ready_replicas == Some(want);
+        if done { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_examples_run_in_the_cluster_with_every_credential() {
+    let node = node::node().unwrap();
+    let image = node.load_fanout_image().unwrap();
+    let host = node.host_ip;
+    let nats_token = format!("nats-token-{}", std::process::id());
+    let nats = NatsServer::start_with_token(host, &nats_token).unwrap();
+    let cluster = Cluster::connect(&node).await;
+    let id = std::process::id();
+    let (system, shop, identity) = (
+        format!("fanout-system-{id}"),
+        format!("shop-{id}"),
+        format!("identity-{id}"),
+    );
+    for ns in [&system, &shop, &identity] {
+        cluster.create_namespace(ns).await;
+        // The chart's processes read it in their namespace, dispatchers in theirs.
+        cluster.apply(ns, &nats_token_secret(&nats_token));
+    }
+    let release = Release::install(
+        &cluster,
+        "fanout",
+        &system,
+        &values(&image, &node, &nats.url(), Some(NATS_TOKEN_SECRET)),
+    );
+    // The namespaces go with the test, passed or not.
+    let _cleanup = [&shop, &identity].map(|ns| Namespace(cluster.clone(), ns.to_string()));
+
+    // The APIs, each taking only the credentials the examples' Secrets hold.
+    let inventory = TargetServer::start_on(host).await.unwrap();
+    let mailer = TargetServer::start_on(host).await.unwrap();
+    let analytics = TargetServer::start_on(host).await.unwrap();
+    let crm = TargetServer::start_on(host).await.unwrap();
+    let welcome = TargetServer::start_on(host).await.unwrap();
+    let orders = Example::load("order-placed")
+        .unwrap()
+        .point("inventory", &inventory.url("/reservations"))
+        .unwrap()
+        .point("mailer", &mailer.url("/v1/messages"))
+        .unwrap()
+        .point("analytics", &analytics.url("/ingest"))
+        .unwrap();
+    let users = Example::load("user-registered")
+        .unwrap()
+        .point("crm", &crm.url("/api/v2/contacts"))
+        .unwrap()
+        .point("welcome-mailer", &welcome.url("/v1/welcome"))
+        .unwrap();
+    let secret = |e: &Example, s: &str, k: &str| e.secret(s, k).unwrap();
+    let inventory_token = secret(&orders, "inventory-token", "token");
+    inventory.require_header("authorization", &[&format!("Bearer {inventory_token}")]);
+    mailer.require_header(
+        "authorization",
+        &[&basic(
+            &secret(&orders, "mailer-credentials", "username"),
+            &secret(&orders, "mailer-credentials", "password"),
+        )],
+    );
+    crm.require_header(
+        "authorization",
+        &[&format!("Bearer {}", secret(&users, "crm-token", "token"))],
+    );
+    welcome.require_header(
+        "authorization",
+        &[&basic(
+            &secret(&users, "welcome-mailer-credentials", "username"),
+            &secret(&users, "welcome-mailer-credentials", "password"),
+        )],
+    );
+
+    // kubectl apply, as shipped.
+    cluster.apply(&shop, &orders.yaml());
+    cluster.apply(&identity, &users.yaml());
+    cluster.wait_for_dispatchers(&shop, "orders", 2).await;
+    cluster
+        .wait_for_dispatchers(&identity, "user-registered", 1)
+        .await;
+
+    // Producers: orders with the example's ingest token, sign-ups anonymously (the
+    // example allows it), each with the header its targets filter on.
+    let ingest = format!("Bearer {}", secret(&orders, "orders-ingest", "token"));
+    let post_order = |i: usize, event_type: &'static str| {
+        let release = release.clone();
+        let (shop, ingest) = (shop.clone(), ingest.clone());
+        async move {
+            let key = format!("order-{i}");
+            let headers = [
+                ("Authorization", ingest.as_str()),
+                ("Idempotency-Key", key.as_str()),
+                ("X-Event-Type", event_type),
+                ("Content-Type", "application/json"),
+            ];
+            let body = format!("{{\"order\": {i}}}");
+            let id = release.post(i, &shop, "orders", &headers, &body).await;
+            assert_eq!(id, key, "the Idempotency-Key is the event id");
+            key
+        }
+    };
+    let (mut all_orders, mut placed) = (BTreeSet::new(), BTreeSet::new());
+    for i in 1..=9 {
+        let event_type = if i % 3 == 0 {
+            "order.updated"
+        } else {
+            "order.placed"
+        };
+        let key = post_order(i, event_type).await;
+        if event_type == "order.placed" {
+            placed.insert(key.clone());
+        }
+        all_orders.insert(key);
+    }
+    let (mut signups, mut customers) = (BTreeSet::new(), BTreeSet::new());
+    for i in 1..=4 {
+        let kind = if i % 2 == 0 { "service" } else { "customer" };
+        let key = format!("user-{i}");
+        let headers = [
+            ("Idempotency-Key", key.as_str()),
+            ("X-Account-Kind", kind),
+            ("Content-Type", "application/json"),
+        ];
+        let body = format!("{{\"user\": {i}}}");
+        release
+            .post(i, &identity, "user-registered", &headers, &body)
+            .await;
+        if kind == "customer" {
+            customers.insert(key.clone());
+        }
+        signups.insert(key);
+    }
+
+    inventory.wait_for_keys(&all_orders, T).await.unwrap();
+    analytics.wait_for_keys(&all_orders, T).await.unwrap();
+    mailer.wait_for_keys(&placed, T).await.unwrap();
+    crm.wait_for_keys(&signups, T).await.unwrap();
+    welcome.wait_for_keys(&customers, T).await.unwrap();
+    // Every request carried the right credentials: none was refused and retried.
+    assert_eq!(inventory.count(), 9, "{:?}", keys(&inventory.received()));
+    assert_eq!(crm.count(), 4, "{:?}", keys(&crm.received()));
+    assert_eq!(
+        keys(&mailer.received())
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        placed,
+        "the e-mail target's filter passes order.placed only"
+    );
+    assert_eq!(
+        keys(&welcome.received())
+            .into_iter()
+            .collect::<BTreeSet<_>>(),
+        customers,
+        "the welcome mail goes to customers only"
+    );
+    let signed = analytics.received();
+    assert!(signed.iter().all(|r| r.method == "PUT"));
+    let secret_value = secret(&orders, "analytics-signing", "secret");
+    let verdicts = webhooks::verify(&secret_value, &signed).unwrap();
+    assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
+
+    // kubectl get shows both routes delivering.
+    wait::until("delivered counts in the routes' status", T, || async {
+        let o = cluster.route_status(&shop, "orders").await?;
+        let u = cluster.route_status(&identity, "user-registered").await?;
+        let delivered = |s: &fanout_api::FanOutRouteStatus, t: &str| {
+            s.targets
+                .iter()
+                .find(|x| x.name == t)
+                .map_or(0, |x| x.delivered)
+        };
+        let counts = [
+            delivered(&o, "inventory"),
+            delivered(&o, "email"),
+            delivered(&o, "analytics"),
+            delivered(&u, "crm"),
+            delivered(&u, "welcome-email"),
+        ];
+        if counts == [9, 6, 9, 4, 2] {
+            Ok(())
+        } else {
+            Err(format!("{counts:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    let table = cluster.kubectl(&shop, &["get", "fanoutroutes"]);
+    assert!(table.contains("inventory=9"), "{table}");
+
+    // A 400 for one order at the inventory API: one dead letter with its reason, the
+    // other targets get the event; `fanout dlq` in the operator pod lists it and,
+    // once the API is fixed, redrives it to the inventory only, with the same key.
+    inventory.script_for_key("order-10", [Reply::StatusBody(400, "unknown sku 77")]);
+    // Analytics gets two attempts on this route; both fail.
+    analytics.script_for_key("order-10", [Reply::Status(503), Reply::Status(503)]);
+    post_order(10, "order.placed").await;
+    let dlq = |args: &[&str]| {
+        let mut all = vec!["dlq"];
+        all.extend_from_slice(args);
+        all.extend(["-n", shop.as_str(), "--route", "orders"]);
+        release.fanout(&all)
+    };
+    let listed = wait::until("two dead letters of order-10", T, || async {
+        let text = dlq(&["list"]);
+        if text.matches("order-10").count() == 2 {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await
+    .unwrap();
+    let line = |target: &str| {
+        listed
+            .lines()
+            .find(|l| l.contains(&format!(" {target} ")))
+            .unwrap_or_else(|| panic!("no {target} in {listed}"))
+            .to_string()
+    };
+    for word in ["permanent", "400", "unknown sku 77"] {
+        assert!(line("inventory").contains(word), "{word}: {listed}");
+    }
+    for word in ["exhausted", "503"] {
+        assert!(line("analytics").contains(word), "{word}: {listed}");
+    }
+    mailer
+        .wait_for_keys(&BTreeSet::from(["order-10".to_string()]), T)
+        .await
+        .unwrap();
+    wait::until("the dead letters counted in status", T, || async {
+        let o = cluster.route_status(&shop, "orders").await?;
+        if o.dead_lettered == Some(2) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", o.targets))
+        }
+    })
+    .await
+    .unwrap();
+    let out = dlq(&["redrive", "--target", "inventory"]);
+    assert!(out.contains("redriven 1 dead letter(s)"), "{out}");
+    wait::until("order-10 redriven to the inventory", T, || async {
+        let got = keys(&inventory.received());
+        match got.iter().filter(|k| *k == "order-10").count() {
+            2 => Ok(()),
+            n => Err(format!("{n} requests for order-10")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(mailer.count(), 7, "no other target is delivered twice");
+    assert_eq!(analytics.count(), 11, "9 + two failed attempts");
+    let left = dlq(&["list"]);
+    assert!(!left.contains(" inventory "), "{left}");
+    assert!(left.contains(" analytics "), "{left}");
+
+    // The CRM pushes back with 429 and Retry-After; the next attempt waits for it.
+    crm.script_for_key(
+        "user-5",
+        [Reply::RetryAfter(429, "3".into()), Reply::Status(201)],
+    );
+    release
+        .post(
+            5,
+            &identity,
+            "user-registered",
+            &[
+                ("Idempotency-Key", "user-5"),
+                ("X-Account-Kind", "customer"),
+            ],
+            "{}",
+        )
+        .await;
+    let attempts = wait::until("two attempts of user-5 at the CRM", T, || async {
+        let got: Vec<Received> = crm
+            .received()
+            .into_iter()
+            .filter(|r| r.header("idempotency-key") == Some("user-5"))
+            .collect();
+        if got.len() == 2 {
+            Ok(got)
+        } else {
+            Err(format!("{}", got.len()))
+        }
+    })
+    .await
+    .unwrap();
+    let waited = attempts[1].at - attempts[0].at;
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "the second attempt came {waited:?} after the first, before Retry-After's 3 s"
+    );
+
+    // The inventory token is rotated: the API accepts both while the dispatcher pods
+    // roll to the new Secret, then only the new one.
+    let rotated = "rotated-inventory-token";
+    inventory.require_header(
+        "authorization",
+        &[
+            &format!("Bearer {inventory_token}"),
+            &format!("Bearer {rotated}"),
+        ],
+    );
+    cluster.apply(
+        &shop,
+        &format!(
+            "apiVersion: v1
+kind: Secret
+metadata: {{name: inventory-token}}
+stringData: {{token: {rotated}}}
+"
+        ),
+    );
+    let next = std::sync::atomic::AtomicUsize::new(100);
+    wait::until("an order delivered with the rotated token", T, || async {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        post_order(i, "order.updated").await;
+        let key = format!("order-{i}");
+        inventory
+            .wait_for_keys(&BTreeSet::from([key.clone()]), T)
+            .await
+            .map_err(|e| e.to_string())?;
+        let with_new = inventory.received().iter().any(|r| {
+            r.header("idempotency-key") == Some(key.as_str())
+                && r.header("authorization") == Some(format!("Bearer {rotated}").as_str())
+        });
+        if with_new {
+            Ok(())
+        } else {
+            Err(format!("{key} came with the old token"))
+        }
+    })
+    .await
+    .unwrap();
+    wait_for_rollout(&cluster, &shop, "orders").await;
+    inventory.require_header("authorization", &[&format!("Bearer {rotated}")]);
+    let after: BTreeSet<String> = post_orders(&post_order, 200..205).await;
+    inventory.wait_for_keys(&after, T).await.unwrap();
+    let refused = inventory
+        .received()
+        .iter()
+        .filter(|r| r.header("authorization") != Some(format!("Bearer {rotated}").as_str()))
+        .filter(|r| {
+            r.header("idempotency-key")
+                .is_some_and(|k| after.contains(k))
+        })
+        .count();
+    assert_eq!(
+        refused, 0,
+        "every order after the rollout uses the new token"
+    );
+    drop(release);
+}
+
+/// Posts orders `range` in turn (order.placed); their keys.
+async fn post_orders<F, Fut>(post: &F, range: std::ops::Range<usize>) -> BTreeSet<String>
+where
+    F: Fn(usize, &'static str) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let mut keys = BTreeSet::new();
+    for i in range {
+        keys.insert(post(i, "order.placed").await);
+    }
+    keys
+}
+
+/// Deletes a namespace when the test ends.
+struct Namespace(Cluster, String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        if let Ok(mut cmd) = self
+            .0
+            .node
+            .kubectl(&["delete", "namespace", &self.1, "--wait=false"])
+        {
+            let _ = cmd.output();
+        }
+    }
+}
