@@ -2,6 +2,7 @@
 //!
 //! - [`target`] and [`route`]: the two custom resources, as users write them.
 //! - [`policy`]: retry, circuit breaker, rate limit and auth specs used by both.
+//! - [`rules`]: messages of the CEL rules that standalone mode restates.
 //! - [`settings`]: a spec resolved into the effective, validated delivery policy.
 //! - [`render`]: a route and its targets rendered into dispatcher configuration
 //!   and JetStream objects (the types are in `fanout-config`).
@@ -15,6 +16,7 @@ pub mod policy;
 pub mod reference;
 pub mod render;
 pub mod route;
+pub mod rules;
 pub mod settings;
 pub mod status;
 pub mod target;

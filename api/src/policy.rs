@@ -12,6 +12,8 @@ pub use fanout_config::policy::{BackoffKind, JitterKind};
 
 use fanout_config::Duration;
 
+use crate::rules;
+
 /// When and how a failed delivery is attempted again.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -85,8 +87,10 @@ pub struct CircuitBreakerSpec {
     #[schemars(range(min = 1, max = 100000))]
     pub minimum_requests: Option<u32>,
 
-    /// Sliding window over which the failure ratio is computed. Default: 30s.
+    /// Sliding window over which the failure ratio is computed; more than 0s.
+    /// Default: 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message(rules::WINDOW_POSITIVE))]
     pub window: Option<Duration>,
 
     /// How long the circuit stays open before probing. Repeated openings double it,
@@ -109,8 +113,9 @@ pub struct CircuitBreakerSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
-    /// Sustained requests per second to this target, summed over all replicas.
-    #[x_kube(validation = Rule::new("self > 0.0 && self <= 1000000.0").message("requestsPerSecond must be greater than 0 and at most 1000000"))]
+    /// Sustained requests per second to this target, summed over all replicas: from
+    /// 0.001 (one request every 1000s) to 1000000.
+    #[x_kube(validation = Rule::new("self >= 0.001 && self <= 1000000.0").message(rules::REQUESTS_PER_SECOND_RANGE))]
     pub requests_per_second: f64,
 
     /// Requests that may be sent at once after an idle period. Default: the rate

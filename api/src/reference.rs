@@ -22,9 +22,9 @@ pub fn markdown() -> String {
          from the types in api/src; do not edit by hand (a test compares them). -->\n\n\
          Every field of the two resources of `fanout.dev/v1alpha1`, as the CRDs in\n\
          `crds/fanout.dev.yaml` declare them. Durations are strings such as `500ms`, `30s`,\n\
-         `1h30m`. Defaults are given in each description. The apiserver enforces the\n\
-         validation column when a manifest is applied; `fanout standalone` checks the same\n\
-         rules before it starts. Guides: [examples.md](examples.md), [standalone.md](standalone.md).\n",
+         `1h30m`, at most `2562047h`. Defaults are given in each description. The\n\
+         apiserver enforces the validation column when a manifest is applied; `fanout\n\
+         standalone` checks the same rules before it starts. Guides: [examples.md](examples.md), [standalone.md](standalone.md).\n",
     );
     for crd in crate::crd::all() {
         let kind = crd.spec.names.kind.clone();
@@ -60,9 +60,12 @@ pub fn markdown() -> String {
             if part_schema.is_null() {
                 continue;
             }
-            let _ = write!(
-                out,
-                "\n### {kind} {title}\n\n| field | type | required | description | validation |\n|---|---|---|---|---|\n"
+            let _ = write!(out, "\n### {kind} {title}\n\n");
+            if let Some(rules) = rules(part_schema) {
+                let _ = write!(out, "Rules on `{part}` as a whole: {rules}.\n\n");
+            }
+            out.push_str(
+                "| field | type | required | description | validation |\n|---|---|---|---|---|\n",
             );
             let mut rows = Vec::new();
             fields(part_schema, part, &mut rows);
@@ -186,6 +189,8 @@ fn rules(field: &Value) -> Option<String> {
         .as_array()?
         .iter()
         .filter_map(|r| r["message"].as_str())
+        // Every duration has it; the introduction says it once.
+        .filter(|m| *m != fanout_config::duration::MAX_MESSAGE)
         .map(str::to_string)
         .collect();
     (!rules.is_empty()).then(|| rules.join("; "))
@@ -229,5 +234,9 @@ mod tests {
         assert!(row("spec.dispatcher.resources").contains("ResourceRequirements"));
         assert!(!reference.contains("spec.dispatcher.resources.limits"));
         assert!(reference.contains("metadata.name must be a DNS label"));
+        assert!(reference.contains("Rules on `spec` as a whole: source.storage cannot be changed"));
+        assert!(
+            row("spec.timeout").ends_with("| length at most 32; timeout must be greater than 0s |")
+        );
     }
 }

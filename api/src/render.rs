@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use fanout_config::expiry::Expiry;
 use fanout_config::gateway::GatewayRoute;
 use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
-use fanout_config::names::{RouteKey, subject_pattern_within};
+use fanout_config::names::{RouteKey, subject_pattern_within, subject_patterns_collide};
 use fanout_config::policy::defaults;
 use fanout_config::route::{BasicCredentials, Credentials, Filter, RouteConfig, TargetConfig};
 use fanout_config::{DeliveryPolicy, Duration};
 
 use crate::policy::{AuthSpec, SecretKeyRef};
 use crate::route::{FanOutRoute, RetentionSpec, StorageKind};
-use crate::settings::{self, SettingsError};
+use crate::settings::{self, SettingsError, StreamWindows};
 use crate::target::ApiTarget;
 
 /// Slack added to a target's timeout for the consumer's ack wait, covering the time
@@ -53,6 +53,24 @@ pub enum RenderError {
         subject: String,
         route_subjects: Vec<String>,
     },
+    /// JetStream refuses a stream whose subjects could match the same event. The CRD
+    /// refuses repeats only: finding overlaps would cost its CEL rules too much.
+    #[error(
+        "source.subjects: {first:?} and {second:?} overlap; JetStream refuses a stream whose subjects overlap"
+    )]
+    OverlappingSubjects { first: String, second: String },
+    /// JetStream refuses a consumer one of whose filter subjects contains another.
+    #[error(
+        "targets[{target}].filter.subjects: {first:?} and {second:?} overlap; JetStream refuses a consumer whose filter subjects overlap"
+    )]
+    OverlappingFilters {
+        target: String,
+        first: String,
+        second: String,
+    },
+    /// A retention or duplicate window JetStream would refuse.
+    #[error(transparent)]
+    InvalidStream(#[from] SettingsError),
 }
 
 /// Renders `route`. `api_target` looks up ApiTargets of the route's namespace by name;
@@ -69,8 +87,14 @@ pub fn render<'a>(
     let source = spec.source.clone().unwrap_or_default();
 
     // The gateway's ingest subjects first, then whatever else the user publishes to.
+    // (The user's cannot collide with Fanout's own, which are under `fanout.`.)
     let mut route_subjects = vec![key.ingest_subjects()];
     route_subjects.extend(source.subjects.iter().cloned());
+    if let Some((first, second)) = first_overlap(&source.subjects, subject_patterns_collide) {
+        return Err(RenderError::OverlappingSubjects { first, second });
+    }
+    let (stream_windows, dead_letter_windows) =
+        settings::resolve_streams(spec.source.as_ref(), spec.dead_letter.as_ref())?;
 
     let mut targets = Vec::with_capacity(spec.targets.len());
     let mut consumers = Vec::with_capacity(spec.targets.len());
@@ -87,6 +111,13 @@ pub fn render<'a>(
                 source,
             })?;
         let filter = t.filter.clone().unwrap_or_default();
+        if let Some((first, second)) = first_overlap(&filter.subjects, subject_pattern_within) {
+            return Err(RenderError::OverlappingFilters {
+                target: t.name.clone(),
+                first,
+                second,
+            });
+        }
         for subject in &filter.subjects {
             if !route_subjects
                 .iter()
@@ -112,7 +143,9 @@ pub fn render<'a>(
         consumers.push(ConsumerPlan {
             name: key.consumer(&t.name),
             filter_subjects,
-            ack_wait: Duration::from(policy.timeout.as_std() + ACK_WAIT_SLACK.as_std()),
+            // At most what JetStream can read; only a timeout of centuries comes near.
+            ack_wait: Duration::from(policy.timeout.as_std() + ACK_WAIT_SLACK.as_std())
+                .min(Duration::MAX),
             max_ack_pending: i64::from(policy.max_in_flight),
         });
 
@@ -136,9 +169,6 @@ pub fn render<'a>(
         StorageKind::Memory => Storage::Memory,
     };
     let replicas = source.replicas.unwrap_or(1);
-    let duplicate_window = source
-        .duplicate_window
-        .unwrap_or(defaults::DUPLICATE_WINDOW);
     let stream = stream_plan(
         key.stream(),
         route_subjects
@@ -146,30 +176,19 @@ pub fn render<'a>(
             .chain([key.redrive_subjects()])
             .collect(),
         source.retention.as_ref(),
-        defaults::STREAM_MAX_AGE,
-        (storage, replicas, duplicate_window),
+        stream_windows,
+        (storage, replicas),
     );
     let expiry = Expiry::new(stream.max_age);
     let dead_letter_stream = dead_letter_enabled.then(|| {
-        let mut plan = stream_plan(
+        stream_plan(
             key.dead_letter_stream(),
             vec![key.dead_letter_subjects()],
             dead_letter.retention.as_ref(),
-            defaults::DEAD_LETTER_MAX_AGE,
+            dead_letter_windows,
             // Dead letters are the last copy of an event: always on disk.
-            (Storage::File, replicas, duplicate_window),
-        );
-        // An expiring event may be dead-lettered by a sweep and again when it is
-        // fetched before the stream drops it: the window keeps that to one letter.
-        if let Some(expiry) = expiry {
-            let wanted = plan.duplicate_window.max(expiry.dedup_window().into());
-            plan.duplicate_window = if plan.max_age.as_std().is_zero() {
-                wanted
-            } else {
-                wanted.min(plan.max_age)
-            };
-        }
-        plan
+            (Storage::File, replicas),
+        )
     });
 
     // The share of a rate limit each replica takes: with autoscaling, the most there
@@ -258,19 +277,33 @@ fn stream_plan(
     name: String,
     subjects: Vec<String>,
     retention: Option<&RetentionSpec>,
-    default_max_age: Duration,
-    (storage, replicas, duplicate_window): (Storage, u8, Duration),
+    windows: StreamWindows,
+    (storage, replicas): (Storage, u8),
 ) -> StreamPlan {
     StreamPlan {
         name,
         subjects,
-        max_age: retention.and_then(|r| r.max_age).unwrap_or(default_max_age),
+        max_age: windows.max_age,
         max_bytes: retention.and_then(|r| r.max_bytes),
         max_messages: retention.and_then(|r| r.max_messages),
         storage,
         replicas,
-        duplicate_window,
+        duplicate_window: windows.duplicate_window,
     }
+}
+
+/// The first pair (in list order) of entries at different positions for which
+/// `overlap` holds either way round; a repeated entry overlaps itself.
+fn first_overlap(
+    subjects: &[String],
+    overlap: impl Fn(&str, &str) -> bool,
+) -> Option<(String, String)> {
+    subjects.iter().enumerate().find_map(|(i, a)| {
+        subjects[i + 1..]
+            .iter()
+            .find(|b| overlap(a, b) || overlap(b, a))
+            .map(|b| (a.clone(), b.clone()))
+    })
 }
 
 fn credentials(auth: Option<&AuthSpec>, secrets_dir: &Path) -> Credentials {
@@ -325,7 +358,8 @@ mod tests {
 
     use super::*;
     use crate::route::{
-        ApiTargetRef, DeadLetterSpec, FanOutRouteSpec, FilterSpec, RouteTargetSpec, SourceSpec,
+        ApiTargetRef, DeadLetterSpec, FanOutRouteSpec, FilterSpec, RetentionSpec, RouteTargetSpec,
+        SourceSpec,
     };
     use crate::target::ApiTargetSpec;
 
@@ -463,6 +497,89 @@ mod tests {
                 .starts_with("targets[email].filter.subjects: \"billing.>\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn overlapping_stream_subjects_are_refused_by_name() {
+        let mut r = route(vec![target("email", "mailer")]);
+        r.spec.source = Some(SourceSpec {
+            subjects: vec!["shop.orders.*".into(), "shop.*.placed".into()],
+            ..Default::default()
+        });
+        let err = render_with(&r, &[api_target("mailer", "http://m")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "source.subjects: \"shop.orders.*\" and \"shop.*.placed\" overlap; JetStream refuses a stream whose subjects overlap"
+        );
+    }
+
+    #[test]
+    fn filter_subjects_within_one_another_are_refused_by_name() {
+        let mut t = target("email", "mailer");
+        t.filter = Some(FilterSpec {
+            subjects: vec!["shop.orders.placed".into(), "shop.orders.>".into()],
+            headers: BTreeMap::new(),
+        });
+        let mut r = route(vec![t]);
+        r.spec.source = Some(SourceSpec {
+            subjects: vec!["shop.orders.>".into()],
+            ..Default::default()
+        });
+        let err = render_with(&r, &[api_target("mailer", "http://m")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "targets[email].filter.subjects: \"shop.orders.placed\" and \"shop.orders.>\" overlap"
+            ),
+            "{err}"
+        );
+
+        // Filters that only intersect are fine for JetStream: each event matches one.
+        let mut t = target("email", "mailer");
+        t.filter = Some(FilterSpec {
+            subjects: vec!["shop.orders.*".into(), "shop.*.placed".into()],
+            headers: BTreeMap::new(),
+        });
+        r.spec.targets = vec![t];
+        r.spec.source = Some(SourceSpec {
+            subjects: vec!["shop.>".into()],
+            ..Default::default()
+        });
+        render_with(&r, &[api_target("mailer", "http://m")]).unwrap();
+    }
+
+    #[test]
+    fn stream_windows_that_jetstream_refuses_are_named() {
+        let mut r = route(vec![target("email", "mailer")]);
+        r.spec.source = Some(SourceSpec {
+            retention: Some(RetentionSpec {
+                max_age: Some("1m".parse().unwrap()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = render_with(&r, &[api_target("mailer", "http://m")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "source.duplicateWindow: 2m (the default) is longer than source.retention.maxAge 1m"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_dead_letter_stream_deduplicates_no_longer_than_it_keeps() {
+        let mut r = route(vec![target("email", "mailer")]);
+        r.spec.dead_letter = Some(DeadLetterSpec {
+            enabled: None,
+            retention: Some(RetentionSpec {
+                max_age: Some("30s".parse().unwrap()),
+                ..Default::default()
+            }),
+        });
+        let out = render_with(&r, &[api_target("mailer", "http://m")]).unwrap();
+        let dlq = out.streams.dead_letter.unwrap();
+        assert_eq!(dlq.duplicate_window.to_string(), "30s");
+        assert_eq!(out.streams.stream.duplicate_window.to_string(), "2m");
     }
 
     #[test]

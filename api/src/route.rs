@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{CircuitBreakerSpec, RateLimitSpec, RetrySpec, SecretKeyRef};
+use crate::rules;
 use crate::status::{CircuitState, Condition};
 use fanout_config::Duration;
 
@@ -36,6 +37,7 @@ use fanout_config::Duration;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.source) && has(self.source.storage) ? self.source.storage : 'file') == (has(oldSelf.source) && has(oldSelf.source.storage) ? oldSelf.source.storage : 'file')").message(rules::STORAGE_IMMUTABLE).field_path(".source.storage"))]
 pub struct FanOutRouteSpec {
     /// Where events come from and how long they are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,14 +81,18 @@ pub struct GatewaySpec {
 /// The route's JetStream stream.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.retention) || !has(self.retention.maxAge) ? (!has(self.duplicateWindow) || duration(self.duplicateWindow) <= duration('72h')) : (duration(self.retention.maxAge) == duration('0s') || (has(self.duplicateWindow) ? duration(self.duplicateWindow) : duration('2m')) <= duration(self.retention.maxAge))").message(rules::DUPLICATE_WINDOW_WITHIN_MAX_AGE))]
 pub struct SourceSpec {
     /// Extra NATS subjects captured by the stream, besides the route's own ingest
     /// subject `fanout.in.<namespace>.<route>.>` that the gateway publishes to.
-    /// The first token must be literal and `fanout.` is reserved.
+    /// The first token must be literal and `fanout.` is reserved. JetStream refuses
+    /// subjects that overlap (`shop.>` and `shop.orders`): the route reports
+    /// `InvalidSource`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(max = 255)))]
     #[x_kube(validation = Rule::new("self.all(s, s.matches('^[A-Za-z0-9_-]+([.]([A-Za-z0-9_-]+|[*]))*([.]>)?$'))").message("each subject must be a NATS subject of at most 255 characters: dot-separated tokens of letters, digits, '_' or '-', '*' for one token, a final '>' for the rest; the first token must be literal"))]
     #[x_kube(validation = Rule::new("self.all(s, s != 'fanout' && !s.startsWith('fanout.'))").message("subjects under 'fanout.' are reserved for Fanout's own ingest, redrive and dead-letter subjects"))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t == s))").message(rules::SUBJECTS_UNIQUE))]
     pub subjects: Vec<String>,
 
     /// How long and how much the stream keeps.
@@ -103,8 +109,9 @@ pub struct SourceSpec {
     pub replicas: Option<u8>,
 
     /// Window in which a repeated event id (Idempotency-Key or Nats-Msg-Id) is stored
-    /// only once. Default: 2m.
+    /// only once: at least 100ms and at most `retention.maxAge`. Default: 2m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('100ms')").message(rules::DUPLICATE_WINDOW_MINIMUM))]
     pub duplicate_window: Option<Duration>,
 }
 
@@ -112,8 +119,10 @@ pub struct SourceSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionSpec {
-    /// Oldest event kept. Default: 72h for the route's stream, 336h for dead letters.
+    /// Oldest event kept: 0s for no age limit, else at least 100ms. Default: 72h for
+    /// the route's stream, 336h for dead letters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) == duration('0s') || duration(self) >= duration('100ms')").message(rules::MAX_AGE_MINIMUM))]
     pub max_age: Option<Duration>,
     /// Bytes kept at most. Default: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,10 +180,13 @@ pub struct ApiTargetRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FilterSpec {
-    /// NATS subject patterns; the event's subject must match one of them.
+    /// NATS subject patterns; the event's subject must match one of them. Each must
+    /// be within the route's subjects, and none may contain another (JetStream refuses
+    /// that): the route reports `InvalidFilter`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(max = 255)))]
     #[x_kube(validation = Rule::new("self.all(s, s.matches('^([A-Za-z0-9_-]+|[*])([.]([A-Za-z0-9_-]+|[*]))*([.]>)?$|^>$'))").message("each subject must be a NATS subject pattern: dot-separated tokens of letters, digits, '_' or '-', '*' for one token, a final '>' for the rest"))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t == s))").message(rules::SUBJECTS_UNIQUE))]
     pub subjects: Vec<String>,
 
     /// Event headers that must be present with exactly these values.
@@ -189,6 +201,7 @@ pub struct FilterSpec {
 pub struct PolicyOverrides {
     /// Replaces the ApiTarget's timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message(rules::TIMEOUT_POSITIVE))]
     pub timeout: Option<Duration>,
     /// Fields given here replace the ApiTarget's retry fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -213,7 +226,9 @@ pub struct DeadLetterSpec {
     /// discarded after the last attempt (and counted). Default: true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// How long and how much the dead-letter stream keeps. Default maxAge: 336h.
+    /// How long and how much the dead-letter stream keeps. Default maxAge: 336h. It
+    /// deduplicates with the route's `source.duplicateWindow`, shortened to this maxAge
+    /// if that is shorter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionSpec>,
 }

@@ -1,18 +1,21 @@
-//! From a raw spec to the effective delivery policy of one route target.
+//! From a raw spec to the effective delivery policy of one route target, and to the
+//! time limits of a route's streams.
 //!
 //! The schema refuses most bad input at `kubectl apply` time, but some checks need
 //! values from two objects (a route's override against its ApiTarget), and the
 //! standalone mode reads files that never passed through an apiserver. So everything
-//! is checked once more here; code past [`resolve`] never re-checks. The defaults
-//! live in [`fanout_config::policy::defaults`].
+//! is checked once more here; code past [`resolve`] and [`resolve_streams`] never
+//! re-checks. The defaults live in [`fanout_config::policy::defaults`].
 
 use fanout_config::Duration;
+use fanout_config::expiry::Expiry;
+use fanout_config::jetstream::MIN_STREAM_WINDOW;
 use fanout_config::policy::{
     BreakerPolicy, DeliveryPolicy, RateLimit, RetryPolicy, StatusCodeSet, defaults,
 };
 
 use crate::policy::{CircuitBreakerSpec, RateLimitSpec, RetrySpec};
-use crate::route::PolicyOverrides;
+use crate::route::{DeadLetterSpec, PolicyOverrides, SourceSpec};
 use crate::target::ApiTargetSpec;
 
 /// A spec value that cannot work, named by its field path.
@@ -211,16 +214,20 @@ fn not_below(
     Ok(())
 }
 
-/// Upper bound of `rateLimit.requestsPerSecond`, as in the CRD.
+/// Bounds of `rateLimit.requestsPerSecond`, as in the CRD. Below the lower one, the
+/// dispatcher's rate limiter could not hold the wait between two requests.
+const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
 const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
 
 fn resolve_rate_limit(spec: &RateLimitSpec) -> Result<RateLimit, SettingsError> {
     let rps = spec.requests_per_second;
     // The same bounds as the CRD's rule; files read by standalone mode skip the apiserver.
-    if !(rps > 0.0 && rps <= MAX_REQUESTS_PER_SECOND) {
+    if !(MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND).contains(&rps) {
         return Err(invalid(
             "rateLimit.requestsPerSecond",
-            format!("{rps} must be greater than 0 and at most {MAX_REQUESTS_PER_SECOND}"),
+            format!(
+                "{rps} must be at least {MIN_REQUESTS_PER_SECOND} and at most {MAX_REQUESTS_PER_SECOND}"
+            ),
         ));
     }
     let burst = spec.burst.unwrap_or_else(|| rps.ceil().max(1.0) as u32);
@@ -231,6 +238,97 @@ fn resolve_rate_limit(spec: &RateLimitSpec) -> Result<RateLimit, SettingsError> 
         requests_per_second: rps,
         burst,
     })
+}
+
+/// How long a JetStream stream keeps events and remembers their ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamWindows {
+    /// 0: no age limit.
+    pub max_age: Duration,
+    pub duplicate_window: Duration,
+}
+
+/// The windows of a route's stream and of its dead-letter stream, with the defaults
+/// applied and JetStream's rules checked, so that provisioning cannot fail on them.
+pub fn resolve_streams(
+    source: Option<&SourceSpec>,
+    dead_letter: Option<&DeadLetterSpec>,
+) -> Result<(StreamWindows, StreamWindows), SettingsError> {
+    let given_age = source
+        .and_then(|s| s.retention.as_ref())
+        .and_then(|r| r.max_age);
+    let max_age = given_age.unwrap_or(defaults::STREAM_MAX_AGE);
+    check_max_age("source.retention.maxAge", max_age)?;
+    let given_window = source.and_then(|s| s.duplicate_window);
+    let duplicate_window = given_window.unwrap_or(defaults::DUPLICATE_WINDOW);
+    if duplicate_window < MIN_STREAM_WINDOW {
+        return Err(invalid(
+            "source.duplicateWindow",
+            format!(
+                "{duplicate_window} is below JetStream's minimum of {MIN_STREAM_WINDOW} (deduplication cannot be turned off)"
+            ),
+        ));
+    }
+    if !max_age.as_std().is_zero() && duplicate_window > max_age {
+        let shown = |value: Duration, given: bool| {
+            if given {
+                value.to_string()
+            } else {
+                format!("{value} (the default)")
+            }
+        };
+        return Err(invalid(
+            "source.duplicateWindow",
+            format!(
+                "{} is longer than source.retention.maxAge {}; JetStream refuses a stream whose duplicate window exceeds its maximum age",
+                shown(duplicate_window, given_window.is_some()),
+                shown(max_age, given_age.is_some()),
+            ),
+        ));
+    }
+
+    let dead_letter_age = dead_letter
+        .and_then(|d| d.retention.as_ref())
+        .and_then(|r| r.max_age)
+        .unwrap_or(defaults::DEAD_LETTER_MAX_AGE);
+    check_max_age("deadLetter.retention.maxAge", dead_letter_age)?;
+    // Dead letters deduplicate with the route's window (a dispatcher that crashed
+    // after publishing one publishes it again), or longer where an expiring event may
+    // be dead-lettered twice, by a sweep and by the worker that fetches it before the
+    // stream drops it (see `fanout_config::expiry`); but never for longer than they
+    // are kept: JetStream refuses that, and a user who keeps dead letters briefly
+    // should not have to shorten the route's window for it.
+    let wanted = match Expiry::new(max_age) {
+        Some(expiry) => duplicate_window.max(expiry.dedup_window().into()),
+        None => duplicate_window,
+    };
+    let dead_letter_window = if dead_letter_age.as_std().is_zero() {
+        wanted
+    } else {
+        wanted.min(dead_letter_age)
+    };
+    Ok((
+        StreamWindows {
+            max_age,
+            duplicate_window,
+        },
+        StreamWindows {
+            max_age: dead_letter_age,
+            duplicate_window: dead_letter_window,
+        },
+    ))
+}
+
+fn check_max_age(field: &'static str, max_age: Duration) -> Result<(), SettingsError> {
+    if !max_age.as_std().is_zero() && max_age < MIN_STREAM_WINDOW {
+        return Err(invalid(
+            field,
+            format!(
+                "{max_age} is below JetStream's minimum of {MIN_STREAM_WINDOW} (0s means no age limit)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_url(text: &str) -> Result<String, SettingsError> {
@@ -446,7 +544,7 @@ mod tests {
         });
         assert_eq!(resolve(&spec, None).unwrap().rate_limit.unwrap().burst, 3);
 
-        for rps in [-1.0, 0.0, 2e6, f64::INFINITY, f64::NAN] {
+        for rps in [-1.0, 0.0, 1e-11, 0.0009, 2e6, f64::INFINITY, f64::NAN] {
             spec.rate_limit = Some(RateLimitSpec {
                 requests_per_second: rps,
                 burst: None,
@@ -466,6 +564,168 @@ mod tests {
             err.to_string().starts_with("rateLimit.requestsPerSecond"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_slowest_rate_is_one_request_every_1000_seconds() {
+        let mut spec = target("http://api.local");
+        spec.rate_limit = Some(RateLimitSpec {
+            requests_per_second: 0.001,
+            burst: None,
+        });
+        assert_eq!(resolve(&spec, None).unwrap().rate_limit.unwrap().burst, 1);
+        spec.rate_limit = Some(RateLimitSpec {
+            requests_per_second: 1e-11,
+            burst: None,
+        });
+        assert_eq!(
+            resolve(&spec, None).unwrap_err().to_string(),
+            "rateLimit.requestsPerSecond: 0.00000000001 must be at least 0.001 and at most 1000000"
+        );
+    }
+
+    #[test]
+    fn a_zero_timeout_or_breaker_window_is_refused_by_name() {
+        let mut spec = target("http://api.local");
+        spec.timeout = Some(d("0s"));
+        let err = resolve(&spec, None).unwrap_err();
+        assert_eq!(err.to_string(), "timeout: must be greater than 0s");
+
+        let overrides = PolicyOverrides {
+            timeout: Some(d("0s")),
+            ..Default::default()
+        };
+        let err = resolve(&target("http://api.local"), Some(&overrides)).unwrap_err();
+        assert_eq!(err.to_string(), "timeout: must be greater than 0s");
+
+        let mut spec = target("http://api.local");
+        spec.circuit_breaker = Some(CircuitBreakerSpec {
+            window: Some(d("0s")),
+            ..Default::default()
+        });
+        let err = resolve(&spec, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "circuitBreaker.window: must be greater than 0s"
+        );
+    }
+
+    fn source(max_age: Option<&str>, duplicate_window: Option<&str>) -> SourceSpec {
+        SourceSpec {
+            retention: max_age.map(|a| crate::route::RetentionSpec {
+                max_age: Some(d(a)),
+                ..Default::default()
+            }),
+            duplicate_window: duplicate_window.map(d),
+            ..Default::default()
+        }
+    }
+
+    fn dead_letter(max_age: &str) -> DeadLetterSpec {
+        DeadLetterSpec {
+            enabled: None,
+            retention: Some(crate::route::RetentionSpec {
+                max_age: Some(d(max_age)),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn streams_get_the_documented_defaults() {
+        let (stream, dead_letters) = resolve_streams(None, None).unwrap();
+        assert_eq!(stream.max_age, d("72h"));
+        assert_eq!(stream.duplicate_window, d("2m"));
+        assert_eq!(dead_letters.max_age, d("336h"));
+        // Long enough for an event expiring from a 72h stream: its margin (1h) and a
+        // sweep interval (30s).
+        assert_eq!(dead_letters.duplicate_window, d("3630s"));
+    }
+
+    #[test]
+    fn a_duplicate_window_longer_than_the_max_age_is_refused_naming_both() {
+        for (max_age, window, message) in [
+            (
+                Some("2h"),
+                Some("3h"),
+                "source.duplicateWindow: 3h is longer than source.retention.maxAge 2h",
+            ),
+            (
+                None,
+                Some("73h"),
+                "source.duplicateWindow: 73h is longer than source.retention.maxAge 72h (the default)",
+            ),
+            (
+                Some("1m"),
+                None,
+                "source.duplicateWindow: 2m (the default) is longer than source.retention.maxAge 1m",
+            ),
+        ] {
+            let err = resolve_streams(Some(&source(max_age, window)), None).unwrap_err();
+            assert!(err.to_string().starts_with(message), "{err}");
+            assert!(
+                err.to_string().ends_with(
+                    "JetStream refuses a stream whose duplicate window exceeds its maximum age"
+                ),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_duplicate_window_equal_to_the_max_age_or_without_age_limit_is_accepted() {
+        let (stream, _) = resolve_streams(Some(&source(Some("5m"), Some("5m"))), None).unwrap();
+        assert_eq!(
+            (stream.max_age, stream.duplicate_window),
+            (d("5m"), d("5m"))
+        );
+        let (stream, _) = resolve_streams(Some(&source(Some("0s"), Some("100h"))), None).unwrap();
+        assert_eq!(stream.max_age, Duration::ZERO, "0s: no age limit");
+    }
+
+    #[test]
+    fn windows_below_jetstreams_minimum_are_refused() {
+        let err = resolve_streams(Some(&source(Some("50ms"), None)), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "source.retention.maxAge: 50ms is below JetStream's minimum of 100ms (0s means no age limit)"
+        );
+        let err = resolve_streams(Some(&source(None, Some("0s"))), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "source.duplicateWindow: 0s is below JetStream's minimum of 100ms (deduplication cannot be turned off)"
+        );
+        let err = resolve_streams(None, Some(&dead_letter("99ms"))).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("deadLetter.retention.maxAge: 99ms is below"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dead_letters_deduplicate_for_at_most_as_long_as_they_are_kept() {
+        let (_, dead_letters) = resolve_streams(None, Some(&dead_letter("1m"))).unwrap();
+        assert_eq!(dead_letters.max_age, d("1m"));
+        assert_eq!(dead_letters.duplicate_window, d("1m"));
+        let (_, dead_letters) =
+            resolve_streams(Some(&source(Some("0s"), Some("400h"))), None).unwrap();
+        assert_eq!(dead_letters.duplicate_window, d("336h"));
+        let (_, dead_letters) =
+            resolve_streams(Some(&source(None, Some("10m"))), Some(&dead_letter("0s"))).unwrap();
+        assert_eq!(dead_letters.duplicate_window, d("3630s"));
+    }
+
+    #[test]
+    fn dead_letters_of_expiring_events_deduplicate_across_the_expiry_margin() {
+        // maxAge 1h: dead-lettered 6m before, swept every 30s.
+        let (_, dead_letters) =
+            resolve_streams(Some(&source(Some("1h"), Some("1m"))), None).unwrap();
+        assert_eq!(dead_letters.duplicate_window, d("390s"));
+        // The route's own window when it is longer.
+        let (_, dead_letters) =
+            resolve_streams(Some(&source(Some("20s"), Some("5s"))), None).unwrap();
+        assert_eq!(dead_letters.duplicate_window, d("5s"));
     }
 
     #[test]

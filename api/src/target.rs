@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 pub use fanout_config::policy::HttpMethod;
 
 use crate::policy::{AuthSpec, CircuitBreakerSpec, RateLimitSpec, RetrySpec};
+use crate::rules;
 use crate::status::{CircuitState, Condition};
 use fanout_config::Duration;
 
@@ -49,8 +50,9 @@ pub struct ApiTargetSpec {
     pub headers: BTreeMap<String, String>,
 
     /// How long one attempt may take, from connecting to the end of the response
-    /// headers. Default: 10s.
+    /// headers; more than 0s. Default: 10s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message(rules::TIMEOUT_POSITIVE))]
     pub timeout: Option<Duration>,
 
     /// Credentials and payload signing.

@@ -15,12 +15,24 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The regular expression the CRD schema enforces; [`Duration::from_str`] accepts the same set.
 pub const PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
+/// [`Duration::MAX`] as written in the CRD's CEL rule and in error messages.
+pub const MAX_TEXT: &str = "2562047h";
+
+/// What the CRD's rule and the parser say about a longer duration.
+pub const MAX_MESSAGE: &str =
+    "a duration must be at most 2562047h, the longest Kubernetes and NATS can represent";
+
 /// A non-negative span of time, written as a Go-style duration string.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(std::time::Duration);
 
 impl Duration {
     pub const ZERO: Duration = Duration(std::time::Duration::ZERO);
+
+    /// The longest duration accepted: Go's longest (`i64::MAX` nanoseconds, about 292
+    /// years) in whole hours. Kubernetes' CEL `duration()` and NATS, both written in Go,
+    /// cannot read a longer one.
+    pub const MAX: Duration = Duration::from_secs(2_562_047 * 3600);
 
     pub const fn from_millis(ms: u64) -> Self {
         Duration(std::time::Duration::from_millis(ms))
@@ -56,7 +68,7 @@ pub enum ParseDurationError {
         "invalid duration {0:?}: expected digits followed by a unit (ms, s, m, h), e.g. 500ms or 1h30m"
     )]
     Syntax(String),
-    #[error("duration {0:?} is too large")]
+    #[error("duration {0:?} is too large: {MAX_MESSAGE}")]
     Overflow(String),
 }
 
@@ -104,8 +116,10 @@ impl FromStr for Duration {
             total_nanos = total_nanos.checked_add(nanos).ok_or_else(overflow)?;
             rest = &after[unit_len..];
         }
-        let secs = u64::try_from(total_nanos / 1_000_000_000)
-            .map_err(|_| ParseDurationError::Overflow(input.to_string()))?;
+        if total_nanos > Duration::MAX.0.as_nanos() {
+            return Err(ParseDurationError::Overflow(input.to_string()));
+        }
+        let secs = (total_nanos / 1_000_000_000) as u64;
         let subsec = (total_nanos % 1_000_000_000) as u32;
         Ok(Duration(std::time::Duration::new(secs, subsec)))
     }
@@ -159,10 +173,17 @@ impl JsonSchema for Duration {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // The CRDs are this schema's only users. The pattern cannot bound the value, so
+        // a CEL rule does: `duration()` fails on anything longer than Go can hold, which
+        // refuses the value with this rule's message and the field's path.
         json_schema!({
             "type": "string",
             "pattern": PATTERN,
             "maxLength": 32,
+            "x-kubernetes-validations": [{
+                "rule": format!("duration(self) <= duration('{MAX_TEXT}')"),
+                "message": MAX_MESSAGE,
+            }],
         })
     }
 }
@@ -215,6 +236,19 @@ mod tests {
             "99999999999999999999999h".parse::<Duration>(),
             Err(ParseDurationError::Overflow(_))
         ));
+    }
+
+    #[test]
+    fn durations_longer_than_go_can_hold_are_refused() {
+        assert_eq!(parse(MAX_TEXT), Duration::MAX.as_std());
+        assert!(MAX_MESSAGE.contains(&format!("at most {MAX_TEXT},")));
+        assert_eq!(parse("2562046h60m"), Duration::MAX.as_std());
+        // Go's own limit is 2562047h47m16.854775807s; the CRD's rule stops at whole hours.
+        for too_long in ["2562047h0.001s", "2562047h47m16.854775808s", "3000000h"] {
+            let err = too_long.parse::<Duration>().unwrap_err();
+            assert!(matches!(err, ParseDurationError::Overflow(_)), "{too_long}");
+            assert!(err.to_string().ends_with(MAX_MESSAGE), "{err}");
+        }
     }
 
     #[test]

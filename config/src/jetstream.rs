@@ -5,6 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
 
+/// The shortest maximum age and duplicate window JetStream accepts on a stream. A
+/// maximum age of 0 means no age limit; a duplicate window of 0 is replaced by
+/// JetStream's default (2m, or the maximum age if shorter), so it cannot turn
+/// deduplication off.
+pub const MIN_STREAM_WINDOW: Duration = Duration::from_millis(100);
+
 /// Desired state of a route's streams and consumers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -153,6 +153,21 @@ pub fn subject_pattern_within(inner: &str, outer: &str) -> bool {
     }
 }
 
+/// Whether some subject is matched by both patterns. JetStream refuses a stream whose
+/// subjects collide like this (each event would be stored once per match).
+pub fn subject_patterns_collide(a: &str, b: &str) -> bool {
+    let mut a_tokens = a.split('.');
+    let mut b_tokens = b.split('.');
+    loop {
+        match (a_tokens.next(), b_tokens.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == y || x == "*" || y == "*" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,5 +283,28 @@ mod tests {
         assert!(!subject_matches("a.b", "a.b.c"));
         assert!(!subject_matches("a.b.c", "a.b"));
         assert!(subject_matches("a.b", "a.b"));
+    }
+
+    #[test]
+    fn patterns_collide_when_one_subject_matches_both() {
+        for (a, b) in [
+            ("shop.orders.>", "shop.orders.placed"),
+            ("shop.*.placed", "shop.orders.*"),
+            ("shop.>", "shop.*.x.>"),
+            ("a.b", "a.b"),
+            ("a.*", "a.>"),
+        ] {
+            assert!(subject_patterns_collide(a, b), "{a} {b}");
+            assert!(subject_patterns_collide(b, a), "{b} {a}");
+        }
+        for (a, b) in [
+            ("shop.orders", "shop.orders.>"),
+            ("shop.*", "shop.*.x"),
+            ("shop.orders.placed", "shop.orders.cancelled"),
+            ("shop.*.placed", "billing.*.placed"),
+        ] {
+            assert!(!subject_patterns_collide(a, b), "{a} {b}");
+            assert!(!subject_patterns_collide(b, a), "{b} {a}");
+        }
     }
 }

@@ -336,6 +336,9 @@ fn rate_limiter(
     let share = limit.requests_per_second / f64::from(replicas);
     let period = Duration::try_from_secs_f64(1.0 / share).ok()?;
     let burst = NonZeroU32::new((limit.burst / replicas).max(1))?;
+    // The limiter counts the period times the burst in u64 nanoseconds and panics
+    // beyond (584 years). The CRD's lowest rate stays far below that.
+    u64::try_from(period.as_nanos() * u128::from(burst.get())).ok()?;
     Some(RateLimiter::direct(
         Quota::with_period(period)?.allow_burst(burst),
     ))
@@ -366,7 +369,28 @@ mod tests {
     fn unusable_rates_are_refused_instead_of_panicking() {
         assert!(rate_limiter(&limit(50.0), 2).is_some());
         assert!(rate_limiter(&limit(1e-300), 1).is_none(), "period too long");
+        assert!(
+            rate_limiter(&limit(1e-11), 1).is_none(),
+            "period too long for the limiter"
+        );
+        let slow_and_bursty = RateLimit {
+            requests_per_second: 1e-7,
+            burst: 1_000_000,
+        };
+        assert!(rate_limiter(&slow_and_bursty, 1).is_none());
         assert!(rate_limiter(&limit(1e300), 1).is_none(), "period of zero");
         assert!(rate_limiter(&limit(f64::NAN), 1).is_none());
+    }
+
+    #[test]
+    fn the_slowest_rate_the_crd_allows_works_for_the_most_replicas() {
+        // 0.001/s shared by 64 replicas: one request every 64000s for each.
+        assert!(rate_limiter(&limit(0.001), 64).is_some());
+        let most_burst = RateLimit {
+            requests_per_second: 0.001,
+            burst: 1_000_000,
+        };
+        assert!(rate_limiter(&most_burst, 1).is_some());
+        assert!(rate_limiter(&most_burst, 64).is_some());
     }
 }

@@ -145,6 +145,38 @@ async fn invalid_manifests_are_refused_naming_the_field() {
     ns.delete(&client).await.unwrap();
 }
 
+/// JetStream cannot change a stream's storage in place, so an update that would is
+/// refused; spelling out the default is not a change.
+#[tokio::test]
+async fn a_routes_storage_cannot_change_once_it_exists() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "storage").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("route.yaml");
+    let route = |source: &str| {
+        format!(
+            "apiVersion: fanout.dev/v1alpha1\nkind: FanOutRoute\nmetadata: {{name: orders}}\nspec:\n  {source}\n  targets: [{{name: email, apiTargetRef: {{name: mailer}}}}]\n"
+        )
+    };
+
+    std::fs::write(&file, route("source: {duplicateWindow: 2m}")).unwrap();
+    check(&apply(&ns.name, &file), "creating the route").unwrap();
+    std::fs::write(&file, route("source: {storage: file}")).unwrap();
+    check(&apply(&ns.name, &file), "naming the default storage").unwrap();
+
+    std::fs::write(&file, route("source: {storage: memory}")).unwrap();
+    let out = apply(&ns.name, &file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the change was accepted");
+    for expected in [
+        "spec.source.storage",
+        "source.storage cannot be changed once the route exists",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
+    }
+    ns.delete(&client).await.unwrap();
+}
+
 #[tokio::test]
 async fn kubectl_get_prints_the_printer_columns() {
     let client = cluster::client().await.unwrap();

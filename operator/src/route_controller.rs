@@ -310,7 +310,10 @@ fn render_problem(e: &RenderError) -> Problem {
         RenderError::MissingMetadata(_) => "InvalidMetadata",
         RenderError::MissingApiTarget { .. } => "ApiTargetNotFound",
         RenderError::InvalidPolicy { .. } => "InvalidPolicy",
-        RenderError::FilterOutsideRoute { .. } => "InvalidFilter",
+        RenderError::FilterOutsideRoute { .. } | RenderError::OverlappingFilters { .. } => {
+            "InvalidFilter"
+        }
+        RenderError::OverlappingSubjects { .. } | RenderError::InvalidStream(_) => "InvalidSource",
     };
     Problem::new(reason, error_chain(e))
 }

@@ -173,6 +173,97 @@ async fn changing_storage_is_reported_not_forced() {
     );
 }
 
+fn d(text: &str) -> Duration {
+    text.parse().unwrap()
+}
+
+/// The error and all its causes, as one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+/// Changes a plan so that it breaks one of JetStream's rules.
+type Breaks = fn(&mut RouteStreams);
+
+/// The rules the CRDs and rendering enforce (api/src/settings.rs, api/src/render.rs)
+/// are JetStream's: each plan below breaks one, and this nats-server refuses it.
+#[tokio::test]
+async fn jetstream_refuses_what_rendering_refuses() {
+    let server = NatsServer::start().unwrap();
+    let (provisioner, _) = connect(&server).await;
+    let cases: [(&str, Breaks); 5] = [
+        ("duplicates window can not be larger then max age", |p| {
+            p.stream.max_age = d("2h");
+            p.stream.duplicate_window = d("3h");
+        }),
+        ("max age needs to be >= 100ms", |p| {
+            p.stream.max_age = d("50ms")
+        }),
+        ("duplicates window needs to be >= 100ms", |p| {
+            p.stream.duplicate_window = d("50ms")
+        }),
+        ("overlaps with", |p| {
+            p.stream.subjects.push("shop.orders.*".into());
+            p.stream.subjects.push("shop.*.placed".into());
+        }),
+        ("consumer subject filters cannot overlap", |p| {
+            p.consumers[0].filter_subjects = vec![
+                "fanout.in.shop.orders.>".into(),
+                "fanout.in.shop.orders.placed".into(),
+            ];
+        }),
+    ];
+    for (refusal, breaks) in cases {
+        let mut p = plan(&["email"]);
+        breaks(&mut p);
+        let err = provisioner.apply(&p).await.unwrap_err();
+        assert!(
+            chain(&err).contains(refusal),
+            "{refusal:?} not in {}",
+            chain(&err)
+        );
+        provisioner
+            .delete(&[p.stream.name.clone(), "fanout_shop_orders_dlq".into()])
+            .await
+            .unwrap();
+    }
+}
+
+/// What JetStream accepts at the edges of those rules.
+#[tokio::test]
+async fn jetstream_accepts_the_edges_rendering_allows() {
+    let server = NatsServer::start().unwrap();
+    let (provisioner, js) = connect(&server).await;
+    let mut p = plan(&["email"]);
+    p.stream.max_age = d("90m");
+    p.stream.duplicate_window = d("90m");
+    // No age limit: any window fits.
+    let dead_letter = p.dead_letter.as_mut().unwrap();
+    dead_letter.max_age = Duration::ZERO;
+    dead_letter.duplicate_window = d("100h");
+    // Filters that only intersect (each event matches one of them).
+    p.consumers[0].filter_subjects = vec![
+        "fanout.in.shop.orders.*.placed".into(),
+        "fanout.in.shop.orders.eu.*".into(),
+    ];
+    provisioner.apply(&p).await.unwrap();
+
+    // A window of 0 does not turn deduplication off: JetStream puts its default back.
+    p.stream.duplicate_window = Duration::ZERO;
+    provisioner.apply(&p).await.unwrap();
+    let mut stream = js.get_stream("fanout_shop_orders").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().config.duplicate_window,
+        std::time::Duration::from_secs(120)
+    );
+}
+
 #[tokio::test]
 async fn delete_removes_streams_and_tolerates_missing_ones() {
     let server = NatsServer::start().unwrap();

@@ -5,9 +5,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use fanout_api::Duration;
 use fanout_api::manifests::Manifests;
-use fanout_api::names::RESERVED_SUBJECT_PREFIX;
+use fanout_api::names::{RESERVED_SUBJECT_PREFIX, subject_patterns_collide};
+use fanout_api::policy::{CircuitBreakerSpec, RateLimitSpec};
 use fanout_api::render::secret_keys;
+use fanout_api::route::{RetentionSpec, SourceSpec};
+use fanout_api::rules;
+use fanout_config::jetstream::MIN_STREAM_WINDOW;
+use fanout_config::policy::defaults;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CheckError {
@@ -37,10 +43,19 @@ pub enum CheckError {
         first: String,
         second: String,
     },
+    #[error(
+        "FanOutRoute {route}: spec.source.subjects: {subject:?} overlaps {other_subject:?} of FanOutRoute {other_route}; JetStream refuses a stream whose subjects overlap another stream's"
+    )]
+    SubjectsOfTwoRoutes {
+        route: String,
+        subject: String,
+        other_route: String,
+        other_subject: String,
+    },
     #[error("{owner}: {field}: {rule}")]
     Rule {
         owner: String,
-        field: &'static str,
+        field: String,
         rule: &'static str,
     },
     #[error("{owner}: {field}: Secret {namespace}/{secret} has no key {key:?} in the manifests")]
@@ -128,8 +143,20 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
         {
             problems.push(CheckError::Rule {
                 owner: format!("ApiTarget {namespace}/{name}"),
-                field: "spec.auth",
+                field: "spec.auth".into(),
                 rule: "choose one of bearer and basic, not both",
+            });
+        }
+        let spec = &target.spec;
+        for (field, rule) in policy_rules(
+            spec.timeout,
+            spec.circuit_breaker.as_ref(),
+            spec.rate_limit.as_ref(),
+        ) {
+            problems.push(CheckError::Rule {
+                owner: format!("ApiTarget {namespace}/{name}"),
+                field: format!("spec.{field}"),
+                rule,
             });
         }
         for (secret, key) in secret_keys(target.spec.auth.as_ref()) {
@@ -154,12 +181,15 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
                 name: name.clone(),
             });
         }
-        let rule = |field, rule| CheckError::Rule {
+        let rule = |field: &str, rule| CheckError::Rule {
             owner: format!("FanOutRoute {label}"),
-            field,
+            field: field.to_string(),
             rule,
         };
         if let Some(source) = &route.spec.source {
+            for (field, broken) in source_rules(source) {
+                problems.push(rule(&format!("spec.source{field}"), broken));
+            }
             if source.replicas.is_some_and(|r| r != 1 && r != 3) {
                 problems.push(rule("spec.source.replicas", "replicas must be 1 or 3"));
             }
@@ -172,6 +202,34 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
                     "spec.source.subjects",
                     "subjects under 'fanout.' are reserved for Fanout's own ingest, redrive and dead-letter subjects",
                 ));
+            }
+        }
+        let dead_letter_age = route
+            .spec
+            .dead_letter
+            .as_ref()
+            .and_then(|d| d.retention.as_ref())
+            .and_then(|r| r.max_age);
+        if dead_letter_age.is_some_and(|age| !max_age_allowed(age)) {
+            problems.push(rule(
+                "spec.deadLetter.retention.maxAge",
+                rules::MAX_AGE_MINIMUM,
+            ));
+        }
+        for (index, t) in route.spec.targets.iter().enumerate() {
+            let at = format!("spec.targets[{index}]");
+            if t.filter.as_ref().is_some_and(|f| has_repeats(&f.subjects)) {
+                problems.push(rule(
+                    &format!("{at}.filter.subjects"),
+                    rules::SUBJECTS_UNIQUE,
+                ));
+            }
+            if let Some(o) = &t.overrides {
+                for (field, broken) in
+                    policy_rules(o.timeout, o.circuit_breaker.as_ref(), o.rate_limit.as_ref())
+                {
+                    problems.push(rule(&format!("{at}.overrides.{field}"), broken));
+                }
             }
         }
         if let Some(dispatcher) = &route.spec.dispatcher {
@@ -226,7 +284,110 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
             }
         }
     }
+    problems.extend(subjects_of_two_routes(m));
     problems
+}
+
+/// Source subjects that two routes share: JetStream would refuse the second stream.
+/// (An apiserver cannot see it; the operator reports JetStream's refusal.)
+fn subjects_of_two_routes(m: &Manifests) -> Vec<CheckError> {
+    let label = |r: &fanout_api::FanOutRoute| {
+        format!(
+            "{}/{}",
+            r.metadata.namespace.as_deref().unwrap_or_default(),
+            r.metadata.name.as_deref().unwrap_or_default()
+        )
+    };
+    let subjects = |r: &fanout_api::FanOutRoute| {
+        r.spec
+            .source
+            .as_ref()
+            .map(|s| s.subjects.clone())
+            .unwrap_or_default()
+    };
+    let mut problems = Vec::new();
+    for (i, route) in m.routes.iter().enumerate() {
+        for other in &m.routes[i + 1..] {
+            for subject in subjects(route) {
+                if let Some(other_subject) = subjects(other)
+                    .into_iter()
+                    .find(|o| subject_patterns_collide(&subject, o))
+                {
+                    problems.push(CheckError::SubjectsOfTwoRoutes {
+                        route: label(other),
+                        subject: other_subject,
+                        other_route: label(route),
+                        other_subject: subject,
+                    });
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The CRD's rules on the policy fields of an ApiTarget or a route's overrides
+/// broken by these values: (field below the policy, message).
+fn policy_rules(
+    timeout: Option<Duration>,
+    breaker: Option<&CircuitBreakerSpec>,
+    rate_limit: Option<&RateLimitSpec>,
+) -> Vec<(&'static str, &'static str)> {
+    let mut broken = Vec::new();
+    if timeout.is_some_and(|t| t == Duration::ZERO) {
+        broken.push(("timeout", rules::TIMEOUT_POSITIVE));
+    }
+    if breaker.and_then(|b| b.window) == Some(Duration::ZERO) {
+        broken.push(("circuitBreaker.window", rules::WINDOW_POSITIVE));
+    }
+    if let Some(limit) = rate_limit
+        && !(0.001..=1_000_000.0).contains(&limit.requests_per_second)
+    {
+        broken.push((
+            "rateLimit.requestsPerSecond",
+            rules::REQUESTS_PER_SECOND_RANGE,
+        ));
+    }
+    broken
+}
+
+/// The CRD's rules on `spec.source` broken by `source`: (field below it, message).
+fn source_rules(source: &SourceSpec) -> Vec<(&'static str, &'static str)> {
+    let mut broken = Vec::new();
+    if has_repeats(&source.subjects) {
+        broken.push((".subjects", rules::SUBJECTS_UNIQUE));
+    }
+    let max_age = source
+        .retention
+        .as_ref()
+        .and_then(|r: &RetentionSpec| r.max_age);
+    if max_age.is_some_and(|age| !max_age_allowed(age)) {
+        broken.push((".retention.maxAge", rules::MAX_AGE_MINIMUM));
+    }
+    if source
+        .duplicate_window
+        .is_some_and(|w| w < MIN_STREAM_WINDOW)
+    {
+        broken.push((".duplicateWindow", rules::DUPLICATE_WINDOW_MINIMUM));
+    }
+    let max_age = max_age.unwrap_or(defaults::STREAM_MAX_AGE);
+    let window = source
+        .duplicate_window
+        .unwrap_or(defaults::DUPLICATE_WINDOW);
+    if max_age != Duration::ZERO && window > max_age {
+        broken.push(("", rules::DUPLICATE_WINDOW_WITHIN_MAX_AGE));
+    }
+    broken
+}
+
+/// 0s (no age limit) or at least JetStream's minimum.
+fn max_age_allowed(age: Duration) -> bool {
+    age == Duration::ZERO || age >= MIN_STREAM_WINDOW
+}
+
+fn has_repeats(items: &[String]) -> bool {
+    let mut seen = BTreeSet::new();
+    !items.iter().all(|item| seen.insert(item))
 }
 
 /// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, the rule the CRD states in CEL.
@@ -286,6 +447,130 @@ spec:
             problems[1].contains("spec.targets[Api].name"),
             "{problems:?}"
         );
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        check(&manifests(text))
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn stream_windows_jetstream_refuses_are_named_like_the_crd_does() {
+        let route = |source: &str| {
+            format!(
+                "apiVersion: fanout.dev/v1alpha1\nkind: FanOutRoute\nmetadata: {{name: orders}}\nspec:\n  targets: [{{name: api, apiTargetRef: {{name: api}}}}]\n  {source}\n"
+            )
+        };
+        assert_eq!(
+            problems(&route("source: {retention: {maxAge: 1m}}")),
+            [format!(
+                "FanOutRoute demo/orders: spec.source: {}",
+                rules::DUPLICATE_WINDOW_WITHIN_MAX_AGE
+            )]
+        );
+        assert_eq!(
+            problems(&route("source: {duplicateWindow: 73h}")),
+            [format!(
+                "FanOutRoute demo/orders: spec.source: {}",
+                rules::DUPLICATE_WINDOW_WITHIN_MAX_AGE
+            )]
+        );
+        assert_eq!(
+            problems(&route(
+                "source: {duplicateWindow: 1h, retention: {maxAge: 1h}}"
+            )),
+            Vec::<String>::new(),
+            "equal is allowed"
+        );
+        assert_eq!(
+            problems(&route(
+                "source: {duplicateWindow: 100h, retention: {maxAge: 0s}}"
+            )),
+            Vec::<String>::new(),
+            "0s: no age limit"
+        );
+        assert_eq!(
+            problems(&route("source: {duplicateWindow: 50ms}")),
+            [format!(
+                "FanOutRoute demo/orders: spec.source.duplicateWindow: {}",
+                rules::DUPLICATE_WINDOW_MINIMUM
+            )]
+        );
+        assert_eq!(
+            problems(&route("deadLetter: {retention: {maxAge: 10ms}}")),
+            [format!(
+                "FanOutRoute demo/orders: spec.deadLetter.retention.maxAge: {}",
+                rules::MAX_AGE_MINIMUM
+            )]
+        );
+    }
+
+    #[test]
+    fn policy_values_that_cannot_work_are_named_in_targets_and_overrides() {
+        let text = "apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {name: api}
+spec:
+  url: http://127.0.0.1:1/
+  timeout: 0s
+  circuitBreaker: {window: 0s}
+  rateLimit: {requestsPerSecond: 0.00000000001}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {name: orders}
+spec:
+  targets:
+    - name: api
+      apiTargetRef: {name: api}
+      filter: {subjects: [a.b, a.b]}
+      overrides: {timeout: 0s}
+";
+        assert_eq!(
+            problems(text),
+            [
+                format!(
+                    "ApiTarget demo/api: spec.timeout: {}",
+                    rules::TIMEOUT_POSITIVE
+                ),
+                format!(
+                    "ApiTarget demo/api: spec.circuitBreaker.window: {}",
+                    rules::WINDOW_POSITIVE
+                ),
+                format!(
+                    "ApiTarget demo/api: spec.rateLimit.requestsPerSecond: {}",
+                    rules::REQUESTS_PER_SECOND_RANGE
+                ),
+                format!(
+                    "FanOutRoute demo/orders: spec.targets[0].filter.subjects: {}",
+                    rules::SUBJECTS_UNIQUE
+                ),
+                format!(
+                    "FanOutRoute demo/orders: spec.targets[0].overrides.timeout: {}",
+                    rules::TIMEOUT_POSITIVE
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn routes_whose_streams_would_share_subjects_are_refused() {
+        let route = |name: &str, subjects: &str| {
+            format!(
+                "---\napiVersion: fanout.dev/v1alpha1\nkind: FanOutRoute\nmetadata: {{name: {name}}}\nspec:\n  source: {{subjects: {subjects}}}\n  targets: [{{name: api, apiTargetRef: {{name: api}}}}]\n"
+            )
+        };
+        let text = route("orders", "[shop.orders.>]") + &route("all", "[shop.*.placed]");
+        assert_eq!(
+            problems(&text),
+            [
+                "FanOutRoute demo/all: spec.source.subjects: \"shop.*.placed\" overlaps \"shop.orders.>\" of FanOutRoute demo/orders; JetStream refuses a stream whose subjects overlap another stream's"
+            ]
+        );
+        let text = route("orders", "[shop.orders.>]") + &route("billing", "[shop.billing.>]");
+        assert_eq!(problems(&text), Vec::<String>::new());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The manifests the apiserver refuses (`e2e/manifests/invalid`) are refused by
 //! standalone mode too, before anything starts, with the field named. Each file holds
 //! one object; the test adds what it references (or a route using it), so the mistake
-//! in the file is the only one.
+//! in the file is the only one. The ones it accepts (`e2e/manifests/valid`, each file
+//! complete) standalone accepts too, and JetStream takes the streams they render.
 
 use std::path::{Path, PathBuf};
 
@@ -40,12 +41,32 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
         Some("spec.auth: choose one of bearer and basic"),
     ),
     (
+        "dead-letter-max-age-below-jetstream-minimum.yaml",
+        Some(
+            "spec.deadLetter.retention.maxAge: maxAge must be 0s (no age limit) or at least 100ms",
+        ),
+    ),
+    (
         "dotted-route-name.yaml",
         Some("orders.v2: metadata.name must be a DNS label"),
     ),
     (
         "duplicate-target-names.yaml",
         Some("spec.targets: \"email\" is listed more than once"),
+    ),
+    (
+        "duplicate-window-above-default-max-age.yaml",
+        Some("spec.source: duplicateWindow (default 2m) must not be longer than retention.maxAge"),
+    ),
+    (
+        "duplicate-window-above-max-age.yaml",
+        Some("spec.source: duplicateWindow (default 2m) must not be longer than retention.maxAge"),
+    ),
+    (
+        "duration-beyond-go-range.yaml",
+        Some(
+            "spec.retry.maxDelay: duration \"3000000h\" is too large: a duration must be at most 2562047h",
+        ),
     ),
     (
         "failure-ratio-above-one.yaml",
@@ -55,17 +76,44 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
         "malformed-duration.yaml",
         Some("spec.timeout: invalid duration \"5 seconds\""),
     ),
+    (
+        "max-age-below-default-duplicate-window.yaml",
+        Some("spec.source: duplicateWindow (default 2m) must not be longer than retention.maxAge"),
+    ),
+    (
+        "max-age-below-jetstream-minimum.yaml",
+        Some("spec.source.retention.maxAge: maxAge must be 0s (no age limit) or at least 100ms"),
+    ),
     ("max-delay-below-initial-delay.yaml", Some("maxDelay")),
     (
         "missing-api-target-ref-name.yaml",
         Some("spec.targets[0].apiTargetRef: missing field `name`"),
     ),
-    ("negative-rate.yaml", Some("rateLimit.requestsPerSecond")),
+    (
+        "negative-rate.yaml",
+        Some("spec.rateLimit.requestsPerSecond: requestsPerSecond must be at least 0.001"),
+    ),
     (
         "override-max-in-flight-zero.yaml",
         Some("spec.targets[0].overrides.maxInFlight: must be at least 1"),
     ),
+    (
+        "override-zero-timeout.yaml",
+        Some("spec.targets[0].overrides.timeout: timeout must be greater than 0s"),
+    ),
+    (
+        "rate-below-minimum.yaml",
+        Some("spec.rateLimit.requestsPerSecond: requestsPerSecond must be at least 0.001"),
+    ),
     ("relative-url.yaml", Some("url")),
+    (
+        "repeated-filter-subject.yaml",
+        Some("spec.targets[0].filter.subjects: each subject may be listed only once"),
+    ),
+    (
+        "repeated-source-subject.yaml",
+        Some("spec.source.subjects: each subject may be listed only once"),
+    ),
     (
         "replicas-and-autoscaling.yaml",
         Some("spec.dispatcher: set replicas or autoscaling, not both"),
@@ -81,8 +129,20 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
     ),
     ("unknown-field.yaml", Some("spec.retries: unknown field")),
     (
+        "zero-breaker-window.yaml",
+        Some("spec.circuitBreaker.window: window must be greater than 0s"),
+    ),
+    (
+        "zero-duplicate-window.yaml",
+        Some("spec.source.duplicateWindow: duplicateWindow must be at least 100ms"),
+    ),
+    (
         "zero-targets.yaml",
         Some("spec.targets: needs at least 1 items"),
+    ),
+    (
+        "zero-timeout.yaml",
+        Some("spec.timeout: timeout must be greater than 0s"),
     ),
 ];
 
@@ -144,10 +204,16 @@ fn complement(text: &str) -> String {
 
 /// Standalone's first refusal of `file` plus its complement, or None when it would run.
 fn refusal(file: &Path) -> Option<String> {
-    let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(file).unwrap();
-    std::fs::write(dir.path().join("a.yaml"), &text).unwrap();
-    std::fs::write(dir.path().join("b.yaml"), complement(&text)).unwrap();
+    first_refusal(&[&text, &complement(&text)])
+}
+
+/// Standalone's first refusal of these manifest files, or None when they would run.
+fn first_refusal(texts: &[&str]) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("{i}.yaml")), text).unwrap();
+    }
     let manifests = match manifests_dir::read(&[dir.path().to_path_buf()], "test") {
         Ok(m) => m,
         Err(e) => return Some(format!("{:#}", anyhow::Error::from(e))),
@@ -190,4 +256,36 @@ fn what_the_apiserver_refuses_standalone_refuses_naming_the_field() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// ... and provisions their streams and consumers on a real nats-server, so the edges
+/// the CRD allows (a duplicate window as long as the stream keeps events, no age
+/// limit, dead letters kept briefly) are ones JetStream allows too.
+#[tokio::test]
+async fn what_the_apiserver_accepts_standalone_accepts_and_jetstream_provisions() {
+    let nats = fanout_testkit::nats::NatsServer::start().unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let provisioner = fanout_provision::Provisioner::new(async_nats::jetstream::new(client));
+    let dir = fanout_testkit::repo_root().join("e2e/manifests/valid");
+    let mut refused = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let file = entry.unwrap().path();
+        let text = std::fs::read_to_string(&file).unwrap();
+        if let Some(problem) = first_refusal(&[&text]) {
+            refused.push(format!("{}: {problem}", file.display()));
+            continue;
+        }
+        let manifests = manifests_dir::read(std::slice::from_ref(&file), "test").unwrap();
+        let state = secrets::StateDir::open(None).unwrap();
+        for route in prepare::prepare(&manifests, &state).unwrap().routes {
+            if let Err(e) = provisioner.apply(&route.streams).await {
+                refused.push(format!(
+                    "{}: JetStream: {:#}",
+                    file.display(),
+                    anyhow::Error::from(e)
+                ));
+            }
+        }
+    }
+    assert!(refused.is_empty(), "{}", refused.join("\n"));
 }

@@ -1,0 +1,70 @@
+//! Messages of the CRDs' CEL rules that `fanout standalone` restates (no apiserver
+//! evaluates them there), in one place so that both say exactly the same. The rules
+//! themselves are next to the fields in [`crate::route`], [`crate::target`] and
+//! [`crate::policy`]; rendering checks the same things once more ([`crate::settings`]).
+
+/// On `spec.source`. JetStream refuses a stream that remembers message ids for longer
+/// than it keeps the messages ("duplicates window can not be larger then max age").
+pub const DUPLICATE_WINDOW_WITHIN_MAX_AGE: &str = "duplicateWindow (default 2m) must not be longer than retention.maxAge (default 72h; 0s means no age limit): JetStream refuses a stream whose duplicate window exceeds its maximum age";
+
+/// On `spec.source.duplicateWindow`.
+pub const DUPLICATE_WINDOW_MINIMUM: &str = "duplicateWindow must be at least 100ms, JetStream's minimum (deduplication cannot be turned off)";
+
+/// On `maxAge` of `spec.source.retention` and `spec.deadLetter.retention`.
+pub const MAX_AGE_MINIMUM: &str =
+    "maxAge must be 0s (no age limit) or at least 100ms, JetStream's minimum";
+
+/// On `timeout` of an ApiTarget and of a route target's overrides.
+pub const TIMEOUT_POSITIVE: &str = "timeout must be greater than 0s";
+
+/// On `circuitBreaker.window`.
+pub const WINDOW_POSITIVE: &str = "window must be greater than 0s";
+
+/// On `rateLimit.requestsPerSecond`. Below the minimum, a dispatcher's share of the
+/// rate (divided among up to 64 replicas) would need a wait between requests longer
+/// than its rate limiter can hold.
+pub const REQUESTS_PER_SECOND_RANGE: &str =
+    "requestsPerSecond must be at least 0.001 and at most 1000000";
+
+/// On `spec.source.subjects` and `spec.targets[].filter.subjects`. JetStream refuses
+/// repeated (and overlapping) subjects in a stream and in a consumer's filters; the
+/// overlaps cost too much to find in CEL, so rendering reports them.
+pub const SUBJECTS_UNIQUE: &str = "each subject may be listed only once";
+
+/// On `spec`, when a route is updated: JetStream cannot change a stream's storage in
+/// place.
+pub const STORAGE_IMMUTABLE: &str = "source.storage cannot be changed once the route exists (JetStream cannot change a stream's storage in place); create a new route and move producers over";
+
+#[cfg(test)]
+mod tests {
+    use fanout_config::jetstream::MIN_STREAM_WINDOW;
+    use fanout_config::policy::defaults;
+
+    use super::*;
+
+    #[test]
+    fn messages_state_the_values_the_code_uses() {
+        let default_window = format!("duplicateWindow (default {})", defaults::DUPLICATE_WINDOW);
+        assert!(DUPLICATE_WINDOW_WITHIN_MAX_AGE.contains(&default_window));
+        let default_age = format!("maxAge (default {};", defaults::STREAM_MAX_AGE);
+        assert!(DUPLICATE_WINDOW_WITHIN_MAX_AGE.contains(&default_age));
+        let minimum = format!("at least {MIN_STREAM_WINDOW}");
+        assert!(DUPLICATE_WINDOW_MINIMUM.contains(&minimum));
+        assert!(MAX_AGE_MINIMUM.contains(&minimum));
+    }
+
+    #[test]
+    fn rules_use_the_values_the_code_uses() {
+        let crds = serde_json::to_string(&crate::crd::all()).unwrap();
+        for value in [
+            defaults::DUPLICATE_WINDOW,
+            defaults::STREAM_MAX_AGE,
+            MIN_STREAM_WINDOW,
+        ] {
+            assert!(
+                crds.contains(&format!("duration('{value}')")),
+                "no rule compares with {value}"
+            );
+        }
+    }
+}
