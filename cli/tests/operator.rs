@@ -16,201 +16,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use fanout_api::names::RouteKey;
-use fanout_api::{ApiTarget, FanOutRoute, FanOutRouteStatus};
+use fanout_api::{ApiTarget, FanOutRoute};
 use fanout_config::RouteConfig;
 use fanout_config::gateway::GatewayConfig;
-use fanout_testkit::cluster::{self, TestNamespace};
-use fanout_testkit::nats::NatsServer;
-use fanout_testkit::process::Spawned;
+use fanout_testkit::cluster;
 use fanout_testkit::prometheus;
 use fanout_testkit::target::{Reply, TargetServer};
-use fanout_testkit::{free_port, http, wait};
+use fanout_testkit::{http, wait};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
-use k8s_openapi::api::events::v1::Event;
-use kube::Api;
-
-const T: Duration = Duration::from_secs(60);
-
-/// A running `fanout operator`; killed when dropped, its log printed if the test is
-/// failing then.
-struct Operator {
-    process: Spawned,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Operator {
-    fn start(ns: &str, nats_url: &str, identity: &str, leader_elect: bool) -> Operator {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
-        command
-            .args(["operator", "--watch-namespace", ns, "--namespace", ns])
-            .args(["--pod-name", identity, "--lease-name", "fanout-operator"])
-            .args([
-                "--leader-elect",
-                if leader_elect { "true" } else { "false" },
-            ])
-            .args(["--nats-url", nats_url, "--dispatcher-image", "fanout:test"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--status-interval", "1s"])
-            .env("KUBECONFIG", cluster::kubeconfig().unwrap())
-            .env("FANOUT_LOG", "info,fanout_operator=debug");
-        Operator {
-            process: Spawned::start(command, &dir.path().join("operator.log")).unwrap(),
-            port,
-            _dir: dir,
-        }
-    }
-
-    async fn metrics(&self) -> Result<String, String> {
-        let r = http::get(&format!("127.0.0.1:{}", self.port), "/metrics").await?;
-        Ok(r.body)
-    }
-}
-
-struct Env {
-    client: kube::Client,
-    ns: TestNamespace,
-    nats: NatsServer,
-    js: jetstream::Context,
-}
-
-impl Env {
-    async fn new(prefix: &str) -> Env {
-        let client = cluster::client().await.unwrap();
-        let ns = TestNamespace::create(&client, prefix).await.unwrap();
-        let nats = NatsServer::start().unwrap();
-        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-        Env {
-            client,
-            ns,
-            nats,
-            js,
-        }
-    }
-
-    fn operator(&self) -> Operator {
-        Operator::start(&self.ns.name, &self.nats.url(), "op-1", false)
-    }
-
-    fn key(&self, route: &str) -> RouteKey {
-        RouteKey::new(&self.ns.name, route)
-    }
-
-    fn apply(&self, yaml: &str) {
-        let kubectl =
-            cluster::kubectl(&["apply", "--server-side", "-n", &self.ns.name, "-f", "-"]).unwrap();
-        let out = cluster::run_with_stdin(kubectl, yaml.as_bytes()).unwrap();
-        cluster::check(&out, "kubectl apply").unwrap();
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.ns.name)
-    }
-
-    async fn status(&self, route: &str) -> Option<FanOutRouteStatus> {
-        self.api::<FanOutRoute>()
-            .get_opt(route)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.status)
-    }
-
-    /// Waits until the route's condition `type_` has `status` (and `reason`, if given).
-    async fn wait_condition(
-        &self,
-        route: &str,
-        type_: &str,
-        status: &str,
-        reason: Option<&str>,
-    ) -> FanOutRouteStatus {
-        wait::until(
-            &format!("{route} {type_}={status} {reason:?}"),
-            T,
-            || async {
-                let s = self.status(route).await.ok_or("no status")?;
-                let c = s
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == type_)
-                    .ok_or(format!("no {type_} in {:?}", s.conditions))?;
-                if c.status == status && reason.is_none_or(|r| r == c.reason) {
-                    Ok(s.clone())
-                } else {
-                    Err(format!("{}/{}: {}", c.status, c.reason, c.message))
-                }
-            },
-        )
-        .await
-        .unwrap()
-    }
-
-    async fn consumers(&self, stream: &str) -> Result<BTreeSet<String>, String> {
-        use futures::TryStreamExt;
-        let s = self
-            .js
-            .get_stream(stream)
-            .await
-            .map_err(|e| e.to_string())?;
-        s.consumer_names()
-            .try_collect()
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn events(&self, reason: &str) -> Vec<Event> {
-        self.api::<Event>()
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some(reason))
-            .collect()
-    }
-}
-
-fn target_yaml(name: &str, url: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: fanout.dev/v1alpha1
-kind: ApiTarget
-metadata: {{name: {name}}}
-spec:
-  url: {url}
-  timeout: 3s
-  maxInFlight: 16
-{extra}
----
-"
-    )
-}
-
-fn route_yaml(name: &str, targets: &[&str], extra: &str) -> String {
-    let targets: Vec<String> = targets
-        .iter()
-        .map(|t| format!("    - {{name: {t}, apiTargetRef: {{name: {t}}}}}"))
-        .collect();
-    format!(
-        "apiVersion: fanout.dev/v1alpha1
-kind: FanOutRoute
-metadata: {{name: {name}}}
-spec:
-  targets:
-{}
-{extra}
-",
-        targets.join("\n")
-    )
-}
+use support::operator::{self, Env, Operator, T, route_yaml, target_yaml};
 
 const SECRETS: &str = "apiVersion: v1
 kind: Secret
@@ -683,97 +499,13 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
 
     // Read back what the operator rendered, as a pod would mount it.
     let dir = tempfile::tempdir().unwrap();
-    let route_config = wait::until("the dispatcher ConfigMap", T, || async {
-        let cm = env
-            .api::<ConfigMap>()
-            .get_opt(&key.dispatcher_object_name())
-            .await
-            .map_err(|e| e.to_string())?;
-        cm.and_then(|c| c.data)
-            .and_then(|mut d| d.remove("route.yaml"))
-            .ok_or("absent".to_string())
-    })
-    .await
-    .unwrap();
-    let gateway_config = wait::until("the gateway ConfigMap", T, || async {
-        let cm = env
-            .api::<ConfigMap>()
-            .get_opt("fanout-gateway")
-            .await
-            .map_err(|e| e.to_string())?;
-        let yaml = cm
-            .and_then(|c| c.data)
-            .and_then(|mut d| d.remove("gateway.yaml"))
-            .ok_or("absent")?;
-        if yaml.contains(&key.stream()) {
-            Ok(yaml)
-        } else {
-            Err(yaml)
-        }
-    })
-    .await
-    .unwrap();
-    std::fs::write(dir.path().join("route.yaml"), route_config).unwrap();
-    std::fs::write(dir.path().join("gateway.yaml"), gateway_config).unwrap();
-    let nats_url = env.nats.url();
-    let dispatcher_port = free_port().to_string();
-    let _dispatcher = support::spawn(
-        dir.path(),
-        "dispatcher",
-        &[
-            "dispatch",
-            "--config",
-            dir.path().join("route.yaml").to_str().unwrap(),
-            "--nats-url",
-            &nats_url,
-            "--listen",
-            &format!("127.0.0.1:{dispatcher_port}"),
-            "--pod-name",
-            "orders-dispatcher-e2e",
-            "--health-interval",
-            "1s",
-        ],
-    );
-    let gateway_addr = format!("127.0.0.1:{}", free_port());
-    let _gateway = support::spawn(
-        dir.path(),
-        "gateway",
-        &[
-            "gateway",
-            "--config",
-            dir.path().join("gateway.yaml").to_str().unwrap(),
-            "--nats-url",
-            &nats_url,
-            "--listen",
-            &gateway_addr,
-        ],
-    );
-    let path = format!("/v1/namespaces/{}/routes/orders/events", env.ns.name);
-    let send = |n: usize, from: usize| {
-        let (addr, path) = (gateway_addr.clone(), path.clone());
-        async move {
-            for i in from..from + n {
-                let body = format!("{{\"order\": {i}}}");
-                let r = wait::until("the gateway to accept an event", T, || async {
-                    let r = http::post(
-                        &addr,
-                        &path,
-                        &[("content-type", "application/json")],
-                        body.as_bytes(),
-                    )
-                    .await?;
-                    if r.status == 202 {
-                        Ok(r)
-                    } else {
-                        Err(format!("{} {}", r.status, r.body))
-                    }
-                })
-                .await
-                .unwrap();
-                assert!(r.body.contains("\"id\""), "{}", r.body);
-            }
-        }
-    };
+    let (route_file, gateway_file) = operator::rendered(&env, "orders", dir.path()).await;
+    let (_dispatcher, dispatcher_port) =
+        operator::dispatcher(&env, dir.path(), &route_file, "orders-dispatcher-e2e");
+    let dispatcher_port = dispatcher_port.to_string();
+    let (_gateway, gateway_addr) = operator::gateway(&env, dir.path(), &gateway_file);
+    let send =
+        |n: usize, from: usize| operator::send(&env, &gateway_addr, "orders", from..from + n);
 
     // Both targets receive everything; status counts it per target.
     send(20, 0).await;

@@ -445,6 +445,7 @@ async fn alerting_rules_render_when_enabled_with_the_labels_given() {
             "prometheusRule.labels.release=prometheus",
             "prometheusRule.alertLabels.team=payments",
             "prometheusRule.circuitOpenFor=3m",
+            "prometheusRule.eventsNearExpiryFor=7m",
         ],
     );
     let rule = find(&objects, "PrometheusRule", "fan-fanout");
@@ -464,6 +465,7 @@ async fn alerting_rules_render_when_enabled_with_the_labels_given() {
         BTreeSet::from([
             "FanoutCircuitOpen",
             "FanoutEventsDeadLettered",
+            "FanoutEventsNearExpiry",
             "FanoutTargetRefusingEvents",
             "FanoutGatewayNotStoring",
             "FanoutGatewayPublishSlow",
@@ -482,6 +484,11 @@ async fn alerting_rules_render_when_enabled_with_the_labels_given() {
         .find(|a| a["alert"] == "FanoutCircuitOpen")
         .unwrap();
     assert_eq!(circuit["for"], "3m");
+    let expiry = alerts
+        .iter()
+        .find(|a| a["alert"] == "FanoutEventsNearExpiry")
+        .unwrap();
+    assert_eq!(expiry["for"], "7m");
     // Prometheus fills in $labels when the alert fires; Helm must leave them alone.
     assert!(
         circuit["annotations"]["summary"]

@@ -4,6 +4,7 @@
 //! Each file in `tests/` is its own crate and uses part of this.
 #![allow(dead_code)]
 
+pub mod operator;
 pub mod standalone;
 
 use std::path::{Path, PathBuf};
