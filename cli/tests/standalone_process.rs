@@ -43,7 +43,7 @@ spec:
   url: {b}
   timeout: 2s
   retry: {{maxAttempts: 50, initialDelay: 50ms, maxDelay: 200ms}}
-  circuitBreaker: {{failureRatio: 0.5, minimumRequests: 4, window: 30s, openDuration: 1m}}
+  circuitBreaker: {{failureRatio: 0.5, minimumRequests: 4, window: 30s, openDuration: 2s, halfOpenProbes: 1}}
 ---
 apiVersion: fanout.dev/v1alpha1
 kind: FanOutRoute
@@ -76,6 +76,37 @@ async fn post_order(s: &Standalone, id: &str) {
 /// Target `name` of the route in a `/status` answer.
 fn target<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     find_target(status, "orders", name)
+}
+
+/// `/readyz` on the status address is what a user or a script waits for: from its
+/// first 200 on, an event posted at once is stored, also when NATS comes back after a
+/// restart (the gateway's shards reconnect on their own connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_an_event_posted_at_once_is_stored_also_after_nats_restarts() {
+    let mut nats = NatsServer::start().unwrap();
+    let a = TargetServer::start().await.unwrap();
+    let b = TargetServer::start().await.unwrap();
+    let s = Standalone::spawn(&nats, "test", &manifests(&a.url("/a"), &b.url("/b")));
+    s.wait_ready().await;
+    post_order(&s, "first").await;
+
+    nats.kill();
+    wait::until("not ready while NATS is down", T, || async {
+        match fanout_testkit::http::get(&s.status, "/readyz").await {
+            Ok(r) if r.status == 503 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    nats.restart().unwrap();
+    s.wait_ready().await;
+    post_order(&s, "second").await;
+
+    let sent = BTreeSet::from(["first".to_string(), "second".to_string()]);
+    a.wait_for_keys(&sent, T).await.unwrap();
+    b.wait_for_keys(&sent, T).await.unwrap();
+    s.sigterm_exits_zero();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +159,8 @@ async fn every_event_reaches_both_targets_and_status_counts_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_target_shows_an_open_circuit_while_the_other_keeps_delivering() {
+async fn a_failing_target_opens_its_circuit_while_the_other_delivers_then_closes_it_and_catches_up()
+{
     let nats = NatsServer::start().unwrap();
     let a = TargetServer::start().await.unwrap();
     let b = TargetServer::start().await.unwrap();
@@ -160,6 +192,27 @@ async fn a_failing_target_shows_an_open_circuit_while_the_other_keeps_delivering
     );
     assert_eq!(target(&status, "a")["circuit"], "Closed");
     assert_eq!(status["settled"], false, "b still has events to deliver");
+
+    // b answers again: a half-open probe closes the circuit and the backlog drains.
+    b.set_default(Reply::Status(200));
+    b.wait_for_keys(&sent, T).await.unwrap();
+    wait::until("b's circuit Closed and everything settled", T, || async {
+        let status = s.status().await;
+        if target(&status, "b")["circuit"] == "Closed" && status["settled"] == true {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await
+    .unwrap();
+    let status = s.status().await;
+    assert_eq!(target(&status, "b")["delivered"], 10);
+    assert_eq!(
+        target(&status, "b")["deadLettered"],
+        0,
+        "nothing was given up on"
+    );
     s.sigterm_exits_zero();
 }
 

@@ -184,7 +184,12 @@ async fn kubectl_get_prints_the_printer_columns() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/order-placed");
     check(&apply(&ns.name, &example), "applying the order example").unwrap();
 
-    // Status as the operator would write it.
+    // Status as the operator would write it; the oldest undelivered event is five
+    // and a half minutes old.
+    let oldest = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(330))
+        .unwrap()
+        .to_string();
     let routes: Api<FanOutRoute> = Api::namespaced(client.clone(), &ns.name);
     let status = serde_json::json!({"status": {
         "observedGeneration": 1,
@@ -192,6 +197,7 @@ async fn kubectl_get_prints_the_printer_columns() {
                         "message": "", "lastTransitionTime": "2026-11-26T00:00:00Z"}],
         "healthyTargets": "2/3", "dispatchers": "1/2", "pending": 42, "deadLettered": 7,
         "deliveredSummary": "inventory=12 mailer=10 analytics=0",
+        "oldestUndeliveredTime": oldest,
     }});
     routes
         .patch_status("orders", &PatchParams::default(), &Patch::Merge(&status))
@@ -213,22 +219,18 @@ async fn kubectl_get_prints_the_printer_columns() {
             "TARGETS",
             "DISPATCHERS",
             "PENDING",
+            "OLDEST-UNDELIVERED",
             "DELIVERED",
             "DEAD-LETTERED",
             "AGE"
         ]
     );
     let row = routes.row("orders");
+    assert_eq!(&row[1..5], ["True", "2/3", "1/2", "42"], "{routes:?}");
+    assert!(row[5].starts_with("5m"), "an age of 5m30s: {routes:?}");
     assert_eq!(
-        &row[1..7],
-        [
-            "True",
-            "2/3",
-            "1/2",
-            "42",
-            "inventory=12 mailer=10 analytics=0",
-            "7"
-        ],
+        &row[6..8],
+        ["inventory=12 mailer=10 analytics=0", "7"],
         "{routes:?}"
     );
 
