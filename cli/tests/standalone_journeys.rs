@@ -8,10 +8,10 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use base64::Engine as _;
-use fanout_testkit::example::Example;
+use fanout_testkit::example::OrderApis;
 use fanout_testkit::nats::NatsServer;
 use fanout_testkit::target::{Reply, TargetServer};
 use fanout_testkit::{wait, webhooks};
@@ -22,41 +22,27 @@ const ROUTE: &str = "orders";
 
 /// The order example running in standalone mode, with its three APIs.
 struct Orders {
-    example: Example,
-    inventory: TargetServer,
-    mailer: TargetServer,
-    analytics: TargetServer,
+    apis: OrderApis,
     standalone: Standalone,
     _nats: NatsServer,
+}
+
+impl std::ops::Deref for Orders {
+    type Target = OrderApis;
+    fn deref(&self) -> &OrderApis {
+        &self.apis
+    }
 }
 
 impl Orders {
     async fn start() -> Orders {
         let nats = NatsServer::start().unwrap();
-        let inventory = TargetServer::start().await.unwrap();
-        let mailer = TargetServer::start().await.unwrap();
-        let analytics = TargetServer::start().await.unwrap();
-        let example = Example::load("order-placed")
-            .unwrap()
-            .point("inventory", &inventory.url("/reservations"))
-            .unwrap()
-            .point("mailer", &mailer.url("/v1/messages"))
-            .unwrap()
-            .point("analytics", &analytics.url("/ingest"))
+        let apis = OrderApis::start_on(Ipv4Addr::LOCALHOST.into())
+            .await
             .unwrap();
-        // The APIs take only the credentials the example's Secrets hold.
-        let token = example.secret("inventory-token", "token").unwrap();
-        inventory.require_header("authorization", &[&format!("Bearer {token}")]);
-        let user = example.secret("mailer-credentials", "username").unwrap();
-        let password = example.secret("mailer-credentials", "password").unwrap();
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        mailer.require_header("authorization", &[&format!("Basic {basic}")]);
-        let standalone = Standalone::start(&nats, "shop", &example.yaml()).await;
+        let standalone = Standalone::start(&nats, "shop", &apis.example.yaml()).await;
         Orders {
-            example,
-            inventory,
-            mailer,
-            analytics,
+            apis,
             standalone,
             _nats: nats,
         }
@@ -65,13 +51,12 @@ impl Orders {
     /// Posts order `i` as a producer does: the ingest token, an Idempotency-Key and
     /// the event type; returns the key.
     async fn post(&self, i: usize, event_type: &str) -> String {
-        let token = self.example.secret("orders-ingest", "token").unwrap();
         let key = format!("order-{i}");
         self.standalone
             .accept(
                 ROUTE,
                 &[
-                    ("Authorization", &format!("Bearer {token}")),
+                    ("Authorization", &self.ingest_authorization()),
                     ("Idempotency-Key", &key),
                     ("X-Event-Type", event_type),
                     ("Content-Type", "application/json"),
@@ -101,10 +86,6 @@ impl Orders {
         all.extend_from_slice(args);
         all.extend(["--route", ROUTE]);
         self.standalone.cli(&all)
-    }
-
-    fn signing_secret(&self) -> String {
-        self.example.secret("analytics-signing", "secret").unwrap()
     }
 }
 

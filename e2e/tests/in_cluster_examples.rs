@@ -12,21 +12,15 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use base64::Engine as _;
-use fanout_testkit::example::Example;
+use fanout_testkit::example::{Example, OrderApis, UserApis};
 use fanout_testkit::nats::NatsServer;
 use fanout_testkit::node;
-use fanout_testkit::target::{Received, Reply, TargetServer};
+use fanout_testkit::target::{Received, Reply};
 use fanout_testkit::{wait, webhooks};
 use k8s_openapi::api::apps::v1::Deployment;
 use support::{Cluster, Release, T, values};
 
 const NATS_TOKEN_SECRET: &str = "nats-token";
-
-fn basic(user: &str, password: &str) -> String {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Basic {encoded}")
-}
 
 fn keys(received: &[Received]) -> Vec<String> {
     received
@@ -98,46 +92,18 @@ async fn the_shipped_examples_run_in_the_cluster_with_every_credential() {
     let _cleanup = [&shop, &identity].map(|ns| Namespace(cluster.clone(), ns.to_string()));
 
     // The APIs, each taking only the credentials the examples' Secrets hold.
-    let inventory = TargetServer::start_on(host).await.unwrap();
-    let mailer = TargetServer::start_on(host).await.unwrap();
-    let analytics = TargetServer::start_on(host).await.unwrap();
-    let crm = TargetServer::start_on(host).await.unwrap();
-    let welcome = TargetServer::start_on(host).await.unwrap();
-    let orders = Example::load("order-placed")
-        .unwrap()
-        .point("inventory", &inventory.url("/reservations"))
-        .unwrap()
-        .point("mailer", &mailer.url("/v1/messages"))
-        .unwrap()
-        .point("analytics", &analytics.url("/ingest"))
-        .unwrap();
-    let users = Example::load("user-registered")
-        .unwrap()
-        .point("crm", &crm.url("/api/v2/contacts"))
-        .unwrap()
-        .point("welcome-mailer", &welcome.url("/v1/welcome"))
-        .unwrap();
+    let order_apis = OrderApis::start_on(host).await.unwrap();
+    let user_apis = UserApis::start_on(host).await.unwrap();
+    let (orders, users) = (&order_apis.example, &user_apis.example);
+    let OrderApis {
+        inventory,
+        mailer,
+        analytics,
+        ..
+    } = &order_apis;
+    let UserApis { crm, welcome, .. } = &user_apis;
     let secret = |e: &Example, s: &str, k: &str| e.secret(s, k).unwrap();
-    let inventory_token = secret(&orders, "inventory-token", "token");
-    inventory.require_header("authorization", &[&format!("Bearer {inventory_token}")]);
-    mailer.require_header(
-        "authorization",
-        &[&basic(
-            &secret(&orders, "mailer-credentials", "username"),
-            &secret(&orders, "mailer-credentials", "password"),
-        )],
-    );
-    crm.require_header(
-        "authorization",
-        &[&format!("Bearer {}", secret(&users, "crm-token", "token"))],
-    );
-    welcome.require_header(
-        "authorization",
-        &[&basic(
-            &secret(&users, "welcome-mailer-credentials", "username"),
-            &secret(&users, "welcome-mailer-credentials", "password"),
-        )],
-    );
+    let inventory_token = secret(orders, "inventory-token", "token");
 
     // kubectl apply, as shipped.
     cluster.apply(&shop, &orders.yaml());
@@ -149,7 +115,7 @@ async fn the_shipped_examples_run_in_the_cluster_with_every_credential() {
 
     // Producers: orders with the example's ingest token, sign-ups anonymously (the
     // example allows it), each with the header its targets filter on.
-    let ingest = format!("Bearer {}", secret(&orders, "orders-ingest", "token"));
+    let ingest = order_apis.ingest_authorization();
     let post_order = |i: usize, event_type: &'static str| {
         let release = release.clone();
         let (shop, ingest) = (shop.clone(), ingest.clone());
@@ -223,8 +189,7 @@ async fn the_shipped_examples_run_in_the_cluster_with_every_credential() {
     );
     let signed = analytics.received();
     assert!(signed.iter().all(|r| r.method == "PUT"));
-    let secret_value = secret(&orders, "analytics-signing", "secret");
-    let verdicts = webhooks::verify(&secret_value, &signed).unwrap();
+    let verdicts = webhooks::verify(&order_apis.signing_secret(), &signed).unwrap();
     assert!(verdicts.iter().all(Result::is_ok), "{verdicts:?}");
 
     // kubectl get shows both routes delivering.

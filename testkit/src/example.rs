@@ -2,10 +2,13 @@
 //! the folder unchanged (Secrets and their values included) except the URLs of the
 //! ApiTargets, which tests point at their own targets.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use serde_yaml_ng::Value;
+
+use crate::target::TargetServer;
 
 /// One folder of `examples/`, its documents in file-name order.
 #[derive(Clone, Debug)]
@@ -85,6 +88,93 @@ impl Example {
             .map(|d| serde_yaml_ng::to_string(d).expect("a parsed document serializes"))
             .collect::<Vec<_>>()
             .join("---\n")
+    }
+}
+
+/// `Authorization` for HTTP Basic auth.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+/// The three APIs of `examples/order-placed` as scripted targets on `host`, each
+/// refusing requests without the credentials the example's Secrets hold (as real
+/// APIs would), and the example pointed at them.
+pub struct OrderApis {
+    pub example: Example,
+    pub inventory: TargetServer,
+    pub mailer: TargetServer,
+    pub analytics: TargetServer,
+}
+
+impl OrderApis {
+    pub async fn start_on(host: IpAddr) -> anyhow::Result<OrderApis> {
+        let inventory = TargetServer::start_on(host).await?;
+        let mailer = TargetServer::start_on(host).await?;
+        let analytics = TargetServer::start_on(host).await?;
+        let example = Example::load("order-placed")?
+            .point("inventory", &inventory.url("/reservations"))?
+            .point("mailer", &mailer.url("/v1/messages"))?
+            .point("analytics", &analytics.url("/ingest"))?;
+        let token = example.secret("inventory-token", "token")?;
+        inventory.require_header("authorization", &[&format!("Bearer {token}")]);
+        let basic = basic_auth(
+            &example.secret("mailer-credentials", "username")?,
+            &example.secret("mailer-credentials", "password")?,
+        );
+        mailer.require_header("authorization", &[&basic]);
+        Ok(OrderApis {
+            example,
+            inventory,
+            mailer,
+            analytics,
+        })
+    }
+
+    /// The Standard Webhooks secret the analytics API verifies signatures with.
+    pub fn signing_secret(&self) -> String {
+        self.example
+            .secret("analytics-signing", "secret")
+            .expect("the example holds it")
+    }
+
+    /// `Authorization` a producer sends to the gateway, with the example's token.
+    pub fn ingest_authorization(&self) -> String {
+        let token = self
+            .example
+            .secret("orders-ingest", "token")
+            .expect("the example holds it");
+        format!("Bearer {token}")
+    }
+}
+
+/// The two APIs of `examples/user-registered`, likewise.
+pub struct UserApis {
+    pub example: Example,
+    pub crm: TargetServer,
+    pub welcome: TargetServer,
+}
+
+impl UserApis {
+    pub async fn start_on(host: IpAddr) -> anyhow::Result<UserApis> {
+        let crm = TargetServer::start_on(host).await?;
+        let welcome = TargetServer::start_on(host).await?;
+        let example = Example::load("user-registered")?
+            .point("crm", &crm.url("/api/v2/contacts"))?
+            .point("welcome-mailer", &welcome.url("/v1/welcome"))?;
+        let token = example.secret("crm-token", "token")?;
+        crm.require_header("authorization", &[&format!("Bearer {token}")]);
+        let basic = basic_auth(
+            &example.secret("welcome-mailer-credentials", "username")?,
+            &example.secret("welcome-mailer-credentials", "password")?,
+        );
+        welcome.require_header("authorization", &[&basic]);
+        Ok(UserApis {
+            example,
+            crm,
+            welcome,
+        })
     }
 }
 

@@ -5,11 +5,22 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A response: status code and body (headers are dropped).
+/// A response: status code, headers (names in lower case) and body.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl Response {
+    /// A header's first value (`name` in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// GET `path` from `host:port`.
@@ -70,7 +81,17 @@ async fn request(
     } else {
         body.to_string()
     };
-    Ok(Response { status, body })
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// The payload of a `Transfer-Encoding: chunked` body (larger answers, e.g. the

@@ -1,6 +1,7 @@
 //! Real parts for Fanout's tests, each started on free loopback ports and cleaned up.
 //!
-//! - [`nats::NatsServer`]: a nats-server with JetStream and a temporary store.
+//! - [`nats::NatsServer`]: a nats-server with JetStream and a temporary store;
+//!   [`nats_cluster::NatsCluster`]: three of them clustered, for R3 streams and faults.
 //! - [`cluster`]: the local kube-apiserver + controller-manager (started once per test
 //!   run by `e2e/cluster.sh`), a client for it, and a fresh namespace per test.
 //! - [`target::TargetServer`]: a scripted HTTP target that records what it receives.
@@ -10,13 +11,18 @@
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
 //! - [`example`]: the scenarios of `examples/` as shipped, their URLs repointed.
 //! - [`webhooks`]: Standard Webhooks signatures checked by the official library.
+//! - [`producer::Producer`]: steady load through the gateway, retrying 503s;
+//!   [`ledger`]: whether every accepted event reached every target or a dead letter.
 
 pub mod cluster;
 pub mod example;
 pub mod http;
+pub mod ledger;
 pub mod nats;
+pub mod nats_cluster;
 pub mod node;
 pub mod process;
+pub mod producer;
 pub mod prometheus;
 pub mod python;
 pub mod target;

@@ -160,20 +160,28 @@ impl NatsServer {
 }
 
 /// `GET /healthz?js-enabled-only=true` answers 200 once JetStream can take requests.
-fn healthz(host: IpAddr, monitor_port: u16) -> Result<(), String> {
+pub(crate) fn healthz(host: IpAddr, monitor_port: u16) -> Result<(), String> {
+    monitor_get(host, monitor_port, "/healthz?js-enabled-only=true").map(|_| ())
+}
+
+/// The body of a 200 answer to `GET path` on a monitoring port (blocking, for setup).
+pub(crate) fn monitor_get(host: IpAddr, monitor_port: u16, path: &str) -> Result<String, String> {
     let mut stream = TcpStream::connect((host, monitor_port)).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
     stream
-        .write_all(b"GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
         .map_err(|e| e.to_string())?;
     if response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200") {
-        Ok(())
+        Ok(response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default())
     } else {
         Err(response.lines().next().unwrap_or("no response").to_string())
     }

@@ -1,0 +1,217 @@
+//! Three nats-servers clustered with JetStream on loopback, as production runs NATS
+//! for Fanout: routes between every pair, JetStream on each, R3 streams. A test can
+//! kill a node (SIGKILL), freeze it (SIGSTOP) and thaw it, and restart it on the same
+//! ports with the same store, and ask which node leads a stream.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tempfile::TempDir;
+
+use crate::nats::healthz;
+use crate::process::send_signal;
+use crate::{free_port, http, tools, wait};
+
+/// Name of the NATS cluster (its routes refuse servers of another cluster).
+const CLUSTER: &str = "fanout-test";
+
+struct Node {
+    name: String,
+    client_port: u16,
+    cluster_port: u16,
+    monitor_port: u16,
+    child: Option<Child>,
+}
+
+/// A running three-node cluster; every node is killed when it is dropped.
+pub struct NatsCluster {
+    host: IpAddr,
+    nodes: Vec<Node>,
+    dir: TempDir,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until JetStream has a meta leader, so streams
+    /// with three replicas can be created.
+    pub fn start() -> anyhow::Result<NatsCluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("fanout-nats-cluster-")
+            .tempdir()?;
+        let nodes = (1..=3)
+            .map(|i| Node {
+                name: format!("n{i}"),
+                client_port: free_port(),
+                cluster_port: free_port(),
+                monitor_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = NatsCluster {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            nodes,
+            dir,
+        };
+        for i in 0..3 {
+            cluster.spawn(i)?;
+        }
+        cluster.wait_for_meta_leader()?;
+        Ok(cluster)
+    }
+
+    /// Every node's client URL, comma-separated: what Fanout's `--nats-url` takes.
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `i`'s client URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://{}:{}", self.host, self.nodes[i].client_port)
+    }
+
+    /// Node `i`'s monitoring address (`host:port`).
+    pub fn monitor_addr(&self, i: usize) -> String {
+        format!("{}:{}", self.host, self.nodes[i].monitor_port)
+    }
+
+    /// Node `i`'s server name (`n1`, `n2`, `n3`), as JetStream reports leaders.
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// The index of the node named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Stops node `i` abruptly (SIGKILL), as a crash would.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes node `i` (SIGSTOP): its sockets stay open but it answers nothing, as
+    /// a node stuck in a long pause or on a hung disk.
+    pub fn freeze(&self, i: usize) {
+        if let Some(child) = &self.nodes[i].child {
+            send_signal(child.id(), "STOP");
+        }
+    }
+
+    /// Lets a frozen node run again (SIGCONT).
+    pub fn thaw(&self, i: usize) {
+        if let Some(child) = &self.nodes[i].child {
+            send_signal(child.id(), "CONT");
+        }
+    }
+
+    /// Starts node `i` again on its ports with its store (killing it first if it
+    /// runs), and waits until it is healthy.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn(i)
+    }
+
+    /// Whether node `i` runs (frozen counts as running).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// The server name of the node that leads stream `stream`, asked of node `ask`.
+    pub async fn stream_leader(&self, ask: usize, stream: &str) -> Result<String, String> {
+        let r = http::get(&self.monitor_addr(ask), "/jsz?streams=true").await?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
+        v["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+            .find(|s| s["name"] == stream)
+            .and_then(|s| s["cluster"]["leader"].as_str())
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no leader of {stream} known to {}", self.name(ask)))
+    }
+
+    /// The log file of node `i`, for failure messages.
+    pub fn log_file(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.log", self.nodes[i].name))
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let binary = tools::path("nats-server")?;
+        let routes: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| format!("nats://{}:{}", self.host, n.cluster_port))
+            .collect();
+        let node = &self.nodes[i];
+        let store = self.dir.path().join(&node.name);
+        let child = Command::new(&binary)
+            .args(["--server_name", &node.name, "--cluster_name", CLUSTER])
+            .args(["-a", &self.host.to_string()])
+            .args(["-p", &node.client_port.to_string()])
+            .args(["-m", &node.monitor_port.to_string()])
+            .arg("--cluster")
+            .arg(format!("nats://{}:{}", self.host, node.cluster_port))
+            .arg("--routes")
+            .arg(routes.join(","))
+            .arg("-js")
+            .arg("-sd")
+            .arg(&store)
+            .arg("-l")
+            .arg(self.log_file(i))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        self.nodes[i].child = Some(child);
+        let (host, monitor) = (self.host, self.nodes[i].monitor_port);
+        let ready = wait::until_blocking(
+            &format!("nats-server {} healthy", self.nodes[i].name),
+            Duration::from_secs(30),
+            || healthz(host, monitor),
+        );
+        if let Err(e) = ready {
+            let log = std::fs::read_to_string(self.log_file(i)).unwrap_or_default();
+            self.kill(i);
+            bail!("{e:#}\nits log:\n{log}");
+        }
+        Ok(())
+    }
+
+    fn wait_for_meta_leader(&self) -> anyhow::Result<()> {
+        let monitor = self.nodes[0].monitor_port;
+        let host = self.host;
+        wait::until_blocking("a JetStream meta leader", Duration::from_secs(30), || {
+            let body = crate::nats::monitor_get(host, monitor, "/jsz")?;
+            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+            match v["meta_cluster"]["leader"].as_str() {
+                Some(leader) if !leader.is_empty() => Ok(()),
+                _ => Err(body),
+            }
+        })?;
+        Ok(())
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            // A frozen process takes SIGKILL too, but say CONT first so nothing is
+            // left stopped if the kill is refused.
+            self.thaw(i);
+            self.kill(i);
+        }
+    }
+}
