@@ -193,7 +193,7 @@ async fn connect(nats: &NatsArgs) -> Result<async_nats::Client, StartError> {
         .reconnect_delay_callback(|attempt| {
             Duration::from_millis((attempt as u64).saturating_mul(100).min(1000))
         })
-        .connect(nats.url.as_str())
+        .connect(nats.servers())
         .await
         .map_err(|source| StartError::Connect {
             url: nats.url.clone(),

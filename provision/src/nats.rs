@@ -8,7 +8,8 @@ use anyhow::Context;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated (a cluster's servers: the client moves to
+    /// another one when its server goes away).
     #[arg(
         long = "nats-url",
         env = "FANOUT_NATS_URL",
@@ -28,6 +29,17 @@ pub struct NatsArgs {
     /// PEM file of the CA that signed the NATS server's certificate; enables TLS.
     #[arg(long = "nats-ca-file", env = "FANOUT_NATS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// How often the connection is checked with a PING. A server that stops
+    /// answering (frozen, or cut off without the TCP connection closing) is given up
+    /// on after two unanswered PINGs, and the client moves to another server of the
+    /// cluster: the client's own default of 60s would keep publishes and acks
+    /// waiting for minutes.
+    #[arg(
+        long = "nats-ping-interval",
+        env = "FANOUT_NATS_PING_INTERVAL",
+        default_value = "10s"
+    )]
+    pub ping_interval: fanout_config::Duration,
 }
 
 impl NatsArgs {
@@ -37,7 +49,7 @@ impl NatsArgs {
         self.options()
             .await?
             .name(name)
-            .connect(&self.url)
+            .connect(self.servers())
             .await
             .with_context(|| format!("connecting to NATS at {}", self.url))
     }
@@ -49,9 +61,19 @@ impl NatsArgs {
             .await?
             .name(name)
             .retry_on_initial_connect()
-            .connect(&self.url)
+            .connect(self.servers())
             .await
             .with_context(|| format!("connecting to NATS at {}", self.url))
+    }
+
+    /// The servers `--nats-url` lists. The client library reads one URL per string,
+    /// so the list is split here.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
     }
 
     /// The connection settings these flags give (authentication and TLS), for a
@@ -71,6 +93,33 @@ impl NatsArgs {
         if let Some(ca) = &self.ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
-        Ok(options)
+        Ok(options.ping_interval(self.ping_interval.as_std()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        nats: NatsArgs,
+    }
+
+    #[test]
+    fn a_comma_separated_url_lists_every_server_of_a_cluster() {
+        let flags = Flags::parse_from([
+            "test",
+            "--nats-url",
+            "nats://a:4222, nats://b:4222,nats://c:4222",
+        ]);
+        assert_eq!(
+            flags.nats.servers(),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert_eq!(flags.nats.ping_interval.to_string(), "10s");
     }
 }

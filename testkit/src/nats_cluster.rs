@@ -113,10 +113,18 @@ impl NatsCluster {
     }
 
     /// Starts node `i` again on its ports with its store (killing it first if it
-    /// runs), and waits until it is healthy.
+    /// runs), and waits until its streams have caught up with the others (`/healthz`
+    /// checks that), as a rolling restart must before it takes down the next node.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill(i);
-        self.spawn(i)
+        self.spawn(i)?;
+        let (host, monitor) = (self.host, self.nodes[i].monitor_port);
+        wait::until_blocking(
+            &format!("nats-server {} current", self.nodes[i].name),
+            Duration::from_secs(60),
+            || crate::nats::monitor_get(host, monitor, "/healthz").map(|_| ()),
+        )?;
+        Ok(())
     }
 
     /// Whether node `i` runs (frozen counts as running).

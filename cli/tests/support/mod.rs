@@ -26,16 +26,23 @@ pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Spawned {
 
 /// Runs `fanout <args>` to the end; its stdout, or a failed test with its stderr.
 pub fn run(args: &[&str]) -> String {
+    try_run(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `fanout <args>` to the end; its stdout, or what it said on failure.
+pub fn try_run(args: &[&str]) -> Result<String, String> {
     let out = Command::new(env!("CARGO_BIN_EXE_fanout"))
         .args(args)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fanout {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        String::from_utf8(out.stdout).map_err(|e| e.to_string())
+    } else {
+        Err(format!(
+            "fanout {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// One route (namespace `test`) rendered from manifests and provisioned on its own

@@ -27,31 +27,47 @@ impl Standalone {
     /// Starts `fanout standalone -f <dir> --namespace <namespace>` with `manifests`
     /// as the directory's one file, and waits until it says it is ready.
     pub async fn start(nats: &NatsServer, namespace: &str, manifests: &str) -> Standalone {
-        let s = Self::spawn(nats, namespace, manifests);
+        Self::start_with(&nats.url(), namespace, manifests, &[]).await
+    }
+
+    /// Like [`start`](Self::start), on the NATS at `nats_url` (several URLs,
+    /// comma-separated, for a cluster), with `extra` flags.
+    pub async fn start_with(
+        nats_url: &str,
+        namespace: &str,
+        manifests: &str,
+        extra: &[&str],
+    ) -> Standalone {
+        let s = Self::spawn_with(nats_url, namespace, manifests, extra);
         s.wait_ready().await;
         s
     }
 
     /// Starts the process without waiting for anything.
     pub fn spawn(nats: &NatsServer, namespace: &str, manifests: &str) -> Standalone {
+        Self::spawn_with(&nats.url(), namespace, manifests, &[])
+    }
+
+    fn spawn_with(nats_url: &str, namespace: &str, manifests: &str, extra: &[&str]) -> Standalone {
         let dir = tempfile::tempdir().unwrap();
         let files = dir.path().join("manifests");
         std::fs::create_dir(&files).unwrap();
         std::fs::write(files.join("manifests.yaml"), manifests).unwrap();
         let gateway = format!("127.0.0.1:{}", free_port());
         let status = format!("127.0.0.1:{}", free_port());
-        let mut command = command(&files, namespace, &nats.url());
+        let mut command = command(&files, namespace, nats_url);
         command
             .args(["--listen-gateway", &gateway, "--listen-metrics", &status])
             .arg("--state-dir")
-            .arg(dir.path().join("state"));
+            .arg(dir.path().join("state"))
+            .args(extra);
         let process = Spawned::start(command, &dir.path().join("standalone.log")).unwrap();
         Standalone {
             process,
             gateway,
             status,
             namespace: namespace.to_string(),
-            nats_url: nats.url(),
+            nats_url: nats_url.to_string(),
             dir,
         }
     }
@@ -102,9 +118,14 @@ impl Standalone {
     /// `fanout <args> -n <namespace> --nats-url <url>`: the CLI against this
     /// instance's NATS; its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`cli`](Self::cli), failing with what the CLI said.
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["-n", &self.namespace, "--nats-url", &self.nats_url]);
-        super::run(&all)
+        super::try_run(&all)
     }
 
     pub fn sigterm_exits_zero(mut self) {

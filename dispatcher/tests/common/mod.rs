@@ -94,6 +94,7 @@ impl Harness {
                 credentials_file: None,
                 token_file: None,
                 ca_file: None,
+                ping_interval: fanout_config::Duration::from_secs(10),
             }),
             ..Default::default()
         };
