@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use fanout_testkit::ledger::{self, Account};
 use fanout_testkit::nats_cluster::NatsCluster;
+use fanout_testkit::netns::Lab;
 use fanout_testkit::producer::{Producer, Sent};
 use fanout_testkit::target::TargetServer;
 use fanout_testkit::wait;
@@ -50,16 +51,28 @@ spec:
 
 /// The route on the cluster, its two targets and a producer at 100 events/s.
 struct Run {
-    cluster: NatsCluster,
+    producer: Producer,
+    standalone: Standalone,
     a: TargetServer,
     b: TargetServer,
-    standalone: Standalone,
-    producer: Producer,
+    cluster: NatsCluster,
+    /// The network the nodes are on, if not loopback (dropped after them).
+    lab: Option<Lab>,
 }
 
 impl Run {
     async fn start() -> Run {
-        let cluster = NatsCluster::start().unwrap();
+        Self::start_on(NatsCluster::start().unwrap(), None).await
+    }
+
+    /// The cluster's nodes each in a network namespace of their own.
+    async fn start_in_lab() -> Run {
+        let mut lab = Lab::new().unwrap();
+        let cluster = NatsCluster::start_in(&mut lab).unwrap();
+        Self::start_on(cluster, Some(lab)).await
+    }
+
+    async fn start_on(cluster: NatsCluster, lab: Option<Lab>) -> Run {
         let a = TargetServer::start().await.unwrap();
         let b = TargetServer::start().await.unwrap();
         let standalone = Standalone::start_with(
@@ -78,11 +91,12 @@ impl Run {
             Duration::from_millis(10),
         );
         Run {
-            cluster,
+            producer,
+            standalone,
             a,
             b,
-            standalone,
-            producer,
+            cluster,
+            lab,
         }
     }
 
@@ -239,6 +253,24 @@ async fn a_rolling_restart_of_every_node_loses_nothing() {
         run.accepted_more(before, 50).await;
         tokio::task::block_in_place(|| run.cluster.restart(node)).unwrap();
     }
+    let before = run.producer.sent().accepted.len();
+    run.accepted_more(before, 100).await;
+    run.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_leaders_node_cut_off_from_the_others_and_healed_loses_nothing() {
+    let run = Run::start_in_lab().await;
+    run.accepted_more(0, 100).await;
+    let leader = run.leader().await;
+    let lab = run.lab.as_ref().unwrap();
+    let host = run.cluster.host(leader).unwrap().clone();
+    lab.cut(&host).unwrap();
+    // The other two elect a leader and take events; the cut node's clients give it
+    // up after two PINGs. The partition lasts while 500 more are accepted (5 s).
+    let before = run.producer.sent().accepted.len();
+    run.accepted_more(before, 500).await;
+    lab.heal(&host).unwrap();
     let before = run.producer.sent().accepted.len();
     run.accepted_more(before, 100).await;
     run.finish().await;

@@ -10,6 +10,7 @@
 //! - [`prometheus`]: alerting rules checked against the metrics processes export.
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
 //! - [`example`]: the scenarios of `examples/` as shipped, their URLs repointed.
+//! - [`netns::Lab`]: hosts in network namespaces of the test's own, to cut off and heal.
 //! - [`webhooks`]: Standard Webhooks signatures checked by the official library.
 //! - [`producer::Producer`]: steady load through the gateway, retrying 503s;
 //!   [`ledger`]: whether every accepted event reached every target or a dead letter.
@@ -20,6 +21,7 @@ pub mod http;
 pub mod ledger;
 pub mod nats;
 pub mod nats_cluster;
+pub mod netns;
 pub mod node;
 pub mod process;
 pub mod producer;

@@ -1,7 +1,9 @@
 //! Three nats-servers clustered with JetStream on loopback, as production runs NATS
 //! for Fanout: routes between every pair, JetStream on each, R3 streams. A test can
 //! kill a node (SIGKILL), freeze it (SIGSTOP) and thaw it, and restart it on the same
-//! ports with the same store, and ask which node leads a stream.
+//! ports with the same store, and ask which node leads a stream. In a
+//! [`Lab`](crate::netns::Lab) each node has a host of its own, so that a test can
+//! cut one off from the others.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use anyhow::{Context, bail};
 use tempfile::TempDir;
 
 use crate::nats::healthz;
+use crate::netns::{Host, Lab};
 use crate::process::send_signal;
 use crate::{free_port, http, tools, wait};
 
@@ -20,6 +23,10 @@ const CLUSTER: &str = "fanout-test";
 
 struct Node {
     name: String,
+    /// Where it listens: loopback, or its host's address in a lab.
+    host: IpAddr,
+    /// The lab host (network namespace) it runs in, if any.
+    netns: Option<Host>,
     client_port: u16,
     cluster_port: u16,
     monitor_port: u16,
@@ -28,7 +35,6 @@ struct Node {
 
 /// A running three-node cluster; every node is killed when it is dropped.
 pub struct NatsCluster {
-    host: IpAddr,
     nodes: Vec<Node>,
     dir: TempDir,
 }
@@ -37,28 +43,48 @@ impl NatsCluster {
     /// Starts three nodes and waits until JetStream has a meta leader, so streams
     /// with three replicas can be created.
     pub fn start() -> anyhow::Result<NatsCluster> {
+        Self::start_on(vec![(IpAddr::V4(Ipv4Addr::LOCALHOST), None); 3])
+    }
+
+    /// Like [`start`](Self::start), each node in a host of `lab` of its own (named
+    /// `n1`..`n3`), so that a test can cut one off from the others.
+    pub fn start_in(lab: &mut Lab) -> anyhow::Result<NatsCluster> {
+        let mut places = Vec::new();
+        for i in 1..=3 {
+            let host = lab.add_host(&format!("n{i}"))?;
+            places.push((IpAddr::V4(host.addr), Some(host)));
+        }
+        Self::start_on(places)
+    }
+
+    fn start_on(places: Vec<(IpAddr, Option<Host>)>) -> anyhow::Result<NatsCluster> {
         let dir = tempfile::Builder::new()
             .prefix("fanout-nats-cluster-")
             .tempdir()?;
-        let nodes = (1..=3)
-            .map(|i| Node {
-                name: format!("n{i}"),
+        let nodes = places
+            .into_iter()
+            .enumerate()
+            .map(|(i, (host, netns))| Node {
+                name: format!("n{}", i + 1),
+                host,
+                netns,
                 client_port: free_port(),
                 cluster_port: free_port(),
                 monitor_port: free_port(),
                 child: None,
             })
             .collect();
-        let mut cluster = NatsCluster {
-            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            nodes,
-            dir,
-        };
+        let mut cluster = NatsCluster { nodes, dir };
         for i in 0..3 {
             cluster.spawn(i)?;
         }
         cluster.wait_for_meta_leader()?;
         Ok(cluster)
+    }
+
+    /// The lab host node `i` runs in, if it runs in one.
+    pub fn host(&self, i: usize) -> Option<&Host> {
+        self.nodes[i].netns.as_ref()
     }
 
     /// Every node's client URL, comma-separated: what Fanout's `--nats-url` takes.
@@ -71,12 +97,15 @@ impl NatsCluster {
 
     /// Node `i`'s client URL.
     pub fn url(&self, i: usize) -> String {
-        format!("nats://{}:{}", self.host, self.nodes[i].client_port)
+        format!(
+            "nats://{}:{}",
+            self.nodes[i].host, self.nodes[i].client_port
+        )
     }
 
     /// Node `i`'s monitoring address (`host:port`).
     pub fn monitor_addr(&self, i: usize) -> String {
-        format!("{}:{}", self.host, self.nodes[i].monitor_port)
+        format!("{}:{}", self.nodes[i].host, self.nodes[i].monitor_port)
     }
 
     /// Node `i`'s server name (`n1`, `n2`, `n3`), as JetStream reports leaders.
@@ -118,7 +147,7 @@ impl NatsCluster {
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill(i);
         self.spawn(i)?;
-        let (host, monitor) = (self.host, self.nodes[i].monitor_port);
+        let (host, monitor) = (self.nodes[i].host, self.nodes[i].monitor_port);
         wait::until_blocking(
             &format!("nats-server {} current", self.nodes[i].name),
             Duration::from_secs(60),
@@ -160,17 +189,25 @@ impl NatsCluster {
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, n)| format!("nats://{}:{}", self.host, n.cluster_port))
+            .map(|(_, n)| format!("nats://{}:{}", n.host, n.cluster_port))
             .collect();
         let node = &self.nodes[i];
         let store = self.dir.path().join(&node.name);
-        let child = Command::new(&binary)
+        let mut command = match &node.netns {
+            Some(host) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &host.netns]).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
+        let child = command
             .args(["--server_name", &node.name, "--cluster_name", CLUSTER])
-            .args(["-a", &self.host.to_string()])
+            .args(["-a", &node.host.to_string()])
             .args(["-p", &node.client_port.to_string()])
             .args(["-m", &node.monitor_port.to_string()])
             .arg("--cluster")
-            .arg(format!("nats://{}:{}", self.host, node.cluster_port))
+            .arg(format!("nats://{}:{}", node.host, node.cluster_port))
             .arg("--routes")
             .arg(routes.join(","))
             .arg("-js")
@@ -184,7 +221,7 @@ impl NatsCluster {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         self.nodes[i].child = Some(child);
-        let (host, monitor) = (self.host, self.nodes[i].monitor_port);
+        let (host, monitor) = (self.nodes[i].host, self.nodes[i].monitor_port);
         let ready = wait::until_blocking(
             &format!("nats-server {} healthy", self.nodes[i].name),
             Duration::from_secs(30),
@@ -199,8 +236,7 @@ impl NatsCluster {
     }
 
     fn wait_for_meta_leader(&self) -> anyhow::Result<()> {
-        let monitor = self.nodes[0].monitor_port;
-        let host = self.host;
+        let (host, monitor) = (self.nodes[0].host, self.nodes[0].monitor_port);
         wait::until_blocking("a JetStream meta leader", Duration::from_secs(30), || {
             let body = crate::nats::monitor_get(host, monitor, "/jsz")?;
             let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
