@@ -191,8 +191,9 @@ pub fn render<'a>(
         )
     });
 
-    // The share of a rate limit each replica takes: with autoscaling, the most there
-    // can be, so that the route never exceeds a target's limit.
+    // The replicas a pod assumes share a rate limit until it has counted those that
+    // run: with autoscaling the most there can be, so that a route never starts
+    // above a target's limit.
     let dispatcher_replicas = spec
         .dispatcher
         .as_ref()

@@ -271,9 +271,8 @@ pub struct DispatcherSpec {
 /// `targetPendingPerReplica` events of the most backlogged target to deliver. More
 /// replicas are added at once; fewer only once the backlog has called for fewer
 /// throughout `scaleDownDelay`. A target whose circuit is not closed does not count:
-/// more pods would not make it answer. Rate limits are divided by `maxReplicas`, so
-/// the route never exceeds a target's limit; with fewer pods running a rate-limited
-/// target gets that much less of it.
+/// more pods would not make it answer. A target's rate limit holds for the route as a
+/// whole: the pods running share it equally.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must be at most maxReplicas"))]

@@ -21,7 +21,9 @@ pub struct RouteConfig {
     pub stream: String,
     /// The dead-letter stream, or `None` when dead-lettering is disabled.
     pub dead_letter_stream: Option<String>,
-    /// Dispatcher replicas sharing the work; each takes this share of a rate limit.
+    /// The most dispatcher replicas that may run the route. A replica takes this share
+    /// of a target's rate limit until it has counted the replicas running (from
+    /// their health snapshots), then an equal share among those.
     pub replicas: u32,
     /// When the stream removes events (its maxAge), and so when undelivered ones are
     /// dead-lettered as expired; `None` when it keeps them for ever.

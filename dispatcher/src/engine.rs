@@ -1,7 +1,6 @@
 //! Starts and stops the delivery of one route: a worker per target plus the health
 //! reporter. Used by `fanout dispatch`, by `fanout standalone` and by the tests.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +10,11 @@ use fanout_config::health::HealthSnapshot;
 use fanout_provision::Provisioner;
 use fanout_provision::nats::NatsArgs;
 use fanout_provision::thread::on_own_thread;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{ClientError, ClientSettings, HttpClient};
+use crate::rate_share::SharedLimit;
 use crate::request::{Auth, RequestTemplate, TemplateError};
 use crate::telemetry::{Metrics, TargetTelemetry};
 use crate::worker::{RouteContext, Worker, WorkerParts};
@@ -177,16 +176,17 @@ impl Engine {
                 target: target.name.clone(),
                 source,
             })?;
-            let limiter =
-                match &target.policy.rate_limit {
-                    Some(limit) => Some(rate_limiter(limit, replicas).ok_or_else(|| {
+            let limiter = match &target.policy.rate_limit {
+                Some(limit) => {
+                    Some(SharedLimit::new(limit.clone(), replicas).ok_or_else(|| {
                         StartError::RateLimit {
                             target: target.name.clone(),
                             requests_per_second: limit.requests_per_second,
                         }
-                    })?),
-                    None => None,
-                };
+                    })?)
+                }
+                None => None,
+            };
             let telemetry = TargetTelemetry::new(
                 &metrics,
                 &config.namespace,
@@ -326,71 +326,10 @@ async fn with_own_connection(
     }
 }
 
-/// One replica's token bucket: an equal share of the route's rate and burst. `None`
-/// when the rate is not a positive number of usable size (only a hand-written
-/// configuration can have that; rendering refuses it).
-fn rate_limiter(
-    limit: &fanout_config::policy::RateLimit,
-    replicas: u32,
-) -> Option<DefaultDirectRateLimiter> {
-    let share = limit.requests_per_second / f64::from(replicas);
-    let period = Duration::try_from_secs_f64(1.0 / share).ok()?;
-    let burst = NonZeroU32::new((limit.burst / replicas).max(1))?;
-    // The limiter counts the period times the burst in u64 nanoseconds and panics
-    // beyond (584 years). The CRD's lowest rate stays far below that.
-    u64::try_from(period.as_nanos() * u128::from(burst.get())).ok()?;
-    Some(RateLimiter::direct(
-        Quota::with_period(period)?.allow_burst(burst),
-    ))
-}
-
 fn client_settings(policy: &fanout_config::DeliveryPolicy) -> ClientSettings {
     ClientSettings {
         timeout: policy.timeout.as_std(),
         // No more connections are ever busy at once than requests in flight.
         max_idle: policy.max_in_flight as usize,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use fanout_config::policy::RateLimit;
-
-    use super::rate_limiter;
-
-    fn limit(requests_per_second: f64) -> RateLimit {
-        RateLimit {
-            requests_per_second,
-            burst: 10,
-        }
-    }
-
-    #[test]
-    fn unusable_rates_are_refused_instead_of_panicking() {
-        assert!(rate_limiter(&limit(50.0), 2).is_some());
-        assert!(rate_limiter(&limit(1e-300), 1).is_none(), "period too long");
-        assert!(
-            rate_limiter(&limit(1e-11), 1).is_none(),
-            "period too long for the limiter"
-        );
-        let slow_and_bursty = RateLimit {
-            requests_per_second: 1e-7,
-            burst: 1_000_000,
-        };
-        assert!(rate_limiter(&slow_and_bursty, 1).is_none());
-        assert!(rate_limiter(&limit(1e300), 1).is_none(), "period of zero");
-        assert!(rate_limiter(&limit(f64::NAN), 1).is_none());
-    }
-
-    #[test]
-    fn the_slowest_rate_the_crd_allows_works_for_the_most_replicas() {
-        // 0.001/s shared by 64 replicas: one request every 64000s for each.
-        assert!(rate_limiter(&limit(0.001), 64).is_some());
-        let most_burst = RateLimit {
-            requests_per_second: 0.001,
-            burst: 1_000_000,
-        };
-        assert!(rate_limiter(&most_burst, 1).is_some());
-        assert!(rate_limiter(&most_burst, 64).is_some());
     }
 }

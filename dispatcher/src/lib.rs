@@ -5,6 +5,7 @@
 //! - [`classify`]: what a response means (delivered / retry / permanent).
 //! - [`backoff`]: how long to wait before the next attempt (jitter, Retry-After).
 //! - [`breaker`]: whether a target is healthy enough to be sent to.
+//! - [`rate_share`]: each replica's share of a target's rate limit.
 //! - [`delivery`]: ack, retry later or dead-letter, after an attempt.
 //! - [`dead_letter`]: what a dead letter carries and how it is published.
 //! - [`request`], [`signing`], [`trace`]: what each HTTP request carries.
@@ -26,6 +27,7 @@ pub mod expiry;
 pub mod health;
 pub mod http;
 pub mod load;
+pub mod rate_share;
 pub mod request;
 pub mod server;
 pub mod signing;

@@ -16,7 +16,6 @@ use fanout_config::health::{Circuit, HealthSnapshot};
 use fanout_config::{TargetConfig, error_chain};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use governor::DefaultDirectRateLimiter;
 use http::StatusCode;
 use http::header::RETRY_AFTER;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +27,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterError, Stored};
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::event::Event;
 use crate::http::HttpClient;
+use crate::rate_share::SharedLimit;
 use crate::request::RequestTemplate;
 use crate::telemetry::TargetTelemetry;
 
@@ -76,7 +76,7 @@ pub struct Worker {
     template: RequestTemplate,
     client: HttpClient,
     breaker: Option<Mutex<Breaker>>,
-    limiter: Option<DefaultDirectRateLimiter>,
+    limiter: Option<SharedLimit>,
     telemetry: TargetTelemetry,
     /// The target's maxInFlight: deliveries this worker has in hand at most.
     max_in_flight: usize,
@@ -89,7 +89,7 @@ pub struct WorkerParts {
     pub consumer: PullConsumer,
     pub template: RequestTemplate,
     pub client: HttpClient,
-    pub limiter: Option<DefaultDirectRateLimiter>,
+    pub limiter: Option<SharedLimit>,
     pub telemetry: TargetTelemetry,
 }
 
@@ -358,10 +358,10 @@ impl Worker {
                 }
             }
         }
-        if let Some(limiter) = &self.limiter {
+        if let Some(limit) = &self.limiter {
             loop {
                 tokio::select! {
-                    _ = limiter.until_ready() => break,
+                    _ = limit.until_ready() => break,
                     _ = tokio::time::sleep_until(next_progress.into()) => {
                         settle(message, AckKind::Progress).await;
                         next_progress = Instant::now() + progress_every;
@@ -526,6 +526,17 @@ impl Worker {
 
     pub fn telemetry(&self) -> &TargetTelemetry {
         &self.telemetry
+    }
+
+    /// `replicas` dispatchers run the route now: the rate limit's share follows.
+    pub fn set_replicas(&self, replicas: u32) {
+        if let Some(limit) = &self.limiter {
+            let before = limit.replicas();
+            limit.set_replicas(replicas);
+            if limit.replicas() != before {
+                tracing::info!(route = %self.route.label, target = %self.name(), replicas, "rate limit shared by a new number of dispatchers");
+            }
+        }
     }
 }
 

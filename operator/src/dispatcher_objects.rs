@@ -573,8 +573,8 @@ mod tests {
             "replicas are in the config (limits are shared among them)"
         );
         assert_eq!(more.spec.as_ref().unwrap().replicas, Some(3));
-        // With autoscaling, the share is that of maxReplicas whatever runs now, so
-        // that scaling does not restart the pods.
+        // With autoscaling, the configuration holds maxReplicas whatever runs now
+        // (pods count each other to share a limit), so scaling restarts no pods.
         let autoscaled = route(Some(DispatcherSpec {
             autoscaling: Some(AutoscalingSpec {
                 max_replicas: 3,

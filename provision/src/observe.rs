@@ -3,7 +3,7 @@
 //! `fanout_health` KV bucket. The operator turns the result into status; `fanout
 //! standalone` prints it as a table. Read-only: nothing here changes JetStream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use async_nats::jetstream::message::StreamMessage;
@@ -227,6 +227,34 @@ async fn read_snapshots(
         }
         Err(e) => return Err(health(e)),
     };
+    snapshots_in(&store, key).await
+}
+
+/// The dispatcher pods running route `key` now: those whose health snapshots were
+/// written within `fresh` (a stopped pod's last snapshot stays until its TTL, but
+/// stops being rewritten).
+pub async fn live_pods(
+    store: &kv::Store,
+    key: &RouteKey,
+    fresh: std::time::Duration,
+) -> Result<BTreeSet<String>, ObserveError> {
+    let since = SystemTime::now() - fresh;
+    Ok(snapshots_in(store, key)
+        .await?
+        .into_values()
+        .flatten()
+        .filter(|s| {
+            humantime::parse_rfc3339(&s.reported_at).is_ok_and(|reported| reported >= since)
+        })
+        .map(|s| s.pod)
+        .collect())
+}
+
+/// The route's snapshots in the bucket, grouped by target.
+async fn snapshots_in(
+    store: &kv::Store,
+    key: &RouteKey,
+) -> Result<BTreeMap<String, Vec<HealthSnapshot>>, ObserveError> {
     // Keys are `<ns>.<route>.<target>.<pod>`. Asking the bucket's stream which of
     // its subjects match this route costs one request however many routes share
     // the bucket; listing every key would grow with all of them.
