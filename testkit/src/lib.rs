@@ -7,6 +7,7 @@
 //! - [`node`]: the same with one real node (`e2e/node.sh`), pods and images.
 //! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed.
 //! - [`prometheus`]: alerting rules checked against the metrics processes export.
+//! - [`proxy::FreezingProxy`]: a loopback TCP proxy that can stop forwarding.
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
 //! - [`example`]: the scenarios of `examples/` as shipped, their URLs repointed.
 //! - [`webhooks`]: Standard Webhooks signatures checked by the official library.
@@ -18,6 +19,7 @@ pub mod nats;
 pub mod node;
 pub mod process;
 pub mod prometheus;
+pub mod proxy;
 pub mod python;
 pub mod target;
 pub mod tools;
