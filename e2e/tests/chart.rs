@@ -870,9 +870,7 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
         (&gateway, "get", "configmaps", &ns.name, false),
         (&gateway, "list", "fanoutroutes.fanout.dev", &ns.name, false),
     ] {
-        let out = run(
-            &mut kubectl(&["auth", "can-i", verb, what, "-n", namespace, "--as", who]).unwrap(),
-        );
+        let out = run(&mut kubectl(&can_i(verb, what, namespace, who)).unwrap());
         assert_eq!(
             out.status.success(),
             allowed,
@@ -1042,10 +1040,7 @@ async fn a_namespaced_install_has_rights_only_in_its_watched_namespaces() {
         ("get", "secrets", own, false),
         ("list", "fanoutroutes.fanout.dev", own, false),
     ] {
-        let out = run(&mut kubectl(&[
-            "auth", "can-i", verb, what, "-n", namespace, "--as", &operator,
-        ])
-        .unwrap());
+        let out = run(&mut kubectl(&can_i(verb, what, namespace, &operator)).unwrap());
         assert_eq!(
             out.status.success(),
             allowed,
@@ -1094,6 +1089,21 @@ async fn a_namespaced_install_has_rights_only_in_its_watched_namespaces() {
     other.delete(&client).await.unwrap();
     watched.delete(&client).await.unwrap();
     ns.delete(&client).await.unwrap();
+}
+
+/// `kubectl auth can-i` arguments. `what` is `resource`, `resource/name`, or
+/// `resource/status` and `resource/finalizers` for those subresources (kubectl would
+/// read `resource/status` as an object named "status").
+fn can_i<'a>(verb: &'a str, what: &'a str, namespace: &'a str, who: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["auth", "can-i", verb];
+    match what.rsplit_once('/') {
+        Some((resource, sub @ ("status" | "finalizers"))) => {
+            args.extend([resource, "--subresource", sub]);
+        }
+        _ => args.push(what),
+    }
+    args.extend(["-n", namespace, "--as", who]);
+    args
 }
 
 /// Uninstalls a release when dropped (a test that fails half-way would otherwise leave
