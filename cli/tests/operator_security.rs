@@ -344,3 +344,24 @@ async fn only_the_watched_namespaces_are_reconciled() {
     unwatched.delete(&env.client).await.unwrap();
     env.ns.delete(&env.client).await.unwrap();
 }
+
+#[test]
+fn a_malformed_allowed_image_stops_the_operator_naming_the_flag() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(["operator", "--dispatcher-image", "fanout:1"])
+        .args([
+            "--allowed-dispatcher-images",
+            "registry.example/fanout,Registry.example/Team/App:1",
+        ])
+        // Checked before anything is contacted.
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--allowed-dispatcher-images")
+            && stderr.contains("Registry.example/Team/App:1"),
+        "{stderr}"
+    );
+}
