@@ -258,7 +258,10 @@ pub struct DispatcherSpec {
     /// CPU and memory for each dispatcher container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Dispatcher image. Default: the image the operator was installed with.
+    /// Dispatcher image. Default: the image the operator was installed with. Only
+    /// that image and those the platform allows (the chart's
+    /// `dispatcher.allowedImages`) are accepted; any other leaves the dispatcher
+    /// Deployment as it is and sets `Ready=False` with reason `ImageNotAllowed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,

@@ -54,7 +54,7 @@ enum Command {
     Dlq(dlq::Args),
     /// Reconcile FanOutRoutes and ApiTargets into JetStream, dispatcher Deployments
     /// and status.
-    Operator(fanout_operator::Args),
+    Operator(Box<fanout_operator::Args>),
     /// Run gateway and dispatchers for manifests from files, in one process, without
     /// Kubernetes (quick start, demos, tests).
     Standalone(fanout_standalone::Args),
@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         Command::Operator(args) => serve(
             cli.log_format,
             cli.worker_threads,
-            fanout_operator::run(args),
+            fanout_operator::run(*args),
         ),
         Command::Standalone(args) => serve(
             cli.log_format,

@@ -340,23 +340,39 @@ async fn defaults_render_an_operator_a_gateway_and_least_privilege_rbac() {
         false
     );
 
-    // The namespaced Role limits changes to Secrets to the gateway token Secret.
-    let role = find(&objects, "Role", "fan-fanout-operator");
-    let secret_rules: Vec<&Value> = role["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["resources"] == serde_json::json!(["secrets"]))
-        .collect();
-    assert_eq!(secret_rules.len(), 2, "{role}");
-    for rule in secret_rules {
-        if rule["verbs"] != serde_json::json!(["create"]) {
+    // The operator changes nothing it does not create, never deletes (garbage
+    // collection removes a route's objects), and reads Secrets by name only.
+    let cluster_role = find(&objects, "ClusterRole", "fan-fanout-operator");
+    let rules = cluster_role["rules"].as_array().unwrap();
+    for rule in rules {
+        let verbs = rule["verbs"].as_array().unwrap();
+        assert!(!verbs.contains(&"delete".into()), "{rule}");
+        assert!(!verbs.contains(&"deletecollection".into()), "{rule}");
+        if verbs.contains(&"update".into()) {
             assert_eq!(
-                rule["resourceNames"],
-                serde_json::json!(["fan-fanout-gateway-tokens"])
+                rule["resources"],
+                serde_json::json!(["fanoutroutes/finalizers"])
             );
         }
+        if rule["resources"]
+            .as_array()
+            .unwrap()
+            .contains(&"secrets".into())
+        {
+            assert_eq!(rule["verbs"], serde_json::json!(["get"]), "{rule}");
+        }
     }
+    // The Role in its own namespace limits changes to the gateway's two objects.
+    let role = find(&objects, "Role", "fan-fanout-operator");
+    for rule in role["rules"].as_array().unwrap() {
+        if rule["verbs"] != serde_json::json!(["create"]) {
+            assert!(rule["resourceNames"].is_array(), "{rule}");
+        }
+    }
+    // The default dispatcher image is the only one allowed, and every namespace is
+    // watched.
+    assert!(env(operator, "FANOUT_ALLOWED_DISPATCHER_IMAGES").is_none());
+    assert!(env(operator, "FANOUT_WATCH_NAMESPACE").is_none());
     ns.delete(&client).await.unwrap();
 }
 
@@ -811,7 +827,12 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
             false,
         ),
         (&operator, "create", "deployments.apps", "elsewhere", true),
-        (&operator, "list", "secrets", "elsewhere", true),
+        (&operator, "delete", "deployments.apps", "elsewhere", false),
+        (&operator, "update", "deployments.apps", "elsewhere", false),
+        (&operator, "delete", "configmaps", "elsewhere", false),
+        (&operator, "get", "secrets", "elsewhere", true),
+        (&operator, "list", "secrets", "elsewhere", false),
+        (&operator, "watch", "secrets", "elsewhere", false),
         (&operator, "create", "secrets", "elsewhere", false),
         (&operator, "create", "pods", "elsewhere", false),
         (
@@ -829,15 +850,27 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
             false,
         ),
         (&operator, "patch", &tokens, &ns.name, true),
+        (
+            &operator,
+            "update",
+            &format!("leases.coordination.k8s.io/{fullname}-operator"),
+            &ns.name,
+            true,
+        ),
+        (
+            &operator,
+            "update",
+            "leases.coordination.k8s.io/another",
+            &ns.name,
+            false,
+        ),
         (&operator, "patch", "secrets/someone-elses", &ns.name, false),
         (&operator, "delete", &tokens, &ns.name, false),
         (&gateway, "get", "secrets", &ns.name, false),
         (&gateway, "get", "configmaps", &ns.name, false),
         (&gateway, "list", "fanoutroutes.fanout.dev", &ns.name, false),
     ] {
-        let out = run(
-            &mut kubectl(&["auth", "can-i", verb, what, "-n", namespace, "--as", who]).unwrap(),
-        );
+        let out = run(&mut kubectl(&can_i(verb, what, namespace, who)).unwrap());
         assert_eq!(
             out.status.success(),
             allowed,
@@ -898,6 +931,179 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
         check(&out, &format!("the CRD {crd} after uninstall")).unwrap();
     }
     ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn allowed_images_and_watched_namespaces_reach_the_operator() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let watched = TestNamespace::create(&client, "chart-watched")
+        .await
+        .unwrap();
+    let objects = render_and_dry_run(
+        "fan",
+        &ns.name,
+        &[
+            "dispatcher.allowedImages={registry.example/fanout,other.example/fanout:2}",
+            &format!("operator.watchNamespaces={{{}}}", watched.name),
+        ],
+    );
+    let operator = find(&objects, "Deployment", "fan-fanout-operator");
+    assert_eq!(
+        env_value(operator, "FANOUT_ALLOWED_DISPATCHER_IMAGES"),
+        "registry.example/fanout,other.example/fanout:2"
+    );
+    assert_eq!(env_value(operator, "FANOUT_WATCH_NAMESPACE"), watched.name);
+    let names = kinds_and_names(&objects);
+    assert!(
+        !names.iter().any(|n| n.starts_with("Cluster")),
+        "a namespaced install renders nothing cluster-wide: {names:?}"
+    );
+    let role = find(&objects, "Role", "fan-fanout-operator-watched");
+    assert_eq!(role["metadata"]["namespace"], watched.name.as_str());
+    let binding = find(&objects, "RoleBinding", "fan-fanout-operator-watched");
+    assert_eq!(binding["subjects"][0]["namespace"], ns.name.as_str());
+    watched.delete(&client).await.unwrap();
+    ns.delete(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_namespaced_install_has_rights_only_in_its_watched_namespaces() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let watched = TestNamespace::create(&client, "chart-watched")
+        .await
+        .unwrap();
+    let other = TestNamespace::create(&client, "chart-other").await.unwrap();
+    let release = release_for(&ns);
+    let fullname = format!("{release}-fanout");
+    let kubeconfig = cluster::kubeconfig().unwrap();
+    let chart = chart_dir();
+    let mut guard = UninstallOnDrop {
+        release: release.clone(),
+        namespace: ns.name.clone(),
+        kubeconfig: kubeconfig.clone(),
+    };
+    let mut install = helm(&[
+        "install",
+        &release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        &ns.name,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    install.args(value_flags(&[&format!(
+        "operator.watchNamespaces={{{}}}",
+        watched.name
+    )]));
+    check(&run(&mut install), "helm install").unwrap();
+
+    let cluster_wide = run(&mut kubectl(&[
+        "get",
+        "clusterroles,clusterrolebindings",
+        "-l",
+        &format!("app.kubernetes.io/instance={release}"),
+        "-o",
+        "name",
+    ])
+    .unwrap());
+    check(&cluster_wide, "kubectl get clusterroles").unwrap();
+    assert!(
+        String::from_utf8_lossy(&cluster_wide.stdout)
+            .trim()
+            .is_empty(),
+        "{}",
+        String::from_utf8_lossy(&cluster_wide.stdout)
+    );
+
+    let operator = format!("system:serviceaccount:{}:{fullname}-operator", ns.name);
+    let tokens = format!("secrets/{fullname}-gateway-tokens");
+    let (w, o, own) = (watched.name.as_str(), other.name.as_str(), ns.name.as_str());
+    for (verb, what, namespace, allowed) in [
+        // In the watched namespace: what reconciling needs, and no more.
+        ("watch", "fanoutroutes.fanout.dev", w, true),
+        ("patch", "fanoutroutes.fanout.dev/status", w, true),
+        ("get", "secrets", w, true),
+        ("list", "secrets", w, false),
+        ("create", "deployments.apps", w, true),
+        ("delete", "deployments.apps", w, false),
+        ("create", "secrets", w, false),
+        // Anywhere else: nothing at all.
+        ("get", "secrets", o, false),
+        ("watch", "fanoutroutes.fanout.dev", o, false),
+        ("create", "deployments.apps", o, false),
+        ("get", "configmaps", o, false),
+        // Its own namespace: the Lease and the gateway's two objects, no reading.
+        ("create", "leases.coordination.k8s.io", own, true),
+        ("patch", &tokens, own, true),
+        ("get", "secrets", own, false),
+        ("list", "fanoutroutes.fanout.dev", own, false),
+    ] {
+        let out = run(&mut kubectl(&can_i(verb, what, namespace, &operator)).unwrap());
+        assert_eq!(
+            out.status.success(),
+            allowed,
+            "{verb} {what} in {namespace}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // Nor in every namespace at once.
+    for (verb, what) in [("list", "secrets"), ("watch", "fanoutroutes.fanout.dev")] {
+        let out = run(&mut kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            what,
+            "--all-namespaces",
+            "--as",
+            &operator,
+        ])
+        .unwrap());
+        assert!(!out.status.success(), "{verb} {what} cluster-wide");
+    }
+
+    let mut uninstall = helm(&[
+        "uninstall",
+        &release,
+        "--namespace",
+        &ns.name,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    check(&run(&mut uninstall), "helm uninstall").unwrap();
+    guard.release.clear();
+    wait::until_blocking(
+        "the Role in the watched namespace to be gone",
+        Duration::from_secs(60),
+        || {
+            let left = labelled(&watched.name, &release, "roles,rolebindings");
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{:?}", names(&left)))
+            }
+        },
+    )
+    .unwrap();
+    other.delete(&client).await.unwrap();
+    watched.delete(&client).await.unwrap();
+    ns.delete(&client).await.unwrap();
+}
+
+/// `kubectl auth can-i` arguments. `what` is `resource`, `resource/name`, or
+/// `resource/status` and `resource/finalizers` for those subresources (kubectl would
+/// read `resource/status` as an object named "status").
+fn can_i<'a>(verb: &'a str, what: &'a str, namespace: &'a str, who: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["auth", "can-i", verb];
+    match what.rsplit_once('/') {
+        Some((resource, sub @ ("status" | "finalizers"))) => {
+            args.extend([resource, "--subresource", sub]);
+        }
+        _ => args.push(what),
+    }
+    args.extend(["-n", namespace, "--as", who]);
+    args
 }
 
 /// Uninstalls a release when dropped (a test that fails half-way would otherwise leave

@@ -14,10 +14,14 @@ pub struct Args {
     #[arg(long, env = "FANOUT_NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Reconcile only this namespace (a namespace-scoped install). Default: every
-    /// namespace.
-    #[arg(long, env = "FANOUT_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Reconcile only these namespaces (a namespaced install, whose RBAC covers only
+    /// them): repeat the flag or separate names with commas. Default: every namespace.
+    #[arg(
+        long = "watch-namespace",
+        env = "FANOUT_WATCH_NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub watch_namespaces: Vec<String>,
 
     /// Identity in leader election. Default: $HOSTNAME.
     #[arg(long, env = "FANOUT_POD_NAME")]
@@ -54,9 +58,19 @@ pub struct Args {
 /// What the dispatcher pods the operator creates look like.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DispatcherArgs {
-    /// Image of dispatcher pods (routes may override it).
+    /// Image of dispatcher pods; always allowed (see --allowed-dispatcher-images).
     #[arg(long = "dispatcher-image", env = "FANOUT_DISPATCHER_IMAGE")]
     pub image: String,
+    /// Further images routes may choose with `spec.dispatcher.image`, separated by
+    /// commas. An entry with a tag or digest allows exactly that reference; one
+    /// without allows that repository with any tag or digest. Default: none, so
+    /// routes run --dispatcher-image only.
+    #[arg(
+        long = "allowed-dispatcher-images",
+        env = "FANOUT_ALLOWED_DISPATCHER_IMAGES",
+        value_delimiter = ','
+    )]
+    pub allowed_images: Vec<String>,
     /// Pull policy of dispatcher pods: Always, IfNotPresent or Never.
     #[arg(
         long = "dispatcher-image-pull-policy",

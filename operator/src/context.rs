@@ -15,6 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::autoscale::Autoscaler;
 use crate::dispatcher_objects::DispatcherSettings;
+use crate::image_policy::ImagePolicy;
 use crate::metrics::Metrics;
 
 /// The field manager of every object and status the operator applies.
@@ -25,11 +26,13 @@ pub struct Context {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub provisioner: Provisioner,
-    /// Every ApiTarget in the cluster, kept current by a watch.
+    /// Every ApiTarget in the watched scope, kept current by a watch.
     pub targets: Store<ApiTarget>,
-    /// Every FanOutRoute in the cluster, kept current by a watch.
+    /// Every FanOutRoute in the watched scope, kept current by a watch.
     pub routes: Store<FanOutRoute>,
     pub dispatcher: DispatcherSettings,
+    /// The images routes may choose.
+    pub images: ImagePolicy,
     pub status_interval: Duration,
     pub metrics: Arc<Metrics>,
     /// Folds repeated failures into one Event series (see [`Context::publish`]).
@@ -53,6 +56,7 @@ impl Context {
         targets: Store<ApiTarget>,
         routes: Store<FanOutRoute>,
         dispatcher: DispatcherSettings,
+        images: ImagePolicy,
         status_interval: Duration,
         metrics: Arc<Metrics>,
         instance: String,
@@ -71,6 +75,7 @@ impl Context {
             targets,
             routes,
             dispatcher,
+            images,
             status_interval,
             metrics,
             failures_recorder,

@@ -38,7 +38,8 @@ pub struct GatewaySync {
     pub config_map: String,
     pub tokens_secret: String,
     pub tokens_dir: PathBuf,
-    pub routes: Store<FanOutRoute>,
+    /// The route caches of every watched namespace.
+    pub routes: Vec<Store<FanOutRoute>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -102,10 +103,13 @@ impl GatewaySync {
         let mut last: Option<(GatewayConfig, Vec<TokenCopy>)> = None;
         let mut last_written = Instant::now();
         loop {
-            if self.routes.wait_until_ready().await.is_err() {
-                return;
+            for routes in &self.routes {
+                if routes.wait_until_ready().await.is_err() {
+                    return;
+                }
             }
-            let want = desired(&self.routes.state(), &self.tokens_dir);
+            let all: Vec<Arc<FanOutRoute>> = self.routes.iter().flat_map(|r| r.state()).collect();
+            let want = desired(&all, &self.tokens_dir);
             if last.as_ref() != Some(&want) || last_written.elapsed() >= REFRESH_TOKENS_EVERY {
                 let started = Instant::now();
                 match self.write(&want).await {

@@ -3,6 +3,13 @@
 //! candidate takes it over once it has seen no renewal for a whole lease duration,
 //! measured on its own clock (so clock skew between nodes does not matter).
 //! Updates carry the resourceVersion they read, so two candidates cannot both win.
+//!
+//! The holder stops leading once it has gone `RENEW_DEADLINE` without a renewal,
+//! counted from when its last successful attempt *started* (the write landed after
+//! that, and a candidate counts from when it saw the write, later still). Every
+//! attempt is cut off at that deadline, so an apiserver that stops answering cannot
+//! keep the holder waiting past it: it steps down `LEASE_DURATION - RENEW_DEADLINE`
+//! (5 s) before any candidate could take the Lease.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +25,19 @@ pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
 /// A holder that could not renew for this long stops leading, before any candidate
 /// can take over (which needs `LEASE_DURATION`).
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest one attempt (read, then create or update) may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+const _: () = assert!(RENEW_DEADLINE.as_secs() + 3 <= LEASE_DURATION.as_secs());
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("the Kubernetes API")]
+    Kube(#[source] kube::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
 
 pub struct LeaderElector {
     api: Api<Lease>,
@@ -25,6 +45,8 @@ pub struct LeaderElector {
     identity: String,
     /// The holder and renew time last read, and when this replica first saw them.
     observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
+    /// When the last attempt that left this replica holding the Lease started.
+    renewed: Option<Instant>,
 }
 
 impl LeaderElector {
@@ -34,6 +56,7 @@ impl LeaderElector {
             name: name.into(),
             identity: identity.into(),
             observed: None,
+            renewed: None,
         }
     }
 
@@ -45,7 +68,7 @@ impl LeaderElector {
     pub async fn acquire(&mut self) {
         let mut logged_holder = None;
         loop {
-            match self.try_acquire_or_renew().await {
+            match self.attempt(ATTEMPT_TIMEOUT).await {
                 Ok(true) => {
                     tracing::info!(lease = %self.name, identity = %self.identity, "acquired the Lease; leading");
                     return;
@@ -65,33 +88,57 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the Lease until a renewal has failed for `RENEW_DEADLINE`, then returns:
-    /// leadership is lost and the caller must stop reconciling.
+    /// Renews the Lease until another replica holds it or no renewal succeeded for
+    /// `RENEW_DEADLINE`, then returns: leadership is lost and the caller must stop
+    /// reconciling at once.
     pub async fn hold(&mut self) {
-        let mut last_renewed = Instant::now();
+        let mut renewed = self.renewed.unwrap_or_else(Instant::now);
         loop {
-            tokio::time::sleep(RETRY_PERIOD).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = Instant::now(),
-                Ok(false) => {
-                    tracing::error!(lease = %self.name, "another replica took the Lease");
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(lease = %self.name, error = %fanout_config::error_chain(&error), "renewing the Lease failed");
-                    if last_renewed.elapsed() >= RENEW_DEADLINE {
-                        tracing::error!(lease = %self.name, "could not renew the Lease in time; stopping");
+            let deadline = renewed + RENEW_DEADLINE;
+            tokio::time::sleep_until((Instant::now() + RETRY_PERIOD).min(deadline).into()).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                match self.attempt(left.min(ATTEMPT_TIMEOUT)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(lease = %self.name, "another replica took the Lease; stepping down");
                         return;
                     }
+                    Err(error) => {
+                        tracing::warn!(lease = %self.name, error = %fanout_config::error_chain(&error), "renewing the Lease failed")
+                    }
                 }
+                renewed = self.renewed.unwrap_or(renewed);
+            }
+            if renewed.elapsed() >= RENEW_DEADLINE {
+                tracing::error!(
+                    lease = %self.name,
+                    since_renewal = ?renewed.elapsed(),
+                    "could not renew the Lease within the renew deadline; stepping down before it can pass to another replica"
+                );
+                return;
             }
         }
+    }
+
+    /// One bounded attempt; on success, remembers when it started.
+    async fn attempt(&mut self, limit: Duration) -> Result<bool, AttemptError> {
+        let started = Instant::now();
+        let held = tokio::time::timeout(limit, self.try_acquire_or_renew())
+            .await
+            .map_err(|_| AttemptError::TimedOut(limit))?
+            .map_err(AttemptError::Kube)?;
+        if held {
+            self.renewed = Some(started);
+        }
+        Ok(held)
     }
 
     /// Gives the Lease up (on shutdown) so that a standby takes over at once instead
     /// of waiting for it to expire.
     pub async fn release(&mut self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+        let read = tokio::time::timeout(ATTEMPT_TIMEOUT, self.api.get_opt(&self.name)).await;
+        let Ok(Ok(Some(mut lease))) = read else {
             return;
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -101,14 +148,18 @@ impl LeaderElector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(now()));
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => tracing::info!(lease = %self.name, "released the Lease"),
-            Err(error) => {
+        let write = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            self.api.replace(&self.name, &PostParams::default(), &lease),
+        )
+        .await;
+        match write {
+            Ok(Ok(_)) => tracing::info!(lease = %self.name, "released the Lease"),
+            Ok(Err(error)) => {
                 tracing::warn!(lease = %self.name, error = %fanout_config::error_chain(&error), "releasing the Lease failed; it expires by itself")
+            }
+            Err(_) => {
+                tracing::warn!(lease = %self.name, "releasing the Lease timed out; it expires by itself")
             }
         }
     }

@@ -4,21 +4,26 @@
 //! - [`route_controller`]: a route -> JetStream streams and consumers, the
 //!   dispatcher's ConfigMap, ServiceAccount and Deployment, a finalizer, status.
 //! - [`route_status`]: how a route's status and conditions are computed.
-//! - [`dispatcher_objects`]: the Kubernetes objects of a route's dispatchers.
+//! - [`dispatcher_objects`]: the Kubernetes objects of a route's dispatchers, and
+//!   [`ownership`]: which existing ones the route may change.
+//! - [`image_policy`]: which dispatcher images a route may choose.
 //! - [`target_controller`]: an ApiTarget's readiness, users and worst circuit.
 //! - [`gateway_sync`]: the gateway's route list and ingest-token copies.
-//! - [`leader`]: Lease-based leader election; [`server`] and [`metrics`]: probes
-//!   and Prometheus metrics.
+//! - [`leader`]: Lease-based leader election; [`clients`]: apiserver connections
+//!   with timeouts; [`server`] and [`metrics`]: probes and Prometheus metrics.
 
 pub mod args;
 pub mod autoscale;
+pub mod clients;
 pub mod conditions;
 pub mod context;
 pub mod dispatcher_objects;
 pub mod error;
 pub mod gateway_sync;
+pub mod image_policy;
 pub mod leader;
 pub mod metrics;
+pub mod ownership;
 pub mod route_controller;
 pub mod route_status;
 pub mod secrets;
@@ -30,22 +35,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use fanout_api::{ApiTarget, FanOutRoute};
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Controller, WatchStreamExt};
 use tokio_util::sync::CancellationToken;
 
 pub use args::Args;
 
+use crate::clients::Clients;
 use crate::context::Context;
 use crate::dispatcher_objects::{DispatcherSettings, NatsAuth};
 use crate::gateway_sync::GatewaySync;
+use crate::image_policy::ImagePolicy;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
 
@@ -55,9 +61,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Registered before anything slow, so an early SIGTERM is a clean stop too.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    // A wrong allow-list entry stops the start, naming the flag.
+    let images = ImagePolicy::new(&args.dispatcher.image, &args.dispatcher.allowed_images)?;
+    let clients = Clients::infer().await?;
     let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
     let identity = args
         .pod_name
@@ -92,7 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut elector = args.leader_elect.then(|| {
         LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &namespace),
+            Api::<Lease>::namespaced(clients.lease.clone(), &namespace),
             args.lease_name.clone(),
             identity.clone(),
         )
@@ -109,14 +115,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let controllers = run_controllers(
         &args,
-        client.clone(),
+        &clients,
         nats.clone(),
-        namespace,
-        identity,
-        metrics.clone(),
+        Shared {
+            namespace,
+            identity,
+            images,
+            metrics: metrics.clone(),
+        },
         ready,
         stop.clone(),
     );
+    // Losing the Lease drops the controllers' future, and with it every reconcile and
+    // request in flight: nothing of this replica writes after this point.
     let lost = match elector.as_mut() {
         Some(elector) => {
             tokio::select! {
@@ -131,6 +142,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     metrics.set_leader(false);
     if lost {
+        tracing::error!("stepped down: stopped reconciling; restarting to campaign again");
         stop.cancel();
         let _ = server.await;
         anyhow::bail!("lost the leader Lease; restarting to campaign again");
@@ -155,31 +167,135 @@ async fn finish(
     Ok(())
 }
 
-/// Runs both controllers and the gateway sync until `stop` fires.
-#[allow(clippy::too_many_arguments)]
-async fn run_controllers(
-    args: &Args,
-    client: kube::Client,
-    nats: async_nats::Client,
+/// What the controllers of every watched namespace share.
+struct Shared {
+    /// The operator's own namespace (gateway ConfigMap and token Secret).
     namespace: String,
     identity: String,
+    images: ImagePolicy,
     metrics: Arc<Metrics>,
+}
+
+/// Runs the controllers of every watched namespace and the gateway sync until `stop`
+/// fires.
+async fn run_controllers(
+    args: &Args,
+    clients: &Clients,
+    nats: async_nats::Client,
+    shared: Shared,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let api = |client: &kube::Client| -> ApiScope {
-        ApiScope(client.clone(), args.watch_namespace.clone())
+    let mut scopes: Vec<Option<String>> = args
+        .watch_namespaces
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(|n| Some(n.to_string()))
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    if scopes.is_empty() {
+        scopes.push(None);
+    }
+    let settings = dispatcher_settings(args);
+    let mut parts = Vec::new();
+    let mut route_stores = Vec::new();
+    for scope in scopes {
+        tracing::info!(namespace = scope.as_deref().unwrap_or("(all)"), "watching");
+        let (part, routes) = scope_controllers(
+            ApiScope(clients.watch.clone(), scope),
+            |targets, routes| {
+                Context::new(
+                    clients.calls.clone(),
+                    nats.clone(),
+                    targets,
+                    routes,
+                    settings.clone(),
+                    shared.images.clone(),
+                    args.status_interval.as_std(),
+                    shared.metrics.clone(),
+                    shared.identity.clone(),
+                )
+            },
+            stop.clone(),
+        );
+        parts.push(part);
+        route_stores.push(routes);
+    }
+
+    let gateway = GatewaySync {
+        client: clients.calls.clone(),
+        namespace: shared.namespace,
+        config_map: args.gateway.config_map.clone(),
+        tokens_secret: args.gateway.tokens_secret.clone(),
+        tokens_dir: args.gateway.tokens_dir.clone(),
+        routes: route_stores.clone(),
+        metrics: shared.metrics,
+    }
+    .run(stop.clone());
+
+    let became_ready = async {
+        for store in &route_stores {
+            if store.wait_until_ready().await.is_err() {
+                return;
+            }
+        }
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!("caches synced; reconciling");
     };
-    let routes_api: Api<FanOutRoute> = api(&client).get();
-    let targets_api: Api<ApiTarget> = api(&client).get();
-    // Metadata only: values are read when a reconcile needs them.
-    let secrets_api: Api<PartialObjectMeta<Secret>> = api(&client).get();
+    tokio::join!(
+        futures::future::join_all(parts),
+        until_stopped("gateway sync", gateway, stop.clone()),
+        became_ready
+    );
+}
+
+fn dispatcher_settings(args: &Args) -> DispatcherSettings {
+    DispatcherSettings {
+        image: args.dispatcher.image.clone(),
+        image_pull_policy: args.dispatcher.image_pull_policy.clone(),
+        nats_url: args
+            .dispatcher
+            .nats_url
+            .clone()
+            .unwrap_or_else(|| args.nats.url.clone()),
+        nats_auth: match (
+            &args.dispatcher.nats_credentials_secret,
+            &args.dispatcher.nats_token_secret,
+        ) {
+            (Some(secret), _) => Some(NatsAuth::Credentials {
+                secret: secret.clone(),
+            }),
+            (None, Some(secret)) => Some(NatsAuth::Token {
+                secret: secret.clone(),
+            }),
+            (None, None) => None,
+        },
+        nats_ca_secret: args.dispatcher.nats_ca_secret.clone(),
+    }
+}
+
+/// The route and target controllers of one scope (a namespace, or all of them), and
+/// the scope's route cache. `context` builds the reconciles' context around the
+/// scope's ApiTarget and FanOutRoute caches.
+///
+/// Secrets are not watched: that would need list and watch on Secrets, which is
+/// read access to all of them. Routes and targets are reconciled every status
+/// interval anyway, which picks up a new or rotated Secret.
+fn scope_controllers(
+    scope: ApiScope,
+    context: impl FnOnce(Store<ApiTarget>, Store<FanOutRoute>) -> Context,
+    stop: CancellationToken,
+) -> (BoxFuture<'static, ()>, Store<FanOutRoute>) {
+    let routes_api: Api<FanOutRoute> = scope.get();
+    let targets_api: Api<ApiTarget> = scope.get();
     let dispatchers = watcher::Config::default().labels(
         "app.kubernetes.io/component=dispatcher,app.kubernetes.io/managed-by=fanout-operator",
     );
 
     let routes = Controller::new(routes_api.clone(), watcher::Config::default())
-        .owns(api(&client).get::<Deployment>(), dispatchers);
+        .owns(scope.get::<Deployment>(), dispatchers);
     let route_store = routes.store();
     let (target_store, target_writer) = reflector::store();
     let target_events = reflector::reflector(
@@ -188,56 +304,15 @@ async fn run_controllers(
     )
     .default_backoff()
     .touched_objects();
+    let ctx = Arc::new(context(target_store, route_store.clone()));
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        nats,
-        target_store.clone(),
-        route_store.clone(),
-        DispatcherSettings {
-            image: args.dispatcher.image.clone(),
-            image_pull_policy: args.dispatcher.image_pull_policy.clone(),
-            nats_url: args
-                .dispatcher
-                .nats_url
-                .clone()
-                .unwrap_or_else(|| args.nats.url.clone()),
-            nats_auth: match (
-                &args.dispatcher.nats_credentials_secret,
-                &args.dispatcher.nats_token_secret,
-            ) {
-                (Some(secret), _) => Some(NatsAuth::Credentials {
-                    secret: secret.clone(),
-                }),
-                (None, Some(secret)) => Some(NatsAuth::Token {
-                    secret: secret.clone(),
-                }),
-                (None, None) => None,
-            },
-            nats_ca_secret: args.dispatcher.nats_ca_secret.clone(),
-        },
-        args.status_interval.as_std(),
-        metrics.clone(),
-        identity,
-    ));
-
-    // A changed ApiTarget re-renders every route that references it; a changed Secret
-    // every route whose targets or ingest tokens use it.
+    // A changed ApiTarget re-renders every route that references it.
     let by_target = route_store.clone();
-    let by_secret = (route_store.clone(), target_store.clone());
     let stop_routes = stop.clone();
     let route_controller = routes
         .watches_stream(target_events, move |t: ApiTarget| {
             routes_using_target(&by_target.state(), &t)
         })
-        .watches_stream(
-            watcher(secrets_api.clone(), watcher::Config::default())
-                .default_backoff()
-                .touched_objects(),
-            move |s: PartialObjectMeta<Secret>| {
-                routes_using_secret(&by_secret.0.state(), &by_secret.1.state(), &s)
-            },
-        )
         .graceful_shutdown_on(async move { stop_routes.cancelled().await })
         .run(
             route_controller::reconcile,
@@ -260,12 +335,6 @@ async fn run_controllers(
                     .collect::<Vec<_>>()
             },
         )
-        .watches_stream(
-            watcher(secrets_api, watcher::Config::default())
-                .default_backoff()
-                .touched_objects(),
-            move |s: PartialObjectMeta<Secret>| targets_using_secret(&target_store.state(), &s),
-        )
         .graceful_shutdown_on(async move { stop_targets.cancelled().await })
         .run(
             target_controller::reconcile,
@@ -274,29 +343,13 @@ async fn run_controllers(
         )
         .for_each(|_| async {});
 
-    let gateway = GatewaySync {
-        client,
-        namespace,
-        config_map: args.gateway.config_map.clone(),
-        tokens_secret: args.gateway.tokens_secret.clone(),
-        tokens_dir: args.gateway.tokens_dir.clone(),
-        routes: route_store.clone(),
-        metrics,
-    }
-    .run(stop.clone());
-
-    let became_ready = async {
-        if route_store.wait_until_ready().await.is_ok() {
-            ready.store(true, Ordering::Relaxed);
-            tracing::info!("caches synced; reconciling");
-        }
+    let part = async move {
+        tokio::join!(
+            until_stopped("route controller", route_controller, stop.clone()),
+            until_stopped("target controller", target_controller, stop),
+        );
     };
-    tokio::join!(
-        until_stopped("route controller", route_controller, stop.clone()),
-        until_stopped("target controller", target_controller, stop.clone()),
-        until_stopped("gateway sync", gateway, stop.clone()),
-        became_ready
-    );
+    (part.boxed(), route_store)
 }
 
 /// How long in-flight reconciles may take to finish once the operator stops.
@@ -321,7 +374,7 @@ async fn until_stopped(
     }
 }
 
-/// Cluster-wide, or one namespace with `--watch-namespace`.
+/// Cluster-wide, or one of the namespaces of `--watch-namespace`.
 struct ApiScope(kube::Client, Option<String>);
 
 impl ApiScope {
@@ -348,47 +401,6 @@ fn routes_using_target(
         .filter(|r| r.metadata.namespace.as_deref() == namespace)
         .filter(|r| r.spec.targets.iter().any(|t| t.api_target_ref.name == name))
         .map(|r| ObjectRef::from_obj(r.as_ref()))
-        .collect()
-}
-
-fn routes_using_secret(
-    routes: &[Arc<FanOutRoute>],
-    targets: &[Arc<ApiTarget>],
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<FanOutRoute>> {
-    let namespace = secret.metadata.namespace.as_deref();
-    let name = secret.metadata.name.as_deref().unwrap_or_default();
-    let users: Vec<&str> = targets
-        .iter()
-        .filter(|t| t.metadata.namespace.as_deref() == namespace)
-        .filter(|t| secrets::mentions(&secrets::dispatcher_secrets([t.as_ref()]), name))
-        .filter_map(|t| t.metadata.name.as_deref())
-        .collect();
-    routes
-        .iter()
-        .filter(|r| r.metadata.namespace.as_deref() == namespace)
-        .filter(|r| {
-            r.spec
-                .targets
-                .iter()
-                .any(|t| users.contains(&t.api_target_ref.name.as_str()))
-                || secrets::mentions(&secrets::gateway_token_secrets(r), name)
-        })
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
-        .collect()
-}
-
-fn targets_using_secret(
-    targets: &[Arc<ApiTarget>],
-    secret: &PartialObjectMeta<Secret>,
-) -> Vec<ObjectRef<ApiTarget>> {
-    let namespace = secret.metadata.namespace.as_deref();
-    let name = secret.metadata.name.as_deref().unwrap_or_default();
-    targets
-        .iter()
-        .filter(|t| t.metadata.namespace.as_deref() == namespace)
-        .filter(|t| secrets::mentions(&secrets::dispatcher_secrets([t.as_ref()]), name))
-        .map(|t| ObjectRef::from_obj(t.as_ref()))
         .collect()
 }
 

@@ -20,7 +20,7 @@ use fanout_provision::ProvisionError;
 use fanout_provision::observe::observe;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -33,6 +33,7 @@ use crate::conditions::READY;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::dispatcher_objects::{self, SECRETS_DIR};
 use crate::error::{Error, kube_error};
+use crate::ownership;
 use crate::route_status::{self, Findings, Problem};
 use crate::secrets;
 
@@ -112,12 +113,19 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     let mut stream = None;
     let mut deployment = None;
     let mut expiry = None;
-    let config = match render(
+    let mut dispatcher_problem = None;
+    let validated = render(
         route,
         |n| referenced.get(n).map(Arc::as_ref),
         Path::new(SECRETS_DIR),
-    ) {
-        Err(e) => Err(render_problem(&e)),
+    )
+    .map_err(|e| render_problem(&e))
+    .and_then(|rendered| {
+        check_image(route, ctx)?;
+        Ok(rendered)
+    });
+    let config = match validated {
+        Err(problem) => Err(problem),
         Ok(rendered) => {
             expiry = rendered.config.expiry;
             let mut wanted = secrets::dispatcher_secrets(referenced.values().map(Arc::as_ref));
@@ -155,7 +163,16 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
                         &ctx.dispatcher,
                     )
                     .map_err(Error::Build)?;
-                    deployment = Some(apply_objects(ctx, &namespace, objects).await?);
+                    match apply_objects(ctx, &namespace, route, objects).await? {
+                        Ok(applied) => deployment = Some(applied),
+                        Err(conflict) => {
+                            tracing::info!(route = %oref, %conflict, "dispatcher object not ours; left alone");
+                            dispatcher_problem = Some(Problem::new(
+                                "DispatcherObjectConflict",
+                                conflict.to_string(),
+                            ));
+                        }
+                    }
                 }
                 // Keep whatever runs now: new pods could not start (missing Secret) or
                 // would fail at once (stream not provisioned).
@@ -164,7 +181,7 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
             found.map(|_| ())
         }
     };
-    if config.is_err() && deployment.is_none() {
+    if config.is_err() && deployment.is_none() && dispatcher_problem.is_none() {
         deployment = current_deployment(ctx, &namespace, &key).await?;
     }
 
@@ -196,7 +213,8 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
             }
         }
     };
-    let troubled = config.is_err() || matches!(stream, Some(Err(_)));
+    let troubled =
+        config.is_err() || matches!(stream, Some(Err(_))) || dispatcher_problem.is_some();
     // Without a fresh observation the status carries the last numbers over. The
     // cached object may predate this controller's own last status write, so carry
     // over what the API server has, not what the cache has.
@@ -218,6 +236,7 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
             config,
             stream,
             deployment: deployment.as_ref(),
+            dispatcher_problem,
             observation: observation.as_ref(),
             expiry,
         },
@@ -301,7 +320,9 @@ async fn cleanup(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
         .await
         .map_err(Error::Cleanup)?;
     tracing::info!(route = %key, "route deleted; its streams are gone");
-    // The Deployment, ConfigMap and ServiceAccount follow by garbage collection.
+    // The Deployment, ConfigMap and ServiceAccount follow by garbage collection; an
+    // object of that name that was not the route's has no ownerReference to it and
+    // stays.
     Ok(Action::await_change())
 }
 
@@ -329,29 +350,88 @@ fn provision_problem(e: &ProvisionError, ctx: &Context) -> Problem {
     Problem::new(reason, error_chain(e))
 }
 
+/// `spec.dispatcher.image`, when set, must be one the platform allows.
+fn check_image(route: &FanOutRoute, ctx: &Context) -> Result<(), Problem> {
+    let image = route
+        .spec
+        .dispatcher
+        .as_ref()
+        .and_then(|d| d.image.as_deref());
+    match image.map(|i| ctx.images.check(i)) {
+        Some(Err(refused)) => Err(Problem::new("ImageNotAllowed", refused.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Applies the ServiceAccount, ConfigMap and Deployment, unless one of them exists
+/// without being this route's (see [`ownership`]): then nothing is changed and the
+/// conflict is returned.
 async fn apply_objects(
     ctx: &Context,
     namespace: &str,
+    route: &FanOutRoute,
     objects: dispatcher_objects::DispatcherObjects,
-) -> Result<Deployment, Error> {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+) -> Result<Result<Deployment, ownership::Conflict>, Error> {
+    let uid = route.uid().unwrap_or_default();
     let name = objects.deployment.metadata.name.clone().unwrap_or_default();
-    Api::<ServiceAccount>::namespaced(ctx.client.clone(), namespace)
+    let service_accounts = Api::<ServiceAccount>::namespaced(ctx.client.clone(), namespace);
+    let config_maps = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace);
+    let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), namespace);
+    // All three are looked at before any is changed, so a conflict leaves every one
+    // of them as it was.
+    let existing = [
+        (
+            "ServiceAccount",
+            metadata(&service_accounts, "ServiceAccount", namespace, &name).await?,
+        ),
+        (
+            "ConfigMap",
+            metadata(&config_maps, "ConfigMap", namespace, &name).await?,
+        ),
+        (
+            "Deployment",
+            metadata(&deployments, "Deployment", namespace, &name).await?,
+        ),
+    ];
+    for (kind, meta) in &existing {
+        if let Err(conflict) = ownership::check(kind, namespace, &name, meta.as_ref(), &uid) {
+            return Ok(Err(conflict));
+        }
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    service_accounts
         .patch(&name, &params, &Patch::Apply(&objects.service_account))
         .await
         .map_err(kube_error(format!(
             "applying ServiceAccount {namespace}/{name}"
         )))?;
-    Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace)
+    config_maps
         .patch(&name, &params, &Patch::Apply(&objects.config_map))
         .await
         .map_err(kube_error(format!("applying ConfigMap {namespace}/{name}")))?;
-    Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
+    deployments
         .patch(&name, &params, &Patch::Apply(&objects.deployment))
         .await
+        .map(Ok)
         .map_err(kube_error(format!(
             "applying Deployment {namespace}/{name}"
         )))
+}
+
+/// The metadata of `name`, if it exists.
+async fn metadata<K>(
+    api: &Api<K>,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<ObjectMeta>, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get_metadata_opt(name)
+        .await
+        .map(|m| m.map(|m| m.metadata))
+        .map_err(kube_error(format!("reading {kind} {namespace}/{name}")))
 }
 
 async fn current_deployment(

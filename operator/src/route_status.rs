@@ -47,6 +47,9 @@ pub struct Findings<'a> {
     pub stream: Option<Result<(), Problem>>,
     /// The dispatcher Deployment as the API server returned it, if it exists.
     pub deployment: Option<&'a Deployment>,
+    /// Why the dispatcher objects were not applied (an object of their name that
+    /// is not the route's); overrides what `deployment` says.
+    pub dispatcher_problem: Option<Problem>,
     /// `None` when the route could not be observed (stream missing, NATS down).
     pub observation: Option<&'a RouteObservation>,
     /// When the stream removes events, from the rendering; `None` when it keeps them
@@ -74,7 +77,15 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
             )
         }),
     };
-    let dispatcher = dispatcher_condition(f.deployment);
+    let dispatcher = match &f.dispatcher_problem {
+        Some(p) => Draft::new(
+            DISPATCHER_AVAILABLE,
+            false,
+            p.reason.clone(),
+            p.message.clone(),
+        ),
+        None => dispatcher_condition(f.deployment),
+    };
     let targets = targets_condition(f.observation, &previous.conditions);
     let retention = retention_condition(f, &previous.conditions, now);
     let ready = match (&f.config, stream.is_true(), dispatcher.is_true()) {
@@ -428,6 +439,7 @@ mod tests {
             config: Ok(()),
             stream: Some(Ok(())),
             deployment: Some(d),
+            dispatcher_problem: None,
             observation: Some(o),
         }
     }
@@ -501,6 +513,7 @@ mod tests {
                 config: Ok(()),
                 stream: Some(Ok(())),
                 deployment: None,
+                dispatcher_problem: None,
                 observation: None,
             },
             &now(),
@@ -517,6 +530,7 @@ mod tests {
                 )),
                 stream: None,
                 deployment: None,
+                dispatcher_problem: None,
                 observation: None,
             },
             &now(),
@@ -554,6 +568,7 @@ mod tests {
                     "connecting to NATS failed",
                 ))),
                 deployment: Some(&d),
+                dispatcher_problem: None,
                 observation: None,
             },
             &now(),

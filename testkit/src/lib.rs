@@ -8,6 +8,7 @@
 //! - [`node`]: the same with one real node (`e2e/node.sh`), pods and images.
 //! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed.
 //! - [`prometheus`]: alerting rules checked against the metrics processes export.
+//! - [`proxy::FreezingProxy`]: a loopback TCP proxy that can stop forwarding.
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
 //! - [`example`]: the scenarios of `examples/` as shipped, their URLs repointed.
 //! - [`netns::Lab`]: hosts in network namespaces of the test's own, to cut off and heal.
@@ -26,6 +27,7 @@ pub mod node;
 pub mod process;
 pub mod producer;
 pub mod prometheus;
+pub mod proxy;
 pub mod python;
 pub mod target;
 pub mod tools;

@@ -144,3 +144,51 @@ Deployment (always rendered).
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+What the operator may do in each namespace it watches: every namespace (the
+ClusterRole) or each of operator.watchNamespaces (a Role there). Each rule is a call
+the operator makes; docs/security.md lists them, e2e/tests/chart.rs checks them with
+`kubectl auth can-i`, and cli/tests/operator_rbac.rs runs the operator with exactly
+these rights.
+*/}}
+{{- define "fanout.operator.watchedRules" -}}
+# Watch routes and targets; patch adds and removes the route finalizer.
+- apiGroups: ["fanout.dev"]
+  resources: ["fanoutroutes", "apitargets"]
+  verbs: ["list", "watch", "patch"]
+# Status by server-side apply; a route's last status is read back while NATS is away.
+- apiGroups: ["fanout.dev"]
+  resources: ["fanoutroutes/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["fanout.dev"]
+  resources: ["apitargets/status"]
+  verbs: ["patch"]
+# Owner references with blockOwnerDeletion on a route need update on its finalizers.
+- apiGroups: ["fanout.dev"]
+  resources: ["fanoutroutes/finalizers"]
+  verbs: ["update"]
+# Get by name only (no list or watch): checks that the Secret keys a route and its
+# targets reference exist, and reads the routes' ingest tokens for the gateway.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+# Each route's dispatcher ServiceAccount and ConfigMap: get checks who owns one of
+# that name; an apply that creates needs create. Never delete: garbage collection
+# removes them with their route.
+- apiGroups: [""]
+  resources: ["configmaps", "serviceaccounts"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Events on routes and targets.
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/* Watched namespaces, comma-separated; empty for every namespace. */}}
+{{- define "fanout.operator.watchNamespaces" -}}
+{{- join "," (uniq .Values.operator.watchNamespaces) }}
+{{- end }}

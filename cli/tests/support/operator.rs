@@ -30,8 +30,24 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(ns: &str, nats_url: &str, identity: &str, leader_elect: bool) -> Operator {
+        Operator::start_with(ns, nats_url, identity, leader_elect, &[], None)
+    }
+
+    /// Like [`Operator::start`], with `extra` flags (a second `--watch-namespace`
+    /// adds a namespace) and another kubeconfig than the control plane's.
+    pub fn start_with(
+        ns: &str,
+        nats_url: &str,
+        identity: &str,
+        leader_elect: bool,
+        extra: &[&str],
+        kubeconfig: Option<&Path>,
+    ) -> Operator {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let kubeconfig = kubeconfig
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| cluster::kubeconfig().unwrap());
         let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
         command
             .args(["operator", "--watch-namespace", ns, "--namespace", ns])
@@ -43,7 +59,8 @@ impl Operator {
             .args(["--nats-url", nats_url, "--dispatcher-image", "fanout:test"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--status-interval", "1s"])
-            .env("KUBECONFIG", cluster::kubeconfig().unwrap())
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
             .env("FANOUT_LOG", "info,fanout_operator=debug");
         Operator {
             process: Spawned::start(command, &dir.path().join("operator.log")).unwrap(),
