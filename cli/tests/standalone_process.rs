@@ -155,6 +155,22 @@ async fn every_event_reaches_both_targets_and_status_counts_them() {
         line.split_whitespace().collect::<Vec<_>>()[..4] == ["test/orders", "a", "Closed", "25"],
         "{table}"
     );
+
+    // One scrape on the status address has the dispatchers' metrics and the
+    // gateway's; the gateway's own address serves events only.
+    let metrics = s.get("/metrics").await;
+    assert!(
+        metrics
+            .contains(r#"fanout_gateway_events_total{route="test/orders",outcome="accepted"} 25"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fanout_deliveries_total"), "{metrics}");
+    assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    for path in ["/metrics", "/readyz"] {
+        let r = fanout_testkit::http::get(&s.gateway, path).await.unwrap();
+        assert_eq!(r.status, 404, "{path} on the gateway's address: {}", r.body);
+    }
     s.sigterm_exits_zero();
 }
 
