@@ -246,7 +246,10 @@ impl Gateway {
                 let _ = phase.wait_for(|phase| *phase == Phase::Abort).await;
             };
             tokio::spawn(server::serve(
-                Listening(listener),
+                Listening {
+                    listener,
+                    limit: ConnectionLimit::new(ops::MAX_CONNECTIONS),
+                },
                 ops::router(ops.clone()),
                 Protocol::new(header_read_timeout, None),
                 stopped,

@@ -25,6 +25,11 @@ use crate::shard::{Connections, Phase};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Most connections open at once on the ops port. Probes and scrapers need a few;
+/// a flood of connections there cannot use up the process's file descriptors, which
+/// the events port needs.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// What the ops endpoints read: the gateway's state as a whole, across shards.
 pub struct Ops {
     pub routes: watch::Receiver<Arc<RouteTable>>,

@@ -25,7 +25,7 @@ use tracing::Level;
 
 use crate::config::{Route, RouteTable};
 use crate::headers::ForwardHeaders;
-use crate::limit::Slot;
+use crate::limit::{ConnectionLimit, Slot};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, ProblemKind};
 use crate::publish::Publisher;
@@ -120,7 +120,7 @@ pub fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, ServeEr
     listen().map_err(|source| ServeError::Bind { addr, flag, source })
 }
 
-/// A connection to serve, and the slot it holds while open (none on the ops port).
+/// A connection to serve, and the slot it holds while open.
 pub struct Accepted {
     pub stream: TcpStream,
     pub peer: SocketAddr,
@@ -132,18 +132,28 @@ pub trait Accept: Send + 'static {
     fn accept(&mut self) -> impl Future<Output = Accepted> + Send;
 }
 
-/// A listening socket of its own (the ops port).
-pub struct Listening(pub TcpListener);
+/// A listening socket of its own (the ops port), with a cap on its connections.
+pub struct Listening {
+    pub listener: TcpListener,
+    pub limit: ConnectionLimit,
+}
 
 impl Accept for Listening {
     async fn accept(&mut self) -> Accepted {
-        // axum's accept logs and waits out errors such as running out of file
-        // descriptors.
-        let (stream, peer) = axum::serve::Listener::accept(&mut self.0).await;
-        Accepted {
-            stream,
-            peer,
-            slot: None,
+        loop {
+            // axum's accept logs and waits out errors such as running out of file
+            // descriptors.
+            let (stream, peer) = axum::serve::Listener::accept(&mut self.listener).await;
+            match self.limit.try_take() {
+                Some(slot) => {
+                    return Accepted {
+                        stream,
+                        peer,
+                        slot: Some(slot),
+                    };
+                }
+                None => tracing::debug!(%peer, "too many connections on the ops port; closing"),
+            }
         }
     }
 }

@@ -221,3 +221,39 @@ async fn connections_beyond_the_cap_are_closed_at_once_until_others_close() {
     .unwrap();
     assert_eq!(h.stored("fanout_shop_orders").await.len(), 1);
 }
+
+/// The ops port has a cap of its own (64): a flood of connections there cannot use
+/// up the file descriptors the events port needs; probes are served again once
+/// the flood goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_port_caps_its_connections_too() {
+    let h = Harness::with(Setup::default().flag("header-read-timeout", "60s")).await;
+    let ops: std::net::SocketAddr = h.ops_base.trim_start_matches("http://").parse().unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        flood.push(TcpStream::connect(ops).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(ops).await.unwrap();
+    assert!(
+        closed_at_once(&mut extra).await,
+        "a 65th connection was kept"
+    );
+    drop(flood);
+    fanout_testkit::wait::until("probes answered again", Duration::from_secs(10), || async {
+        let mut probe = TcpStream::connect(ops).await.map_err(|e| e.to_string())?;
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        let _ = probe.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        if answer.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(answer)
+        }
+    })
+    .await
+    .unwrap();
+}
