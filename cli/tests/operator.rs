@@ -503,7 +503,7 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
     let (_dispatcher, dispatcher_port) =
         operator::dispatcher(&env, dir.path(), &route_file, "orders-dispatcher-e2e");
     let dispatcher_port = dispatcher_port.to_string();
-    let (_gateway, gateway_addr) = operator::gateway(&env, dir.path(), &gateway_file);
+    let (_gateway, gateway_addr, gateway_ops) = operator::gateway(&env, dir.path(), &gateway_file);
     let send =
         |n: usize, from: usize| operator::send(&env, &gateway_addr, "orders", from..from + n);
 
@@ -597,7 +597,9 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
     chart_monitoring_fits(
         &env,
         &key.dispatcher_object_name(),
-        &[&dispatcher_addr, &gateway_addr, &operator_addr],
+        // The gateway's metrics are on its ops port, as the chart's PodMonitor
+        // scrapes them.
+        &[&dispatcher_addr, &gateway_ops, &operator_addr],
     )
     .await;
     env.ns.delete(&env.client).await.unwrap();
@@ -655,8 +657,8 @@ async fn chart_monitoring_fits(env: &Env, deployment: &str, scrape: &[&str]) {
 
     let pod_monitor = objects
         .iter()
-        .find(|o| o["kind"] == "PodMonitor")
-        .expect("a PodMonitor");
+        .find(|o| o["kind"] == "PodMonitor" && o["metadata"]["name"] == "fan-fanout-dispatchers")
+        .expect("the dispatchers' PodMonitor");
     let template = env
         .api::<Deployment>()
         .get(deployment)

@@ -36,7 +36,7 @@ async fn a_backlog_older_than_half_of_max_age_is_reported_until_it_is_delivered(
     // Events accepted while no dispatcher runs: nothing delivers them.
     let dir = tempfile::tempdir().unwrap();
     let (route_file, gateway_file) = operator::rendered(&env, "orders", dir.path()).await;
-    let (_gateway, gateway) = operator::gateway(&env, dir.path(), &gateway_file);
+    let (_gateway, gateway, _ops) = operator::gateway(&env, dir.path(), &gateway_file);
     operator::send(&env, &gateway, "orders", 0..3).await;
     let status = env
         .wait_condition("orders", RETENTION, "False", Some("EventsNearExpiry"))

@@ -155,6 +155,22 @@ async fn every_event_reaches_both_targets_and_status_counts_them() {
         line.split_whitespace().collect::<Vec<_>>()[..4] == ["test/orders", "a", "Closed", "25"],
         "{table}"
     );
+
+    // One scrape on the status address has the dispatchers' metrics and the
+    // gateway's; the gateway's own address serves events only.
+    let metrics = s.get("/metrics").await;
+    assert!(
+        metrics
+            .contains(r#"fanout_gateway_events_total{route="test/orders",outcome="accepted"} 25"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("fanout_deliveries_total"), "{metrics}");
+    assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    for path in ["/metrics", "/readyz"] {
+        let r = fanout_testkit::http::get(&s.gateway, path).await.unwrap();
+        assert_eq!(r.status, 404, "{path} on the gateway's address: {}", r.body);
+    }
     s.sigterm_exits_zero();
 }
 
@@ -259,4 +275,66 @@ fn bad_manifests_fail_before_starting_naming_the_document_and_field() {
         "{stderr}"
     );
     assert!(!stderr.contains(TOKEN), "no secret values in the output");
+}
+
+/// Every file below `dir`, relative to it, sorted.
+fn files_below(dir: &std::path::Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path.clone());
+            }
+            found.insert(path.strip_prefix(dir).unwrap().display().to_string());
+        }
+    }
+    found
+}
+
+/// A Secret name or key with `../` would make standalone write the value outside its
+/// state directory (`<state>/secrets/<name>/<key>`): it refuses them at start, naming
+/// the document and field, before writing anything.
+#[test]
+fn secret_names_and_keys_that_leave_the_state_dir_are_refused_before_writing() {
+    let good = manifests("http://127.0.0.1:1/a", "http://127.0.0.1:1/b");
+    let cases = [
+        (
+            // The route's token is under a key that climbs out of secrets/ingest/.
+            good.replace(
+                "stringData: {token: ",
+                "stringData: {../../../escaped: x, token: ",
+            ),
+            "orders.yaml: document 1 (Secret ingest): stringData: key \"../../../escaped\" must consist of letters, digits, '-', '_' or '.'",
+        ),
+        (
+            good.replace(
+                "metadata: {name: ingest}",
+                "metadata: {name: ../../../escaped}",
+            ),
+            "orders.yaml: document 1 (Secret ../../../escaped): metadata.name: must be a DNS subdomain",
+        ),
+    ];
+    for (manifests, named) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        // manifests/, the state dir in sandbox/state; anything escaping it lands in
+        // sandbox/ or dir/.
+        let files = dir.path().join("manifests");
+        let sandbox = dir.path().join("sandbox");
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::create_dir_all(&sandbox).unwrap();
+        std::fs::write(files.join("orders.yaml"), &manifests).unwrap();
+        let before = files_below(dir.path());
+        let unused = format!("nats://127.0.0.1:{}", free_port());
+        let mut command = command(&files, "test", &unused);
+        command.arg("--state-dir").arg(sandbox.join("state"));
+        let mut process = Spawned::start(command, &dir.path().join("standalone.log")).unwrap();
+        assert!(!process.wait(T).unwrap().success(), "{}", process.log());
+        let stderr = process.log();
+        let mut after = files_below(dir.path());
+        after.remove("standalone.log");
+        assert_eq!(after, before, "standalone wrote files:\n{stderr}");
+        assert!(stderr.contains(named), "{stderr}");
+    }
 }

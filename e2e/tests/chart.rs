@@ -234,6 +234,12 @@ fn helm_lint_is_clean_in_strict_mode() {
             "nats.credentials.secretName=nats-creds",
             "nats.ca.secretName=nats-ca",
         ][..],
+        &[
+            "gateway.tls.secretName=gateway-tls",
+            "networkPolicy.enabled=true",
+            "networkPolicy.nats.to[0].ipBlock.cidr=10.0.0.0/8",
+            "networkPolicy.dispatchers.namespaces={shop}",
+        ][..],
     ] {
         let mut cmd = helm(&[
             "lint",
@@ -327,6 +333,38 @@ async fn defaults_render_an_operator_a_gateway_and_least_privilege_rbac() {
         "/etc/fanout/gateway/gateway.yaml"
     );
     assert_eq!(env_value(gateway, "FANOUT_GATEWAY_LISTEN"), "0.0.0.0:8080");
+    assert_eq!(
+        env_value(gateway, "FANOUT_GATEWAY_LISTEN_OPS"),
+        "0.0.0.0:9090"
+    );
+    for (name, value) in [
+        ("FANOUT_GATEWAY_HEADER_READ_TIMEOUT", "10s"),
+        ("FANOUT_GATEWAY_BODY_READ_TIMEOUT", "30s"),
+        ("FANOUT_GATEWAY_MAX_CONNECTIONS", "4096"),
+    ] {
+        assert_eq!(env_value(gateway, name), value, "{name}");
+    }
+    assert!(env(gateway, "FANOUT_GATEWAY_TLS_CERT_FILE").is_none());
+    // Probes go to the ops port; the Service carries the events port alone, so
+    // producers never reach the metrics.
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["ports"],
+        serde_json::json!([
+            {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+            {"name": "ops", "containerPort": 9090, "protocol": "TCP"},
+        ])
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "ops", "{probe}");
+    }
+    let service = find(&objects, "Service", "fan-fanout-gateway");
+    assert_eq!(
+        service["spec"]["ports"],
+        serde_json::json!([
+            {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+        ])
+    );
     // The operator writes both; the gateway starts before they exist.
     let volumes = pod["volumes"].as_array().unwrap();
     let routes = volumes.iter().find(|v| v["name"] == "routes").unwrap();
@@ -407,26 +445,43 @@ async fn service_monitors_render_only_when_enabled() {
             "serviceMonitor.labels.release=prometheus",
         ],
     );
-    for (name, port) in [
-        ("fan-fanout-operator", "metrics"),
-        ("fan-fanout-gateway", "http"),
-    ] {
-        let monitor = find(&objects, "ServiceMonitor", name);
-        assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
-        assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
-        assert_eq!(monitor["spec"]["endpoints"][0]["port"], port);
-        assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
-        // The selector matches the Service that exposes that port.
-        let component = &monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"];
-        let service = objects
-            .iter()
-            .find(|o| {
-                o["kind"] == "Service"
-                    && &o["metadata"]["labels"]["app.kubernetes.io/component"] == component
-            })
-            .unwrap();
-        assert_eq!(service["spec"]["ports"][0]["name"], port);
-    }
+    let monitor = find(&objects, "ServiceMonitor", "fan-fanout-operator");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    // The selector matches the Service that exposes that port.
+    let service = find(&objects, "Service", "fan-fanout-operator-metrics");
+    assert!(selects(
+        &monitor["spec"]["selector"]["matchLabels"],
+        &service["metadata"]["labels"]
+    ));
+    assert_eq!(service["spec"]["ports"][0]["name"], "metrics");
+    // The gateway's metrics are on its pods' ops port, which no Service exposes: a
+    // PodMonitor scrapes them.
+    let kinds = kinds_and_names(&objects);
+    assert!(
+        !kinds.contains("ServiceMonitor/fan-fanout-gateway"),
+        "{kinds:?}"
+    );
+    let gateway_monitor = find(&objects, "PodMonitor", "fan-fanout-gateway");
+    assert_eq!(
+        gateway_monitor["metadata"]["labels"]["release"],
+        "prometheus"
+    );
+    let endpoint = &gateway_monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "ops");
+    assert_eq!(endpoint["path"], "/metrics");
+    let gateway = find(&objects, "Deployment", "fan-fanout-gateway");
+    let pod_template = &gateway["spec"]["template"];
+    assert!(selects(
+        &gateway_monitor["spec"]["selector"]["matchLabels"],
+        &pod_template["metadata"]["labels"]
+    ));
+    let ports = pod_template["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap();
+    assert!(ports.iter().any(|p| p["name"] == "ops"), "{ports:?}");
     // Dispatcher pods are the operator's, in the routes' namespaces: a PodMonitor
     // finds them by the labels the operator gives them (checked against a real
     // dispatcher Deployment in cli/tests/operator.rs).
@@ -486,6 +541,8 @@ async fn alerting_rules_render_when_enabled_with_the_labels_given() {
             "FanoutGatewayNotStoring",
             "FanoutGatewayPublishSlow",
             "FanoutGatewayConfigReloadFailing",
+            "FanoutGatewayConnectionsRefused",
+            "FanoutGatewayTlsReloadFailing",
             "FanoutOperatorErrors",
             "FanoutOperatorNotLeading",
         ])
@@ -631,9 +688,278 @@ async fn nats_secrets_are_mounted_as_files_never_as_values() {
     ns.delete(&client).await.unwrap();
 }
 
+/// Whether every label of `selector` is among `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| &labels[k] == v))
+}
+
+#[tokio::test]
+async fn gateway_tls_comes_from_the_secret_as_files_that_can_change() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let objects = render_and_dry_run(
+        "fan",
+        &ns.name,
+        &[
+            "gateway.tls.secretName=gateway-tls",
+            "gateway.tls.pollInterval=30s",
+        ],
+    );
+    let gateway = find(&objects, "Deployment", "fan-fanout-gateway");
+    let pod = &gateway["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .expect("a tls volume");
+    assert_eq!(volume["secret"]["secretName"], "gateway-tls");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "tls")
+        .expect("a tls mount");
+    assert_eq!(mount["readOnly"], true);
+    // A subPath mount would never see the kubelet's updates of the Secret.
+    assert!(mount["subPath"].is_null(), "{mount}");
+    let dir = mount["mountPath"].as_str().unwrap();
+    for (variable, key) in [
+        ("FANOUT_GATEWAY_TLS_CERT_FILE", "tls.crt"),
+        ("FANOUT_GATEWAY_TLS_KEY_FILE", "tls.key"),
+    ] {
+        assert_eq!(env_value(gateway, variable), format!("{dir}/{key}"));
+        assert!(
+            volume["secret"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["key"] == key && i["path"] == key),
+            "{volume}"
+        );
+    }
+    assert_eq!(
+        env_value(gateway, "FANOUT_GATEWAY_TLS_POLL_INTERVAL"),
+        "30s"
+    );
+    // The events port is named for what it speaks; probes stay plain HTTP on ops.
+    assert_eq!(container["ports"][0]["name"], "https");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "ops");
+    let service = find(&objects, "Service", "fan-fanout-gateway");
+    let ports = service["spec"]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0]["name"], "https");
+    assert_eq!(ports[0]["targetPort"], "https");
+    assert_eq!(ports[0]["appProtocol"], "https");
+    ns.delete(&client).await.unwrap();
+}
+
+/// The NetworkPolicies the chart renders, as the apiserver stores them. The local
+/// control plane (and the e2e node, whose bridge plugin enforces no policy) cannot
+/// show traffic being stopped: what is checked is that each policy is valid, selects
+/// the pods it is for, and admits exactly the ports and peers the values name.
+#[tokio::test]
+async fn network_policies_select_each_component_and_admit_only_what_the_values_name() {
+    let client = cluster::client().await.unwrap();
+    ensure_monitoring_crds();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let shop = TestNamespace::create(&client, "shop").await.unwrap();
+    let crm = TestNamespace::create(&client, "crm").await.unwrap();
+    let nats_peer = serde_json::json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nats"}}});
+    let scraper = serde_json::json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}});
+    let namespaces = format!(
+        "networkPolicy.dispatchers.namespaces={{{},{}}}",
+        shop.name, crm.name
+    );
+    let objects = render_and_dry_run(
+        "fan",
+        &ns.name,
+        &[
+            "networkPolicy.enabled=true",
+            "networkPolicy.nats.to[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=nats",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+            &namespaces,
+            "serviceMonitor.enabled=true",
+        ],
+    );
+    let policy = |namespace: &str, name: &str| -> Value {
+        objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "NetworkPolicy"
+                    && o["metadata"]["namespace"] == namespace
+                    && o["metadata"]["name"] == name
+            })
+            .unwrap_or_else(|| panic!("no NetworkPolicy {namespace}/{name}"))
+            .clone()
+    };
+    // (port, peers) of each ingress rule; (ports, peers) of each egress rule.
+    let ingress = |p: &Value| -> Vec<(i64, Value)> {
+        p["spec"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| (r["ports"][0]["port"].as_i64().unwrap(), r["from"].clone()))
+            .collect()
+    };
+    let egress_ports = |p: &Value| -> BTreeSet<(String, i64)> {
+        p["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["ports"].as_array().cloned().unwrap_or_default())
+            .map(|port| {
+                (
+                    port["protocol"].as_str().unwrap().to_string(),
+                    port["port"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let egress_to = |p: &Value, port: i64| -> Value {
+        p["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| {
+                r["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["port"] == port)
+            })
+            .map(|r| r["to"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let pod_labels = |deployment: &str| {
+        find(&objects, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"].clone()
+    };
+    let dns_and_nats = [
+        ("TCP".to_string(), 4222),
+        ("UDP".to_string(), 53),
+        ("TCP".to_string(), 53),
+    ];
+
+    // The gateway: events from every pod of the cluster (the default), its ops port
+    // from the scrapers only; out to DNS and NATS and nowhere else.
+    let gateway = policy(&ns.name, "fan-fanout-gateway");
+    assert_eq!(
+        gateway["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert!(selects(
+        &gateway["spec"]["podSelector"]["matchLabels"],
+        &pod_labels("fan-fanout-gateway")
+    ));
+    assert!(!selects(
+        &gateway["spec"]["podSelector"]["matchLabels"],
+        &pod_labels("fan-fanout-operator")
+    ));
+    assert_eq!(
+        ingress(&gateway),
+        [
+            (8080, serde_json::json!([{"namespaceSelector": {}}])),
+            (9090, serde_json::json!([scraper])),
+        ]
+    );
+    assert_eq!(
+        egress_ports(&gateway),
+        dns_and_nats.iter().cloned().collect()
+    );
+    assert_eq!(egress_to(&gateway, 4222), serde_json::json!([nats_peer]));
+
+    // The operator: its metrics from the scrapers; out to the apiserver, DNS, NATS.
+    let operator = policy(&ns.name, "fan-fanout-operator");
+    assert!(selects(
+        &operator["spec"]["podSelector"]["matchLabels"],
+        &pod_labels("fan-fanout-operator")
+    ));
+    assert_eq!(ingress(&operator), [(8081, serde_json::json!([scraper]))]);
+    let mut expected: BTreeSet<(String, i64)> = dns_and_nats.iter().cloned().collect();
+    expected.extend([("TCP".to_string(), 443), ("TCP".to_string(), 6443)]);
+    assert_eq!(egress_ports(&operator), expected);
+
+    // The dispatchers, in each namespace named: selected by the labels the operator
+    // gives them (the PodMonitor's selector, checked against a real dispatcher
+    // Deployment in cli/tests/operator.rs); metrics in, NATS, DNS and the targets
+    // out, but not link-local addresses (cloud metadata).
+    let pod_monitor = find(&objects, "PodMonitor", "fan-fanout-dispatchers");
+    for namespace in [&shop.name, &crm.name] {
+        let dispatchers = policy(namespace, "fan-fanout-dispatchers");
+        assert_eq!(
+            dispatchers["spec"]["podSelector"]["matchLabels"],
+            pod_monitor["spec"]["selector"]["matchLabels"]
+        );
+        assert_eq!(
+            ingress(&dispatchers),
+            [(9090, serde_json::json!([scraper]))]
+        );
+        assert_eq!(
+            egress_to(&dispatchers, 4222),
+            serde_json::json!([nats_peer])
+        );
+        let targets = dispatchers["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert!(targets["ports"].is_null(), "targets on any port: {targets}");
+        assert_eq!(targets["to"][0]["ipBlock"]["cidr"], "0.0.0.0/0");
+        assert_eq!(
+            targets["to"][0]["ipBlock"]["except"],
+            serde_json::json!(["169.254.0.0/16"])
+        );
+    }
+    assert_eq!(
+        objects
+            .iter()
+            .filter(|o| o["kind"] == "NetworkPolicy")
+            .count(),
+        4,
+        "{:?}",
+        kinds_and_names(&objects)
+    );
+
+    // Without scrapers named, nothing may reach the metrics ports (the kubelet's
+    // probes come from the pod's node, which a policy always admits).
+    let objects = render_and_dry_run(
+        "fan",
+        &ns.name,
+        &[
+            "networkPolicy.enabled=true",
+            "networkPolicy.nats.to[0].ipBlock.cidr=10.1.2.0/24",
+        ],
+    );
+    let gateway = objects
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "fan-fanout-gateway")
+        .unwrap();
+    assert_eq!(
+        ingress(gateway),
+        [(8080, serde_json::json!([{"namespaceSelector": {}}]))]
+    );
+    let operator = objects
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "fan-fanout-operator")
+        .unwrap();
+    assert!(ingress(operator).is_empty(), "{operator}");
+
+    // Off by default.
+    let defaults = template("fan", &ns.name, &value_flags(&[]));
+    check(&defaults, "helm template").unwrap();
+    assert!(!String::from_utf8_lossy(&defaults.stdout).contains("NetworkPolicy"));
+    for namespace in [shop, crm, ns] {
+        namespace.delete(&client).await.unwrap();
+    }
+}
+
 #[test]
 fn wrong_values_are_refused_with_the_field_named() {
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 10] = [
         (
             &["--set-string", "operator.replicas=two"],
             "/operator/replicas",
@@ -669,6 +995,14 @@ fn wrong_values_are_refused_with_the_field_named() {
                 "operator.leaderElection.enabled=false",
             ],
             "operator.leaderElection.enabled",
+        ),
+        (
+            &["--set", "networkPolicy.enabled=true"],
+            "networkPolicy.nats.to must list where NATS runs",
+        ),
+        (
+            &["--set", "gateway.tls.secretName=Not_A_Name"],
+            "/gateway/tls/secretName",
         ),
     ];
     for (flags, named) in cases {

@@ -108,9 +108,9 @@ spec:
     - name: gateway
       image: {image}
       imagePullPolicy: Never
-      args: [gateway, --config, /tmp/absent.yaml, --nats-url, \"{nats}\", --listen, \"0.0.0.0:8080\"]
+      args: [gateway, --config, /tmp/absent.yaml, --nats-url, \"{nats}\", --listen, \"0.0.0.0:8080\", --listen-ops, \"0.0.0.0:9090\"]
       securityContext: {{readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
-      readinessProbe: {{httpGet: {{path: /readyz, port: 8080}}, periodSeconds: 1}}
+      readinessProbe: {{httpGet: {{path: /readyz, port: 9090}}, periodSeconds: 1}}
 ",
             nats = nats.url()
         ),
@@ -131,8 +131,11 @@ spec:
     })
     .await;
     let ip = ip.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.describe(&ns)));
-    let r = http::get(&format!("{ip}:8080"), "/readyz").await.unwrap();
+    let r = http::get(&format!("{ip}:9090"), "/readyz").await.unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
+    // The events port does not answer probes or serve metrics.
+    let r = http::get(&format!("{ip}:8080"), "/metrics").await.unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
     Api::<Namespace>::all(cluster.client.clone())
         .delete(&ns, &DeleteParams::background())
         .await
@@ -204,6 +207,41 @@ async fn helm_installed_fanout_delivers_through_dispatcher_pods_on_a_real_node()
     })
     .await
     .unwrap();
+    // The gateway's metrics are on its pods' ops port (what the chart's probes and
+    // PodMonitor use), not on the Service's port that producers reach.
+    let events_port = release.gateway_endpoints().await.unwrap()[0].clone();
+    let r = http::get(&events_port, "/metrics").await.unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    let gateway_pods = cluster
+        .api::<Pod>(&ns)
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=gateway"
+        )))
+        .await
+        .unwrap();
+    let mut stored = 0;
+    for pod in gateway_pods {
+        let ip = pod
+            .status
+            .and_then(|s| s.pod_ip)
+            .expect("a Ready pod has an IP");
+        let r = http::get(&format!("{ip}:9090"), "/metrics").await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        stored += r
+            .body
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!(
+                    "fanout_gateway_events_total{{route=\"{ns}/{ROUTE}\",outcome=\"accepted\"}}"
+                )) || l.starts_with(&format!(
+                    "fanout_gateway_events_total{{route=\"{ns}/{ROUTE}\",outcome=\"duplicate\"}}"
+                ))
+            })
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum::<u64>();
+    }
+    assert!(stored >= 20, "the gateways counted {stored} stored events");
+
     let table = cluster.kubectl(&ns, &["get", "fanoutroutes"]);
     assert!(table.contains("DELIVERED"), "{table}");
     assert!(

@@ -22,9 +22,52 @@ pub struct Args {
     )]
     pub config_poll_interval: Duration,
 
-    /// Address the HTTP server listens on.
+    /// Address the events API listens on (what producers reach).
     #[arg(long, env = "FANOUT_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+
+    /// Address of `/healthz`, `/readyz` and `/metrics`: for probes and scrapers, kept
+    /// off the events port so that producers cannot read them.
+    #[arg(
+        long,
+        env = "FANOUT_GATEWAY_LISTEN_OPS",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub listen_ops: SocketAddr,
+
+    /// How long a client may take to send a request's headers; a connection that
+    /// has not sent them by then is closed. It is also how long a keep-alive
+    /// connection may stay idle between requests.
+    #[arg(
+        long,
+        env = "FANOUT_GATEWAY_HEADER_READ_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub header_read_timeout: Duration,
+
+    /// How long a client may take to send a request's body, from when the gateway
+    /// starts reading it; then it is answered 408 and the connection is closed.
+    #[arg(long, env = "FANOUT_GATEWAY_BODY_READ_TIMEOUT", default_value = "30s")]
+    pub body_read_timeout: Duration,
+
+    /// Most connections open at once on the events port (all shards together); a
+    /// connection beyond it is closed as soon as it is accepted.
+    #[arg(long, env = "FANOUT_GATEWAY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// TLS certificate chain (PEM) of the events port; with --tls-key-file. Without
+    /// both, the events port speaks plain HTTP.
+    #[arg(long, env = "FANOUT_GATEWAY_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The TLS certificate's private key (PEM); with --tls-cert-file.
+    #[arg(long, env = "FANOUT_GATEWAY_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// How often the TLS files are re-read; a changed pair is served to new
+    /// connections, open ones keep theirs. 0s turns reloading off.
+    #[arg(long, env = "FANOUT_GATEWAY_TLS_POLL_INTERVAL", default_value = "10s")]
+    pub tls_poll_interval: Duration,
 
     /// Threads serving HTTP, each with its own NATS connection (docs/gateway.md,
     /// "Shards"). Default: the CPUs this process may use.

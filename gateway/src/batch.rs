@@ -238,7 +238,7 @@ async fn read_items(
     body: Body,
 ) -> Result<Vec<Result<ItemParts, ItemError>>, Problem> {
     let format = Format::from_media_type(event::media_type(headers).as_deref())?;
-    let body = body::read(headers, body, state.body_limit).await?;
+    let body = body::read(headers, body, state.body_limit, state.body_read_timeout).await?;
     let items = parse(format, &body, state.max_batch_items)?;
     state
         .publisher

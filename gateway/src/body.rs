@@ -1,4 +1,7 @@
-//! Reading a request body up to the configured limit.
+//! Reading a request body up to the configured limit and within the body read
+//! timeout.
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
@@ -11,6 +14,8 @@ use crate::problem::{Problem, ProblemKind};
 pub enum BodyError {
     #[error("the request body is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("the request body did not arrive within {0:?}")]
+    TooSlow(Duration),
     #[error("reading the request body failed")]
     Read(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -19,14 +24,22 @@ impl From<BodyError> for Problem {
     fn from(e: BodyError) -> Self {
         let kind = match e {
             BodyError::TooLarge { .. } => ProblemKind::PayloadTooLarge,
+            BodyError::TooSlow(_) => ProblemKind::RequestTimeout,
             BodyError::Read(_) => ProblemKind::InvalidEvent,
         };
         Problem::new(kind, e.to_string())
     }
 }
 
-/// The whole body, refusing it early when `Content-Length` already exceeds `limit`.
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, BodyError> {
+/// The whole body, refusing it early when `Content-Length` already exceeds `limit`,
+/// and when it has not all arrived within `timeout` (a client trickling it would
+/// otherwise hold the request, its connection and its memory for ever).
+pub async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -34,7 +47,12 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
+    // The timer is registered only if the body is not complete at the first poll:
+    // a body that came with its headers costs no timer.
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| BodyError::TooSlow(timeout))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
         Err(e) => Err(BodyError::Read(e)),

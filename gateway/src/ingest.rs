@@ -117,7 +117,7 @@ async fn store(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Stored, Problem> {
-    let body = body::read(headers, body, state.body_limit).await?;
+    let body = body::read(headers, body, state.body_limit, state.body_read_timeout).await?;
     let event = event::single(route, &state.forward, headers, body)
         .map_err(|e| Problem::new(ProblemKind::InvalidEvent, e.to_string()))?;
     state

@@ -5,13 +5,15 @@
 //! Where things are decided:
 //! - [`config`], [`reload`]: which routes exist and their tokens (from the rendered
 //!   configuration file, re-read periodically).
-//! - [`auth`]: bearer tokens; [`body`]: the body limit.
+//! - [`auth`]: bearer tokens; [`body`]: the body limit and read timeout.
 //! - [`cloudevents`], [`event`], [`headers`]: the event id, subject and headers.
-//! - [`ingest`], [`batch`]: the two ingest endpoints; [`ops`]: health, metrics, API.
+//! - [`ingest`], [`batch`]: the two ingest endpoints; [`ops`]: health, readiness and
+//!   metrics on the ops port.
 //! - [`publish`]: JetStream publishes, the in-flight bound, error classification.
 //! - [`shard`]: the threads that serve, each with its own runtime and NATS
-//!   connection; [`accept`]: which shard serves a connection; [`server`]: the HTTP
-//!   server of one shard.
+//!   connection; [`accept`]: which shard serves a connection, and [`limit`]: how
+//!   many may be open; [`server`]: serving connections (timeouts, graceful drain);
+//!   [`tls`]: the certificate, re-read when its files change.
 //! - [`problem`]: RFC 9457 error answers; [`metrics`]; [`openapi`].
 
 pub mod accept;
@@ -24,6 +26,7 @@ pub mod config;
 pub mod event;
 pub mod headers;
 pub mod ingest;
+pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
@@ -32,6 +35,7 @@ pub mod publish;
 pub mod reload;
 pub mod server;
 pub mod shard;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,10 +47,13 @@ pub use args::Args;
 
 use crate::config::ConfigError;
 use crate::headers::{ForwardHeaders, InvalidHeaderName};
+use crate::limit::ConnectionLimit;
 use crate::metrics::Metrics;
+use crate::ops::Ops;
 use crate::publish::InFlight;
-use crate::server::ServeError;
+use crate::server::{Listening, Protocol, ServeError};
 use crate::shard::{Connections, Phase, Shared, Stopped};
+use crate::tls::{Certificates, TlsError};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +64,10 @@ pub enum StartError {
     ForwardHeaders(#[from] InvalidHeaderName),
     #[error("--{flag} must be at least 1")]
     Zero { flag: &'static str },
+    #[error("--{flag} must be longer than 0s")]
+    NoTime { flag: &'static str },
+    #[error("loading the TLS certificate (--tls-cert-file, --tls-key-file)")]
+    Tls(#[from] TlsError),
     /// A credentials or token file that cannot be read (the error names the file).
     #[error("{0:#}")]
     NatsSettings(anyhow::Error),
@@ -83,15 +94,25 @@ pub enum StartError {
 pub enum ShutdownError {
     #[error("requests in progress did not finish within {0:?}")]
     DrainTimedOut(Duration),
-    #[error("the HTTP server failed")]
-    Serve(#[from] ServeError),
     #[error("shard {index} stopped unexpectedly (its thread panicked)")]
     ShardLost { index: usize },
+}
+
+/// Whether the gateway serves its ops port itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpsPort {
+    /// On `--listen-ops`, as `fanout gateway` does.
+    Listen,
+    /// Not at all: the process that embeds the gateway serves [`Gateway::ops`] with
+    /// its own health and metrics (`fanout standalone`).
+    Embedded,
 }
 
 /// A running gateway: its shards, each serving on a thread of its own.
 pub struct Gateway {
     addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
+    ops: Arc<Ops>,
     phase: watch::Sender<Phase>,
     /// Each shard, once it has stopped.
     ended: mpsc::UnboundedReceiver<Stopped>,
@@ -102,10 +123,28 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads the configuration, binds the listening socket and starts the shards. Each
-    /// connects to NATS in the background: a shard serves, and answers 503, until
-    /// NATS is reachable.
+    /// Loads the configuration (and the TLS certificate), binds the events and ops
+    /// ports and starts the shards. Each connects to NATS in the background: a shard
+    /// serves, and answers 503, until NATS is reachable.
     pub async fn start(args: Args) -> Result<Gateway, StartError> {
+        Gateway::start_with(args, OpsPort::Listen).await
+    }
+
+    /// [`Gateway::start`], serving the ops port or leaving it to the caller.
+    pub async fn start_with(args: Args, ops_port: OpsPort) -> Result<Gateway, StartError> {
+        if args.max_connections == 0 {
+            return Err(StartError::Zero {
+                flag: "max-connections",
+            });
+        }
+        for (flag, value) in [
+            ("header-read-timeout", args.header_read_timeout),
+            ("body-read-timeout", args.body_read_timeout),
+        ] {
+            if value.as_std().is_zero() {
+                return Err(StartError::NoTime { flag });
+            }
+        }
         if args.max_in_flight == 0 {
             return Err(StartError::Zero {
                 flag: "max-in-flight",
@@ -130,33 +169,57 @@ impl Gateway {
             }
             Err(e) => return Err(e.into()),
         };
+        let certificates = match (&args.tls_cert_file, &args.tls_key_file) {
+            (Some(cert), Some(key)) => Some(Certificates::load(cert, key)?),
+            _ => None,
+        };
         let shard_count = args.shard_count().get();
         let metrics = Arc::new(Metrics::new());
         metrics.routes_configured(routes.routes().map(|r| &r.label));
         let (routes_tx, routes_rx) = watch::channel(Arc::new(routes));
+        let limit = ConnectionLimit::new(args.max_connections);
+        let header_read_timeout = args.header_read_timeout.as_std();
         let shared = Shared {
             routes: routes_rx,
             metrics: metrics.clone(),
             forward: ForwardHeaders::new(&args.forward_headers)?,
             body_limit: args.body_limit,
+            body_read_timeout: args.body_read_timeout.as_std(),
             max_batch_items: args.max_batch_items,
+            protocol: Protocol::new(
+                header_read_timeout,
+                certificates.as_ref().map(Certificates::acceptor),
+            ),
             in_flight: InFlight::new(args.max_in_flight),
             permit_wait: args.in_flight_wait.as_std(),
             ack_timeout: args.publish_timeout.as_std(),
             connections: Arc::new(Connections::new(shard_count)),
             nats: args.nats.clone(),
         };
-        let listener = server::bind(args.listen)?;
-        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: args.listen,
-            source,
-        })?;
+        let listener = server::bind(args.listen, "listen")?;
+        let addr = local_addr(&listener, args.listen, "listen")?;
+        let ops_listener = match ops_port {
+            OpsPort::Listen => Some(server::bind(args.listen_ops, "listen-ops")?),
+            OpsPort::Embedded => None,
+        };
+        let ops_addr = match &ops_listener {
+            Some(listener) => Some(local_addr(listener, args.listen_ops, "listen-ops")?),
+            None => None,
+        };
         let connections = shared.connections.clone();
         let (phase, phase_rx) = watch::channel(Phase::Serve);
+        let ops = Arc::new(Ops {
+            routes: shared.routes.clone(),
+            metrics: metrics.clone(),
+            connections: connections.clone(),
+            in_flight: shared.in_flight.clone(),
+            limit: limit.clone(),
+            phase: phase_rx.clone(),
+        });
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let mut handoffs = Vec::with_capacity(shard_count);
         for index in 0..shard_count {
-            let (handoff, handed) = accept::channel(addr);
+            let (handoff, handed) = accept::channel();
             // On an early return, dropping `phase` stops the shards started so far.
             shard::start(
                 index,
@@ -168,7 +231,41 @@ impl Gateway {
             .await?;
             handoffs.push(handoff);
         }
-        tokio::spawn(accept::hand_out(listener, handoffs, phase_rx.clone()));
+        tokio::spawn(accept::hand_out(
+            listener,
+            handoffs,
+            limit,
+            metrics.clone(),
+            phase_rx.clone(),
+        ));
+        if let Some(listener) = ops_listener {
+            let mut phase = phase_rx.clone();
+            // Serves until the gateway has stopped (the phase's sender is gone), so
+            // that probes are answered while the shards drain.
+            let stopped = async move {
+                let _ = phase.wait_for(|phase| *phase == Phase::Abort).await;
+            };
+            tokio::spawn(server::serve(
+                Listening {
+                    listener,
+                    limit: ConnectionLimit::new(ops::MAX_CONNECTIONS),
+                },
+                ops::router(ops.clone()),
+                Protocol::new(header_read_timeout, None),
+                stopped,
+            ));
+        }
+        if let Some(certificates) = certificates {
+            let interval = args.tls_poll_interval.as_std();
+            if !interval.is_zero() {
+                tokio::spawn(tls::watch_files(
+                    certificates,
+                    interval,
+                    metrics.clone(),
+                    phase_rx.clone(),
+                ));
+            }
+        }
         if !poll.is_zero() {
             tokio::spawn(reload::watch_config(
                 args.config.clone(),
@@ -178,9 +275,11 @@ impl Gateway {
                 phase_rx,
             ));
         }
-        tracing::info!(%addr, shards = shard_count, nats = %args.nats.url, "gateway listening");
+        tracing::info!(%addr, ops = ?ops_addr, tls = args.tls_cert_file.is_some(), shards = shard_count, nats = %args.nats.url, "gateway listening");
         Ok(Gateway {
             addr,
+            ops_addr,
+            ops,
             phase,
             ended,
             running: shard_count,
@@ -196,9 +295,20 @@ impl Gateway {
         self.connections.clone()
     }
 
-    /// The address the HTTP server listens on.
+    /// The address of the events port.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the ops port, unless the embedding process serves it.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
+    }
+
+    /// Readiness and metrics, for a process that embeds the gateway
+    /// ([`OpsPort::Embedded`]) and serves them with its own.
+    pub fn ops(&self) -> Arc<Ops> {
+        self.ops.clone()
     }
 
     /// Resolves with a shard's index if one stops while the gateway serves: a bug made
@@ -239,6 +349,16 @@ impl Gateway {
         }
         outcome
     }
+}
+
+fn local_addr(
+    listener: &tokio::net::TcpListener,
+    addr: SocketAddr,
+    flag: &'static str,
+) -> Result<SocketAddr, ServeError> {
+    listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, flag, source })
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then shuts it down gracefully. Fails if

@@ -165,6 +165,10 @@ pub struct Metrics {
     publish_latency: Family<ShardLabels, Histogram>,
     in_flight: Gauge,
     reloads: Family<ReloadLabels, Counter>,
+    connections_open: Gauge,
+    connections_max: Gauge,
+    connections_refused: Counter,
+    tls_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -214,6 +218,33 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ReloadLabels { result });
         }
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections open on the events port",
+            connections_open.clone(),
+        );
+        let connections_max = Gauge::default();
+        registry.register(
+            "connections_max",
+            "Most connections the events port keeps open (--max-connections)",
+            connections_max.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed as soon as they were accepted, because the maximum were open",
+            connections_refused.clone(),
+        );
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Changes to the TLS certificate and key files by result (success: now served; failure: the previous pair is kept)",
+            tls_reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            let _ = tls_reloads.get_or_create(&ReloadLabels { result });
+        }
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Metrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -223,6 +254,10 @@ impl Metrics {
             publish_latency,
             in_flight,
             reloads,
+            connections_open,
+            connections_max,
+            connections_refused,
+            tls_reloads,
         }
     }
 
@@ -329,6 +364,24 @@ impl Metrics {
     pub fn reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    pub fn set_connections(&self, open: usize, max: usize) {
+        self.connections_open
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+        self.connections_max
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    pub fn tls_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.tls_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

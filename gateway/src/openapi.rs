@@ -1,5 +1,7 @@
-//! The OpenAPI 3.0 description served at `GET /openapi.json`, written by hand so it
-//! says exactly what the handlers do (a schemathesis test holds it to that).
+//! The OpenAPI 3.0 description of the events port, served there at `GET
+//! /openapi.json`, written by hand so it says exactly what the handlers do (a
+//! schemathesis test holds it to that). The ops port's probes and metrics are for
+//! Kubernetes and Prometheus, not producers, and are not in it.
 
 use std::sync::OnceLock;
 
@@ -93,6 +95,10 @@ fn build() -> Value {
         add(
             ProblemKind::Busy,
             "Too many publishes in flight (`--max-in-flight`)",
+        );
+        add(
+            ProblemKind::RequestTimeout,
+            "The body did not arrive within `--body-read-timeout`; the connection is closed. Nothing was stored",
         );
         for (kind, description) in extra {
             add(*kind, description);
@@ -197,30 +203,6 @@ fn build() -> Value {
                     "responses": batch_responses,
                 },
             },
-            "/healthz": {
-                "get": {
-                    "operationId": "healthz",
-                    "summary": "Liveness: the process serves HTTP",
-                    "responses": {"200": {"description": "Up", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}},
-                },
-            },
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "summary": "Readiness: connected to NATS",
-                    "responses": {
-                        "200": {"description": "Ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
-                        "503": problem(ProblemKind::Unavailable, "Not connected to NATS"),
-                    },
-                },
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics (OpenMetrics text)",
-                    "responses": {"200": {"description": "Metrics", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}},
-                },
-            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -314,11 +296,6 @@ fn build() -> Value {
                         "type": {"type": "string", "minLength": 1},
                     },
                 },
-                "Status": {
-                    "type": "object",
-                    "required": ["status"],
-                    "properties": {"status": {"type": "string"}, "routes": {"type": "integer", "minimum": 0}},
-                },
             },
         },
     })
@@ -337,13 +314,13 @@ mod tests {
         let doc = doc();
         let single = &doc["paths"][EVENTS_PATH]["post"]["responses"];
         for status in [
-            "202", "400", "401", "403", "404", "413", "502", "503", "507",
+            "202", "400", "401", "403", "404", "408", "413", "502", "503", "507",
         ] {
             assert!(single.get(status).is_some(), "single {status}");
         }
         let batch = &doc["paths"][BATCH_PATH]["post"]["responses"];
         for status in [
-            "202", "207", "400", "401", "403", "404", "413", "415", "503",
+            "202", "207", "400", "401", "403", "404", "408", "413", "415", "503",
         ] {
             assert!(batch.get(status).is_some(), "batch {status}");
         }

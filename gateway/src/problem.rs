@@ -23,6 +23,7 @@ pub enum ProblemKind {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
     Internal,
     StorageRejected,
@@ -32,7 +33,7 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 14] = [
+    pub const ALL: [ProblemKind; 15] = [
         ProblemKind::InvalidEvent,
         ProblemKind::InvalidBatch,
         ProblemKind::Unauthorized,
@@ -41,6 +42,7 @@ impl ProblemKind {
         ProblemKind::NotFound,
         ProblemKind::MethodNotAllowed,
         ProblemKind::PayloadTooLarge,
+        ProblemKind::RequestTimeout,
         ProblemKind::UnsupportedMediaType,
         ProblemKind::Internal,
         ProblemKind::StorageRejected,
@@ -57,6 +59,7 @@ impl ProblemKind {
             ProblemKind::RouteNotFound | ProblemKind::NotFound => StatusCode::NOT_FOUND,
             ProblemKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProblemKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProblemKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProblemKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProblemKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ProblemKind::StorageRejected => StatusCode::BAD_GATEWAY,
@@ -76,6 +79,7 @@ impl ProblemKind {
             ProblemKind::NotFound => "not-found",
             ProblemKind::MethodNotAllowed => "method-not-allowed",
             ProblemKind::PayloadTooLarge => "payload-too-large",
+            ProblemKind::RequestTimeout => "request-timeout",
             ProblemKind::UnsupportedMediaType => "unsupported-media-type",
             ProblemKind::Internal => "internal",
             ProblemKind::StorageRejected => "storage-rejected",
@@ -95,6 +99,7 @@ impl ProblemKind {
             ProblemKind::NotFound => "Not found",
             ProblemKind::MethodNotAllowed => "Method not allowed",
             ProblemKind::PayloadTooLarge => "Payload too large",
+            ProblemKind::RequestTimeout => "Request body too slow",
             ProblemKind::UnsupportedMediaType => "Unsupported media type",
             ProblemKind::Internal => "Internal error",
             ProblemKind::StorageRejected => "Event refused by storage",
@@ -172,6 +177,11 @@ impl IntoResponse for Problem {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.kind == ProblemKind::RequestTimeout {
+            // The rest of the body may still be on its way: the connection cannot
+            // carry another request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.kind == ProblemKind::Unauthorized {
             headers.insert(

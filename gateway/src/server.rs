@@ -1,24 +1,34 @@
-//! The HTTP server: shared state, the router, and serving until shutdown.
+//! The HTTP server of the events port: shared state, the router, and serving
+//! connections until shutdown. Each connection is bounded in time: its request
+//! headers must arrive within the header read timeout (hyper closes it otherwise,
+//! which also ends an idle keep-alive connection), a TLS handshake within the same
+//! time, and a body within the body read timeout ([`crate::body`] answers 408).
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::serve::{Listener, ListenerExt};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::config::{Route, RouteTable};
 use crate::headers::ForwardHeaders;
+use crate::limit::{ConnectionLimit, Slot};
 use crate::metrics::Metrics;
 use crate::problem::{Problem, ProblemKind};
 use crate::publish::Publisher;
-use crate::shard::Connections;
 use crate::{batch, ingest, ops};
 
 /// Path of the single-event endpoint.
@@ -31,11 +41,10 @@ pub struct AppState {
     pub routes: watch::Receiver<Arc<RouteTable>>,
     /// This shard's own NATS connection.
     pub publisher: Publisher,
-    /// Every shard's, for readiness.
-    pub connections: Arc<Connections>,
     pub metrics: Arc<Metrics>,
     pub forward: ForwardHeaders,
     pub body_limit: usize,
+    pub body_read_timeout: Duration,
     pub max_batch_items: usize,
 }
 
@@ -47,24 +56,21 @@ impl AppState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("listening on {addr}")]
+    #[error("listening on {addr} (--{flag})")]
     Bind {
         addr: SocketAddr,
+        flag: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("serving HTTP")]
-    Serve(#[source] std::io::Error),
 }
 
-/// The gateway's routes.
+/// The events port's routes: the ingest endpoints and the API description. Health,
+/// readiness and metrics are on the ops port ([`ops::router`]).
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(EVENTS_PATH, post(ingest::handle))
         .route(BATCH_PATH, post(batch::handle))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -80,7 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn not_found() -> axum::response::Response {
+pub async fn not_found() -> axum::response::Response {
     Problem::new(ProblemKind::NotFound, "no such endpoint; see /openapi.json").into_response()
 }
 
@@ -98,7 +104,8 @@ async fn method_not_allowed() -> axum::response::Response {
 /// waits a whole second to retry. Tokio's `TcpListener::bind` asks for only 128.
 const LISTEN_BACKLOG: u32 = 4096;
 
-pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+/// Binds `addr`, given by command-line flag `flag` (named in the error).
+pub fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, ServeError> {
     let listen = || {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -110,27 +117,164 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         socket.bind(addr)?;
         socket.listen(LISTEN_BACKLOG)
     };
-    listen().map_err(|source| ServeError::Bind { addr, source })
+    listen().map_err(|source| ServeError::Bind { addr, flag, source })
 }
 
-/// Serves until `shutdown` completes, then stops accepting connections and waits
-/// for the requests in progress to finish.
+/// A connection to serve, and the slot it holds while open.
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub slot: Option<Slot>,
+}
+
+/// Where a server's connections come from.
+pub trait Accept: Send + 'static {
+    fn accept(&mut self) -> impl Future<Output = Accepted> + Send;
+}
+
+/// A listening socket of its own (the ops port), with a cap on its connections.
+pub struct Listening {
+    pub listener: TcpListener,
+    pub limit: ConnectionLimit,
+}
+
+impl Accept for Listening {
+    async fn accept(&mut self) -> Accepted {
+        loop {
+            // axum's accept logs and waits out errors such as running out of file
+            // descriptors.
+            let (stream, peer) = axum::serve::Listener::accept(&mut self.listener).await;
+            match self.limit.try_take() {
+                Some(slot) => {
+                    return Accepted {
+                        stream,
+                        peer,
+                        slot: Some(slot),
+                    };
+                }
+                None => tracing::debug!(%peer, "too many connections on the ops port; closing"),
+            }
+        }
+    }
+}
+
+/// How a server speaks on each connection: the same for all of its connections.
+#[derive(Clone)]
+pub struct Protocol {
+    http: http1::Builder,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+}
+
+impl Protocol {
+    /// HTTP/1.1, over TLS when `tls` is given; a client must send each request's
+    /// headers (and finish a TLS handshake) within `header_read_timeout`.
+    pub fn new(header_read_timeout: Duration, tls: Option<TlsAcceptor>) -> Self {
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        Protocol {
+            http,
+            tls,
+            handshake_timeout: header_read_timeout,
+        }
+    }
+}
+
+/// Serves connections from `listener` until `shutdown` completes; then stops
+/// accepting, lets every connection finish the request in progress, and returns once
+/// all have closed.
 pub async fn serve(
-    listener: impl Listener<Io = TcpStream, Addr = SocketAddr>,
-    state: Arc<AppState>,
+    mut listener: impl Accept,
+    router: Router,
+    protocol: Protocol,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
+) {
+    // Connections hold a sender each: `closed()` tells them to drain once `draining`
+    // is dropped. They hold a receiver of `done` each: its sender sees when all are gone.
+    let (drain, draining) = watch::channel(());
+    let (done, finished) = watch::channel(());
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let router = router.clone();
+        let protocol = protocol.clone();
+        let drain = drain.clone();
+        let finished = finished.clone();
+        tokio::spawn(async move {
+            connection(accepted, router, protocol, drain).await;
+            drop(finished);
+        });
+    }
+    drop(listener);
+    drop(draining);
+    drop(finished);
+    done.closed().await;
+}
+
+/// Serves one connection until it closes, or until the server drains (then the
+/// request in progress finishes first).
+async fn connection(
+    accepted: Accepted,
+    router: Router,
+    protocol: Protocol,
+    drain: watch::Sender<()>,
+) {
+    let Accepted { stream, peer, slot } = accepted;
     // Answers are small and each is written once: send them at once rather than let
     // Nagle's algorithm hold them for the client's delayed ACK (a 40 ms stall).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %fanout_config::error_chain(&e), "setting TCP_NODELAY failed");
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %fanout_config::error_chain(&e), "setting TCP_NODELAY failed");
+    }
+    match &protocol.tls {
+        None => http(stream, router, &protocol.http, &drain).await,
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(protocol.handshake_timeout, acceptor.accept(stream));
+            let tls = tokio::select! {
+                tls = handshake => tls,
+                () = drain.closed() => return,
+            };
+            match tls {
+                Ok(Ok(tls)) => http(tls, router, &protocol.http, &drain).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %fanout_config::error_chain(&e), "TLS handshake failed")
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not finished within the header read timeout")
+                }
+            }
         }
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+    }
+    drop(slot);
+}
+
+async fn http<I>(io: I, router: Router, http: &http1::Builder, drain: &watch::Sender<()>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let mut conn = pin!(http.serve_connection(TokioIo::new(io), service));
+    let mut draining = pin!(drain.closed());
+    let mut drained = false;
+    loop {
+        tokio::select! {
+            served = conn.as_mut() => {
+                // A client that went away, or a header read timeout: nothing to tell.
+                if let Err(e) = served {
+                    tracing::debug!(error = %fanout_config::error_chain(&e), "connection ended");
+                }
+                return;
+            }
+            () = &mut draining, if !drained => {
+                drained = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -144,7 +288,7 @@ mod tests {
     /// dropped and waits a second to retry.
     #[tokio::test]
     async fn a_burst_of_connections_fits_in_the_listen_queue() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap(), "listen").unwrap();
         let addr = listener.local_addr().unwrap();
         let connects = (0..400).map(|_| tokio::net::TcpStream::connect(addr));
         // A dropped SYN is retried after 1 s; the whole burst takes milliseconds.

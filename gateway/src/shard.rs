@@ -21,7 +21,7 @@ use crate::config::RouteTable;
 use crate::headers::ForwardHeaders;
 use crate::metrics::Metrics;
 use crate::publish::{InFlight, Publisher};
-use crate::server::{self, AppState};
+use crate::server::{self, AppState, Protocol};
 use crate::{ShutdownError, StartError};
 
 /// What the gateway asks of its shards.
@@ -82,7 +82,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub forward: ForwardHeaders,
     pub body_limit: usize,
+    pub body_read_timeout: Duration,
     pub max_batch_items: usize,
+    /// HTTP, maybe over TLS, with the header read timeout.
+    pub protocol: Protocol,
     pub in_flight: InFlight,
     pub permit_wait: Duration,
     pub ack_timeout: Duration,
@@ -158,10 +161,10 @@ async fn serve(
     let state = Arc::new(AppState {
         routes: shared.routes,
         publisher: publisher.clone(),
-        connections: shared.connections,
         metrics: shared.metrics,
         forward: shared.forward,
         body_limit: shared.body_limit,
+        body_read_timeout: shared.body_read_timeout,
         max_batch_items: shared.max_batch_items,
     });
     let _ = started.send(Ok(()));
@@ -171,10 +174,10 @@ async fn serve(
         let _ = drain.wait_for(|phase| *phase != Phase::Serve).await;
     };
     tokio::select! {
-        served = server::serve(listener, state, draining) => {
+        () = server::serve(listener, server::router(state), shared.protocol, draining) => {
             // Publishes are buffered by the client: send them before the thread ends.
             publisher.flush().await;
-            served.map_err(ShutdownError::Serve)
+            Ok(())
         }
         _ = phase.wait_for(|phase| *phase == Phase::Abort) => Ok(()),
     }

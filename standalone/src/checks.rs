@@ -58,6 +58,20 @@ pub enum CheckError {
         field: String,
         rule: &'static str,
     },
+    #[error("Secret {namespace}/{name}: metadata.name: {problem}")]
+    SecretName {
+        namespace: String,
+        name: String,
+        problem: &'static str,
+    },
+    #[error("Secret {namespace}/{name}: {field}: key {key:?} {problem}")]
+    SecretKey {
+        namespace: String,
+        name: String,
+        field: &'static str,
+        key: String,
+        problem: &'static str,
+    },
     #[error("{owner}: {field}: Secret {namespace}/{secret} has no key {key:?} in the manifests")]
     MissingSecretKey {
         owner: String,
@@ -107,6 +121,34 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
                     kind,
                     namespace,
                     name,
+                });
+            }
+        }
+    }
+
+    for secret in &m.secrets {
+        let (namespace, name) = ns!(secret.metadata);
+        if let Some(problem) = secret_name_problem(&name) {
+            problems.push(CheckError::SecretName {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                problem,
+            });
+        }
+        let data = secret.data.iter().flatten().map(|(k, _)| ("data", k));
+        let string_data = secret
+            .string_data
+            .iter()
+            .flatten()
+            .map(|(k, _)| ("stringData", k));
+        for (field, key) in data.chain(string_data) {
+            if let Some(problem) = secret_key_problem(key) {
+                problems.push(CheckError::SecretKey {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    field,
+                    key: key.clone(),
+                    problem,
                 });
             }
         }
@@ -390,6 +432,49 @@ fn has_repeats(items: &[String]) -> bool {
     !items.iter().all(|item| seen.insert(item))
 }
 
+/// Longest Secret name and key the apiserver accepts.
+const MAX_SECRET_NAME: usize = 253;
+
+/// Why the apiserver would refuse `name` as a Secret's name (a DNS-1123 subdomain:
+/// dot-separated DNS labels, at most 253 characters). Standalone makes the name a
+/// directory under the state directory, so this also keeps `/` and `..` out of it.
+pub fn secret_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("is required");
+    }
+    if name.len() > MAX_SECRET_NAME {
+        return Some("must be at most 253 characters");
+    }
+    if !name.split('.').all(is_dns_label) {
+        return Some(
+            "must be a DNS subdomain: lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit",
+        );
+    }
+    None
+}
+
+/// Why the apiserver would refuse `key` in a Secret's data (letters, digits, '-',
+/// '_' and '.'; not '.' or '..' or starting with '..'; at most 253 characters).
+/// Standalone makes the key a file name, so this also keeps `/` and `..` out of it.
+pub fn secret_key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        return Some("must not be empty");
+    }
+    if key.len() > MAX_SECRET_NAME {
+        return Some("must be at most 253 characters");
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Some("must consist of letters, digits, '-', '_' or '.'");
+    }
+    if key == "." || key.starts_with("..") {
+        return Some("must not be '.' or '..', nor start with '..'");
+    }
+    None
+}
+
 /// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, the rule the CRD states in CEL.
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -571,6 +656,56 @@ spec:
         );
         let text = route("orders", "[shop.orders.>]") + &route("billing", "[shop.billing.>]");
         assert_eq!(problems(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn secret_names_and_keys_are_checked_like_the_apiserver_does() {
+        for good in ["ingest", "a.b-c", "0"] {
+            assert_eq!(secret_name_problem(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "..",
+            "A",
+            "-a",
+            "a..b",
+            "a.",
+            &"a".repeat(254),
+        ] {
+            assert!(secret_name_problem(bad).is_some(), "{bad}");
+        }
+        for good in ["token", "ca.crt", ".hidden", "a_b-C.9", "x..y"] {
+            assert_eq!(secret_key_problem(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "..x",
+            "a/b",
+            "a b",
+            "é",
+            &"k".repeat(254),
+        ] {
+            assert!(secret_key_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_secret_whose_name_or_key_would_leave_its_directory_is_named() {
+        let text = format!(
+            "{ROUTE}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: ingest}}\nstringData: {{token: t, ../../escape: x}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: ../up}}\ndata: {{k: eA==}}\n"
+        );
+        assert_eq!(
+            problems(&text),
+            [
+                "Secret demo/ingest: stringData: key \"../../escape\" must consist of letters, digits, '-', '_' or '.'",
+                "Secret demo/../up: metadata.name: must be a DNS subdomain: lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit",
+            ]
+        );
     }
 
     #[test]

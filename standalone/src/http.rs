@@ -1,6 +1,6 @@
 //! The operations endpoints of `fanout standalone`: `/status` (JSON), `/status.txt`
-//! (the table), the dispatchers' `/metrics`, `/healthz` and `/readyz`. The gateway
-//! keeps its own address and its own `/metrics`.
+//! (the table), `/metrics` (the dispatchers' and the gateway's), `/healthz` and
+//! `/readyz`. The gateway's own address serves the events API only.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use fanout_gateway::shard::Connections;
+use fanout_gateway::ops::Ops;
 use tokio_util::sync::CancellationToken;
 
 use crate::status::{self, StatusSource};
@@ -19,7 +19,7 @@ struct AppState {
     status: Arc<StatusSource>,
     metrics: Arc<fanout_dispatcher::Metrics>,
     nats: async_nats::Client,
-    gateway: Arc<Connections>,
+    gateway: Arc<Ops>,
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -28,7 +28,7 @@ pub async fn serve(
     status: Arc<StatusSource>,
     metrics: Arc<fanout_dispatcher::Metrics>,
     nats: async_nats::Client,
-    gateway: Arc<Connections>,
+    gateway: Arc<Ops>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -65,7 +65,26 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(),
+        exposition(&state.metrics.encode(), &state.gateway.metrics_text()),
+    )
+}
+
+/// Two OpenMetrics expositions as one: the `# EOF` that ends each may only end the
+/// whole. Their metric names differ (`fanout_dispatcher_*`, `fanout_gateway_*`).
+fn exposition(dispatchers: &str, gateway: &str) -> String {
+    let without_eof = |text: &str| -> String {
+        let text = text.trim_end();
+        let body = text.strip_suffix("# EOF").unwrap_or(text).trim_end();
+        if body.is_empty() {
+            String::new()
+        } else {
+            format!("{body}\n")
+        }
+    };
+    format!(
+        "{}{}# EOF\n",
+        without_eof(dispatchers),
+        without_eof(gateway)
     )
 }
 
@@ -77,14 +96,25 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     if engines != async_nats::connection::State::Connected {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("NATS {engines:?}"));
     }
-    match state.gateway.disconnected() {
-        0 => (StatusCode::OK, "ready".to_string()),
-        down => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the gateway is not connected to NATS on {down} of its {} shards",
-                state.gateway.shards()
-            ),
-        ),
+    match state.gateway.ready() {
+        Ok(_) => (StatusCode::OK, "ready".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_expositions_end_once() {
+        let joined = exposition(
+            "# TYPE a counter\na_total 1\n# EOF\n",
+            "# TYPE b gauge\nb 2\n# EOF\n",
+        );
+        assert_eq!(
+            joined,
+            "# TYPE a counter\na_total 1\n# TYPE b gauge\nb 2\n# EOF\n"
+        );
     }
 }

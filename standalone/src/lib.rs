@@ -65,7 +65,8 @@ pub struct Args {
     )]
     pub listen_gateway: SocketAddr,
 
-    /// Address of `/status`, `/metrics`, `/healthz` and `/readyz`.
+    /// Address of `/status`, `/metrics` (the dispatchers' and the gateway's),
+    /// `/healthz` and `/readyz`; the gateway's address serves the events API only.
     #[arg(
         long,
         env = "FANOUT_STANDALONE_LISTEN_METRICS",

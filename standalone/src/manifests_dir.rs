@@ -10,6 +10,8 @@ use fanout_api::{ApiTarget, FanOutRoute};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::checks;
+
 /// Why the manifests could not be read. Documents are counted from 1.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -192,7 +194,10 @@ fn check_documents(path: &Path, text: &str, schemas: &Schemas) -> Result<(), Rea
                 typed::<FanOutRoute>(&value).map_err(|(f, p)| field(f, p))?;
                 &schemas.route
             }
-            "Secret" => continue,
+            "Secret" => {
+                secret_violation(&value).map_err(|(f, p)| field(f, p))?;
+                continue;
+            }
             _ => {
                 return Err(ReadError::UnknownKind {
                     path: path.to_path_buf(),
@@ -214,6 +219,28 @@ fn check_documents(path: &Path, text: &str, schemas: &Schemas) -> Result<(), Rea
         let spec_schema = &schema["properties"]["spec"];
         if let Some((at, problem)) = schema_violation(spec_schema, &json["spec"], "spec".into()) {
             return Err(field(at, problem));
+        }
+    }
+    Ok(())
+}
+
+/// A Secret's name or data key the apiserver would refuse. Standalone writes each key
+/// to `<state>/secrets/<name>/<key>`, so this is also what keeps a `../` in either
+/// from writing outside the state directory.
+fn secret_violation(value: &serde_yaml_ng::Value) -> Result<(), (String, String)> {
+    let name = value["metadata"]["name"].as_str().unwrap_or_default();
+    if let Some(problem) = checks::secret_name_problem(name) {
+        return Err(("metadata.name".into(), problem.into()));
+    }
+    for field in ["data", "stringData"] {
+        let Some(keys) = value[field].as_mapping() else {
+            continue;
+        };
+        for key in keys.keys() {
+            let key = key.as_str().unwrap_or_default();
+            if let Some(problem) = checks::secret_key_problem(key) {
+                return Err((field.into(), format!("key {key:?} {problem}")));
+            }
         }
     }
     Ok(())
@@ -395,6 +422,19 @@ mod tests {
             check(route)
                 .unwrap_err()
                 .ends_with("spec.targets: needs at least 1 items")
+        );
+        let err = check("apiVersion: v1\nkind: Secret\nmetadata: {name: ../x}\n").unwrap_err();
+        assert!(
+            err.starts_with("m.yaml: document 1 (Secret ../x): metadata.name: must be a DNS"),
+            "{err}"
+        );
+        let err = check(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {a: b, ../k: c}\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("m.yaml: document 1 (Secret s): stringData: key \"../k\" must"),
+            "{err}"
         );
         let err = check("kind: Deployment\n---\n").unwrap_err();
         assert_eq!(

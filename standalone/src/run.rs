@@ -13,7 +13,7 @@ use async_nats::jetstream;
 use fanout_config::names::RouteKey;
 use fanout_dispatcher::request::Auth;
 use fanout_dispatcher::{Engine, EngineOptions, Metrics, load};
-use fanout_gateway::Gateway;
+use fanout_gateway::{Gateway, OpsPort};
 use fanout_provision::Provisioner;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -69,7 +69,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("provisioning route {key}"))?;
     }
 
-    let gateway = Gateway::start(gateway_args(&args, &prepared)?)
+    // The gateway's readiness and metrics are served with standalone's own, on
+    // --listen-metrics: one address to probe and scrape, and none on the events port.
+    let gateway = Gateway::start_with(gateway_args(&args, &prepared)?, OpsPort::Embedded)
         .await
         .context("starting the gateway")?;
 
@@ -111,7 +113,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         status.clone(),
         metrics,
         nats.clone(),
-        gateway.connections(),
+        gateway.ops(),
         shutdown.clone(),
     ));
     if let Some(every) = args.print_status_every {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use fanout_api::manifests::{ManifestError, Manifests};
 
+use crate::checks;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("creating the state directory {path}")]
@@ -24,6 +26,15 @@ pub enum StateError {
     },
     #[error("writing the Secrets")]
     Write(#[source] ManifestError),
+    /// Refused before anything is written: the file would not be where the
+    /// rendered configuration expects it, or outside the state directory altogether.
+    #[error("Secret {name:?}: {what} {value:?} cannot be a file name: {problem}")]
+    Unsafe {
+        name: String,
+        what: &'static str,
+        value: String,
+        problem: &'static str,
+    },
 }
 
 /// Where standalone keeps its files; a temporary one is removed when dropped.
@@ -73,6 +84,27 @@ impl StateDir {
     /// Writes every Secret key, replacing what an earlier run left (a Secret removed
     /// from the manifests must not stay readable).
     pub fn write_secrets(&self, manifests: &Manifests) -> Result<(), StateError> {
+        // `checks` refuses these at start with the document named; checked again here
+        // because a name or key becomes a path below the state directory.
+        for secret in &manifests.secrets {
+            let name = secret.metadata.name.clone().unwrap_or_default();
+            let unsafe_part = |what, value: &str, problem| StateError::Unsafe {
+                name: name.clone(),
+                what,
+                value: value.to_string(),
+                problem,
+            };
+            if let Some(problem) = checks::secret_name_problem(&name) {
+                return Err(unsafe_part("name", &name, problem));
+            }
+            let data = secret.data.iter().flatten().map(|(k, _)| k);
+            let string_data = secret.string_data.iter().flatten().map(|(k, _)| k);
+            for key in data.chain(string_data) {
+                if let Some(problem) = checks::secret_key_problem(key) {
+                    return Err(unsafe_part("key", key, problem));
+                }
+            }
+        }
         let dir = self.secrets_dir();
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -128,6 +160,22 @@ mod tests {
         assert_eq!(mode(&state.secrets_dir()), 0o700);
         assert_eq!(mode(state.path()), 0o700);
         assert!(!state.secrets_dir().join("old").exists());
+    }
+
+    #[test]
+    fn a_key_or_name_that_would_leave_the_directory_is_refused_before_writing() {
+        let root = tempfile::tempdir().unwrap();
+        let state = StateDir::open(Some(&root.path().join("state"))).unwrap();
+        for text in [
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: ok}\nstringData: {a: x, ../../../escaped: x}\n",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: ../../escaped}\nstringData: {k: x}\n",
+        ] {
+            let m = Manifests::parse(text, "demo").unwrap();
+            let err = state.write_secrets(&m).unwrap_err();
+            assert!(matches!(err, StateError::Unsafe { .. }), "{err}");
+        }
+        assert!(!root.path().join("escaped").exists());
+        assert!(!state.secrets_dir().exists(), "nothing written");
     }
 
     #[test]

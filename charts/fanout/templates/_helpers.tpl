@@ -37,6 +37,14 @@ never share a cluster-scoped object.
 {{- printf "%s-gateway-tokens" (include "fanout.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The events port's name: https when it speaks TLS (meshes read the name). */}}
+{{- define "fanout.gateway.portName" -}}
+{{- ternary "https" "http" (not (empty .Values.gateway.tls.secretName)) }}
+{{- end }}
+
+{{/* Where the gateway's TLS Secret is mounted. */}}
+{{- define "fanout.gateway.tlsDir" -}}/etc/fanout/gateway-tls{{- end }}
+
 {{- define "fanout.operator.serviceAccountName" -}}
 {{- if .Values.operator.serviceAccount.create }}
 {{- default (include "fanout.operator.fullname" .) .Values.operator.serviceAccount.name }}
@@ -86,6 +94,9 @@ Deployment (always rendered).
 {{- define "fanout.validate" -}}
 {{- if and .Values.nats.credentials.secretName .Values.nats.token.secretName }}
 {{- fail "nats.credentials.secretName and nats.token.secretName exclude each other: NATS authenticates with one of them" }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled (empty .Values.networkPolicy.nats.to) }}
+{{- fail "networkPolicy.nats.to must list where NATS runs (NetworkPolicyPeers) when networkPolicy.enabled: every Fanout pod talks to NATS" }}
 {{- end }}
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) }}
 {{- fail "operator.replicas > 1 needs operator.leaderElection.enabled: true (two active operators would fight over every route)" }}
@@ -191,4 +202,31 @@ these rights.
 {{/* Watched namespaces, comma-separated; empty for every namespace. */}}
 {{- define "fanout.operator.watchNamespaces" -}}
 {{- join "," (uniq .Values.operator.watchNamespaces) }}
+{{- end }}
+
+{{/* Egress every Fanout pod needs: DNS and NATS. */}}
+{{- define "fanout.networkPolicy.commonEgress" -}}
+{{- with .Values.networkPolicy.dns.to }}
+- to:
+    {{- toYaml . | nindent 4 }}
+  ports:
+    - {protocol: UDP, port: 53}
+    - {protocol: TCP, port: 53}
+{{- end }}
+- to:
+    {{- toYaml .Values.networkPolicy.nats.to | nindent 4 }}
+  ports:
+    {{- range .Values.networkPolicy.nats.ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+{{- end }}
+
+{{/* Ingress on `port` from the metrics scrapers, when any are listed. */}}
+{{- define "fanout.networkPolicy.metricsIngress" -}}
+{{- with .root.Values.networkPolicy.metricsFrom }}
+- from:
+    {{- toYaml . | nindent 4 }}
+  ports:
+    - {protocol: TCP, port: {{ $.port }}}
+{{- end }}
 {{- end }}

@@ -282,9 +282,10 @@ pub fn dispatcher(env: &Env, dir: &Path, config: &Path, pod: &str) -> (Spawned, 
     (process, port)
 }
 
-/// `fanout gateway` with `config`; its address.
-pub fn gateway(env: &Env, dir: &Path, config: &Path) -> (Spawned, String) {
+/// `fanout gateway` with `config`; the addresses of its events and ops ports.
+pub fn gateway(env: &Env, dir: &Path, config: &Path) -> (Spawned, String, String) {
     let addr = format!("127.0.0.1:{}", free_port());
+    let ops = format!("127.0.0.1:{}", free_port());
     let process = super::spawn(
         dir,
         "gateway",
@@ -296,9 +297,11 @@ pub fn gateway(env: &Env, dir: &Path, config: &Path) -> (Spawned, String) {
             &env.nats.url(),
             "--listen",
             &addr,
+            "--listen-ops",
+            &ops,
         ],
     );
-    (process, addr)
+    (process, addr, ops)
 }
 
 /// Posts `{"order": i}` for `i` in `range` to `route` through the gateway at `addr`,

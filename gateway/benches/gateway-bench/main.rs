@@ -242,7 +242,7 @@ async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let config = jetstream::write_gateway_config(dir.path(), TOKEN);
     let addr = free_addr();
-    let gateway = start_gateway(&config, addr, &nats, &[]).await;
+    let (gateway, gateway_ops) = start_gateway(&config, addr, &nats, &[]).await;
     let events = Target {
         addr,
         path: PATH.into(),
@@ -290,7 +290,7 @@ async fn run() {
             .and_then(|r| r.parse().ok())
             .unwrap_or(max.rate() / 2.0);
         let observer = if dump && round == 0 {
-            Some(Observer::start(addr, &processes).await)
+            Some(Observer::start(gateway_ops, &processes).await)
         } else {
             None
         };
@@ -330,7 +330,7 @@ async fn run() {
 
     // (c1) One shard: what the gateway's other shards add.
     let addr = free_addr();
-    let gateway = start_gateway(&config, addr, &nats, &["--shards", "1"]).await;
+    let (gateway, _) = start_gateway(&config, addr, &nats, &["--shards", "1"]).await;
     let one_shard = Target {
         addr,
         ..events.clone()
@@ -457,31 +457,34 @@ impl Observer {
     }
 }
 
-/// `fanout gateway` from the release binary, as a child process, once it is ready.
+/// `fanout gateway` from the release binary, as a child process, once it is ready;
+/// with the address of its ops port (probes, metrics).
 async fn start_gateway(
     config: &std::path::Path,
     addr: SocketAddr,
     nats: &NatsServer,
     extra: &[&str],
-) -> ChildProcess {
+) -> (ChildProcess, SocketAddr) {
+    let ops = free_addr();
     let gateway = ChildProcess(
         Command::new(fanout_testkit::fanout_release_binary())
             .arg("gateway")
             .arg("--config")
             .arg(config)
             .args(["--listen", &addr.to_string(), "--nats-url", &nats.url()])
+            .args(["--listen-ops", &ops.to_string()])
             .args(extra)
             .env("FANOUT_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    wait_http_ok(addr, "/readyz").await;
-    gateway
+    wait_http_ok(ops, "/readyz").await;
+    (gateway, ops)
 }
 
-/// The gateway's publish-latency histogram, its shards' summed: cumulative counts by
-/// upper bound.
+/// The gateway's publish-latency histogram (from its ops port `addr`), its shards'
+/// summed: cumulative counts by upper bound.
 async fn publish_histogram(addr: SocketAddr) -> Vec<(String, u64)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -181,7 +181,7 @@ async fn nats_down_is_503_with_retry_after_until_it_is_back() {
         "readyz to report NATS down",
         Duration::from_secs(10),
         || async {
-            match h.get("/readyz").await.status {
+            match h.ops("/readyz").await.status {
                 503 => Ok(()),
                 other => Err(format!("readyz {other}")),
             }
@@ -189,7 +189,7 @@ async fn nats_down_is_503_with_retry_after_until_it_is_back() {
     )
     .await
     .unwrap();
-    assert_eq!(h.get("/healthz").await.status, 200);
+    assert_eq!(h.ops("/healthz").await.status, 200);
 
     let reply = h.send_event(&[], "x").await;
     reply.problem(503);
@@ -228,7 +228,7 @@ async fn exhausted_in_flight_limit_is_503_busy_instead_of_queueing() {
     let second = async {
         // The first request is in flight once the in-flight gauge says so.
         fanout_testkit::wait::until("one publish in flight", Duration::from_secs(10), || async {
-            let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+            let metrics = String::from_utf8(h.ops("/metrics").await.body.to_vec()).unwrap();
             if metrics.contains("fanout_gateway_publishes_in_flight 1") {
                 Ok(())
             } else {

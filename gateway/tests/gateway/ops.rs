@@ -1,4 +1,5 @@
-//! Health, readiness, metrics, the API description and configuration reloads.
+//! Health, readiness and metrics on the ops port, the API description on the events
+//! port, and configuration reloads.
 
 use std::time::Duration;
 
@@ -7,10 +8,10 @@ use crate::support::{Harness, RouteSpec, Setup};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_openapi_answer() {
     let h = Harness::start().await;
-    let healthz = h.get("/healthz").await;
+    let healthz = h.ops("/healthz").await;
     assert_eq!(healthz.status, 200);
     assert_eq!(healthz.json()["status"], "ok");
-    let readyz = h.get("/readyz").await;
+    let readyz = h.ops("/readyz").await;
     assert_eq!(readyz.status, 200);
     assert_eq!(readyz.json()["routes"], 1);
     let openapi = h.get("/openapi.json").await;
@@ -18,6 +19,34 @@ async fn health_readiness_and_openapi_answer() {
     let doc = openapi.json();
     assert_eq!(doc["openapi"], "3.0.3");
     assert!(doc["paths"]["/v1/namespaces/{ns}/routes/{route}/events:batch"]["post"].is_object());
+}
+
+/// Producers reach the events port; what it must not tell them (route names,
+/// traffic, errors) is on the ops port, which a network policy can keep to scrapers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics_are_served_on_the_ops_port_only() {
+    let h = Harness::start().await;
+    assert_eq!(h.send_event(&[], "x").await.status, 202);
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        h.get(path).await.problem(404);
+        assert_eq!(h.ops(path).await.status, 200, "{path} on the ops port");
+    }
+    assert!(h.metrics().await.contains("shop/orders"));
+    // And the ops port takes no events.
+    let reply = h
+        .request_to(
+            &h.ops_base,
+            hyper::http::Method::POST,
+            &Harness::events_path("shop", "orders"),
+            &[(
+                "authorization",
+                &format!("Bearer {}", crate::support::TOKEN),
+            )],
+            bytes::Bytes::from_static(b"x"),
+        )
+        .await;
+    reply.problem(404);
+    assert_eq!(h.stored("fanout_shop_orders").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +57,7 @@ async fn metrics_count_requests_by_route_and_outcome() {
     h.post(&Harness::events_path("any", "thing"), &[], "x")
         .await
         .problem(404);
-    let reply = h.get("/metrics").await;
+    let reply = h.ops("/metrics").await;
     assert_eq!(reply.status, 200);
     assert!(
         reply
@@ -93,7 +122,7 @@ async fn config_changes_add_routes_and_rotate_tokens_without_a_restart() {
         "the failed reload to be counted",
         Duration::from_secs(10),
         || async {
-            let metrics = String::from_utf8(h.get("/metrics").await.body.to_vec()).unwrap();
+            let metrics = String::from_utf8(h.ops("/metrics").await.body.to_vec()).unwrap();
             if metrics.contains(r#"fanout_gateway_config_reloads_total{result="failure"} 1"#) {
                 Ok(())
             } else {
@@ -114,7 +143,7 @@ async fn starts_without_a_config_file_and_serves_its_routes_once_it_appears() {
     let setup = Setup::default();
     let routes = setup.routes.clone();
     let h = Harness::with(setup.without_config_file()).await;
-    assert_eq!(h.get("/readyz").await.json()["routes"], 0);
+    assert_eq!(h.ops("/readyz").await.json()["routes"], 0);
     h.send_event(&[], "x").await.problem(404);
 
     h.reconfigure(&routes);
@@ -130,5 +159,5 @@ async fn starts_without_a_config_file_and_serves_its_routes_once_it_appears() {
     )
     .await
     .unwrap();
-    assert_eq!(h.get("/readyz").await.json()["routes"], 1);
+    assert_eq!(h.ops("/readyz").await.json()["routes"], 1);
 }

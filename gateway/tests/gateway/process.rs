@@ -17,8 +17,9 @@ const GATEWAY: &str = env!("CARGO_BIN_EXE_fanout-gateway");
 /// start: one still running after a deadline is killed and fails the test.
 fn start_refused(backend: &Backend, extra: &[&std::ffi::OsStr]) -> std::process::Output {
     let port = fanout_testkit::free_port();
+    let ops = fanout_testkit::free_port();
     let mut child = Command::new(GATEWAY)
-        .args(backend.gateway_flags(&format!("127.0.0.1:{port}")))
+        .args(backend.gateway_flags(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{ops}")))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -66,10 +67,10 @@ async fn sigterm_stops_accepting_finishes_the_request_in_progress_and_exits_0() 
     let backend = Backend::start(&[RouteSpec::new("shop", "orders").token(TOKEN)]).await;
     let port = fanout_testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
+    let ops = format!("127.0.0.1:{}", fanout_testkit::free_port());
     let mut child = Command::new(GATEWAY)
-        .args(backend.gateway_flags(&addr))
-        // Readiness is asked on one connection, the request below made on another:
-        // two shards drain, one with a request in progress.
+        .args(backend.gateway_flags(&addr, &ops))
+        // Two shards drain, one with a request in progress.
         .args(["--shards", "2"])
         .env("FANOUT_LOG", "debug")
         .stdout(Stdio::null())
@@ -78,7 +79,7 @@ async fn sigterm_stops_accepting_finishes_the_request_in_progress_and_exits_0() 
         .unwrap();
     let client = crate::support::http_client();
     fanout_testkit::wait::until("gateway process ready", Duration::from_secs(20), || async {
-        let uri: hyper::Uri = format!("http://{addr}/readyz").parse().unwrap();
+        let uri: hyper::Uri = format!("http://{ops}/readyz").parse().unwrap();
         match client.get(uri).await {
             Ok(r) if r.status() == 200 => Ok(()),
             Ok(r) => Err(format!("readyz {}", r.status())),
@@ -179,5 +180,37 @@ async fn an_unreadable_nats_token_file_stops_start_up_naming_the_file() {
             missing.display()
         )),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_key_that_does_not_fit_the_certificate_stops_start_up_naming_both_files() {
+    let backend = Backend::start(&[RouteSpec::new("shop", "orders").token(TOKEN)]).await;
+    let cert = backend.dir.path().join("tls.crt");
+    let key = backend.dir.path().join("tls.key");
+    std::fs::write(&cert, include_bytes!("tls/server-a.pem")).unwrap();
+    std::fs::write(&key, include_bytes!("tls/server-b.key")).unwrap();
+    let output = start_refused(
+        &backend,
+        &[
+            "--tls-cert-file".as_ref(),
+            cert.as_os_str(),
+            "--tls-key-file".as_ref(),
+            key.as_os_str(),
+        ],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the key in {} cannot serve the certificate in {}",
+            key.display(),
+            cert.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("PRIVATE KEY"),
+        "the key leaked into the output:\n{stderr}"
     );
 }

@@ -65,7 +65,7 @@ async fn readiness_counts_the_shards_whose_nats_connection_is_down() {
         "readyz to report both shards' connections down",
         Duration::from_secs(10),
         || async {
-            let reply = h.get("/readyz").await;
+            let reply = h.ops("/readyz").await;
             let detail = match reply.status {
                 503 => reply.problem(503)["detail"].to_string(),
                 other => return Err(format!("readyz {other}")),

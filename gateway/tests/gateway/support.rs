@@ -156,17 +156,25 @@ impl Backend {
         }
     }
 
-    pub fn gateway_flags(&self, listen: &str) -> Vec<String> {
-        gateway_flags(&self.config_path, &self.nats, listen)
+    /// Flags of a gateway with events on `listen` and probes and metrics on `ops`.
+    pub fn gateway_flags(&self, listen: &str, ops: &str) -> Vec<String> {
+        gateway_flags(&self.config_path, &self.nats, listen, ops)
     }
 }
 
-fn gateway_flags(config: &std::path::Path, nats: &NatsServer, listen: &str) -> Vec<String> {
+fn gateway_flags(
+    config: &std::path::Path,
+    nats: &NatsServer,
+    listen: &str,
+    ops: &str,
+) -> Vec<String> {
     vec![
         "--config".to_string(),
         config.display().to_string(),
         "--listen".into(),
         listen.into(),
+        "--listen-ops".into(),
+        ops.into(),
         "--nats-url".into(),
         nats.url(),
         "--config-poll-interval".into(),
@@ -183,7 +191,12 @@ pub struct Harness {
     pub js: jetstream::Context,
     /// Kept so the gateway lives as long as the test.
     _gateway: Gateway,
+    /// The events port.
+    pub addr: std::net::SocketAddr,
+    /// `http://host:port` of the events port.
     pub base: String,
+    /// `http://host:port` of the ops port.
+    pub ops_base: String,
     pub dir: TempDir,
     pub config_path: PathBuf,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -248,23 +261,33 @@ impl Harness {
         if !setup.config_file {
             std::fs::remove_file(&config_path).unwrap();
         }
-        let mut flags = gateway_flags(&config_path, &nats, "127.0.0.1:0");
+        let mut flags = gateway_flags(&config_path, &nats, "127.0.0.1:0", "127.0.0.1:0");
         flags.extend(setup.flags);
         let gateway = Gateway::start(Args::from_flags(flags).unwrap())
             .await
             .expect("starting the gateway");
         let base = format!("http://{}", gateway.local_addr());
+        let ops_base = format!("http://{}", gateway.ops_addr().expect("an ops port"));
         let harness = Harness {
             nats,
             js,
+            addr: gateway.local_addr(),
             _gateway: gateway,
             base,
+            ops_base,
             dir,
             config_path,
             client: http_client(),
         };
         harness.wait_ready().await;
         harness
+    }
+
+    /// The ops port's metrics.
+    pub async fn metrics(&self) -> String {
+        let reply = self.ops("/metrics").await;
+        assert_eq!(reply.status, 200);
+        String::from_utf8(reply.body.to_vec()).unwrap()
     }
 
     /// Rewrites the configuration file (the gateway re-reads it).
@@ -274,7 +297,7 @@ impl Harness {
 
     pub async fn wait_ready(&self) {
         fanout_testkit::wait::until("gateway ready", Duration::from_secs(20), || async {
-            match self.get("/readyz").await.status {
+            match self.ops("/readyz").await.status {
                 200 => Ok(()),
                 other => Err(format!("readyz {other}")),
             }
@@ -291,8 +314,15 @@ impl Harness {
         format!("/v1/namespaces/{namespace}/routes/{route}/events:batch")
     }
 
+    /// GET on the events port.
     pub async fn get(&self, path: &str) -> Reply {
         self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    /// GET on the ops port (probes, metrics).
+    pub async fn ops(&self, path: &str) -> Reply {
+        self.request_to(&self.ops_base, Method::GET, path, &[], Bytes::new())
+            .await
     }
 
     pub async fn post(
@@ -337,9 +367,21 @@ impl Harness {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Reply {
+        self.request_to(&self.base, method, path, headers, body)
+            .await
+    }
+
+    pub async fn request_to(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
+            .uri(format!("{base}{path}"))
             .body(Full::new(body))
             .unwrap();
         for (name, value) in headers {
