@@ -27,13 +27,32 @@ impl Standalone {
     /// Starts `fanout standalone -f <dir> --namespace <namespace>` with `manifests`
     /// as the directory's one file, and waits until it says it is ready.
     pub async fn start(nats: &NatsServer, namespace: &str, manifests: &str) -> Standalone {
-        let s = Self::spawn(nats, namespace, manifests);
+        Self::start_with(nats, namespace, manifests, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with `flags` added to the command line.
+    pub async fn start_with(
+        nats: &NatsServer,
+        namespace: &str,
+        manifests: &str,
+        flags: &[&str],
+    ) -> Standalone {
+        let s = Self::spawn_with(nats, namespace, manifests, flags);
         s.wait_ready().await;
         s
     }
 
     /// Starts the process without waiting for anything.
     pub fn spawn(nats: &NatsServer, namespace: &str, manifests: &str) -> Standalone {
+        Self::spawn_with(nats, namespace, manifests, &[])
+    }
+
+    fn spawn_with(
+        nats: &NatsServer,
+        namespace: &str,
+        manifests: &str,
+        flags: &[&str],
+    ) -> Standalone {
         let dir = tempfile::tempdir().unwrap();
         let files = dir.path().join("manifests");
         std::fs::create_dir(&files).unwrap();
@@ -44,7 +63,8 @@ impl Standalone {
         command
             .args(["--listen-gateway", &gateway, "--listen-metrics", &status])
             .arg("--state-dir")
-            .arg(dir.path().join("state"));
+            .arg(dir.path().join("state"))
+            .args(flags);
         let process = Spawned::start(command, &dir.path().join("standalone.log")).unwrap();
         Standalone {
             process,
