@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use crate::apiserver_addresses::ApiserverAddresses;
 use crate::autoscale::Autoscaler;
 use crate::dispatcher_objects::DispatcherSettings;
 use crate::metrics::Metrics;
@@ -30,6 +31,8 @@ pub struct Context {
     /// Every FanOutRoute in the cluster, kept current by a watch.
     pub routes: Store<FanOutRoute>,
     pub dispatcher: DispatcherSettings,
+    /// What dispatchers are told to refuse as the apiserver, kept current.
+    pub apiserver: Arc<ApiserverAddresses>,
     pub status_interval: Duration,
     pub metrics: Arc<Metrics>,
     /// Folds repeated failures into one Event series (see [`Context::publish`]).
@@ -53,6 +56,7 @@ impl Context {
         targets: Store<ApiTarget>,
         routes: Store<FanOutRoute>,
         dispatcher: DispatcherSettings,
+        apiserver: Arc<ApiserverAddresses>,
         status_interval: Duration,
         metrics: Arc<Metrics>,
         instance: String,
@@ -71,6 +75,7 @@ impl Context {
             targets,
             routes,
             dispatcher,
+            apiserver,
             status_interval,
             metrics,
             failures_recorder,

@@ -4,12 +4,14 @@
 //! - [`route_controller`]: a route -> JetStream streams and consumers, the
 //!   dispatcher's ConfigMap, ServiceAccount and Deployment, a finalizer, status.
 //! - [`route_status`]: how a route's status and conditions are computed.
-//! - [`dispatcher_objects`]: the Kubernetes objects of a route's dispatchers.
+//! - [`dispatcher_objects`]: the Kubernetes objects of a route's dispatchers;
+//!   [`apiserver_addresses`]: the addresses those refuse as the apiserver's.
 //! - [`target_controller`]: an ApiTarget's readiness, users and worst circuit.
 //! - [`gateway_sync`]: the gateway's route list and ingest-token copies.
 //! - [`leader`]: Lease-based leader election; [`server`] and [`metrics`]: probes
 //!   and Prometheus metrics.
 
+pub mod apiserver_addresses;
 pub mod args;
 pub mod autoscale;
 pub mod conditions;
@@ -43,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use args::Args;
 
+use crate::apiserver_addresses::{ApiserverAddresses, Known};
 use crate::context::Context;
 use crate::dispatcher_objects::{DispatcherSettings, NatsAuth};
 use crate::gateway_sync::GatewaySync;
@@ -55,8 +58,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Registered before anything slow, so an early SIGTERM is a clean stop too.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let client = kube::Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let known = Known::from_env(kube_config.cluster_url.host());
+    let client = kube::Client::try_from(kube_config)
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
     let identity = args
@@ -109,6 +115,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let controllers = run_controllers(
         &args,
+        known,
         client.clone(),
         nats.clone(),
         namespace,
@@ -159,6 +166,7 @@ async fn finish(
 #[allow(clippy::too_many_arguments)]
 async fn run_controllers(
     args: &Args,
+    known: Known,
     client: kube::Client,
     nats: async_nats::Client,
     namespace: String,
@@ -189,6 +197,14 @@ async fn run_controllers(
     .default_backoff()
     .touched_objects();
 
+    // Before any Deployment is built, so that the first ones carry the addresses.
+    let apiserver = Arc::new(ApiserverAddresses::default());
+    apiserver.refresh(&client, &known).await;
+    let apiserver_refresh = {
+        let (apiserver, client, stop) = (apiserver.clone(), client.clone(), stop.clone());
+        async move { apiserver.keep_current(client, known, stop).await }
+    };
+
     let ctx = Arc::new(Context::new(
         client.clone(),
         nats,
@@ -215,7 +231,10 @@ async fn run_controllers(
                 (None, None) => None,
             },
             nats_ca_secret: args.dispatcher.nats_ca_secret.clone(),
+            egress_deny: args.dispatcher.egress_deny.clone(),
+            egress_allow: args.dispatcher.egress_allow.clone(),
         },
+        apiserver,
         args.status_interval.as_std(),
         metrics.clone(),
         identity,
@@ -295,6 +314,7 @@ async fn run_controllers(
         until_stopped("route controller", route_controller, stop.clone()),
         until_stopped("target controller", target_controller, stop.clone()),
         until_stopped("gateway sync", gateway, stop.clone()),
+        until_stopped("apiserver addresses", apiserver_refresh, stop.clone()),
         became_ready
     );
 }

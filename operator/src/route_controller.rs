@@ -153,6 +153,7 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
                         &keys,
                         &found.versions,
                         &ctx.dispatcher,
+                        &ctx.apiserver.current(),
                     )
                     .map_err(Error::Build)?;
                     deployment = Some(apply_objects(ctx, &namespace, objects).await?);

@@ -30,6 +30,17 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(ns: &str, nats_url: &str, identity: &str, leader_elect: bool) -> Operator {
+        Self::start_with(ns, nats_url, identity, leader_elect, &[])
+    }
+
+    /// Like [`start`](Self::start), with `flags` added.
+    pub fn start_with(
+        ns: &str,
+        nats_url: &str,
+        identity: &str,
+        leader_elect: bool,
+        flags: &[&str],
+    ) -> Operator {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
@@ -43,6 +54,7 @@ impl Operator {
             .args(["--nats-url", nats_url, "--dispatcher-image", "fanout:test"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--status-interval", "1s"])
+            .args(flags)
             .env("KUBECONFIG", cluster::kubeconfig().unwrap())
             .env("FANOUT_LOG", "info,fanout_operator=debug");
         Operator {
@@ -81,6 +93,11 @@ impl Env {
 
     pub fn operator(&self) -> Operator {
         Operator::start(&self.ns.name, &self.nats.url(), "op-1", false)
+    }
+
+    /// The operator with `flags` added.
+    pub fn operator_with(&self, flags: &[&str]) -> Operator {
+        Operator::start_with(&self.ns.name, &self.nats.url(), "op-1", false, flags)
     }
 
     pub fn key(&self, route: &str) -> RouteKey {
@@ -260,6 +277,9 @@ pub fn dispatcher(env: &Env, dir: &Path, config: &Path, pod: &str) -> (Spawned, 
             pod,
             "--health-interval",
             "1s",
+            // The targets are on loopback, which dispatchers refuse by default.
+            "--egress-allow",
+            "127.0.0.1",
         ],
     );
     (process, port)
