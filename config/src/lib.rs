@@ -10,6 +10,7 @@
 //! - [`gateway`]: the routes the gateway accepts events for.
 //! - [`health`]: the per-target snapshots dispatchers report.
 //! - [`dead_letter`]: the headers of a dead letter.
+//! - [`egress`]: where dispatchers may connect (the egress policy).
 //! - [`expiry`]: when an undelivered event is dead-lettered before the stream's
 //!   maxAge would remove it, and when its age is reported.
 //!
@@ -18,6 +19,7 @@
 
 pub mod dead_letter;
 pub mod duration;
+pub mod egress;
 pub mod expiry;
 pub mod gateway;
 pub mod health;

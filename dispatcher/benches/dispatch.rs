@@ -217,6 +217,9 @@ impl Child {
                     "127.0.0.1:0",
                     "--pod-name",
                     "bench",
+                    // The bench's targets are on loopback.
+                    "--egress-allow",
+                    "127.0.0.0/8",
                 ]);
                 c
             }

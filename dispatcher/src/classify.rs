@@ -15,6 +15,8 @@ pub enum Failure {
     Timeout,
     /// The connection could not be made or broke.
     Connection(String),
+    /// The egress policy refused the target's address: nothing was sent.
+    Refused(String),
 }
 
 impl Failure {
@@ -34,6 +36,7 @@ impl Failure {
             Failure::Status { .. } => "status_other",
             Failure::Timeout => "timeout",
             Failure::Connection(_) => "connection",
+            Failure::Refused(_) => "egress",
         }
     }
 }
@@ -45,6 +48,7 @@ impl fmt::Display for Failure {
             Failure::Status { code, body } => write!(f, "HTTP {code}: {body}"),
             Failure::Timeout => f.write_str("timed out"),
             Failure::Connection(detail) => write!(f, "connection failed: {detail}"),
+            Failure::Refused(detail) => f.write_str(detail),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use fanout_config::RouteConfig;
+use fanout_config::egress::EgressPolicy;
 use fanout_config::health::HealthSnapshot;
 use fanout_provision::Provisioner;
 use fanout_provision::nats::NatsArgs;
@@ -36,6 +37,9 @@ pub struct EngineOptions {
     /// settings, instead of on the caller's runtime and connection (see
     /// [`fanout_provision::thread`]).
     pub thread_per_target: Option<NatsArgs>,
+    /// Where targets may be connected to. The default is a dispatcher pod's: loopback,
+    /// link-local, metadata and unspecified addresses refused.
+    pub egress: Arc<EgressPolicy>,
 }
 
 impl Default for EngineOptions {
@@ -46,6 +50,7 @@ impl Default for EngineOptions {
             health_ttl: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(25),
             thread_per_target: None,
+            egress: Arc::default(),
         }
     }
 }
@@ -169,7 +174,7 @@ impl Engine {
             })?;
             let client = HttpClient::new(
                 &target.policy.url,
-                &client_settings(&target.policy),
+                &client_settings(&target.policy, &options.egress),
                 &mut tls,
             )
             .map_err(|source| StartError::HttpClient {
@@ -255,7 +260,7 @@ impl Engine {
             options.health_interval,
             shutdown.clone(),
         ));
-        tracing::info!(route = %label, targets = workers.len(), pod = %options.pod, "delivering");
+        tracing::info!(route = %label, targets = workers.len(), pod = %options.pod, egress = %options.egress, "delivering");
         Ok(Engine {
             workers,
             pod: options.pod,
@@ -326,10 +331,14 @@ async fn with_own_connection(
     }
 }
 
-fn client_settings(policy: &fanout_config::DeliveryPolicy) -> ClientSettings {
+fn client_settings(
+    policy: &fanout_config::DeliveryPolicy,
+    egress: &Arc<EgressPolicy>,
+) -> ClientSettings {
     ClientSettings {
         timeout: policy.timeout.as_std(),
         // No more connections are ever busy at once than requests in flight.
         max_idle: policy.max_in_flight as usize,
+        egress: egress.clone(),
     }
 }

@@ -145,7 +145,8 @@ async fn sweep(
             break;
         }
         if worker.wants(&event) {
-            let error = worker.expired_error(&event, None);
+            // Behind a target the egress policy refuses: that is why it waited.
+            let error = worker.expired_error(&event, worker.egress_hold_reason().as_ref());
             worker
                 .publish_dead_letter(&event, DeadLetterReason::Expired, None, &error)
                 .await

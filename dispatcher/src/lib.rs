@@ -9,7 +9,10 @@
 //! - [`delivery`]: ack, retry later or dead-letter, after an attempt.
 //! - [`dead_letter`]: what a dead letter carries and how it is published.
 //! - [`request`], [`signing`], [`trace`]: what each HTTP request carries.
-//! - [`http`]: how it gets there (pooled connections, TLS, HTTP/2, timeouts).
+//! - [`http`]: how it gets there (pooled connections, TLS, HTTP/2, timeouts, the
+//!   egress policy's check of each new connection).
+//! - [`egress_hold`]: a target whose address the egress policy refuses waits;
+//!   [`egress_flags`]: the policy's flags.
 //! - [`worker`]: one target's fetch-deliver-settle loop.
 //! - [`expiry`]: events nearing the stream's maxAge before anyone fetched them.
 //! - [`engine`]: starting and stopping all workers of a route.
@@ -21,6 +24,8 @@ pub mod breaker;
 pub mod classify;
 pub mod dead_letter;
 pub mod delivery;
+pub mod egress_flags;
+pub mod egress_hold;
 pub mod engine;
 pub mod event;
 pub mod expiry;
@@ -42,6 +47,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+pub use egress_flags::EgressArgs;
 pub use engine::{Engine, EngineOptions};
 pub use telemetry::Metrics;
 
@@ -70,6 +76,10 @@ pub struct Args {
     /// How long requests in flight may take to finish after SIGTERM.
     #[arg(long, env = "FANOUT_SHUTDOWN_GRACE", default_value = "25s")]
     pub shutdown_grace: fanout_config::Duration,
+
+    /// Where targets may be connected to. Loopback is refused unless allowed.
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 /// How to reach NATS (shared by every Fanout process).
@@ -95,6 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         health_interval: args.health_interval.as_std(),
         shutdown_grace: args.shutdown_grace.as_std(),
         thread_per_target: Some(args.nats.clone()),
+        egress: Arc::new(args.egress.policy(true)),
         ..Default::default()
     };
     let mut engine = Engine::start(config, auths, nats.clone(), metrics.clone(), options).await?;

@@ -55,12 +55,13 @@ struct OutcomeLabels {
 }
 
 /// Every value [`Failure::category`] returns.
-const FAILURE_CATEGORIES: [&str; 5] = [
+const FAILURE_CATEGORIES: [&str; 6] = [
     "status_5xx",
     "status_4xx",
     "status_other",
     "timeout",
     "connection",
+    "egress",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -267,6 +268,13 @@ impl TargetTelemetry {
         self.latency.observe(took.as_secs_f64());
     }
 
+    /// A request that was counted as started was never sent (the egress policy
+    /// refused its connection): in flight no more, and no duration to record.
+    pub fn request_not_sent(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight_gauge.dec();
+    }
+
     pub fn delivered(&self, event_id: &str, attempt: u32, status: u16) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         self.delivered_total.inc();
@@ -285,6 +293,27 @@ impl TargetTelemetry {
         failure: &Failure,
         retry_in: Option<Duration>,
     ) {
+        self.count_failure(failure);
+        if let Some(delay) = retry_in {
+            self.retried_total.inc();
+            tracing::info!(route = %self.route, target = %self.target, event_id, attempt, error = %failure, retry_in = ?delay, "attempt failed; will retry");
+        }
+    }
+
+    /// The egress policy refused the target's address (`failure` says why); `held`
+    /// when this starts holding its events.
+    pub fn egress_refused(&self, event_id: &str, failure: &Failure, held: bool) {
+        self.count_failure(failure);
+        if held {
+            tracing::warn!(route = %self.route, target = %self.target, event_id, error = %failure, "the egress policy refuses the target's address: its events wait (circuit reported open) and the address is checked again every 30s");
+        } else {
+            tracing::debug!(route = %self.route, target = %self.target, event_id, error = %failure, "the egress policy still refuses the target's address");
+        }
+    }
+
+    /// A failed attempt in the snapshot's count, its category's counter and the last
+    /// error.
+    fn count_failure(&self, failure: &Failure) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let category = FAILURE_CATEGORIES
             .iter()
@@ -292,10 +321,18 @@ impl TargetTelemetry {
             .expect("every category is listed");
         self.failures_total[category].inc();
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure.to_string());
-        if let Some(delay) = retry_in {
-            self.retried_total.inc();
-            tracing::info!(route = %self.route, target = %self.target, event_id, attempt, error = %failure, retry_in = ?delay, "attempt failed; will retry");
-        }
+    }
+
+    /// The target's URL is an address (or a host) the egress policy refuses: shown
+    /// in status from the start, before any event tries.
+    pub fn refused_at_start(&self, failure: &Failure) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure.to_string());
+        tracing::warn!(route = %self.route, target = %self.target, error = %failure, "the egress policy refuses the target's address: its events will wait (circuit reported open)");
+    }
+
+    /// A held target's address is allowed again (its DNS answer changed).
+    pub fn egress_allowed(&self) {
+        tracing::info!(route = %self.route, target = %self.target, "the egress policy allows the target's address now: delivering");
     }
 
     pub fn dead_lettered(&self, event_id: &str, attempts: u32, reason: &str, error: &str) {
@@ -404,6 +441,7 @@ mod tests {
             },
             Failure::Timeout,
             Failure::Connection("reset".into()),
+            Failure::Refused("connection refused by egress policy".into()),
         ];
         for failure in failures {
             assert!(

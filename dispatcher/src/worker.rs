@@ -5,7 +5,8 @@
 //! max_ack_pending enforces the same bound across replicas). While the circuit is
 //! open, events in hand wait for admission with progress acks, so they keep their
 //! place and no attempt is used up; once maxInFlight events are held nothing more is
-//! read, JetStream stops delivering, and the backlog waits in the stream.
+//! read, JetStream stops delivering, and the backlog waits in the stream. A target
+//! whose address the egress policy refuses waits the same way ([`EgressHold`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,6 +26,7 @@ use crate::breaker::{Admission, Breaker};
 use crate::classify::{Failure, Verdict, classify_status, classify_transport};
 use crate::dead_letter::{DeadLetter, DeadLetterError, Stored};
 use crate::delivery::{DeadLetterReason, Decision, decide};
+use crate::egress_hold::EgressHold;
 use crate::event::Event;
 use crate::http::HttpClient;
 use crate::rate_share::SharedLimit;
@@ -76,6 +78,8 @@ pub struct Worker {
     template: RequestTemplate,
     client: HttpClient,
     breaker: Option<Mutex<Breaker>>,
+    /// Set while the egress policy refuses the target's address.
+    egress: EgressHold,
     limiter: Option<SharedLimit>,
     telemetry: TargetTelemetry,
     /// The target's maxInFlight: deliveries this worker has in hand at most.
@@ -103,7 +107,17 @@ impl Worker {
             .circuit_breaker
             .clone()
             .map(|policy| Mutex::new(Breaker::new(policy, Instant::now())));
+        // An address URL the policy refuses shows in status at once, before any event.
+        let egress = match parts.client.refused_without_lookup() {
+            Some(refusal) => {
+                let failure = refused(&refusal);
+                parts.telemetry.refused_at_start(&failure);
+                EgressHold::held(Instant::now(), failure)
+            }
+            None => EgressHold::default(),
+        };
         Worker {
+            egress,
             route: parts.route,
             ack_wait,
             template: parts.template,
@@ -126,12 +140,21 @@ impl Worker {
         &self.consumer
     }
 
+    /// The breaker's state; open while the egress policy holds the target.
     pub fn circuit(&self) -> Circuit {
+        if self.egress.is_held() {
+            return Circuit::Open;
+        }
         self.breaker.as_ref().map_or(Circuit::Closed, |b| {
             b.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .state(Instant::now())
         })
+    }
+
+    /// Why the egress policy holds the target's events, while it does.
+    pub fn egress_hold_reason(&self) -> Option<Failure> {
+        self.egress.reason()
     }
 
     pub fn snapshot(&self, pod: &str) -> HealthSnapshot {
@@ -256,22 +279,39 @@ impl Worker {
             Box::pin(self.expire(&message, &event, None)).await;
             return;
         }
-        match self.admit(&message, &event, &drain).await {
-            Wait::Go => {}
-            Wait::Drain => {
-                settle(&message, AckKind::Nak(None)).await;
-                return;
+        // Refused by the egress policy: nothing was sent, so the event stays in hand
+        // and waits with the target's other events until the address is allowed.
+        let mut refusal = None;
+        let verdict = loop {
+            match self.admit(&message, &event, &drain).await {
+                Wait::Go => {}
+                Wait::Drain => {
+                    settle(&message, AckKind::Nak(None)).await;
+                    return;
+                }
+                Wait::Expired => {
+                    Box::pin(self.expire(&message, &event, refusal.as_ref())).await;
+                    return;
+                }
             }
-            Wait::Expired => {
-                Box::pin(self.expire(&message, &event, None)).await;
-                return;
+            self.telemetry.request_started();
+            let started = Instant::now();
+            match self.attempt(&event).await {
+                Ok(verdict) => {
+                    self.telemetry.request_finished(started.elapsed());
+                    if self.egress.allowed() {
+                        self.telemetry.egress_allowed();
+                    }
+                    break verdict;
+                }
+                Err(failure) => {
+                    self.telemetry.request_not_sent();
+                    let held = self.egress.refused(Instant::now(), failure.clone());
+                    self.telemetry.egress_refused(&event.id, &failure, held);
+                    refusal = Some(failure);
+                }
             }
-        }
-
-        self.telemetry.request_started();
-        let started = Instant::now();
-        let verdict = self.attempt(&event).await;
-        self.telemetry.request_finished(started.elapsed());
+        };
         if let Some(breaker) = &self.breaker {
             let change = breaker
                 .lock()
@@ -324,9 +364,9 @@ impl Worker {
         }
     }
 
-    /// Waits until the breaker and the rate limiter let a request go, sending progress
-    /// acks so JetStream keeps the event with us; gives up when draining for shutdown
-    /// or when the event reaches its expiry deadline meanwhile.
+    /// Waits until the egress hold, the breaker and the rate limiter let a request go,
+    /// sending progress acks so JetStream keeps the event with us; gives up when
+    /// draining for shutdown or when the event reaches its expiry deadline meanwhile.
     async fn admit(&self, message: &Message, event: &Event, drain: &CancellationToken) -> Wait {
         let progress_every = self.ack_wait / 3;
         let mut next_progress = Instant::now() + progress_every;
@@ -335,12 +375,20 @@ impl Worker {
             + self
                 .time_left(event)
                 .unwrap_or(Duration::from_secs(86_400 * 365));
-        if let Some(breaker) = &self.breaker {
+        if self.breaker.is_some() || self.egress.is_held() {
             loop {
-                let admission = breaker
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .admit(Instant::now());
+                // The hold first: while it lasts nothing may be sent, and asking the
+                // breaker would take one of its half-open probes for nothing.
+                let admission = match self.egress.admit(Instant::now()) {
+                    Admission::Allowed => match &self.breaker {
+                        Some(breaker) => breaker
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .admit(Instant::now()),
+                        None => Admission::Allowed,
+                    },
+                    denied => denied,
+                };
                 let until = match admission {
                     Admission::Allowed => break,
                     Admission::Denied { until } => until,
@@ -396,8 +444,12 @@ impl Worker {
                 .matches(&event.subject, |h| event.header(h))
     }
 
-    /// Dead-letters an event in hand that reached its expiry deadline.
+    /// Dead-letters an event in hand that reached its expiry deadline. `last`: its
+    /// last attempt's failure; without one, a refusal that held the target explains
+    /// why it waited.
     async fn expire(&self, message: &Message, event: &Event, last: Option<&Failure>) {
+        let held = self.egress.reason();
+        let last = last.or(held.as_ref());
         let error = self.expired_error(event, last);
         self.dead_letter(
             message,
@@ -420,20 +472,34 @@ impl Worker {
                 e.max_age
             )
         });
-        let last = last.map_or_else(String::new, |f| format!("; last attempt: {f}"));
+        let last = match last {
+            None => String::new(),
+            // Not an attempt: nothing was sent.
+            Some(refused @ Failure::Refused(_)) => format!("; {refused}"),
+            Some(failure) => format!("; last attempt: {failure}"),
+        };
         format!(
             "not delivered within the stream's retention: stored {} ago{max_age}{last}",
             fanout_config::Duration::from(Duration::from_millis(age.as_millis() as u64))
         )
     }
 
-    /// Sends one request and classifies what came back.
-    async fn attempt(&self, event: &Event) -> Verdict {
+    /// Sends one request and classifies what came back; an error (a
+    /// [`Failure::Refused`]) when the egress policy refused the connection, and so
+    /// nothing was sent.
+    async fn attempt(&self, event: &Event) -> Result<Verdict, Failure> {
         let request = self.template.build(event, &mut rand::rng());
         let response = match self.client.send(request, body_limit).await {
             Ok(response) => response,
-            Err(error) if error.is_timeout() => return classify_transport(Failure::Timeout),
-            Err(error) => return classify_transport(Failure::Connection(error_chain(&error))),
+            Err(error) => {
+                if let Some(refusal) = error.egress_refusal() {
+                    return Err(refused(refusal));
+                }
+                if error.is_timeout() {
+                    return Ok(classify_transport(Failure::Timeout));
+                }
+                return Ok(classify_transport(Failure::Connection(error_chain(&error))));
+            }
         };
         let code = response.status.as_u16();
         let retry_after = response
@@ -450,15 +516,22 @@ impl Worker {
                 tracing::debug!(error = %error_chain(&error), "reading a success response body failed");
                 Vec::new()
             }
-            Err(error) if error.is_timeout() => return classify_transport(Failure::Timeout),
-            Err(error) => return classify_transport(Failure::Connection(error_chain(&error))),
+            Err(error) if error.is_timeout() => return Ok(classify_transport(Failure::Timeout)),
+            Err(error) => {
+                return Ok(classify_transport(Failure::Connection(error_chain(&error))));
+            }
         };
         let text = if success {
             String::new()
         } else {
             String::from_utf8_lossy(&body).trim().to_string()
         };
-        classify_status(&self.config.policy.retry, code, text, retry_after)
+        Ok(classify_status(
+            &self.config.policy.retry,
+            code,
+            text,
+            retry_after,
+        ))
     }
 
     async fn dead_letter(
@@ -564,6 +637,11 @@ async fn settle(message: &Message, kind: AckKind) {
     if let Err(error) = message.ack_with(kind).await {
         tracing::warn!(error = %fanout_config::error_chain(error.as_ref()), ?kind, "settling a message failed; JetStream will redeliver it");
     }
+}
+
+/// The failure a refusal is reported as: the same words as the client's error.
+fn refused(refusal: &fanout_config::egress::Refusal) -> Failure {
+    Failure::Refused(format!("connection refused by egress policy: {refusal}"))
 }
 
 /// How much of a response body is worth reading: an error's start for the dead

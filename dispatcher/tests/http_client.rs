@@ -1,6 +1,6 @@
 //! The delivery HTTP client against real loopback servers: connection reuse,
-//! redirects, the timeout, broken connections, body limits, and HTTPS with HTTP/2
-//! when the server offers it.
+//! redirects, the timeout, broken connections, body limits, HTTPS with HTTP/2 when
+//! the server offers it, and the egress policy's check of each new connection.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fanout_config::egress::{EgressPolicy, Settings};
 use fanout_config::error_chain;
 use fanout_dispatcher::http::{ClientSettings, HttpClient, SendError, connect};
 use http::{Request, Response, StatusCode, Version};
@@ -125,8 +126,14 @@ fn client(url: &str, timeout: Duration) -> HttpClient {
     let settings = ClientSettings {
         timeout,
         max_idle: 16,
+        egress: loopback_allowed(),
     };
     HttpClient::new(url, &settings, &mut Some(test_tls())).unwrap()
+}
+
+/// The servers here are on loopback, which `fanout standalone` allows by default.
+fn loopback_allowed() -> Arc<EgressPolicy> {
+    Arc::new(EgressPolicy::new(Settings::default()))
 }
 
 /// Trusts only the test CA, offers what the engine offers.
@@ -349,6 +356,7 @@ async fn an_untrusted_certificate_fails_the_connection() {
     let settings = ClientSettings {
         timeout: Duration::from_secs(5),
         max_idle: 4,
+        egress: loopback_allowed(),
     };
     // The platform's trust store does not know the test CA.
     let client = HttpClient::new(&server.url, &settings, &mut None).unwrap();
@@ -359,4 +367,108 @@ async fn an_untrusted_certificate_fails_the_connection() {
         "{}",
         error_chain(&error)
     );
+}
+
+/// A client for `url` with the policy `deny_loopback` and the entries make.
+fn client_with_policy(url: &str, deny_loopback: bool, deny: &[&str], allow: &[&str]) -> HttpClient {
+    let entries = |list: &[&str]| list.iter().map(|e| e.parse().unwrap()).collect();
+    let settings = ClientSettings {
+        timeout: Duration::from_secs(5),
+        max_idle: 4,
+        egress: Arc::new(EgressPolicy::new(Settings {
+            deny_loopback,
+            apiserver: Vec::new(),
+            deny: entries(deny),
+            allow: entries(allow),
+        })),
+    };
+    HttpClient::new(url, &settings, &mut None).unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_address_gets_no_connection_and_the_error_says_why() {
+    let server = Server::http(answer(200, "")).await;
+    let client = client_with_policy(&server.url, true, &[], &[]);
+    assert!(client.refused_without_lookup().is_some(), "known at start");
+    let error = client.send(post("{}"), |_| LIMIT).await.unwrap_err();
+    let refusal = error.egress_refusal().expect("an egress refusal");
+    assert_eq!(
+        refusal.to_string(),
+        "127.0.0.1 is loopback (127.0.0.0/8); refused by default: to allow it, add 127.0.0.0/8 \
+         to the egress allow list (flag --egress-allow, chart value dispatcher.egress.allow)"
+    );
+    assert!(
+        error_chain(&error)
+            .starts_with("connection refused by egress policy: 127.0.0.1 is loopback"),
+        "{}",
+        error_chain(&error)
+    );
+    assert_eq!(server.connections(), 0, "refused before connecting");
+
+    // Allowed by an entry, the same URL connects.
+    let allowed = client_with_policy(&server.url, true, &[], &["127.0.0.1"]);
+    assert!(allowed.refused_without_lookup().is_none());
+    let response = allowed.send(post("{}"), |_| LIMIT).await.unwrap();
+    assert_eq!(response.status, StatusCode::OK);
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_name_is_checked_by_the_addresses_it_resolves_to() {
+    let server = Server::http(answer(200, "")).await;
+    // The same server by a name: nothing in the URL says loopback; its DNS answer does.
+    let url = server.url.replace("127.0.0.1", "localhost");
+    let client = client_with_policy(&url, true, &[], &[]);
+    assert!(
+        client.refused_without_lookup().is_none(),
+        "a name needs a lookup"
+    );
+    let error = client.send(post("{}"), |_| LIMIT).await.unwrap_err();
+    let text = error_chain(&error);
+    assert!(
+        text.starts_with(
+            "connection refused by egress policy: localhost resolves only to refused addresses: 127.0.0.1 is loopback (127.0.0.0/8)"
+        ),
+        "{text}"
+    );
+    assert_eq!(server.connections(), 0);
+
+    // An allowed address among its answers is the one connected to.
+    let by_address = client_with_policy(&url, true, &[], &["127.0.0.1"]);
+    assert_eq!(
+        by_address.send(post("{}"), |_| LIMIT).await.unwrap().status,
+        StatusCode::OK
+    );
+    // An allowed name is connected to whatever it resolves to.
+    let by_name = client_with_policy(&url, true, &[], &["localhost"]);
+    assert_eq!(
+        by_name.send(post("{}"), |_| LIMIT).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!(server.connections(), 2);
+
+    // A denied name is refused before it is looked up, even where loopback is fine.
+    let denied = client_with_policy(&url, false, &["LOCALHOST"], &[]);
+    assert!(denied.refused_without_lookup().is_some());
+    let error = denied.send(post("{}"), |_| LIMIT).await.unwrap_err();
+    assert_eq!(
+        error_chain(&error),
+        "connection refused by egress policy: host localhost is on the egress deny list"
+    );
+    assert_eq!(server.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_connection_the_policy_allowed_is_pooled_and_reused() {
+    let server = Server::http(answer(200, "")).await;
+    let url = server.url.replace("127.0.0.1", "localhost");
+    let client = client_with_policy(&url, true, &[], &["127.0.0.1"]);
+    for _ in 0..5 {
+        let response = client.send(post("{}"), |_| LIMIT).await.unwrap();
+        assert_eq!(response.status, StatusCode::OK);
+    }
+    // One connection, so one lookup and one check; the pooled connection carried the
+    // rest.
+    assert_eq!(server.connections(), 1);
+    assert_eq!(client.idle_connections(), 1);
 }

@@ -265,6 +265,8 @@ async fn defaults_render_an_operator_a_gateway_and_least_privilege_rbac() {
         "ClusterRoleBinding/fan-fanout-operator",
         "Role/fan-fanout-operator",
         "RoleBinding/fan-fanout-operator",
+        "Role/fan-fanout-operator-apiserver",
+        "RoleBinding/fan-fanout-operator-apiserver",
         "Service/fan-fanout-operator-metrics",
         "Deployment/fan-fanout-operator",
         "ServiceAccount/fan-fanout-gateway",
@@ -377,6 +379,28 @@ async fn defaults_render_an_operator_a_gateway_and_least_privilege_rbac() {
         find(&objects, "ServiceAccount", "fan-fanout-gateway")["automountServiceAccountToken"],
         false
     );
+
+    // Dispatchers get the default egress policy: nothing added.
+    for name in [
+        "FANOUT_DISPATCHER_EGRESS_DENY",
+        "FANOUT_DISPATCHER_EGRESS_ALLOW",
+    ] {
+        assert!(env(operator, name).is_none(), "{name}");
+    }
+    // To find the apiserver's addresses: read two objects in `default`, nothing else.
+    let apiserver = find(&objects, "Role", "fan-fanout-operator-apiserver");
+    assert_eq!(apiserver["metadata"]["namespace"], "default");
+    for rule in apiserver["rules"].as_array().unwrap() {
+        assert_eq!(rule["verbs"], serde_json::json!(["get"]), "{rule}");
+        assert_eq!(
+            rule["resourceNames"],
+            serde_json::json!(["kubernetes"]),
+            "{rule}"
+        );
+    }
+    let binding = find(&objects, "RoleBinding", "fan-fanout-operator-apiserver");
+    assert_eq!(binding["subjects"][0]["name"], "fan-fanout-operator");
+    assert_eq!(binding["subjects"][0]["namespace"], ns.name.as_str());
 
     // The operator changes nothing it does not create, never deletes (garbage
     // collection removes a route's objects), and reads Secrets by name only.
@@ -957,9 +981,33 @@ async fn network_policies_select_each_component_and_admit_only_what_the_values_n
     }
 }
 
+#[tokio::test]
+async fn dispatcher_egress_values_become_the_operators_flags() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let objects = render_and_dry_run(
+        "fan",
+        &ns.name,
+        &[
+            "dispatcher.egress.deny={10.0.0.0/8,evil.example}",
+            "dispatcher.egress.allow={10.20.0.0/16}",
+        ],
+    );
+    let operator = find(&objects, "Deployment", "fan-fanout-operator");
+    assert_eq!(
+        env_value(operator, "FANOUT_DISPATCHER_EGRESS_DENY"),
+        "10.0.0.0/8,evil.example"
+    );
+    assert_eq!(
+        env_value(operator, "FANOUT_DISPATCHER_EGRESS_ALLOW"),
+        "10.20.0.0/16"
+    );
+    ns.delete(&client).await.unwrap();
+}
+
 #[test]
 fn wrong_values_are_refused_with_the_field_named() {
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["--set-string", "operator.replicas=two"],
             "/operator/replicas",
@@ -1003,6 +1051,17 @@ fn wrong_values_are_refused_with_the_field_named() {
         (
             &["--set", "gateway.tls.secretName=Not_A_Name"],
             "/gateway/tls/secretName",
+        ),
+        (
+            &["--set", "dispatcher.egress.deny={*.example.com}"],
+            "/dispatcher/egress/deny/0",
+        ),
+        (
+            &[
+                "--set",
+                "dispatcher.egress.allow[0]=10.0.0.0/8\\,10.1.0.0/16",
+            ],
+            "/dispatcher/egress/allow/0",
         ),
     ];
     for (flags, named) in cases {
@@ -1198,6 +1257,23 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
             &ns.name,
             false,
         ),
+        // The apiserver's addresses, for the dispatchers' egress policy.
+        (&operator, "get", "services/kubernetes", "default", true),
+        (
+            &operator,
+            "get",
+            "endpointslices.discovery.k8s.io/kubernetes",
+            "default",
+            true,
+        ),
+        (&operator, "get", "services/other", "default", false),
+        (
+            &operator,
+            "list",
+            "endpointslices.discovery.k8s.io",
+            "default",
+            false,
+        ),
         (&operator, "patch", "secrets/someone-elses", &ns.name, false),
         (&operator, "delete", &tokens, &ns.name, false),
         (&gateway, "get", "secrets", &ns.name, false),
@@ -1247,12 +1323,18 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
             let cluster_left = String::from_utf8_lossy(&cluster_left.stdout).into_owned();
             let helm_records =
                 labelled_by(&ns.name, &format!("owner=helm,name={release}"), "secrets");
-            if left.is_empty() && cluster_left.trim().is_empty() && helm_records.is_empty() {
+            let default_left = labelled("default", &release, "roles,rolebindings");
+            if left.is_empty()
+                && default_left.is_empty()
+                && cluster_left.trim().is_empty()
+                && helm_records.is_empty()
+            {
                 Ok(())
             } else {
                 Err(format!(
-                    "left: {:?} {cluster_left} {:?}",
+                    "left: {:?} {:?} {cluster_left} {:?}",
                     names(&left),
+                    names(&default_left),
                     names(&helm_records)
                 ))
             }

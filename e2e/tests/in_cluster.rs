@@ -188,6 +188,63 @@ async fn helm_installed_fanout_delivers_through_dispatcher_pods_on_a_real_node()
         assert_eq!(ip.octets()[..3], bridge.octets()[..3], "pod IP {ip}");
     }
 
+    // The dispatcher pods refuse the apiserver's addresses, which the operator read
+    // with the chart's RBAC: the kubernetes Service's cluster IP (only that read can
+    // tell it: its KUBERNETES_SERVICE_HOST is this host here) and its EndpointSlice.
+    // Nothing is connected to: the pods only say what they refuse.
+    let cluster_ip = cluster.kubectl(
+        "default",
+        &[
+            "get",
+            "service",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
+    let dispatchers = cluster
+        .api::<Deployment>(&ns)
+        .get(&RouteKey::new(&ns, ROUTE).dispatcher_object_name())
+        .await
+        .unwrap();
+    let env: Vec<(String, String)> = dispatchers.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    let value = |name: &str| {
+        env.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {env:?}"))
+    };
+    let apiserver = value("FANOUT_EGRESS_APISERVER");
+    for address in [cluster_ip.trim().to_string(), host.to_string()] {
+        assert!(
+            apiserver.split(',').any(|a| a == address),
+            "{address} in {apiserver}"
+        );
+    }
+    assert_eq!(value("FANOUT_EGRESS_ALLOW"), format!("{host}/32"));
+    let operator_log = cluster.kubectl(&ns, &["logs", "deployment/fanout-operator"]);
+    assert!(
+        !operator_log.contains("could not be read"),
+        "the chart's RBAC lets the operator read them:\n{operator_log}"
+    );
+    let pod = cluster.dispatcher_pods(&ns, ROUTE).await[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let log = cluster.kubectl(&ns, &["logs", &pod]);
+    assert!(
+        log.contains(
+            "refusing loopback, unspecified, link-local and cloud metadata addresses, the apiserver ("
+        ),
+        "{log}"
+    );
+
     // Events through the gateway reach both targets; status counts them per target.
     let mut sent: BTreeSet<String> = send(&release, 20, 0).await.into_iter().collect();
     stock.wait_for_keys(&sent, T).await.unwrap();

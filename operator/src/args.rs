@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use fanout_config::Duration;
+use fanout_config::egress::Entry;
 use fanout_provision::nats::NatsArgs;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -104,6 +105,27 @@ pub struct DispatcherArgs {
         env = "FANOUT_DISPATCHER_NATS_CA_SECRET"
     )]
     pub nats_ca_secret: Option<String>,
+    /// Networks (10.0.0.0/8), addresses or host names dispatcher pods must not connect
+    /// to, besides their defaults (loopback, link-local, cloud metadata and
+    /// unspecified addresses, and the apiserver's addresses, which the operator
+    /// finds and passes on). Comma-separated, or repeat the flag.
+    #[arg(
+        long = "dispatcher-egress-deny",
+        env = "FANOUT_DISPATCHER_EGRESS_DENY",
+        value_delimiter = ',',
+        value_name = "NETWORK|HOST"
+    )]
+    pub egress_deny: Vec<Entry>,
+    /// Networks, addresses or host names dispatcher pods may connect to although a
+    /// default or a wider deny entry refuses them (the most specific network
+    /// decides).
+    #[arg(
+        long = "dispatcher-egress-allow",
+        env = "FANOUT_DISPATCHER_EGRESS_ALLOW",
+        value_delimiter = ',',
+        value_name = "NETWORK|HOST"
+    )]
+    pub egress_allow: Vec<Entry>,
 }
 
 /// Where the gateway reads the routes the operator renders for it.

@@ -27,6 +27,8 @@ pub struct Clients {
     pub watch: kube::Client,
     pub calls: kube::Client,
     pub lease: kube::Client,
+    /// The host the clients connect to (an apiserver address dispatchers refuse).
+    pub host: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,7 @@ impl Clients {
             kube::Client::try_from(c).map_err(ClientError::Build)
         };
         Ok(Clients {
+            host: config.cluster_url.host().map(str::to_string),
             watch: with(WATCH_READ_TIMEOUT)?,
             calls: with(CALL_TIMEOUT)?,
             lease: with(LEASE_CALL_TIMEOUT)?,

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use crate::apiserver_addresses::ApiserverAddresses;
 use crate::autoscale::Autoscaler;
 use crate::dispatcher_objects::DispatcherSettings;
 use crate::image_policy::ImagePolicy;
@@ -33,6 +34,8 @@ pub struct Context {
     pub dispatcher: DispatcherSettings,
     /// The images routes may choose.
     pub images: ImagePolicy,
+    /// What dispatchers are told to refuse as the apiserver, kept current.
+    pub apiserver: Arc<ApiserverAddresses>,
     pub status_interval: Duration,
     pub metrics: Arc<Metrics>,
     /// Folds repeated failures into one Event series (see [`Context::publish`]).
@@ -57,6 +60,7 @@ impl Context {
         routes: Store<FanOutRoute>,
         dispatcher: DispatcherSettings,
         images: ImagePolicy,
+        apiserver: Arc<ApiserverAddresses>,
         status_interval: Duration,
         metrics: Arc<Metrics>,
         instance: String,
@@ -76,6 +80,7 @@ impl Context {
             routes,
             dispatcher,
             images,
+            apiserver,
             status_interval,
             metrics,
             failures_recorder,

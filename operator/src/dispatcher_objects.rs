@@ -1,15 +1,18 @@
 //! The Kubernetes objects that run a route's dispatchers: a ServiceAccount without
 //! API access, a ConfigMap holding the rendered route configuration, and a
 //! Deployment whose pod template changes whenever the configuration or a referenced
-//! Secret does, so that an edit rolls the pods. Pure: built from the route, its
+//! Secret does, so that an edit rolls the pods. The pods get the platform's egress
+//! policy and the apiserver's addresses to refuse. Pure: built from the route, its
 //! rendering and the operator's settings, applied by the route controller.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use fanout_api::FanOutRoute;
 use fanout_api::names::RouteKey;
 use fanout_api::render::Rendered;
 use fanout_api::route::ImagePullPolicy;
+use fanout_config::egress::Entry;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -51,6 +54,9 @@ pub struct DispatcherSettings {
     /// Secret (in the route's namespace) with the CA of NATS's certificate under
     /// `NATS_CA_KEY`, when dispatchers reach NATS over TLS with a private CA.
     pub nats_ca_secret: Option<String>,
+    /// The platform's egress entries, added to the dispatchers' defaults.
+    pub egress_deny: Vec<Entry>,
+    pub egress_allow: Vec<Entry>,
 }
 
 /// Key of the CA certificate in `DispatcherSettings::nats_ca_secret`.
@@ -109,6 +115,7 @@ pub enum BuildError {
 /// [`crate::autoscale`]). `secrets` maps each referenced Secret to its keys and
 /// `resource_version`s to the versions read while checking them: a rotated Secret
 /// changes the hash and so restarts the pods, which read credentials at start.
+/// `apiserver`: the apiserver's addresses, which the pods refuse to connect to.
 pub fn build(
     route: &FanOutRoute,
     rendered: &Rendered,
@@ -116,6 +123,7 @@ pub fn build(
     secrets: &BTreeMap<String, Vec<String>>,
     secret_versions: &BTreeMap<String, String>,
     settings: &DispatcherSettings,
+    apiserver: &[IpAddr],
 ) -> Result<DispatcherObjects, BuildError> {
     let key = RouteKey::new(&rendered.config.namespace, &rendered.config.name);
     let name = key.dispatcher_object_name();
@@ -251,6 +259,27 @@ pub fn build(
     if let Some(secret) = &settings.nats_ca_secret {
         let file = format!("{SECRETS_DIR}/{secret}/{NATS_CA_KEY}");
         env_vars.push(env("FANOUT_NATS_CA_FILE", &file));
+    }
+    // The egress policy (the dispatcher's `--egress-*` flags). Only what is set: an
+    // empty value would not parse.
+    let list = |items: Vec<String>| items.join(",");
+    for (name, value) in [
+        (
+            "FANOUT_EGRESS_APISERVER",
+            list(apiserver.iter().map(IpAddr::to_string).collect()),
+        ),
+        (
+            "FANOUT_EGRESS_DENY",
+            list(settings.egress_deny.iter().map(Entry::to_string).collect()),
+        ),
+        (
+            "FANOUT_EGRESS_ALLOW",
+            list(settings.egress_allow.iter().map(Entry::to_string).collect()),
+        ),
+    ] {
+        if !value.is_empty() {
+            env_vars.push(env(name, &value));
+        }
     }
     let container = Container {
         name: "dispatcher".into(),
@@ -418,6 +447,8 @@ mod tests {
             nats_url: "nats://nats:4222".into(),
             nats_auth,
             nats_ca_secret: Some("nats-ca".into()),
+            egress_deny: Vec::new(),
+            egress_allow: Vec::new(),
         }
     }
 
@@ -453,6 +484,7 @@ mod tests {
             &secrets(),
             &BTreeMap::new(),
             &settings(None),
+            &[],
         )
         .unwrap();
         let owner = &o.deployment.metadata.owner_references.as_ref().unwrap()[0];
@@ -553,6 +585,7 @@ mod tests {
                 &secrets(),
                 &BTreeMap::from([("crm-token".into(), secret_version.into())]),
                 &settings(None),
+                &[],
             )
             .unwrap()
             .deployment
@@ -610,6 +643,7 @@ mod tests {
             &secrets(),
             &BTreeMap::new(),
             &settings(Some(auth)),
+            &[],
         )
         .unwrap();
         let c = &pod(&o.deployment).containers[0];
@@ -639,6 +673,63 @@ mod tests {
         );
     }
 
+    fn env(d: &Deployment) -> BTreeMap<String, String> {
+        pod(d).containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    }
+
+    #[test]
+    fn the_pods_refuse_the_apiserver_and_carry_the_platforms_egress_entries() {
+        let r = route(None);
+        let mut with_entries = settings(None);
+        with_entries.egress_deny = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "evil.example".parse().unwrap(),
+        ];
+        with_entries.egress_allow = vec!["10.1.0.0/16".parse().unwrap()];
+        let apiserver: Vec<IpAddr> =
+            vec!["10.96.0.1".parse().unwrap(), "192.0.2.10".parse().unwrap()];
+        let build_with = |settings: &DispatcherSettings, apiserver: &[IpAddr]| {
+            build(
+                &r,
+                &rendered(&r),
+                1,
+                &secrets(),
+                &BTreeMap::new(),
+                settings,
+                apiserver,
+            )
+            .unwrap()
+            .deployment
+        };
+        let vars = env(&build_with(&with_entries, &apiserver));
+        assert_eq!(vars["FANOUT_EGRESS_APISERVER"], "10.96.0.1,192.0.2.10");
+        assert_eq!(vars["FANOUT_EGRESS_DENY"], "10.0.0.0/8,evil.example");
+        assert_eq!(vars["FANOUT_EGRESS_ALLOW"], "10.1.0.0/16");
+        // What the dispatcher parses back is what the operator was given.
+        let parsed: Vec<Entry> = vars["FANOUT_EGRESS_DENY"]
+            .split(',')
+            .map(|e| e.parse().unwrap())
+            .collect();
+        assert_eq!(parsed, with_entries.egress_deny);
+
+        // Nothing to add: no variable (an empty one would not parse).
+        let vars = env(&build_with(&settings(None), &[]));
+        for name in [
+            "FANOUT_EGRESS_APISERVER",
+            "FANOUT_EGRESS_DENY",
+            "FANOUT_EGRESS_ALLOW",
+        ] {
+            assert!(!vars.contains_key(name), "{name}");
+        }
+        // Loopback stays refused: nothing the operator sets allows it.
+        assert!(!vars.values().any(|v| v.contains("127.0.0.")));
+    }
+
     #[test]
     fn a_route_without_a_uid_cannot_own_anything() {
         let mut r = route(None);
@@ -651,7 +742,8 @@ mod tests {
                 1,
                 &secrets(),
                 &BTreeMap::new(),
-                &settings(None)
+                &settings(None),
+                &[]
             ),
             Err(BuildError::NoUid)
         ));

@@ -5,13 +5,15 @@
 //!   dispatcher's ConfigMap, ServiceAccount and Deployment, a finalizer, status.
 //! - [`route_status`]: how a route's status and conditions are computed.
 //! - [`dispatcher_objects`]: the Kubernetes objects of a route's dispatchers, and
-//!   [`ownership`]: which existing ones the route may change.
+//!   [`ownership`]: which existing ones the route may change;
+//!   [`apiserver_addresses`]: the addresses those refuse as the apiserver's.
 //! - [`image_policy`]: which dispatcher images a route may choose.
 //! - [`target_controller`]: an ApiTarget's readiness, users and worst circuit.
 //! - [`gateway_sync`]: the gateway's route list and ingest-token copies.
 //! - [`leader`]: Lease-based leader election; [`clients`]: apiserver connections
 //!   with timeouts; [`server`] and [`metrics`]: probes and Prometheus metrics.
 
+pub mod apiserver_addresses;
 pub mod args;
 pub mod autoscale;
 pub mod clients;
@@ -47,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use args::Args;
 
+use crate::apiserver_addresses::{ApiserverAddresses, Known};
 use crate::clients::Clients;
 use crate::context::Context;
 use crate::dispatcher_objects::{DispatcherSettings, NatsAuth};
@@ -64,6 +67,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // A wrong allow-list entry stops the start, naming the flag.
     let images = ImagePolicy::new(&args.dispatcher.image, &args.dispatcher.allowed_images)?;
     let clients = Clients::infer().await?;
+    let known = Known::from_env(clients.host.as_deref());
     let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
     let identity = args
         .pod_name
@@ -116,6 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let controllers = run_controllers(
         &args,
         &clients,
+        known,
         nats.clone(),
         Shared {
             namespace,
@@ -181,6 +186,7 @@ struct Shared {
 async fn run_controllers(
     args: &Args,
     clients: &Clients,
+    known: Known,
     nats: async_nats::Client,
     shared: Shared,
     ready: Arc<AtomicBool>,
@@ -199,6 +205,13 @@ async fn run_controllers(
         scopes.push(None);
     }
     let settings = dispatcher_settings(args);
+    // Before any Deployment is built, so that the first ones carry the addresses.
+    let apiserver = Arc::new(ApiserverAddresses::default());
+    apiserver.refresh(&clients.calls, &known).await;
+    let apiserver_refresh = {
+        let (apiserver, client, stop) = (apiserver.clone(), clients.calls.clone(), stop.clone());
+        async move { apiserver.keep_current(client, known, stop).await }
+    };
     let mut parts = Vec::new();
     let mut route_stores = Vec::new();
     for scope in scopes {
@@ -213,6 +226,7 @@ async fn run_controllers(
                     routes,
                     settings.clone(),
                     shared.images.clone(),
+                    apiserver.clone(),
                     args.status_interval.as_std(),
                     shared.metrics.clone(),
                     shared.identity.clone(),
@@ -247,6 +261,7 @@ async fn run_controllers(
     tokio::join!(
         futures::future::join_all(parts),
         until_stopped("gateway sync", gateway, stop.clone()),
+        until_stopped("apiserver addresses", apiserver_refresh, stop.clone()),
         became_ready
     );
 }
@@ -273,6 +288,8 @@ fn dispatcher_settings(args: &Args) -> DispatcherSettings {
             (None, None) => None,
         },
         nats_ca_secret: args.dispatcher.nats_ca_secret.clone(),
+        egress_deny: args.dispatcher.egress_deny.clone(),
+        egress_allow: args.dispatcher.egress_allow.clone(),
     }
 }
 

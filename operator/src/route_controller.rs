@@ -161,6 +161,7 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
                         &keys,
                         &found.versions,
                         &ctx.dispatcher,
+                        &ctx.apiserver.current(),
                     )
                     .map_err(Error::Build)?;
                     match apply_objects(ctx, &namespace, route, objects).await? {

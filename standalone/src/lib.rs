@@ -90,4 +90,13 @@ pub struct Args {
     /// How long deliveries in flight may take to finish after SIGTERM or SIGINT.
     #[arg(long, env = "FANOUT_STANDALONE_SHUTDOWN_GRACE", default_value = "25s")]
     pub shutdown_grace: fanout_config::Duration,
+
+    /// Refuse loopback targets, as dispatcher pods do (here they are allowed by
+    /// default: targets often run on the same machine).
+    #[arg(long, env = "FANOUT_EGRESS_DENY_LOOPBACK")]
+    pub egress_deny_loopback: bool,
+
+    /// Where targets may be connected to, as for `fanout dispatch`.
+    #[command(flatten)]
+    pub egress: fanout_dispatcher::EgressArgs,
 }

@@ -85,6 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Every route's targets share this process's runtime: a thread each would add
         // up quickly on a laptop, and local use is not about throughput.
         thread_per_target: None,
+        egress: Arc::new(args.egress.policy(args.egress_deny_loopback)),
     };
     for (route, auths) in prepared.routes.iter().zip(auths) {
         let key = RouteKey::new(&route.config.namespace, &route.config.name);

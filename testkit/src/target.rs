@@ -64,6 +64,8 @@ struct State {
     required: Vec<(String, Vec<String>)>,
     default: Option<Reply>,
     received: Vec<Received>,
+    /// TCP connections accepted, whether or not a request came over them.
+    connections: usize,
 }
 
 /// A scripted HTTP server on 127.0.0.1 (or an address of choice).
@@ -141,6 +143,12 @@ impl TargetServer {
 
     pub fn count(&self) -> usize {
         self.state.lock().unwrap().received.len()
+    }
+
+    /// TCP connections accepted so far: zero proves nothing reached the target, not
+    /// even a connection without a request.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
     }
 
     /// The `Idempotency-Key` of every request, in the order they arrived (`<none>`
@@ -236,6 +244,7 @@ impl TargetServer {
                     },
                     _ = stop.cancelled() => return,
                 };
+                state.lock().unwrap().connections += 1;
                 let state = state.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {

@@ -19,8 +19,14 @@ use fanout_testkit::process::Spawned;
 
 /// Starts `fanout <args>`, its stderr in `<dir>/<name>.log`.
 pub fn spawn(dir: &Path, name: &str, args: &[&str]) -> Spawned {
+    spawn_with_env(dir, name, args, &[])
+}
+
+/// Like [`spawn`], with these environment variables (as a pod's container gets).
+pub fn spawn_with_env(dir: &Path, name: &str, args: &[&str], env: &[(String, String)]) -> Spawned {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fanout"));
     command.args(args).env("FANOUT_LOG", "info");
+    command.envs(env.iter().map(|(k, v)| (k, v)));
     Spawned::start(command, &dir.join(format!("{name}.log"))).unwrap()
 }
 
@@ -88,25 +94,31 @@ impl ProvisionedRoute {
         self.dir.path().join("route.yaml")
     }
 
-    /// Starts `fanout dispatch` for the route, serving probes on `listen_port`.
+    /// Starts `fanout dispatch` for the route, serving probes on `listen_port`, with
+    /// loopback allowed (the targets are there).
     pub fn dispatcher(&self, listen_port: u16) -> Spawned {
-        spawn(
-            self.dir.path(),
-            &format!("dispatcher-{listen_port}"),
-            &[
-                "dispatch",
-                "--config",
-                self.config_file().to_str().unwrap(),
-                "--nats-url",
-                &self.nats.url(),
-                "--listen",
-                &format!("127.0.0.1:{listen_port}"),
-                "--pod-name",
-                "test-pod",
-                "--shutdown-grace",
-                "10s",
-            ],
-        )
+        self.dispatcher_with(listen_port, &["--egress-allow", "127.0.0.1"])
+    }
+
+    /// Starts `fanout dispatch` for the route with `extra` flags.
+    pub fn dispatcher_with(&self, listen_port: u16, extra: &[&str]) -> Spawned {
+        let (config, nats) = (self.config_file(), self.nats.url());
+        let listen = format!("127.0.0.1:{listen_port}");
+        let mut args = vec![
+            "dispatch",
+            "--config",
+            config.to_str().unwrap(),
+            "--nats-url",
+            &nats,
+            "--listen",
+            &listen,
+            "--pod-name",
+            "test-pod",
+            "--shutdown-grace",
+            "10s",
+        ];
+        args.extend_from_slice(extra);
+        spawn(self.dir.path(), &format!("dispatcher-{listen_port}"), &args)
     }
 
     /// Publishes one event per id to the route's subject and waits for the acks.

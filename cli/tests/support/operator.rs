@@ -100,6 +100,11 @@ impl Env {
         Operator::start(&self.ns.name, &self.nats.url(), "op-1", false)
     }
 
+    /// The operator with `flags` added.
+    pub fn operator_with(&self, flags: &[&str]) -> Operator {
+        Operator::start_with(&self.ns.name, &self.nats.url(), "op-1", false, flags, None)
+    }
+
     pub fn key(&self, route: &str) -> RouteKey {
         RouteKey::new(&self.ns.name, route)
     }
@@ -277,6 +282,9 @@ pub fn dispatcher(env: &Env, dir: &Path, config: &Path, pod: &str) -> (Spawned, 
             pod,
             "--health-interval",
             "1s",
+            // The targets are on loopback, which dispatchers refuse by default.
+            "--egress-allow",
+            "127.0.0.1",
         ],
     );
     (process, port)

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fanout_config::egress::{EgressPolicy, Refusal};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -29,6 +30,8 @@ pub struct ClientSettings {
     /// Idle connections kept; more than the requests that can be in flight at once
     /// would never be used.
     pub max_idle: usize,
+    /// Where new connections may go: checked per connection, not per request.
+    pub egress: Arc<EgressPolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,15 @@ impl SendError {
             SendError::Timeout(_) | SendError::Connect(ConnectError::Timeout(_))
         )
     }
+
+    /// Why the egress policy refused the connection, when it did: then nothing was
+    /// sent.
+    pub fn egress_refusal(&self) -> Option<&Refusal> {
+        match self {
+            SendError::Connect(ConnectError::Egress(refusal)) => Some(refusal),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to one request.
@@ -75,6 +87,7 @@ pub struct HttpClient {
     tls: Option<tokio_rustls::TlsConnector>,
     pool: Arc<Pool<Http1, Http2>>,
     timeout: Duration,
+    egress: Arc<EgressPolicy>,
 }
 
 impl HttpClient {
@@ -103,7 +116,14 @@ impl HttpClient {
             tls: tls.map(tokio_rustls::TlsConnector::from),
             pool,
             timeout: settings.timeout,
+            egress: settings.egress.clone(),
         })
+    }
+
+    /// What the egress policy refuses of this target before any lookup: an address
+    /// URL it refuses, or a denied host name. Names are checked per connection.
+    pub fn refused_without_lookup(&self) -> Option<Refusal> {
+        connect::refused_without_lookup(&self.origin, &self.egress)
     }
 
     /// Sends `request` (its URI and `Host` are the target's) and reads up to
@@ -183,6 +203,7 @@ impl HttpClient {
         match Box::pin(connect::connect(
             &self.origin,
             self.tls.as_ref(),
+            &self.egress,
             connect_timeout,
         ))
         .await

@@ -1,6 +1,8 @@
-//! Opening a new connection to a target: TCP (no Nagle delay), TLS for https with
-//! ALPN offering h2 and http/1.1, then the HTTP handshake of whichever protocol the
-//! target chose. Each connection is driven by its own task until it closes.
+//! Opening a new connection to a target: the egress policy's check of each address
+//! (after DNS, so a changed answer is checked too), TCP (no Nagle delay), TLS for
+//! https with ALPN offering h2 and http/1.1, then the HTTP handshake of whichever
+//! protocol the target chose. Each connection is driven by its own task until it
+//! closes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fanout_config::egress::{EgressPolicy, HostRule, Refusal};
 use http_body_util::Full;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -29,6 +32,15 @@ pub enum Fresh {
 pub enum ConnectError {
     #[error("no connection within {0:?}")]
     Timeout(Duration),
+    /// Nothing was sent: the policy refused every address before a connection.
+    #[error("connection refused by egress policy")]
+    Egress(#[source] Refusal),
+    #[error("resolving {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("connecting to {target}")]
     Tcp {
         target: String,
@@ -59,14 +71,16 @@ pub fn alpn() -> Vec<Vec<u8>> {
     vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
-/// Opens a connection to `origin` within `timeout` (TCP and TLS handshakes).
+/// Opens a connection to `origin` within `timeout` (resolving, TCP and TLS
+/// handshakes), to an address `egress` allows.
 pub async fn connect(
     origin: &Origin,
     tls: Option<&tokio_rustls::TlsConnector>,
+    egress: &EgressPolicy,
     timeout: Duration,
 ) -> Result<Fresh, ConnectError> {
     let tcp = tokio::time::timeout(timeout, async {
-        let tcp = tcp(origin).await?;
+        let tcp = tcp(origin, egress).await?;
         match (origin.security, tls, &origin.server_name) {
             (Security::Tls, Some(tls), Some(name)) => {
                 let stream = tls
@@ -98,19 +112,87 @@ enum Stream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-async fn tcp(origin: &Origin) -> Result<TcpStream, ConnectError> {
-    let tcp = match &origin.host {
-        Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, origin.port)).await,
-        // Resolved on every new connection, so a changed DNS record is followed.
-        Host::Name(name) => TcpStream::connect((name.as_str(), origin.port)).await,
+async fn tcp(origin: &Origin, egress: &EgressPolicy) -> Result<TcpStream, ConnectError> {
+    let target = || format!("{}:{}", origin.host, origin.port);
+    let addresses = allowed_addresses(origin, egress).await?;
+    // In the resolver's order, as the standard library's connect tries them.
+    let mut last = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(tcp) => {
+                // Requests are written whole; a small one must not wait for a delayed ACK.
+                let _ = tcp.set_nodelay(true);
+                return Ok(tcp);
+            }
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(ConnectError::Tcp {
+        target: target(),
+        source: last.unwrap_or_else(|| io::Error::other("the name has no addresses")),
+    })
+}
+
+/// The addresses of `origin` a connection may go to: its address, or the ones its
+/// name resolves to now (resolved on every new connection, so a changed DNS record
+/// is followed, and checked), minus those the egress policy refuses. An error when
+/// none is left.
+pub async fn allowed_addresses(
+    origin: &Origin,
+    egress: &EgressPolicy,
+) -> Result<Vec<SocketAddr>, ConnectError> {
+    let name = match &origin.host {
+        Host::Ip(ip) => {
+            egress
+                .check(*ip)
+                .map_err(|r| ConnectError::Egress(Refusal::Address(r)))?;
+            return Ok(vec![SocketAddr::new(*ip, origin.port)]);
+        }
+        Host::Name(name) => name,
     };
-    let tcp = tcp.map_err(|source| ConnectError::Tcp {
-        target: format!("{}:{}", origin.host, origin.port),
-        source,
-    })?;
-    // Requests are written whole; a small one must not wait for a delayed ACK.
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
+    let rule = egress.host(name);
+    if rule == HostRule::Denied {
+        return Err(ConnectError::Egress(Refusal::Host(name.clone())));
+    }
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), origin.port))
+        .await
+        .map_err(|source| ConnectError::Resolve {
+            host: name.clone(),
+            source,
+        })?
+        .collect();
+    if rule == HostRule::Allowed {
+        return Ok(resolved);
+    }
+    let mut allowed = Vec::with_capacity(resolved.len());
+    let mut refused = Vec::new();
+    for address in resolved {
+        match egress.check(address.ip()) {
+            Ok(()) => allowed.push(address),
+            Err(refusal) => refused.push(refusal),
+        }
+    }
+    if allowed.is_empty() && !refused.is_empty() {
+        return Err(ConnectError::Egress(Refusal::Resolved {
+            name: name.clone(),
+            refused,
+        }));
+    }
+    if !refused.is_empty() {
+        tracing::debug!(host = %name, refused = refused.len(), "skipping addresses the egress policy refuses");
+    }
+    Ok(allowed)
+}
+
+/// What the policy refuses of `origin` without resolving anything: an address host,
+/// or a denied host name.
+pub fn refused_without_lookup(origin: &Origin, egress: &EgressPolicy) -> Option<Refusal> {
+    match &origin.host {
+        Host::Ip(ip) => egress.check(*ip).err().map(Refusal::Address),
+        Host::Name(name) => {
+            (egress.host(name) == HostRule::Denied).then(|| Refusal::Host(name.clone()))
+        }
+    }
 }
 
 async fn http1_handshake<T>(io: T) -> Result<Http1, ConnectError>

@@ -11,6 +11,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer};
 use fanout_api::manifests::Manifests;
 use fanout_config::RouteConfig;
+use fanout_config::egress::{EgressPolicy, Settings};
 use fanout_config::health::HealthSnapshot;
 use fanout_config::jetstream::RouteStreams;
 use fanout_dispatcher::NatsArgs;
@@ -76,7 +77,14 @@ impl Harness {
         h
     }
 
+    /// Starts delivering with loopback allowed (the targets are there).
     pub async fn start_engine(&mut self) {
+        self.start_engine_with(EgressPolicy::new(Settings::default()))
+            .await;
+    }
+
+    /// Starts delivering with the egress policy `egress`.
+    pub async fn start_engine_with(&mut self, egress: EgressPolicy) {
         let auths = self
             .config
             .targets
@@ -96,6 +104,7 @@ impl Harness {
                 ca_file: None,
                 ping_interval: fanout_config::Duration::from_secs(10),
             }),
+            egress: Arc::new(egress),
             ..Default::default()
         };
         let engine = Engine::start(

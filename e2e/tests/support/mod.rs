@@ -297,21 +297,26 @@ impl Drop for Uninstall {
 /// Chart values for the node: the image just loaded, NATS at `nats_url` (with the
 /// token in Secret `nats_token_secret`, key `token`, of the release's namespace and
 /// of every route's namespace, when given), the operator reaching the apiserver by
-/// its endpoint (no kube-proxy), short intervals.
+/// its endpoint (no kube-proxy), short intervals. The apiserver listens on this
+/// host's bridge address, where the tests' targets are too: dispatchers refuse the
+/// apiserver's addresses, so that one is allowed (see docs/node.md).
 pub fn values(image: &str, node: &Node, nats_url: &str, nats_token_secret: Option<&str>) -> String {
     let (repository, tag) = image.rsplit_once(':').expect("image names carry a tag");
     let repository = repository.trim_start_matches("docker.io/library/");
     let (nats_token, dispatcher_token) = match nats_token_secret {
         Some(secret) => (
             format!(", token: {{secretName: {secret}}}"),
-            format!(", natsTokenSecret: {secret}"),
+            format!("\n  natsTokenSecret: {secret}"),
         ),
         None => (String::new(), String::new()),
     };
     format!(
         "nats: {{url: \"{nats_url}\"{nats_token}}}
 image: {{repository: {repository}, tag: \"{tag}\", pullPolicy: Never}}
-dispatcher: {{image: {{pullPolicy: Never}}{dispatcher_token}}}
+dispatcher:
+  image: {{pullPolicy: Never}}{dispatcher_token}
+  # The test targets share the apiserver's address (this host on the bridge).
+  egress: {{deny: [], allow: [\"{host}/32\"]}}
 logFormat: text
 operator:
   statusInterval: 2s
