@@ -14,7 +14,8 @@ use fanout_config::policy::{
     BreakerPolicy, DeliveryPolicy, RateLimit, RetryPolicy, StatusCodeSet, defaults,
 };
 
-use crate::policy::{CircuitBreakerSpec, RateLimitSpec, RetrySpec};
+use crate::policy::{AuthSpec, CircuitBreakerSpec, RateLimitSpec, RetrySpec};
+use crate::rules;
 use crate::route::{DeadLetterSpec, PolicyOverrides, SourceSpec};
 use crate::target::ApiTargetSpec;
 
@@ -55,6 +56,9 @@ pub fn resolve(
     let url = check_url(&target.url)?;
     for name in target.headers.keys() {
         check_header_name(name)?;
+    }
+    if let Some(auth) = &target.auth {
+        check_auth(target, auth)?;
     }
 
     let timeout = overrides
@@ -356,24 +360,116 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 fn check_header_name(name: &str) -> Result<(), SettingsError> {
-    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if name.is_empty() || !name.chars().all(is_token_char) {
-        return Err(invalid(
-            "headers",
-            format!("{name:?} is not a valid HTTP header name"),
-        ));
+    match header_name_problem(name, false) {
+        Some(problem) => Err(invalid("headers", problem)),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with a header name a user sets, if anything. `Authorization` is
+/// allowed only for `auth.header`, which sets it on purpose.
+fn header_name_problem(name: &str, allow_authorization: bool) -> Option<String> {
+    if !is_header_token(name) {
+        return Some(format!("{name:?} is not a valid HTTP header name"));
     }
     let lower = name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&lower.as_str())
-        || lower.starts_with("webhook-")
-        || lower.starts_with("fanout-")
-    {
-        return Err(invalid(
-            "headers",
-            format!("{name:?} is set by Fanout itself and cannot be overridden"),
+    let reserved = RESERVED_HEADERS.contains(&lower.as_str())
+        && !(allow_authorization && lower == "authorization");
+    if reserved || lower.starts_with("webhook-") || lower.starts_with("fanout-") {
+        return Some(format!(
+            "{name:?} is set by Fanout itself and cannot be overridden"
         ));
     }
-    Ok(())
+    None
+}
+
+/// The auth rules of the CRD, for specs that did not pass through an apiserver.
+fn check_auth(target: &ApiTargetSpec, auth: &AuthSpec) -> Result<(), SettingsError> {
+    match auth_rules_broken(target, auth).first() {
+        Some((field, rule)) => Err(invalid(field, *rule)),
+        None => Ok(()),
+    }
+}
+
+/// The CRD's rules on `auth` (and on `url` with `auth.tls`) that `target` breaks:
+/// (field below `spec`, the rule's message). `fanout standalone` reports them all.
+pub fn auth_rules_broken(
+    target: &ApiTargetSpec,
+    auth: &AuthSpec,
+) -> Vec<(&'static str, &'static str)> {
+    let mut broken = Vec::new();
+    let header_is_authorization = auth
+        .header
+        .as_ref()
+        .is_some_and(|h| h.name.eq_ignore_ascii_case("authorization"));
+    let setting_authorization = [
+        auth.bearer.is_some(),
+        auth.basic.is_some(),
+        auth.oauth2.is_some(),
+        header_is_authorization,
+    ];
+    if setting_authorization.iter().filter(|set| **set).count() > 1 {
+        broken.push(("auth", rules::ONE_AUTHORIZATION));
+    }
+    if let Some(header) = &auth.header {
+        let name = &header.name;
+        if !is_header_token(name) {
+            broken.push(("auth.header.name", rules::AUTH_HEADER_TOKEN));
+        } else if header_name_problem(name, true).is_some() {
+            broken.push(("auth.header.name", rules::AUTH_HEADER_RESERVED));
+        }
+        if target.headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
+            broken.push(("auth.header.name", rules::AUTH_HEADER_IN_HEADERS));
+        }
+    }
+    if let Some(tls) = &auth.tls {
+        if tls.client_certificate.is_none() && tls.ca_bundle.is_none() {
+            broken.push(("auth.tls", rules::TLS_NOT_EMPTY));
+        }
+        if !target.url.to_ascii_lowercase().starts_with("https://") {
+            broken.push(("auth.tls", rules::TLS_NEEDS_HTTPS));
+        }
+    }
+    if let Some(oauth2) = &auth.oauth2 {
+        if !token_url_allowed(&oauth2.token_url) {
+            broken.push(("auth.oauth2.tokenUrl", rules::TOKEN_URL));
+        }
+        if !oauth2.scopes.iter().all(|s| is_scope(s)) {
+            broken.push(("auth.oauth2.scopes", rules::SCOPE_CHARACTERS));
+        }
+    }
+    broken
+}
+
+fn is_header_token(name: &str) -> bool {
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    !name.is_empty() && name.chars().all(is_token_char)
+}
+
+/// https://, or http:// to this machine: the client secret is sent there.
+fn token_url_allowed(text: &str) -> bool {
+    let Ok(url) = url::Url::parse(text) else {
+        return false;
+    };
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => loopback,
+        _ => false,
+    }
+}
+
+/// RFC 6749's scope-token: %x21 / %x23-5B / %x5D-7E.
+fn is_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
 #[cfg(test)]

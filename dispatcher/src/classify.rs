@@ -15,6 +15,9 @@ pub enum Failure {
     Timeout,
     /// The connection could not be made or broke.
     Connection(String),
+    /// No access token for the request (OAuth 2.0): the token endpoint failed or
+    /// refused, as said here.
+    Token(String),
 }
 
 impl Failure {
@@ -34,6 +37,7 @@ impl Failure {
             Failure::Status { .. } => "status_other",
             Failure::Timeout => "timeout",
             Failure::Connection(_) => "connection",
+            Failure::Token(_) => "token",
         }
     }
 }
@@ -45,6 +49,7 @@ impl fmt::Display for Failure {
             Failure::Status { code, body } => write!(f, "HTTP {code}: {body}"),
             Failure::Timeout => f.write_str("timed out"),
             Failure::Connection(detail) => write!(f, "connection failed: {detail}"),
+            Failure::Token(detail) => write!(f, "no access token: {detail}"),
         }
     }
 }
@@ -93,7 +98,8 @@ pub fn classify_status(
     }
 }
 
-/// Timeouts and connection errors are always worth another attempt.
+/// Timeouts, connection errors and a token endpoint that failed are always worth
+/// another attempt.
 pub fn classify_transport(failure: Failure) -> Verdict {
     Verdict::Retryable {
         failure,

@@ -9,6 +9,7 @@
 //! - [`dead_letter`]: what a dead letter carries and how it is published.
 //! - [`request`], [`signing`], [`trace`]: what each HTTP request carries.
 //! - [`http`]: how it gets there (pooled connections, TLS, HTTP/2, timeouts).
+//! - [`oauth2`]: access tokens of the client credentials grant.
 //! - [`worker`]: one target's fetch-deliver-settle loop.
 //! - [`expiry`]: events nearing the stream's maxAge before anyone fetched them.
 //! - [`engine`]: starting and stopping all workers of a route.
@@ -26,6 +27,7 @@ pub mod expiry;
 pub mod health;
 pub mod http;
 pub mod load;
+pub mod oauth2;
 pub mod request;
 pub mod server;
 pub mod signing;

@@ -55,12 +55,13 @@ struct OutcomeLabels {
 }
 
 /// Every value [`Failure::category`] returns.
-const FAILURE_CATEGORIES: [&str; 5] = [
+const FAILURE_CATEGORIES: [&str; 6] = [
     "status_5xx",
     "status_4xx",
     "status_other",
     "timeout",
     "connection",
+    "token",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -404,6 +405,7 @@ mod tests {
             },
             Failure::Timeout,
             Failure::Connection("reset".into()),
+            Failure::Token("HTTP 503".into()),
         ];
         for failure in failures {
             assert!(

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use governor::DefaultDirectRateLimiter;
 use http::StatusCode;
-use http::header::RETRY_AFTER;
+use http::header::{AUTHORIZATION, RETRY_AFTER};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::parse_retry_after;
@@ -27,7 +27,8 @@ use crate::classify::{Failure, Verdict, classify_status, classify_transport};
 use crate::dead_letter::{DeadLetter, DeadLetterError, Stored};
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::event::Event;
-use crate::http::HttpClient;
+use crate::http::{HttpClient, Response, SendError};
+use crate::oauth2::{SharedTokenError, TokenSource};
 use crate::request::RequestTemplate;
 use crate::telemetry::TargetTelemetry;
 
@@ -75,6 +76,8 @@ pub struct Worker {
     ack_wait: Duration,
     template: RequestTemplate,
     client: HttpClient,
+    /// The target's access tokens, when it uses OAuth 2.0.
+    tokens: Option<TokenSource>,
     breaker: Option<Mutex<Breaker>>,
     limiter: Option<DefaultDirectRateLimiter>,
     telemetry: TargetTelemetry,
@@ -89,6 +92,7 @@ pub struct WorkerParts {
     pub consumer: PullConsumer,
     pub template: RequestTemplate,
     pub client: HttpClient,
+    pub tokens: Option<TokenSource>,
     pub limiter: Option<DefaultDirectRateLimiter>,
     pub telemetry: TargetTelemetry,
 }
@@ -108,6 +112,7 @@ impl Worker {
             ack_wait,
             template: parts.template,
             client: parts.client,
+            tokens: parts.tokens,
             breaker,
             limiter: parts.limiter,
             telemetry: parts.telemetry,
@@ -430,7 +435,14 @@ impl Worker {
     /// Sends one request and classifies what came back.
     async fn attempt(&self, event: &Event) -> Verdict {
         let request = self.template.build(event, &mut rand::rng());
-        let response = match self.client.send(request, body_limit).await {
+        let sent = match &self.tokens {
+            None => self.client.send(request, body_limit).await,
+            Some(tokens) => match self.send_with_token(tokens, event, request).await {
+                Ok(sent) => sent,
+                Err(error) => return classify_transport(Failure::Token(error_chain(&*error))),
+            },
+        };
+        let response = match sent {
             Ok(response) => response,
             Err(error) if error.is_timeout() => return classify_transport(Failure::Timeout),
             Err(error) => return classify_transport(Failure::Connection(error_chain(&error))),
@@ -459,6 +471,27 @@ impl Worker {
             String::from_utf8_lossy(&body).trim().to_string()
         };
         classify_status(&self.config.policy.retry, code, text, retry_after)
+    }
+
+    /// Sends `request` with the target's access token. A 401 means the target no
+    /// longer takes that token (revoked, or expired early): the request is sent once
+    /// more with a new one, and that answer stands.
+    async fn send_with_token(
+        &self,
+        tokens: &TokenSource,
+        event: &Event,
+        mut request: http::Request<http_body_util::Full<bytes::Bytes>>,
+    ) -> Result<Result<Response, SendError>, SharedTokenError> {
+        let token = tokens.authorization().await?;
+        request.headers_mut().insert(AUTHORIZATION, token.clone());
+        let sent = self.client.send(request, body_limit).await;
+        if !matches!(&sent, Ok(r) if r.status == StatusCode::UNAUTHORIZED) {
+            return Ok(sent);
+        }
+        let token = tokens.replace(&token).await?;
+        let mut request = self.template.build(event, &mut rand::rng());
+        request.headers_mut().insert(AUTHORIZATION, token);
+        Ok(self.client.send(request, body_limit).await)
     }
 
     async fn dead_letter(
