@@ -3,7 +3,9 @@
 //! - [`nats::NatsServer`]: a nats-server with JetStream and a temporary store.
 //! - [`cluster`]: the local kube-apiserver + controller-manager (started once per test
 //!   run by `e2e/cluster.sh`), a client for it, and a fresh namespace per test.
-//! - [`target::TargetServer`]: a scripted HTTP target that records what it receives.
+//! - [`target::TargetServer`]: a scripted HTTP(S) target that records what it receives.
+//! - [`pki`]: a CA, server and client certificates made at test time.
+//! - [`oauth2::TokenServer`]: an OAuth 2.0 token endpoint (client credentials).
 //! - [`node`]: the same with one real node (`e2e/node.sh`), pods and images.
 //! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed.
 //! - [`prometheus`]: alerting rules checked against the metrics processes export.
@@ -16,6 +18,8 @@ pub mod example;
 pub mod http;
 pub mod nats;
 pub mod node;
+pub mod oauth2;
+pub mod pki;
 pub mod process;
 pub mod prometheus;
 pub mod python;

@@ -1,7 +1,9 @@
 //! One target's access token, shared by all its requests: kept until shortly before
 //! it expires, fetched by one request at a time while the others wait for that
 //! fetch's outcome (a token, or its failure) instead of each asking the
-//! authorization server themselves.
+//! authorization server themselves. A failure is not kept beyond that: the next
+//! attempt (after its retry delay) asks again, so each failed attempt stands for one
+//! real answer of the token endpoint.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -9,11 +11,6 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use tokio::time::Instant;
-
-/// How long a failed fetch answers for the requests that come after it: a burst of
-/// events to a target whose authorization server is down costs one token request
-/// per this interval, not one per event.
-pub const FAILURE_HOLD: Duration = Duration::from_secs(1);
 
 /// Longest a token is given up before its expiry.
 const MAX_MARGIN: Duration = Duration::from_secs(60);
@@ -39,8 +36,8 @@ struct State<E> {
     /// Fetches finished so far: a request that waited while another fetched takes
     /// that fetch's outcome.
     fetches: u64,
-    /// The last fetch's failure, if it failed, and when.
-    failure: Option<(Instant, E)>,
+    /// The last fetch's failure, if it failed.
+    failure: Option<E>,
 }
 
 pub struct TokenCache<E> {
@@ -77,11 +74,6 @@ impl<E: Clone> TokenCache<E> {
             if let Some(token) = state.usable(now, rejected) {
                 return Ok(token);
             }
-            if let Some((at, error)) = &state.failure
-                && now.duration_since(*at) < FAILURE_HOLD
-            {
-                return Err(error.clone());
-            }
             state.fetches
         };
         let _one_at_a_time = self.fetching.lock().await;
@@ -91,7 +83,7 @@ impl<E: Clone> TokenCache<E> {
                 if let Some(token) = state.usable(Instant::now(), rejected) {
                     return Ok(token);
                 }
-                if let Some((_, error)) = &state.failure {
+                if let Some(error) = &state.failure {
                     return Err(error.clone());
                 }
             }
@@ -112,7 +104,7 @@ impl<E: Clone> TokenCache<E> {
                 Ok(token.authorization)
             }
             Err(error) => {
-                state.failure = Some((Instant::now(), error.clone()));
+                state.failure = Some(error.clone());
                 Err(error)
             }
         }
@@ -249,7 +241,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failed_fetch_answers_its_waiters_and_the_next_second() {
+    async fn a_failed_fetch_answers_its_waiters_and_the_next_request_asks_again() {
         let cache = TokenCache::<String>::default();
         let calls = Arc::new(AtomicUsize::new(0));
         let failing = || {
@@ -265,13 +257,12 @@ mod tests {
         assert!(outcomes.iter().all(|o| o.as_ref().err().map(String::as_str) == Some("HTTP 503")));
         assert_eq!(calls.load(Ordering::SeqCst), 1, "the waiters shared it");
         assert!(cache.get(None, failing()).await.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "held for a second");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "a later request asks again");
 
-        tokio::time::advance(FAILURE_HOLD).await;
         let calls_ok = Arc::new(AtomicUsize::new(0));
         let token = cache
             .get(None, issuer(&calls_ok, Some(60), Duration::ZERO))
             .await;
-        assert_eq!(token.unwrap(), "Bearer token-1", "then tried again");
+        assert_eq!(token.unwrap(), "Bearer token-1");
     }
 }
