@@ -247,7 +247,7 @@ pub struct OAuth2Auth {
     /// The authorization server's token endpoint. https://, or http:// on a loopback
     /// address (127.0.0.0/8, ::1, localhost) only.
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("isURL(self) && url(self).getHostname() != '' && (url(self).getScheme() == 'https' || (url(self).getScheme() == 'http' && (url(self).getHostname() in ['localhost', '::1'] || url(self).getHostname().matches('^127[.][0-9]{1,3}[.][0-9]{1,3}[.][0-9]{1,3}$'))))").message(rules::TOKEN_URL))]
+    #[x_kube(validation = Rule::new(r"isURL(self) && url(self).getHostname() != '' && self.matches('^(https://|http://(localhost|127[.][0-9]{1,3}[.][0-9]{1,3}[.][0-9]{1,3}|\\[::1\\])(:[0-9]+)?([/?#]|$))')").message(rules::TOKEN_URL))]
     pub token_url: String,
     /// The Secret holding the client id and secret.
     pub secret_ref: SecretRef,

@@ -321,8 +321,11 @@ fn credentials(auth: Option<&AuthSpec>, secrets_dir: &Path) -> Credentials {
             username_file: file(user),
             password_file: file(password),
         }),
-        oauth2: auth.oauth2.as_ref().zip(keys.oauth2).map(|(o, (id, secret))| {
-            OAuth2Credentials {
+        oauth2: auth
+            .oauth2
+            .as_ref()
+            .zip(keys.oauth2)
+            .map(|(o, (id, secret))| OAuth2Credentials {
                 token_url: o.token_url.clone(),
                 client_id_file: file(id),
                 client_secret_file: file(secret),
@@ -330,8 +333,7 @@ fn credentials(auth: Option<&AuthSpec>, secrets_dir: &Path) -> Credentials {
                 audience: o.audience.clone(),
                 client_authentication: o.client_authentication.unwrap_or_default(),
                 ca_bundle_file: keys.oauth2_ca.map(file),
-            }
-        }),
+            }),
         header: auth
             .header
             .as_ref()
@@ -765,6 +767,61 @@ mod tests {
                 ("mail-creds".to_string(), "pw".to_string()),
                 ("sig".to_string(), "secret".to_string())
             ]
+        );
+    }
+
+    #[test]
+    fn new_auth_kinds_point_at_secret_files_with_the_documented_default_keys() {
+        let mut crm = api_target("crm", "https://c");
+        crm.spec.auth = Some(
+            serde_json::from_value(serde_json::json!({
+                "oauth2": {"tokenUrl": "https://idp/token", "secretRef": {"name": "crm-oauth"},
+                           "scopes": ["a", "b"], "caBundle": {"secretRef": {"name": "idp-ca"}}},
+                "header": {"name": "X-Api-Key", "secretRef": {"name": "crm-key", "key": "key"}},
+                "tls": {"clientCertificate": {"secretRef": {"name": "crm-tls"}},
+                        "caBundle": {"secretRef": {"name": "crm-ca"}, "key": "bundle.pem"}}
+            }))
+            .unwrap(),
+        );
+        let out = render_with(&route(vec![target("crm", "crm")]), &[crm.clone()]).unwrap();
+        let creds = &out.config.targets[0].credentials;
+        let dir = Path::new("/var/run/fanout/secrets");
+        let oauth2 = creds.oauth2.as_ref().unwrap();
+        assert_eq!(oauth2.client_id_file, dir.join("crm-oauth/client-id"));
+        assert_eq!(
+            oauth2.client_secret_file,
+            dir.join("crm-oauth/client-secret")
+        );
+        assert_eq!(
+            oauth2.ca_bundle_file.as_deref(),
+            Some(dir.join("idp-ca/ca.crt").as_path())
+        );
+        assert_eq!(oauth2.scopes, ["a", "b"]);
+        let header = creds.header.as_ref().unwrap();
+        assert_eq!(
+            (header.name.as_str(), header.value_file.as_path()),
+            ("X-Api-Key", dir.join("crm-key/key").as_path())
+        );
+        let tls = creds.tls.as_ref().unwrap();
+        let client = tls.client_certificate.as_ref().unwrap();
+        assert_eq!(client.certificate_file, dir.join("crm-tls/tls.crt"));
+        assert_eq!(client.private_key_file, dir.join("crm-tls/tls.key"));
+        assert_eq!(
+            tls.ca_bundle_file.as_deref(),
+            Some(dir.join("crm-ca/bundle.pem").as_path())
+        );
+        assert_eq!(
+            secret_keys(crm.spec.auth.as_ref()),
+            [
+                ("crm-oauth", "client-id"),
+                ("crm-oauth", "client-secret"),
+                ("idp-ca", "ca.crt"),
+                ("crm-key", "key"),
+                ("crm-tls", "tls.crt"),
+                ("crm-tls", "tls.key"),
+                ("crm-ca", "bundle.pem"),
+            ]
+            .map(|(s, k)| (s.to_string(), k.to_string()))
         );
     }
 }

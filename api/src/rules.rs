@@ -49,8 +49,7 @@ pub const AUTH_HEADER_IN_HEADERS: &str =
     "auth.header.name is also set in spec.headers; set the header in one place";
 
 /// On `spec`, for `auth.tls`.
-pub const TLS_NEEDS_HTTPS: &str =
-    "auth.tls (client certificate, CA bundle) needs an https:// url";
+pub const TLS_NEEDS_HTTPS: &str = "auth.tls (client certificate, CA bundle) needs an https:// url";
 
 /// On `spec.auth.tls`.
 pub const TLS_NOT_EMPTY: &str = "tls needs a clientCertificate, a caBundle or both";

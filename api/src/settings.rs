@@ -15,8 +15,8 @@ use fanout_config::policy::{
 };
 
 use crate::policy::{AuthSpec, CircuitBreakerSpec, RateLimitSpec, RetrySpec};
-use crate::rules;
 use crate::route::{DeadLetterSpec, PolicyOverrides, SourceSpec};
+use crate::rules;
 use crate::target::ApiTargetSpec;
 
 /// A spec value that cannot work, named by its field path.
@@ -607,6 +607,132 @@ mod tests {
         spec.headers
             .insert("X-Source".to_string(), "fanout".to_string());
         assert!(resolve(&spec, None).is_ok());
+    }
+
+    fn with_auth(url: &str, auth: serde_json::Value) -> ApiTargetSpec {
+        let mut spec = target(url);
+        spec.auth = Some(serde_json::from_value(auth).unwrap());
+        spec
+    }
+
+    fn auth_error(spec: &ApiTargetSpec) -> String {
+        resolve(spec, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn only_one_auth_kind_may_set_authorization() {
+        let key = serde_json::json!({"name": "k", "key": "k"});
+        let oauth2 =
+            serde_json::json!({"tokenUrl": "https://idp/token", "secretRef": {"name": "c"}});
+        let header = |name: &str| serde_json::json!({"name": name, "secretRef": key});
+        for auth in [
+            serde_json::json!({"bearer": {"secretRef": key}, "basic": {"secretRef": {"name": "b"}}}),
+            serde_json::json!({"bearer": {"secretRef": key}, "oauth2": oauth2}),
+            serde_json::json!({"oauth2": oauth2, "header": header("Authorization")}),
+        ] {
+            let err = auth_error(&with_auth("https://api.local", auth));
+            assert_eq!(err, format!("auth: {}", rules::ONE_AUTHORIZATION));
+        }
+        for auth in [
+            serde_json::json!({"oauth2": oauth2, "header": header("X-Api-Key")}),
+            serde_json::json!({"header": header("authorization")}),
+            serde_json::json!({"basic": {"secretRef": {"name": "b"}}, "header": header("X-Api-Key"), "signing": {"secretRef": key}}),
+        ] {
+            assert!(
+                resolve(&with_auth("https://api.local", auth.clone()), None).is_ok(),
+                "{auth}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_auth_header_cannot_be_one_fanout_sets_or_a_static_one() {
+        let header = |name: &str| serde_json::json!({"header": {"name": name, "secretRef": {"name": "k", "key": "k"}}});
+        for name in [
+            "Idempotency-Key",
+            "traceparent",
+            "Fanout-Route",
+            "webhook-id",
+            "Host",
+        ] {
+            let err = auth_error(&with_auth("https://api.local", header(name)));
+            assert_eq!(
+                err,
+                format!("auth.header.name: {}", rules::AUTH_HEADER_RESERVED),
+                "{name}"
+            );
+        }
+        let err = auth_error(&with_auth("https://api.local", header("bad name")));
+        assert_eq!(
+            err,
+            format!("auth.header.name: {}", rules::AUTH_HEADER_TOKEN)
+        );
+        let mut spec = with_auth("https://api.local", header("X-Api-Key"));
+        spec.headers.insert("x-api-key".into(), "static".into());
+        assert_eq!(
+            auth_error(&spec),
+            format!("auth.header.name: {}", rules::AUTH_HEADER_IN_HEADERS)
+        );
+    }
+
+    #[test]
+    fn tls_needs_an_https_url_and_something_to_use() {
+        let tls = serde_json::json!({"tls": {"clientCertificate": {"secretRef": {"name": "c"}}}});
+        assert!(resolve(&with_auth("https://api.local", tls.clone()), None).is_ok());
+        let err = auth_error(&with_auth("http://api.local", tls));
+        assert_eq!(err, format!("auth.tls: {}", rules::TLS_NEEDS_HTTPS));
+        let err = auth_error(&with_auth(
+            "https://api.local",
+            serde_json::json!({"tls": {}}),
+        ));
+        assert_eq!(err, format!("auth.tls: {}", rules::TLS_NOT_EMPTY));
+    }
+
+    #[test]
+    fn token_urls_are_https_or_loopback_and_scopes_are_scope_tokens() {
+        let oauth2 = |url: &str, scopes: &[&str]| serde_json::json!({"oauth2": {"tokenUrl": url, "secretRef": {"name": "c"}, "scopes": scopes}});
+        for url in [
+            "https://idp.example.com/token",
+            "http://127.0.0.1:8080/token",
+            "http://127.9.9.9/token",
+            "http://[::1]:8080/token",
+            "http://localhost/token",
+        ] {
+            assert!(
+                resolve(&with_auth("https://api.local", oauth2(url, &[])), None).is_ok(),
+                "{url}"
+            );
+        }
+        for url in [
+            "http://idp.example.com/token",
+            "http://10.0.0.1/token",
+            "http://169.254.169.254/token",
+            "ftp://idp/token",
+            "token",
+        ] {
+            let err = auth_error(&with_auth("https://api.local", oauth2(url, &[])));
+            assert_eq!(
+                err,
+                format!("auth.oauth2.tokenUrl: {}", rules::TOKEN_URL),
+                "{url}"
+            );
+        }
+        let ok = oauth2(
+            "https://idp/token",
+            &["contacts.write", "https://api/.default", "a:b"],
+        );
+        assert!(resolve(&with_auth("https://api.local", ok), None).is_ok());
+        for scope in ["two words", "quote\"", "back\\slash", ""] {
+            let err = auth_error(&with_auth(
+                "https://api.local",
+                oauth2("https://idp/token", &[scope]),
+            ));
+            assert_eq!(
+                err,
+                format!("auth.oauth2.scopes: {}", rules::SCOPE_CHARACTERS),
+                "{scope:?}"
+            );
+        }
     }
 
     #[test]

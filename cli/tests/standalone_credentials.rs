@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
-use fanout_testkit::oauth2::TokenServer;
 use fanout_testkit::nats::NatsServer;
+use fanout_testkit::oauth2::TokenServer;
 use fanout_testkit::pki::TestCa;
 use fanout_testkit::target::TargetServer;
 use fanout_testkit::wait;
@@ -65,7 +65,10 @@ async fn post_events(s: &Standalone, keys: impl IntoIterator<Item = String>) -> 
     for key in keys {
         s.accept(
             ROUTE,
-            &[("Idempotency-Key", &key), ("Content-Type", "application/json")],
+            &[
+                ("Idempotency-Key", &key),
+                ("Content-Type", "application/json"),
+            ],
             "{\"order\": 1}",
         )
         .await;
@@ -116,7 +119,11 @@ spec:
       secretRef: {{name: crm-api-key, key: api-key}}
 ---
 {}",
-        secret("crm-api-key", "Opaque", &[("api-key", "key-from-the-secret")]),
+        secret(
+            "crm-api-key",
+            "Opaque",
+            &[("api-key", "key-from-the-secret")]
+        ),
         crm.url("/contacts"),
         route(&["crm"])
     );
@@ -156,7 +163,10 @@ async fn mutual_tls_with_a_private_ca_delivers_and_nothing_else_gets_through() {
     .await
     .unwrap();
     let client = client_ca.client("fanout").unwrap();
-    let stranger = TestCa::new("someone else").unwrap().client("fanout").unwrap();
+    let stranger = TestCa::new("someone else")
+        .unwrap()
+        .client("fanout")
+        .unwrap();
 
     let target = |name: &str, tls: &str| {
         format!(
@@ -197,7 +207,9 @@ spec:
         // As documented: a kubernetes.io/tls Secret's keys, the CA's ca.crt.
         target(
             "billing",
-            &format!("      clientCertificate: {{secretRef: {{name: billing-client-tls}}}}\n{ca_bundle}"),
+            &format!(
+                "      clientCertificate: {{secretRef: {{name: billing-client-tls}}}}\n{ca_bundle}"
+            ),
         ),
         // Trusts the server but has no certificate to show.
         target("anonymous", ca_bundle),
@@ -234,7 +246,10 @@ spec:
     for (name, problem) in [
         ("anonymous", "received fatal alert: CertificateRequired"),
         ("stranger", "received fatal alert: UnknownCA"),
-        ("public-trust", "TLS handshake: invalid peer certificate: UnknownIssuer"),
+        (
+            "public-trust",
+            "TLS handshake: invalid peer certificate: UnknownIssuer",
+        ),
     ] {
         let t = target_status(&s, name, &format!("{name}'s TLS failure"), |t| {
             t["failed"].as_u64() > Some(0)
@@ -342,16 +357,26 @@ async fn oauth2_tokens_are_shared_by_requests_and_replaced_once_after_a_401() {
         for_21[1].header("fanout-attempt"),
         "the same attempt, sent again"
     );
-    assert_eq!(tokens.issued(), ["token-1", "token-2"], "exactly one refresh");
+    assert_eq!(
+        tokens.issued(),
+        ["token-1", "token-2"],
+        "exactly one refresh"
+    );
     let t = target_status(&s, "crm", "21 delivered", |t| t["delivered"] == 21).await;
-    assert_eq!(t["failed"], 0, "the refused token is not the event's failure: {t}");
+    assert_eq!(
+        t["failed"], 0,
+        "the refused token is not the event's failure: {t}"
+    );
 
     // Later events use token-2 without asking again.
     let more = post_events(&s, (22..=25).map(|i| format!("order-{i}"))).await;
     crm.wait_for_keys(&more, T).await.unwrap();
     assert_eq!(tokens.requests().len(), 2);
     let log = s.process.log();
-    assert!(!log.contains(CLIENT_SECRET), "the client secret is not logged");
+    assert!(
+        !log.contains(CLIENT_SECRET),
+        "the client secret is not logged"
+    );
     assert!(!rendered_config(&s).contains(CLIENT_SECRET));
     s.sigterm_exits_zero();
 }
@@ -387,7 +412,10 @@ async fn a_failing_token_endpoint_shows_in_last_error_and_the_event_is_retried()
     .await;
     let error = t["lastError"].as_str().unwrap();
     assert!(
-        error.contains(&format!("token endpoint {} answered HTTP 503", tokens.url())),
+        error.contains(&format!(
+            "token endpoint {} answered HTTP 503",
+            tokens.url()
+        )),
         "{error}"
     );
     assert!(!error.contains(CLIENT_SECRET), "{error}");
@@ -399,7 +427,11 @@ async fn a_failing_token_endpoint_shows_in_last_error_and_the_event_is_retried()
     let t = target_status(&s, "crm", "delivered", |t| t["delivered"] == 1).await;
     assert!(t["failed"].as_u64() >= Some(1), "{t}");
     assert_eq!(t["deadLettered"], 0, "{t}");
-    assert_eq!(crm.count(), 1, "the target was never sent a request without a token");
+    assert_eq!(
+        crm.count(),
+        1,
+        "the target was never sent a request without a token"
+    );
     let requests = tokens.requests();
     assert!(
         requests

@@ -158,7 +158,9 @@ pub struct OAuth2Credentials {
     pub ca_bundle_file: Option<PathBuf>,
 }
 
-/// How the client authenticates to the token endpoint (RFC 6749 section 2.3.1).
+/// How the client authenticates to the token endpoint (RFC 6749 section 2.3.1):
+/// basic (HTTP Basic, which every authorization server supports) or post (client_id
+/// and client_secret in the form body). Default: basic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ClientAuthentication {

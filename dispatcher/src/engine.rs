@@ -181,11 +181,12 @@ impl Engine {
             .map_err(client_error)?;
             let tokens = match &auth.oauth2 {
                 Some(grant) => Some(
-                    TokenSource::new(&target.name, grant, settings.timeout, &mut tls)
-                        .map_err(|source| StartError::TokenEndpoint {
+                    TokenSource::new(&target.name, grant, settings.timeout, &mut tls).map_err(
+                        |source| StartError::TokenEndpoint {
                             target: target.name.clone(),
                             source,
-                        })?,
+                        },
+                    )?,
                 ),
                 None => None,
             };

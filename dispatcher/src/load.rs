@@ -138,12 +138,11 @@ pub fn auth(target: &TargetConfig) -> Result<Auth, LoadError> {
     let header = match &creds.header {
         Some(h) => {
             let field = "credentials.header.valueFile";
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
-                LoadError::HeaderName {
+            let name =
+                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| LoadError::HeaderName {
                     target: target.name.clone(),
                     name: h.name.clone(),
-                }
-            })?;
+                })?;
             let value = sensitive(field, &h.value_file, read(field, &h.value_file)?)?;
             Some((name, value))
         }
@@ -158,7 +157,12 @@ pub fn auth(target: &TargetConfig) -> Result<Auth, LoadError> {
     };
     let tls = match &creds.tls {
         Some(files) => {
-            if !target.policy.url.to_ascii_lowercase().starts_with("https://") {
+            if !target
+                .policy
+                .url
+                .to_ascii_lowercase()
+                .starts_with("https://")
+            {
                 return Err(LoadError::TlsWithoutHttps {
                     target: target.name.clone(),
                     url: target.policy.url.clone(),
@@ -176,7 +180,10 @@ pub fn auth(target: &TargetConfig) -> Result<Auth, LoadError> {
                         client_certificate: None,
                         ca_bundle_file: Some(path.clone()),
                     };
-                    Some(tls::from_files(&files).map_err(tls_error("credentials.oauth2.caBundleFile"))?)
+                    Some(
+                        tls::from_files(&files)
+                            .map_err(tls_error("credentials.oauth2.caBundleFile"))?,
+                    )
                 }
                 None => None,
             };

@@ -132,8 +132,7 @@ impl TokenServer {
                 };
                 let (state, tls) = (state.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |r| answer(state.clone(), r));
+                    let service = hyper::service::service_fn(move |r| answer(state.clone(), r));
                     let http = hyper::server::conn::http1::Builder::new();
                     match tls {
                         None => {
@@ -217,7 +216,10 @@ async fn answer(
         let at = form.iter().position(|(k, _)| k == name)?;
         Some(form.remove(at).1)
     };
-    let posted = match (take(&mut form, "client_id"), take(&mut form, "client_secret")) {
+    let posted = match (
+        take(&mut form, "client_id"),
+        take(&mut form, "client_secret"),
+    ) {
         (Some(id), Some(secret)) => Some((id, secret)),
         _ => None,
     };
@@ -227,9 +229,8 @@ async fn answer(
         (None, Some(c)) => ("post", Some(c)),
         _ => ("none", None),
     };
-    let authenticated = credentials.is_some_and(|(id, secret)| {
-        id == s.client_id && secret == s.client_secret
-    });
+    let authenticated =
+        credentials.is_some_and(|(id, secret)| id == s.client_id && secret == s.client_secret);
     let grant_ok = form
         .iter()
         .any(|(k, v)| k == "grant_type" && v == "client_credentials");
@@ -242,14 +243,24 @@ async fn answer(
             .expect("valid response")
     };
     let (response, issued) = if !authenticated {
-        let body = r#"{"error":"invalid_client","error_description":"unknown client or wrong secret"}"#;
+        let body =
+            r#"{"error":"invalid_client","error_description":"unknown client or wrong secret"}"#;
         (json(401, body.into()), None)
     } else if !grant_ok {
-        (json(400, r#"{"error":"unsupported_grant_type"}"#.into()), None)
+        (
+            json(400, r#"{"error":"unsupported_grant_type"}"#.into()),
+            None,
+        )
     } else if let Some(status) = s.failures.pop_front() {
-        (json(status, r#"{"error":"temporarily_unavailable"}"#.into()), None)
+        (
+            json(status, r#"{"error":"temporarily_unavailable"}"#.into()),
+            None,
+        )
     } else {
-        let token = format!("token-{}", s.requests.iter().filter(|r| r.issued.is_some()).count() + 1);
+        let token = format!(
+            "token-{}",
+            s.requests.iter().filter(|r| r.issued.is_some()).count() + 1
+        );
         let expires = s
             .expires_in
             .map_or_else(String::new, |e| format!(r#","expires_in":{e}"#));

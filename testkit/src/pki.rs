@@ -54,7 +54,9 @@ impl TestCa {
     /// A server certificate for these addresses and names.
     pub fn server(&self, ips: &[IpAddr], names: &[&str]) -> anyhow::Result<Issued> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "test target");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test target");
         for ip in ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }

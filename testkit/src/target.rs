@@ -110,8 +110,8 @@ impl TargetServer {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 roots.add(ca.der().clone())?;
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots.into(), provider).build()?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -125,7 +125,10 @@ impl TargetServer {
         Self::listen(host, Some(TlsAcceptor::from(Arc::new(config)))).await
     }
 
-    async fn listen(host: std::net::IpAddr, tls: Option<TlsAcceptor>) -> anyhow::Result<TargetServer> {
+    async fn listen(
+        host: std::net::IpAddr,
+        tls: Option<TlsAcceptor>,
+    ) -> anyhow::Result<TargetServer> {
         let listener = bind_outside_ephemeral_range(host).await?;
         let mut server = TargetServer {
             addr: listener.local_addr()?,

@@ -40,9 +40,7 @@ pub enum TlsFileError {
         #[source]
         source: rustls::Error,
     },
-    #[error(
-        "the client certificate {certificate} and private key {key} cannot be used together"
-    )]
+    #[error("the client certificate {certificate} and private key {key} cannot be used together")]
     ClientCertificate {
         certificate: PathBuf,
         key: PathBuf,
@@ -57,9 +55,7 @@ pub enum TlsFileError {
 /// platform's trust store, no client certificate.
 pub fn platform() -> Result<Arc<ClientConfig>, rustls::Error> {
     use rustls_platform_verifier::BuilderVerifierExt;
-    let mut config = builder()?
-        .with_platform_verifier()?
-        .with_no_client_auth();
+    let mut config = builder()?.with_platform_verifier()?.with_no_client_auth();
     config.alpn_protocols = alpn();
     Ok(Arc::new(config))
 }
@@ -114,8 +110,7 @@ pub fn alpn() -> Vec<Vec<u8>> {
     vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
-fn builder()
--> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, rustls::Error> {
+fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
 }

@@ -63,7 +63,11 @@ impl<E: Clone> TokenCache<E> {
     /// The `Authorization` value to send: the cached token while it is fresh and is
     /// not `rejected` (the one a target just refused), else a new one from `fetch`,
     /// which runs for one caller at a time.
-    pub async fn get<F, Fut>(&self, rejected: Option<&HeaderValue>, fetch: F) -> Result<HeaderValue, E>
+    pub async fn get<F, Fut>(
+        &self,
+        rejected: Option<&HeaderValue>,
+        fetch: F,
+    ) -> Result<HeaderValue, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Token, E>>,
@@ -99,7 +103,9 @@ impl<E: Clone> TokenCache<E> {
                 state.failure = None;
                 state.current = Some(Cached {
                     authorization: token.authorization.clone(),
-                    refresh_at: token.lifetime.map(|l| requested + l.saturating_sub(margin(l))),
+                    refresh_at: token
+                        .lifetime
+                        .map(|l| requested + l.saturating_sub(margin(l))),
                 });
                 Ok(token.authorization)
             }
@@ -169,7 +175,11 @@ mod tests {
         let get = || cache.get(None, issuer(&calls, Some(3600), Duration::ZERO));
         assert_eq!(get().await.unwrap(), "Bearer token-1");
         tokio::time::advance(Duration::from_secs(3539)).await;
-        assert_eq!(get().await.unwrap(), "Bearer token-1", "59m59s: still fresh");
+        assert_eq!(
+            get().await.unwrap(),
+            "Bearer token-1",
+            "59m59s: still fresh"
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(
             get().await.unwrap(),
@@ -210,14 +220,14 @@ mod tests {
     async fn concurrent_requests_share_one_fetch() {
         let cache = TokenCache::<String>::default();
         let calls = Arc::new(AtomicUsize::new(0));
-        let gets = (0..50).map(|_| {
-            cache.get(
-                None,
-                issuer(&calls, Some(3600), Duration::from_millis(200)),
-            )
-        });
+        let gets = (0..50)
+            .map(|_| cache.get(None, issuer(&calls, Some(3600), Duration::from_millis(200))));
         let tokens = futures::future::join_all(gets).await;
-        assert!(tokens.iter().all(|t| t.as_ref().unwrap() == "Bearer token-1"));
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.as_ref().unwrap() == "Bearer token-1")
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1, "one fetch for 50 requests");
     }
 
@@ -236,7 +246,11 @@ mod tests {
             )
         });
         let tokens = futures::future::join_all(gets).await;
-        assert!(tokens.iter().all(|t| t.as_ref().unwrap() == "Bearer token-2"));
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.as_ref().unwrap() == "Bearer token-2")
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
@@ -252,12 +266,19 @@ mod tests {
                 Err::<Token, _>("HTTP 503".to_string())
             }
         };
-        let outcomes =
-            futures::future::join_all((0..10).map(|_| cache.get(None, failing()))).await;
-        assert!(outcomes.iter().all(|o| o.as_ref().err().map(String::as_str) == Some("HTTP 503")));
+        let outcomes = futures::future::join_all((0..10).map(|_| cache.get(None, failing()))).await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o.as_ref().err().map(String::as_str) == Some("HTTP 503"))
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1, "the waiters shared it");
         assert!(cache.get(None, failing()).await.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "a later request asks again");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "a later request asks again"
+        );
 
         let calls_ok = Arc::new(AtomicUsize::new(0));
         let token = cache

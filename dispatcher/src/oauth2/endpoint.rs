@@ -86,7 +86,8 @@ impl TokenEndpoint {
         let authorization = match grant.client_authentication {
             fanout_config::route::ClientAuthentication::Basic => {
                 // Section 2.3.1: each part form-encoded, then joined and base64-encoded.
-                let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let encode =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
                 let pair = format!(
                     "{}:{}",
                     encode(&grant.client_id),
