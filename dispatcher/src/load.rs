@@ -55,8 +55,9 @@ pub enum LoadError {
     Tls {
         target: String,
         field: &'static str,
+        /// Boxed: it is large, and rare.
         #[source]
-        source: TlsFileError,
+        source: Box<TlsFileError>,
     },
     #[error(
         "targets[{target}].credentials.tls: a client certificate or CA bundle needs an https:// url, not {url}"
@@ -152,7 +153,7 @@ pub fn auth(target: &TargetConfig) -> Result<Auth, LoadError> {
         move |source| LoadError::Tls {
             target: target.name.clone(),
             field,
-            source,
+            source: Box::new(source),
         }
     };
     let tls = match &creds.tls {
