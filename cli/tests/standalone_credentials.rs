@@ -442,3 +442,62 @@ async fn a_failing_token_endpoint_shows_in_last_error_and_the_event_is_retried()
     assert_eq!(tokens.issued(), ["token-1"]);
     s.sigterm_exits_zero();
 }
+
+/// Runs standalone on `manifests`, expecting it to refuse them before connecting to
+/// NATS (nothing listens on its port); its output.
+fn refused_at_start(manifests: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("manifests.yaml"), manifests).unwrap();
+    let unused = format!("nats://127.0.0.1:{}", fanout_testkit::free_port());
+    let mut process = fanout_testkit::process::Spawned::start(
+        support::standalone::command(dir.path(), "shop", &unused),
+        &dir.path().join("standalone.log"),
+    )
+    .unwrap();
+    assert!(!process.wait(T).unwrap().success());
+    process.log()
+}
+
+#[test]
+fn unusable_credentials_stop_standalone_at_start_naming_the_field() {
+    let target = |auth: &str| {
+        format!(
+            "apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: billing}}
+spec:
+  url: https://127.0.0.1:1/invoices
+  auth:
+{auth}
+---
+{}",
+            route(&["billing"])
+        )
+    };
+    // A Secret whose tls.crt is not a certificate.
+    let broken_pem =
+        secret(
+            "billing-client-tls",
+            "kubernetes.io/tls",
+            &[("tls.crt", "not a certificate"), ("tls.key", "not a key")],
+        ) + &target("    tls:\n      clientCertificate: {secretRef: {name: billing-client-tls}}");
+    let out = refused_at_start(&broken_pem);
+    assert!(
+        out.contains("targets[billing].credentials.tls")
+            && out.contains("holds no PEM certificate"),
+        "{out}"
+    );
+    assert!(out.contains("billing-client-tls/tls.crt"), "{out}");
+
+    // The CRD's rules, restated: a token URL that would carry the secret in clear.
+    let http_token_url = oauth2_secret()
+        + &target(
+            "    oauth2: {tokenUrl: 'http://idp.example.com/token', secretRef: {name: crm-oauth}}",
+        );
+    let out = refused_at_start(&http_token_url);
+    assert!(
+        out.contains("ApiTarget shop/billing: spec.auth.oauth2.tokenUrl: tokenUrl must be an absolute https:// URL"),
+        "{out}"
+    );
+    assert!(!out.contains(CLIENT_SECRET), "{out}");
+}
