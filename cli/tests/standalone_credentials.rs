@@ -501,3 +501,66 @@ spec:
     );
     assert!(!out.contains(CLIENT_SECRET), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_replaced_before_it_expires_without_a_refusal() {
+    let nats = NatsServer::start().unwrap();
+    // Tokens live 2 s: each is replaced 0.2 s early.
+    let tokens = TokenServer::start(CLIENT_ID, CLIENT_SECRET, Some(2))
+        .await
+        .unwrap();
+    let crm = TargetServer::start().await.unwrap();
+    let any_token: Vec<String> = (1..=50).map(|n| format!("Bearer token-{n}")).collect();
+    crm.require_header(
+        "authorization",
+        &any_token.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let manifests = [
+        oauth2_secret(),
+        oauth2_target("crm", &crm.url("/contacts"), &tokens.url(), ""),
+        route(&["crm"]),
+    ]
+    .concat();
+    let s = Standalone::start(&nats, "shop", &manifests).await;
+    post_events(&s, ["order-0".to_string()]).await;
+    crm.wait_for(1, T).await.unwrap();
+
+    // Events keep coming; before long one carries a new token, fetched because the
+    // old one was about to expire (the API never refused one).
+    let next = std::sync::atomic::AtomicUsize::new(1);
+    wait::until("a request with token-2", T, || async {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("order-{i}");
+        post_events(&s, [key.clone()]).await;
+        crm.wait_for_keys(&BTreeSet::from([key]), T)
+            .await
+            .map_err(|e| e.to_string())?;
+        let with_new = crm
+            .received()
+            .iter()
+            .any(|r| r.header("authorization") == Some("Bearer token-2"));
+        if with_new {
+            Ok(())
+        } else {
+            Err(format!("{:?}", tokens.issued()))
+        }
+    })
+    .await
+    .unwrap();
+    let received = crm.received();
+    assert_eq!(
+        received.len(),
+        crm.distinct_keys().len(),
+        "each event sent once: no token was refused"
+    );
+    let first_new = received
+        .iter()
+        .position(|r| r.header("authorization") == Some("Bearer token-2"))
+        .unwrap();
+    let age = received[first_new].at - received[0].at;
+    assert!(
+        age >= Duration::from_millis(1700),
+        "token-1 was used for {age:?}, not until shortly before its 2 s"
+    );
+    s.sigterm_exits_zero();
+}
