@@ -9,6 +9,7 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 pub use fanout_config::policy::{BackoffKind, JitterKind};
+pub use fanout_config::route::ClientAuthentication;
 
 use fanout_config::Duration;
 
@@ -177,11 +178,111 @@ pub struct SigningSpec {
     pub secret_ref: SecretKeyRef,
 }
 
+/// A header whose value is read from a Secret, such as an API key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderAuth {
+    /// Header name, e.g. X-Api-Key. Authorization is allowed when no other auth
+    /// (bearer, basic, oauth2) sets it; the other headers Fanout sets itself
+    /// (Idempotency-Key, traceparent, tracestate, Content-Type, Host, Content-Length,
+    /// webhook-*, Fanout-*) are refused.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]{1,128}$')").message(rules::AUTH_HEADER_TOKEN))]
+    #[x_kube(validation = Rule::new("!(self.lowerAscii() in ['idempotency-key', 'traceparent', 'tracestate', 'content-type', 'host', 'content-length']) && !self.lowerAscii().startsWith('webhook-') && !self.lowerAscii().startsWith('fanout-')").message(rules::AUTH_HEADER_RESERVED))]
+    pub name: String,
+    /// The Secret key holding the header's value.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A client certificate and its private key, in PEM, from one Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificate {
+    /// The Secret holding the certificate and key, typically of type
+    /// kubernetes.io/tls.
+    pub secret_ref: SecretRef,
+    /// Key of the certificate chain (PEM, leaf first). Default: tls.crt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub certificate_key: Option<String>,
+    /// Key of the private key (PEM: PKCS#8, PKCS#1 or SEC1). Default: tls.key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub private_key_key: Option<String>,
+}
+
+/// CA certificates (PEM) from a Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundle {
+    /// The Secret holding the bundle.
+    pub secret_ref: SecretRef,
+    /// Key of the bundle in the Secret. Default: ca.crt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+/// TLS settings of the connection to the target; https URLs only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.clientCertificate) || has(self.caBundle)").message(rules::TLS_NOT_EMPTY))]
+pub struct TlsAuth {
+    /// Client certificate presented to the target (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificate>,
+    /// CAs that the target's certificate must chain to. When given, they replace
+    /// the platform's trust store for this target: a certificate from any other CA,
+    /// public ones included, is refused. Default: the platform's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundle>,
+}
+
+/// `Authorization: Bearer <access token>`, the token obtained with the OAuth 2.0
+/// client credentials grant (RFC 6749 section 4.4). It is kept until shortly before
+/// it expires (expires_in) and fetched again when the target answers 401.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2Auth {
+    /// The authorization server's token endpoint. https://, or http:// on a loopback
+    /// address (127.0.0.0/8, ::1, localhost) only.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(r"isURL(self) && url(self).getHostname() != '' && self.matches('^(https://|http://(localhost|127[.][0-9]{1,3}[.][0-9]{1,3}[.][0-9]{1,3}|\\[::1\\])(:[0-9]+)?([/?#]|$))')").message(rules::TOKEN_URL))]
+    pub token_url: String,
+    /// The Secret holding the client id and secret.
+    pub secret_ref: SecretRef,
+    /// Key of the client id in the Secret. Default: client-id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_id_key: Option<String>,
+    /// Key of the client secret in the Secret. Default: client-secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub client_secret_key: Option<String>,
+    /// Scopes requested (sent as the space-separated scope parameter). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[!#-\\\\[\\\\]-~]+$'))").message(rules::SCOPE_CHARACTERS))]
+    pub scopes: Vec<String>,
+    /// The audience parameter some authorization servers require (e.g. the target
+    /// API's identifier). Default: not sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
+    /// basic or post. Default: basic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_authentication: Option<ClientAuthentication>,
+    /// CAs that the token endpoint's certificate must chain to, replacing the
+    /// platform's trust store for it. Default: the platform's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundle>,
+}
+
 /// Credentials sent with each request. Secrets are read by the dispatcher at run
 /// time; they are never copied into rendered configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.bearer) && has(self.basic))").message("choose one of bearer and basic, not both"))]
+#[x_kube(validation = Rule::new("(has(self.bearer) ? 1 : 0) + (has(self.basic) ? 1 : 0) + (has(self.oauth2) ? 1 : 0) + (has(self.header) && self.header.name.lowerAscii() == 'authorization' ? 1 : 0) <= 1").message(rules::ONE_AUTHORIZATION))]
 pub struct AuthSpec {
     /// Bearer token authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,7 +290,18 @@ pub struct AuthSpec {
     /// Basic authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic: Option<BasicAuth>,
-    /// Standard Webhooks payload signature; combines with bearer or basic.
+    /// OAuth 2.0 client credentials: a bearer token from the authorization server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Auth>,
+    /// A header (such as an API key) whose value is read from a Secret; combines
+    /// with the others unless it is Authorization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderAuth>,
+    /// Client certificate (mutual TLS) and the CAs the target's certificate is
+    /// verified with; combines with every other kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsAuth>,
+    /// Standard Webhooks payload signature; combines with every other kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing: Option<SigningSpec>,
 }

@@ -9,10 +9,13 @@ use fanout_config::gateway::GatewayRoute;
 use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
 use fanout_config::names::{RouteKey, subject_pattern_within, subject_patterns_collide};
 use fanout_config::policy::defaults;
-use fanout_config::route::{BasicCredentials, Credentials, Filter, RouteConfig, TargetConfig};
+use fanout_config::route::{
+    BasicCredentials, ClientCertificateFiles, Credentials, Filter, HeaderCredential,
+    OAuth2Credentials, RouteConfig, TargetConfig, TlsFiles,
+};
 use fanout_config::{DeliveryPolicy, Duration};
 
-use crate::policy::{AuthSpec, SecretKeyRef};
+use crate::policy::{AuthSpec, CaBundle, SecretKeyRef};
 use crate::route::{FanOutRoute, RetentionSpec, StorageKind};
 use crate::settings::{self, SettingsError, StreamWindows};
 use crate::target::ApiTarget;
@@ -311,46 +314,131 @@ fn credentials(auth: Option<&AuthSpec>, secrets_dir: &Path) -> Credentials {
     let Some(auth) = auth else {
         return Credentials::default();
     };
-    let file = |secret: &str, key: &str| secrets_dir.join(secret).join(key);
+    let file = |(secret, key): (String, String)| secrets_dir.join(secret).join(key);
+    let keys = AuthKeys::of(auth);
     Credentials {
-        bearer_token_file: auth
-            .bearer
-            .as_ref()
-            .map(|b| file(&b.secret_ref.name, &b.secret_ref.key)),
-        basic: auth.basic.as_ref().map(|b| BasicCredentials {
-            username_file: file(
-                &b.secret_ref.name,
-                b.username_key.as_deref().unwrap_or("username"),
-            ),
-            password_file: file(
-                &b.secret_ref.name,
-                b.password_key.as_deref().unwrap_or("password"),
-            ),
+        bearer_token_file: keys.bearer.map(file),
+        basic: keys.basic.map(|(user, password)| BasicCredentials {
+            username_file: file(user),
+            password_file: file(password),
         }),
-        signing_secret_file: auth
-            .signing
+        oauth2: auth
+            .oauth2
             .as_ref()
-            .map(|s| file(&s.secret_ref.name, &s.secret_ref.key)),
+            .zip(keys.oauth2)
+            .map(|(o, (id, secret))| OAuth2Credentials {
+                token_url: o.token_url.clone(),
+                client_id_file: file(id),
+                client_secret_file: file(secret),
+                scopes: o.scopes.clone(),
+                audience: o.audience.clone(),
+                client_authentication: o.client_authentication.unwrap_or_default(),
+                ca_bundle_file: keys.oauth2_ca.map(file),
+            }),
+        header: auth
+            .header
+            .as_ref()
+            .zip(keys.header)
+            .map(|(h, value)| HeaderCredential {
+                name: h.name.clone(),
+                value_file: file(value),
+            }),
+        tls: auth.tls.as_ref().map(|_| TlsFiles {
+            client_certificate: keys.client_certificate.map(|(certificate, key)| {
+                ClientCertificateFiles {
+                    certificate_file: file(certificate),
+                    private_key_file: file(key),
+                }
+            }),
+            ca_bundle_file: keys.ca_bundle.map(file),
+        }),
+        signing_secret_file: keys.signing.map(file),
+    }
+}
+
+/// A Secret's name and one of its keys.
+type Key = (String, String);
+
+/// Every Secret key an `AuthSpec` refers to, the documented default key names
+/// applied: one place, so that what is mounted, checked and rendered agrees.
+#[derive(Default)]
+struct AuthKeys {
+    bearer: Option<Key>,
+    /// Username, password.
+    basic: Option<(Key, Key)>,
+    /// Client id, client secret.
+    oauth2: Option<(Key, Key)>,
+    oauth2_ca: Option<Key>,
+    header: Option<Key>,
+    /// Certificate, private key.
+    client_certificate: Option<(Key, Key)>,
+    ca_bundle: Option<Key>,
+    signing: Option<Key>,
+}
+
+impl AuthKeys {
+    fn of(auth: &AuthSpec) -> AuthKeys {
+        let key = |secret: &str, key: Option<&String>, default: &str| {
+            (
+                secret.to_string(),
+                key.map_or_else(|| default.to_string(), String::clone),
+            )
+        };
+        let given = |r: &SecretKeyRef| (r.name.clone(), r.key.clone());
+        let ca = |b: &CaBundle| key(&b.secret_ref.name, b.key.as_ref(), "ca.crt");
+        let tls = auth.tls.as_ref();
+        AuthKeys {
+            bearer: auth.bearer.as_ref().map(|b| given(&b.secret_ref)),
+            basic: auth.basic.as_ref().map(|b| {
+                let name = &b.secret_ref.name;
+                (
+                    key(name, b.username_key.as_ref(), "username"),
+                    key(name, b.password_key.as_ref(), "password"),
+                )
+            }),
+            oauth2: auth.oauth2.as_ref().map(|o| {
+                let name = &o.secret_ref.name;
+                (
+                    key(name, o.client_id_key.as_ref(), "client-id"),
+                    key(name, o.client_secret_key.as_ref(), "client-secret"),
+                )
+            }),
+            oauth2_ca: auth
+                .oauth2
+                .as_ref()
+                .and_then(|o| o.ca_bundle.as_ref())
+                .map(ca),
+            header: auth.header.as_ref().map(|h| given(&h.secret_ref)),
+            client_certificate: tls.and_then(|t| t.client_certificate.as_ref()).map(|c| {
+                let name = &c.secret_ref.name;
+                (
+                    key(name, c.certificate_key.as_ref(), "tls.crt"),
+                    key(name, c.private_key_key.as_ref(), "tls.key"),
+                )
+            }),
+            ca_bundle: tls.and_then(|t| t.ca_bundle.as_ref()).map(ca),
+            signing: auth.signing.as_ref().map(|s| given(&s.secret_ref)),
+        }
+    }
+
+    fn all(self) -> Vec<Key> {
+        let pair = |p: Option<(Key, Key)>| p.into_iter().flat_map(|(a, b)| [a, b]);
+        let mut keys = Vec::new();
+        keys.extend(self.bearer);
+        keys.extend(pair(self.basic));
+        keys.extend(pair(self.oauth2));
+        keys.extend(self.oauth2_ca);
+        keys.extend(self.header);
+        keys.extend(pair(self.client_certificate));
+        keys.extend(self.ca_bundle);
+        keys.extend(self.signing);
+        keys
     }
 }
 
 /// The Secrets (name, key) an ApiTarget needs, for mounting and for readiness checks.
 pub fn secret_keys(auth: Option<&AuthSpec>) -> Vec<(String, String)> {
-    let Some(auth) = auth else { return Vec::new() };
-    let mut keys = Vec::new();
-    if let Some(b) = &auth.bearer {
-        keys.push((b.secret_ref.name.clone(), b.secret_ref.key.clone()));
-    }
-    if let Some(b) = &auth.basic {
-        let user = b.username_key.clone().unwrap_or_else(|| "username".into());
-        let pass = b.password_key.clone().unwrap_or_else(|| "password".into());
-        keys.push((b.secret_ref.name.clone(), user));
-        keys.push((b.secret_ref.name.clone(), pass));
-    }
-    if let Some(s) = &auth.signing {
-        keys.push((s.secret_ref.name.clone(), s.secret_ref.key.clone()));
-    }
-    keys
+    auth.map(|a| AuthKeys::of(a).all()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -680,6 +768,61 @@ mod tests {
                 ("mail-creds".to_string(), "pw".to_string()),
                 ("sig".to_string(), "secret".to_string())
             ]
+        );
+    }
+
+    #[test]
+    fn new_auth_kinds_point_at_secret_files_with_the_documented_default_keys() {
+        let mut crm = api_target("crm", "https://c");
+        crm.spec.auth = Some(
+            serde_json::from_value(serde_json::json!({
+                "oauth2": {"tokenUrl": "https://idp/token", "secretRef": {"name": "crm-oauth"},
+                           "scopes": ["a", "b"], "caBundle": {"secretRef": {"name": "idp-ca"}}},
+                "header": {"name": "X-Api-Key", "secretRef": {"name": "crm-key", "key": "key"}},
+                "tls": {"clientCertificate": {"secretRef": {"name": "crm-tls"}},
+                        "caBundle": {"secretRef": {"name": "crm-ca"}, "key": "bundle.pem"}}
+            }))
+            .unwrap(),
+        );
+        let out = render_with(&route(vec![target("crm", "crm")]), &[crm.clone()]).unwrap();
+        let creds = &out.config.targets[0].credentials;
+        let dir = Path::new("/var/run/fanout/secrets");
+        let oauth2 = creds.oauth2.as_ref().unwrap();
+        assert_eq!(oauth2.client_id_file, dir.join("crm-oauth/client-id"));
+        assert_eq!(
+            oauth2.client_secret_file,
+            dir.join("crm-oauth/client-secret")
+        );
+        assert_eq!(
+            oauth2.ca_bundle_file.as_deref(),
+            Some(dir.join("idp-ca/ca.crt").as_path())
+        );
+        assert_eq!(oauth2.scopes, ["a", "b"]);
+        let header = creds.header.as_ref().unwrap();
+        assert_eq!(
+            (header.name.as_str(), header.value_file.as_path()),
+            ("X-Api-Key", dir.join("crm-key/key").as_path())
+        );
+        let tls = creds.tls.as_ref().unwrap();
+        let client = tls.client_certificate.as_ref().unwrap();
+        assert_eq!(client.certificate_file, dir.join("crm-tls/tls.crt"));
+        assert_eq!(client.private_key_file, dir.join("crm-tls/tls.key"));
+        assert_eq!(
+            tls.ca_bundle_file.as_deref(),
+            Some(dir.join("crm-ca/bundle.pem").as_path())
+        );
+        assert_eq!(
+            secret_keys(crm.spec.auth.as_ref()),
+            [
+                ("crm-oauth", "client-id"),
+                ("crm-oauth", "client-secret"),
+                ("idp-ca", "ca.crt"),
+                ("crm-key", "key"),
+                ("crm-tls", "tls.crt"),
+                ("crm-tls", "tls.key"),
+                ("crm-ca", "bundle.pem"),
+            ]
+            .map(|(s, k)| (s.to_string(), k.to_string()))
         );
     }
 }

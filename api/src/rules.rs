@@ -35,6 +35,32 @@ pub const SUBJECTS_UNIQUE: &str = "each subject may be listed only once";
 /// place.
 pub const STORAGE_IMMUTABLE: &str = "source.storage cannot be changed once the route exists (JetStream cannot change a stream's storage in place); create a new route and move producers over";
 
+/// On `spec.auth`: each of these sets the Authorization header.
+pub const ONE_AUTHORIZATION: &str = "bearer, basic, oauth2 and a header named Authorization each set the Authorization header: choose at most one";
+
+/// On `spec.auth.header.name`.
+pub const AUTH_HEADER_TOKEN: &str = "name must be an HTTP token of at most 128 characters";
+
+/// On `spec.auth.header.name`.
+pub const AUTH_HEADER_RESERVED: &str = "headers set by Fanout itself (Idempotency-Key, traceparent, tracestate, Content-Type, Host, Content-Length, webhook-*, Fanout-*) cannot carry a credential";
+
+/// On `spec`, for `auth.header.name`: one header, one source.
+pub const AUTH_HEADER_IN_HEADERS: &str =
+    "auth.header.name is also set in spec.headers; set the header in one place";
+
+/// On `spec`, for `auth.tls`.
+pub const TLS_NEEDS_HTTPS: &str = "auth.tls (client certificate, CA bundle) needs an https:// url";
+
+/// On `spec.auth.tls`.
+pub const TLS_NOT_EMPTY: &str = "tls needs a clientCertificate, a caBundle or both";
+
+/// On `spec.auth.oauth2.tokenUrl`: the client secret travels to it.
+pub const TOKEN_URL: &str = "tokenUrl must be an absolute https:// URL (http:// only on a loopback address: 127.0.0.0/8, ::1 or localhost), since the client secret is sent to it";
+
+/// On `spec.auth.oauth2.scopes` (RFC 6749 section 3.3).
+pub const SCOPE_CHARACTERS: &str =
+    "each scope must be printable ASCII without spaces, '\"' or '\\'";
+
 #[cfg(test)]
 mod tests {
     use fanout_config::jetstream::MIN_STREAM_WINDOW;

@@ -14,8 +14,9 @@ use fanout_config::policy::{
     BreakerPolicy, DeliveryPolicy, RateLimit, RetryPolicy, StatusCodeSet, defaults,
 };
 
-use crate::policy::{CircuitBreakerSpec, RateLimitSpec, RetrySpec};
+use crate::policy::{AuthSpec, CircuitBreakerSpec, RateLimitSpec, RetrySpec};
 use crate::route::{DeadLetterSpec, PolicyOverrides, SourceSpec};
+use crate::rules;
 use crate::target::ApiTargetSpec;
 
 /// A spec value that cannot work, named by its field path.
@@ -55,6 +56,9 @@ pub fn resolve(
     let url = check_url(&target.url)?;
     for name in target.headers.keys() {
         check_header_name(name)?;
+    }
+    if let Some(auth) = &target.auth {
+        check_auth(target, auth)?;
     }
 
     let timeout = overrides
@@ -356,24 +360,116 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 fn check_header_name(name: &str) -> Result<(), SettingsError> {
-    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if name.is_empty() || !name.chars().all(is_token_char) {
-        return Err(invalid(
-            "headers",
-            format!("{name:?} is not a valid HTTP header name"),
-        ));
+    match header_name_problem(name, false) {
+        Some(problem) => Err(invalid("headers", problem)),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with a header name a user sets, if anything. `Authorization` is
+/// allowed only for `auth.header`, which sets it on purpose.
+fn header_name_problem(name: &str, allow_authorization: bool) -> Option<String> {
+    if !is_header_token(name) {
+        return Some(format!("{name:?} is not a valid HTTP header name"));
     }
     let lower = name.to_ascii_lowercase();
-    if RESERVED_HEADERS.contains(&lower.as_str())
-        || lower.starts_with("webhook-")
-        || lower.starts_with("fanout-")
-    {
-        return Err(invalid(
-            "headers",
-            format!("{name:?} is set by Fanout itself and cannot be overridden"),
+    let reserved = RESERVED_HEADERS.contains(&lower.as_str())
+        && !(allow_authorization && lower == "authorization");
+    if reserved || lower.starts_with("webhook-") || lower.starts_with("fanout-") {
+        return Some(format!(
+            "{name:?} is set by Fanout itself and cannot be overridden"
         ));
     }
-    Ok(())
+    None
+}
+
+/// The auth rules of the CRD, for specs that did not pass through an apiserver.
+fn check_auth(target: &ApiTargetSpec, auth: &AuthSpec) -> Result<(), SettingsError> {
+    match auth_rules_broken(target, auth).first() {
+        Some((field, rule)) => Err(invalid(field, *rule)),
+        None => Ok(()),
+    }
+}
+
+/// The CRD's rules on `auth` (and on `url` with `auth.tls`) that `target` breaks:
+/// (field below `spec`, the rule's message). `fanout standalone` reports them all.
+pub fn auth_rules_broken(
+    target: &ApiTargetSpec,
+    auth: &AuthSpec,
+) -> Vec<(&'static str, &'static str)> {
+    let mut broken = Vec::new();
+    let header_is_authorization = auth
+        .header
+        .as_ref()
+        .is_some_and(|h| h.name.eq_ignore_ascii_case("authorization"));
+    let setting_authorization = [
+        auth.bearer.is_some(),
+        auth.basic.is_some(),
+        auth.oauth2.is_some(),
+        header_is_authorization,
+    ];
+    if setting_authorization.iter().filter(|set| **set).count() > 1 {
+        broken.push(("auth", rules::ONE_AUTHORIZATION));
+    }
+    if let Some(header) = &auth.header {
+        let name = &header.name;
+        if !is_header_token(name) {
+            broken.push(("auth.header.name", rules::AUTH_HEADER_TOKEN));
+        } else if header_name_problem(name, true).is_some() {
+            broken.push(("auth.header.name", rules::AUTH_HEADER_RESERVED));
+        }
+        if target.headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
+            broken.push(("auth.header.name", rules::AUTH_HEADER_IN_HEADERS));
+        }
+    }
+    if let Some(tls) = &auth.tls {
+        if tls.client_certificate.is_none() && tls.ca_bundle.is_none() {
+            broken.push(("auth.tls", rules::TLS_NOT_EMPTY));
+        }
+        if !target.url.to_ascii_lowercase().starts_with("https://") {
+            broken.push(("auth.tls", rules::TLS_NEEDS_HTTPS));
+        }
+    }
+    if let Some(oauth2) = &auth.oauth2 {
+        if !token_url_allowed(&oauth2.token_url) {
+            broken.push(("auth.oauth2.tokenUrl", rules::TOKEN_URL));
+        }
+        if !oauth2.scopes.iter().all(|s| is_scope(s)) {
+            broken.push(("auth.oauth2.scopes", rules::SCOPE_CHARACTERS));
+        }
+    }
+    broken
+}
+
+fn is_header_token(name: &str) -> bool {
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    !name.is_empty() && name.chars().all(is_token_char)
+}
+
+/// https://, or http:// to this machine: the client secret is sent there.
+fn token_url_allowed(text: &str) -> bool {
+    let Ok(url) = url::Url::parse(text) else {
+        return false;
+    };
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => loopback,
+        _ => false,
+    }
+}
+
+/// RFC 6749's scope-token: %x21 / %x23-5B / %x5D-7E.
+fn is_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
 #[cfg(test)]
@@ -511,6 +607,132 @@ mod tests {
         spec.headers
             .insert("X-Source".to_string(), "fanout".to_string());
         assert!(resolve(&spec, None).is_ok());
+    }
+
+    fn with_auth(url: &str, auth: serde_json::Value) -> ApiTargetSpec {
+        let mut spec = target(url);
+        spec.auth = Some(serde_json::from_value(auth).unwrap());
+        spec
+    }
+
+    fn auth_error(spec: &ApiTargetSpec) -> String {
+        resolve(spec, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn only_one_auth_kind_may_set_authorization() {
+        let key = serde_json::json!({"name": "k", "key": "k"});
+        let oauth2 =
+            serde_json::json!({"tokenUrl": "https://idp/token", "secretRef": {"name": "c"}});
+        let header = |name: &str| serde_json::json!({"name": name, "secretRef": key});
+        for auth in [
+            serde_json::json!({"bearer": {"secretRef": key}, "basic": {"secretRef": {"name": "b"}}}),
+            serde_json::json!({"bearer": {"secretRef": key}, "oauth2": oauth2}),
+            serde_json::json!({"oauth2": oauth2, "header": header("Authorization")}),
+        ] {
+            let err = auth_error(&with_auth("https://api.local", auth));
+            assert_eq!(err, format!("auth: {}", rules::ONE_AUTHORIZATION));
+        }
+        for auth in [
+            serde_json::json!({"oauth2": oauth2, "header": header("X-Api-Key")}),
+            serde_json::json!({"header": header("authorization")}),
+            serde_json::json!({"basic": {"secretRef": {"name": "b"}}, "header": header("X-Api-Key"), "signing": {"secretRef": key}}),
+        ] {
+            assert!(
+                resolve(&with_auth("https://api.local", auth.clone()), None).is_ok(),
+                "{auth}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_auth_header_cannot_be_one_fanout_sets_or_a_static_one() {
+        let header = |name: &str| serde_json::json!({"header": {"name": name, "secretRef": {"name": "k", "key": "k"}}});
+        for name in [
+            "Idempotency-Key",
+            "traceparent",
+            "Fanout-Route",
+            "webhook-id",
+            "Host",
+        ] {
+            let err = auth_error(&with_auth("https://api.local", header(name)));
+            assert_eq!(
+                err,
+                format!("auth.header.name: {}", rules::AUTH_HEADER_RESERVED),
+                "{name}"
+            );
+        }
+        let err = auth_error(&with_auth("https://api.local", header("bad name")));
+        assert_eq!(
+            err,
+            format!("auth.header.name: {}", rules::AUTH_HEADER_TOKEN)
+        );
+        let mut spec = with_auth("https://api.local", header("X-Api-Key"));
+        spec.headers.insert("x-api-key".into(), "static".into());
+        assert_eq!(
+            auth_error(&spec),
+            format!("auth.header.name: {}", rules::AUTH_HEADER_IN_HEADERS)
+        );
+    }
+
+    #[test]
+    fn tls_needs_an_https_url_and_something_to_use() {
+        let tls = serde_json::json!({"tls": {"clientCertificate": {"secretRef": {"name": "c"}}}});
+        assert!(resolve(&with_auth("https://api.local", tls.clone()), None).is_ok());
+        let err = auth_error(&with_auth("http://api.local", tls));
+        assert_eq!(err, format!("auth.tls: {}", rules::TLS_NEEDS_HTTPS));
+        let err = auth_error(&with_auth(
+            "https://api.local",
+            serde_json::json!({"tls": {}}),
+        ));
+        assert_eq!(err, format!("auth.tls: {}", rules::TLS_NOT_EMPTY));
+    }
+
+    #[test]
+    fn token_urls_are_https_or_loopback_and_scopes_are_scope_tokens() {
+        let oauth2 = |url: &str, scopes: &[&str]| serde_json::json!({"oauth2": {"tokenUrl": url, "secretRef": {"name": "c"}, "scopes": scopes}});
+        for url in [
+            "https://idp.example.com/token",
+            "http://127.0.0.1:8080/token",
+            "http://127.9.9.9/token",
+            "http://[::1]:8080/token",
+            "http://localhost/token",
+        ] {
+            assert!(
+                resolve(&with_auth("https://api.local", oauth2(url, &[])), None).is_ok(),
+                "{url}"
+            );
+        }
+        for url in [
+            "http://idp.example.com/token",
+            "http://10.0.0.1/token",
+            "http://169.254.169.254/token",
+            "ftp://idp/token",
+            "token",
+        ] {
+            let err = auth_error(&with_auth("https://api.local", oauth2(url, &[])));
+            assert_eq!(
+                err,
+                format!("auth.oauth2.tokenUrl: {}", rules::TOKEN_URL),
+                "{url}"
+            );
+        }
+        let ok = oauth2(
+            "https://idp/token",
+            &["contacts.write", "https://api/.default", "a:b"],
+        );
+        assert!(resolve(&with_auth("https://api.local", ok), None).is_ok());
+        for scope in ["two words", "quote\"", "back\\slash", ""] {
+            let err = auth_error(&with_auth(
+                "https://api.local",
+                oauth2("https://idp/token", &[scope]),
+            ));
+            assert_eq!(
+                err,
+                format!("auth.oauth2.scopes: {}", rules::SCOPE_CHARACTERS),
+                "{scope:?}"
+            );
+        }
     }
 
     #[test]

@@ -31,6 +31,8 @@ use fanout_config::Duration;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.auth) || !has(self.auth.tls) || self.url.lowerAscii().startsWith('https://')").message(rules::TLS_NEEDS_HTTPS).field_path(".auth.tls"))]
+#[x_kube(validation = Rule::new("!has(self.auth) || !has(self.auth.header) || !has(self.headers) || !self.headers.exists(k, k.lowerAscii() == self.auth.header.name.lowerAscii())").message(rules::AUTH_HEADER_IN_HEADERS).field_path(".auth.header.name"))]
 pub struct ApiTargetSpec {
     /// Absolute http:// or https:// URL that events are sent to.
     #[schemars(length(min = 1, max = 2048))]

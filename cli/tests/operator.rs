@@ -441,6 +441,102 @@ async fn missing_references_are_reported_and_picked_up_when_they_appear() {
     env.ns.delete(&env.client).await.unwrap();
 }
 
+/// The new credential kinds: the route waits for every key they need (the default
+/// key names applied), then its dispatcher pods mount exactly those keys, and the
+/// rendered configuration points at the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_of_oauth2_tls_and_header_auth_is_checked_and_mounted() {
+    let env = Env::new("op-creds").await;
+    let _operator = env.operator();
+    // Every Secret but one key, before the objects that use them.
+    let secret = |name: &str, keys: &[&str]| {
+        let data: Vec<String> = keys.iter().map(|k| format!("{k}: value-of-{k}")).collect();
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{{}}}\n",
+            data.join(", ")
+        )
+    };
+    env.apply(&secret("crm-oauth", &["client-id"]));
+    env.apply(&secret("idp-ca", &["ca.crt"]));
+    env.apply(&secret("crm-tenant", &["tenant"]));
+    env.apply(&secret("crm-tls", &["tls.crt", "tls.key"]));
+    env.apply(&secret("crm-ca", &["bundle.pem"]));
+    env.apply(&target_yaml(
+        "crm",
+        "https://127.0.0.1:9/crm",
+        "  auth:
+    oauth2:
+      tokenUrl: https://127.0.0.1:9/token
+      secretRef: {name: crm-oauth}
+      caBundle: {secretRef: {name: idp-ca}}
+    header: {name: X-Tenant, secretRef: {name: crm-tenant, key: tenant}}
+    tls:
+      clientCertificate: {secretRef: {name: crm-tls}}
+      caBundle: {secretRef: {name: crm-ca}, key: bundle.pem}",
+    ));
+    env.apply(&route_yaml("orders", &["crm"], ""));
+    let status = env
+        .wait_condition("orders", "Ready", "False", Some("SecretNotFound"))
+        .await;
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready
+            .message
+            .contains("crm-oauth has no key \"client-secret\""),
+        "the documented default key: {}",
+        ready.message
+    );
+
+    env.apply(&secret("crm-oauth", &["client-id", "client-secret"]));
+    env.wait_condition("orders", "Ready", "False", Some("NoPodAvailable"))
+        .await;
+    let deployment = env
+        .api::<Deployment>()
+        .get(&env.key("orders").dispatcher_object_name())
+        .await
+        .unwrap();
+    let volumes = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.volumes.unwrap_or_default())
+        .unwrap_or_default();
+    let mounted: BTreeSet<String> = volumes
+        .iter()
+        .filter(|v| v.name == "secrets")
+        .flat_map(|v| v.projected.iter().flat_map(|p| p.sources.iter().flatten()))
+        .flat_map(|source| source.secret.iter().flat_map(|s| s.items.iter().flatten()))
+        .map(|item| item.path.clone())
+        .collect();
+    let expected: BTreeSet<String> = [
+        "crm-oauth/client-id",
+        "crm-oauth/client-secret",
+        "idp-ca/ca.crt",
+        "crm-tenant/tenant",
+        "crm-tls/tls.crt",
+        "crm-tls/tls.key",
+        "crm-ca/bundle.pem",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(mounted, expected);
+
+    let config = env
+        .api::<ConfigMap>()
+        .get(&env.key("orders").dispatcher_object_name())
+        .await
+        .unwrap();
+    let yaml = config.data.unwrap().remove("route.yaml").unwrap();
+    for path in &expected {
+        assert!(yaml.contains(path.as_str()), "{path} in {yaml}");
+    }
+    assert!(!yaml.contains("value-of-"), "no Secret value in {yaml}");
+    env.ns.delete(&env.client).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stopped_and_restarted_flips_stream_ready_and_recovers() {
     let mut env = Env::new("op-nats").await;

@@ -164,7 +164,7 @@ async fn dispatcher_pods_refuse_the_apiserver_and_a_refused_target_shows_in_stat
         ],
         &pod_env,
     );
-    let (_gateway, gateway_addr) = operator::gateway(&env, dir.path(), &gateway_file);
+    let (_gateway, gateway_addr, _) = operator::gateway(&env, dir.path(), &gateway_file);
     operator::send(&env, &gateway_addr, "orders", 0..2).await;
 
     // Where a user looks: the route's TargetsHealthy condition, its target's

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::expiry::Expiry;
@@ -94,6 +95,15 @@ pub struct Credentials {
     /// Files holding the basic auth username and password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic: Option<BasicCredentials>,
+    /// A bearer token obtained with the OAuth 2.0 client credentials grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Credentials>,
+    /// A header whose value is read from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderCredential>,
+    /// Client certificate and CA bundle of the connection to the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
     /// File holding the Standard Webhooks signing secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret_file: Option<PathBuf>,
@@ -104,6 +114,64 @@ pub struct Credentials {
 pub struct BasicCredentials {
     pub username_file: PathBuf,
     pub password_file: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderCredential {
+    /// The header's name, checked when rendered.
+    pub name: String,
+    pub value_file: PathBuf,
+}
+
+/// PEM files for the TLS connection to a target (or a token endpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsFiles {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateFiles>,
+    /// CAs that replace the platform's trust store for this connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateFiles {
+    pub certificate_file: PathBuf,
+    pub private_key_file: PathBuf,
+}
+
+/// The client credentials grant (RFC 6749 section 4.4) against `token_url`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2Credentials {
+    pub token_url: String,
+    pub client_id_file: PathBuf,
+    pub client_secret_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub client_authentication: ClientAuthentication,
+    /// CAs that replace the platform's trust store for the token endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_file: Option<PathBuf>,
+}
+
+/// How the client authenticates to the token endpoint (RFC 6749 section 2.3.1):
+/// basic (HTTP Basic, which every authorization server supports) or post (client_id
+/// and client_secret in the form body). Default: basic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ClientAuthentication {
+    /// HTTP Basic with the client id and secret (client_secret_basic), which every
+    /// authorization server supports.
+    #[default]
+    Basic,
+    /// client_id and client_secret in the form body (client_secret_post).
+    Post,
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ pub enum Failure {
     Connection(String),
     /// The egress policy refused the target's address: nothing was sent.
     Refused(String),
+    /// No access token for the request (OAuth 2.0): the token endpoint failed or
+    /// refused, as said here.
+    Token(String),
 }
 
 impl Failure {
@@ -37,6 +40,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Connection(_) => "connection",
             Failure::Refused(_) => "egress",
+            Failure::Token(_) => "token",
         }
     }
 }
@@ -49,6 +53,7 @@ impl fmt::Display for Failure {
             Failure::Timeout => f.write_str("timed out"),
             Failure::Connection(detail) => write!(f, "connection failed: {detail}"),
             Failure::Refused(detail) => f.write_str(detail),
+            Failure::Token(detail) => write!(f, "no access token: {detail}"),
         }
     }
 }
@@ -97,7 +102,8 @@ pub fn classify_status(
     }
 }
 
-/// Timeouts and connection errors are always worth another attempt.
+/// Timeouts, connection errors and a token endpoint that failed are always worth
+/// another attempt.
 pub fn classify_transport(failure: Failure) -> Verdict {
     Verdict::Retryable {
         failure,

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{ClientError, ClientSettings, HttpClient};
+use crate::oauth2::TokenSource;
 use crate::rate_share::SharedLimit;
 use crate::request::{Auth, RequestTemplate, TemplateError};
 use crate::telemetry::{Metrics, TargetTelemetry};
@@ -81,6 +82,12 @@ pub enum StartError {
     },
     #[error("targets[{target}].policy")]
     HttpClient {
+        target: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("targets[{target}].credentials.oauth2.tokenUrl")]
+    TokenEndpoint {
         target: String,
         #[source]
         source: ClientError,
@@ -166,20 +173,32 @@ impl Engine {
                         stream: config.stream.clone(),
                         source,
                     })?;
+            let client_error = |source| StartError::HttpClient {
+                target: target.name.clone(),
+                source,
+            };
+            let settings = client_settings(&target.policy, &options.egress);
+            let client = match &auth.tls {
+                Some(own) => HttpClient::new(&target.policy.url, &settings, &mut Some(own.clone())),
+                None => HttpClient::new(&target.policy.url, &settings, &mut tls),
+            }
+            .map_err(client_error)?;
+            let tokens = match &auth.oauth2 {
+                Some(grant) => Some(
+                    TokenSource::new(&target.name, grant, &settings, &mut tls).map_err(
+                        |source| StartError::TokenEndpoint {
+                            target: target.name.clone(),
+                            source,
+                        },
+                    )?,
+                ),
+                None => None,
+            };
             let template = RequestTemplate::new(&label, &target, auth).map_err(|source| {
                 StartError::Template {
                     target: target.name.clone(),
                     source,
                 }
-            })?;
-            let client = HttpClient::new(
-                &target.policy.url,
-                &client_settings(&target.policy, &options.egress),
-                &mut tls,
-            )
-            .map_err(|source| StartError::HttpClient {
-                target: target.name.clone(),
-                source,
             })?;
             let limiter = match &target.policy.rate_limit {
                 Some(limit) => {
@@ -205,6 +224,7 @@ impl Engine {
                 consumer,
                 template,
                 client,
+                tokens,
                 limiter,
                 telemetry,
             })));

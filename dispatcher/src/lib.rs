@@ -13,6 +13,7 @@
 //!   egress policy's check of each new connection).
 //! - [`egress_hold`]: a target whose address the egress policy refuses waits;
 //!   [`egress_flags`]: the policy's flags.
+//! - [`oauth2`]: access tokens of the client credentials grant.
 //! - [`worker`]: one target's fetch-deliver-settle loop.
 //! - [`expiry`]: events nearing the stream's maxAge before anyone fetched them.
 //! - [`engine`]: starting and stopping all workers of a route.
@@ -32,6 +33,7 @@ pub mod expiry;
 pub mod health;
 pub mod http;
 pub mod load;
+pub mod oauth2;
 pub mod rate_share;
 pub mod request;
 pub mod server;

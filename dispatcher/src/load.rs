@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use fanout_config::{RouteConfig, TargetConfig};
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
+use crate::http::tls::{self, TlsFileError};
+use crate::oauth2::{Grant, Redacted};
 use crate::request::Auth;
 use crate::signing::{InvalidSigningSecret, SigningKey};
 
@@ -47,6 +49,20 @@ pub enum LoadError {
         #[source]
         source: InvalidSigningSecret,
     },
+    #[error("targets[{target}].credentials.header.name: {name:?} is not a valid header name")]
+    HeaderName { target: String, name: String },
+    #[error("targets[{target}].{field}")]
+    Tls {
+        target: String,
+        field: &'static str,
+        /// Boxed: it is large, and rare.
+        #[source]
+        source: Box<TlsFileError>,
+    },
+    #[error(
+        "targets[{target}].credentials.tls: a client certificate or CA bundle needs an https:// url, not {url}"
+    )]
+    TlsWithoutHttps { target: String, url: String },
 }
 
 /// Reads a rendered [`RouteConfig`] (YAML or JSON).
@@ -120,8 +136,78 @@ pub fn auth(target: &TargetConfig) -> Result<Auth, LoadError> {
         ),
         None => None,
     };
+    let header = match &creds.header {
+        Some(h) => {
+            let field = "credentials.header.valueFile";
+            let name =
+                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| LoadError::HeaderName {
+                    target: target.name.clone(),
+                    name: h.name.clone(),
+                })?;
+            let value = sensitive(field, &h.value_file, read(field, &h.value_file)?)?;
+            Some((name, value))
+        }
+        None => None,
+    };
+    let tls_error = |field| {
+        move |source| LoadError::Tls {
+            target: target.name.clone(),
+            field,
+            source: Box::new(source),
+        }
+    };
+    let tls = match &creds.tls {
+        Some(files) => {
+            if !target
+                .policy
+                .url
+                .to_ascii_lowercase()
+                .starts_with("https://")
+            {
+                return Err(LoadError::TlsWithoutHttps {
+                    target: target.name.clone(),
+                    url: target.policy.url.clone(),
+                });
+            }
+            Some(tls::from_files(files).map_err(tls_error("credentials.tls"))?)
+        }
+        None => None,
+    };
+    let oauth2 = match &creds.oauth2 {
+        Some(o) => {
+            let tls = match &o.ca_bundle_file {
+                Some(path) => {
+                    let files = fanout_config::route::TlsFiles {
+                        client_certificate: None,
+                        ca_bundle_file: Some(path.clone()),
+                    };
+                    Some(
+                        tls::from_files(&files)
+                            .map_err(tls_error("credentials.oauth2.caBundleFile"))?,
+                    )
+                }
+                None => None,
+            };
+            Some(Grant {
+                token_url: o.token_url.clone(),
+                client_id: read("credentials.oauth2.clientIdFile", &o.client_id_file)?,
+                client_secret: Redacted::new(read(
+                    "credentials.oauth2.clientSecretFile",
+                    &o.client_secret_file,
+                )?),
+                scopes: o.scopes.clone(),
+                audience: o.audience.clone(),
+                client_authentication: o.client_authentication,
+                tls,
+            })
+        }
+        None => None,
+    };
     Ok(Auth {
         authorization,
+        header,
         signing,
+        tls,
+        oauth2,
     })
 }

@@ -18,7 +18,15 @@ use crate::trace;
 pub struct Auth {
     /// The full `Authorization` value (Bearer or Basic), marked sensitive.
     pub authorization: Option<HeaderValue>,
+    /// A header from a Secret (`auth.header`), its value marked sensitive.
+    pub header: Option<(HeaderName, HeaderValue)>,
     pub signing: Option<SigningKey>,
+    /// Settings of the target's own for its TLS connections (client certificate, CA
+    /// bundle); `None`: the settings https targets share.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Where the target's access tokens come from; each request gets its
+    /// `Authorization` from there (see [`crate::oauth2`]).
+    pub oauth2: Option<crate::oauth2::Grant>,
 }
 
 /// What stays the same for every request to one target, built once.
@@ -65,6 +73,9 @@ impl RequestTemplate {
         }
         fixed.insert(FANOUT_ROUTE, header_value(route)?);
         fixed.insert(FANOUT_TARGET, header_value(&target.name)?);
+        if let Some((name, value)) = auth.header {
+            fixed.insert(name, value);
+        }
         if let Some(authorization) = auth.authorization {
             fixed.insert(AUTHORIZATION, authorization);
         }
@@ -251,7 +262,7 @@ policy:
     fn internal_connection_and_fanout_set_headers_of_the_event_are_not_forwarded() {
         let auth = Auth {
             authorization: Some(HeaderValue::from_static("Bearer real")),
-            signing: None,
+            ..Default::default()
         };
         let request = build(
             &target(&[]),
@@ -295,10 +306,28 @@ policy:
     }
 
     #[test]
+    fn a_header_from_a_secret_is_sent_and_wins_over_the_events_own() {
+        let mut value = HeaderValue::from_static("key-123");
+        value.set_sensitive(true);
+        let auth = Auth {
+            header: Some((HeaderName::from_static("x-api-key"), value)),
+            ..Default::default()
+        };
+        let request = build(
+            &target(&[]),
+            auth,
+            &event(&[("X-Api-Key", "forged-by-the-producer")]),
+        );
+        assert_eq!(request.headers()["x-api-key"], "key-123");
+        assert_eq!(request.headers().get_all("x-api-key").iter().count(), 1);
+        assert!(request.headers()["x-api-key"].is_sensitive());
+    }
+
+    #[test]
     fn signed_requests_carry_the_standard_webhooks_headers() {
         let auth = Auth {
-            authorization: None,
             signing: Some(SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()),
+            ..Default::default()
         };
         let request = build(&target(&[]), auth, &event(&[]));
         let h = request.headers();

@@ -55,13 +55,14 @@ struct OutcomeLabels {
 }
 
 /// Every value [`Failure::category`] returns.
-const FAILURE_CATEGORIES: [&str; 6] = [
+const FAILURE_CATEGORIES: [&str; 7] = [
     "status_5xx",
     "status_4xx",
     "status_other",
     "timeout",
     "connection",
     "egress",
+    "token",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -442,6 +443,7 @@ mod tests {
             Failure::Timeout,
             Failure::Connection("reset".into()),
             Failure::Refused("connection refused by egress policy".into()),
+            Failure::Token("HTTP 503".into()),
         ];
         for failure in failures {
             assert!(

@@ -18,7 +18,7 @@ use fanout_config::{TargetConfig, error_chain};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use http::StatusCode;
-use http::header::RETRY_AFTER;
+use http::header::{AUTHORIZATION, RETRY_AFTER};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::parse_retry_after;
@@ -28,7 +28,8 @@ use crate::dead_letter::{DeadLetter, DeadLetterError, Stored};
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::egress_hold::EgressHold;
 use crate::event::Event;
-use crate::http::HttpClient;
+use crate::http::{HttpClient, Response, SendError};
+use crate::oauth2::{SharedTokenError, TokenSource};
 use crate::rate_share::SharedLimit;
 use crate::request::RequestTemplate;
 use crate::telemetry::TargetTelemetry;
@@ -77,6 +78,8 @@ pub struct Worker {
     ack_wait: Duration,
     template: RequestTemplate,
     client: HttpClient,
+    /// The target's access tokens, when it uses OAuth 2.0.
+    tokens: Option<TokenSource>,
     breaker: Option<Mutex<Breaker>>,
     /// Set while the egress policy refuses the target's address.
     egress: EgressHold,
@@ -93,6 +96,7 @@ pub struct WorkerParts {
     pub consumer: PullConsumer,
     pub template: RequestTemplate,
     pub client: HttpClient,
+    pub tokens: Option<TokenSource>,
     pub limiter: Option<SharedLimit>,
     pub telemetry: TargetTelemetry,
 }
@@ -122,6 +126,7 @@ impl Worker {
             ack_wait,
             template: parts.template,
             client: parts.client,
+            tokens: parts.tokens,
             breaker,
             limiter: parts.limiter,
             telemetry: parts.telemetry,
@@ -489,7 +494,14 @@ impl Worker {
     /// nothing was sent.
     async fn attempt(&self, event: &Event) -> Result<Verdict, Failure> {
         let request = self.template.build(event, &mut rand::rng());
-        let response = match self.client.send(request, body_limit).await {
+        let sent = match &self.tokens {
+            None => self.client.send(request, body_limit).await,
+            Some(tokens) => match self.send_with_token(tokens, event, request).await {
+                Ok(sent) => sent,
+                Err(error) => return Ok(classify_transport(Failure::Token(error_chain(&*error)))),
+            },
+        };
+        let response = match sent {
             Ok(response) => response,
             Err(error) => {
                 if let Some(refusal) = error.egress_refusal() {
@@ -532,6 +544,27 @@ impl Worker {
             text,
             retry_after,
         ))
+    }
+
+    /// Sends `request` with the target's access token. A 401 means the target no
+    /// longer takes that token (revoked, or expired early): the request is sent once
+    /// more with a new one, and that answer stands.
+    async fn send_with_token(
+        &self,
+        tokens: &TokenSource,
+        event: &Event,
+        mut request: http::Request<http_body_util::Full<bytes::Bytes>>,
+    ) -> Result<Result<Response, SendError>, SharedTokenError> {
+        let token = tokens.authorization().await?;
+        request.headers_mut().insert(AUTHORIZATION, token.clone());
+        let sent = self.client.send(request, body_limit).await;
+        if !matches!(&sent, Ok(r) if r.status == StatusCode::UNAUTHORIZED) {
+            return Ok(sent);
+        }
+        let token = tokens.replace(&token).await?;
+        let mut request = self.template.build(event, &mut rand::rng());
+        request.headers_mut().insert(AUTHORIZATION, token);
+        Ok(self.client.send(request, body_limit).await)
     }
 
     async fn dead_letter(

@@ -15,7 +15,7 @@ use std::time::Duration;
 use fanout_testkit::example::{Example, OrderApis, UserApis};
 use fanout_testkit::nats::NatsServer;
 use fanout_testkit::node;
-use fanout_testkit::target::{Received, Reply};
+use fanout_testkit::target::{Received, Reply, TargetServer};
 use fanout_testkit::{wait, webhooks};
 use k8s_openapi::api::apps::v1::Deployment;
 use support::{Cluster, Release, T, values};
@@ -382,7 +382,156 @@ stringData: {{token: {rotated}}}
         refused, 0,
         "every order after the rollout uses the new token"
     );
+
+    target_credentials_from_secrets(&cluster, &release, &shop, host).await;
     drop(release);
+}
+
+/// A Secret as JSON (which `kubectl apply` takes like YAML), its values as given.
+fn secret_json(name: &str, kind: &str, keys: &[(&str, &str)]) -> String {
+    let data: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "type": kind, "stringData": data,
+    })
+    .to_string()
+}
+
+/// The credential kinds of `spec.auth` in dispatcher pods, every value from a Secret
+/// mounted by the operator: mutual TLS with a private CA (client certificate from a
+/// kubernetes.io/tls Secret), an API key header, and OAuth 2.0 client credentials
+/// against an HTTPS token endpoint verified with its own CA bundle.
+async fn target_credentials_from_secrets(
+    cluster: &Cluster,
+    release: &Release,
+    ns: &str,
+    host: std::net::IpAddr,
+) {
+    use fanout_testkit::oauth2::TokenServer;
+    use fanout_testkit::pki::TestCa;
+
+    let server_ca = TestCa::new("partner server CA").unwrap();
+    let client_ca = TestCa::new("partner client CA").unwrap();
+    let server_certificate = server_ca.server(&[host], &[]).unwrap();
+    let client = client_ca.client("fanout-dispatcher").unwrap();
+    let billing = TargetServer::start_https(host, &server_certificate, Some(&client_ca))
+        .await
+        .unwrap();
+    let (client_id, client_secret) = ("fanout-in-cluster", "in-cluster-client-secret");
+    let tokens = TokenServer::start_https(
+        host,
+        &server_certificate,
+        client_id,
+        client_secret,
+        Some(3600),
+    )
+    .await
+    .unwrap();
+    let partner = TargetServer::start_on(host).await.unwrap();
+    partner.require_header("x-api-key", &["key-of-the-partner-api"]);
+    partner.require_header("authorization", &["Bearer token-1"]);
+
+    for secret in [
+        secret_json(
+            "billing-client-tls",
+            "kubernetes.io/tls",
+            &[
+                ("tls.crt", &client.certificate_pem),
+                ("tls.key", &client.private_key_pem),
+            ],
+        ),
+        secret_json("partner-ca", "Opaque", &[("ca.crt", server_ca.pem())]),
+        secret_json(
+            "partner-api-key",
+            "Opaque",
+            &[("key", "key-of-the-partner-api")],
+        ),
+        secret_json(
+            "partner-oauth",
+            "Opaque",
+            &[("client-id", client_id), ("client-secret", client_secret)],
+        ),
+    ] {
+        cluster.apply(ns, &secret);
+    }
+    cluster.apply(
+        ns,
+        &format!(
+            "apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: billing}}
+spec:
+  url: {billing}
+  auth:
+    tls:
+      clientCertificate: {{secretRef: {{name: billing-client-tls}}}}
+      caBundle: {{secretRef: {{name: partner-ca}}}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: partner}}
+spec:
+  url: {partner}
+  auth:
+    header: {{name: X-Api-Key, secretRef: {{name: partner-api-key, key: key}}}}
+    oauth2:
+      tokenUrl: {token_url}
+      secretRef: {{name: partner-oauth}}
+      scopes: [events.write]
+      caBundle: {{secretRef: {{name: partner-ca}}}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {{name: credentials}}
+spec:
+  targets:
+    - {{name: billing, apiTargetRef: {{name: billing}}}}
+    - {{name: partner, apiTargetRef: {{name: partner}}}}
+  gateway: {{allowUnauthenticated: true}}
+",
+            billing = billing.url("/invoices"),
+            partner = partner.url("/events"),
+            token_url = tokens.url(),
+        ),
+    );
+    cluster.wait_for_dispatchers(ns, "credentials", 1).await;
+    let mut sent = BTreeSet::new();
+    for i in 1..=5 {
+        let key = format!("credentials-{i}");
+        release
+            .post(i, ns, "credentials", &[("Idempotency-Key", &key)], "{}")
+            .await;
+        sent.insert(key);
+    }
+    billing.wait_for_keys(&sent, T).await.unwrap();
+    partner.wait_for_keys(&sent, T).await.unwrap();
+    assert!(
+        billing
+            .received()
+            .iter()
+            .all(|r| r.client_certificate.as_ref() == Some(&client.certificate_der)),
+        "every request to billing came with the client certificate from the Secret"
+    );
+    assert_eq!(partner.count(), 5, "none refused: key and token on each");
+    assert_eq!(tokens.issued(), ["token-1"], "one token for every request");
+    assert!(
+        tokens
+            .requests()
+            .iter()
+            .all(|r| r.param("scope") == Some("events.write"))
+    );
+    // The dispatcher's ConfigMap holds file paths, never the values.
+    let config = cluster.kubectl(ns, &["get", "configmap", "-o", "yaml"]);
+    for value in [
+        client_secret,
+        "key-of-the-partner-api",
+        client.private_key_pem.lines().nth(1).unwrap(),
+    ] {
+        assert!(!config.contains(value), "{value} in a ConfigMap");
+    }
 }
 
 /// Posts orders `range` in turn (order.placed); their keys.

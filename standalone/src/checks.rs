@@ -12,6 +12,7 @@ use fanout_api::policy::{CircuitBreakerSpec, RateLimitSpec};
 use fanout_api::render::secret_keys;
 use fanout_api::route::{RetentionSpec, SourceSpec};
 use fanout_api::rules;
+use fanout_api::settings::auth_rules_broken;
 use fanout_config::jetstream::MIN_STREAM_WINDOW;
 use fanout_config::policy::defaults;
 
@@ -179,15 +180,14 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
     };
     for target in &m.targets {
         let (namespace, name) = ns!(target.metadata);
-        if let Some(auth) = &target.spec.auth
-            && auth.bearer.is_some()
-            && auth.basic.is_some()
-        {
-            problems.push(CheckError::Rule {
-                owner: format!("ApiTarget {namespace}/{name}"),
-                field: "spec.auth".into(),
-                rule: "choose one of bearer and basic, not both",
-            });
+        if let Some(auth) = &target.spec.auth {
+            for (field, rule) in auth_rules_broken(&target.spec, auth) {
+                problems.push(CheckError::Rule {
+                    owner: format!("ApiTarget {namespace}/{name}"),
+                    field: format!("spec.{field}"),
+                    rule,
+                });
+            }
         }
         let spec = &target.spec;
         for (field, rule) in policy_rules(

@@ -6,6 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
+use fanout_api::policy::AuthSpec;
+use fanout_api::render::secret_keys;
 use fanout_standalone::{checks, manifests_dir, prepare, secrets};
 use serde::Deserialize;
 
@@ -15,6 +19,18 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
     (
         "anonymous-with-tokens.yaml",
         Some("spec.gateway: allowUnauthenticated cannot be combined"),
+    ),
+    (
+        "auth-header-also-static.yaml",
+        Some("spec.auth.header.name: auth.header.name is also set in spec.headers"),
+    ),
+    (
+        "auth-header-authorization-with-oauth2.yaml",
+        Some("spec.auth: bearer, basic, oauth2 and a header named Authorization each set"),
+    ),
+    (
+        "auth-header-reserved.yaml",
+        Some("spec.auth.header.name: headers set by Fanout itself"),
     ),
     (
         "autoscaling-min-above-max.yaml",
@@ -38,7 +54,7 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
     ),
     (
         "bearer-and-basic.yaml",
-        Some("spec.auth: choose one of bearer and basic"),
+        Some("spec.auth: bearer, basic, oauth2 and a header named Authorization each set"),
     ),
     (
         "dead-letter-max-age-below-jetstream-minimum.yaml",
@@ -94,6 +110,14 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
         Some("spec.rateLimit.requestsPerSecond: requestsPerSecond must be at least 0.001"),
     ),
     (
+        "oauth2-plain-http-token-url.yaml",
+        Some("spec.auth.oauth2.tokenUrl: tokenUrl must be an absolute https:// URL"),
+    ),
+    (
+        "oauth2-scope-with-space.yaml",
+        Some("spec.auth.oauth2.scopes: each scope must be printable ASCII without spaces"),
+    ),
+    (
         "override-max-in-flight-zero.yaml",
         Some("spec.targets[0].overrides.maxInFlight: must be at least 1"),
     ),
@@ -126,6 +150,14 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
     (
         "success-code-as-retryable.yaml",
         Some("retryableStatusCodes"),
+    ),
+    (
+        "tls-empty.yaml",
+        Some("spec.auth.tls: tls needs a clientCertificate, a caBundle or both"),
+    ),
+    (
+        "tls-on-http-url.yaml",
+        Some("spec.auth.tls: auth.tls (client certificate, CA bundle) needs an https:// url"),
     ),
     ("unknown-field.yaml", Some("spec.retries: unknown field")),
     (
@@ -168,15 +200,16 @@ fn complement(text: &str) -> String {
         Some("ApiTarget") => {
             let name = value["metadata"]["name"].as_str().unwrap();
             out.push_str(&format!("---\napiVersion: fanout.dev/v1alpha1\nkind: FanOutRoute\nmetadata: {{name: probe}}\nspec: {{targets: [{{name: probe, apiTargetRef: {{name: {name}}}}}]}}\n"));
-            let auth = &value["spec"]["auth"];
-            for kind in ["bearer", "signing"] {
-                let r = &auth[kind]["secretRef"];
-                if let (Some(name), Some(key)) = (r["name"].as_str(), r["key"].as_str()) {
-                    out.push_str(&secret(name, &[key]));
-                }
+            // Every Secret key the target's auth refers to, so that only the mistake
+            // in the file is left.
+            let auth = serde_yaml_ng::from_value::<AuthSpec>(value["spec"]["auth"].clone()).ok();
+            let mut secrets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (name, key) in secret_keys(auth.as_ref()) {
+                secrets.entry(name).or_default().push(key);
             }
-            if let Some(name) = auth["basic"]["secretRef"]["name"].as_str() {
-                out.push_str(&secret(name, &["username", "password"]));
+            for (name, keys) in secrets {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                out.push_str(&secret(&name, &keys));
             }
         }
         Some("FanOutRoute") => {

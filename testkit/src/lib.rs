@@ -4,7 +4,9 @@
 //!   [`nats_cluster::NatsCluster`]: three of them clustered, for R3 streams and faults.
 //! - [`cluster`]: the local kube-apiserver + controller-manager (started once per test
 //!   run by `e2e/cluster.sh`), a client for it, and a fresh namespace per test.
-//! - [`target::TargetServer`]: a scripted HTTP target that records what it receives.
+//! - [`target::TargetServer`]: a scripted HTTP(S) target that records what it receives.
+//! - [`pki`]: a CA, server and client certificates made at test time.
+//! - [`oauth2::TokenServer`]: an OAuth 2.0 token endpoint (client credentials).
 //! - [`node`]: the same with one real node (`e2e/node.sh`), pods and images.
 //! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed.
 //! - [`prometheus`]: alerting rules checked against the metrics processes export.
@@ -24,6 +26,8 @@ pub mod nats;
 pub mod nats_cluster;
 pub mod netns;
 pub mod node;
+pub mod oauth2;
+pub mod pki;
 pub mod process;
 pub mod producer;
 pub mod prometheus;

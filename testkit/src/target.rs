@@ -1,7 +1,8 @@
 //! A real HTTP target on loopback with scripted behaviour: it answers with a
 //! programmed sequence of replies (status codes, Retry-After, latency, connection
 //! resets), records every request it receives, and can go down and come back up on
-//! the same port.
+//! the same port. Over HTTPS it can require a client certificate from a given CA,
+//! as an API that uses mutual TLS does.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,6 +17,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio_rustls::TlsAcceptor;
+
+use crate::pki::{Issued, TestCa};
 use crate::wait;
 
 /// How the target answers one request.
@@ -42,6 +49,8 @@ pub struct Received {
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub at: Instant,
+    /// The client certificate presented in the TLS handshake, if any.
+    pub client_certificate: Option<CertificateDer<'static>>,
 }
 
 impl Received {
@@ -73,6 +82,8 @@ pub struct TargetServer {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     stop: Option<CancellationToken>,
+    /// Set for HTTPS.
+    tls: Option<TlsAcceptor>,
 }
 
 impl TargetServer {
@@ -84,18 +95,56 @@ impl TargetServer {
     /// Like [`start`](Self::start), on `host` (e.g. the e2e node's bridge address, so
     /// pods reach it).
     pub async fn start_on(host: std::net::IpAddr) -> anyhow::Result<TargetServer> {
+        Self::listen(host, None).await
+    }
+
+    /// HTTPS on `host` with `certificate` (which must name `host`). With `client_ca`,
+    /// the handshake fails unless the client presents a certificate that CA issued.
+    pub async fn start_https(
+        host: std::net::IpAddr,
+        certificate: &Issued,
+        client_ca: Option<&TestCa>,
+    ) -> anyhow::Result<TargetServer> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.der().clone())?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots.into(), provider).build()?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let chain = vec![CertificateDer::from_pem_slice(
+            certificate.certificate_pem.as_bytes(),
+        )?];
+        let key = PrivateKeyDer::from_pem_slice(certificate.private_key_pem.as_bytes())?;
+        let mut config = builder.with_single_cert(chain, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self::listen(host, Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn listen(
+        host: std::net::IpAddr,
+        tls: Option<TlsAcceptor>,
+    ) -> anyhow::Result<TargetServer> {
         let listener = bind_outside_ephemeral_range(host).await?;
         let mut server = TargetServer {
             addr: listener.local_addr()?,
             state: Arc::new(Mutex::new(State::default())),
             stop: None,
+            tls,
         };
         server.serve(listener);
         Ok(server)
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     pub fn port(&self) -> u16 {
@@ -235,6 +284,7 @@ impl TargetServer {
         let stop = CancellationToken::new();
         self.stop = Some(stop.clone());
         let state = self.state.clone();
+        let tls = self.tls.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -247,13 +297,29 @@ impl TargetServer {
                 state.lock().unwrap().connections += 1;
                 let state = state.clone();
                 let stop = stop.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service =
-                        hyper::service::service_fn(move |request| handle(state.clone(), request));
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
+                    let serving = async move {
+                        match tls {
+                            None => serve_connection(stream, state, None).await,
+                            Some(tls) => {
+                                // A handshake that fails (no or a wrong client
+                                // certificate) never becomes a request.
+                                let Ok(stream) = tls.accept(stream).await else {
+                                    return;
+                                };
+                                let presented = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| c.clone().into_owned());
+                                serve_connection(stream, state, presented).await;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = connection => {}
+                        _ = serving => {}
                         _ = stop.cancelled() => {}
                     }
                 });
@@ -280,8 +346,24 @@ impl std::fmt::Display for ResetConnection {
 
 impl std::error::Error for ResetConnection {}
 
+async fn serve_connection<S>(
+    stream: S,
+    state: Arc<Mutex<State>>,
+    client_certificate: Option<CertificateDer<'static>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        handle(state.clone(), client_certificate.clone(), request)
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
 async fn handle(
     state: Arc<Mutex<State>>,
+    client_certificate: Option<CertificateDer<'static>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ResetConnection> {
     let method = request.method().to_string();
@@ -310,6 +392,7 @@ async fn handle(
             headers,
             body,
             at: Instant::now(),
+            client_certificate,
         };
         let unauthorized = s.required.iter().any(|(name, accepted)| {
             !received

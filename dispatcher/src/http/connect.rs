@@ -53,22 +53,16 @@ pub enum ConnectError {
     Handshake(#[source] hyper::Error),
 }
 
-/// The TLS settings every https target uses: the platform's trust store (as reqwest
-/// had), ring, and ALPN so a target that speaks HTTP/2 is used over HTTP/2.
+/// The TLS settings every https target without settings of its own uses: the
+/// platform's trust store (as reqwest had), ring, and ALPN so a target that speaks
+/// HTTP/2 is used over HTTP/2 (see [`super::tls`]).
 pub fn tls_config() -> Result<Arc<ClientConfig>, rustls::Error> {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_platform_verifier()?
-        .with_no_client_auth();
-    config.alpn_protocols = alpn();
-    Ok(Arc::new(config))
+    super::tls::platform()
 }
 
 /// h2 first: when the target speaks it, one connection carries every request.
 pub fn alpn() -> Vec<Vec<u8>> {
-    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    super::tls::alpn()
 }
 
 /// Opens a connection to `origin` within `timeout` (resolving, TCP and TLS

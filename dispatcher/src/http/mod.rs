@@ -7,6 +7,7 @@
 //! - [`origin`]: the target's URL taken apart once.
 //! - [`connect`]: opening a connection (TCP, TLS, HTTP handshake).
 //! - [`pool`]: connections kept between requests.
+//! - [`tls`]: trust store, CA bundles and client certificates.
 //! - [`body`]: reading a response body up to a limit.
 //! - [`client`]: one request over all of the above.
 
@@ -15,5 +16,6 @@ pub mod client;
 pub mod connect;
 pub mod origin;
 pub mod pool;
+pub mod tls;
 
 pub use client::{ClientError, ClientSettings, HttpClient, Response, SendError};
