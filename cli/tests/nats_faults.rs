@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fanout_testkit::ledger::{self, Account};
 use fanout_testkit::nats_cluster::NatsCluster;
@@ -23,6 +23,48 @@ const ROUTE: &str = "orders";
 /// The clients' PING interval in these tests: a frozen server is given up on after
 /// two unanswered PINGs.
 const PING: &str = "1s";
+
+/// Events accepted while a fault lasts (100 a second): `FANOUT_FAULT_HOLD_EVENTS`,
+/// 500 by default; `scripts/faults.sh` holds faults longer.
+fn hold() -> usize {
+    std::env::var("FANOUT_FAULT_HOLD_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+}
+
+/// One line of the fault table (`scripts/faults.sh` collects them from the tests'
+/// output): what was accepted, what each target got, what the producer was told
+/// while the fault lasted, and how soon the gateway stored again.
+fn report(
+    fault: &str,
+    sent: &Sent,
+    at_fault: Option<&Sent>,
+    recovered_in: Option<Duration>,
+    accounts: &[Account],
+) {
+    let unavailable = |s: &Sent| s.statuses.get(&503).copied().unwrap_or(0);
+    let during = at_fault.map_or(0, |f| unavailable(sent) - unavailable(f));
+    let targets: Vec<String> = accounts
+        .iter()
+        .map(|a| {
+            format!(
+                "{}={}/{}/{}/{}",
+                a.target,
+                a.delivered,
+                a.duplicates,
+                a.dead_lettered.values().sum::<usize>(),
+                a.lost.len()
+            )
+        })
+        .collect();
+    eprintln!(
+        "FAULT-REPORT\t{fault}\t{}\t{}\t{during}\t{}",
+        sent.accepted.len(),
+        targets.join(" "),
+        recovered_in.map_or("-".to_string(), |d| format!("{:.1}s", d.as_secs_f64()))
+    );
+}
 
 fn manifests(a: &str, b: &str) -> String {
     format!(
@@ -58,6 +100,10 @@ struct Run {
     cluster: NatsCluster,
     /// The network the nodes are on, if not loopback (dropped after them).
     lab: Option<Lab>,
+    /// When the fault began, and what the producer had seen by then.
+    fault: Option<(Instant, Sent)>,
+    /// How long after the fault the gateway accepted an event again.
+    recovered_in: Option<Duration>,
 }
 
 impl Run {
@@ -97,7 +143,25 @@ impl Run {
             b,
             cluster,
             lab,
+            fault: None,
+            recovered_in: None,
         }
+    }
+
+    /// Marks the start of the fault (call right after injecting it).
+    fn fault_begins(&mut self) {
+        self.fault = Some((Instant::now(), self.producer.sent()));
+    }
+
+    /// Holds the fault while `hold()` more events are accepted (the producer sends
+    /// 100/s, so 100 events are a second), noting when the first got through.
+    async fn hold_fault(&mut self) {
+        let before = self.producer.sent().accepted.len();
+        self.accepted_more(before, 1).await;
+        if let Some((at, _)) = &self.fault {
+            self.recovered_in = Some(at.elapsed());
+        }
+        self.accepted_more(before, hold()).await;
     }
 
     /// Waits until `n` more events were accepted than `since`.
@@ -137,10 +201,11 @@ impl Run {
         self.cluster.index_of(&name).unwrap()
     }
 
-    /// Stops the load and checks the ledger once every target has settled; what the
-    /// producer saw.
-    async fn finish(self) -> Sent {
+    /// Stops the load and checks the ledger once every target has settled; prints
+    /// the fault's line of `scripts/faults.sh`'s table; what the producer saw.
+    async fn finish(self, fault: &str) -> Sent {
         let sent = self.producer.stop().await;
+        let mut accounts = Vec::new();
         assert!(
             sent.accepted.len() > 100,
             "too little got through to prove anything: {:?}",
@@ -159,10 +224,17 @@ impl Run {
                 })
                 .await;
             match balanced {
-                Ok(account) => eprintln!("{account}"),
+                Ok(account) => accounts.push(account),
                 Err(e) => panic!("{e:#}\nproducer: {:?}", sent.statuses),
             }
         }
+        report(
+            fault,
+            &sent,
+            self.fault.as_ref().map(|(_, s)| s),
+            self.recovered_in,
+            &accounts,
+        );
         let unexpected: Vec<_> = sent
             .statuses
             .iter()
@@ -212,7 +284,7 @@ async fn a_route_with_three_replicas_gets_a_stream_on_all_three_nodes() {
         .collect();
     assert_eq!(peers.len(), 3, "{stream}");
     run.accepted_more(0, 150).await;
-    run.finish().await;
+    run.finish("none: an R3 stream under load").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,57 +293,153 @@ async fn killing_the_stream_leaders_node_under_load_loses_nothing() {
     run.accepted_more(0, 100).await;
     let leader = run.leader().await;
     run.cluster.kill(leader);
-    let before = run.producer.sent().accepted.len();
+    run.fault_begins();
     // A new leader takes over and the gateway stores again.
-    run.accepted_more(before, 100).await;
+    run.hold_fault().await;
     tokio::task::block_in_place(|| run.cluster.restart(leader)).unwrap();
     let before = run.producer.sent().accepted.len();
     run.accepted_more(before, 100).await;
-    run.finish().await;
+    run.finish("SIGKILL of the stream leader's node, then back")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_frozen_longer_than_the_ping_interval_loses_nothing() {
-    let run = Run::start().await;
+    let mut run = Run::start().await;
     run.accepted_more(0, 100).await;
     let leader = run.leader().await;
     run.cluster.freeze(leader);
-    let before = run.producer.sent().accepted.len();
+    run.fault_begins();
     // Well past two PING intervals: clients of the frozen node have moved on.
-    run.accepted_more(before, 300).await;
+    run.hold_fault().await;
     run.cluster.thaw(leader);
     let before = run.producer.sent().accepted.len();
     run.accepted_more(before, 100).await;
-    run.finish().await;
+    run.finish("SIGSTOP of the stream leader's node, then SIGCONT")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_every_node_loses_nothing() {
     let mut run = Run::start().await;
+    run.accepted_more(0, 100).await;
+    run.fault_begins();
     for node in 0..3 {
-        let before = run.producer.sent().accepted.len();
-        run.accepted_more(before, 50).await;
+        // Each node waits until its streams are current before the next goes.
         tokio::task::block_in_place(|| run.cluster.restart(node)).unwrap();
+        let before = run.producer.sent().accepted.len();
+        run.accepted_more(before, hold() / 3).await;
     }
-    let before = run.producer.sent().accepted.len();
-    run.accepted_more(before, 100).await;
-    run.finish().await;
+    run.finish("rolling restart of the three nodes").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_leaders_node_cut_off_from_the_others_and_healed_loses_nothing() {
-    let run = Run::start_in_lab().await;
+    let mut run = Run::start_in_lab().await;
     run.accepted_more(0, 100).await;
     let leader = run.leader().await;
-    let lab = run.lab.as_ref().unwrap();
     let host = run.cluster.host(leader).unwrap().clone();
-    lab.cut(&host).unwrap();
+    run.lab.as_ref().unwrap().cut(&host).unwrap();
+    run.fault_begins();
     // The other two elect a leader and take events; the cut node's clients give it
-    // up after two PINGs. The partition lasts while 500 more are accepted (5 s).
-    let before = run.producer.sent().accepted.len();
-    run.accepted_more(before, 500).await;
-    lab.heal(&host).unwrap();
+    // up after two PINGs.
+    run.hold_fault().await;
+    run.lab.as_ref().unwrap().heal(&host).unwrap();
     let before = run.producer.sent().accepted.len();
     run.accepted_more(before, 100).await;
-    run.finish().await;
+    run.finish("the stream leader's node cut off from the others, then healed")
+        .await;
+}
+
+/// The keys a `fanout demo-target` logged (`event=<key>` per request).
+fn demo_target_keys(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.split(" event=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_lossy_link_to_one_target_does_not_slow_the_other() {
+    let mut lab = Lab::new().unwrap();
+    let host = lab.add_host("far").unwrap();
+    // The far target answers after 200 ms, over a link that drops 5% of the packets
+    // it receives (tc netem is not in this kernel; iptables' statistic match is).
+    let dir = tempfile::tempdir().unwrap();
+    let far_addr = format!("{}:8080", host.addr);
+    let mut command = lab.command(&host, std::path::Path::new(env!("CARGO_BIN_EXE_fanout")));
+    command
+        .args(["demo-target", "--listen", &far_addr, "--name", "far"])
+        .args(["--latency", "200ms"])
+        .env("NO_COLOR", "1");
+    let far =
+        fanout_testkit::process::Spawned::start(command, &dir.path().join("far.log")).unwrap();
+    lab.drop_incoming(&host, 5).unwrap();
+    let near = TargetServer::start().await.unwrap();
+    let nats = fanout_testkit::nats::NatsServer::start().unwrap();
+    let manifests = manifests(&near.url("/"), &format!("http://{far_addr}/"))
+        .replace("spec:\n  source: {replicas: 3}\n", "spec:\n");
+    let standalone = Standalone::start(&nats, "shop", &manifests).await;
+    let path = format!("/v1/namespaces/shop/routes/{ROUTE}/events");
+    let producer = Producer::start(
+        &standalone.gateway,
+        &path,
+        &[],
+        "order",
+        Duration::from_millis(10),
+    );
+
+    // While the far target limps along, the near one keeps up with the producer:
+    // what was accepted two seconds ago has reached it.
+    let started = Instant::now();
+    let mut checked = 0;
+    while started.elapsed() < Duration::from_secs(u64::try_from(hold() / 100).unwrap_or(5)) {
+        let accepted = producer.sent().accepted;
+        // A window to observe, not a condition to wait for.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let got = near.distinct_keys();
+        let late: Vec<&String> = accepted.iter().filter(|k| !got.contains(*k)).collect();
+        assert!(
+            late.len() * 10 <= accepted.len().max(10),
+            "the near target fell behind: {} of {} accepted events not there two seconds later",
+            late.len(),
+            accepted.len()
+        );
+        checked += 1;
+    }
+    let sent = producer.stop().await;
+    assert!(
+        checked >= 3 && sent.accepted.len() > 200,
+        "{:?}",
+        sent.statuses
+    );
+    // Both ledgers balance: the far target gets everything too, later.
+    near.wait_for_keys(&sent.accepted, T).await.unwrap();
+    let far_keys = wait::until(
+        "every event at the far target",
+        Duration::from_secs(120),
+        || async {
+            let keys: BTreeSet<String> = demo_target_keys(&far.log()).into_iter().collect();
+            let missing = sent.accepted.difference(&keys).count();
+            if missing == 0 {
+                Ok(keys)
+            } else {
+                Err(format!("{missing} missing"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let near_account = Account::new("near", &sent.accepted, &near.keys(), &[]);
+    let far_account = Account::new("far", &sent.accepted, &demo_target_keys(&far.log()), &[]);
+    assert!(far_keys.len() >= sent.accepted.len());
+    report(
+        "200 ms and 5% packet loss to one target",
+        &sent,
+        None,
+        None,
+        &[near_account, far_account],
+    );
+    standalone.sigterm_exits_zero();
 }

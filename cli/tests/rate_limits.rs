@@ -53,6 +53,9 @@ fn dispatcher(route: &ProvisionedRoute, pod: &str) -> Spawned {
             pod,
             "--health-interval",
             "500ms",
+            // The target is on loopback, which dispatchers refuse by default.
+            "--egress-allow",
+            "127.0.0.1",
         ],
     )
 }

@@ -32,8 +32,12 @@ impl Lab {
     /// it at `10.250.<lab>.254`.
     pub fn new() -> anyhow::Result<Lab> {
         // Parallel tests each take a free lab number: `ip netns add` fails for one
-        // in use.
-        let start = (std::process::id() % 200) as u8;
+        // in use. Within a process, each lab starts its search further on, so a
+        // number just given back (the kernel deletes its links a moment later) is
+        // not taken again at once.
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let made = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let start = ((std::process::id() + made * 37) % 200) as u8;
         for offset in 0..200u8 {
             let index = 1 + (start.wrapping_add(offset) % 200);
             let hub = format!("fanout-lab{index}-hub");
@@ -45,8 +49,12 @@ impl Lab {
                 hub,
                 hosts: Vec::new(),
             };
-            lab.wire()?;
-            return Ok(lab);
+            match lab.wire() {
+                Ok(()) => return Ok(lab),
+                // Links of a lab of that number still being deleted: try another
+                // (dropping `lab` removes its hub).
+                Err(e) => note_skipped(&e),
+            }
         }
         bail!("no free lab number for a network namespace")
     }
@@ -170,8 +178,16 @@ impl Lab {
     }
 }
 
+/// Why a lab number was skipped, for the test's output.
+fn note_skipped(e: &anyhow::Error) {
+    eprintln!("lab number skipped: {e:#}");
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        // This namespace's end first: the kernel removes the links of a deleted
+        // namespace in the background, and a new lab must not find them.
+        let _ = ip(&["link", "delete", &self.link("r")]);
         // Deleting a namespace deletes the links in it, and with a veth its peer.
         for host in &self.hosts {
             let _ = ip(&["netns", "delete", &host.netns]);
