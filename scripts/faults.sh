@@ -26,7 +26,8 @@ FANOUT_FAULT_HOLD_EVENTS=$HOLD cargo test -q --locked -p fanout --test nats_faul
 
 printf '\n| fault | accepted | per target: delivered/duplicates/dead-lettered/lost | 503s during the fault | stored again after |\n'
 printf '|---|---|---|---|---|\n'
-grep '^FAULT-REPORT' "$out" | while IFS=$'\t' read -r _ fault accepted targets during recovered; do
+# With -q the test harness prints progress dots on the same line: cut them off.
+grep -o 'FAULT-REPORT.*' "$out" | while IFS=$'\t' read -r _ fault accepted targets during recovered; do
     printf '| %s | %s | %s | %s | %s |\n' "$fault" "$accepted" "$targets" "$during" "$recovered"
 done
 grep -q 'test result: ok' "$out"

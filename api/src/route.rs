@@ -352,6 +352,27 @@ pub struct FanOutRouteStatus {
     /// maxAge would remove them (docs/operations.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_undelivered_time: Option<Time>,
+
+    /// The last time streams or consumers of this route were found missing (deleted
+    /// behind Fanout's back, or lost with a NATS node's storage) and created again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreated: Option<RecreatedStatus>,
+}
+
+/// JetStream objects of a route that had gone missing and were created again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecreatedStatus {
+    /// When the operator created them again.
+    pub time: Time,
+    /// The streams and consumers that were missing.
+    pub objects: Vec<String>,
+    /// Events the route's stream held at the last status before it went missing:
+    /// they are gone with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_events: Option<u64>,
+    /// What happened and what it means, for people.
+    pub message: String,
 }
 
 /// Size of a JetStream stream.

@@ -113,6 +113,7 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     let mut stream = None;
     let mut deployment = None;
     let mut expiry = None;
+    let mut applied = None;
     let mut dispatcher_problem = None;
     let validated = render(
         route,
@@ -146,7 +147,12 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
                 .await?
                 .map_err(|missing| Problem::new("SecretNotFound", missing.to_string()));
             let provisioned = ctx.provisioner.apply(&rendered.streams).await;
-            stream = Some(provisioned.map_err(|e| provision_problem(&e, ctx)));
+            applied = provisioned.as_ref().ok().cloned();
+            stream = Some(
+                provisioned
+                    .map(|_| ())
+                    .map_err(|e| provision_problem(&e, ctx)),
+            );
             match (&found, &stream) {
                 (Ok(found), Some(Ok(()))) => {
                     let keys = wanted
@@ -230,6 +236,34 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     } else {
         route.status.clone()
     };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let recreated = applied.as_ref().and_then(|applied| {
+        route_status::recreated(
+            previous.as_ref(),
+            applied,
+            |consumer| {
+                route
+                    .spec
+                    .targets
+                    .iter()
+                    .find(|t| key.consumer(&t.name) == consumer)
+                    .map(|t| t.name.clone())
+            },
+            &now,
+        )
+    });
+    if let Some(r) = &recreated {
+        tracing::warn!(route = %oref, message = %r.message, "JetStream objects were missing; created them again");
+        publish(
+            ctx,
+            route,
+            EventType::Warning,
+            ("JetStreamObjectsRecreated", "Provision"),
+            r.message.clone(),
+            false,
+        )
+        .await;
+    }
     let status = route_status::compute(
         &Findings {
             generation: route.metadata.generation.unwrap_or(0),
@@ -240,8 +274,9 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
             dispatcher_problem,
             observation: observation.as_ref(),
             expiry,
+            recreated,
         },
-        &Time(k8s_openapi::jiff::Timestamp::now()),
+        &now,
     );
     ctx.record_circuits(&oref, &status.targets);
     announce_changes(ctx, route, previous.as_ref(), &status).await;

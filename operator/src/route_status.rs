@@ -6,11 +6,12 @@
 use std::time::{Duration, SystemTime};
 
 use fanout_api::FanOutRouteStatus;
-use fanout_api::route::{StreamStatus, TargetStatus};
+use fanout_api::route::{RecreatedStatus, StreamStatus, TargetStatus};
 use fanout_api::status::CircuitState;
 use fanout_api::status::Condition;
 use fanout_config::expiry::Expiry;
 use fanout_config::health::Circuit;
+use fanout_provision::Applied;
 use fanout_provision::observe::{RouteObservation, StreamCounts, is_healthy};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -55,6 +56,9 @@ pub struct Findings<'a> {
     /// When the stream removes events, from the rendering; `None` when it keeps them
     /// for ever or the route did not render.
     pub expiry: Option<Expiry>,
+    /// Streams or consumers this reconcile found missing and created again (see
+    /// [`recreated`]).
+    pub recreated: Option<RecreatedStatus>,
 }
 
 pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
@@ -110,6 +114,8 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
             let (available, desired) = replicas(d);
             format!("{available}/{desired}")
         }),
+        // The last one stays in status until there is another.
+        recreated: f.recreated.clone().or(previous.recreated.clone()),
         ..FanOutRouteStatus::default()
     };
     match f.observation {
@@ -341,6 +347,77 @@ fn time(t: SystemTime) -> Option<Time> {
     k8s_openapi::jiff::Timestamp::try_from(t).ok().map(Time)
 }
 
+/// What was missing and created again, when provisioning had to create streams or
+/// consumers of a route that existed: one the previous status showed (a new route
+/// creates everything, and a new target its consumer). `consumer_target` names the
+/// target of a consumer. The route's stream comes back empty: the events it held at
+/// the last status are gone, and those some target had not received are lost.
+pub fn recreated(
+    previous: Option<&FanOutRouteStatus>,
+    applied: &Applied,
+    consumer_target: impl Fn(&str) -> Option<String>,
+    now: &Time,
+) -> Option<RecreatedStatus> {
+    let previous = previous?;
+    let stream = previous.stream.as_ref()?;
+    let mut objects = Vec::new();
+    let mut notes = Vec::new();
+    let mut lost_events = None;
+    for name in &applied.created_streams {
+        // A stream the last status did not show is new (dead letters turned on).
+        let Some(was) = [Some(stream), previous.dead_letter_stream.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|s| &s.name == name)
+        else {
+            continue;
+        };
+        objects.push(format!("stream {name}"));
+        if name == &stream.name {
+            let undelivered = previous
+                .targets
+                .iter()
+                .map(|t| t.pending + t.in_flight)
+                .max()
+                .unwrap_or(0);
+            lost_events = Some(was.messages);
+            notes.push(format!(
+                "the {} events stream {name} held at the last status are gone, {undelivered} of them not yet delivered to every target",
+                was.messages
+            ));
+        } else {
+            notes.push(format!(
+                "the {} dead letters stream {name} held are gone",
+                was.messages
+            ));
+        }
+    }
+    let known: Vec<&str> = previous.targets.iter().map(|t| t.name.as_str()).collect();
+    for name in &applied.created_consumers {
+        let Some(target) = consumer_target(name).filter(|t| known.contains(&t.as_str())) else {
+            continue;
+        };
+        objects.push(format!("consumer {name}"));
+        notes.push(format!(
+            "target {target} gets every event still in the stream again (it can deduplicate on Idempotency-Key)"
+        ));
+    }
+    if objects.is_empty() {
+        return None;
+    }
+    Some(RecreatedStatus {
+        time: now.clone(),
+        message: format!(
+            "{} went missing (deleted behind Fanout's back, or lost with a NATS node's storage) and {} created again: {}",
+            objects.join(", "),
+            if objects.len() == 1 { "was" } else { "were" },
+            notes.join("; ")
+        ),
+        objects,
+        lost_events,
+    })
+}
+
 fn stream_status(s: &StreamCounts) -> StreamStatus {
     StreamStatus {
         name: s.name.clone(),
@@ -435,6 +512,7 @@ mod tests {
         Findings {
             generation: 1,
             expiry: None,
+            recreated: None,
             previous: None,
             config: Ok(()),
             stream: Some(Ok(())),
@@ -459,6 +537,7 @@ mod tests {
             &Findings {
                 generation: 3,
                 expiry: None,
+                recreated: None,
                 ..in_place(&d, &o)
             },
             &now(),
@@ -488,6 +567,7 @@ mod tests {
             &Findings {
                 generation: 1,
                 expiry: None,
+                recreated: None,
                 ..in_place(&d, &o)
             },
             &now(),
@@ -509,6 +589,7 @@ mod tests {
             &Findings {
                 generation: 1,
                 expiry: None,
+                recreated: None,
                 previous: None,
                 config: Ok(()),
                 stream: Some(Ok(())),
@@ -523,6 +604,7 @@ mod tests {
             &Findings {
                 generation: 2,
                 expiry: None,
+                recreated: None,
                 previous: Some(&first),
                 config: Err(Problem::new(
                     "ApiTargetNotFound",
@@ -553,6 +635,7 @@ mod tests {
             &Findings {
                 generation: 1,
                 expiry: None,
+                recreated: None,
                 ..in_place(&d, &o)
             },
             &now(),
@@ -561,6 +644,7 @@ mod tests {
             &Findings {
                 generation: 1,
                 expiry: None,
+                recreated: None,
                 previous: Some(&healthy),
                 config: Ok(()),
                 stream: Some(Err(Problem::new(
@@ -587,6 +671,7 @@ mod tests {
             &Findings {
                 generation: 1,
                 expiry: None,
+                recreated: None,
                 ..in_place(&d, &o)
             },
             &now(),
@@ -600,6 +685,7 @@ mod tests {
             &Findings {
                 generation: 1,
                 expiry: None,
+                recreated: None,
                 ..in_place(&d, &o)
             },
             &now(),
@@ -717,5 +803,81 @@ mod tests {
             condition(&first, BACKLOG_WITHIN_RETENTION)
         );
         assert_eq!(blind.oldest_undelivered_time, first.oldest_undelivered_time);
+    }
+
+    #[test]
+    fn objects_missing_from_a_route_that_had_them_are_reported_with_what_was_lost() {
+        let d = deployment(2);
+        let o = observation(vec![
+            target("email", Circuit::Closed, 1),
+            target("crm", Circuit::Closed, 1),
+        ]);
+        let before = compute(&in_place(&d, &o), &now());
+        let consumer_target = |c: &str| c.strip_prefix("c_").map(str::to_string);
+        let applied = Applied {
+            created_streams: vec!["fanout_shop_orders".into()],
+            created_consumers: vec!["c_email".into(), "c_new".into()],
+        };
+        let r = recreated(Some(&before), &applied, consumer_target, &now()).unwrap();
+        assert_eq!(
+            r.objects,
+            ["stream fanout_shop_orders", "consumer c_email"],
+            "a new target's consumer is not news"
+        );
+        assert_eq!(r.lost_events, Some(5));
+        assert!(
+            r.message
+                .contains("the 5 events stream fanout_shop_orders held"),
+            "{}",
+            r.message
+        );
+        assert!(
+            r.message.contains("2 of them not yet delivered"),
+            "{}",
+            r.message
+        );
+        assert!(
+            r.message
+                .contains("target email gets every event still in the stream again"),
+            "{}",
+            r.message
+        );
+
+        // It stays in status until something else goes missing.
+        let later = compute(
+            &Findings {
+                previous: Some(&before),
+                recreated: Some(r.clone()),
+                ..in_place(&d, &o)
+            },
+            &now(),
+        );
+        let after = compute(
+            &Findings {
+                previous: Some(&later),
+                ..in_place(&d, &o)
+            },
+            &now(),
+        );
+        assert_eq!(after.recreated, Some(r));
+    }
+
+    #[test]
+    fn a_new_route_creating_its_objects_is_not_a_recreation() {
+        let applied = Applied {
+            created_streams: vec!["fanout_shop_orders".into()],
+            created_consumers: vec!["c_email".into()],
+        };
+        let never = |_: &str| Some("email".to_string());
+        assert_eq!(recreated(None, &applied, never, &now()), None);
+        let unobserved = FanOutRouteStatus::default();
+        assert_eq!(recreated(Some(&unobserved), &applied, never, &now()), None);
+        let d = deployment(2);
+        let o = observation(vec![target("email", Circuit::Closed, 1)]);
+        let before = compute(&in_place(&d, &o), &now());
+        assert_eq!(
+            recreated(Some(&before), &Applied::default(), never, &now()),
+            None
+        );
     }
 }

@@ -75,6 +75,17 @@ fn boxed(
     Box::new(e)
 }
 
+/// What [`Provisioner::apply`] had to create because it did not exist: everything
+/// for a new route; for one that existed, a sign that something was deleted behind
+/// Fanout's back (an admin's mistake, a NATS node's storage lost).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Streams created (the route's and its dead-letter stream).
+    pub created_streams: Vec<String>,
+    /// Consumers created, by name.
+    pub created_consumers: Vec<String>,
+}
+
 /// Applies plans to one JetStream account.
 #[derive(Clone)]
 pub struct Provisioner {
@@ -87,11 +98,16 @@ impl Provisioner {
     }
 
     /// Creates or updates everything in `plan` and removes consumers of targets that
-    /// are no longer in it.
-    pub async fn apply(&self, plan: &RouteStreams) -> Result<(), ProvisionError> {
-        self.ensure_stream(&plan.stream).await?;
+    /// are no longer in it; says what had to be created.
+    pub async fn apply(&self, plan: &RouteStreams) -> Result<Applied, ProvisionError> {
+        let mut applied = Applied::default();
+        if self.ensure_stream(&plan.stream).await? {
+            applied.created_streams.push(plan.stream.name.clone());
+        }
         if let Some(dead_letter) = &plan.dead_letter {
-            self.ensure_stream(dead_letter).await?;
+            if self.ensure_stream(dead_letter).await? {
+                applied.created_streams.push(dead_letter.name.clone());
+            }
         }
         let stream =
             self.js
@@ -101,10 +117,16 @@ impl Provisioner {
                     stream: plan.stream.name.clone(),
                     source: boxed(e),
                 })?;
+        let existing = consumer_names(&stream, &plan.stream.name).await?;
         for consumer in &plan.consumers {
             ensure_consumer(&stream, &plan.stream.name, consumer).await?;
+            if !existing.contains(&consumer.name) {
+                applied.created_consumers.push(consumer.name.clone());
+            }
         }
-        self.remove_other_consumers(&stream, plan).await
+        self.remove_other_consumers(&stream, plan, &existing)
+            .await?;
+        Ok(applied)
     }
 
     /// Deletes a route's streams (and with them its consumers). Streams that do not
@@ -154,9 +176,12 @@ impl Provisioner {
         }
     }
 
-    async fn ensure_stream(&self, plan: &StreamPlan) -> Result<(), ProvisionError> {
+    /// True when the stream had to be created.
+    async fn ensure_stream(&self, plan: &StreamPlan) -> Result<bool, ProvisionError> {
         let wanted = stream_config(plan);
+        let mut created = true;
         if let Ok(mut existing) = self.js.get_stream(&plan.name).await {
+            created = false;
             let current = existing
                 .info()
                 .await
@@ -182,25 +207,17 @@ impl Provisioner {
                 stream: plan.name.clone(),
                 source: boxed(e),
             })?;
-        tracing::debug!(stream = %plan.name, "stream up to date");
-        Ok(())
+        tracing::debug!(stream = %plan.name, created, "stream up to date");
+        Ok(created)
     }
 
     async fn remove_other_consumers(
         &self,
         stream: &stream::Stream,
         plan: &RouteStreams,
+        existing: &BTreeSet<String>,
     ) -> Result<(), ProvisionError> {
         let wanted: BTreeSet<&str> = plan.consumers.iter().map(|c| c.name.as_str()).collect();
-        let existing: Vec<String> =
-            stream
-                .consumer_names()
-                .try_collect()
-                .await
-                .map_err(|e| ProvisionError::Stream {
-                    stream: plan.stream.name.clone(),
-                    source: boxed(e),
-                })?;
         for name in existing.iter().filter(|n| !wanted.contains(n.as_str())) {
             match stream.delete_consumer(name).await {
                 Ok(_) => {
@@ -220,6 +237,20 @@ impl Provisioner {
         }
         Ok(())
     }
+}
+
+async fn consumer_names(
+    stream: &stream::Stream,
+    stream_name: &str,
+) -> Result<BTreeSet<String>, ProvisionError> {
+    stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .map_err(|e| ProvisionError::Stream {
+            stream: stream_name.to_string(),
+            source: boxed(e),
+        })
 }
 
 async fn ensure_consumer(
