@@ -104,10 +104,10 @@ impl Provisioner {
         if self.ensure_stream(&plan.stream).await? {
             applied.created_streams.push(plan.stream.name.clone());
         }
-        if let Some(dead_letter) = &plan.dead_letter {
-            if self.ensure_stream(dead_letter).await? {
-                applied.created_streams.push(dead_letter.name.clone());
-            }
+        if let Some(dead_letter) = &plan.dead_letter
+            && self.ensure_stream(dead_letter).await?
+        {
+            applied.created_streams.push(dead_letter.name.clone());
         }
         let stream =
             self.js
