@@ -7,7 +7,10 @@
 #                                   profile, much faster to build) and pack it; prints
 #                                   "<image name> <archive path>"
 #   e2e/image.sh fanout --binary PATH   pack an existing fanout binary instead
+#   e2e/image.sh fanout ... --tag-suffix S  the same binary under another tag
+#                                   (e2e-<hash>-S): an image to upgrade a release to
 #   e2e/image.sh pause              pack the pod sandbox (pause) image; prints the same
+#   e2e/image.sh nats               pack the pinned nats-server (e2e/tools.sh nats)
 #
 # Archives go to $FANOUT_CACHE/images/. Image tags are the first 12 hex digits of
 # the binary's sha256, so a rebuilt binary is a new image and a node never runs a
@@ -52,7 +55,8 @@ library_args() { # binary
 # Prints "<name> <archive>"; reuses an archive already written for this binary.
 pack() { # name-without-tag binary image-path [extra oci_image.py args...]
     local repo=$1 bin=$2 target=$3 tag archive name; shift 3
-    tag=$(short_hash "$bin")
+    TAG_SUFFIX=${TAG_SUFFIX:-}
+    tag=$(short_hash "$bin")${TAG_SUFFIX:+-$TAG_SUFFIX}
     name=docker.io/library/$repo:e2e-$tag
     archive=$IMAGES/$repo-e2e-$tag.tar
     if [[ ! -s $archive ]]; then
@@ -69,12 +73,15 @@ pack() { # name-without-tag binary image-path [extra oci_image.py args...]
 
 cmd_fanout() {
     local profile=release dir=release start=$SECONDS bin=''
-    case ${1:-} in
-        --debug) profile=dev dir=debug ;;
-        --binary) bin=${2:?--binary needs a path} ;;
-        '') ;;
-        *) die "unknown option '$1'" ;;
-    esac
+    while (($#)); do
+        case $1 in
+            --debug) profile=dev dir=debug ;;
+            --binary) bin=${2:?--binary needs a path}; shift ;;
+            --tag-suffix) TAG_SUFFIX=${2:?--tag-suffix needs a value}; shift ;;
+            *) die "unknown option '$1'" ;;
+        esac
+        shift
+    done
     if [[ -z $bin ]]; then
         log "building fanout (cargo profile $profile)"
         # Called from inside `cargo test`, the inherited CARGO_* variables
@@ -126,9 +133,17 @@ cmd_pause() {
     pack pause "$bin" /pause
 }
 
+# The store is a volume mounted at /data; the monitoring port answers the probes.
+cmd_nats() {
+    local bin
+    bin=$("$E2E_DIR/tools.sh" path nats-server)
+    pack nats "$bin" /nats-server --user 65532:65532 --dir /data
+}
+
 case ${1:-help} in
     fanout) shift; cmd_fanout "$@" ;;
     pause) cmd_pause ;;
+    nats) cmd_nats ;;
     help | -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
     *) die "unknown command '$1' (try: $0 help)" ;;
 esac

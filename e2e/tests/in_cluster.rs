@@ -15,13 +15,16 @@ use std::time::Duration;
 
 use fanout_api::names::RouteKey;
 use fanout_api::status::CircuitState;
+use fanout_testkit::ledger::{self, Account};
 use fanout_testkit::nats::NatsServer;
 use fanout_testkit::node;
+use fanout_testkit::producer::Producer;
 use fanout_testkit::target::{Reply, TargetServer};
 use fanout_testkit::{http, wait};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
+use support::nats_pods::NatsPods;
 use support::{Cluster, Release, T, values};
 
 const RELEASE: &str = "fanout";
@@ -55,13 +58,15 @@ spec:
     )
 }
 
-/// The route: `stock` and `mail`, anonymous producers, with `dispatcher` as given.
+/// The route: `stock` and `mail`, anonymous producers, its stream on all three NATS
+/// pods, with `dispatcher` as given.
 fn route_yaml(dispatcher: &str) -> String {
     format!(
         "apiVersion: fanout.dev/v1alpha1
 kind: FanOutRoute
 metadata: {{name: {ROUTE}}}
 spec:
+  source: {{replicas: 3}}
   targets:
     - {{name: stock, apiTargetRef: {{name: stock}}}}
     - {{name: mail, apiTargetRef: {{name: mail}}}}
@@ -71,16 +76,28 @@ spec:
     )
 }
 
-/// Names of the JetStream streams on the server, from its monitoring endpoint.
-async fn stream_names(nats: &NatsServer) -> Result<BTreeSet<String>, String> {
-    let r = http::get(&nats.monitor_addr(), "/jsz?streams=true").await?;
+/// Names of the JetStream streams on a NATS server (its monitoring address), with
+/// their replica counts.
+async fn streams(monitor: &str) -> Result<BTreeSet<(String, u64)>, String> {
+    let r = http::get(monitor, "/jsz?streams=true&config=true").await?;
     let v: serde_json::Value = serde_json::from_str(&r.body).map_err(|e| e.to_string())?;
     Ok(v["account_details"]
         .as_array()
         .into_iter()
         .flatten()
         .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
-        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .filter_map(|s| {
+            let replicas = s["config"]["num_replicas"].as_u64().unwrap_or(0);
+            s["name"].as_str().map(|n| (n.to_string(), replicas))
+        })
+        .collect())
+}
+
+async fn stream_names(monitor: &str) -> Result<BTreeSet<String>, String> {
+    Ok(streams(monitor)
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
         .collect())
 }
 
@@ -147,19 +164,25 @@ async fn helm_installed_fanout_delivers_through_dispatcher_pods_on_a_real_node()
     let node = node::node().unwrap();
     let image = node.load_fanout_image().unwrap();
     let host: IpAddr = node.host_ip;
-    let nats = NatsServer::start_on(host).unwrap();
     let stock = TargetServer::start_on(host).await.unwrap();
     let mail = TargetServer::start_on(host).await.unwrap();
     let cluster = Cluster::connect(&node).await;
     let ns = format!("in-cluster-{}", std::process::id());
     cluster.create_namespace(&ns).await;
 
+    // NATS as three pods, clustered with JetStream.
+    let nats_ns = format!("nats-{}", std::process::id());
+    cluster.create_namespace(&nats_ns).await;
+    let _nats_cleanup = DeleteNamespace(cluster.clone(), nats_ns.clone());
+    let nats_image = node.load_nats_image().unwrap();
+    let nats = NatsPods::install(&cluster, &nats_ns, &nats_image).await;
+
     // helm install: the operator and two gateway pods become Ready on the node.
     let release = Release::install(
         &cluster,
         RELEASE,
         &ns,
-        &values(&image, &node, &nats.url(), None),
+        &values(&image, &node, &nats.urls(), None),
     );
 
     // A route with two targets: its dispatcher pods become Ready.
@@ -472,10 +495,93 @@ async fn helm_installed_fanout_delivers_through_dispatcher_pods_on_a_real_node()
     stock.wait_for_keys(&sent, T).await.unwrap();
     mail.wait_for_keys(&sent, T).await.unwrap();
 
+    // helm upgrade to a new image tag under load: the operator, gateway and
+    // dispatcher pods all roll. Producers (sending to the Service's ready endpoints,
+    // as a Service would) see nothing but 202s and 503s with Retry-After, and every
+    // event accepted reaches both targets or a dead letter.
+    let next = node.load_fanout_image_tagged("next").unwrap();
+    // Pods name the image as the chart writes it (without docker.io/library/).
+    let next_tag = &next[next.rfind(':').unwrap()..];
+    let stop = tokio_util::sync::CancellationToken::new();
+    let path = format!("/v1/namespaces/{ns}/routes/{ROUTE}/events");
+    let mut endpoints = release.endpoints(stop.clone());
+    endpoints.wait_for(|e| !e.is_empty()).await.unwrap();
+    let producer = Producer::start_to(endpoints, &path, &[], "upgrade", Duration::from_millis(20));
+    let accepted_more = |n: usize| {
+        let producer = &producer;
+        async move {
+            let before = producer.sent().accepted.len();
+            wait::until(&format!("{n} more events accepted"), T, || async {
+                let sent = producer.sent();
+                if sent.accepted.len() >= before + n {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", sent.statuses))
+                }
+            })
+            .await
+            .unwrap();
+        }
+    };
+    accepted_more(50).await;
+    release.upgrade(&values(&next, &node, &nats.urls(), None));
+    wait::until("every Fanout pod on the new image", T, || async {
+        let pods = cluster
+            .api::<Pod>(&ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let old: Vec<String> = pods
+            .items
+            .iter()
+            .filter(|p| {
+                p.spec.as_ref().is_some_and(|s| {
+                    s.containers
+                        .iter()
+                        .any(|c| !c.image.as_deref().is_some_and(|i| i.ends_with(next_tag)))
+                })
+            })
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        let dispatchers = cluster.dispatcher_pods(&ns, ROUTE).await;
+        let ready = dispatchers.iter().all(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        if old.is_empty() && !dispatchers.is_empty() && ready {
+            Ok(())
+        } else {
+            Err(format!("still on the old image: {old:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    accepted_more(50).await;
+    let upgraded = producer.stop().await;
+    stop.cancel();
+    let dead = ledger::dead_letters(&release.fanout(&["dlq", "list", "-n", &ns, "--route", ROUTE]));
+    for (name, target) in [("stock", &stock), ("mail", &mail)] {
+        target.wait_for_keys(&upgraded.accepted, T).await.unwrap();
+        let account = Account::new(name, &upgraded.accepted, &target.keys(), &dead);
+        account.balances().unwrap();
+    }
+    assert!(
+        upgraded.statuses.keys().all(|s| [202, 503].contains(s)),
+        "producers saw only 202s and 503s during the upgrade: {:?} {:?}",
+        upgraded.statuses,
+        upgraded.failures
+    );
+    assert_eq!(upgraded.unavailable_without_retry_after, 0);
+
     // Deleting the route removes its streams and its pods.
     let key = RouteKey::new(&ns, ROUTE);
-    let streams = stream_names(&nats).await.unwrap();
-    assert!(streams.contains(&key.stream()), "{streams:?}");
+    let found = streams(&nats.monitor_addr(0)).await.unwrap();
+    assert!(
+        found.contains(&(key.stream(), 3)),
+        "the route's stream on all three NATS pods: {found:?}"
+    );
     cluster.kubectl(
         &ns,
         &[
@@ -487,7 +593,7 @@ async fn helm_installed_fanout_delivers_through_dispatcher_pods_on_a_real_node()
         ],
     );
     wait::until("the route's streams deleted", T, || async {
-        let names = stream_names(&nats).await?;
+        let names = stream_names(&nats.monitor_addr(0)).await?;
         if names.contains(&key.stream()) || names.contains(&key.dead_letter_stream()) {
             Err(format!("{names:?}"))
         } else {
@@ -536,4 +642,19 @@ async fn helm_installed_fanout_delivers_through_dispatcher_pods_on_a_real_node()
     })
     .await
     .unwrap();
+}
+
+/// Deletes a namespace when the test ends, passed or not.
+struct DeleteNamespace(Cluster, String);
+
+impl Drop for DeleteNamespace {
+    fn drop(&mut self) {
+        if let Ok(mut cmd) = self
+            .0
+            .node
+            .kubectl(&["delete", "namespace", &self.1, "--wait=false"])
+        {
+            let _ = cmd.output();
+        }
+    }
 }

@@ -108,7 +108,15 @@ pub struct Args {
     )]
     pub forward_headers: Vec<String>,
 
-    /// After SIGTERM/SIGINT, how long requests in progress may take to finish.
+    /// After SIGTERM/SIGINT, how long the gateway goes on serving while `/readyz`
+    /// answers 503, before it stops accepting connections: time for load balancers
+    /// (a Service's endpoints) to stop sending it requests, so that producers see no
+    /// refused connections during a rollout. The chart sets 5s.
+    #[arg(long, env = "FANOUT_GATEWAY_SHUTDOWN_DELAY", default_value = "0s")]
+    pub shutdown_delay: Duration,
+
+    /// After SIGTERM/SIGINT (and the delay), how long requests in progress may take
+    /// to finish.
     #[arg(long, env = "FANOUT_GATEWAY_SHUTDOWN_TIMEOUT", default_value = "30s")]
     pub shutdown_timeout: Duration,
 }

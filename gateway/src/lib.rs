@@ -39,6 +39,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -118,6 +119,7 @@ pub struct Gateway {
     ended: mpsc::UnboundedReceiver<Stopped>,
     /// Shards not heard from on `ended` yet.
     running: usize,
+    shutdown_delay: Duration,
     shutdown_timeout: Duration,
     connections: Arc<Connections>,
 }
@@ -215,6 +217,7 @@ impl Gateway {
             in_flight: shared.in_flight.clone(),
             limit: limit.clone(),
             phase: phase_rx.clone(),
+            leaving: AtomicBool::new(false),
         });
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let mut handoffs = Vec::with_capacity(shard_count);
@@ -283,6 +286,7 @@ impl Gateway {
             phase,
             ended,
             running: shard_count,
+            shutdown_delay: args.shutdown_delay.as_std(),
             shutdown_timeout: args.shutdown_timeout.as_std(),
             connections,
         })
@@ -322,6 +326,23 @@ impl Gateway {
             }
             // Every shard's report holds a sender until it has sent.
             None => std::future::pending().await,
+        }
+    }
+
+    /// Begins a shutdown: `/readyz` answers 503 from now on, while requests are still
+    /// served, for the shutdown delay (a shard lost meanwhile cuts it short). Then
+    /// [`Gateway::shutdown`].
+    pub async fn leave(&mut self) {
+        self.ops.leaving.store(true, Ordering::Relaxed);
+        if self.shutdown_delay.is_zero() {
+            return;
+        }
+        tracing::info!(delay = ?self.shutdown_delay, "not ready any more; serving on until load balancers have stopped sending");
+        tokio::select! {
+            _ = tokio::time::sleep(self.shutdown_delay) => {}
+            index = self.shard_lost() => {
+                tracing::error!(shard = index, "a shard stopped while leaving");
+            }
         }
     }
 
@@ -369,6 +390,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tokio::select! {
         () = signal => {
             tracing::info!("shutdown signal received; finishing requests in progress");
+            gateway.leave().await;
             gateway.shutdown().await?;
             tracing::info!("gateway stopped");
             Ok(())

@@ -6,6 +6,7 @@
 //! while the shards drain: `/readyz` then says the gateway is stopping.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -38,12 +39,14 @@ pub struct Ops {
     pub in_flight: InFlight,
     pub limit: ConnectionLimit,
     pub phase: watch::Receiver<Phase>,
+    /// Set when a shutdown begins: still serving, but no longer ready.
+    pub leaving: AtomicBool,
 }
 
 impl Ops {
     /// Whether an event sent now can be stored; why not otherwise.
     pub fn ready(&self) -> Result<usize, String> {
-        if *self.phase.borrow() != Phase::Serve {
+        if *self.phase.borrow() != Phase::Serve || self.leaving.load(Ordering::Relaxed) {
             return Err("the gateway is shutting down".into());
         }
         match self.connections.disconnected() {

@@ -138,14 +138,34 @@ impl Node {
     }
 
     fn build_and_load(&self) -> anyhow::Result<String> {
+        self.image(&["fanout"], true)
+    }
+
+    /// The `fanout` image again under another tag (`e2e-<hash>-<suffix>`), imported
+    /// into the node: a new version to upgrade a release to.
+    pub fn load_fanout_image_tagged(&self, suffix: &str) -> anyhow::Result<String> {
+        self.image(&["fanout", "--tag-suffix", suffix], true)
+    }
+
+    /// The pinned nats-server as an image (`e2e/image.sh nats`), imported into the
+    /// node.
+    pub fn load_nats_image(&self) -> anyhow::Result<String> {
+        self.image(&["nats"], false)
+    }
+
+    /// Runs `e2e/image.sh <args>` (with the dev profile for fanout, see
+    /// [`Node::load_fanout_image`]) and imports the archive it wrote.
+    fn image(&self, args: &[&str], profile: bool) -> anyhow::Result<String> {
         let image_script = repo_root().join("e2e/image.sh");
         let mut cmd = Command::new("bash");
-        cmd.arg(&image_script).arg("fanout");
-        if std::env::var("FANOUT_E2E_IMAGE_PROFILE").as_deref() != Ok("release") {
+        cmd.arg(&image_script).args(args);
+        if profile && std::env::var("FANOUT_E2E_IMAGE_PROFILE").as_deref() != Ok("release") {
             cmd.arg("--debug");
         }
-        let out = cmd.output().context("running e2e/image.sh fanout")?;
-        cluster::check(&out, "e2e/image.sh fanout")?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("running e2e/image.sh {}", args.join(" ")))?;
+        cluster::check(&out, &format!("e2e/image.sh {}", args.join(" ")))?;
         let stdout = String::from_utf8(out.stdout)?;
         let (name, archive) = stdout
             .trim()

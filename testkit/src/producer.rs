@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -20,10 +21,13 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
 pub struct Sent {
     /// Keys the gateway answered 202 for.
     pub accepted: BTreeSet<String>,
-    /// Every answer by status (0: no answer, the connection failed).
+    /// Every answer by status (0: no answer: the connection failed, or there was no
+    /// address to send to).
     pub statuses: BTreeMap<u16, usize>,
     /// 503s that came without a Retry-After.
     pub unavailable_without_retry_after: usize,
+    /// Why requests got no answer (the first few).
+    pub failures: Vec<String>,
 }
 
 /// A running producer.
@@ -43,9 +47,22 @@ impl Producer {
         prefix: &str,
         every: Duration,
     ) -> Producer {
+        let (_, addrs) = watch::channel(vec![addr.to_string()]);
+        Self::start_to(addrs, path, headers, prefix, every)
+    }
+
+    /// Like [`start`](Self::start), to whichever of `addrs` (the ready endpoints of a
+    /// Service, kept current by the caller) comes next, in turn.
+    pub fn start_to(
+        addrs: watch::Receiver<Vec<String>>,
+        path: &str,
+        headers: &[(&str, &str)],
+        prefix: &str,
+        every: Duration,
+    ) -> Producer {
         let stop = CancellationToken::new();
         let sent = Arc::new(Mutex::new(Sent::default()));
-        let (addr, path, prefix) = (addr.to_string(), path.to_string(), prefix.to_string());
+        let (path, prefix) = (path.to_string(), prefix.to_string());
         let headers: Vec<(String, String)> = headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -61,7 +78,7 @@ impl Producer {
                         _ = stop.cancelled() => return,
                     }
                     let key = format!("{prefix}-{n}");
-                    post_until_settled(&addr, &path, &headers, &key, &sent, &stop).await;
+                    post_until_settled(&addrs, n, &path, &headers, &key, &sent, &stop).await;
                 }
             }
         });
@@ -84,7 +101,8 @@ impl Producer {
 /// Posts one event until the gateway answers something other than 503 or a failed
 /// connection (or the producer stops).
 async fn post_until_settled(
-    addr: &str,
+    addrs: &watch::Receiver<Vec<String>>,
+    n: usize,
     path: &str,
     headers: &[(String, String)],
     key: &str,
@@ -99,7 +117,18 @@ async fn post_until_settled(
     all.push(("Content-Type", "application/json"));
     let body = format!("{{\"key\": \"{key}\"}}");
     loop {
-        let answer = http::post(addr, path, &all, body.as_bytes()).await;
+        let addr = {
+            let list = addrs.borrow();
+            if list.is_empty() {
+                None
+            } else {
+                Some(list[n % list.len()].clone())
+            }
+        };
+        let answer = match addr {
+            Some(addr) => http::post(&addr, path, &all, body.as_bytes()).await,
+            None => Err("no address to send to".to_string()),
+        };
         let (status, retry_after) = match &answer {
             Ok(r) => (
                 r.status,

@@ -7,6 +7,8 @@
 //! addresses a Service would balance over.
 #![allow(dead_code)]
 
+pub mod nats_pods;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -197,6 +199,40 @@ impl Release {
         release
     }
 
+    /// `helm upgrade <name> charts/fanout -f <values> --wait`.
+    pub fn upgrade(&self, values: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let values_file = dir.path().join("values.yaml");
+        std::fs::write(&values_file, values).unwrap();
+        let chart = fanout_testkit::repo_root().join("charts/fanout");
+        let upgrade = self
+            .cluster
+            .node
+            .helm(&[
+                "upgrade",
+                &self.name,
+                chart.to_str().unwrap(),
+                "-n",
+                &self.ns,
+                "-f",
+                values_file.to_str().unwrap(),
+                "--wait",
+                "--timeout",
+                "180s",
+            ])
+            .unwrap()
+            .output()
+            .unwrap();
+        if !upgrade.status.success() {
+            panic!(
+                "helm upgrade failed:\n{}\n{}\n{}",
+                String::from_utf8_lossy(&upgrade.stdout),
+                String::from_utf8_lossy(&upgrade.stderr),
+                self.cluster.describe(&self.ns)
+            );
+        }
+    }
+
     /// Ready addresses (`ip:port`) of the gateway Service.
     pub async fn gateway_endpoints(&self) -> Result<Vec<String>, String> {
         let slices = self
@@ -228,6 +264,29 @@ impl Release {
         } else {
             Ok(found)
         }
+    }
+
+    /// The gateway Service's ready endpoints, kept current (every 300 ms) until
+    /// `stop`: what a Service balances over, for a producer that keeps sending while
+    /// the gateway pods roll.
+    pub fn endpoints(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::sync::watch::Receiver<Vec<String>> {
+        let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+        let release = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(found) = release.gateway_endpoints().await {
+                    tx.send_replace(found);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+        rx
     }
 
     /// Posts one event to route `ns/route` through the `n`th ready gateway endpoint

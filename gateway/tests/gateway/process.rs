@@ -214,3 +214,66 @@ async fn a_tls_key_that_does_not_fit_the_certificate_stops_start_up_naming_both_
         "the key leaked into the output:\n{stderr}"
     );
 }
+
+/// During a rollout the kubelet sends SIGTERM while the Service may still send the pod
+/// requests: with `--shutdown-delay`, the gateway reports not ready at once but goes
+/// on storing events until the delay ends, so producers see no refused connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_shutdown_delay_reports_not_ready_but_stores_events_until_it_ends() {
+    let backend = Backend::start(&[RouteSpec::new("shop", "orders").token(TOKEN)]).await;
+    let addr = format!("127.0.0.1:{}", fanout_testkit::free_port());
+    let ops = format!("127.0.0.1:{}", fanout_testkit::free_port());
+    let mut child = Command::new(GATEWAY)
+        .args(backend.gateway_flags(&addr, &ops))
+        .args(["--shutdown-delay", "3s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = |want: u16| {
+        let ops = ops.clone();
+        async move {
+            fanout_testkit::wait::until(
+                &format!("readyz {want}"),
+                Duration::from_secs(20),
+                || async {
+                    match fanout_testkit::http::get(&ops, "/readyz").await {
+                        Ok(r) if r.status == want => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        }
+    };
+    ready(200).await;
+    send_signal(child.id(), "TERM");
+    ready(503).await;
+    // Not ready, and still storing: a new connection gets its 202.
+    let auth = format!("Bearer {TOKEN}");
+    let r = fanout_testkit::http::post(
+        &addr,
+        "/v1/namespaces/shop/routes/orders/events",
+        &[
+            ("Authorization", &auth),
+            ("Idempotency-Key", "during-delay"),
+        ],
+        b"{}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        stored_messages(&backend.js, "fanout_shop_orders")
+            .await
+            .len(),
+        1
+    );
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(20), exited)
+        .await
+        .expect("the gateway to exit after the delay")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
