@@ -380,6 +380,9 @@ async fn defaults_render_an_operator_a_gateway_and_least_privilege_rbac() {
         false
     );
 
+    // The chart's log settings reach the dispatcher pods through the operator.
+    assert_eq!(env_value(operator, "FANOUT_DISPATCHER_LOG"), "info");
+    assert_eq!(env_value(operator, "FANOUT_DISPATCHER_LOG_FORMAT"), "json");
     // Dispatchers get the default egress policy: nothing added.
     for name in [
         "FANOUT_DISPATCHER_EGRESS_DENY",

@@ -126,6 +126,20 @@ pub struct DispatcherArgs {
         value_name = "NETWORK|HOST"
     )]
     pub egress_allow: Vec<Entry>,
+    /// Log filter of dispatcher pods (tracing EnvFilter syntax, as `FANOUT_LOG`).
+    #[arg(
+        long = "dispatcher-log",
+        env = "FANOUT_DISPATCHER_LOG",
+        default_value = "info"
+    )]
+    pub log: String,
+    /// Log format of dispatcher pods: `json` or `text`.
+    #[arg(
+        long = "dispatcher-log-format",
+        env = "FANOUT_DISPATCHER_LOG_FORMAT",
+        default_value = "json"
+    )]
+    pub log_format: String,
 }
 
 /// Where the gateway reads the routes the operator renders for it.

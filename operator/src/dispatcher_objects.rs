@@ -57,6 +57,10 @@ pub struct DispatcherSettings {
     /// The platform's egress entries, added to the dispatchers' defaults.
     pub egress_deny: Vec<Entry>,
     pub egress_allow: Vec<Entry>,
+    /// `FANOUT_LOG` and `FANOUT_LOG_FORMAT` of the pods (the chart's `logLevel` and
+    /// `logFormat`).
+    pub log: String,
+    pub log_format: String,
 }
 
 /// Key of the CA certificate in `DispatcherSettings::nats_ca_secret`.
@@ -239,7 +243,8 @@ pub fn build(
         ),
         env("FANOUT_NATS_URL", &settings.nats_url),
         env("FANOUT_LISTEN", &format!("0.0.0.0:{METRICS_PORT}")),
-        env("FANOUT_LOG_FORMAT", "json"),
+        env("FANOUT_LOG", &settings.log),
+        env("FANOUT_LOG_FORMAT", &settings.log_format),
         EnvVar {
             name: "FANOUT_POD_NAME".into(),
             value: None,
@@ -449,6 +454,8 @@ mod tests {
             nats_ca_secret: Some("nats-ca".into()),
             egress_deny: Vec::new(),
             egress_allow: Vec::new(),
+            log: "info,fanout_dispatcher=debug".into(),
+            log_format: "text".into(),
         }
     }
 
@@ -566,6 +573,20 @@ mod tests {
             .clone()
             .unwrap();
         assert_eq!(selector[ROUTE_LABEL], "orders");
+        // The operator's log settings (the chart's) reach the pods.
+        let env_of = |name: &str| {
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            env_of("FANOUT_LOG").as_deref(),
+            Some("info,fanout_dispatcher=debug")
+        );
+        assert_eq!(env_of("FANOUT_LOG_FORMAT").as_deref(), Some("text"));
         assert!(
             c.env
                 .as_ref()

@@ -290,6 +290,8 @@ fn dispatcher_settings(args: &Args) -> DispatcherSettings {
         nats_ca_secret: args.dispatcher.nats_ca_secret.clone(),
         egress_deny: args.dispatcher.egress_deny.clone(),
         egress_allow: args.dispatcher.egress_allow.clone(),
+        log: args.dispatcher.log.clone(),
+        log_format: args.dispatcher.log_format.clone(),
     }
 }
 
