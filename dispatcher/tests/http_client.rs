@@ -279,19 +279,24 @@ async fn a_kept_alive_connection_the_server_closed_is_replaced_without_an_error(
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let connections = Arc::new(AtomicUsize::new(0));
     let counted = connections.clone();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
     // Answers one request per connection with keep-alive, then closes it quietly,
-    // as servers do when their keep-alive timeout is shorter than ours.
+    // as servers do when their keep-alive timeout is shorter than ours, and says
+    // when it has.
     tokio::spawn(async move {
         loop {
             let (mut tcp, _) = listener.accept().await.unwrap();
             counted.fetch_add(1, Ordering::SeqCst);
+            let closed_tx = closed_tx.clone();
             tokio::spawn(async move {
                 let mut buf = [0; 4096];
                 let _ = tcp.read(&mut buf).await;
                 let _ = tcp
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                     .await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = tcp.shutdown().await;
+                drop(tcp);
+                let _ = closed_tx.send(());
             });
         }
     });
@@ -299,7 +304,8 @@ async fn a_kept_alive_connection_the_server_closed_is_replaced_without_an_error(
     for _ in 0..3 {
         let response = client.send(post("{}"), |_| LIMIT).await.unwrap();
         assert_eq!(response.status, StatusCode::OK);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The next request goes out on a pooled connection the server has closed.
+        closed.recv().await.unwrap();
     }
     assert_eq!(connections.load(Ordering::SeqCst), 3);
 }

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use fanout_testkit::python;
+
 use crate::support::{Harness, TOKEN};
 
 const VERSION: &str = "4.32.5";
@@ -15,8 +17,10 @@ struct Schemathesis {
     coverage_phase: bool,
 }
 
-/// `st` from a venv under the Fanout tool cache, installed on first use;
-/// `FANOUT_SCHEMATHESIS` names another one.
+/// `st` from a venv of the test tools (`testkit::python`), on the newest Python
+/// found: CPython 3.11 has a bug in `ast.parse` ("AST constructor recursion depth
+/// mismatch") that breaks schemathesis' coverage phase at random, so with it that
+/// phase is left out. `FANOUT_SCHEMATHESIS` names another `st`.
 fn schemathesis() -> Schemathesis {
     if let Some(path) = std::env::var_os("FANOUT_SCHEMATHESIS") {
         return Schemathesis {
@@ -24,97 +28,12 @@ fn schemathesis() -> Schemathesis {
             coverage_phase: true,
         };
     }
-    let cache = std::env::var_os("FANOUT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/fanout")
-        });
-    let venv = cache.join("tools").join(format!("schemathesis-{VERSION}"));
-    let st = venv.join("bin/st");
-    let marker = venv.join(".installed");
-    let python = find_python();
-    let recipe = format!("schemathesis=={VERSION} python={}", python.version);
-    let found = Schemathesis {
-        st: st.clone(),
-        coverage_phase: at_least_3_12(&python.version),
-    };
-    if st.is_file() && std::fs::read_to_string(&marker).ok().as_deref() == Some(recipe.as_str()) {
-        return found;
+    let python = python::Python::newest((3, 12)).expect("a Python");
+    let venv = python::venv_using(&python, "schemathesis", VERSION).expect("schemathesis");
+    Schemathesis {
+        st: venv.join("bin/st"),
+        coverage_phase: python.at_least((3, 12)),
     }
-    let _ = std::fs::remove_dir_all(&venv);
-    let run = |command: &mut Command| {
-        let output = command.output().expect("running an installer");
-        assert!(
-            output.status.success(),
-            "{command:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    run(Command::new(&python.path).args(["-m", "venv"]).arg(&venv));
-    run(Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("schemathesis=={VERSION}")));
-    std::fs::write(&marker, recipe).unwrap();
-    found
-}
-
-fn at_least_3_12(version: &str) -> bool {
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (3, 12)
-}
-
-struct Python {
-    path: PathBuf,
-    version: String,
-}
-
-/// The Python to run schemathesis with: `FANOUT_PYTHON`, else the newest 3.12+ found
-/// (on PATH, or installed by pyenv), else `python3`. CPython 3.11 has a bug in
-/// `ast.parse` ("AST constructor recursion depth mismatch") that breaks
-/// schemathesis' coverage phase at random, so with it that phase is left out.
-fn find_python() -> Python {
-    let version_of = |path: &std::path::Path| -> Option<String> {
-        let output = Command::new(path)
-            .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
-            .output()
-            .ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
-    };
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(path) = std::env::var_os("FANOUT_PYTHON") {
-        candidates.push(path.into());
-    }
-    for name in ["python3.14", "python3.13", "python3.12"] {
-        candidates.push(name.into());
-    }
-    if let Some(root) = Command::new("pyenv")
-        .arg("root")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-    {
-        let root = PathBuf::from(String::from_utf8_lossy(&root.stdout).trim());
-        let mut versions: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|entry| entry.path().join("bin/python3"))
-            .collect();
-        versions.sort();
-        candidates.extend(versions.into_iter().rev());
-    }
-    for path in candidates {
-        if let Some(version) = version_of(&path).filter(|v| at_least_3_12(v)) {
-            return Python { path, version };
-        }
-    }
-    let path = PathBuf::from("python3");
-    let version = version_of(&path).expect("python3 is needed to run schemathesis");
-    Python { path, version }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
