@@ -102,29 +102,26 @@ pub fn venv_using(python: &Python, package: &str, version: &str) -> anyhow::Resu
         format!("{package}-{version}-py{}", minor.join("."))
     };
     let dir = cache.join("tools").join(&name);
-    if dir.join("bin/python").is_file() {
+    let marker = dir.join(".installed");
+    if marker.is_file() {
         return Ok(dir);
     }
-    // Build beside the final place and rename, so a parallel or interrupted install
-    // never leaves a half-made venv where the next run would use it.
-    let staging = cache
-        .join("tools")
-        .join(format!(".{name}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(staging.parent().unwrap())?;
-    run(Command::new(&python.path)
-        .args(["-m", "venv"])
-        .arg(&staging))?;
-    run(Command::new(staging.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("{package}=={version}")))?;
-    match std::fs::rename(&staging, &dir) {
-        Ok(()) => {}
-        // Another process finished first; theirs is as good as ours.
-        Err(_) if dir.join("bin/python").is_file() => {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        Err(e) => return Err(e).context(format!("moving the venv to {}", dir.display())),
+    // Made in place (a venv's scripts name its path in their first line, so it
+    // cannot be built elsewhere and moved), one process at a time; the marker says
+    // it is complete.
+    std::fs::create_dir_all(cache.join("tools"))?;
+    let lock = std::fs::File::create(cache.join("tools").join(format!(".{name}.lock")))?;
+    lock.lock().context("locking the venv while it is made")?;
+    if !marker.is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        run(Command::new(&python.path).args(["-m", "venv"]).arg(&dir))?;
+        run(Command::new(dir.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("{package}=={version}")))?;
+        std::fs::write(
+            &marker,
+            format!("{package}=={version} python={}", python.version),
+        )?;
     }
     Ok(dir)
 }
