@@ -137,3 +137,58 @@ fn serve(
         .context("starting the async runtime")?
         .block_on(component)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap keys parsed values by id; a subcommand argument with a global flag's id
+    /// makes every parse of that subcommand panic.
+    #[test]
+    fn no_subcommand_argument_shares_an_id_with_a_global_flag() {
+        let root = Cli::command();
+        root.clone().debug_assert();
+        let globals: Vec<String> = root
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        let mut pending: Vec<(String, clap::Command)> = root
+            .get_subcommands()
+            .map(|c| (c.get_name().to_string(), c.clone()))
+            .collect();
+        let mut clashes = Vec::new();
+        while let Some((path, command)) = pending.pop() {
+            for arg in command.get_arguments() {
+                if globals.iter().any(|g| g == arg.get_id().as_str()) {
+                    clashes.push(format!("{path}: {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                pending.push((format!("{path} {}", sub.get_name()), sub.clone()));
+            }
+        }
+        assert!(
+            clashes.is_empty(),
+            "ids of global flags reused: {clashes:?}"
+        );
+    }
+
+    #[test]
+    fn the_operator_parses_with_its_dispatcher_log_flags() {
+        let cli = Cli::try_parse_from([
+            "fanout",
+            "--log-format",
+            "json",
+            "operator",
+            "--dispatcher-image",
+            "fanout:dev",
+            "--dispatcher-log-format",
+            "text",
+        ])
+        .expect("parses");
+        assert!(matches!(cli.log_format, LogFormat::Json));
+        assert!(matches!(cli.command, Command::Operator(_)));
+    }
+}

@@ -128,16 +128,21 @@ pub struct DispatcherArgs {
     pub egress_allow: Vec<Entry>,
     /// Log filter of dispatcher pods (tracing EnvFilter syntax, as `FANOUT_LOG`).
     #[arg(
+        id = "dispatcher_log",
         long = "dispatcher-log",
         env = "FANOUT_DISPATCHER_LOG",
         default_value = "info"
     )]
     pub log: String,
     /// Log format of dispatcher pods: `json` or `text`.
+    // The ids differ from the field names: `log_format` is also the CLI's global flag,
+    // and clap keys matches by id.
     #[arg(
+        id = "dispatcher_log_format",
         long = "dispatcher-log-format",
         env = "FANOUT_DISPATCHER_LOG_FORMAT",
-        default_value = "json"
+        default_value = "json",
+        value_parser = ["json", "text"]
     )]
     pub log_format: String,
 }
