@@ -422,6 +422,7 @@ mod tests {
                 dead_letter: None,
                 dispatcher,
                 gateway: None,
+                history: None,
             },
         );
         r.metadata.namespace = Some("shop".into());

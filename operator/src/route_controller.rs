@@ -352,7 +352,11 @@ async fn cleanup(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     // Names come from the route's identity alone, so this works even when the route
     // no longer renders. Streams already gone count as deleted.
     ctx.provisioner
-        .delete(&[key.stream(), key.dead_letter_stream()])
+        .delete(&[
+            key.stream(),
+            key.dead_letter_stream(),
+            key.attempts_stream(),
+        ])
         .await
         .map_err(Error::Cleanup)?;
     tracing::info!(route = %key, "route deleted; its streams are gone");
