@@ -57,10 +57,25 @@ pub struct DispatcherSettings {
     /// The platform's egress entries, added to the dispatchers' defaults.
     pub egress_deny: Vec<Entry>,
     pub egress_allow: Vec<Entry>,
+    /// Where the pods send their spans, when tracing is on.
+    pub otlp: Option<OtlpSettings>,
 }
 
 /// Key of the CA certificate in `DispatcherSettings::nats_ca_secret`.
 pub const NATS_CA_KEY: &str = "ca.crt";
+
+/// The dispatchers' trace export (`fanout dispatch --otlp-*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpSettings {
+    pub endpoint: String,
+    pub sampling_ratio: f64,
+    /// Secret (in the route's namespace) with the collector's headers under
+    /// [`OTLP_HEADERS_KEY`].
+    pub headers_secret: Option<String>,
+}
+
+/// Key of the collector's headers in `OtlpSettings::headers_secret`.
+pub const OTLP_HEADERS_KEY: &str = "headers";
 
 /// A Secret in the route's namespace with the dispatchers' NATS credentials. It is
 /// mounted with the other Secrets, under `SECRETS_DIR/<secret>/<key>`.
@@ -281,6 +296,17 @@ pub fn build(
             env_vars.push(env(name, &value));
         }
     }
+    if let Some(otlp) = &settings.otlp {
+        env_vars.push(env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint));
+        env_vars.push(env(
+            "FANOUT_OTLP_SAMPLING_RATIO",
+            &otlp.sampling_ratio.to_string(),
+        ));
+        if let Some(secret) = &otlp.headers_secret {
+            let file = format!("{SECRETS_DIR}/{secret}/{OTLP_HEADERS_KEY}");
+            env_vars.push(env("FANOUT_OTLP_HEADERS_FILE", &file));
+        }
+    }
     let container = Container {
         name: "dispatcher".into(),
         image: Some(image),
@@ -450,6 +476,7 @@ mod tests {
             nats_ca_secret: Some("nats-ca".into()),
             egress_deny: Vec::new(),
             egress_allow: Vec::new(),
+            otlp: None,
         }
     }
 
@@ -729,6 +756,44 @@ mod tests {
         }
         // Loopback stays refused: nothing the operator sets allows it.
         assert!(!vars.values().any(|v| v.contains("127.0.0.")));
+    }
+
+    #[test]
+    fn the_pods_export_traces_where_the_platform_says_with_headers_from_a_secret() {
+        let r = route(None);
+        let build_with = |settings: &DispatcherSettings| {
+            build(
+                &r,
+                &rendered(&r),
+                1,
+                &secrets(),
+                &BTreeMap::new(),
+                settings,
+                &[],
+            )
+            .unwrap()
+            .deployment
+        };
+        let vars = env(&build_with(&settings(None)));
+        assert!(!vars.keys().any(|k| k.contains("OTLP")), "off by default");
+
+        let mut traced = settings(None);
+        traced.otlp = Some(OtlpSettings {
+            endpoint: "http://otel-collector.observability:4318".into(),
+            sampling_ratio: 0.25,
+            headers_secret: Some("otlp-headers".into()),
+        });
+        let vars = env(&build_with(&traced));
+        assert_eq!(
+            vars["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            "http://otel-collector.observability:4318"
+        );
+        assert_eq!(vars["FANOUT_OTLP_SAMPLING_RATIO"], "0.25");
+        // A file of the mounted Secret, never the headers themselves.
+        assert_eq!(
+            vars["FANOUT_OTLP_HEADERS_FILE"],
+            format!("{SECRETS_DIR}/otlp-headers/headers")
+        );
     }
 
     #[test]
