@@ -45,7 +45,7 @@ pub struct AttemptsArgs {
     route: RouteArgs,
     /// The route, then the event's id (its Idempotency-Key at the targets); the id
     /// alone with --route.
-    #[arg(value_name = "ROUTE] [EVENT_ID", num_args = 1..=2, required = true)]
+    #[arg(value_names = ["ROUTE", "EVENT_ID"], num_args = 1..=2, required = true)]
     names: Vec<String>,
     /// Only this target's attempts.
     #[arg(long)]
