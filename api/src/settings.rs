@@ -15,7 +15,7 @@ use fanout_config::policy::{
 };
 
 use crate::policy::{AuthSpec, CircuitBreakerSpec, RateLimitSpec, RetrySpec};
-use crate::route::{DeadLetterSpec, PolicyOverrides, SourceSpec};
+use crate::route::{DeadLetterSpec, HistorySpec, PolicyOverrides, SourceSpec};
 use crate::rules;
 use crate::target::ApiTargetSpec;
 
@@ -321,6 +321,56 @@ pub fn resolve_streams(
             duplicate_window: dead_letter_window,
         },
     ))
+}
+
+/// The limits of a route's history stream, with the defaults applied; `None` when the
+/// route keeps no history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub windows: StreamWindows,
+    pub max_bytes: i64,
+}
+
+/// The smallest history stream: a few thousand records.
+pub const HISTORY_MIN_BYTES: i64 = 1024 * 1024;
+
+pub fn resolve_history(
+    history: Option<&HistorySpec>,
+) -> Result<Option<HistoryLimits>, SettingsError> {
+    if !history
+        .and_then(|h| h.enabled)
+        .unwrap_or(defaults::HISTORY_ENABLED)
+    {
+        return Ok(None);
+    }
+    let retention = history.and_then(|h| h.retention.as_ref());
+    let max_age = retention
+        .and_then(|r| r.max_age)
+        .unwrap_or(defaults::HISTORY_MAX_AGE);
+    check_max_age("history.retention.maxAge", max_age)?;
+    let max_bytes = retention
+        .and_then(|r| r.max_bytes)
+        .unwrap_or(defaults::HISTORY_MAX_BYTES);
+    if max_bytes < HISTORY_MIN_BYTES {
+        return Err(invalid(
+            "history.retention.maxBytes",
+            format!("{max_bytes} is below the minimum of {HISTORY_MIN_BYTES} (1 MiB)"),
+        ));
+    }
+    let duplicate_window = if max_age.as_std().is_zero() {
+        defaults::HISTORY_DUPLICATE_WINDOW
+    } else {
+        defaults::HISTORY_DUPLICATE_WINDOW
+            .min(max_age)
+            .max(MIN_STREAM_WINDOW)
+    };
+    Ok(Some(HistoryLimits {
+        windows: StreamWindows {
+            max_age,
+            duplicate_window,
+        },
+        max_bytes,
+    }))
 }
 
 fn check_max_age(field: &'static str, max_age: Duration) -> Result<(), SettingsError> {

@@ -2,6 +2,7 @@
 //! flags (`Args`) and its `run`; this file only wires them up.
 
 mod dlq;
+mod history;
 
 use std::io::Write;
 use std::num::NonZeroUsize;
@@ -52,6 +53,11 @@ enum Command {
     Gateway(fanout_gateway::Args),
     /// List a route's dead letters, or send them again to their target.
     Dlq(dlq::Args),
+    /// Show every attempt at delivering one event, at every target, from the route's
+    /// delivery history.
+    Attempts(history::AttemptsArgs),
+    /// List a route's recent events with their delivery state at each target.
+    Events(history::EventsArgs),
     /// Reconcile FanOutRoutes and ApiTargets into JetStream, dispatcher Deployments
     /// and status.
     Operator(Box<fanout_operator::Args>),
@@ -87,6 +93,8 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(dlq::run(args)),
+        Command::Attempts(args) => one_shot(history::attempts(args)),
+        Command::Events(args) => one_shot(history::events(args)),
         Command::Operator(args) => serve(
             cli.log_format,
             cli.worker_threads,
@@ -103,6 +111,15 @@ fn main() -> anyhow::Result<()> {
             fanout_standalone::demo_target::run(args),
         ),
     }
+}
+
+/// Runs a command that does one thing and exits.
+fn one_shot(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(command)
 }
 
 /// Runs a long-lived component with logging set up, on `threads` runtime threads

@@ -73,6 +73,14 @@ async fn a_route_becomes_streams_consumers_and_dispatcher_objects_and_follows_ed
         BTreeSet::from(["email".to_string(), "inventory".to_string()])
     );
     env.js.get_stream(key.dead_letter_stream()).await.unwrap();
+    // The delivery history: its own bounded stream, on by default.
+    let mut history = env.js.get_stream(key.attempts_stream()).await.unwrap();
+    let history = history.info().await.unwrap();
+    assert_eq!(history.config.max_bytes, 128 * 1024 * 1024);
+    assert_eq!(
+        history.config.discard,
+        async_nats::jetstream::stream::DiscardPolicy::Old
+    );
     let mut stream = env.js.get_stream(key.stream()).await.unwrap();
     let info = stream.consumer_info("inventory").await.unwrap();
     assert_eq!(
@@ -302,6 +310,10 @@ async fn a_route_becomes_streams_consumers_and_dispatcher_objects_and_follows_ed
     assert!(
         env.js.get_stream(key.dead_letter_stream()).await.is_err(),
         "DLQ stream deleted"
+    );
+    assert!(
+        env.js.get_stream(key.attempts_stream()).await.is_err(),
+        "history stream deleted"
     );
     wait::until("the gateway to drop the route", T, || async {
         let cm = env

@@ -20,6 +20,9 @@ pub struct RouteStreams {
     pub dead_letter: Option<StreamPlan>,
     /// One durable consumer per target, on `stream`.
     pub consumers: Vec<ConsumerPlan>,
+    /// The delivery history (every attempt); `None` when the route records none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<StreamPlan>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +46,10 @@ pub struct StreamPlan {
     pub storage: Storage,
     pub replicas: u8,
     pub duplicate_window: Duration,
+    /// When full: refuse new messages (`false`, events are never dropped unseen) or
+    /// remove the oldest (`true`, for the delivery history, which is a bounded log).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard_old: bool,
 }
 
 /// One durable pull consumer (one per target).

@@ -10,6 +10,7 @@
 //! - [`gateway`]: the routes the gateway accepts events for.
 //! - [`health`]: the per-target snapshots dispatchers report.
 //! - [`dead_letter`]: the headers of a dead letter.
+//! - [`history`]: the records of the delivery history (every attempt).
 //! - [`egress`]: where dispatchers may connect (the egress policy).
 //! - [`expiry`]: when an undelivered event is dead-lettered before the stream's
 //!   maxAge would remove it, and when its age is reported.
@@ -23,6 +24,7 @@ pub mod egress;
 pub mod expiry;
 pub mod gateway;
 pub mod health;
+pub mod history;
 pub mod jetstream;
 pub mod names;
 pub mod policy;

@@ -14,6 +14,8 @@
 //! | consumer (per target)  | `email` (in the route's stream)    |
 //! | dead-letter stream     | `fanout_shop_orders_dlq`           |
 //! | dead-letter subject    | `fanout.dlq.shop.orders.email`     |
+//! | history stream         | `fanout_shop_orders_attempts`      |
+//! | history subject        | `fanout.attempts.shop.orders.email.<b>` (`<b>`: the event id's bucket, see [`crate::history`]) |
 //! | health KV bucket       | `fanout_health`                    |
 //! | health key             | `shop.orders.email.<pod>`          |
 //!
@@ -50,6 +52,22 @@ impl RouteKey {
     /// The route's dead-letter stream.
     pub fn dead_letter_stream(&self) -> String {
         format!("fanout_{}_{}_dlq", self.namespace, self.name)
+    }
+
+    /// The route's delivery history: a record of every attempt (see
+    /// [`crate::history`]).
+    pub fn attempts_stream(&self) -> String {
+        attempts_stream_of(&self.stream())
+    }
+
+    /// Wildcard covering the history subjects of every target of the route.
+    pub fn attempts_subjects(&self) -> String {
+        format!("{}.>", self.attempts_prefix())
+    }
+
+    /// Prefix of the history subjects: `<prefix>.<target>.<bucket>`.
+    pub fn attempts_prefix(&self) -> String {
+        format!("fanout.attempts.{}.{}", self.namespace, self.name)
     }
 
     /// Subject prefix the gateway publishes under: events go to
@@ -122,6 +140,12 @@ impl std::fmt::Display for RouteKey {
     }
 }
 
+/// The history stream that belongs to the route stream `stream`, so a plan that
+/// lacks one (history disabled) still names the stream to remove.
+pub fn attempts_stream_of(stream: &str) -> String {
+    format!("{stream}_attempts")
+}
+
 /// Whether `subject` matches the NATS subject `pattern` (`*` one token, `>` the rest).
 pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     let mut pattern_tokens = pattern.split('.');
@@ -181,6 +205,11 @@ mod tests {
         assert_eq!(orders().stream(), "fanout_shop_orders");
         assert_eq!(orders().dead_letter_stream(), "fanout_shop_orders_dlq");
         assert_eq!(orders().consumer("email"), "email");
+        assert_eq!(orders().attempts_stream(), "fanout_shop_orders_attempts");
+        assert_eq!(
+            orders().attempts_subjects(),
+            "fanout.attempts.shop.orders.>"
+        );
     }
 
     #[test]
@@ -208,6 +237,7 @@ mod tests {
             r.redrive_subject("email"),
             r.dead_letter_subjects(),
             r.dead_letter_subject("email"),
+            r.attempts_subjects(),
         ] {
             assert!(s.starts_with(RESERVED_SUBJECT_PREFIX), "{s}");
         }

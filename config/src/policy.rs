@@ -87,6 +87,12 @@ pub mod defaults {
     pub const DEAD_LETTER_MAX_AGE: Duration = Duration::from_secs(336 * 3600);
     pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
     pub const DISPATCHER_REPLICAS: i32 = 1;
+
+    pub const HISTORY_ENABLED: bool = true;
+    pub const HISTORY_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+    pub const HISTORY_MAX_BYTES: i64 = 128 * 1024 * 1024;
+    /// JetStream's default; history records carry no message id, so it costs nothing.
+    pub const HISTORY_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 }
 
 /// Everything a dispatcher needs to know about delivering to one target of a route.

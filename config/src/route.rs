@@ -30,6 +30,9 @@ pub struct RouteConfig {
     /// dead-lettered as expired; `None` when it keeps them for ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiry: Option<Expiry>,
+    /// Where attempts are recorded; `None` when the route keeps no delivery history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<crate::history::HistoryConfig>,
     pub targets: Vec<TargetConfig>,
 }
 

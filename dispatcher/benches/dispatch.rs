@@ -7,6 +7,8 @@
 //! run as a child process of this binary, so CPU time and peak RSS are theirs alone.
 //! Phases: throughput from a full stream; latency from publish to delivery at a fixed
 //! offered rate; throughput of the healthy target while the other answers 503.
+//! The engine runs twice: with the route's delivery history off, and on (the
+//! default: every attempt recorded), so the cost of recording shows in the same run.
 //! The throughput phase runs `FANOUT_BENCH_ROUNDS` times (default 3), alternating
 //! baseline and engine so that a slow stretch of the machine hits both, and the
 //! table gives each contender's median round (every round is printed too).
@@ -184,14 +186,24 @@ fn now_us() -> u64 {
 #[derive(Clone, Copy, PartialEq)]
 enum Contender {
     Baseline,
+    /// `fanout dispatch` with `spec.history.enabled: false`.
+    EngineNoHistory,
+    /// `fanout dispatch` as configured by default: the delivery history on.
     Engine,
 }
+
+const CONTENDERS: [Contender; 3] = [
+    Contender::Baseline,
+    Contender::EngineNoHistory,
+    Contender::Engine,
+];
 
 impl Contender {
     fn name(self) -> &'static str {
         match self {
             Contender::Baseline => "baseline (naive reqwest fan-out)",
-            Contender::Engine => "engine (fanout dispatch)",
+            Contender::EngineNoHistory => "engine, history off (fanout dispatch)",
+            Contender::Engine => "engine, history on (fanout dispatch)",
         }
     }
 }
@@ -202,19 +214,25 @@ struct Child {
 
 impl Child {
     fn spawn(contender: Contender, config: &Path, nats_url: &str) -> Child {
+        Self::spawn_on(contender, config, nats_url, 0)
+    }
+
+    /// With the engine's /metrics on `metrics_port` (0: any).
+    fn spawn_on(contender: Contender, config: &Path, nats_url: &str, metrics_port: u16) -> Child {
+        let listen = format!("127.0.0.1:{metrics_port}");
         let mut command = match contender {
             Contender::Baseline => {
                 let mut c = std::process::Command::new(std::env::current_exe().unwrap());
                 c.arg("--child-baseline").arg(config).arg(nats_url);
                 c
             }
-            Contender::Engine => {
+            Contender::Engine | Contender::EngineNoHistory => {
                 let mut c = std::process::Command::new(fanout_testkit::fanout_release_binary());
                 c.arg("dispatch").arg("--config").arg(config).args([
                     "--nats-url",
                     nats_url,
                     "--listen",
-                    "127.0.0.1:0",
+                    &listen,
                     "--pod-name",
                     "bench",
                     // The bench's targets are on loopback.
@@ -265,8 +283,14 @@ struct Bench {
 }
 
 impl Bench {
-    /// Fresh streams and consumers for the route; returns the config file path.
-    async fn fresh_route(&self) -> PathBuf {
+    /// Fresh streams and consumers for the route (its history on for `Engine`);
+    /// returns the config file path.
+    async fn fresh_route(&self, contender: Contender) -> PathBuf {
+        let history = if contender == Contender::Engine {
+            ""
+        } else {
+            "  history: {enabled: false}\n"
+        };
         let manifests = format!(
             "apiVersion: fanout.dev/v1alpha1
 kind: ApiTarget
@@ -291,7 +315,7 @@ spec:
   targets:
     - {{name: a, apiTargetRef: {{name: a}}}}
     - {{name: b, apiTargetRef: {{name: b}}}}
-",
+{history}",
             a = self.a.url(),
             b = self.b.url(),
             limit = if std::env::var_os("FANOUT_BENCH_NO_LIMIT").is_some() {
@@ -308,6 +332,7 @@ spec:
         let provisioner = Provisioner::new(self.js.clone());
         let mut names = vec![rendered.streams.stream.name.clone()];
         names.extend(rendered.streams.dead_letter.iter().map(|s| s.name.clone()));
+        names.push(fanout_config::names::RouteKey::new("bench", "bench").attempts_stream());
         provisioner.delete(&names).await.unwrap();
         provisioner.apply(&rendered.streams).await.unwrap();
         let path = self.dir.path().join("route.yaml");
@@ -363,24 +388,57 @@ struct Throughput {
     events_per_sec: f64,
     cpu_per_1000: f64,
     peak_rss_mib: f64,
+    /// History records the engine did not store (its metric), when it records.
+    history_dropped: Option<f64>,
 }
 
 async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throughput {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     bench.publish(events, false).await;
-    let child = Child::spawn(contender, &config, &bench.nats.url());
+    let metrics_port = fanout_testkit::free_port();
+    let child = Child::spawn_on(contender, &config, &bench.nats.url(), metrics_port);
     let start = Instant::now();
     let limit = Duration::from_secs(300);
     bench.wait_delivered(&bench.a, events as u64, limit).await;
     bench.wait_delivered(&bench.b, events as u64, limit).await;
     let elapsed = start.elapsed();
     let (cpu, rss) = child.usage();
+    let history_dropped = if contender == Contender::Engine {
+        history_dropped(metrics_port).await
+    } else {
+        None
+    };
     drop(child);
     Throughput {
         events_per_sec: events as f64 / elapsed.as_secs_f64(),
         cpu_per_1000: cpu / (events as f64 / 1000.0),
         peak_rss_mib: rss,
+        history_dropped,
     }
+}
+
+/// The sum of `fanout_history_dropped_records_total` on the engine's /metrics.
+async fn history_dropped(port: u16) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("fanout_history_dropped_records_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+/// (messages, bytes) of the route's history stream.
+async fn history_stream(bench: &Bench) -> Option<(u64, u64)> {
+    let name = fanout_config::names::RouteKey::new("bench", "bench").attempts_stream();
+    let mut stream = bench.js.get_stream(name).await.ok()?;
+    let info = stream.info().await.ok()?;
+    Some((info.state.messages, info.state.bytes))
 }
 
 /// The round with the median rate (the lower middle one for an even count).
@@ -392,7 +450,7 @@ fn median(rounds: &[Throughput]) -> Throughput {
 
 /// Healthy target's rate while the other answers 503 for the whole run.
 async fn throughput_with_failing_peer(bench: &Bench, contender: Contender, events: usize) -> f64 {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     bench.publish(events, false).await;
     bench.b.failing.store(true, Ordering::Relaxed);
     let child = Child::spawn(contender, &config, &bench.nats.url());
@@ -406,7 +464,7 @@ async fn throughput_with_failing_peer(bench: &Bench, contender: Contender, event
 
 /// (p50, p99) publish-to-delivery latency in ms at `rate` events/s for `seconds`.
 async fn latency(bench: &Bench, contender: Contender, rate: u64, seconds: u64) -> (f64, f64) {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     let _child = Child::spawn(contender, &config, &bench.nats.url());
     // Warm up until the child delivers, so start-up is not measured.
     bench.publish(100, false).await;
@@ -477,7 +535,7 @@ fn parent() {
         };
         let mut results = Vec::new();
         if std::env::var_os("FANOUT_BENCH_LATENCY_ONLY").is_some() {
-            for contender in [Contender::Baseline, Contender::Engine] {
+            for contender in CONTENDERS {
                 let (p50, p99) = latency(&bench, contender, rate, 5).await;
                 println!("{}: p50 {p50:.2} ms p99 {p99:.2} ms", contender.name());
             }
@@ -488,14 +546,18 @@ fn parent() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(3usize)
             .max(1);
-        let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(), Vec::new()];
+        let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(); CONTENDERS.len()];
+        let mut history = None;
         for round in 1..=rounds {
-            for (i, contender) in [Contender::Baseline, Contender::Engine].into_iter().enumerate() {
+            for (i, contender) in CONTENDERS.into_iter().enumerate() {
                 eprintln!("{}: throughput of {events} pre-loaded events, round {round}/{rounds} ...", contender.name());
                 rates[i].push(throughput(&bench, contender, events).await);
+                if contender == Contender::Engine {
+                    history = history_stream(&bench).await;
+                }
             }
         }
-        for (i, contender) in [Contender::Baseline, Contender::Engine].into_iter().enumerate() {
+        for (i, contender) in CONTENDERS.into_iter().enumerate() {
             eprintln!("{}: latency at {rate}/s ...", contender.name());
             let (p50, p99) = latency(&bench, contender, rate, 5).await;
             eprintln!("{}: healthy target while the other answers 503 ...", contender.name());
@@ -504,7 +566,7 @@ fn parent() {
         }
         let baseline_rate = results[0].1.events_per_sec;
         println!();
-        for (i, contender) in [Contender::Baseline, Contender::Engine].into_iter().enumerate() {
+        for (i, contender) in CONTENDERS.into_iter().enumerate() {
             let each: Vec<String> = rates[i].iter().map(|t| format!("{:.0}", t.events_per_sec)).collect();
             println!("{} events/s by round: {}", contender.name(), each.join(", "));
         }
@@ -525,6 +587,36 @@ fn parent() {
                 p99,
                 degraded,
                 100.0 * degraded / t.events_per_sec
+            );
+        }
+        // The cost of the delivery history: the two engines side by side, each round
+        // against the same round's other engine too (the machine drifts).
+        let (off, on) = (median(&rates[1]), median(&rates[2]));
+        let by_round: Vec<String> = rates[1]
+            .iter()
+            .zip(&rates[2])
+            .map(|(off, on)| format!("{:.0}%", 100.0 * on.events_per_sec / off.events_per_sec))
+            .collect();
+        let dropped: Vec<String> = rates[2]
+            .iter()
+            .map(|t| t.history_dropped.map_or("?".into(), |d| format!("{d:.0}")))
+            .collect();
+        println!();
+        println!(
+            "History on: {:.0}% of the throughput with it off (medians {:.0} and {:.0} events/s; by round {}), CPU s / 1000 events {:.3} against {:.3}; records dropped by round: {}",
+            100.0 * on.events_per_sec / off.events_per_sec,
+            on.events_per_sec,
+            off.events_per_sec,
+            by_round.join(", "),
+            on.cpu_per_1000,
+            off.cpu_per_1000,
+            dropped.join(", "),
+        );
+        if let Some((messages, bytes)) = history {
+            println!(
+                "History stream after a round: {} records in {messages} messages, {:.1} MiB",
+                2 * events,
+                bytes as f64 / (1024.0 * 1024.0)
             );
         }
     });

@@ -8,17 +8,21 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use fanout_config::RouteConfig;
 use fanout_config::egress::EgressPolicy;
 use fanout_config::health::HealthSnapshot;
+use fanout_otel::opentelemetry_sdk::trace::SdkTracer;
 use fanout_provision::Provisioner;
 use fanout_provision::nats::NatsArgs;
 use fanout_provision::thread::on_own_thread;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::history::{Flusher, RouteHistory};
 use crate::http::{ClientError, ClientSettings, HttpClient};
 use crate::oauth2::TokenSource;
 use crate::rate_share::SharedLimit;
+use crate::report::Reporter;
 use crate::request::{Auth, RequestTemplate, TemplateError};
 use crate::telemetry::{Metrics, TargetTelemetry};
+use crate::tracing_otel::TargetSpans;
 use crate::worker::{RouteContext, Worker, WorkerParts};
 use crate::{expiry, health};
 
@@ -41,6 +45,8 @@ pub struct EngineOptions {
     /// Where targets may be connected to. The default is a dispatcher pod's: loopback,
     /// link-local, metadata and unspecified addresses refused.
     pub egress: Arc<EgressPolicy>,
+    /// Where spans go, when tracing is on.
+    pub tracer: Option<SdkTracer>,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +58,7 @@ impl Default for EngineOptions {
             shutdown_grace: Duration::from_secs(25),
             thread_per_target: None,
             egress: Arc::default(),
+            tracer: None,
         }
     }
 }
@@ -119,6 +126,8 @@ pub struct Engine {
     tasks: JoinSet<()>,
     /// Targets whose worker thread panicked.
     lost: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Publishes the delivery history; finished after the workers.
+    history: Option<Flusher>,
 }
 
 impl Engine {
@@ -160,6 +169,10 @@ impl Engine {
         });
         let expiry = config.expiry;
         let replicas = config.replicas.max(1);
+        let mut history = config
+            .history
+            .as_ref()
+            .map(|_| RouteHistory::new(config.key()));
 
         let mut workers = Vec::with_capacity(config.targets.len());
         for (target, auth) in config.targets.into_iter().zip(auths) {
@@ -218,6 +231,18 @@ impl Engine {
                 &target.name,
                 expiry.map(|e| e.max_age.as_std()),
             );
+            let report = Reporter::new(
+                &target.name,
+                history.as_mut().map(|h| {
+                    let dropped =
+                        metrics.history_dropped(&config.namespace, &config.name, &target.name);
+                    h.target(&target.name, dropped)
+                }),
+                options
+                    .tracer
+                    .clone()
+                    .map(|tracer| TargetSpans::new(tracer, &label, &target.name)),
+            );
             workers.push(Arc::new(Worker::new(WorkerParts {
                 route: route.clone(),
                 config: target,
@@ -227,14 +252,16 @@ impl Engine {
                 tokens,
                 limiter,
                 telemetry,
+                report,
             })));
         }
 
-        let bucket = Provisioner::new(js)
+        let bucket = Provisioner::new(js.clone())
             .ensure_health_bucket(options.health_ttl)
             .await
             .map_err(StartError::HealthBucket)?;
 
+        let history = history.map(|h| h.start(js.clone(), CancellationToken::new()));
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
@@ -287,6 +314,7 @@ impl Engine {
             shutdown,
             tasks,
             lost,
+            history,
         })
     }
 
@@ -309,6 +337,10 @@ impl Engine {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        // The workers' last records too.
+        if let Some(history) = self.history.take() {
+            history.finish().await;
+        }
     }
 }
 

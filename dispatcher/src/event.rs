@@ -75,6 +75,12 @@ impl Event {
         }
     }
 
+    /// Whether the event came back through a redrive of its dead letter (to one
+    /// target's redrive subject).
+    pub fn is_redrive(&self) -> bool {
+        self.subject.starts_with("fanout.redrive.")
+    }
+
     /// A header's first value, matching the name case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)

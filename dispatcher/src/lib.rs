@@ -18,6 +18,8 @@
 //! - [`expiry`]: events nearing the stream's maxAge before anyone fetched them.
 //! - [`engine`]: starting and stopping all workers of a route.
 //! - [`telemetry`], [`health`], [`server`]: metrics, logs, health snapshots, probes.
+//! - [`report`]: what each attempt leaves behind: its record in the delivery history
+//!   ([`history`]) and its span ([`tracing_otel`]).
 //! - [`load`]: reading the rendered configuration and credentials.
 
 pub mod backoff;
@@ -31,15 +33,18 @@ pub mod engine;
 pub mod event;
 pub mod expiry;
 pub mod health;
+pub mod history;
 pub mod http;
 pub mod load;
 pub mod oauth2;
 pub mod rate_share;
+pub mod report;
 pub mod request;
 pub mod server;
 pub mod signing;
 pub mod telemetry;
 pub mod trace;
+pub mod tracing_otel;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -82,6 +87,11 @@ pub struct Args {
     /// Where targets may be connected to. Loopback is refused unless allowed.
     #[command(flatten)]
     pub egress: EgressArgs,
+
+    /// Traces of each attempt, dead letter and redrive (off unless --otlp-endpoint is
+    /// set).
+    #[command(flatten)]
+    pub otlp: fanout_otel::OtlpArgs,
 }
 
 /// How to reach NATS (shared by every Fanout process).
@@ -96,6 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(load::auth)
         .collect::<Result<Vec<_>, _>>()?;
+    let tracing = fanout_otel::Tracing::start(&args.otlp, "fanout-dispatcher")?;
     let nats = args.nats.connect("fanout-dispatcher").await?;
     let metrics = Arc::new(Metrics::default());
     let pod = args
@@ -108,6 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_grace: args.shutdown_grace.as_std(),
         thread_per_target: Some(args.nats.clone()),
         egress: Arc::new(args.egress.policy(true)),
+        tracer: tracing.as_ref().map(fanout_otel::Tracing::tracer),
         ..Default::default()
     };
     let mut engine = Engine::start(config, auths, nats.clone(), metrics.clone(), options).await?;
@@ -139,6 +151,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("metrics server")?;
     // Acks are buffered by the client; make sure they reach the server before exit.
     nats.flush().await.context("flushing NATS")?;
+    if let Some(tracing) = tracing {
+        // Sends the last spans; blocking, so off the runtime's thread.
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    }
     tracing::info!("stopped");
     match lost {
         None => Ok(()),

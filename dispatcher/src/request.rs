@@ -11,7 +11,6 @@ use http_body_util::Full;
 
 use crate::event::{Event, is_internal_header};
 use crate::signing::SigningKey;
-use crate::trace;
 
 /// Credentials read from their files at start.
 #[derive(Clone, Debug, Default)]
@@ -90,8 +89,9 @@ impl RequestTemplate {
         })
     }
 
-    /// Builds the request of one attempt.
-    pub fn build(&self, event: &Event, rng: &mut impl rand::Rng) -> http::Request<Full<Bytes>> {
+    /// Builds the request of one attempt; `traceparent` is the attempt's own (see
+    /// [`crate::trace::child_traceparent`]).
+    pub fn build(&self, event: &Event, traceparent: &str) -> http::Request<Full<Bytes>> {
         let mut headers = self.fixed.clone();
         // The event's own headers (CloudEvents ce-*, X-Event-Type, ...) fill in what
         // the target's static headers did not set; Fanout's below override both.
@@ -112,10 +112,7 @@ impl RequestTemplate {
         insert(&mut headers, CONTENT_TYPE, content_type);
         insert(&mut headers, IDEMPOTENCY_KEY, &event.id);
         headers.insert(FANOUT_ATTEMPT, HeaderValue::from(event.delivery));
-        let traceparent = trace::child_traceparent(event.header("traceparent"), rng);
-        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(traceparent)) {
-            headers.insert(TRACEPARENT, value);
-        }
+        insert(&mut headers, TRACEPARENT, traceparent);
         if let Some(key) = &self.signing {
             let timestamp = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -172,6 +169,7 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
+    use crate::trace;
 
     fn target(headers: &[(&str, &str)]) -> TargetConfig {
         let yaml = format!(
@@ -225,7 +223,13 @@ policy:
     fn build(target: &TargetConfig, auth: Auth, event: &Event) -> http::Request<Full<Bytes>> {
         RequestTemplate::new("shop/orders", target, auth)
             .unwrap()
-            .build(event, &mut StdRng::seed_from_u64(1))
+            .build(
+                event,
+                &trace::child_traceparent(
+                    event.header("traceparent"),
+                    &mut StdRng::seed_from_u64(1),
+                ),
+            )
     }
 
     #[test]

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use fanout_config::health::{Circuit, HealthSnapshot};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::classify::Failure;
@@ -20,6 +20,13 @@ use crate::classify::Failure;
 struct TargetLabels {
     route: String,
     target: String,
+}
+
+/// The exemplar of a latency observation: the attempt's trace, so a dashboard can go
+/// from a slow bucket to the trace (OpenMetrics exemplars).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TraceExemplar {
+    trace_id: String,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -78,11 +85,12 @@ pub struct Metrics {
     pub registry: Registry,
     outcomes: Family<OutcomeLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
-    latency: Family<TargetLabels, Histogram>,
+    latency: Family<TargetLabels, HistogramWithExemplars<TraceExemplar>>,
     in_flight: Family<TargetLabels, Gauge>,
     circuit: Family<TargetLabels, Gauge>,
     oldest_undelivered: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     retention: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    history_dropped: Family<TargetLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,12 +108,19 @@ impl Default for Metrics {
             "Failed delivery attempts per target, by reason",
             failures.clone(),
         );
-        let latency = Family::<TargetLabels, Histogram>::new_with_constructor(|| {
-            // 1 ms .. ~33 s
-            Histogram::new([
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ])
-        });
+        let latency =
+            Family::<TargetLabels, HistogramWithExemplars<TraceExemplar>>::new_with_constructor(
+                || {
+                    // 1 ms .. ~33 s
+                    HistogramWithExemplars::new(
+                        [
+                            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                            10.0, 30.0,
+                        ]
+                        .into_iter(),
+                    )
+                },
+            );
         registry.register(
             "delivery_duration_seconds",
             "Duration of delivery attempts per target, request sent to response headers",
@@ -135,7 +150,14 @@ impl Default for Metrics {
             "The route stream's maxAge, per target: undelivered events are dead-lettered as expired shortly before it (absent when the stream keeps events for ever)",
             retention.clone(),
         );
+        let history_dropped = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "history_dropped_records",
+            "Delivery history records not stored, per target: the writer's queue was full or JetStream did not take them (deliveries never wait for the history)",
+            history_dropped.clone(),
+        );
         Metrics {
+            history_dropped,
             registry,
             outcomes,
             failures,
@@ -149,6 +171,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The counter of `target`'s history records that were not stored.
+    pub fn history_dropped(&self, namespace: &str, route: &str, target: &str) -> Counter {
+        self.history_dropped
+            .get_or_create(&TargetLabels {
+                route: format!("{namespace}/{route}"),
+                target: target.to_string(),
+            })
+            .clone()
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -173,7 +205,7 @@ pub struct TargetTelemetry {
     dead_lettered_total: Counter,
     discarded_total: Counter,
     filtered_total: Counter,
-    latency: Histogram,
+    latency: HistogramWithExemplars<TraceExemplar>,
     in_flight_gauge: Gauge,
     circuit_gauge: Gauge,
     oldest_undelivered_gauge: Gauge<f64, AtomicU64>,
@@ -263,10 +295,14 @@ impl TargetTelemetry {
         self.in_flight_gauge.inc();
     }
 
-    pub fn request_finished(&self, took: Duration) {
+    /// `trace_id`: the attempt's trace when it was sampled, kept as the bucket's
+    /// exemplar.
+    pub fn request_finished(&self, took: Duration, trace_id: Option<String>) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.in_flight_gauge.dec();
-        self.latency.observe(took.as_secs_f64());
+        let exemplar = trace_id.map(|trace_id| TraceExemplar { trace_id });
+        let at = exemplar.as_ref().map(|_| SystemTime::now());
+        self.latency.observe(took.as_secs_f64(), exemplar, at);
     }
 
     /// A request that was counted as started was never sent (the egress policy
@@ -458,7 +494,10 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let t = TargetTelemetry::new(&metrics, "shop", "orders", "email", None);
         t.request_started();
-        t.request_finished(Duration::from_millis(3));
+        t.request_finished(
+            Duration::from_millis(3),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        );
         t.delivered("e1", 1, 200);
         let failure = Failure::Status {
             code: 503,
@@ -480,5 +519,7 @@ mod tests {
         assert!(text.contains(r#"fanout_deliveries_total{route="shop/orders",target="email",outcome="delivered"} 1"#), "{text}");
         assert!(text.contains(r#"fanout_delivery_failures_total{route="shop/orders",target="email",reason="status_5xx"} 1"#), "{text}");
         assert!(text.contains(r#"fanout_deliveries_total{route="shop/orders",target="email",outcome="dead_lettered"} 1"#), "{text}");
+        // The slow bucket links to the attempt's trace.
+        assert!(text.contains(r#"le="0.005",route="shop/orders",target="email"} 1 # {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.003 "#), "{text}");
     }
 }

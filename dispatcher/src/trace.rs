@@ -26,6 +26,11 @@ pub fn child_traceparent(incoming: Option<&str>, rng: &mut impl Rng) -> String {
     }
 }
 
+/// The trace id of a valid `traceparent`.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    parse(traceparent).map(|(trace_id, _)| trace_id)
+}
+
 /// (trace id, flags) of a valid version-00 `traceparent`.
 fn parse(value: &str) -> Option<(&str, &str)> {
     let mut parts = value.trim().split('-');

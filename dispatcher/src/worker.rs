@@ -31,6 +31,7 @@ use crate::event::Event;
 use crate::http::{HttpClient, Response, SendError};
 use crate::oauth2::{SharedTokenError, TokenSource};
 use crate::rate_share::SharedLimit;
+use crate::report::{AttemptEnd, Reporter};
 use crate::request::RequestTemplate;
 use crate::telemetry::TargetTelemetry;
 
@@ -85,6 +86,8 @@ pub struct Worker {
     egress: EgressHold,
     limiter: Option<SharedLimit>,
     telemetry: TargetTelemetry,
+    /// The delivery history and the spans.
+    report: Reporter,
     /// The target's maxInFlight: deliveries this worker has in hand at most.
     max_in_flight: usize,
 }
@@ -99,6 +102,7 @@ pub struct WorkerParts {
     pub tokens: Option<TokenSource>,
     pub limiter: Option<SharedLimit>,
     pub telemetry: TargetTelemetry,
+    pub report: Reporter,
 }
 
 impl Worker {
@@ -130,6 +134,7 @@ impl Worker {
             breaker,
             limiter: parts.limiter,
             telemetry: parts.telemetry,
+            report: parts.report,
             consumer: parts.consumer,
             max_in_flight: max_in_flight.max(1),
             config: parts.config,
@@ -277,6 +282,7 @@ impl Worker {
         let event = Event::from_message(&mut message);
         if !self.wants(&event) {
             self.telemetry.filtered();
+            self.report.filtered(&event);
             settle(&message, AckKind::Ack).await;
             return;
         }
@@ -287,7 +293,7 @@ impl Worker {
         // Refused by the egress policy: nothing was sent, so the event stays in hand
         // and waits with the target's other events until the address is allowed.
         let mut refusal = None;
-        let verdict = loop {
+        let (verdict, attempt) = loop {
             match self.admit(&message, &event, &drain).await {
                 Wait::Go => {}
                 Wait::Drain => {
@@ -301,18 +307,21 @@ impl Worker {
             }
             self.telemetry.request_started();
             let started = Instant::now();
-            match self.attempt(&event).await {
+            let attempt = self.report.start(&event);
+            match self.attempt(&event, attempt.traceparent()).await {
                 Ok(verdict) => {
-                    self.telemetry.request_finished(started.elapsed());
+                    self.telemetry
+                        .request_finished(started.elapsed(), attempt.exemplar());
                     if self.egress.allowed() {
                         self.telemetry.egress_allowed();
                     }
-                    break verdict;
+                    break (verdict, attempt);
                 }
                 Err(failure) => {
                     self.telemetry.request_not_sent();
                     let held = self.egress.refused(Instant::now(), failure.clone());
                     self.telemetry.egress_refused(&event.id, &failure, held);
+                    self.report.refused(attempt, &failure);
                     refusal = Some(failure);
                 }
             }
@@ -340,6 +349,8 @@ impl Worker {
         match decision {
             Decision::Ack => {
                 self.telemetry.delivered(&event.id, event.delivery, status);
+                self.report
+                    .finished(&event, attempt, AttemptEnd::Delivered { status });
                 settle(&message, AckKind::Ack).await;
             }
             Decision::Retry { delay, failure } => match self.time_left(&event) {
@@ -349,17 +360,26 @@ impl Worker {
                 Some(left) if delay >= left => {
                     self.telemetry
                         .attempt_failed(&event.id, event.delivery, &failure, None);
+                    self.report
+                        .finished(&event, attempt, AttemptEnd::Failed { failure: &failure });
                     Box::pin(self.expire(&message, &event, Some(&failure))).await;
                 }
                 _ => {
                     self.telemetry
                         .attempt_failed(&event.id, event.delivery, &failure, Some(delay));
+                    let end = AttemptEnd::Retrying {
+                        failure: &failure,
+                        delay,
+                    };
+                    self.report.finished(&event, attempt, end);
                     settle(&message, AckKind::Nak(Some(delay))).await;
                 }
             },
             Decision::DeadLetter { reason, failure } => {
                 self.telemetry
                     .attempt_failed(&event.id, event.delivery, &failure, None);
+                self.report
+                    .finished(&event, attempt, AttemptEnd::Failed { failure: &failure });
                 // Boxed: rare, and its publish future would otherwise enlarge every
                 // delivery's task.
                 let error = failure.to_string();
@@ -492,11 +512,14 @@ impl Worker {
     /// Sends one request and classifies what came back; an error (a
     /// [`Failure::Refused`]) when the egress policy refused the connection, and so
     /// nothing was sent.
-    async fn attempt(&self, event: &Event) -> Result<Verdict, Failure> {
-        let request = self.template.build(event, &mut rand::rng());
+    async fn attempt(&self, event: &Event, traceparent: &str) -> Result<Verdict, Failure> {
+        let request = self.template.build(event, traceparent);
         let sent = match &self.tokens {
             None => self.client.send(request, body_limit).await,
-            Some(tokens) => match self.send_with_token(tokens, event, request).await {
+            Some(tokens) => match self
+                .send_with_token(tokens, event, traceparent, request)
+                .await
+            {
                 Ok(sent) => sent,
                 Err(error) => return Ok(classify_transport(Failure::Token(error_chain(&*error)))),
             },
@@ -553,6 +576,7 @@ impl Worker {
         &self,
         tokens: &TokenSource,
         event: &Event,
+        traceparent: &str,
         mut request: http::Request<http_body_util::Full<bytes::Bytes>>,
     ) -> Result<Result<Response, SendError>, SharedTokenError> {
         let token = tokens.authorization().await?;
@@ -562,7 +586,7 @@ impl Worker {
             return Ok(sent);
         }
         let token = tokens.replace(&token).await?;
-        let mut request = self.template.build(event, &mut rand::rng());
+        let mut request = self.template.build(event, traceparent);
         request.headers_mut().insert(AUTHORIZATION, token);
         Ok(self.client.send(request, body_limit).await)
     }
@@ -595,9 +619,13 @@ impl Worker {
         last_status: Option<u16>,
         last_error: &str,
     ) -> Result<(), DeadLetterError> {
+        let started = SystemTime::now();
         if !self.route.dead_letter_enabled {
             self.telemetry
                 .discarded(&event.id, event.delivery, reason.as_str(), last_error);
+            let reason = reason.as_str();
+            self.report
+                .gave_up(event, true, reason, last_status, last_error, started);
             return Ok(());
         }
         let letter = DeadLetter {
@@ -617,6 +645,9 @@ impl Worker {
                     reason.as_str(),
                     last_error,
                 );
+                let reason = reason.as_str();
+                self.report
+                    .gave_up(event, false, reason, last_status, last_error, started);
                 Ok(())
             }
             Ok(Stored::Already) => {

@@ -1008,9 +1008,64 @@ async fn dispatcher_egress_values_become_the_operators_flags() {
     ns.delete(&client).await.unwrap();
 }
 
+#[tokio::test]
+async fn tracing_values_reach_the_gateway_and_through_the_operator_the_dispatchers() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let objects = render_and_dry_run("fan", &ns.name, &[]);
+    for name in ["fan-fanout-gateway", "fan-fanout-operator"] {
+        let deployment = find(&objects, "Deployment", name);
+        let names = deployment.to_string();
+        assert!(!names.contains("OTLP"), "{name}: traces are off by default");
+    }
+
+    let objects = render_and_dry_run(
+        "fan",
+        &ns.name,
+        &[
+            "tracing.otlpEndpoint=http://otel-collector.observability:4318",
+            "tracing.samplingRatio=0.25",
+            "tracing.headersSecret=otlp-headers",
+        ],
+    );
+    let gateway = find(&objects, "Deployment", "fan-fanout-gateway");
+    assert_eq!(
+        env_value(gateway, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "http://otel-collector.observability:4318"
+    );
+    assert_eq!(env_value(gateway, "FANOUT_OTLP_SAMPLING_RATIO"), "0.25");
+    // The headers are a file of the mounted Secret, never a value.
+    assert_eq!(
+        env_value(gateway, "FANOUT_OTLP_HEADERS_FILE"),
+        "/var/run/fanout/otlp/headers"
+    );
+    let volumes = &gateway["spec"]["template"]["spec"]["volumes"];
+    let headers = volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "otlp-headers")
+        .unwrap();
+    assert_eq!(headers["secret"]["secretName"], "otlp-headers");
+    let operator = find(&objects, "Deployment", "fan-fanout-operator");
+    assert_eq!(
+        env_value(operator, "FANOUT_DISPATCHER_OTLP_ENDPOINT"),
+        "http://otel-collector.observability:4318"
+    );
+    assert_eq!(
+        env_value(operator, "FANOUT_DISPATCHER_OTLP_SAMPLING_RATIO"),
+        "0.25"
+    );
+    assert_eq!(
+        env_value(operator, "FANOUT_DISPATCHER_OTLP_HEADERS_SECRET"),
+        "otlp-headers"
+    );
+    ns.delete(&client).await.unwrap();
+}
+
 #[test]
 fn wrong_values_are_refused_with_the_field_named() {
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 14] = [
         (
             &["--set-string", "operator.replicas=two"],
             "/operator/replicas",
@@ -1065,6 +1120,14 @@ fn wrong_values_are_refused_with_the_field_named() {
                 "dispatcher.egress.allow[0]=10.0.0.0/8\\,10.1.0.0/16",
             ],
             "/dispatcher/egress/allow/0",
+        ),
+        (
+            &["--set", "tracing.samplingRatio=2"],
+            "/tracing/samplingRatio",
+        ),
+        (
+            &["--set", "tracing.otlpEndpoint=collector:4318"],
+            "/tracing/otlpEndpoint",
         ),
     ];
     for (flags, named) in cases {

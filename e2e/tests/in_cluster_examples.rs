@@ -287,6 +287,54 @@ async fn the_shipped_examples_run_in_the_cluster_with_every_credential() {
     assert!(!left.contains(" inventory "), "{left}");
     assert!(left.contains(" analytics "), "{left}");
 
+    // The delivery history the dispatcher pods wrote, read from the operator pod:
+    // order-10's refusal, dead letter and redriven delivery at the inventory, the
+    // analytics API's two failed attempts and its dead letter.
+    let history = wait::until("order-10's redriven delivery in the history", T, || async {
+        let text = release.fanout(&[
+            "attempts",
+            "orders",
+            "order-10",
+            "-n",
+            shop.as_str(),
+            "-o",
+            "json",
+        ]);
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let redriven = json["attempts"].as_array().into_iter().flatten().any(|a| {
+            a["target"] == "inventory" && a["redrive"] == true && a["outcome"] == "delivered"
+        });
+        if redriven { Ok(json) } else { Err(text) }
+    })
+    .await
+    .unwrap();
+    let outcomes = |target: &str| -> Vec<String> {
+        history["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["target"] == target)
+            .map(|a| a["outcome"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        outcomes("inventory"),
+        ["failed", "deadLettered", "delivered"],
+        "{history}"
+    );
+    assert_eq!(
+        outcomes("analytics"),
+        ["retrying", "failed", "deadLettered"],
+        "{history}"
+    );
+    let failed = release.fanout(&["events", "orders", "-n", shop.as_str(), "--failed"]);
+    assert!(
+        failed
+            .lines()
+            .any(|l| l.starts_with("order-10") && l.contains("analytics")),
+        "{failed}"
+    );
+
     // The CRM pushes back with 429 and Retry-After; the next attempt waits for it.
     crm.script_for_key(
         "user-5",

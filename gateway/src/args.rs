@@ -13,6 +13,10 @@ pub struct Args {
     #[arg(long, env = "FANOUT_GATEWAY_CONFIG")]
     pub config: PathBuf,
 
+    /// Traces of each request and publish (off unless --otlp-endpoint is set).
+    #[command(flatten)]
+    pub otlp: fanout_otel::OtlpArgs,
+
     /// How often the configuration and token files are re-read for changes; 0s turns
     /// reloading off.
     #[arg(

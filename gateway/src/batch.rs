@@ -26,6 +26,7 @@ use crate::metrics::{Endpoint, Outcome};
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::publish::{Pending, PublishError, Stored};
 use crate::server::AppState;
+use crate::spans::{self, PublishSpan, RequestSpan};
 
 /// How a batch body is laid out, from its media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,7 +212,11 @@ pub async fn handle(
         Ok(items) => items,
         Err(problem) => return respond_problem(&state, &route.label, Endpoint::Batch, problem),
     };
-    let results = store_all(&state, &route, &headers, items).await;
+    let span = state
+        .tracer
+        .as_ref()
+        .map(|t| spans::request(t, &headers, Endpoint::Batch, route.label.as_str()));
+    let results = store_all(&state, &route, &headers, items, span.as_ref()).await;
     let failed = results
         .iter()
         .filter(|r| matches!(r, ItemResult::Failed { .. }))
@@ -229,6 +234,9 @@ pub async fn handle(
         failed,
         results,
     };
+    if let Some(span) = span {
+        span.end(status);
+    }
     (status, Json(response)).into_response()
 }
 
@@ -255,11 +263,12 @@ async fn store_all(
     route: &Route,
     headers: &HeaderMap,
     items: Vec<Result<ItemParts, ItemError>>,
+    span: Option<&RequestSpan>,
 ) -> Vec<ItemResult> {
     let publisher = &state.publisher;
     let mut results: Vec<Option<ItemResult>> = Vec::with_capacity(items.len());
     results.resize_with(items.len(), || None);
-    let mut pending: Vec<(usize, Pending<'_>)> = Vec::new();
+    let mut pending: Vec<Sent<'_>> = Vec::new();
     // Once the gateway is found busy or disconnected, later items fail at once
     // instead of each waiting again.
     let mut gave_up: Option<Problem> = None;
@@ -272,7 +281,7 @@ async fn store_all(
                     Problem::new(ProblemKind::InvalidEvent, format!("item {index}: {e}"))
                 })
             });
-        let event = match event {
+        let mut event = match event {
             Ok(event) => event,
             Err(problem) => {
                 results[index] = Some(failed(state, route, index, problem));
@@ -290,6 +299,7 @@ async fn store_all(
                 publisher.reserve().await
             }
         };
+        let publish = span.map(|s| s.publish(&mut event, &route.stream));
         let sent = match permit {
             Ok(permit) => match publisher.check_connected() {
                 Ok(()) => publisher.send(permit, event, &route.stream).await,
@@ -298,8 +308,11 @@ async fn store_all(
             Err(e) => Err(e),
         };
         match sent {
-            Ok(p) => pending.push((index, p)),
+            Ok(p) => pending.push((index, p, publish)),
             Err(e) => {
+                if let Some(publish) = publish {
+                    publish.end(Err(&e));
+                }
                 let problem = Problem::from(&e);
                 if matches!(e, PublishError::Busy { .. } | PublishError::NotConnected) {
                     gave_up = Some(problem.clone());
@@ -315,15 +328,22 @@ async fn store_all(
         .collect()
 }
 
+/// An item sent and waiting for its acknowledgement: its index, the wait, its span.
+type Sent<'a> = (usize, Pending<'a>, Option<PublishSpan>);
+
 /// Awaits the acknowledgements of the items sent so far.
 async fn collect(
     state: &AppState,
     route: &Route,
-    pending: &mut Vec<(usize, Pending<'_>)>,
+    pending: &mut Vec<Sent<'_>>,
     results: &mut [Option<ItemResult>],
 ) {
-    for (index, p) in pending.drain(..) {
-        results[index] = Some(match p.stored().await {
+    for (index, p, publish) in pending.drain(..) {
+        let stored = p.stored().await;
+        if let Some(publish) = publish {
+            publish.end(stored.as_ref());
+        }
+        results[index] = Some(match stored {
             Ok(stored) => {
                 let outcome = if stored.duplicate {
                     Outcome::Duplicate

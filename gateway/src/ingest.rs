@@ -18,6 +18,7 @@ use crate::metrics::{Endpoint, Outcome, RouteLabel};
 use crate::problem::{Problem, ProblemKind};
 use crate::publish::Stored;
 use crate::server::AppState;
+use crate::spans::{self, RequestSpan};
 
 /// A request refused before any event was built.
 pub struct Refused {
@@ -89,7 +90,25 @@ pub async fn handle(
         Ok(route) => route,
         Err(refused) => return refused.respond(&state, Endpoint::Single),
     };
-    match store(&state, &route, &headers, body).await {
+    let span = state
+        .tracer
+        .as_ref()
+        .map(|t| spans::request(t, &headers, Endpoint::Single, route.label.as_str()));
+    let response = answer(&state, &route, &headers, body, span.as_ref()).await;
+    if let Some(span) = span {
+        span.end(response.status());
+    }
+    response
+}
+
+async fn answer(
+    state: &AppState,
+    route: &Route,
+    headers: &HeaderMap,
+    body: Body,
+    span: Option<&RequestSpan>,
+) -> Response {
+    match store(state, route, headers, body, span).await {
         Ok(stored) => {
             let outcome = if stored.duplicate {
                 Outcome::Duplicate
@@ -106,7 +125,7 @@ pub async fn handle(
             state
                 .metrics
                 .event(&route.label, Outcome::Failed(problem.kind));
-            respond_problem(&state, &route.label, Endpoint::Single, problem)
+            respond_problem(state, &route.label, Endpoint::Single, problem)
         }
     }
 }
@@ -116,13 +135,15 @@ async fn store(
     route: &Route,
     headers: &HeaderMap,
     body: Body,
+    span: Option<&RequestSpan>,
 ) -> Result<Stored, Problem> {
     let body = body::read(headers, body, state.body_limit, state.body_read_timeout).await?;
-    let event = event::single(route, &state.forward, headers, body)
+    let mut event = event::single(route, &state.forward, headers, body)
         .map_err(|e| Problem::new(ProblemKind::InvalidEvent, e.to_string()))?;
-    state
-        .publisher
-        .publish(event, &route.stream)
-        .await
-        .map_err(|e| Problem::from(&e))
+    let publish = span.map(|s| s.publish(&mut event, &route.stream));
+    let stored = state.publisher.publish(event, &route.stream).await;
+    if let Some(publish) = publish {
+        publish.end(stored.as_ref());
+    }
+    stored.map_err(|e| Problem::from(&e))
 }

@@ -35,6 +35,7 @@ pub mod publish;
 pub mod reload;
 pub mod server;
 pub mod shard;
+pub mod spans;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fanout_otel::opentelemetry_sdk::trace::SdkTracer;
 use tokio::sync::{mpsc, watch};
 
 pub use args::Args;
@@ -134,6 +136,16 @@ impl Gateway {
 
     /// [`Gateway::start`], serving the ops port or leaving it to the caller.
     pub async fn start_with(args: Args, ops_port: OpsPort) -> Result<Gateway, StartError> {
+        Gateway::start_traced(args, ops_port, None).await
+    }
+
+    /// [`Gateway::start_with`], with spans of each request and publish sent to
+    /// `tracer` (the process's; `args.otlp` is not looked at here).
+    pub async fn start_traced(
+        args: Args,
+        ops_port: OpsPort,
+        tracer: Option<SdkTracer>,
+    ) -> Result<Gateway, StartError> {
         if args.max_connections == 0 {
             return Err(StartError::Zero {
                 flag: "max-connections",
@@ -197,6 +209,7 @@ impl Gateway {
             ack_timeout: args.publish_timeout.as_std(),
             connections: Arc::new(Connections::new(shard_count)),
             nats: args.nats.clone(),
+            tracer,
         };
         let listener = server::bind(args.listen, "listen")?;
         let addr = local_addr(&listener, args.listen, "listen")?;
@@ -386,14 +399,16 @@ fn local_addr(
 /// a shard stops on its own, so that the gateway is restarted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let signal = fanout_provision::signal::shutdown()?;
-    let mut gateway = Gateway::start(args).await?;
-    tokio::select! {
+    let tracing = fanout_otel::Tracing::start(&args.otlp, "fanout-gateway")?;
+    let tracer = tracing.as_ref().map(fanout_otel::Tracing::tracer);
+    let mut gateway = Gateway::start_traced(args, OpsPort::Listen, tracer).await?;
+    let result = tokio::select! {
         () = signal => {
             tracing::info!("shutdown signal received; finishing requests in progress");
             gateway.leave().await;
-            gateway.shutdown().await?;
-            tracing::info!("gateway stopped");
-            Ok(())
+            gateway.shutdown().await.map_err(anyhow::Error::from).map(|()| {
+                tracing::info!("gateway stopped");
+            })
         }
         index = gateway.shard_lost() => {
             tracing::error!(shard = index, "a shard stopped unexpectedly; stopping the gateway so that it is restarted");
@@ -402,5 +417,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             Err(ShutdownError::ShardLost { index }.into())
         }
+    };
+    if let Some(tracing) = tracing {
+        // Sends the last spans; blocking, so off the runtime's thread.
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
     }
+    result
 }

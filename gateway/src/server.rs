@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use fanout_otel::opentelemetry_sdk::trace::SdkTracer;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub body_limit: usize,
     pub body_read_timeout: Duration,
     pub max_batch_items: usize,
+    /// Where spans go, when tracing is on (see [`crate::spans`]).
+    pub tracer: Option<SdkTracer>,
 }
 
 impl AppState {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::connection::State;
+use fanout_otel::opentelemetry_sdk::trace::SdkTracer;
 use fanout_provision::nats::NatsArgs;
 use fanout_provision::thread::on_own_thread;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -91,6 +92,8 @@ pub struct Shared {
     pub ack_timeout: Duration,
     pub connections: Arc<Connections>,
     pub nats: NatsArgs,
+    /// Where spans go, when tracing is on.
+    pub tracer: Option<SdkTracer>,
 }
 
 /// A shard that has stopped, and how.
@@ -166,6 +169,7 @@ async fn serve(
         body_limit: shared.body_limit,
         body_read_timeout: shared.body_read_timeout,
         max_batch_items: shared.max_batch_items,
+        tracer: shared.tracer,
     });
     let _ = started.send(Ok(()));
     let mut drain = phase.clone();

@@ -145,6 +145,28 @@ pub struct DispatcherArgs {
         value_parser = ["json", "text"]
     )]
     pub log_format: String,
+    /// Base URL of the OTLP/HTTP collector dispatcher pods send their spans to (e.g.
+    /// http://otel-collector.observability:4318). Default: none, no traces.
+    #[arg(
+        long = "dispatcher-otlp-endpoint",
+        env = "FANOUT_DISPATCHER_OTLP_ENDPOINT"
+    )]
+    pub otlp_endpoint: Option<String>,
+    /// Share of traces dispatcher pods record, from 0 to 1, for events that carry no
+    /// sampling decision of their own.
+    #[arg(
+        long = "dispatcher-otlp-sampling-ratio",
+        env = "FANOUT_DISPATCHER_OTLP_SAMPLING_RATIO",
+        default_value_t = 1.0
+    )]
+    pub otlp_sampling_ratio: f64,
+    /// Secret, in each route's namespace, whose key `headers` holds the headers
+    /// dispatcher pods send to the collector, one `Name: value` per line.
+    #[arg(
+        long = "dispatcher-otlp-headers-secret",
+        env = "FANOUT_DISPATCHER_OTLP_HEADERS_SECRET"
+    )]
+    pub otlp_headers_secret: Option<String>,
 }
 
 /// Where the gateway reads the routes the operator renders for it.

@@ -61,10 +61,25 @@ pub struct DispatcherSettings {
     /// `logFormat`).
     pub log: String,
     pub log_format: String,
+    /// Where the pods send their spans, when tracing is on.
+    pub otlp: Option<OtlpSettings>,
 }
 
 /// Key of the CA certificate in `DispatcherSettings::nats_ca_secret`.
 pub const NATS_CA_KEY: &str = "ca.crt";
+
+/// The dispatchers' trace export (`fanout dispatch --otlp-*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpSettings {
+    pub endpoint: String,
+    pub sampling_ratio: f64,
+    /// Secret (in the route's namespace) with the collector's headers under
+    /// [`OTLP_HEADERS_KEY`].
+    pub headers_secret: Option<String>,
+}
+
+/// Key of the collector's headers in `OtlpSettings::headers_secret`.
+pub const OTLP_HEADERS_KEY: &str = "headers";
 
 /// A Secret in the route's namespace with the dispatchers' NATS credentials. It is
 /// mounted with the other Secrets, under `SECRETS_DIR/<secret>/<key>`.
@@ -286,6 +301,17 @@ pub fn build(
             env_vars.push(env(name, &value));
         }
     }
+    if let Some(otlp) = &settings.otlp {
+        env_vars.push(env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint));
+        env_vars.push(env(
+            "FANOUT_OTLP_SAMPLING_RATIO",
+            &otlp.sampling_ratio.to_string(),
+        ));
+        if let Some(secret) = &otlp.headers_secret {
+            let file = format!("{SECRETS_DIR}/{secret}/{OTLP_HEADERS_KEY}");
+            env_vars.push(env("FANOUT_OTLP_HEADERS_FILE", &file));
+        }
+    }
     let container = Container {
         name: "dispatcher".into(),
         image: Some(image),
@@ -427,6 +453,7 @@ mod tests {
                 dead_letter: None,
                 dispatcher,
                 gateway: None,
+                history: None,
             },
         );
         r.metadata.namespace = Some("shop".into());
@@ -456,6 +483,7 @@ mod tests {
             egress_allow: Vec::new(),
             log: "info,fanout_dispatcher=debug".into(),
             log_format: "text".into(),
+            otlp: None,
         }
     }
 
@@ -749,6 +777,44 @@ mod tests {
         }
         // Loopback stays refused: nothing the operator sets allows it.
         assert!(!vars.values().any(|v| v.contains("127.0.0.")));
+    }
+
+    #[test]
+    fn the_pods_export_traces_where_the_platform_says_with_headers_from_a_secret() {
+        let r = route(None);
+        let build_with = |settings: &DispatcherSettings| {
+            build(
+                &r,
+                &rendered(&r),
+                1,
+                &secrets(),
+                &BTreeMap::new(),
+                settings,
+                &[],
+            )
+            .unwrap()
+            .deployment
+        };
+        let vars = env(&build_with(&settings(None)));
+        assert!(!vars.keys().any(|k| k.contains("OTLP")), "off by default");
+
+        let mut traced = settings(None);
+        traced.otlp = Some(OtlpSettings {
+            endpoint: "http://otel-collector.observability:4318".into(),
+            sampling_ratio: 0.25,
+            headers_secret: Some("otlp-headers".into()),
+        });
+        let vars = env(&build_with(&traced));
+        assert_eq!(
+            vars["OTEL_EXPORTER_OTLP_ENDPOINT"],
+            "http://otel-collector.observability:4318"
+        );
+        assert_eq!(vars["FANOUT_OTLP_SAMPLING_RATIO"], "0.25");
+        // A file of the mounted Secret, never the headers themselves.
+        assert_eq!(
+            vars["FANOUT_OTLP_HEADERS_FILE"],
+            format!("{SECRETS_DIR}/otlp-headers/headers")
+        );
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub use args::Args;
 use crate::apiserver_addresses::{ApiserverAddresses, Known};
 use crate::clients::Clients;
 use crate::context::Context;
-use crate::dispatcher_objects::{DispatcherSettings, NatsAuth};
+use crate::dispatcher_objects::{DispatcherSettings, NatsAuth, OtlpSettings};
 use crate::gateway_sync::GatewaySync;
 use crate::image_policy::ImagePolicy;
 use crate::leader::LeaderElector;
@@ -66,6 +66,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("installing the SIGTERM handler")?;
     // A wrong allow-list entry stops the start, naming the flag.
     let images = ImagePolicy::new(&args.dispatcher.image, &args.dispatcher.allowed_images)?;
+    // So is a trace setting every dispatcher pod would refuse.
+    let ratio = args.dispatcher.otlp_sampling_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        anyhow::bail!("--dispatcher-otlp-sampling-ratio: {ratio} is not between 0 and 1");
+    }
+    if let Some(endpoint) = args.dispatcher.otlp_endpoint.as_deref().map(str::trim)
+        && !endpoint.is_empty()
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        anyhow::bail!("--dispatcher-otlp-endpoint: {endpoint:?} is not an http:// or https:// URL");
+    }
     let clients = Clients::infer().await?;
     let known = Known::from_env(clients.host.as_deref());
     let namespace = args.namespace.clone().unwrap_or_else(own_namespace);
@@ -292,6 +303,16 @@ fn dispatcher_settings(args: &Args) -> DispatcherSettings {
         egress_allow: args.dispatcher.egress_allow.clone(),
         log: args.dispatcher.log.clone(),
         log_format: args.dispatcher.log_format.clone(),
+        otlp: args
+            .dispatcher
+            .otlp_endpoint
+            .as_deref()
+            .filter(|e| !e.trim().is_empty())
+            .map(|endpoint| OtlpSettings {
+                endpoint: endpoint.trim().to_string(),
+                sampling_ratio: args.dispatcher.otlp_sampling_ratio,
+                headers_secret: args.dispatcher.otlp_headers_secret.clone(),
+            }),
     }
 }
 

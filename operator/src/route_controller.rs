@@ -143,6 +143,13 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
                     .or_default()
                     .insert(dispatcher_objects::NATS_CA_KEY.to_string());
             }
+            let otlp_headers = ctx.dispatcher.otlp.as_ref();
+            if let Some(secret) = otlp_headers.and_then(|o| o.headers_secret.as_ref()) {
+                wanted
+                    .entry(secret.clone())
+                    .or_default()
+                    .insert(dispatcher_objects::OTLP_HEADERS_KEY.to_string());
+            }
             let found = secrets::check(&ctx.client, &namespace, &wanted)
                 .await?
                 .map_err(|missing| Problem::new("SecretNotFound", missing.to_string()));
@@ -352,7 +359,11 @@ async fn cleanup(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     // Names come from the route's identity alone, so this works even when the route
     // no longer renders. Streams already gone count as deleted.
     ctx.provisioner
-        .delete(&[key.stream(), key.dead_letter_stream()])
+        .delete(&[
+            key.stream(),
+            key.dead_letter_stream(),
+            key.attempts_stream(),
+        ])
         .await
         .map_err(Error::Cleanup)?;
     tracing::info!(route = %key, "route deleted; its streams are gone");

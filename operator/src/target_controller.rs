@@ -190,6 +190,7 @@ mod tests {
                 dead_letter: None,
                 dispatcher: None,
                 gateway: None,
+                history: None,
             },
         );
         r.metadata.namespace = Some(ns.into());

@@ -5,11 +5,15 @@
 //! Used by the operator's reconciler and by `fanout standalone`; every call is
 //! idempotent, and deleting something that is already gone counts as success.
 //!
+//! [`dead_letters`] and [`history`] read a route's dead letters and its delivery
+//! history for the CLI.
+//!
 //! Also what the processes share: their NATS flags ([`nats`]), their shutdown signal
 //! ([`signal`]), their threads with a runtime each ([`thread`]) and the operator's
 //! and dispatcher's `/metrics`, `/healthz` and `/readyz` ([`probes`]).
 
 pub mod dead_letters;
+pub mod history;
 pub mod nats;
 pub mod observe;
 pub mod probes;
@@ -21,7 +25,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
-use fanout_config::names::HEALTH_BUCKET;
+use fanout_config::names::{HEALTH_BUCKET, attempts_stream_of};
 use futures::TryStreamExt;
 
 /// What could not be provisioned, with the JetStream object it concerns.
@@ -108,6 +112,18 @@ impl Provisioner {
             && self.ensure_stream(dead_letter).await?
         {
             applied.created_streams.push(dead_letter.name.clone());
+        }
+        match &plan.history {
+            // Recreating the history stream is not worth a report: it only ever held
+            // records, and a new route's is created here too.
+            Some(history) => {
+                self.ensure_stream(history).await?;
+            }
+            // History turned off (or never on): its stream, if any, goes.
+            None => {
+                self.delete(&[attempts_stream_of(&plan.stream.name)])
+                    .await?
+            }
         }
         let stream =
             self.js
@@ -287,8 +303,13 @@ pub fn stream_config(plan: &StreamPlan) -> stream::Config {
         // is past it *and* the limits expire it, so a redrive can still find it.
         retention: stream::RetentionPolicy::Limits,
         // When full, refuse new events (the gateway answers 507) instead of silently
-        // discarding the oldest undelivered ones.
-        discard: stream::DiscardPolicy::New,
+        // discarding the oldest undelivered ones; only a bounded log (the delivery
+        // history) drops its oldest records.
+        discard: if plan.discard_old {
+            stream::DiscardPolicy::Old
+        } else {
+            stream::DiscardPolicy::New
+        },
         ..Default::default()
     }
 }

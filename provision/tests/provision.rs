@@ -19,6 +19,7 @@ fn plan(targets: &[&str]) -> RouteStreams {
         storage: Storage::File,
         replicas: 1,
         duplicate_window: "2m".parse().unwrap(),
+        discard_old: false,
     };
     RouteStreams {
         stream: stream(
@@ -44,6 +45,7 @@ fn plan(targets: &[&str]) -> RouteStreams {
                 max_ack_pending: 64,
             })
             .collect(),
+        history: None,
     }
 }
 

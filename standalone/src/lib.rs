@@ -99,4 +99,9 @@ pub struct Args {
     /// Where targets may be connected to, as for `fanout dispatch`.
     #[command(flatten)]
     pub egress: fanout_dispatcher::EgressArgs,
+
+    /// Traces of the gateway's requests and of every attempt (off unless
+    /// --otlp-endpoint is set).
+    #[command(flatten)]
+    pub otlp: fanout_otel::OtlpArgs,
 }

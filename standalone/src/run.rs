@@ -54,6 +54,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         secrets = manifests.secrets.len(),
         "manifests rendered"
     );
+    let tracing = fanout_otel::Tracing::start(&args.otlp, "fanout-standalone")?;
+    let tracer = tracing.as_ref().map(fanout_otel::Tracing::tracer);
     let status_listener = tokio::net::TcpListener::bind(args.listen_metrics)
         .await
         .with_context(|| format!("listening on {} (--listen-metrics)", args.listen_metrics))?;
@@ -71,9 +73,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // The gateway's readiness and metrics are served with standalone's own, on
     // --listen-metrics: one address to probe and scrape, and none on the events port.
-    let gateway = Gateway::start_with(gateway_args(&args, &prepared)?, OpsPort::Embedded)
-        .await
-        .context("starting the gateway")?;
+    let gateway = Gateway::start_traced(
+        gateway_args(&args, &prepared)?,
+        OpsPort::Embedded,
+        tracer.clone(),
+    )
+    .await
+    .context("starting the gateway")?;
 
     let metrics = Arc::new(Metrics::default());
     let engines: Arc<Mutex<Vec<Engine>>> = Arc::default();
@@ -86,6 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // up quickly on a laptop, and local use is not about throughput.
         thread_per_target: None,
         egress: Arc::new(args.egress.policy(args.egress_deny_loopback)),
+        tracer,
     };
     for (route, auths) in prepared.routes.iter().zip(auths) {
         let key = RouteKey::new(&route.config.namespace, &route.config.name);
@@ -156,6 +163,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("flushing NATS took longer than {NATS_GRACE:?}"))?
         .context("flushing NATS")?;
     gateway_stopped.context("stopping the gateway")?;
+    if let Some(tracing) = tracing {
+        // Sends the last spans; blocking, so off the runtime's thread.
+        let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    }
     drop(state);
     tracing::info!("stopped");
     Ok(())

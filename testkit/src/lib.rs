@@ -7,6 +7,7 @@
 //! - [`target::TargetServer`]: a scripted HTTP(S) target that records what it receives.
 //! - [`pki`]: a CA, server and client certificates made at test time.
 //! - [`oauth2::TokenServer`]: an OAuth 2.0 token endpoint (client credentials).
+//! - [`otel::Collector`]: an OpenTelemetry Collector that records the spans it receives.
 //! - [`node`]: the same with one real node (`e2e/node.sh`), pods and images.
 //! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed.
 //! - [`prometheus`]: alerting rules checked against the metrics processes export.
@@ -27,6 +28,7 @@ pub mod nats_cluster;
 pub mod netns;
 pub mod node;
 pub mod oauth2;
+pub mod otel;
 pub mod pki;
 pub mod process;
 pub mod producer;

@@ -32,9 +32,11 @@ pub async fn provision(nats: &NatsServer) -> jetstream::Context {
             storage: Storage::File,
             replicas: 1,
             duplicate_window: "2m".parse().unwrap(),
+            discard_old: false,
         },
         dead_letter: None,
         consumers: vec![],
+        history: None,
     };
     Provisioner::new(js.clone()).apply(&plan).await.unwrap();
     js

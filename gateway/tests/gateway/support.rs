@@ -78,9 +78,11 @@ impl RouteSpec {
                 storage: Storage::File,
                 replicas: 1,
                 duplicate_window: "2m".parse().unwrap(),
+                discard_old: false,
             },
             dead_letter: None,
             consumers: vec![],
+            history: None,
         }
     }
 }
