@@ -15,7 +15,7 @@ use fanout_api::FanOutReplay;
 use fanout_testkit::process::Spawned;
 use fanout_testkit::target::TargetServer;
 use fanout_testkit::wait;
-use support::operator::{self, Env, Operator, T, route_yaml, target_yaml};
+use support::operator::{self, Env, Operator, T, target_yaml};
 use support::plugin::{self, Plugin};
 
 /// Route `orders` with two targets, `crm` (rate-limited to `crm_rate` per second,
@@ -35,11 +35,11 @@ struct Shop {
 
 impl Shop {
     async fn start(prefix: &str, crm_rate: u32) -> Shop {
-        Shop::start_with(prefix, crm_rate, "").await
+        Shop::start_with(prefix, crm_rate, "", "").await
     }
 
-    /// With `source` as the route's spec.source.
-    async fn start_with(prefix: &str, crm_rate: u32, source: &str) -> Shop {
+    /// With `source` as the route's spec.source, `crm_filter` as crm's filter.
+    async fn start_with(prefix: &str, crm_rate: u32, source: &str, crm_filter: &str) -> Shop {
         let env = Env::new(prefix).await;
         let operator = env.operator();
         let crm = TargetServer::start().await.unwrap();
@@ -52,10 +52,16 @@ impl Shop {
                 &format!("  rateLimit: {{requestsPerSecond: {crm_rate}, burst: 1}}")
             ),
             target_yaml("audit", &audit.url("/audit"), ""),
-            route_yaml(
-                "orders",
-                &["crm", "audit"],
-                &format!("  gateway: {{allowUnauthenticated: true}}\n{source}")
+            format!(
+                "apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {{name: orders}}
+spec:
+  targets:
+    - {{name: crm, apiTargetRef: {{name: crm}}, filter: {{{crm_filter}}}}}
+    - {{name: audit, apiTargetRef: {{name: audit}}}}
+  gateway: {{allowUnauthenticated: true}}
+{source}"
             ),
         ));
         plugin::install_connection(&env.ns.name, &[&format!("nats.url={}", env.nats.url())]);
@@ -94,12 +100,19 @@ impl Shop {
     /// redrive subject: copies are delivered at crm's rate limit, concurrently, so
     /// some may still arrive after the marker); the number of copies.
     async fn settle(&self, posted: usize) -> usize {
+        self.settle_filtered(posted, posted + 1).await
+    }
+
+    /// [`Shop::settle`] when crm's filter takes only `crm_originals` of the events
+    /// posted, the marker included or not.
+    async fn settle_filtered(&self, posted: usize, crm_originals: usize) -> usize {
         let id = self.send(posted..posted + 1).await.remove(0);
-        let wanted = BTreeSet::from([id]);
-        self.audit.wait_for_keys(&wanted, T).await.unwrap();
-        self.crm.wait_for_keys(&wanted, T).await.unwrap();
+        self.audit
+            .wait_for_keys(&BTreeSet::from([id]), T)
+            .await
+            .unwrap();
         let copies = redriven(&self.env).await;
-        self.crm.wait_for(posted + 1 + copies, T).await.unwrap();
+        self.crm.wait_for(crm_originals + copies, T).await.unwrap();
         copies
     }
 }
@@ -278,7 +291,7 @@ async fn a_replay_killed_midway_resumes_with_the_same_id_and_sends_nothing_twice
 async fn resumed_after_the_duplicate_window_at_most_the_last_second_is_sent_again() {
     // JetStream forgets copies' message ids after 1 s here: only the recorded
     // progress keeps a late resume from sending everything before the kill again.
-    let shop = Shop::start_with("replay-late", 10, "  source: {duplicateWindow: 1s}").await;
+    let shop = Shop::start_with("replay-late", 10, "  source: {duplicateWindow: 1s}", "").await;
     let ids = shop.send(0..40).await;
     let all: BTreeSet<String> = ids.iter().cloned().collect();
     shop.crm.wait_for_keys(&all, T).await.unwrap();
@@ -325,6 +338,66 @@ async fn resumed_after_the_duplicate_window_at_most_the_last_second_is_sent_agai
         41,
         "the other target gets nothing twice"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_sends_only_what_the_targets_filter_lets_through() {
+    // crm takes order.placed only; its consumer takes whatever arrives on its redrive
+    // subject, so the replay must leave the others out itself.
+    let shop = Shop::start_with(
+        "replay-filter",
+        50,
+        "",
+        "headers: {X-Event-Type: order.placed}",
+    )
+    .await;
+    let path = format!("/v1/namespaces/{}/routes/orders/events", shop.env.ns.name);
+    let (mut placed, mut all) = (BTreeSet::new(), BTreeSet::new());
+    for i in 0..10 {
+        let kind = if i % 2 == 0 {
+            "order.placed"
+        } else {
+            "order.updated"
+        };
+        let body = format!("{{\"order\": {i}}}");
+        // Until the gateway has started and loaded the route.
+        let r = wait::until("the gateway to accept an event", T, || async {
+            let r = fanout_testkit::http::post(
+                &shop.gateway,
+                &path,
+                &[("content-type", "application/json"), ("x-event-type", kind)],
+                body.as_bytes(),
+            )
+            .await?;
+            if r.status == 202 {
+                Ok(r)
+            } else {
+                Err(format!("{} {}", r.status, r.body))
+            }
+        })
+        .await
+        .unwrap();
+        let answer: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let id = answer["id"].as_str().unwrap().to_string();
+        if i % 2 == 0 {
+            placed.insert(id.clone());
+        }
+        all.insert(id);
+    }
+    shop.crm.wait_for_keys(&placed, T).await.unwrap();
+    shop.audit.wait_for_keys(&all, T).await.unwrap();
+
+    let args = shop.args(&["replay", "orders", "--target", "crm", "--from-seq", "1"]);
+    let planned = shop.plugin.run(&[&args[..], &["--dry-run"]].concat());
+    assert!(planned.contains("would send 5 events"), "{planned}");
+    let out = shop.plugin.run(&args);
+    assert!(out.contains("replayed 5 events"), "{out}");
+    // The marker (no X-Event-Type) is not crm's either.
+    let copies = shop.settle_filtered(10, 5).await;
+    assert_eq!(copies, 5, "only the five order.placed copies");
+    let crm = tally(shop.crm.keys());
+    assert!(placed.iter().all(|id| crm[id] == 2), "{crm:?}");
+    assert_eq!(crm.len(), placed.len(), "nothing else: {crm:?}");
 }
 
 /// `kubectl get fanoutreplay <name> -o jsonpath=<path>` in the test namespace.
