@@ -6,11 +6,11 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{ApiTarget, FanOutRoute};
+use crate::{ApiTarget, FanOutReplay, FanOutRoute};
 
 /// Every CRD of the API, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![ApiTarget::crd(), FanOutRoute::crd()]
+    vec![ApiTarget::crd(), FanOutRoute::crd(), FanOutReplay::crd()]
 }
 
 /// The CRDs as one multi-document YAML file.

@@ -1,6 +1,7 @@
 //! The `fanout.dev/v1alpha1` API shared by every Fanout component.
 //!
-//! - [`target`] and [`route`]: the two custom resources, as users write them.
+//! - [`target`] and [`route`]: the two custom resources that deliver, as users write
+//!   them; [`replay`]: the one that sends a window of a route's events again.
 //! - [`policy`]: retry, circuit breaker, rate limit and auth specs used by both.
 //! - [`rules`]: messages of the CEL rules that standalone mode restates.
 //! - [`settings`]: a spec resolved into the effective, validated delivery policy.
@@ -15,6 +16,7 @@ pub mod manifests;
 pub mod policy;
 pub mod reference;
 pub mod render;
+pub mod replay;
 pub mod route;
 pub mod rules;
 pub mod settings;
@@ -22,6 +24,7 @@ pub mod status;
 pub mod target;
 
 pub use fanout_config::{Duration, names};
+pub use replay::{FanOutReplay, FanOutReplaySpec, FanOutReplayStatus};
 pub use route::{FanOutRoute, FanOutRouteSpec, FanOutRouteStatus};
 pub use target::{ApiTarget, ApiTargetSpec, ApiTargetStatus};
 

@@ -96,23 +96,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// A table a person reads in a terminal.
-fn table(letters: &[DeadLetter]) -> String {
-    let mut rows = vec![[
-        "SEQ".to_string(),
-        "TARGET".into(),
-        "EVENT ID".into(),
-        "ATTEMPTS".into(),
-        "REASON".into(),
-        "STATUS".into(),
-        "DEAD-LETTERED".into(),
-        "LAST ERROR".into(),
-    ]];
+pub fn table(letters: &[DeadLetter]) -> String {
+    crate::table::columns(&rows(letters, false))
+}
+
+/// The table's rows, the header first. `wide` adds the original subject and keeps
+/// the last error whole.
+pub fn rows(letters: &[DeadLetter], wide: bool) -> Vec<Vec<String>> {
+    let mut header = vec![
+        "SEQ",
+        "TARGET",
+        "EVENT ID",
+        "ATTEMPTS",
+        "REASON",
+        "STATUS",
+        "DEAD-LETTERED",
+    ];
+    if wide {
+        header.push("ORIGINAL SUBJECT");
+    }
+    header.push("LAST ERROR");
+    let mut rows = vec![header.into_iter().map(String::from).collect()];
     for l in letters {
         let mut error = l.last_error.clone().unwrap_or_default();
-        if error.chars().count() > 60 {
+        if !wide && error.chars().count() > 60 {
             error = error.chars().take(57).collect::<String>() + "...";
         }
-        rows.push([
+        let mut row = vec![
             l.sequence.to_string(),
             l.target.clone(),
             l.event_id.clone(),
@@ -120,23 +130,14 @@ fn table(letters: &[DeadLetter]) -> String {
             l.reason.clone(),
             l.last_status.clone().unwrap_or_else(|| "-".into()),
             l.dead_lettered_at.clone(),
-            error,
-        ]);
+        ];
+        if wide {
+            row.push(l.original_subject.clone());
+        }
+        row.push(error);
+        rows.push(row);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    rows
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! `fanout`: one binary, one subcommand per component. Each component crate owns its
-//! flags (`Args`) and its `run`; this file only wires them up.
+//! flags (`Args`) and its `run`; this file only wires them up. Called as
+//! `kubectl-fanout`, the same binary is the kubectl plugin ([`plugin`]).
 
 mod dlq;
 mod history;
+mod plugin;
+mod table;
 
 use std::io::Write;
 use std::num::NonZeroUsize;
@@ -69,6 +72,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    if plugin::invoked() {
+        return plugin::main();
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {

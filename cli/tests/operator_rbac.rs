@@ -1,15 +1,15 @@
 //! The operator running with exactly the rights the chart gives a namespaced
 //! install: the chart's ServiceAccount, Roles and RoleBindings (`helm template`,
 //! applied to the local control plane), and a token of that ServiceAccount instead
-//! of the admin's certificate. Everything a route needs still works in the watched
-//! namespace (so the chart's rules are enough), a route elsewhere is not touched,
-//! and the operator never hits a refusal (so no rule is missing).
+//! of the admin's certificate. Everything a route (and a FanOutReplay) needs still
+//! works in the watched namespace (so the chart's rules are enough), a route elsewhere
+//! is not touched, and the operator never hits a refusal (so no rule is missing).
 
 mod support;
 
 use std::process::Command;
 
-use fanout_api::{ApiTarget, FanOutRoute};
+use fanout_api::{ApiTarget, FanOutReplay, FanOutRoute};
 use fanout_testkit::cluster::{self, TestNamespace};
 use fanout_testkit::process::Spawned;
 use fanout_testkit::{free_port, repo_root, tools, wait};
@@ -72,42 +72,6 @@ fn chart_rbac(own: &str, watched: &str) -> String {
     documents.join("\n---")
 }
 
-/// A kubeconfig for the control plane that authenticates as `token`.
-fn token_kubeconfig(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
-    let admin = std::fs::read_to_string(cluster::kubeconfig().unwrap()).unwrap();
-    let field = |name: &str| {
-        admin
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: local
-  cluster: {{server: \"{}\", certificate-authority-data: \"{}\"}}
-users:
-- name: operator
-  user: {{token: \"{token}\"}}
-contexts:
-- name: operator
-  context: {{cluster: local, user: operator}}
-current-context: operator
-",
-            field("server:"),
-            field("certificate-authority-data:")
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_works_with_only_the_namespaced_charts_rights() {
     let client = cluster::client().await.unwrap();
@@ -129,7 +93,7 @@ async fn the_operator_works_with_only_the_namespaced_charts_rights() {
         "1h",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = token_kubeconfig(dir.path(), token.trim());
+    let kubeconfig = support::token_kubeconfig(dir.path(), token.trim());
     let nats = fanout_testkit::nats::NatsServer::start().unwrap();
 
     let port = free_port();
@@ -235,6 +199,35 @@ stringData: {{token: ingest-token}}
         events.contains("FanOutRoute/orders") || events.contains("orders"),
         "{events}"
     );
+
+    // A FanOutReplay there runs, and its status is written (an empty window: the
+    // calls are what matters here, replays themselves are cli/tests/replay.rs's).
+    kubectl_stdin(
+        &["apply", "--server-side", "-n", &watched.name, "-f", "-"],
+        "apiVersion: fanout.dev/v1alpha1
+kind: FanOutReplay
+metadata: {name: crm-night}
+spec: {route: orders, target: crm, window: {since: 1h}}
+",
+    );
+    wait::until("the FanOutReplay to complete", T, || async {
+        let r = Api::<FanOutReplay>::namespaced(client.clone(), &watched.name)
+            .get("crm-night")
+            .await
+            .map_err(|e| e.to_string())?;
+        let complete = r
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Complete"))
+            .ok_or("no Complete")?;
+        if complete.status == "True" {
+            Ok(())
+        } else {
+            Err(format!("{complete:?}"))
+        }
+    })
+    .await
+    .unwrap();
 
     // In its own namespace: the gateway's routes and the copied ingest token.
     wait::until("the gateway's routes and tokens", T, || async {

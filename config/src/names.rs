@@ -18,6 +18,9 @@
 //! | history subject        | `fanout.attempts.shop.orders.email.<b>` (`<b>`: the event id's bucket, see [`crate::history`]) |
 //! | health KV bucket       | `fanout_health`                    |
 //! | health key             | `shop.orders.email.<pod>`          |
+//! | replay KV bucket       | `fanout_replays`                   |
+//! | replayed copy's msg id | `replay:<replay id>:<sequence>`    |
+//! | replay's reader        | `fanout_replay_<random>` (a consumer) |
 //!
 //! Stream names join the parts with `_`, which Kubernetes names cannot contain, so
 //! `a-b`/`c` and `a`/`b-c` never collide. Subjects use the parts as tokens; route
@@ -28,6 +31,22 @@ pub const RESERVED_SUBJECT_PREFIX: &str = "fanout.";
 
 /// KV bucket that dispatchers write per-target health snapshots to.
 pub const HEALTH_BUCKET: &str = "fanout_health";
+
+/// KV bucket that replays record their progress in, one key per replay id, so an
+/// interrupted replay resumes where it stopped.
+pub const REPLAY_BUCKET: &str = "fanout_replays";
+
+/// The `Nats-Msg-Id` of the copy a replay publishes of the event stored at
+/// `sequence`: a replay that resumes and publishes it again within the stream's
+/// duplicate window is stored once.
+pub fn replay_message_id(replay: &str, sequence: u64) -> String {
+    format!("replay:{replay}:{sequence}")
+}
+
+/// Prefix of the temporary consumers a replay reads a route's stream with. Target
+/// names, and so the route's own consumers, cannot contain `_`: the provisioner tells
+/// the two apart and leaves a replay's reader alone.
+pub const REPLAY_READER_PREFIX: &str = "fanout_replay_";
 
 /// Identifies one route: its namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

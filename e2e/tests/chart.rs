@@ -273,6 +273,7 @@ async fn defaults_render_an_operator_a_gateway_and_least_privilege_rbac() {
         "Service/fan-fanout-gateway",
         "Deployment/fan-fanout-gateway",
         "PodDisruptionBudget/fan-fanout-gateway",
+        "ConfigMap/fan-fanout-connection",
     ]
     .into_iter()
     .map(String::from)
@@ -711,6 +712,29 @@ async fn nats_secrets_are_mounted_as_files_never_as_values() {
                 assert!(var["valueFrom"]["secretKeyRef"].is_null(), "{var}");
             }
         }
+        // What `kubectl fanout` reads to reach NATS: the URL and the Secrets' names
+        // and keys, never their values.
+        let connection = find(&objects, "ConfigMap", "fan-fanout-connection");
+        let labels = &connection["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/component"], "connection");
+        assert_eq!(labels["app.kubernetes.io/part-of"], "fanout");
+        let secret = format!("nats-{}", if kind == "token" { "token" } else { "creds" });
+        let key = if kind == "token" {
+            "token"
+        } else {
+            "nats.creds"
+        };
+        assert_eq!(
+            connection["data"],
+            serde_json::json!({
+                "natsUrl": NATS_URL,
+                format!("{kind}Secret"): secret,
+                format!("{kind}Key"): key,
+                "caSecret": "nats-ca",
+                "caKey": "ca.crt",
+                "operatorDeployment": "fan-fanout-operator",
+            })
+        );
     }
     ns.delete(&client).await.unwrap();
 }
@@ -1285,6 +1309,35 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
             "elsewhere",
             false,
         ),
+        // FanOutReplays: run them and write their status, nothing else.
+        (
+            &operator,
+            "watch",
+            "fanoutreplays.fanout.dev",
+            "elsewhere",
+            true,
+        ),
+        (
+            &operator,
+            "patch",
+            "fanoutreplays.fanout.dev/status",
+            "elsewhere",
+            true,
+        ),
+        (
+            &operator,
+            "patch",
+            "fanoutreplays.fanout.dev",
+            "elsewhere",
+            false,
+        ),
+        (
+            &operator,
+            "delete",
+            "fanoutreplays.fanout.dev",
+            "elsewhere",
+            false,
+        ),
         (&operator, "create", "deployments.apps", "elsewhere", true),
         (&operator, "delete", "deployments.apps", "elsewhere", false),
         (&operator, "update", "deployments.apps", "elsewhere", false),
@@ -1408,7 +1461,11 @@ async fn install_creates_locked_down_objects_and_uninstall_removes_them() {
     )
     .unwrap();
     // Helm leaves CRDs from crds/ in place: routes elsewhere would be deleted with them.
-    for crd in ["fanoutroutes.fanout.dev", "apitargets.fanout.dev"] {
+    for crd in [
+        "fanoutroutes.fanout.dev",
+        "apitargets.fanout.dev",
+        "fanoutreplays.fanout.dev",
+    ] {
         let out = run(&mut kubectl(&["get", "crd", crd]).unwrap());
         check(&out, &format!("the CRD {crd} after uninstall")).unwrap();
     }
@@ -1506,6 +1563,8 @@ async fn a_namespaced_install_has_rights_only_in_its_watched_namespaces() {
         // In the watched namespace: what reconciling needs, and no more.
         ("watch", "fanoutroutes.fanout.dev", w, true),
         ("patch", "fanoutroutes.fanout.dev/status", w, true),
+        ("watch", "fanoutreplays.fanout.dev", w, true),
+        ("patch", "fanoutreplays.fanout.dev/status", w, true),
         ("get", "secrets", w, true),
         ("list", "secrets", w, false),
         ("create", "deployments.apps", w, true),
@@ -1514,6 +1573,7 @@ async fn a_namespaced_install_has_rights_only_in_its_watched_namespaces() {
         // Anywhere else: nothing at all.
         ("get", "secrets", o, false),
         ("watch", "fanoutroutes.fanout.dev", o, false),
+        ("watch", "fanoutreplays.fanout.dev", o, false),
         ("create", "deployments.apps", o, false),
         ("get", "configmaps", o, false),
         // Its own namespace: the Lease and the gateway's two objects, no reading.

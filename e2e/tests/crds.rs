@@ -40,7 +40,11 @@ fn get(namespace: &str, what: &str) -> String {
 async fn crds_install_and_become_established() {
     let client = cluster::client().await.unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client);
-    for name in ["apitargets.fanout.dev", "fanoutroutes.fanout.dev"] {
+    for name in [
+        "apitargets.fanout.dev",
+        "fanoutroutes.fanout.dev",
+        "fanoutreplays.fanout.dev",
+    ] {
         let crd = crds.get(name).await.unwrap();
         let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
         for wanted in ["Established", "NamesAccepted"] {

@@ -3,7 +3,9 @@
 //! as shipped (their Secrets and credentials unchanged; only the ApiTargets' URLs
 //! point at scripted targets on this host), events posted to the gateway Service with
 //! the example's ingest token, dead letters read and redriven with `fanout dlq` run
-//! in the operator pod, and a rotated Secret picked up. The targets refuse requests
+//! in the operator pod, `kubectl fanout status` and `replay` run from this machine
+//! against the helm install, a FanOutReplay run by the operator pod, and a rotated
+//! Secret picked up. The targets refuse requests
 //! without the right credentials (401), as real APIs do, and the analytics target's
 //! signatures are verified with the official Standard Webhooks library.
 
@@ -333,6 +335,110 @@ async fn the_shipped_examples_run_in_the_cluster_with_every_credential() {
             .lines()
             .any(|l| l.starts_with("order-10") && l.contains("analytics")),
         "{failed}"
+    );
+
+    // `kubectl fanout` from this machine against the helm install: the status table
+    // from the route's status; orders 1 to 9 (stream sequences 1..9) replayed to the
+    // e-mail target only, NATS and its token found from the chart's connection
+    // ConfigMap and Secret. Its filter takes the six order.placed ones.
+    let plugin = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["-n", shop.as_str(), "--operator-namespace", system.as_str()]);
+        cluster
+            .kubectl_fanout(&all)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let table = plugin(&["status", "orders"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(" inventory ") && l.contains("Closed")),
+        "{table}"
+    );
+    let placed_1_to_9: BTreeSet<String> = placed
+        .iter()
+        .filter(|k| *k != "order-10")
+        .cloned()
+        .collect();
+    let out = plugin(&[
+        "replay",
+        "orders",
+        "--target",
+        "email",
+        "--from-seq",
+        "1",
+        "--until-seq",
+        "9",
+    ]);
+    assert!(out.contains("replayed 6 events"), "{out}");
+    wait::until("the e-mails sent again", T, || async {
+        let got = keys(&mailer.received());
+        let twice = placed_1_to_9
+            .iter()
+            .filter(|k| got.iter().filter(|g| g == k).count() == 2)
+            .count();
+        if twice == 6 {
+            Ok(())
+        } else {
+            Err(format!("{twice} of 6 twice"))
+        }
+    })
+    .await
+    .unwrap();
+    // The same declared as a FanOutReplay, run by the operator pod, to analytics.
+    cluster.apply(
+        &shop,
+        "apiVersion: fanout.dev/v1alpha1
+kind: FanOutReplay
+metadata: {name: analytics-1-to-9}
+spec: {route: orders, target: analytics, window: {fromSequence: 1, untilSequence: 9}}
+",
+    );
+    wait::until("the FanOutReplay to complete", T, || async {
+        let complete = cluster.kubectl(
+            &shop,
+            &[
+                "get",
+                "fanoutreplay",
+                "analytics-1-to-9",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Complete\")].status} {.status.progress}",
+            ],
+        );
+        if complete == "True 9/9" {
+            Ok(())
+        } else {
+            Err(complete)
+        }
+    })
+    .await
+    .unwrap();
+    wait::until("analytics to get orders 1 to 9 again", T, || async {
+        let got = keys(&analytics.received());
+        let twice = all_orders
+            .iter()
+            .filter(|k| got.iter().filter(|g| g == k).count() == 2)
+            .count();
+        if twice == 9 {
+            Ok(())
+        } else {
+            Err(format!("{twice} of 9 twice"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        mailer.count(),
+        7 + 6,
+        "the e-mail target got no copy of the analytics replay"
+    );
+    assert_eq!(
+        keys(&inventory.received())
+            .iter()
+            .filter(|k| all_orders.contains(*k))
+            .count(),
+        9,
+        "the inventory got neither replay"
     );
 
     // The CRM pushes back with 429 and Retry-After; the next attempt waits for it.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use fanout_api::route::TargetStatus;
 use fanout_api::status::CircuitState;
-use fanout_api::{ApiTarget, FanOutRoute};
+use fanout_api::{ApiTarget, FanOutReplay, FanOutRoute};
 use fanout_provision::Provisioner;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder, Reporter};
@@ -18,6 +18,7 @@ use crate::autoscale::Autoscaler;
 use crate::dispatcher_objects::DispatcherSettings;
 use crate::image_policy::ImagePolicy;
 use crate::metrics::Metrics;
+use crate::replay_runs::ReplayRuns;
 
 /// The field manager of every object and status the operator applies.
 pub const FIELD_MANAGER: &str = "fanout-operator";
@@ -31,6 +32,8 @@ pub struct Context {
     pub targets: Store<ApiTarget>,
     /// Every FanOutRoute in the watched scope, kept current by a watch.
     pub routes: Store<FanOutRoute>,
+    /// The FanOutReplays being run.
+    pub replays: ReplayRuns,
     pub dispatcher: DispatcherSettings,
     /// The images routes may choose.
     pub images: ImagePolicy,
@@ -58,6 +61,7 @@ impl Context {
         nats: async_nats::Client,
         targets: Store<ApiTarget>,
         routes: Store<FanOutRoute>,
+        replays: Store<FanOutReplay>,
         dispatcher: DispatcherSettings,
         images: ImagePolicy,
         apiserver: Arc<ApiserverAddresses>,
@@ -78,6 +82,7 @@ impl Context {
             js,
             targets,
             routes,
+            replays: ReplayRuns::new(replays),
             dispatcher,
             images,
             apiserver,

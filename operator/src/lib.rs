@@ -9,6 +9,8 @@
 //!   [`apiserver_addresses`]: the addresses those refuse as the apiserver's.
 //! - [`image_policy`]: which dispatcher images a route may choose.
 //! - [`target_controller`]: an ApiTarget's readiness, users and worst circuit.
+//! - [`replay_controller`]: a FanOutReplay's run and status ([`replay_runs`]: the
+//!   replays running; [`replay_scope`]: what one sends, shared with the CLI).
 //! - [`gateway_sync`]: the gateway's route list and ingest-token copies.
 //! - [`leader`]: Lease-based leader election; [`clients`]: apiserver connections
 //!   with timeouts; [`server`] and [`metrics`]: probes and Prometheus metrics.
@@ -26,6 +28,9 @@ pub mod image_policy;
 pub mod leader;
 pub mod metrics;
 pub mod ownership;
+pub mod replay_controller;
+pub mod replay_runs;
+pub mod replay_scope;
 pub mod route_controller;
 pub mod route_status;
 pub mod secrets;
@@ -36,7 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use fanout_api::{ApiTarget, FanOutRoute};
+use fanout_api::{ApiTarget, FanOutReplay, FanOutRoute};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -229,12 +234,13 @@ async fn run_controllers(
         tracing::info!(namespace = scope.as_deref().unwrap_or("(all)"), "watching");
         let (part, routes) = scope_controllers(
             ApiScope(clients.watch.clone(), scope),
-            |targets, routes| {
+            |targets, routes, replays| {
                 Context::new(
                     clients.calls.clone(),
                     nats.clone(),
                     targets,
                     routes,
+                    replays,
                     settings.clone(),
                     shared.images.clone(),
                     apiserver.clone(),
@@ -316,16 +322,16 @@ fn dispatcher_settings(args: &Args) -> DispatcherSettings {
     }
 }
 
-/// The route and target controllers of one scope (a namespace, or all of them), and
-/// the scope's route cache. `context` builds the reconciles' context around the
-/// scope's ApiTarget and FanOutRoute caches.
+/// The route, target and replay controllers of one scope (a namespace, or all of
+/// them), and the scope's route cache. `context` builds the reconciles' context around
+/// the scope's ApiTarget, FanOutRoute and FanOutReplay caches.
 ///
 /// Secrets are not watched: that would need list and watch on Secrets, which is
 /// read access to all of them. Routes and targets are reconciled every status
 /// interval anyway, which picks up a new or rotated Secret.
 fn scope_controllers(
     scope: ApiScope,
-    context: impl FnOnce(Store<ApiTarget>, Store<FanOutRoute>) -> Context,
+    context: impl FnOnce(Store<ApiTarget>, Store<FanOutRoute>, Store<FanOutReplay>) -> Context,
     stop: CancellationToken,
 ) -> (BoxFuture<'static, ()>, Store<FanOutRoute>) {
     let routes_api: Api<FanOutRoute> = scope.get();
@@ -344,7 +350,8 @@ fn scope_controllers(
     )
     .default_backoff()
     .touched_objects();
-    let ctx = Arc::new(context(target_store, route_store.clone()));
+    let replays = Controller::new(scope.get::<FanOutReplay>(), watcher::Config::default());
+    let ctx = Arc::new(context(target_store, route_store.clone(), replays.store()));
 
     // A changed ApiTarget re-renders every route that references it.
     let by_target = route_store.clone();
@@ -379,14 +386,29 @@ fn scope_controllers(
         .run(
             target_controller::reconcile,
             target_controller::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    // Replays run as tasks of their own; this guard stops them when the controllers
+    // stop, and with them when the Lease is lost (which drops this future).
+    let replay_guard = ctx.replays.guard();
+    let stop_replays = stop.clone();
+    let replay_controller = replays
+        .graceful_shutdown_on(async move { stop_replays.cancelled().await })
+        .run(
+            replay_controller::reconcile,
+            replay_controller::error_policy,
             ctx,
         )
         .for_each(|_| async {});
 
     let part = async move {
+        let _replays_stop_with_us = replay_guard;
         tokio::join!(
             until_stopped("route controller", route_controller, stop.clone()),
-            until_stopped("target controller", target_controller, stop),
+            until_stopped("target controller", target_controller, stop.clone()),
+            until_stopped("replay controller", replay_controller, stop),
         );
     };
     (part.boxed(), route_store)

@@ -12,9 +12,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Every controller that counts errors.
-const CONTROLLERS: [&str; 3] = [
+const CONTROLLERS: [&str; 4] = [
     crate::route_controller::CONTROLLER,
     crate::target_controller::CONTROLLER,
+    crate::replay_controller::CONTROLLER,
     crate::gateway_sync::CONTROLLER,
 ];
 

@@ -11,10 +11,13 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer};
 use fanout_config::dead_letter as dlq;
 use fanout_config::names::RouteKey;
+
+use crate::copies;
 use futures::{StreamExt, TryStreamExt};
 
 /// One dead letter, as listed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     /// Its sequence in the dead-letter stream.
     pub sequence: u64,
@@ -166,24 +169,16 @@ pub async fn redrive(
             .get_raw_message(letter.sequence)
             .await
             .map_err(|e| publish_error(Box::new(e)))?;
-        let mut headers = HeaderMap::new();
-        for (name, values) in original.headers.iter() {
-            let name: &str = name.as_ref();
-            let descriptive = dlq::DESCRIPTIVE
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(name));
-            if descriptive || !dlq::travels_with_copy(name) {
-                continue;
-            }
-            for v in values {
-                headers.append(name, v.as_str());
-            }
-        }
         // The event id stays (targets deduplicate on it); the message id is the dead
         // letter's, so a repeated redrive of the same letter is stored once.
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("redrive:{stream_name}:{}", letter.sequence).as_str(),
+        let headers = copies::headers(
+            &original.headers,
+            |name| {
+                dlq::DESCRIPTIVE
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(name))
+            },
+            &format!("redrive:{stream_name}:{}", letter.sequence),
         );
         js.publish_with_headers(subject.clone(), headers, original.payload.clone())
             .await
@@ -204,10 +199,5 @@ pub async fn redrive(
 }
 
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.iter().find_map(|(k, values)| {
-        let key: &str = k.as_ref();
-        key.eq_ignore_ascii_case(name)
-            .then(|| values.first().map(|v| v.as_str().to_string()))
-            .flatten()
-    })
+    copies::header(headers, name).map(str::to_string)
 }

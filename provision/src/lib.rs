@@ -12,11 +12,13 @@
 //! ([`signal`]), their threads with a runtime each ([`thread`]) and the operator's
 //! and dispatcher's `/metrics`, `/healthz` and `/readyz` ([`probes`]).
 
+pub mod copies;
 pub mod dead_letters;
 pub mod history;
 pub mod nats;
 pub mod observe;
 pub mod probes;
+pub mod replay;
 pub mod signal;
 pub mod thread;
 
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
-use fanout_config::names::{HEALTH_BUCKET, attempts_stream_of};
+use fanout_config::names::{HEALTH_BUCKET, REPLAY_READER_PREFIX, attempts_stream_of};
 use futures::TryStreamExt;
 
 /// What could not be provisioned, with the JetStream object it concerns.
@@ -234,7 +236,11 @@ impl Provisioner {
         existing: &BTreeSet<String>,
     ) -> Result<(), ProvisionError> {
         let wanted: BTreeSet<&str> = plan.consumers.iter().map(|c| c.name.as_str()).collect();
-        for name in existing.iter().filter(|n| !wanted.contains(n.as_str())) {
+        // A replay's reader is not a target's: it goes away by itself when idle.
+        let others = existing
+            .iter()
+            .filter(|n| !wanted.contains(n.as_str()) && !n.starts_with(REPLAY_READER_PREFIX));
+        for name in others {
             match stream.delete_consumer(name).await {
                 Ok(_) => {
                     tracing::info!(stream = %plan.stream.name, consumer = %name, "deleted consumer of a removed target")

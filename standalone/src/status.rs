@@ -205,7 +205,17 @@ fn is_settled(route: &RouteConfig, o: &RouteObservation, live: &[HealthSnapshot]
 
 /// The report as a table for people: one line per target.
 pub fn table(report: &StatusReport) -> String {
-    let header = [
+    render(report, false)
+}
+
+/// [`table`] with more columns: when each target last delivered and when its oldest
+/// undelivered event was stored (`kubectl fanout status -o wide`).
+pub fn wide_table(report: &StatusReport) -> String {
+    render(report, true)
+}
+
+fn render(report: &StatusReport, wide: bool) -> String {
+    let mut header = vec![
         "ROUTE",
         "TARGET",
         "CIRCUIT",
@@ -215,9 +225,13 @@ pub fn table(report: &StatusReport) -> String {
         "PENDING",
         "IN-FLIGHT",
         "OLDEST",
-        "LAST-ERROR",
     ];
+    if wide {
+        header.extend(["OLDEST-UNDELIVERED", "LAST-SUCCESS"]);
+    }
+    header.push("LAST-ERROR");
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     for route in &report.routes {
         let label = format!("{}/{}", route.namespace, route.name);
         if let Some(error) = &route.error {
@@ -225,7 +239,7 @@ pub fn table(report: &StatusReport) -> String {
             continue;
         }
         for t in &route.targets {
-            rows.push(vec![
+            let mut row = vec![
                 label.clone(),
                 t.name.clone(),
                 format!("{:?}", t.circuit),
@@ -234,11 +248,16 @@ pub fn table(report: &StatusReport) -> String {
                 t.dead_lettered.to_string(),
                 t.pending.to_string(),
                 t.in_flight.to_string(),
-                t.oldest_undelivered_age
-                    .clone()
-                    .unwrap_or_else(|| "-".into()),
-                t.last_error.clone().unwrap_or_else(|| "-".into()),
-            ]);
+                or_dash(&t.oldest_undelivered_age),
+            ];
+            if wide {
+                row.extend([
+                    or_dash(&t.oldest_undelivered_time),
+                    or_dash(&t.last_success_time),
+                ]);
+            }
+            row.push(or_dash(&t.last_error));
+            rows.push(row);
         }
     }
     let columns = header.len();

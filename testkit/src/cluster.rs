@@ -74,6 +74,7 @@ pub(crate) fn install_crds(kubeconfig: &Path) -> anyhow::Result<()> {
             "--timeout=60s",
             "crd/apitargets.fanout.dev",
             "crd/fanoutroutes.fanout.dev",
+            "crd/fanoutreplays.fanout.dev",
         ],
     )?
     .output()?;

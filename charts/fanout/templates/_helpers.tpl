@@ -175,6 +175,14 @@ these rights.
 - apiGroups: ["fanout.dev"]
   resources: ["apitargets/status"]
   verbs: ["patch"]
+# Run each FanOutReplay and write its progress into its status (no finalizer:
+# deleting one stops its replay at once).
+- apiGroups: ["fanout.dev"]
+  resources: ["fanoutreplays"]
+  verbs: ["list", "watch"]
+- apiGroups: ["fanout.dev"]
+  resources: ["fanoutreplays/status"]
+  verbs: ["patch"]
 # Owner references with blockOwnerDeletion on a route need update on its finalizers.
 - apiGroups: ["fanout.dev"]
   resources: ["fanoutroutes/finalizers"]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod operator;
+pub mod plugin;
 pub mod standalone;
 
 use std::path::{Path, PathBuf};
@@ -139,4 +140,40 @@ impl ProvisionedRoute {
             ack.await.unwrap();
         }
     }
+}
+
+/// A kubeconfig for the control plane that authenticates as `token`.
+pub fn token_kubeconfig(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    let admin = std::fs::read_to_string(fanout_testkit::cluster::kubeconfig().unwrap()).unwrap();
+    let field = |name: &str| {
+        admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {{server: \"{}\", certificate-authority-data: \"{}\"}}
+users:
+- name: operator
+  user: {{token: \"{token}\"}}
+contexts:
+- name: operator
+  context: {{cluster: local, user: operator}}
+current-context: operator
+",
+            field("server:"),
+            field("certificate-authority-data:")
+        ),
+    )
+    .unwrap();
+    path
 }

@@ -80,29 +80,56 @@ pub struct Env {
     pub ns: TestNamespace,
     pub nats: NatsServer,
     pub js: jetstream::Context,
+    /// `--nats-token-file <file>` when NATS requires a token (every process started
+    /// here passes it), else nothing.
+    pub nats_flags: Vec<String>,
+    _token_dir: Option<tempfile::TempDir>,
 }
 
 impl Env {
     pub async fn new(prefix: &str) -> Env {
+        Env::with_nats(prefix, NatsServer::start().unwrap()).await
+    }
+
+    /// With a NATS that refuses clients without `token`, as a production one would.
+    pub async fn with_nats_token(prefix: &str, token: &str) -> Env {
+        let nats = NatsServer::start_with_token(std::net::Ipv4Addr::LOCALHOST.into(), token);
+        Env::with_nats(prefix, nats.unwrap()).await
+    }
+
+    async fn with_nats(prefix: &str, nats: NatsServer) -> Env {
         let client = cluster::client().await.unwrap();
         let ns = TestNamespace::create(&client, prefix).await.unwrap();
-        let nats = NatsServer::start().unwrap();
-        let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+        let mut options = async_nats::ConnectOptions::new();
+        let (mut nats_flags, mut token_dir) = (Vec::new(), None);
+        if let Some(token) = nats.token() {
+            options = options.token(token.to_string());
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("token");
+            std::fs::write(&file, token).unwrap();
+            nats_flags = vec!["--nats-token-file".into(), file.display().to_string()];
+            token_dir = Some(dir);
+        }
+        let js = jetstream::new(options.connect(nats.url()).await.unwrap());
         Env {
             client,
             ns,
             nats,
             js,
+            nats_flags,
+            _token_dir: token_dir,
         }
     }
 
     pub fn operator(&self) -> Operator {
-        Operator::start(&self.ns.name, &self.nats.url(), "op-1", false)
+        self.operator_with(&[])
     }
 
     /// The operator with `flags` added.
     pub fn operator_with(&self, flags: &[&str]) -> Operator {
-        Operator::start_with(&self.ns.name, &self.nats.url(), "op-1", false, flags, None)
+        let mut all: Vec<&str> = self.nats_flags.iter().map(String::as_str).collect();
+        all.extend_from_slice(flags);
+        Operator::start_with(&self.ns.name, &self.nats.url(), "op-1", false, &all, None)
     }
 
     pub fn key(&self, route: &str) -> RouteKey {
@@ -285,7 +312,10 @@ pub fn dispatcher(env: &Env, dir: &Path, config: &Path, pod: &str) -> (Spawned, 
             // The targets are on loopback, which dispatchers refuse by default.
             "--egress-allow",
             "127.0.0.1",
-        ],
+        ]
+        .into_iter()
+        .chain(env.nats_flags.iter().map(String::as_str))
+        .collect::<Vec<_>>(),
     );
     (process, port)
 }
@@ -307,15 +337,25 @@ pub fn gateway(env: &Env, dir: &Path, config: &Path) -> (Spawned, String, String
             &addr,
             "--listen-ops",
             &ops,
-        ],
+        ]
+        .into_iter()
+        .chain(env.nats_flags.iter().map(String::as_str))
+        .collect::<Vec<_>>(),
     );
     (process, addr, ops)
 }
 
 /// Posts `{"order": i}` for `i` in `range` to `route` through the gateway at `addr`,
-/// waiting for each 202 (the gateway may not have loaded the route yet).
-pub async fn send(env: &Env, addr: &str, route: &str, range: std::ops::Range<usize>) {
+/// waiting for each 202 (the gateway may not have loaded the route yet); the event ids
+/// the gateway answered with, in order.
+pub async fn send(
+    env: &Env,
+    addr: &str,
+    route: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<String> {
     let path = format!("/v1/namespaces/{}/routes/{route}/events", env.ns.name);
+    let mut ids = Vec::with_capacity(range.len());
     for i in range {
         let body = format!("{{\"order\": {i}}}");
         let r = wait::until("the gateway to accept an event", T, || async {
@@ -334,6 +374,12 @@ pub async fn send(env: &Env, addr: &str, route: &str, range: std::ops::Range<usi
         })
         .await
         .unwrap();
-        assert!(r.body.contains("\"id\""), "{}", r.body);
+        let answer: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let id = answer["id"].as_str();
+        ids.push(
+            id.unwrap_or_else(|| panic!("no id in {}", r.body))
+                .to_string(),
+        );
     }
+    ids
 }

@@ -63,6 +63,52 @@ impl Cluster {
         Api::namespaced(self.client.clone(), ns)
     }
 
+    /// `kubectl fanout <args>` as a user runs it: the pinned kubectl with this
+    /// cluster's kubeconfig, the `fanout` binary the image was built from (by
+    /// `Node::load_fanout_image`, so call that first) linked as `kubectl-fanout` on its
+    /// PATH. Its stdout, or what it said on failure.
+    pub fn kubectl_fanout(&self, args: &[&str]) -> Result<String, String> {
+        // This test runs from <target>/<profile>/deps; the image's binary is in
+        // <target>/debug or <target>/release (FANOUT_E2E_IMAGE_PROFILE).
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let target = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .and_then(|profile| profile.parent())
+            .ok_or("no target directory above the test binary")?;
+        let fanout = ["debug", "release"]
+            .iter()
+            .map(|p| target.join(p).join("fanout"))
+            .find(|p| p.is_file())
+            .ok_or("no fanout binary built for the image")?;
+        let bin = tempfile::tempdir().map_err(|e| e.to_string())?;
+        std::os::unix::fs::symlink(&fanout, bin.path().join("kubectl-fanout"))
+            .map_err(|e| e.to_string())?;
+        let path = format!(
+            "{}:{}",
+            bin.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = std::process::Command::new(
+            fanout_testkit::tools::path("kubectl").map_err(|e| e.to_string())?,
+        )
+        .arg("fanout")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", &self.node.kubeconfig)
+        .output()
+        .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "kubectl fanout {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
     pub async fn create_namespace(&self, name: &str) {
         Api::<Namespace>::all(self.client.clone())
             .create(
