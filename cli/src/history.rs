@@ -91,24 +91,28 @@ impl RouteArgs {
         Ok(RouteKey::new(&self.namespace, route))
     }
 
-    async fn read(
-        &self,
-        key: RouteKey,
-        query: &Query,
-    ) -> anyhow::Result<(RouteKey, Vec<Record<'static>>)> {
+    async fn read(&self, key: RouteKey, query: &Query) -> anyhow::Result<Vec<Record<'static>>> {
         let client = self.nats.connect("fanout-history").await?;
-        let js = async_nats::jetstream::new(client);
-        let read = history::read(&js, &key, query)
-            .await
-            .with_context(|| format!("reading the delivery history of route {key}"))?;
-        if read.skipped > 0 {
-            eprintln!(
-                "note: {} history line(s) were not understood (written by a newer dispatcher?)",
-                read.skipped
-            );
-        }
-        Ok((key, read.records))
+        read(&async_nats::jetstream::new(client), &key, query).await
     }
+}
+
+/// The records of `key`'s history that `query` selects.
+async fn read(
+    js: &async_nats::jetstream::Context,
+    key: &RouteKey,
+    query: &Query,
+) -> anyhow::Result<Vec<Record<'static>>> {
+    let read = history::read(js, key, query)
+        .await
+        .with_context(|| format!("reading the delivery history of route {key}"))?;
+    if read.skipped > 0 {
+        eprintln!(
+            "note: {} history line(s) were not understood (written by a newer dispatcher?)",
+            read.skipped
+        );
+    }
+    Ok(read.records)
 }
 
 fn since(ago: Option<fanout_config::Duration>) -> Option<SystemTime> {
@@ -123,23 +127,47 @@ pub async fn attempts(args: AttemptsArgs) -> anyhow::Result<()> {
     };
     let key = args.route.key(route)?;
     let query = Query {
-        event: Some(event.clone()),
-        target: args.target.clone(),
+        event: Some(event),
+        target: args.target,
         since: since(args.since),
     };
-    let (key, mut records) = args.route.read(key, &query).await?;
+    let records = args.route.read(key.clone(), &query).await?;
+    print!(
+        "{}",
+        attempts_report(&key, &query, args.since, records, args.route.output)?
+    );
+    Ok(())
+}
+
+/// `fanout attempts` and `kubectl fanout attempts`: one event's attempts at each
+/// target, read from `js`.
+pub async fn attempts_from(
+    js: &async_nats::jetstream::Context,
+    key: &RouteKey,
+    query: &Query,
+    ago: Option<fanout_config::Duration>,
+    output: Output,
+) -> anyhow::Result<String> {
+    let records = read(js, key, query).await?;
+    attempts_report(key, query, ago, records, output)
+}
+
+fn attempts_report(
+    key: &RouteKey,
+    query: &Query,
+    ago: Option<fanout_config::Duration>,
+    mut records: Vec<Record<'static>>,
+    output: Output,
+) -> anyhow::Result<String> {
+    let event = query.event.as_deref().unwrap_or_default();
     records.sort_by(|a, b| (&a.target, a.at_ms, a.attempt).cmp(&(&b.target, b.at_ms, b.attempt)));
-    let output = args.route.output;
     if records.is_empty() && matches!(output, Output::Table | Output::Wide) {
         anyhow::bail!(
             "no attempts of event {event:?} in the delivery history of route {key}{}",
-            args.since
-                .map(|s| format!(" in the last {s}"))
-                .unwrap_or_default()
+            ago.map(|s| format!(" in the last {s}")).unwrap_or_default()
         );
     }
-    print!("{}", attempts_text(&key, &event, &records, output)?);
-    Ok(())
+    attempts_text(key, event, &records, output)
 }
 
 /// What `fanout attempts` prints.
@@ -198,30 +226,74 @@ fn attempts_text(
 
 pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
     let key = args.route.key(args.name.as_deref())?;
-    let query = Query {
-        event: None,
-        target: args.target.clone(),
-        since: since(Some(args.since)),
+    let filter = EventsFilter {
+        target: args.target,
+        failed: args.failed,
+        since: args.since,
+        limit: args.limit,
     };
-    let (key, records) = args.route.read(key, &query).await?;
-    let mut states = summarize(&records);
-    if args.failed {
+    let records = args.route.read(key.clone(), &filter.query()).await?;
+    print!(
+        "{}",
+        events_report(&key, &filter, &records, args.route.output)?
+    );
+    Ok(())
+}
+
+/// Which of a route's recent events `events` lists.
+pub struct EventsFilter {
+    pub target: Option<String>,
+    pub failed: bool,
+    pub since: fanout_config::Duration,
+    pub limit: usize,
+}
+
+impl EventsFilter {
+    fn query(&self) -> Query {
+        Query {
+            event: None,
+            target: self.target.clone(),
+            since: since(Some(self.since)),
+        }
+    }
+}
+
+/// `fanout events` and `kubectl fanout events`: where a route's recent events stand
+/// at each target, read from `js`.
+pub async fn events_from(
+    js: &async_nats::jetstream::Context,
+    key: &RouteKey,
+    filter: &EventsFilter,
+    output: Output,
+) -> anyhow::Result<String> {
+    let records = read(js, key, &filter.query()).await?;
+    events_report(key, filter, &records, output)
+}
+
+fn events_report(
+    key: &RouteKey,
+    filter: &EventsFilter,
+    records: &[Record<'static>],
+    output: Output,
+) -> anyhow::Result<String> {
+    let mut states = summarize(records);
+    if filter.failed {
         states.retain(|s| s.state.is_failure());
     }
     states.sort_by_key(|s| std::cmp::Reverse(s.last_at_ms));
-    states.truncate(args.limit);
-    let output = args.route.output;
+    states.truncate(filter.limit);
     if states.is_empty() && matches!(output, Output::Table | Output::Wide) {
-        let which = if args.failed {
+        let which = if filter.failed {
             "failed events"
         } else {
             "events"
         };
-        println!("no {which} of route {key} in the last {}", args.since);
-        return Ok(());
+        return Ok(format!(
+            "no {which} of route {key} in the last {}\n",
+            filter.since
+        ));
     }
-    print!("{}", events_text(&key, &states, output)?);
-    Ok(())
+    events_text(key, &states, output)
 }
 
 /// Where one event stands at one target, from its records.
@@ -373,24 +445,10 @@ fn error(text: Option<&str>, whole: bool) -> String {
     }
 }
 
-/// Columns aligned, two spaces apart; the last one not padded.
 fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
     let mut all: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     all.extend(rows);
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| all.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in all {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::table::columns(&all)
 }
 
 #[cfg(test)]

@@ -197,7 +197,7 @@ async fn status_prints_the_per_target_table_from_the_route_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_are_listed_and_redriven_with_nats_found_from_the_cluster() {
+async fn dead_letters_and_the_delivery_history_are_read_with_nats_found_from_the_cluster() {
     let shop = Shop::start("plugin-dlq").await;
     let ids: BTreeSet<String> = operator::send(&shop.env, &shop.gateway, "orders", 0..3)
         .await
@@ -254,6 +254,22 @@ async fn dead_letters_are_listed_and_redriven_with_nats_found_from_the_cluster()
         "{refused}"
     );
 
+    // The delivery history says the same: each event failed at email only.
+    let failed = wait::until("three failed events in the history", T, || async {
+        let text = run(&["events", "orders", "--failed"]);
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        if rows.len() == 3 { Ok(text) } else { Err(text) }
+    })
+    .await
+    .unwrap();
+    for id in &ids {
+        let line = failed.lines().find(|l| l.starts_with(id.as_str())).unwrap();
+        assert!(
+            line.contains("email") && line.contains("dead-lettered (permanent)"),
+            "{line}"
+        );
+    }
+
     // The cause is fixed; the dead letters go to email again, and only to it.
     shop.email.set_default(Reply::Status(200));
     let out = run(&["dlq", "redrive", "orders", "--target", "email"]);
@@ -263,6 +279,47 @@ async fn dead_letters_are_listed_and_redriven_with_nats_found_from_the_cluster()
     assert_eq!(redriven, ids, "the same Idempotency-Keys");
     assert_eq!(shop.inventory.count(), 3);
     assert_eq!(run(&["dlq", "list", "orders"]).lines().count(), 1);
+
+    // One event's attempts at each target: refused, dead-lettered, then delivered
+    // when redriven at email; delivered at once at inventory.
+    let id = ids.first().unwrap().clone();
+    let attempts = args(&["attempts", "orders"]);
+    let attempts: Vec<&str> = attempts
+        .iter()
+        .map(String::as_str)
+        .chain([id.as_str(), "-o", "json"])
+        .collect();
+    let history = wait::until("the redriven delivery in the history", T, || async {
+        let json: serde_json::Value =
+            serde_json::from_str(&kubectl.run(&attempts)).map_err(|e| e.to_string())?;
+        let outcomes = |target: &str| -> Vec<String> {
+            json["attempts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["target"] == target)
+                .map(|a| a["outcome"].as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        let got = (outcomes("email"), outcomes("inventory"));
+        if got.0 == ["failed", "deadLettered", "delivered"] && got.1 == ["delivered"] {
+            Ok(json)
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(history["event"], id.as_str());
+    let refused = kubectl
+        .try_run(
+            &args(&["events", "ordres"])
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_err();
+    assert!(refused.contains("ordres"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,7 +85,11 @@ pub async fn run(session: &Session, args: Args) -> anyhow::Result<()> {
 
 /// The route's key, once the cluster says the route (and the target) exist: a typo
 /// is named, rather than reported as an empty dead-letter stream.
-async fn checked(session: &Session, route: &str, target: Option<&str>) -> anyhow::Result<RouteKey> {
+pub(super) async fn checked(
+    session: &Session,
+    route: &str,
+    target: Option<&str>,
+) -> anyhow::Result<RouteKey> {
     let key = RouteKey::new(&session.kube.namespace, route);
     let found = session
         .kube

@@ -5,11 +5,12 @@
 //! It takes kubectl's conventions ([`cluster`]: `--kubeconfig`/KUBECONFIG, `--context`,
 //! `-n`; [`output`]: `-o json|yaml|wide`) and finds the NATS that Fanout uses from the
 //! cluster ([`connection`]), so its user needs no NATS settings of their own. One file
-//! per command: [`status`], [`dlq`], [`replay`].
+//! per command: [`status`], [`dlq`], [`replay`], [`history`] (`attempts` and `events`).
 
 mod cluster;
 mod connection;
 mod dlq;
+mod history;
 mod output;
 mod progress;
 mod replay;
@@ -32,7 +33,7 @@ pub fn invoked() -> bool {
     name = "kubectl fanout",
     bin_name = "kubectl fanout",
     version,
-    about = "Fanout from kubectl: a route's delivery status, its dead letters, and replays of its events to one target"
+    about = "Fanout from kubectl: a route's delivery status, its dead letters, replays of its events to one target, and what happened to each event"
 )]
 struct Cli {
     #[command(flatten)]
@@ -59,6 +60,11 @@ enum Command {
     /// Send the events a route's stream still holds for a window again to one target
     /// only, with their original Idempotency-Keys, at the target's rate limit.
     Replay(replay::Args),
+    /// Every target's attempts at one event, from the route's delivery history.
+    Attempts(history::AttemptsArgs),
+    /// A route's recent events and where each stands at each target (`--failed`: only
+    /// those not delivered), from its delivery history.
+    Events(history::EventsArgs),
 }
 
 /// What every command gets: the cluster, how to reach NATS, the output format.
@@ -98,6 +104,8 @@ pub fn main() -> anyhow::Result<()> {
                 Command::Status(args) => status::run(&session, args).await,
                 Command::Dlq(args) => dlq::run(&session, args).await,
                 Command::Replay(args) => replay::run(&session, args).await,
+                Command::Attempts(args) => history::attempts(&session, args).await,
+                Command::Events(args) => history::events(&session, args).await,
             }
         })
 }
