@@ -14,6 +14,7 @@ use fanout_provision::thread::on_own_thread;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::expressions::{ExpressionStartError, TargetExpressions};
 use crate::http::{ClientError, ClientSettings, HttpClient};
 use crate::oauth2::TokenSource;
 use crate::rate_share::SharedLimit;
@@ -98,6 +99,12 @@ pub enum StartError {
     RateLimit {
         target: String,
         requests_per_second: f64,
+    },
+    #[error("targets[{target}].{source}")]
+    Expression {
+        target: String,
+        #[source]
+        source: ExpressionStartError,
     },
     #[error("the health KV bucket")]
     HealthBucket(#[source] fanout_provision::ProvisionError),
@@ -200,6 +207,11 @@ impl Engine {
                     source,
                 }
             })?;
+            let expressions =
+                TargetExpressions::compile(&target).map_err(|source| StartError::Expression {
+                    target: target.name.clone(),
+                    source,
+                })?;
             let limiter = match &target.policy.rate_limit {
                 Some(limit) => {
                     Some(SharedLimit::new(limit.clone(), replicas).ok_or_else(|| {
@@ -227,6 +239,7 @@ impl Engine {
                 tokens,
                 limiter,
                 telemetry,
+                expressions,
             })));
         }
 

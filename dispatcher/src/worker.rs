@@ -28,6 +28,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterError, Stored};
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::egress_hold::EgressHold;
 use crate::event::Event;
+use crate::expressions::{Selection, TargetExpressions};
 use crate::http::{HttpClient, Response, SendError};
 use crate::oauth2::{SharedTokenError, TokenSource};
 use crate::rate_share::SharedLimit;
@@ -87,6 +88,8 @@ pub struct Worker {
     telemetry: TargetTelemetry,
     /// The target's maxInFlight: deliveries this worker has in hand at most.
     max_in_flight: usize,
+    /// Its CEL filter and transform.
+    expressions: TargetExpressions,
 }
 
 /// The parts a worker is built from (see `engine.rs`).
@@ -99,6 +102,7 @@ pub struct WorkerParts {
     pub tokens: Option<TokenSource>,
     pub limiter: Option<SharedLimit>,
     pub telemetry: TargetTelemetry,
+    pub expressions: TargetExpressions,
 }
 
 impl Worker {
@@ -133,6 +137,7 @@ impl Worker {
             consumer: parts.consumer,
             max_in_flight: max_in_flight.max(1),
             config: parts.config,
+            expressions: parts.expressions,
         }
     }
 
@@ -275,11 +280,28 @@ impl Worker {
 
     async fn deliver(self: Arc<Self>, mut message: Message, drain: CancellationToken) {
         let event = Event::from_message(&mut message);
-        if !self.wants(&event) {
-            self.telemetry.filtered();
-            settle(&message, AckKind::Ack).await;
-            return;
-        }
+        // What goes to the target: the event, or its transformed copy.
+        let outgoing = match self.select(&event) {
+            Selection::Send(outgoing) => outgoing,
+            Selection::Skip => {
+                self.telemetry.filtered();
+                settle(&message, AckKind::Ack).await;
+                return;
+            }
+            Selection::Unusable(unusable) => {
+                let transform = unusable.reason == DeadLetterReason::Transform;
+                self.telemetry.expression_failed(transform, &unusable.error);
+                Box::pin(self.dead_letter(
+                    &message,
+                    &event,
+                    unusable.reason,
+                    None,
+                    &unusable.error,
+                ))
+                .await;
+                return;
+            }
+        };
         if self.time_left(&event) == Some(Duration::ZERO) {
             Box::pin(self.expire(&message, &event, None)).await;
             return;
@@ -301,7 +323,7 @@ impl Worker {
             }
             self.telemetry.request_started();
             let started = Instant::now();
-            match self.attempt(&event).await {
+            match self.attempt(&outgoing).await {
                 Ok(verdict) => {
                     self.telemetry.request_finished(started.elapsed());
                     if self.egress.allowed() {
@@ -439,14 +461,30 @@ impl Worker {
         )
     }
 
-    /// Whether this target takes `event`: a redriven event was addressed to it
-    /// explicitly, others must pass its filter.
-    pub fn wants(&self, event: &Event) -> bool {
-        event.subject.starts_with("fanout.redrive.")
-            || self
+    /// What this target does with `event`: a redriven event was addressed to it
+    /// explicitly, others must pass its filter; then its transform applies.
+    pub fn select<'e>(&self, event: &'e Event) -> Selection<'e> {
+        let redriven = event.subject.starts_with("fanout.redrive.");
+        if !redriven
+            && !self
                 .config
                 .filter
                 .matches(&event.subject, |h| event.header(h))
+        {
+            return Selection::Skip;
+        }
+        self.expressions.select(event, !redriven)
+    }
+
+    /// Whether this target takes `event` (an event its CEL filter cannot be evaluated
+    /// on counts as taken: it is dead-lettered either way).
+    pub fn wants(&self, event: &Event) -> bool {
+        event.subject.starts_with("fanout.redrive.")
+            || (self
+                .config
+                .filter
+                .matches(&event.subject, |h| event.header(h))
+                && self.expressions.filter_takes(event))
     }
 
     /// Dead-letters an event in hand that reached its expiry deadline. `last`: its
