@@ -84,7 +84,11 @@ pub(crate) struct Uses {
 /// A rule broken, and where.
 #[derive(Debug)]
 pub(crate) struct Problem {
+    /// The node at fault (its start is where the problem is shown).
     pub expr_id: u64,
+    /// How to quote it, when its own text would not say much (a field selection's
+    /// node is its dot).
+    pub text: Option<String>,
     pub message: String,
 }
 
@@ -97,8 +101,8 @@ pub(crate) fn check(expr: &IdedExpr) -> Result<Uses, Problem> {
     Ok(checker.uses)
 }
 
-/// `line L, column C (`text`)` of a node, for messages.
-pub(crate) fn position(info: &SourceInfo, id: u64) -> String {
+/// `line L, column C (text)` of a node, for messages; `quote` replaces its text.
+pub(crate) fn position(info: &SourceInfo, id: u64, quote: Option<&str>) -> String {
     let Some((start, stop)) = info.offset_for(id) else {
         return "the expression".into();
     };
@@ -107,8 +111,8 @@ pub(crate) fn position(info: &SourceInfo, id: u64) -> String {
     let before = &source[..start];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    let text = source
-        .get(start..(stop as usize + 1).min(source.len()))
+    let text = quote
+        .or_else(|| source.get(start..(stop as usize + 1).min(source.len())))
         .filter(|t| !t.is_empty() && t.len() <= 60 && !t.contains('\n'));
     let at = if line == 1 {
         format!("column {column}")
@@ -130,6 +134,7 @@ impl<'e> Checker<'e> {
     fn fail<T>(&self, expr: &IdedExpr, message: impl Into<String>) -> Result<T, Problem> {
         Err(Problem {
             expr_id: expr.id,
+            text: None,
             message: message.into(),
         })
     }
@@ -144,7 +149,8 @@ impl<'e> Checker<'e> {
         matches!(&expr.expr, Expr::Select(s) if !s.test && s.field == "headers" && self.is_event(&s.operand))
     }
 
-    fn field(&mut self, at: &IdedExpr, name: &str) -> Result<(), Problem> {
+    /// `event.<name>`; `event` is the node of the variable.
+    fn field(&mut self, event: &IdedExpr, name: &str) -> Result<(), Problem> {
         match Fields::named(name) {
             Some(field) => {
                 self.uses.fields = self.uses.fields.union(field);
@@ -152,13 +158,14 @@ impl<'e> Checker<'e> {
             }
             None => {
                 let names: Vec<&str> = Fields::NAMES.iter().map(|(n, _)| *n).collect();
-                self.fail(
-                    at,
-                    format!(
+                Err(Problem {
+                    expr_id: event.id,
+                    text: Some(format!("event.{name}")),
+                    message: format!(
                         "event has no field {name:?}; its fields are {}",
                         names.join(", ")
                     ),
-                )
+                })
             }
         }
     }
@@ -191,7 +198,7 @@ impl<'e> Checker<'e> {
             }
             Expr::Select(select) => {
                 if self.is_event(&select.operand) {
-                    return self.field(expr, &select.field);
+                    return self.field(&select.operand, &select.field);
                 }
                 if self.is_headers(&select.operand) {
                     self.uses.fields = self.uses.fields.union(Fields::HEADERS);
@@ -234,7 +241,7 @@ impl<'e> Checker<'e> {
                 if index && call.args.len() == 2 {
                     if self.is_event(&call.args[0]) {
                         return match literal(&call.args[1]) {
-                            Some(field) => self.field(expr, &field),
+                            Some(field) => self.field(&call.args[0], &field),
                             None => {
                                 self.uses.fields = Fields::ALL;
                                 self.walk(&call.args[1])

@@ -178,7 +178,7 @@ impl Expression {
             return Err(CompileError::TooDeep { depth });
         }
         let uses = check::check(&ast).map_err(|problem| CompileError::Check {
-            position: position(&info, problem.expr_id),
+            position: position(&info, problem.expr_id, problem.text.as_deref()),
             problem: problem.message,
         })?;
         let estimate = cost::estimate(&ast, cost::REFERENCE, None);

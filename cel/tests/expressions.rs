@@ -100,7 +100,7 @@ fn unknown_variables_fields_and_functions_are_refused_with_their_place() {
         message.contains("event has no field \"dta\"; its fields are id, subject, type, source, ce, headers, data, body"),
         "{message}"
     );
-    assert!(message.starts_with("column 27"), "{message}");
+    assert!(message.starts_with("column 22 (event.dta): "), "{message}");
     let message = refusal("event.type.lowerAscii() == 'a'");
     assert!(
         message
