@@ -52,8 +52,23 @@ pub fn check(
 ) -> Result<Checked, ExpressionError> {
     let mut checked = Checked::default();
     let mut compile = |field: String, source: &str| -> Result<(), ExpressionError> {
-        let expression = Expression::compile(source)
-            .map_err(|source| ExpressionError::Compile { field, source })?;
+        let expression =
+            Expression::compile(source).map_err(|source| ExpressionError::Compile {
+                field: field.clone(),
+                source,
+            })?;
+        // Naming a header makes the gateway store it with every event of the route:
+        // never the producer's credentials.
+        if expression
+            .headers()
+            .iter()
+            .any(|h| CREDENTIAL_HEADERS.contains(&h.as_str()))
+        {
+            return Err(ExpressionError::Header {
+                field,
+                problem: CREDENTIAL_HEADER_NAMED,
+            });
+        }
         for name in expression.headers() {
             if !checked.headers.contains(name) {
                 checked.headers.push(name.clone());
@@ -126,6 +141,11 @@ fn header_problem(name: &str, auth_header: Option<&str>) -> Option<&'static str>
     None
 }
 
+/// Request headers that carry the producer's credentials.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
+const CREDENTIAL_HEADER_NAMED: &str = "an expression cannot read the Authorization, Proxy-Authorization or Cookie header: they carry the producer's credentials, which the gateway does not store with events";
+
 /// Only rendering can see this: the ApiTarget is another object.
 const TRANSFORM_HEADER_CREDENTIAL: &str = "the ApiTarget's auth.header carries a credential in this header; a transform cannot compute it";
 
@@ -196,6 +216,14 @@ mod tests {
             err.to_string().contains("auth.header carries a credential"),
             "{err}"
         );
+        // Nor read the producer's credentials (the gateway would store them).
+        let err = check(
+            &target(Some("event.headers['Authorization'] != ''"), None, &[]),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), "filter.cel");
+        assert!(err.to_string().contains("producer's credentials"), "{err}");
         // Content-Type may be computed: it describes the computed body.
         check(
             &target(

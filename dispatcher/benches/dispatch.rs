@@ -7,6 +7,8 @@
 //! run as a child process of this binary, so CPU time and peak RSS are theirs alone.
 //! Phases: throughput from a full stream; latency from publish to delivery at a fixed
 //! offered rate; throughput of the healthy target while the other answers 503.
+//! The engine runs twice: as configured today, and with a CEL filter and a transform
+//! on both targets (every event passes the filter, so both deliver the same count).
 //! The throughput phase runs `FANOUT_BENCH_ROUNDS` times (default 3), alternating
 //! baseline and engine so that a slow stretch of the machine hits both, and the
 //! table gives each contender's median round (every round is printed too).
@@ -30,6 +32,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 const BODY_BYTES: usize = 256;
+/// The filter and transform of the engine's second configuration, on each target.
+const CEL_FILTER: &str = r#"event.data.total > 100 && event.type == "order.placed""#;
+const CEL_BODY: &str = r#"{"order": event.data.id, "amount": event.data.total, "skus": event.data.items.map(i, i.sku)}"#;
+const CEL_HEADER: &str = "string(event.data.total)";
 const SENT_HEADER: &str = "X-Bench-Sent";
 /// Concurrent deliveries per target, for both engine and baseline.
 const IN_FLIGHT: usize = 256;
@@ -171,6 +177,31 @@ impl Target {
     }
 }
 
+/// Event `i` as the gateway stores a binary-mode CloudEvent: its id, JSON content
+/// type and `ce-*` attributes.
+fn event_headers(i: usize) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Fanout-Event-Id", format!("evt-{i}").as_str());
+    headers.insert("Content-Type", "application/json");
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-id", format!("evt-{i}").as_str());
+    headers.insert("ce-source", "/bench");
+    headers.insert("ce-type", "order.placed");
+    headers
+}
+
+/// An order of `BODY_BYTES` bytes of JSON (padded), which every filter passes.
+fn body(i: usize) -> Bytes {
+    let mut json = format!(
+        r#"{{"id":"order-{i}","total":{},"items":[{{"sku":"a-1","qty":1}},{{"sku":"b-2","qty":3}}],"pad":""#,
+        150 + i % 100
+    );
+    let pad = BODY_BYTES.saturating_sub(json.len() + 2);
+    json.extend(std::iter::repeat_n('x', pad));
+    json.push_str("\"}");
+    Bytes::from(json)
+}
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -185,13 +216,18 @@ fn now_us() -> u64 {
 enum Contender {
     Baseline,
     Engine,
+    /// The engine with a CEL filter and transform on each target.
+    EngineCel,
 }
+
+const CONTENDERS: [Contender; 3] = [Contender::Baseline, Contender::Engine, Contender::EngineCel];
 
 impl Contender {
     fn name(self) -> &'static str {
         match self {
             Contender::Baseline => "baseline (naive reqwest fan-out)",
             Contender::Engine => "engine (fanout dispatch)",
+            Contender::EngineCel => "engine + CEL filter and transform",
         }
     }
 }
@@ -208,7 +244,7 @@ impl Child {
                 c.arg("--child-baseline").arg(config).arg(nats_url);
                 c
             }
-            Contender::Engine => {
+            Contender::Engine | Contender::EngineCel => {
                 let mut c = std::process::Command::new(fanout_testkit::fanout_release_binary());
                 c.arg("dispatch").arg("--config").arg(config).args([
                     "--nats-url",
@@ -265,8 +301,16 @@ struct Bench {
 }
 
 impl Bench {
-    /// Fresh streams and consumers for the route; returns the config file path.
-    async fn fresh_route(&self) -> PathBuf {
+    /// Fresh streams and consumers for the route, its targets with the CEL filter
+    /// and transform for [`Contender::EngineCel`]; returns the config file path.
+    async fn fresh_route(&self, contender: Contender) -> PathBuf {
+        let expressions = if contender == Contender::EngineCel {
+            format!(
+                "      filter: {{cel: '{CEL_FILTER}'}}\n      transform:\n        body: '{CEL_BODY}'\n        headers: {{X-Order-Total: '{CEL_HEADER}'}}\n"
+            )
+        } else {
+            String::new()
+        };
         let manifests = format!(
             "apiVersion: fanout.dev/v1alpha1
 kind: ApiTarget
@@ -289,9 +333,11 @@ kind: FanOutRoute
 metadata: {{name: bench}}
 spec:
   targets:
-    - {{name: a, apiTargetRef: {{name: a}}}}
-    - {{name: b, apiTargetRef: {{name: b}}}}
-",
+    - name: a
+      apiTargetRef: {{name: a}}
+{expressions}    - name: b
+      apiTargetRef: {{name: b}}
+{expressions}",
             a = self.a.url(),
             b = self.b.url(),
             limit = if std::env::var_os("FANOUT_BENCH_NO_LIMIT").is_some() {
@@ -318,18 +364,15 @@ spec:
     }
 
     async fn publish(&self, count: usize, stamped: bool) {
-        let body = Bytes::from(vec![b'x'; BODY_BYTES]);
         let mut acks = Vec::with_capacity(1000);
         for i in 0..count {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Fanout-Event-Id", format!("evt-{i}").as_str());
-            headers.insert("Content-Type", "application/json");
+            let mut headers = event_headers(i);
             if stamped {
                 headers.insert(SENT_HEADER, now_us().to_string().as_str());
             }
             let ack = self
                 .js
-                .publish_with_headers("fanout.in.bench.bench.event", headers, body.clone())
+                .publish_with_headers("fanout.in.bench.bench.event", headers, body(i))
                 .await
                 .unwrap();
             acks.push(ack);
@@ -366,7 +409,7 @@ struct Throughput {
 }
 
 async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throughput {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     bench.publish(events, false).await;
     let child = Child::spawn(contender, &config, &bench.nats.url());
     let start = Instant::now();
@@ -392,7 +435,7 @@ fn median(rounds: &[Throughput]) -> Throughput {
 
 /// Healthy target's rate while the other answers 503 for the whole run.
 async fn throughput_with_failing_peer(bench: &Bench, contender: Contender, events: usize) -> f64 {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     bench.publish(events, false).await;
     bench.b.failing.store(true, Ordering::Relaxed);
     let child = Child::spawn(contender, &config, &bench.nats.url());
@@ -406,7 +449,7 @@ async fn throughput_with_failing_peer(bench: &Bench, contender: Contender, event
 
 /// (p50, p99) publish-to-delivery latency in ms at `rate` events/s for `seconds`.
 async fn latency(bench: &Bench, contender: Contender, rate: u64, seconds: u64) -> (f64, f64) {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     let _child = Child::spawn(contender, &config, &bench.nats.url());
     // Warm up until the child delivers, so start-up is not measured.
     bench.publish(100, false).await;
@@ -421,19 +464,18 @@ async fn latency(bench: &Bench, contender: Contender, rate: u64, seconds: u64) -
 
     let total = rate * seconds;
     let start = Instant::now();
-    let body = Bytes::from(vec![b'x'; BODY_BYTES]);
     let mut acks = Vec::new();
     for i in 0..total {
         // Open-loop pacing: event i leaves at i/rate, however long earlier ones took.
         let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
         tokio::time::sleep_until(due.into()).await;
-        let mut headers = async_nats::HeaderMap::new();
+        let mut headers = event_headers(i as usize);
         headers.insert("Fanout-Event-Id", format!("lat-{i}").as_str());
         headers.insert(SENT_HEADER, now_us().to_string().as_str());
         acks.push(
             bench
                 .js
-                .publish_with_headers("fanout.in.bench.bench.event", headers, body.clone())
+                .publish_with_headers("fanout.in.bench.bench.event", headers, body(i as usize))
                 .await
                 .unwrap(),
         );
@@ -477,7 +519,7 @@ fn parent() {
         };
         let mut results = Vec::new();
         if std::env::var_os("FANOUT_BENCH_LATENCY_ONLY").is_some() {
-            for contender in [Contender::Baseline, Contender::Engine] {
+            for contender in CONTENDERS {
                 let (p50, p99) = latency(&bench, contender, rate, 5).await;
                 println!("{}: p50 {p50:.2} ms p99 {p99:.2} ms", contender.name());
             }
@@ -488,14 +530,14 @@ fn parent() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(3usize)
             .max(1);
-        let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(), Vec::new()];
+        let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(); CONTENDERS.len()];
         for round in 1..=rounds {
-            for (i, contender) in [Contender::Baseline, Contender::Engine].into_iter().enumerate() {
+            for (i, contender) in CONTENDERS.into_iter().enumerate() {
                 eprintln!("{}: throughput of {events} pre-loaded events, round {round}/{rounds} ...", contender.name());
                 rates[i].push(throughput(&bench, contender, events).await);
             }
         }
-        for (i, contender) in [Contender::Baseline, Contender::Engine].into_iter().enumerate() {
+        for (i, contender) in CONTENDERS.into_iter().enumerate() {
             eprintln!("{}: latency at {rate}/s ...", contender.name());
             let (p50, p99) = latency(&bench, contender, rate, 5).await;
             eprintln!("{}: healthy target while the other answers 503 ...", contender.name());
@@ -504,21 +546,31 @@ fn parent() {
         }
         let baseline_rate = results[0].1.events_per_sec;
         println!();
-        for (i, contender) in [Contender::Baseline, Contender::Engine].into_iter().enumerate() {
+        for (i, contender) in CONTENDERS.into_iter().enumerate() {
             let each: Vec<String> = rates[i].iter().map(|t| format!("{:.0}", t.events_per_sec)).collect();
             println!("{} events/s by round: {}", contender.name(), each.join(", "));
         }
+        // The CEL configuration against the engine's own round next to it: the same
+        // stretch of the machine.
+        let each: Vec<String> = rates[1]
+            .iter()
+            .zip(&rates[2])
+            .map(|(engine, cel)| format!("{:.0}%", 100.0 * cel.events_per_sec / engine.events_per_sec))
+            .collect();
+        println!("{} vs engine, by round: {}", Contender::EngineCel.name(), each.join(", "));
         println!();
         println!("Delivery benchmark: {events} events of {BODY_BYTES} B, 2 loopback targets, {} cores; throughput is the median of {rounds} alternating rounds", std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!();
-        println!("| contender | events/s to both | vs baseline | CPU s / 1000 events | peak RSS MiB | p50 ms @ {rate}/s | p99 ms @ {rate}/s | healthy target events/s, peer 503 | vs own healthy run |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| contender | events/s to both | vs baseline | vs engine | CPU s / 1000 events | peak RSS MiB | p50 ms @ {rate}/s | p99 ms @ {rate}/s | healthy target events/s, peer 503 | vs own healthy run |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let engine_rate = results[1].1.events_per_sec;
         for (contender, t, p50, p99, degraded) in &results {
             println!(
-                "| {} | {:.0} | {:.2}x | {:.3} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0}% |",
+                "| {} | {:.0} | {:.2}x | {:.0}% | {:.3} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0}% |",
                 contender.name(),
                 t.events_per_sec,
                 t.events_per_sec / baseline_rate,
+                100.0 * t.events_per_sec / engine_rate,
                 t.cpu_per_1000,
                 t.peak_rss_mib,
                 p50,

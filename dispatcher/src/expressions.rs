@@ -11,8 +11,6 @@
 //! is fixed, `fanout dlq redrive` sends those events again (redriven events skip the
 //! filter, as they always have, and are transformed).
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
 use fanout_cel::output::{self, Body};
 use fanout_cel::{Activation, CompileError, EvalError, EventParts, Expression, Fields};
@@ -37,11 +35,12 @@ pub enum ExpressionStartError {
 
 /// What a target does with one event.
 #[derive(Debug)]
-pub enum Selection<'e> {
+pub enum Selection {
     /// Its filter leaves it out: acknowledged, counted as filtered.
     Skip,
-    /// Deliver this: the event itself, or its transformed copy.
-    Send(Cow<'e, Event>),
+    /// Deliver it: as it is, or its transformed copy (boxed: the delivery's future
+    /// keeps it across awaits, and most targets transform nothing).
+    Send(Option<Box<Event>>),
     /// An expression could not be evaluated on it: dead-letter it.
     Unusable(Unusable),
 }
@@ -109,10 +108,10 @@ impl TargetExpressions {
 
     /// Applies the filter (unless `filtered` is false: a redriven event was sent to
     /// this target on purpose) and the transform to `event`.
-    pub fn select<'e>(&self, event: &'e Event, filtered: bool) -> Selection<'e> {
+    pub fn select(&self, event: &Event, filtered: bool) -> Selection {
         let applies = (filtered && self.filter.is_some()) || self.transforms();
         if !applies {
-            return Selection::Send(Cow::Borrowed(event));
+            return Selection::Send(None);
         }
         let headers = header_pairs(event);
         let parts = parts(event, &headers);
@@ -128,10 +127,10 @@ impl TargetExpressions {
             }
         }
         if !self.transforms() {
-            return Selection::Send(Cow::Borrowed(event));
+            return Selection::Send(None);
         }
         match self.transform(event, &activation) {
-            Ok(transformed) => Selection::Send(Cow::Owned(transformed)),
+            Ok(transformed) => Selection::Send(Some(Box::new(transformed))),
             Err(unusable) => Selection::Unusable(unusable),
         }
     }
@@ -258,7 +257,7 @@ fn evaluation(reason: DeadLetterReason, field: &str, error: &EvalError) -> Unusa
     }
 }
 
-fn unusable(reason: DeadLetterReason, field: &str, error: &EvalError) -> Selection<'static> {
+fn unusable(reason: DeadLetterReason, field: &str, error: &EvalError) -> Selection {
     Selection::Unusable(evaluation(reason, field, error))
 }
 
@@ -324,10 +323,7 @@ policy:
         let e = compile(&target(None, None, &[]));
         assert!(e.is_empty());
         let event = event(SUBJECT, "not json");
-        assert!(matches!(
-            e.select(&event, true),
-            Selection::Send(Cow::Borrowed(_))
-        ));
+        assert!(matches!(e.select(&event, true), Selection::Send(None)));
     }
 
     #[test]
@@ -335,7 +331,7 @@ policy:
         let e = compile(&target(Some("event.data.total > 100"), None, &[]));
         assert!(matches!(
             e.select(&event(SUBJECT, r#"{"total": 150}"#), true),
-            Selection::Send(Cow::Borrowed(_))
+            Selection::Send(None)
         ));
         assert!(matches!(
             e.select(&event(SUBJECT, r#"{"total": 50}"#), true),
@@ -374,7 +370,7 @@ policy:
             ],
         ));
         let original = event(SUBJECT, r#"{"id": "o-1", "total": 12.5}"#);
-        let Selection::Send(Cow::Owned(sent)) = e.select(&original, true) else {
+        let Selection::Send(Some(sent)) = e.select(&original, true) else {
             panic!("not transformed")
         };
         assert_eq!(&sent.body[..], br#"{"order":"o-1","tenant":"acme"}"#);
@@ -397,7 +393,7 @@ policy:
             &[("Content-Type", "'application/xml'")],
         ));
         let original = event(SUBJECT, r#"{"id": "o-1"}"#);
-        let Selection::Send(sent) = e.select(&original, true) else {
+        let Selection::Send(Some(sent)) = e.select(&original, true) else {
             panic!("not sent")
         };
         assert_eq!(&sent.body[..], br#"<order id="o-1"/>"#);

@@ -281,8 +281,8 @@ impl Worker {
     async fn deliver(self: Arc<Self>, mut message: Message, drain: CancellationToken) {
         let event = Event::from_message(&mut message);
         // What goes to the target: the event, or its transformed copy.
-        let outgoing = match self.select(&event) {
-            Selection::Send(outgoing) => outgoing,
+        let transformed = match self.select(&event) {
+            Selection::Send(transformed) => transformed,
             Selection::Skip => {
                 self.telemetry.filtered();
                 settle(&message, AckKind::Ack).await;
@@ -302,6 +302,7 @@ impl Worker {
                 return;
             }
         };
+        let outgoing = transformed.as_deref().unwrap_or(&event);
         if self.time_left(&event) == Some(Duration::ZERO) {
             Box::pin(self.expire(&message, &event, None)).await;
             return;
@@ -323,7 +324,7 @@ impl Worker {
             }
             self.telemetry.request_started();
             let started = Instant::now();
-            match self.attempt(&outgoing).await {
+            match self.attempt(outgoing).await {
                 Ok(verdict) => {
                     self.telemetry.request_finished(started.elapsed());
                     if self.egress.allowed() {
@@ -463,7 +464,7 @@ impl Worker {
 
     /// What this target does with `event`: a redriven event was addressed to it
     /// explicitly, others must pass its filter; then its transform applies.
-    pub fn select<'e>(&self, event: &'e Event) -> Selection<'e> {
+    pub fn select(&self, event: &Event) -> Selection {
         let redriven = event.subject.starts_with("fanout.redrive.");
         if !redriven
             && !self
