@@ -12,6 +12,7 @@
 //! - [`reference`]: the field reference (docs/reference.md) generated from the CRDs.
 
 pub mod crd;
+pub mod expressions;
 pub mod manifests;
 pub mod policy;
 pub mod reference;

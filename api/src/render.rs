@@ -16,6 +16,7 @@ use fanout_config::route::{
 };
 use fanout_config::{DeliveryPolicy, Duration};
 
+use crate::expressions::{self, ExpressionError};
 use crate::policy::{AuthSpec, CaBundle, SecretKeyRef};
 use crate::route::{FanOutRoute, RetentionSpec, StorageKind};
 use crate::settings::{self, SettingsError, StreamWindows};
@@ -72,6 +73,14 @@ pub enum RenderError {
         first: String,
         second: String,
     },
+    /// A CEL filter or transform that does not compile, or a computed header the
+    /// dispatcher may not set.
+    #[error("targets[{target}].{source}")]
+    InvalidExpression {
+        target: String,
+        #[source]
+        source: ExpressionError,
+    },
     /// A retention or duplicate window JetStream would refuse.
     #[error(transparent)]
     InvalidStream(#[from] SettingsError),
@@ -114,6 +123,18 @@ pub fn render<'a>(
                 target: t.name.clone(),
                 api_target: t.api_target_ref.name.clone(),
                 source,
+            })?;
+        let auth_header = referenced
+            .spec
+            .auth
+            .as_ref()
+            .and_then(|a| a.header.as_ref());
+        let checked =
+            expressions::check(t, auth_header.map(|h| h.name.as_str())).map_err(|source| {
+                RenderError::InvalidExpression {
+                    target: t.name.clone(),
+                    source,
+                }
             })?;
         let filter = t.filter.clone().unwrap_or_default();
         if let Some((first, second)) = first_overlap(&filter.subjects, subject_pattern_within) {
@@ -161,7 +182,9 @@ pub fn render<'a>(
             filter: Filter {
                 subjects: filter.subjects,
                 headers: filter.headers,
+                cel: checked.filter,
             },
+            transform: checked.transform,
             credentials: credentials(referenced.spec.auth.as_ref(), secrets_dir),
             policy,
         });
@@ -274,14 +297,23 @@ pub fn gateway_route(
     })
 }
 
-/// Every header name a target filter of `route` matches on, once, in order.
+/// Every header name a target filter of `route` matches on, and every one its CEL
+/// filters and transforms spell out (`event.headers["x-tenant"]`), once, in order.
 fn filter_headers(route: &FanOutRoute) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     let filters = route.spec.targets.iter().filter_map(|t| t.filter.as_ref());
-    for name in filters.flat_map(|f| f.headers.keys()) {
+    let matched = filters.flat_map(|f| f.headers.keys().cloned());
+    // An expression that does not compile names nothing: rendering reports it.
+    let named = route
+        .spec
+        .targets
+        .iter()
+        .filter_map(|t| expressions::check(t, None).ok())
+        .flat_map(|checked| checked.headers);
+    for name in matched.chain(named) {
         // Header names are case-insensitive; filters may spell one two ways.
-        if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            names.push(name.clone());
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            names.push(name);
         }
     }
     names
@@ -499,6 +531,7 @@ mod tests {
                 name: api_target.into(),
             },
             filter: None,
+            transform: None,
             overrides: None,
         }
     }
@@ -582,6 +615,7 @@ mod tests {
         t.filter = Some(FilterSpec {
             subjects: vec!["shop.orders.placed".into()],
             headers: BTreeMap::new(),
+            cel: None,
         });
         let mut r = route(vec![t]);
         r.spec.source = Some(SourceSpec {
@@ -601,6 +635,7 @@ mod tests {
         t.filter = Some(FilterSpec {
             subjects: vec!["billing.>".into()],
             headers: BTreeMap::new(),
+            cel: None,
         });
         let err = render_with(&route(vec![t]), &[api_target("mailer", "http://m")]).unwrap_err();
         assert!(
@@ -630,6 +665,7 @@ mod tests {
         t.filter = Some(FilterSpec {
             subjects: vec!["shop.orders.placed".into(), "shop.orders.>".into()],
             headers: BTreeMap::new(),
+            cel: None,
         });
         let mut r = route(vec![t]);
         r.spec.source = Some(SourceSpec {
@@ -649,6 +685,7 @@ mod tests {
         t.filter = Some(FilterSpec {
             subjects: vec!["shop.orders.*".into(), "shop.*.placed".into()],
             headers: BTreeMap::new(),
+            cel: None,
         });
         r.spec.targets = vec![t];
         r.spec.source = Some(SourceSpec {

@@ -195,6 +195,11 @@ pub struct RouteTargetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<FilterSpec>,
 
+    /// What this target receives instead of the event's own body (and headers added
+    /// to it), computed from the event with CEL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformSpec>,
+
     /// Changes to the ApiTarget's policies for this route only; fields left out keep
     /// the ApiTarget's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +231,43 @@ pub struct FilterSpec {
     /// Event headers that must be present with exactly these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 16))]
+    pub headers: BTreeMap<String, String>,
+
+    /// A CEL expression over the event that must be true, e.g.
+    /// `event.data.total > 100 && event.type == "order.placed"`. The event's fields:
+    /// `id`, `subject`, `type` and `source` (CloudEvents), `ce` (every CloudEvents
+    /// attribute), `headers` (lower-case names), `data` (the body parsed as JSON) and
+    /// `body` (bytes). Checked when the route is applied (reason `InvalidExpression`);
+    /// an event it cannot be evaluated on (a missing field, a body that is not JSON,
+    /// a cost above the limit) is dead-lettered for this target with reason `filter`.
+    /// See docs/dispatcher.md, "Filters and transforms".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub cel: Option<String>,
+}
+
+/// CEL expressions over the event (the same `event` as `filter.cel`) that compute
+/// what the target receives. An event they cannot be evaluated on is dead-lettered
+/// for this target with reason `transform`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.body) || has(self.headers)").message(rules::TRANSFORM_NOT_EMPTY))]
+pub struct TransformSpec {
+    /// Yields the request body: a map or a list is sent as JSON
+    /// (`application/json`), a string as it is (`text/plain; charset=utf-8`), bytes
+    /// as they are (`application/octet-stream`). Absent: the event's own body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub body: Option<String>,
+
+    /// Header name to an expression that yields its value: a string, a number or a
+    /// bool; null leaves the header out. These replace the event's headers of the
+    /// same name (a `Content-Type` here replaces the body's); the ApiTarget's static
+    /// headers and credentials win over them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16, "additionalProperties" = {"type": "string", "minLength": 1, "maxLength": 4096}))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9!#$%&*+.^_|~-]{1,128}$'))").message(rules::TRANSFORM_HEADER_TOKEN))]
+    #[x_kube(validation = Rule::new("self.all(k, !(k.lowerAscii() in ['authorization', 'idempotency-key', 'traceparent', 'tracestate', 'host', 'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade']) && !k.lowerAscii().startsWith('webhook-') && !k.lowerAscii().startsWith('fanout-'))").message(rules::TRANSFORM_HEADER_RESERVED))]
     pub headers: BTreeMap<String, String>,
 }
 

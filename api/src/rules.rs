@@ -38,6 +38,17 @@ pub const STORAGE_IMMUTABLE: &str = "source.storage cannot be changed once the r
 /// On `spec.auth`: each of these sets the Authorization header.
 pub const ONE_AUTHORIZATION: &str = "bearer, basic, oauth2 and a header named Authorization each set the Authorization header: choose at most one";
 
+/// On `spec.targets[].transform`.
+pub const TRANSFORM_NOT_EMPTY: &str = "transform needs a body, headers or both";
+
+/// On `spec.targets[].transform.headers`.
+pub const TRANSFORM_HEADER_TOKEN: &str =
+    "header names must be HTTP tokens of at most 128 characters";
+
+/// On `spec.targets[].transform.headers`: a header computed from the event must not
+/// replace a credential, Fanout's own headers or the connection's framing.
+pub const TRANSFORM_HEADER_RESERVED: &str = "headers set by Fanout itself or by the connection (Authorization, Idempotency-Key, traceparent, tracestate, Host, Content-Length, Transfer-Encoding, Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade, webhook-*, Fanout-*) cannot be computed";
+
 /// On `spec.auth.header.name`.
 pub const AUTH_HEADER_TOKEN: &str = "name must be an HTTP token of at most 128 characters";
 

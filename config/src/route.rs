@@ -53,9 +53,24 @@ pub struct TargetConfig {
     /// Subject its undeliverable events are published to.
     pub dead_letter_subject: String,
     pub filter: Filter,
+    /// What the target receives instead of the event's own body and headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<Transform>,
     pub policy: DeliveryPolicy,
     #[serde(default)]
     pub credentials: Credentials,
+}
+
+/// CEL expressions (checked when rendered) that compute what a target receives.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transform {
+    /// Yields the request body; absent: the event's body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Header name to the expression that yields its value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Which events a target receives: all given conditions must hold.
@@ -69,10 +84,14 @@ pub struct Filter {
     /// Header name (case-insensitive) to required value.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// A CEL expression over the event (checked when rendered) that must yield true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cel: Option<String>,
 }
 
 impl Filter {
-    /// Whether an event with this subject and headers is for the target.
+    /// Whether an event with this subject and headers is for the target, as far as
+    /// the subjects and headers go (the CEL expression is the dispatcher's part).
     pub fn matches<'a>(&self, subject: &str, header: impl Fn(&str) -> Option<&'a str>) -> bool {
         let subject_ok =
             self.subjects.is_empty() || self.subjects.iter().any(|p| subject_matches(p, subject));
@@ -84,7 +103,7 @@ impl Filter {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.subjects.is_empty() && self.headers.is_empty()
+        self.subjects.is_empty() && self.headers.is_empty() && self.cel.is_none()
     }
 }
 

@@ -7,8 +7,10 @@
 //! run as a child process of this binary, so CPU time and peak RSS are theirs alone.
 //! Phases: throughput from a full stream; latency from publish to delivery at a fixed
 //! offered rate; throughput of the healthy target while the other answers 503.
-//! The engine runs twice: with the route's delivery history off, and on (the
-//! default: every attempt recorded), so the cost of recording shows in the same run.
+//! The engine runs as configured by default (every attempt recorded in the route's
+//! delivery history) and in variants, each printed beside it from the same rounds:
+//! with the history off (what recording costs), and with a CEL filter and transform
+//! on both targets (every event passes the filter, so both deliver the same count).
 //! The throughput phase runs `FANOUT_BENCH_ROUNDS` times (default 3), alternating
 //! baseline and engine so that a slow stretch of the machine hits both, and the
 //! table gives each contender's median round (every round is printed too).
@@ -32,6 +34,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 const BODY_BYTES: usize = 256;
+/// The filter and transform of the engine's second configuration, on each target.
+const CEL_FILTER: &str = r#"event.data.total > 100 && event.type == "order.placed""#;
+const CEL_BODY: &str = r#"{"order": event.data.id, "amount": event.data.total, "skus": event.data.items.map(i, i.sku)}"#;
+const CEL_HEADER: &str = "string(event.data.total)";
 const SENT_HEADER: &str = "X-Bench-Sent";
 /// Concurrent deliveries per target, for both engine and baseline.
 const IN_FLIGHT: usize = 256;
@@ -173,6 +179,31 @@ impl Target {
     }
 }
 
+/// Event `i` as the gateway stores a binary-mode CloudEvent: its id, JSON content
+/// type and `ce-*` attributes.
+fn event_headers(i: usize) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Fanout-Event-Id", format!("evt-{i}").as_str());
+    headers.insert("Content-Type", "application/json");
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-id", format!("evt-{i}").as_str());
+    headers.insert("ce-source", "/bench");
+    headers.insert("ce-type", "order.placed");
+    headers
+}
+
+/// An order of `BODY_BYTES` bytes of JSON (padded), which every filter passes.
+fn body(i: usize) -> Bytes {
+    let mut json = format!(
+        r#"{{"id":"order-{i}","total":{},"items":[{{"sku":"a-1","qty":1}},{{"sku":"b-2","qty":3}}],"pad":""#,
+        150 + i % 100
+    );
+    let pad = BODY_BYTES.saturating_sub(json.len() + 2);
+    json.extend(std::iter::repeat_n('x', pad));
+    json.push_str("\"}");
+    Bytes::from(json)
+}
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -190,20 +221,24 @@ enum Contender {
     EngineNoHistory,
     /// `fanout dispatch` as configured by default: the delivery history on.
     Engine,
+    /// The engine with a CEL filter and transform on each target.
+    EngineCel,
 }
 
-const CONTENDERS: [Contender; 3] = [
+const CONTENDERS: [Contender; 4] = [
     Contender::Baseline,
-    Contender::EngineNoHistory,
     Contender::Engine,
+    Contender::EngineNoHistory,
+    Contender::EngineCel,
 ];
 
 impl Contender {
     fn name(self) -> &'static str {
         match self {
             Contender::Baseline => "baseline (naive reqwest fan-out)",
-            Contender::EngineNoHistory => "engine, history off (fanout dispatch)",
-            Contender::Engine => "engine, history on (fanout dispatch)",
+            Contender::Engine => "engine (fanout dispatch)",
+            Contender::EngineNoHistory => "engine, history off",
+            Contender::EngineCel => "engine + CEL filter and transform",
         }
     }
 }
@@ -226,7 +261,7 @@ impl Child {
                 c.arg("--child-baseline").arg(config).arg(nats_url);
                 c
             }
-            Contender::Engine | Contender::EngineNoHistory => {
+            Contender::Engine | Contender::EngineNoHistory | Contender::EngineCel => {
                 let mut c = std::process::Command::new(fanout_testkit::fanout_release_binary());
                 c.arg("dispatch").arg("--config").arg(config).args([
                     "--nats-url",
@@ -283,13 +318,20 @@ struct Bench {
 }
 
 impl Bench {
-    /// Fresh streams and consumers for the route (its history on for `Engine`);
-    /// returns the config file path.
+    /// Fresh streams and consumers for the route as `contender` runs it; returns the
+    /// config file path.
     async fn fresh_route(&self, contender: Contender) -> PathBuf {
-        let history = if contender == Contender::Engine {
-            ""
-        } else {
+        let history = if contender == Contender::EngineNoHistory {
             "  history: {enabled: false}\n"
+        } else {
+            ""
+        };
+        let expressions = if contender == Contender::EngineCel {
+            format!(
+                "      filter: {{cel: '{CEL_FILTER}'}}\n      transform:\n        body: '{CEL_BODY}'\n        headers: {{X-Order-Total: '{CEL_HEADER}'}}\n"
+            )
+        } else {
+            String::new()
         };
         let manifests = format!(
             "apiVersion: fanout.dev/v1alpha1
@@ -313,9 +355,11 @@ kind: FanOutRoute
 metadata: {{name: bench}}
 spec:
   targets:
-    - {{name: a, apiTargetRef: {{name: a}}}}
-    - {{name: b, apiTargetRef: {{name: b}}}}
-{history}",
+    - name: a
+      apiTargetRef: {{name: a}}
+{expressions}    - name: b
+      apiTargetRef: {{name: b}}
+{expressions}{history}",
             a = self.a.url(),
             b = self.b.url(),
             limit = if std::env::var_os("FANOUT_BENCH_NO_LIMIT").is_some() {
@@ -343,18 +387,15 @@ spec:
     }
 
     async fn publish(&self, count: usize, stamped: bool) {
-        let body = Bytes::from(vec![b'x'; BODY_BYTES]);
         let mut acks = Vec::with_capacity(1000);
         for i in 0..count {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Fanout-Event-Id", format!("evt-{i}").as_str());
-            headers.insert("Content-Type", "application/json");
+            let mut headers = event_headers(i);
             if stamped {
                 headers.insert(SENT_HEADER, now_us().to_string().as_str());
             }
             let ack = self
                 .js
-                .publish_with_headers("fanout.in.bench.bench.event", headers, body.clone())
+                .publish_with_headers("fanout.in.bench.bench.event", headers, body(i))
                 .await
                 .unwrap();
             acks.push(ack);
@@ -479,19 +520,18 @@ async fn latency(bench: &Bench, contender: Contender, rate: u64, seconds: u64) -
 
     let total = rate * seconds;
     let start = Instant::now();
-    let body = Bytes::from(vec![b'x'; BODY_BYTES]);
     let mut acks = Vec::new();
     for i in 0..total {
         // Open-loop pacing: event i leaves at i/rate, however long earlier ones took.
         let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
         tokio::time::sleep_until(due.into()).await;
-        let mut headers = async_nats::HeaderMap::new();
+        let mut headers = event_headers(i as usize);
         headers.insert("Fanout-Event-Id", format!("lat-{i}").as_str());
         headers.insert(SENT_HEADER, now_us().to_string().as_str());
         acks.push(
             bench
                 .js
-                .publish_with_headers("fanout.in.bench.bench.event", headers, body.clone())
+                .publish_with_headers("fanout.in.bench.bench.event", headers, body(i as usize))
                 .await
                 .unwrap(),
         );
@@ -570,17 +610,30 @@ fn parent() {
             let each: Vec<String> = rates[i].iter().map(|t| format!("{:.0}", t.events_per_sec)).collect();
             println!("{} events/s by round: {}", contender.name(), each.join(", "));
         }
+        // Each variant against the engine's own round next to it: the same stretch of
+        // the machine.
+        let engine = CONTENDERS.iter().position(|c| *c == Contender::Engine).unwrap();
+        for (i, contender) in CONTENDERS.into_iter().enumerate().skip(engine + 1) {
+            let each: Vec<String> = rates[engine]
+                .iter()
+                .zip(&rates[i])
+                .map(|(e, v)| format!("{:.0}%", 100.0 * v.events_per_sec / e.events_per_sec))
+                .collect();
+            println!("{} vs engine, by round: {}", contender.name(), each.join(", "));
+        }
         println!();
         println!("Delivery benchmark: {events} events of {BODY_BYTES} B, 2 loopback targets, {} cores; throughput is the median of {rounds} alternating rounds", std::thread::available_parallelism().map_or(0, |n| n.get()));
         println!();
-        println!("| contender | events/s to both | vs baseline | CPU s / 1000 events | peak RSS MiB | p50 ms @ {rate}/s | p99 ms @ {rate}/s | healthy target events/s, peer 503 | vs own healthy run |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| contender | events/s to both | vs baseline | vs engine | CPU s / 1000 events | peak RSS MiB | p50 ms @ {rate}/s | p99 ms @ {rate}/s | healthy target events/s, peer 503 | vs own healthy run |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let engine_rate = results[engine].1.events_per_sec;
         for (contender, t, p50, p99, degraded) in &results {
             println!(
-                "| {} | {:.0} | {:.2}x | {:.3} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0}% |",
+                "| {} | {:.0} | {:.2}x | {:.0}% | {:.3} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0}% |",
                 contender.name(),
                 t.events_per_sec,
                 t.events_per_sec / baseline_rate,
+                100.0 * t.events_per_sec / engine_rate,
                 t.cpu_per_1000,
                 t.peak_rss_mib,
                 p50,
@@ -589,25 +642,19 @@ fn parent() {
                 100.0 * degraded / t.events_per_sec
             );
         }
-        // The cost of the delivery history: the two engines side by side, each round
-        // against the same round's other engine too (the machine drifts).
-        let (off, on) = (median(&rates[1]), median(&rates[2]));
-        let by_round: Vec<String> = rates[1]
-            .iter()
-            .zip(&rates[2])
-            .map(|(off, on)| format!("{:.0}%", 100.0 * on.events_per_sec / off.events_per_sec))
-            .collect();
-        let dropped: Vec<String> = rates[2]
+        // The cost of the delivery history: the engine against its run without it.
+        let off_index = CONTENDERS.iter().position(|c| *c == Contender::EngineNoHistory).unwrap();
+        let (off, on) = (median(&rates[off_index]), median(&rates[engine]));
+        let dropped: Vec<String> = rates[engine]
             .iter()
             .map(|t| t.history_dropped.map_or("?".into(), |d| format!("{d:.0}")))
             .collect();
         println!();
         println!(
-            "History on: {:.0}% of the throughput with it off (medians {:.0} and {:.0} events/s; by round {}), CPU s / 1000 events {:.3} against {:.3}; records dropped by round: {}",
+            "History on: {:.0}% of the throughput with it off (medians {:.0} and {:.0} events/s), CPU s / 1000 events {:.3} against {:.3}; records dropped by round: {}",
             100.0 * on.events_per_sec / off.events_per_sec,
             on.events_per_sec,
             off.events_per_sec,
-            by_round.join(", "),
             on.cpu_per_1000,
             off.cpu_per_1000,
             dropped.join(", "),

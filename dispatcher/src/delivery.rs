@@ -31,6 +31,10 @@ pub enum DeadLetterReason {
     /// Not delivered before the stream would remove it (its maxAge): kept as a dead
     /// letter instead of disappearing (see `fanout_config::expiry`).
     Expired,
+    /// The target's CEL filter could not be evaluated on it (see `expressions`).
+    Filter,
+    /// The target's CEL transform could not be evaluated on it.
+    Transform,
 }
 
 impl DeadLetterReason {
@@ -39,6 +43,8 @@ impl DeadLetterReason {
             DeadLetterReason::Permanent => "permanent",
             DeadLetterReason::Exhausted => "exhausted",
             DeadLetterReason::Expired => "expired",
+            DeadLetterReason::Filter => "filter",
+            DeadLetterReason::Transform => "transform",
         }
     }
 }

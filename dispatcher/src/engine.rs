@@ -15,6 +15,7 @@ use fanout_provision::thread::on_own_thread;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::expressions::{ExpressionStartError, TargetExpressions};
 use crate::history::{Flusher, RouteHistory};
 use crate::http::{ClientError, ClientSettings, HttpClient};
 use crate::oauth2::TokenSource;
@@ -105,6 +106,12 @@ pub enum StartError {
     RateLimit {
         target: String,
         requests_per_second: f64,
+    },
+    #[error("targets[{target}].{source}")]
+    Expression {
+        target: String,
+        #[source]
+        source: ExpressionStartError,
     },
     #[error("the health KV bucket")]
     HealthBucket(#[source] fanout_provision::ProvisionError),
@@ -213,6 +220,11 @@ impl Engine {
                     source,
                 }
             })?;
+            let expressions =
+                TargetExpressions::compile(&target).map_err(|source| StartError::Expression {
+                    target: target.name.clone(),
+                    source,
+                })?;
             let limiter = match &target.policy.rate_limit {
                 Some(limit) => {
                     Some(SharedLimit::new(limit.clone(), replicas).ok_or_else(|| {
@@ -253,6 +265,7 @@ impl Engine {
                 limiter,
                 telemetry,
                 report,
+                expressions,
             })));
         }
 

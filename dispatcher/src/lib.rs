@@ -14,6 +14,7 @@
 //! - [`egress_hold`]: a target whose address the egress policy refuses waits;
 //!   [`egress_flags`]: the policy's flags.
 //! - [`oauth2`]: access tokens of the client credentials grant.
+//! - [`expressions`]: a target's CEL filter and transform on each event.
 //! - [`worker`]: one target's fetch-deliver-settle loop.
 //! - [`expiry`]: events nearing the stream's maxAge before anyone fetched them.
 //! - [`engine`]: starting and stopping all workers of a route.
@@ -32,6 +33,7 @@ pub mod egress_hold;
 pub mod engine;
 pub mod event;
 pub mod expiry;
+pub mod expressions;
 pub mod health;
 pub mod history;
 pub mod http;

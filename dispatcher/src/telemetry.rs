@@ -73,6 +73,14 @@ const FAILURE_CATEGORIES: [&str; 7] = [
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExpressionLabels {
+    route: String,
+    target: String,
+    /// `filter` or `transform`.
+    expression: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     route: String,
     target: String,
@@ -85,6 +93,7 @@ pub struct Metrics {
     pub registry: Registry,
     outcomes: Family<OutcomeLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
+    expression_errors: Family<ExpressionLabels, Counter>,
     latency: Family<TargetLabels, HistogramWithExemplars<TraceExemplar>>,
     in_flight: Family<TargetLabels, Gauge>,
     circuit: Family<TargetLabels, Gauge>,
@@ -107,6 +116,12 @@ impl Default for Metrics {
             "delivery_failures",
             "Failed delivery attempts per target, by reason",
             failures.clone(),
+        );
+        let expression_errors = Family::<ExpressionLabels, Counter>::default();
+        registry.register(
+            "expression_errors",
+            "Events a target's CEL filter or transform could not be evaluated on (each dead-lettered), per target, by expression",
+            expression_errors.clone(),
         );
         let latency =
             Family::<TargetLabels, HistogramWithExemplars<TraceExemplar>>::new_with_constructor(
@@ -161,6 +176,7 @@ impl Default for Metrics {
             registry,
             outcomes,
             failures,
+            expression_errors,
             latency,
             in_flight,
             circuit,
@@ -205,6 +221,8 @@ pub struct TargetTelemetry {
     dead_lettered_total: Counter,
     discarded_total: Counter,
     filtered_total: Counter,
+    /// Filter, then transform errors.
+    expression_errors_total: [Counter; 2],
     latency: HistogramWithExemplars<TraceExemplar>,
     in_flight_gauge: Gauge,
     circuit_gauge: Gauge,
@@ -243,6 +261,16 @@ impl TargetTelemetry {
             route: route.to_string(),
             target: target.to_string(),
         };
+        let expression_errors_total = ["filter", "transform"].map(|expression| {
+            metrics
+                .expression_errors
+                .get_or_create(&ExpressionLabels {
+                    route: route.to_string(),
+                    target: target.to_string(),
+                    expression,
+                })
+                .clone()
+        });
         let latency = metrics.latency.get_or_create(&labels).clone();
         let in_flight_gauge = metrics.in_flight.get_or_create(&labels).clone();
         let circuit_gauge = metrics.circuit.get_or_create(&labels).clone();
@@ -275,6 +303,7 @@ impl TargetTelemetry {
             dead_lettered_total: outcome(Outcome::DeadLettered),
             discarded_total: outcome(Outcome::Discarded),
             filtered_total: outcome(Outcome::Filtered),
+            expression_errors_total,
             latency,
             in_flight_gauge,
             circuit_gauge,
@@ -402,6 +431,14 @@ impl TargetTelemetry {
 
     pub fn filtered(&self) {
         self.filtered_total.inc();
+    }
+
+    /// The target's filter (`transform` false) or transform could not be evaluated
+    /// on an event, which is dead-lettered next (and logged then): counted, and the
+    /// error shown in status.
+    pub fn expression_failed(&self, transform: bool, error: &str) {
+        self.expression_errors_total[usize::from(transform)].inc();
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
     }
 
     pub fn circuit_changed(&self, state: Circuit) {

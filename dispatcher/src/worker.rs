@@ -28,6 +28,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterError, Stored};
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::egress_hold::EgressHold;
 use crate::event::Event;
+use crate::expressions::{Selection, TargetExpressions};
 use crate::http::{HttpClient, Response, SendError};
 use crate::oauth2::{SharedTokenError, TokenSource};
 use crate::rate_share::SharedLimit;
@@ -90,6 +91,8 @@ pub struct Worker {
     report: Reporter,
     /// The target's maxInFlight: deliveries this worker has in hand at most.
     max_in_flight: usize,
+    /// Its CEL filter and transform.
+    expressions: TargetExpressions,
 }
 
 /// The parts a worker is built from (see `engine.rs`).
@@ -103,6 +106,7 @@ pub struct WorkerParts {
     pub limiter: Option<SharedLimit>,
     pub telemetry: TargetTelemetry,
     pub report: Reporter,
+    pub expressions: TargetExpressions,
 }
 
 impl Worker {
@@ -138,6 +142,7 @@ impl Worker {
             consumer: parts.consumer,
             max_in_flight: max_in_flight.max(1),
             config: parts.config,
+            expressions: parts.expressions,
         }
     }
 
@@ -280,12 +285,30 @@ impl Worker {
 
     async fn deliver(self: Arc<Self>, mut message: Message, drain: CancellationToken) {
         let event = Event::from_message(&mut message);
-        if !self.wants(&event) {
-            self.telemetry.filtered();
-            self.report.filtered(&event);
-            settle(&message, AckKind::Ack).await;
-            return;
-        }
+        // What goes to the target: the event, or its transformed copy.
+        let transformed = match self.select(&event) {
+            Selection::Send(transformed) => transformed,
+            Selection::Skip => {
+                self.telemetry.filtered();
+                self.report.filtered(&event);
+                settle(&message, AckKind::Ack).await;
+                return;
+            }
+            Selection::Unusable(unusable) => {
+                let transform = unusable.reason == DeadLetterReason::Transform;
+                self.telemetry.expression_failed(transform, &unusable.error);
+                Box::pin(self.dead_letter(
+                    &message,
+                    &event,
+                    unusable.reason,
+                    None,
+                    &unusable.error,
+                ))
+                .await;
+                return;
+            }
+        };
+        let outgoing = transformed.as_deref().unwrap_or(&event);
         if self.time_left(&event) == Some(Duration::ZERO) {
             Box::pin(self.expire(&message, &event, None)).await;
             return;
@@ -308,7 +331,7 @@ impl Worker {
             self.telemetry.request_started();
             let started = Instant::now();
             let attempt = self.report.start(&event);
-            match self.attempt(&event, attempt.traceparent()).await {
+            match self.attempt(outgoing, attempt.traceparent()).await {
                 Ok(verdict) => {
                     self.telemetry
                         .request_finished(started.elapsed(), attempt.exemplar());
@@ -459,14 +482,30 @@ impl Worker {
         )
     }
 
-    /// Whether this target takes `event`: a redriven event was addressed to it
-    /// explicitly, others must pass its filter.
-    pub fn wants(&self, event: &Event) -> bool {
-        event.subject.starts_with("fanout.redrive.")
-            || self
+    /// What this target does with `event`: a redriven event was addressed to it
+    /// explicitly, others must pass its filter; then its transform applies.
+    pub fn select(&self, event: &Event) -> Selection {
+        let redriven = event.subject.starts_with("fanout.redrive.");
+        if !redriven
+            && !self
                 .config
                 .filter
                 .matches(&event.subject, |h| event.header(h))
+        {
+            return Selection::Skip;
+        }
+        self.expressions.select(event, !redriven)
+    }
+
+    /// Whether this target takes `event` (an event its CEL filter cannot be evaluated
+    /// on counts as taken: it is dead-lettered either way).
+    pub fn wants(&self, event: &Event) -> bool {
+        event.subject.starts_with("fanout.redrive.")
+            || (self
+                .config
+                .filter
+                .matches(&event.subject, |h| event.header(h))
+                && self.expressions.filter_takes(event))
     }
 
     /// Dead-letters an event in hand that reached its expiry deadline. `last`: its

@@ -448,6 +448,7 @@ mod tests {
                     name: "crm".into(),
                     api_target_ref: ApiTargetRef { name: "crm".into() },
                     filter: None,
+                    transform: None,
                     overrides: None,
                 }],
                 dead_letter: None,

@@ -382,6 +382,7 @@ fn render_problem(e: &RenderError) -> Problem {
             "InvalidFilter"
         }
         RenderError::OverlappingSubjects { .. } | RenderError::InvalidStream(_) => "InvalidSource",
+        RenderError::InvalidExpression { .. } => "InvalidExpression",
     };
     Problem::new(reason, error_chain(e))
 }

@@ -184,6 +184,7 @@ mod tests {
                             name: (*api).into(),
                         },
                         filter: None,
+                        transform: None,
                         overrides: None,
                     })
                     .collect(),

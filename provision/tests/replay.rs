@@ -30,8 +30,10 @@ fn plan() -> RouteStreams {
             storage: Storage::File,
             replicas: 1,
             duplicate_window: "2m".parse().unwrap(),
+            discard_old: false,
         },
         dead_letter: None,
+        history: None,
         consumers: vec![ConsumerPlan {
             name: "crm".into(),
             filter_subjects: vec![

@@ -89,6 +89,10 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
         Some("circuitBreaker.failureRatio"),
     ),
     (
+        "filter-cel-too-long.yaml",
+        Some("spec.targets[0].filter.cel: must have at most 4096 characters"),
+    ),
+    (
         "malformed-duration.yaml",
         Some("spec.timeout: invalid duration \"5 seconds\""),
     ),
@@ -158,6 +162,16 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
     (
         "tls-on-http-url.yaml",
         Some("spec.auth.tls: auth.tls (client certificate, CA bundle) needs an https:// url"),
+    ),
+    (
+        "transform-empty.yaml",
+        Some("targets[crm].transform: transform needs a body, headers or both"),
+    ),
+    (
+        "transform-reserved-header.yaml",
+        Some(
+            "targets[crm].transform.headers[Authorization]: headers set by Fanout itself or by the connection",
+        ),
     ),
     ("unknown-field.yaml", Some("spec.retries: unknown field")),
     (

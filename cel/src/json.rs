@@ -1,0 +1,270 @@
+//! A JSON document straight into CEL values, in one pass: strings without escapes
+//! borrow from the body instead of being copied, and the longest list or object is
+//! measured on the way for the cost estimate.
+//!
+//! Numbers: an integer is an `int` (a `uint` only beyond the int range), anything
+//! with a fraction or an exponent a `double`. CEL's own JSON mapping makes every
+//! number a double, which would make `event.data.quantity * 2` an error.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
+use cel::common::value::Val;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+pub(crate) type Object<'a> = HashMap<CelMapKey<'a>, Box<dyn Val + 'a>>;
+
+/// The elements of the longest list or object seen so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Longest(pub usize);
+
+/// `body` as one CEL value; the longest list or object in it is added to `longest`.
+pub(crate) fn parse<'a>(
+    body: &'a [u8],
+    longest: &mut Longest,
+) -> Result<Box<dyn Val + 'a>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = ValueSeed { longest }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// `body` as a JSON object's entries, or `None` when it is valid JSON of another kind.
+pub(crate) fn parse_object<'a>(
+    body: &'a [u8],
+    longest: &mut Longest,
+) -> Result<Option<Object<'a>>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let object = (&mut de).deserialize_any(TopVisitor { longest })?;
+    de.end()?;
+    Ok(object)
+}
+
+struct ValueSeed<'s> {
+    longest: &'s mut Longest,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Box<dyn Val + 'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(ValueVisitor {
+            longest: self.longest,
+        })
+    }
+}
+
+struct ValueVisitor<'s> {
+    longest: &'s mut Longest,
+}
+
+impl<'de> Visitor<'de> for ValueVisitor<'_> {
+    type Value = Box<dyn Val + 'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Box::new(CelBool::from(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Box::new(CelInt::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(match i64::try_from(v) {
+            Ok(int) => Box::new(CelInt::from(int)),
+            Err(_) => Box::new(CelUInt::from(v)),
+        })
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Box::new(CelDouble::from(v)))
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Box::new(CelString::from(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Box::new(CelString::from(v.to_string())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Box::new(CelString::from(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Box::new(CelNull))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element_seed(ValueSeed {
+            longest: self.longest,
+        })? {
+            items.push(item);
+        }
+        self.longest.0 = self.longest.0.max(items.len());
+        Ok(Box::new(CelList::from(items)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Ok(Box::new(CelMap::from(entries(map, self.longest)?)))
+    }
+}
+
+/// The top level of a document that should be an object.
+struct TopVisitor<'s> {
+    longest: &'s mut Longest,
+}
+
+impl<'de> Visitor<'de> for TopVisitor<'_> {
+    type Value = Option<Object<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        entries(map, self.longest).map(Some)
+    }
+
+    // Anything else is valid, just not an object: read and dropped.
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        ValueVisitor {
+            longest: self.longest,
+        }
+        .visit_seq(seq)
+        .map(|_| None)
+    }
+}
+
+fn entries<'de, A: MapAccess<'de>>(
+    mut map: A,
+    longest: &mut Longest,
+) -> Result<Object<'de>, A::Error> {
+    let mut entries = HashMap::with_capacity(map.size_hint().unwrap_or(0).min(1024));
+    while let Some(key) = map.next_key_seed(KeySeed)? {
+        let value = map.next_value_seed(ValueSeed {
+            longest: &mut *longest,
+        })?;
+        // A repeated key: the last one wins, as in most JSON readers.
+        entries.insert(CelMapKey::String(key), value);
+    }
+    longest.0 = longest.0.max(entries.len());
+    Ok(entries)
+}
+
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = CelString<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = CelString<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(CelString::from(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(CelString::from(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(CelString::from(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cel::common::types::Kind;
+
+    use super::*;
+
+    fn kind(v: &dyn Val) -> Kind {
+        v.get_type().kind()
+    }
+
+    #[test]
+    fn integers_are_ints_and_fractions_doubles() {
+        let mut longest = Longest::default();
+        let v = parse(br#"[1, -2, 1.5, 1e3, 18446744073709551615]"#, &mut longest).unwrap();
+        let list = v.downcast_ref::<CelList>().unwrap().inner();
+        let kinds: Vec<Kind> = list.iter().map(|v| kind(v.as_ref())).collect();
+        assert_eq!(
+            kinds,
+            [Kind::Int, Kind::Int, Kind::Double, Kind::Double, Kind::UInt]
+        );
+        assert_eq!(longest.0, 5);
+    }
+
+    #[test]
+    fn the_longest_list_or_object_anywhere_is_measured() {
+        let mut longest = Longest::default();
+        parse(
+            br#"{"a": {"b": [1, 2, 3, 4, 5, 6, 7]}, "c": 1}"#,
+            &mut longest,
+        )
+        .unwrap();
+        assert_eq!(longest.0, 7);
+    }
+
+    #[test]
+    fn plain_strings_borrow_from_the_body_and_escaped_ones_are_decoded() {
+        let mut longest = Longest::default();
+        let body = br#"{"plain": "abc", "escaped": "a\nb"}"#;
+        let object = parse_object(body, &mut longest).unwrap().unwrap();
+        let text = |k: &str| {
+            object[&CelMapKey::from(k)]
+                .downcast_ref::<CelString>()
+                .unwrap()
+                .inner()
+                .to_string()
+        };
+        assert_eq!(text("plain"), "abc");
+        assert_eq!(text("escaped"), "a\nb");
+    }
+
+    #[test]
+    fn trailing_text_and_non_objects_are_told_apart() {
+        let mut longest = Longest::default();
+        assert!(parse(b"{} x", &mut longest).is_err());
+        assert!(parse(b"not json", &mut longest).is_err());
+        assert!(parse_object(b"[1]", &mut longest).unwrap().is_none());
+        assert!(parse_object(b"\"s\"", &mut longest).unwrap().is_none());
+    }
+}

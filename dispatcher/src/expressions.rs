@@ -1,0 +1,440 @@
+//! A target's CEL filter and transform, compiled once when the worker starts and
+//! applied to each event it fetches (docs/dispatcher.md, "Filters and transforms").
+//!
+//! The rule for an event an expression cannot be evaluated on (a missing field, a
+//! body that is not JSON, a type mismatch, a cost above the limit): the event is
+//! dead-lettered for this target, with reason `filter` or `transform` and the error,
+//! and counted. A filter that cannot decide must not decide silently (the event may
+//! well be one the target needs; an expression skips events on purpose with `has()`
+//! or a type check), and a body the transform could not compute cannot be sent in
+//! its place, since the target expects the transformed shape. Once the expression
+//! is fixed, `fanout dlq redrive` sends those events again (redriven events skip the
+//! filter, as they always have, and are transformed).
+
+use bytes::Bytes;
+use fanout_cel::output::{self, Body};
+use fanout_cel::{Activation, CompileError, EvalError, EventParts, Expression, Fields};
+use fanout_config::TargetConfig;
+
+use crate::delivery::DeadLetterReason;
+use crate::event::Event;
+
+/// A target expression that does not compile: the renderer checks them, so only a
+/// configuration that skipped it (or came from another Fanout version) gets here.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpressionStartError {
+    #[error("{field}")]
+    Compile {
+        field: String,
+        #[source]
+        source: CompileError,
+    },
+    #[error("{field}: not a valid header name")]
+    HeaderName { field: String },
+}
+
+/// What a target does with one event.
+#[derive(Debug)]
+pub enum Selection {
+    /// Its filter leaves it out: acknowledged, counted as filtered.
+    Skip,
+    /// Deliver it: as it is, or its transformed copy (boxed: the delivery's future
+    /// keeps it across awaits, and most targets transform nothing).
+    Send(Option<Box<Event>>),
+    /// An expression could not be evaluated on it: dead-letter it.
+    Unusable(Unusable),
+}
+
+/// Why an event could not go through a target's expressions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unusable {
+    pub reason: DeadLetterReason,
+    /// `<field>: <error>`, e.g. `filter.cel: no such key: total (...)`.
+    pub error: String,
+}
+
+/// The compiled expressions of one target.
+#[derive(Debug, Default)]
+pub struct TargetExpressions {
+    filter: Option<Expression>,
+    body: Option<Expression>,
+    headers: Vec<(async_nats::HeaderName, Expression)>,
+    /// What the event variable must hold for all of them.
+    fields: Fields,
+}
+
+impl TargetExpressions {
+    pub fn compile(config: &TargetConfig) -> Result<TargetExpressions, ExpressionStartError> {
+        let compile = |field: &str, source: &str| {
+            Expression::compile(source).map_err(|source| ExpressionStartError::Compile {
+                field: field.to_string(),
+                source,
+            })
+        };
+        let mut compiled = TargetExpressions {
+            filter: config
+                .filter
+                .cel
+                .as_deref()
+                .map(|s| compile("filter.cel", s))
+                .transpose()?,
+            ..Default::default()
+        };
+        if let Some(transform) = &config.transform {
+            compiled.body = transform
+                .body
+                .as_deref()
+                .map(|s| compile("transform.body", s))
+                .transpose()?;
+            for (name, source) in &transform.headers {
+                let field = format!("transform.headers[{name}]");
+                let header = name.parse::<async_nats::HeaderName>().map_err(|_| {
+                    ExpressionStartError::HeaderName {
+                        field: field.clone(),
+                    }
+                })?;
+                compiled.headers.push((header, compile(&field, source)?));
+            }
+        }
+        let all = compiled.filter.iter().chain(&compiled.body);
+        let all = all.chain(compiled.headers.iter().map(|(_, e)| e));
+        compiled.fields = all.fold(Fields::default(), |f, e| f | e.fields());
+        Ok(compiled)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filter.is_none() && self.body.is_none() && self.headers.is_empty()
+    }
+
+    /// Applies the filter (unless `filtered` is false: a redriven event was sent to
+    /// this target on purpose) and the transform to `event`.
+    pub fn select(&self, event: &Event, filtered: bool) -> Selection {
+        let applies = (filtered && self.filter.is_some()) || self.transforms();
+        if !applies {
+            return Selection::Send(None);
+        }
+        let headers = header_pairs(event);
+        let parts = parts(event, &headers);
+        let activation = Activation::new(&parts, self.fields);
+        if filtered && let Some(filter) = &self.filter {
+            match filter
+                .evaluate(&activation)
+                .and_then(|v| output::boolean(v.as_ref()))
+            {
+                Ok(true) => {}
+                Ok(false) => return Selection::Skip,
+                Err(e) => return unusable(DeadLetterReason::Filter, "filter.cel", &e),
+            }
+        }
+        if !self.transforms() {
+            return Selection::Send(None);
+        }
+        match self.transform(event, &activation) {
+            Ok(transformed) => Selection::Send(Some(Box::new(transformed))),
+            Err(unusable) => Selection::Unusable(unusable),
+        }
+    }
+
+    /// Whether the filter takes `event`, for the expiry sweep: an event it cannot be
+    /// evaluated on counts as taken (it is dead-lettered either way).
+    pub fn filter_takes(&self, event: &Event) -> bool {
+        let Some(filter) = &self.filter else {
+            return true;
+        };
+        let headers = header_pairs(event);
+        let parts = parts(event, &headers);
+        let activation = Activation::new(&parts, filter.fields());
+        filter
+            .evaluate(&activation)
+            .and_then(|v| output::boolean(v.as_ref()))
+            .unwrap_or(true)
+    }
+
+    fn transforms(&self) -> bool {
+        self.body.is_some() || !self.headers.is_empty()
+    }
+
+    /// A copy of `event` with the computed body and headers.
+    fn transform(&self, event: &Event, activation: &Activation) -> Result<Event, Unusable> {
+        let body = match &self.body {
+            None => None,
+            Some(expression) => Some(
+                expression
+                    .evaluate(activation)
+                    .and_then(|v| output::body(v.as_ref()))
+                    .map_err(|e| evaluation(DeadLetterReason::Transform, "transform.body", &e))?,
+            ),
+        };
+        let mut computed: Vec<(&async_nats::HeaderName, String)> = Vec::new();
+        for (name, expression) in &self.headers {
+            let field = || format!("transform.headers[{name}]");
+            let value = expression
+                .evaluate(activation)
+                .and_then(|v| output::header_value(v.as_ref()))
+                .map_err(|e| evaluation(DeadLetterReason::Transform, &field(), &e))?;
+            if let Some(value) = value {
+                if http::HeaderValue::from_str(&value).is_err() {
+                    return Err(Unusable {
+                        reason: DeadLetterReason::Transform,
+                        error: format!(
+                            "{}: the value is not valid header text (visible ASCII, no line breaks)",
+                            field()
+                        ),
+                    });
+                }
+                computed.push((name, value));
+            }
+        }
+        Ok(with_body_and_headers(event, body, computed, &self.headers))
+    }
+}
+
+/// `event` with `body` (and its content type, unless a computed header sets one) and
+/// the `computed` headers; every header a transform computes (`names`), set or left
+/// out, replaces the event's own of that name.
+fn with_body_and_headers(
+    event: &Event,
+    body: Option<Body>,
+    computed: Vec<(&async_nats::HeaderName, String)>,
+    names: &[(async_nats::HeaderName, Expression)],
+) -> Event {
+    let content_type = body.as_ref().map(|b| b.content_type);
+    let replaced = |name: &str| {
+        names
+            .iter()
+            .any(|(n, _)| AsRef::<str>::as_ref(n).eq_ignore_ascii_case(name))
+            || (content_type.is_some() && name.eq_ignore_ascii_case("content-type"))
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, values) in event.headers.iter() {
+        if replaced(name.as_ref()) {
+            continue;
+        }
+        for value in values {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let computes_content_type = computed
+        .iter()
+        .any(|(n, _)| AsRef::<str>::as_ref(n).eq_ignore_ascii_case("content-type"));
+    if let Some(content_type) = content_type
+        && !computes_content_type
+    {
+        headers.insert("Content-Type", content_type);
+    }
+    for (name, value) in computed {
+        headers.insert(name.clone(), value);
+    }
+    Event {
+        headers,
+        body: body.map_or_else(|| event.body.clone(), |b| Bytes::from(b.bytes)),
+        ..event.clone()
+    }
+}
+
+/// Every header of `event`, name and first value.
+fn header_pairs(event: &Event) -> Vec<(&str, &str)> {
+    event
+        .headers
+        .iter()
+        .filter_map(|(name, values)| Some((name.as_ref(), values.first()?.as_str())))
+        .collect()
+}
+
+fn parts<'e>(event: &'e Event, headers: &'e [(&'e str, &'e str)]) -> EventParts<'e> {
+    EventParts {
+        id: &event.id,
+        subject: &event.subject,
+        headers,
+        body: &event.body,
+    }
+}
+
+fn evaluation(reason: DeadLetterReason, field: &str, error: &EvalError) -> Unusable {
+    Unusable {
+        reason,
+        error: format!("{field}: {error}"),
+    }
+}
+
+fn unusable(reason: DeadLetterReason, field: &str, error: &EvalError) -> Selection {
+    Selection::Unusable(evaluation(reason, field, error))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+
+    fn target(filter: Option<&str>, body: Option<&str>, headers: &[(&str, &str)]) -> TargetConfig {
+        let mut config: TargetConfig = serde_yaml_ng::from_str(
+            "name: crm
+consumer: crm
+deadLetterSubject: fanout.dlq.shop.orders.crm
+filter: {}
+policy:
+  url: http://127.0.0.1:1/hook
+  method: POST
+  headers: {}
+  timeout: 2s
+  retry: {maxAttempts: 3, backoff: exponential, jitter: full, initialDelay: 100ms, maxDelay: 1s, retryAfterMax: 10s, retryableStatusCodes: ['5xx'], nonRetryableStatusCodes: []}
+  maxInFlight: 4
+",
+        )
+        .unwrap();
+        config.filter.cel = filter.map(str::to_string);
+        if body.is_some() || !headers.is_empty() {
+            config.transform = Some(fanout_config::route::Transform {
+                body: body.map(str::to_string),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            });
+        }
+        config
+    }
+
+    fn event(subject: &str, body: &str) -> Event {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        headers.insert("ce-type", "order.placed");
+        headers.insert("X-Tenant", "acme");
+        Event {
+            id: "evt-1".into(),
+            subject: subject.into(),
+            headers,
+            body: Bytes::from(body.to_string()),
+            delivery: 1,
+            stream_sequence: 1,
+            stored_at: SystemTime::now(),
+        }
+    }
+
+    fn compile(config: &TargetConfig) -> TargetExpressions {
+        TargetExpressions::compile(config).unwrap()
+    }
+
+    const SUBJECT: &str = "fanout.in.shop.orders.order.placed";
+
+    #[test]
+    fn without_expressions_the_event_goes_as_it_is() {
+        let e = compile(&target(None, None, &[]));
+        assert!(e.is_empty());
+        let event = event(SUBJECT, "not json");
+        assert!(matches!(e.select(&event, true), Selection::Send(None)));
+    }
+
+    #[test]
+    fn the_filter_skips_sends_or_dead_letters() {
+        let e = compile(&target(Some("event.data.total > 100"), None, &[]));
+        assert!(matches!(
+            e.select(&event(SUBJECT, r#"{"total": 150}"#), true),
+            Selection::Send(None)
+        ));
+        assert!(matches!(
+            e.select(&event(SUBJECT, r#"{"total": 50}"#), true),
+            Selection::Skip
+        ));
+        let Selection::Unusable(unusable) = e.select(&event(SUBJECT, r#"{"sum": 1}"#), true) else {
+            panic!("not unusable")
+        };
+        assert_eq!(unusable.reason, DeadLetterReason::Filter);
+        assert!(
+            unusable.error.starts_with("filter.cel: no such key: total"),
+            "{}",
+            unusable.error
+        );
+        // A redriven event was addressed to the target: no filter.
+        assert!(matches!(
+            e.select(&event(SUBJECT, r#"{"total": 50}"#), false),
+            Selection::Send(_)
+        ));
+        assert!(e.filter_takes(&event(SUBJECT, r#"{"sum": 1}"#)));
+        assert!(!e.filter_takes(&event(SUBJECT, r#"{"total": 1}"#)));
+    }
+
+    #[test]
+    fn the_transform_replaces_body_content_type_and_named_headers() {
+        let e = compile(&target(
+            None,
+            Some("{'order': event.data.id, 'tenant': event.headers['x-tenant']}"),
+            &[
+                ("X-Tenant", "event.headers['x-tenant'] + '-eu'"),
+                (
+                    "X-Coupon",
+                    "has(event.data.coupon) ? event.data.coupon : null",
+                ),
+                ("X-Total", "event.data.total"),
+            ],
+        ));
+        let original = event(SUBJECT, r#"{"id": "o-1", "total": 12.5}"#);
+        let Selection::Send(Some(sent)) = e.select(&original, true) else {
+            panic!("not transformed")
+        };
+        assert_eq!(&sent.body[..], br#"{"order":"o-1","tenant":"acme"}"#);
+        assert_eq!(sent.header("content-type"), Some("application/json"));
+        assert_eq!(sent.header("x-tenant"), Some("acme-eu"));
+        assert_eq!(sent.headers.get_all("X-Tenant").count(), 1);
+        assert_eq!(sent.header("x-total"), Some("12.5"));
+        assert_eq!(sent.header("x-coupon"), None);
+        assert_eq!(sent.header("ce-type"), Some("order.placed"));
+        assert_eq!((sent.id.as_str(), sent.delivery), ("evt-1", 1));
+        // The original stays as it was, for its dead letter.
+        assert_eq!(original.header("x-tenant"), Some("acme"));
+    }
+
+    #[test]
+    fn a_computed_content_type_wins_and_a_text_body_is_sent_as_is() {
+        let e = compile(&target(
+            None,
+            Some("'<order id=\"' + event.data.id + '\"/>'"),
+            &[("Content-Type", "'application/xml'")],
+        ));
+        let original = event(SUBJECT, r#"{"id": "o-1"}"#);
+        let Selection::Send(Some(sent)) = e.select(&original, true) else {
+            panic!("not sent")
+        };
+        assert_eq!(&sent.body[..], br#"<order id="o-1"/>"#);
+        assert_eq!(sent.header("content-type"), Some("application/xml"));
+        assert_eq!(
+            sent.headers
+                .iter()
+                .filter(|(n, _)| AsRef::<str>::as_ref(n).eq_ignore_ascii_case("content-type"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_transform_that_cannot_be_evaluated_dead_letters_with_its_field() {
+        let e = compile(&target(
+            None,
+            Some("{'n': event.data.n}"),
+            &[("X-Line", "'a\\nb'")],
+        ));
+        let Selection::Unusable(u) = e.select(&event(SUBJECT, "not json"), true) else {
+            panic!("not unusable")
+        };
+        assert_eq!(u.reason, DeadLetterReason::Transform);
+        assert!(u.error.starts_with("transform.body: "), "{}", u.error);
+        assert!(u.error.contains("the body is not JSON"), "{}", u.error);
+        let Selection::Unusable(u) = e.select(&event(SUBJECT, r#"{"n": 1}"#), true) else {
+            panic!("not unusable")
+        };
+        assert!(
+            u.error
+                .starts_with("transform.headers[X-Line]: the value is not valid header text"),
+            "{}",
+            u.error
+        );
+    }
+
+    #[test]
+    fn a_configuration_that_skipped_rendering_fails_the_start_not_an_event() {
+        let err =
+            TargetExpressions::compile(&target(Some("event.data.total >"), None, &[])).unwrap_err();
+        assert!(err.to_string().starts_with("filter.cel"), "{err}");
+    }
+}
