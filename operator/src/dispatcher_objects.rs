@@ -418,6 +418,7 @@ mod tests {
                     api_target_ref: ApiTargetRef { name: "crm".into() },
                     filter: None,
                     overrides: None,
+                    ordering: None,
                 }],
                 dead_letter: None,
                 dispatcher,

@@ -371,6 +371,7 @@ fn render_problem(e: &RenderError) -> Problem {
             "InvalidFilter"
         }
         RenderError::OverlappingSubjects { .. } | RenderError::InvalidStream(_) => "InvalidSource",
+        RenderError::InvalidOrdering { .. } => "InvalidOrdering",
     };
     Problem::new(reason, error_chain(e))
 }

@@ -185,6 +185,7 @@ mod tests {
                         },
                         filter: None,
                         overrides: None,
+                        ordering: None,
                     })
                     .collect(),
                 dead_letter: None,

@@ -42,6 +42,7 @@ fn plan(targets: &[&str]) -> RouteStreams {
                 ],
                 ack_wait: Duration::from_secs(35),
                 max_ack_pending: 64,
+                pinned: None,
             })
             .collect(),
     }
@@ -317,6 +318,7 @@ fn snapshot(target: &str, pod: &str, circuit: Circuit, delivered: u64) -> Vec<u8
         last_success_time: None,
         last_error: None,
         reported_at: "2026-11-27T10:00:00.000Z".into(),
+        ..Default::default()
     })
     .unwrap()
 }
