@@ -397,10 +397,14 @@ impl Loop {
         }
     }
 
-    /// On stop: what waits in hand goes back at once, the pin is let go so that a
-    /// standby dispatcher takes over now, and requests in flight get `grace`.
+    /// On stop: the pin is let go first, so that what goes back (what waits in hand,
+    /// what is still arriving) goes to a standby dispatcher, which takes over at once;
+    /// requests in flight get `grace`.
     async fn stop(mut self, messages: Option<crate::worker::PullStream>, grace: Duration) {
         self.drain.cancel();
+        if self.phase != Phase::Unpinned {
+            alongside_with(&mut self.deliveries, unpin(&self.worker), drop).await;
+        }
         let mut waiting = self.ordered().lanes().clear();
         waiting.append(&mut self.taken);
         for held in &waiting {
@@ -408,9 +412,6 @@ impl Loop {
         }
         if let Some(stream) = messages {
             alongside_with(&mut self.deliveries, self.worker.hand_back(stream), drop).await;
-        }
-        if self.phase != Phase::Unpinned {
-            alongside_with(&mut self.deliveries, unpin(&self.worker), drop).await;
         }
         self.ordered().set_active(false);
         let finished = tokio::time::timeout(grace, async {
