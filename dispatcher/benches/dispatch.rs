@@ -10,6 +10,9 @@
 //! The throughput phase runs `FANOUT_BENCH_ROUNDS` times (default 3), alternating
 //! baseline and engine so that a slow stretch of the machine hits both, and the
 //! table gives each contender's median round (every round is printed too).
+//! The engine's throughput is also measured with per-key ordering on (events of
+//! 1000 keys, interleaved) and with adaptive concurrency on, in the same rounds, and
+//! printed beside today's configuration.
 //! `FANOUT_BENCH_EVENTS` sets the pre-loaded count (default 100000). For
 //! experiments: `FANOUT_BENCH_LATENCY_ONLY=1` runs only the latency phase, and
 //! `FANOUT_BENCH_NO_LIMIT=1` leaves the rate limiter out of the targets.
@@ -31,6 +34,9 @@ use hyper_util::rt::TokioIo;
 
 const BODY_BYTES: usize = 256;
 const SENT_HEADER: &str = "X-Bench-Sent";
+/// The ordering key of each event (when ordering is on): one of [`KEYS`].
+const KEY_HEADER: &str = "X-Bench-Key";
+const KEYS: usize = 1000;
 /// Concurrent deliveries per target, for both engine and baseline.
 const IN_FLIGHT: usize = 256;
 
@@ -185,6 +191,10 @@ fn now_us() -> u64 {
 enum Contender {
     Baseline,
     Engine,
+    /// The engine with `ordering: {key: {header: X-Bench-Key}}` on both targets.
+    Ordered,
+    /// The engine with `concurrency: {adaptive: true}` on both ApiTargets.
+    Adaptive,
 }
 
 impl Contender {
@@ -192,6 +202,8 @@ impl Contender {
         match self {
             Contender::Baseline => "baseline (naive reqwest fan-out)",
             Contender::Engine => "engine (fanout dispatch)",
+            Contender::Ordered => "engine, per-key ordering (1000 keys)",
+            Contender::Adaptive => "engine, adaptive concurrency",
         }
     }
 }
@@ -208,7 +220,7 @@ impl Child {
                 c.arg("--child-baseline").arg(config).arg(nats_url);
                 c
             }
-            Contender::Engine => {
+            Contender::Engine | Contender::Ordered | Contender::Adaptive => {
                 let mut c = std::process::Command::new(fanout_testkit::fanout_release_binary());
                 c.arg("dispatch").arg("--config").arg(config).args([
                     "--nats-url",
@@ -265,8 +277,22 @@ struct Bench {
 }
 
 impl Bench {
-    /// Fresh streams and consumers for the route; returns the config file path.
-    async fn fresh_route(&self) -> PathBuf {
+    /// Fresh streams and consumers for the route as `contender` runs it; returns the
+    /// config file path.
+    async fn fresh_route(&self, contender: Contender) -> PathBuf {
+        let limit = if std::env::var_os("FANOUT_BENCH_NO_LIMIT").is_some() {
+            ""
+        } else {
+            "  rateLimit: {requestsPerSecond: 1000000, burst: 100000}\n"
+        };
+        let adaptive = match contender {
+            Contender::Adaptive => "  concurrency: {adaptive: true}\n",
+            _ => "",
+        };
+        let ordering = match contender {
+            Contender::Ordered => format!(", ordering: {{key: {{header: {KEY_HEADER}}}}}"),
+            _ => String::new(),
+        };
         let manifests = format!(
             "apiVersion: fanout.dev/v1alpha1
 kind: ApiTarget
@@ -274,31 +300,24 @@ metadata: {{name: a}}
 spec:
   url: {a}
   maxInFlight: {IN_FLIGHT}
-{limit}
----
+{limit}{adaptive}---
 apiVersion: fanout.dev/v1alpha1
 kind: ApiTarget
 metadata: {{name: b}}
 spec:
   url: {b}
   maxInFlight: {IN_FLIGHT}
-{limit}
----
+{limit}{adaptive}---
 apiVersion: fanout.dev/v1alpha1
 kind: FanOutRoute
 metadata: {{name: bench}}
 spec:
   targets:
-    - {{name: a, apiTargetRef: {{name: a}}}}
-    - {{name: b, apiTargetRef: {{name: b}}}}
+    - {{name: a, apiTargetRef: {{name: a}}{ordering}}}
+    - {{name: b, apiTargetRef: {{name: b}}{ordering}}}
 ",
             a = self.a.url(),
             b = self.b.url(),
-            limit = if std::env::var_os("FANOUT_BENCH_NO_LIMIT").is_some() {
-                ""
-            } else {
-                "  rateLimit: {requestsPerSecond: 1000000, burst: 100000}"
-            },
         );
         let rendered = Manifests::parse(&manifests, "bench")
             .unwrap()
@@ -324,6 +343,7 @@ spec:
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Fanout-Event-Id", format!("evt-{i}").as_str());
             headers.insert("Content-Type", "application/json");
+            headers.insert(KEY_HEADER, format!("key-{}", i % KEYS).as_str());
             if stamped {
                 headers.insert(SENT_HEADER, now_us().to_string().as_str());
             }
@@ -366,7 +386,7 @@ struct Throughput {
 }
 
 async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throughput {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     bench.publish(events, false).await;
     let child = Child::spawn(contender, &config, &bench.nats.url());
     let start = Instant::now();
@@ -392,7 +412,7 @@ fn median(rounds: &[Throughput]) -> Throughput {
 
 /// Healthy target's rate while the other answers 503 for the whole run.
 async fn throughput_with_failing_peer(bench: &Bench, contender: Contender, events: usize) -> f64 {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     bench.publish(events, false).await;
     bench.b.failing.store(true, Ordering::Relaxed);
     let child = Child::spawn(contender, &config, &bench.nats.url());
@@ -406,7 +426,7 @@ async fn throughput_with_failing_peer(bench: &Bench, contender: Contender, event
 
 /// (p50, p99) publish-to-delivery latency in ms at `rate` events/s for `seconds`.
 async fn latency(bench: &Bench, contender: Contender, rate: u64, seconds: u64) -> (f64, f64) {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     let _child = Child::spawn(contender, &config, &bench.nats.url());
     // Warm up until the child delivers, so start-up is not measured.
     bench.publish(100, false).await;
@@ -488,9 +508,10 @@ fn parent() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(3usize)
             .max(1);
-        let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(), Vec::new()];
+        let all = [Contender::Baseline, Contender::Engine, Contender::Ordered, Contender::Adaptive];
+        let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(); all.len()];
         for round in 1..=rounds {
-            for (i, contender) in [Contender::Baseline, Contender::Engine].into_iter().enumerate() {
+            for (i, contender) in all.into_iter().enumerate() {
                 eprintln!("{}: throughput of {events} pre-loaded events, round {round}/{rounds} ...", contender.name());
                 rates[i].push(throughput(&bench, contender, events).await);
             }
@@ -504,7 +525,7 @@ fn parent() {
         }
         let baseline_rate = results[0].1.events_per_sec;
         println!();
-        for (i, contender) in [Contender::Baseline, Contender::Engine].into_iter().enumerate() {
+        for (i, contender) in all.into_iter().enumerate() {
             let each: Vec<String> = rates[i].iter().map(|t| format!("{:.0}", t.events_per_sec)).collect();
             println!("{} events/s by round: {}", contender.name(), each.join(", "));
         }
@@ -525,6 +546,23 @@ fn parent() {
                 p99,
                 degraded,
                 100.0 * degraded / t.events_per_sec
+            );
+        }
+        let engine = median(&rates[1]);
+        println!();
+        println!("Engine options, same rounds (median of {rounds}):");
+        println!();
+        println!("| configuration | events/s to both | vs today's engine | CPU s / 1000 events | peak RSS MiB |");
+        println!("|---|---:|---:|---:|---:|");
+        for (i, contender) in all.into_iter().enumerate().skip(1) {
+            let t = median(&rates[i]);
+            println!(
+                "| {} | {:.0} | {:.2}x | {:.3} | {:.1} |",
+                contender.name(),
+                t.events_per_sec,
+                t.events_per_sec / engine.events_per_sec,
+                t.cpu_per_1000,
+                t.peak_rss_mib,
             );
         }
     });
