@@ -174,6 +174,7 @@ mod tests {
                     .collect(),
             }),
             overrides: None,
+            ordering: None,
         }
     }
 

@@ -108,6 +108,41 @@ pub struct CircuitBreakerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub half_open_probes: Option<u32>,
+
+    /// Whether pushback counts as a failure: a 429, or a 503 with Retry-After, says
+    /// the target is busy, not broken. Default: false: pushback slows the target down
+    /// instead (the event's next attempt waits for Retry-After and, with adaptive
+    /// concurrency, fewer requests go at once) and never opens the circuit. A 503
+    /// without Retry-After, timeouts and connection errors always count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_pushback: Option<bool>,
+}
+
+/// How many requests go to the target at once, within maxInFlight.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConcurrencySpec {
+    /// Find the concurrency the target can take instead of always allowing
+    /// maxInFlight: fewer requests at once after a 429, a 503 or a timeout, or when
+    /// answers get slower than latencyTolerance allows, and more again while answers
+    /// come back fast (additive increase, multiplicative decrease; each dispatcher
+    /// replica finds its own share). The effective limit is in the route's
+    /// `status.targets[].concurrencyLimit`. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<bool>,
+
+    /// The fewest requests in flight adaptive concurrency goes down to, per
+    /// dispatcher replica; at most maxInFlight. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub min_in_flight: Option<u32>,
+
+    /// How many times slower than the target's usual answers (plus 10ms) answers may
+    /// become before adaptive concurrency sends fewer at once, from 1.1 to 100.
+    /// Default: 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1.1 && self <= 100.0").message(rules::LATENCY_TOLERANCE_RANGE))]
+    pub latency_tolerance: Option<f64>,
 }
 
 /// A token bucket shared by all dispatcher replicas of a route.

@@ -12,13 +12,13 @@ use fanout_config::names::{RouteKey, subject_pattern_within, subject_patterns_co
 use fanout_config::policy::defaults;
 use fanout_config::route::{
     BasicCredentials, ClientCertificateFiles, Credentials, Filter, HeaderCredential,
-    OAuth2Credentials, RouteConfig, TargetConfig, TlsFiles,
+    OAuth2Credentials, Ordering, OrderingKey, RouteConfig, TargetConfig, TlsFiles,
 };
 use fanout_config::{DeliveryPolicy, Duration};
 
 use crate::expressions::{self, ExpressionError};
 use crate::policy::{AuthSpec, CaBundle, SecretKeyRef};
-use crate::route::{FanOutRoute, RetentionSpec, StorageKind};
+use crate::route::{FanOutRoute, OrderingSpec, RetentionSpec, StorageKind};
 use crate::settings::{self, SettingsError, StreamWindows};
 use crate::target::ApiTarget;
 
@@ -27,6 +27,13 @@ use crate::target::ApiTarget;
 /// Longer waits (circuit open, rate limit) send progress acks, so this stays short:
 /// it is also how long an event held by a crashed dispatcher waits for redelivery.
 const ACK_WAIT_SLACK: Duration = Duration::from_secs(5);
+
+/// Added to an ordered target's ack wait for how long its consumer keeps the pin of
+/// a dispatcher that stopped pulling: the dispatcher renews its pull every few
+/// seconds (a pull expires after 5s), and by the time the pin moves, every event
+/// the old dispatcher held must be due for redelivery (see the dispatcher's
+/// `ordering` module).
+const TAKEOVER_SLACK: Duration = Duration::from_secs(15);
 
 /// Everything a route turns into.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,6 +91,8 @@ pub enum RenderError {
     /// A retention or duplicate window JetStream would refuse.
     #[error(transparent)]
     InvalidStream(#[from] SettingsError),
+    #[error("targets[{target}].ordering: {problem}")]
+    InvalidOrdering { target: String, problem: String },
 }
 
 /// Renders `route`. `api_target` looks up ApiTargets of the route's namespace by name;
@@ -166,13 +175,26 @@ pub fn render<'a>(
             filter.subjects.clone()
         };
         filter_subjects.push(key.redrive_subject(&t.name));
+        // At most what JetStream can read; only a timeout of centuries comes near.
+        let ack_wait =
+            Duration::from(policy.timeout.as_std() + ACK_WAIT_SLACK.as_std()).min(Duration::MAX);
+        let ordering = t
+            .ordering
+            .as_ref()
+            .map(|o| ordering(o, ack_wait))
+            .transpose()
+            .map_err(|problem| RenderError::InvalidOrdering {
+                target: t.name.clone(),
+                problem,
+            })?;
         consumers.push(ConsumerPlan {
             name: key.consumer(&t.name),
             filter_subjects,
-            // At most what JetStream can read; only a timeout of centuries comes near.
-            ack_wait: Duration::from(policy.timeout.as_std() + ACK_WAIT_SLACK.as_std())
-                .min(Duration::MAX),
-            max_ack_pending: i64::from(policy.max_in_flight),
+            ack_wait,
+            // Events waiting behind the head of their key are in hand too.
+            max_ack_pending: i64::from(policy.max_in_flight)
+                + ordering.as_ref().map_or(0, |o| i64::from(o.max_waiting)),
+            pinned: ordering.as_ref().map(|o| o.takeover_after),
         });
 
         targets.push(TargetConfig {
@@ -187,6 +209,7 @@ pub fn render<'a>(
             transform: checked.transform,
             credentials: credentials(referenced.spec.auth.as_ref(), secrets_dir),
             policy,
+            ordering,
         });
     }
 
@@ -297,12 +320,52 @@ pub fn gateway_route(
     })
 }
 
-/// Every header name a target filter of `route` matches on, and every one its CEL
-/// filters and transforms spell out (`event.headers["x-tenant"]`), once, in order.
+/// The effective ordering of a route target whose consumer's ack wait is `ack_wait`;
+/// the problem, when the spec (which may not have passed an apiserver) cannot work.
+fn ordering(spec: &OrderingSpec, ack_wait: Duration) -> Result<Ordering, String> {
+    let key = match (&spec.key.header, spec.key.partition_key.unwrap_or(false)) {
+        (Some(header), false) => {
+            let lower = header.to_ascii_lowercase();
+            let token = !header.is_empty()
+                && header.len() <= 128
+                && header
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!#$%&*+.^_|~-".contains(c));
+            if !token
+                || ["authorization", "proxy-authorization", "cookie"].contains(&lower.as_str())
+            {
+                return Err(format!("key.header: {}", crate::rules::ORDERING_KEY_HEADER));
+            }
+            OrderingKey::Header(header.clone())
+        }
+        (None, true) => OrderingKey::PartitionKey,
+        _ => return Err(format!("key: {}", crate::rules::ORDERING_KEY_ONE_SOURCE)),
+    };
+    let max_waiting = spec.max_waiting.unwrap_or(defaults::ORDERING_MAX_WAITING);
+    if max_waiting == 0 {
+        return Err("maxWaiting: must be at least 1".into());
+    }
+    Ok(Ordering {
+        key,
+        after_dead_letter: spec.after_dead_letter.unwrap_or_default(),
+        max_waiting,
+        takeover_after: Duration::from(ack_wait.as_std() + TAKEOVER_SLACK.as_std())
+            .min(Duration::MAX),
+    })
+}
+
+/// Every header name a target filter of `route` matches on or takes its ordering
+/// key from, and every one its CEL filters and transforms spell out
+/// (`event.headers["x-tenant"]`), once, in order.
 fn filter_headers(route: &FanOutRoute) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     let filters = route.spec.targets.iter().filter_map(|t| t.filter.as_ref());
     let matched = filters.flat_map(|f| f.headers.keys().cloned());
+    let keys = route
+        .spec
+        .targets
+        .iter()
+        .filter_map(|t| t.ordering.as_ref()?.key.header.clone());
     // An expression that does not compile names nothing: rendering reports it.
     let named = route
         .spec
@@ -310,7 +373,7 @@ fn filter_headers(route: &FanOutRoute) -> Vec<String> {
         .iter()
         .filter_map(|t| expressions::check(t, None).ok())
         .flat_map(|checked| checked.headers);
-    for name in matched.chain(named) {
+    for name in matched.chain(keys).chain(named) {
         // Header names are case-insensitive; filters may spell one two ways.
         if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
             names.push(name);
@@ -500,8 +563,9 @@ mod tests {
 
     use super::*;
     use crate::route::{
-        ApiTargetRef, DeadLetterSpec, FanOutRouteSpec, FilterSpec, HistoryRetentionSpec,
-        HistorySpec, RetentionSpec, RouteTargetSpec, SourceSpec,
+        AfterDeadLetter, ApiTargetRef, DeadLetterSpec, FanOutRouteSpec, FilterSpec,
+        HistoryRetentionSpec, HistorySpec, OrderingKeySpec, RetentionSpec, RouteTargetSpec,
+        SourceSpec,
     };
     use crate::target::ApiTargetSpec;
 
@@ -518,6 +582,7 @@ mod tests {
                 circuit_breaker: None,
                 rate_limit: None,
                 max_in_flight: Some(32),
+                concurrency: None,
             },
         );
         t.metadata.namespace = Some("shop".into());
@@ -533,6 +598,7 @@ mod tests {
             filter: None,
             transform: None,
             overrides: None,
+            ordering: None,
         }
     }
 
@@ -607,6 +673,61 @@ mod tests {
             out.config.targets[0].dead_letter_subject,
             "fanout.dlq.shop.orders.email"
         );
+    }
+
+    #[test]
+    fn an_ordered_target_pins_its_consumer_and_holds_its_waiting_events_too() {
+        let mut t = target("email", "mailer");
+        t.ordering = Some(OrderingSpec {
+            key: OrderingKeySpec {
+                header: Some("X-Customer".into()),
+                partition_key: None,
+            },
+            after_dead_letter: Some(AfterDeadLetter::Block),
+            max_waiting: Some(500),
+        });
+        let out = render_with(&route(vec![t]), &[api_target("mailer", "http://m")]).unwrap();
+        let consumer = &out.streams.consumers[0];
+        assert_eq!(consumer.max_ack_pending, 32 + 500);
+        assert_eq!(
+            consumer.pinned.map(|d| d.to_string()).as_deref(),
+            Some("25s"),
+            "the 10s ack wait + 15s"
+        );
+        let ordering = out.config.targets[0].ordering.as_ref().unwrap();
+        assert_eq!(ordering.key, OrderingKey::Header("X-Customer".into()));
+        assert_eq!(ordering.after_dead_letter, AfterDeadLetter::Block);
+        assert_eq!(
+            out.gateway.forward_headers,
+            ["X-Customer"],
+            "the gateway stores the key's header"
+        );
+    }
+
+    #[test]
+    fn an_ordering_key_without_exactly_one_source_is_refused_by_name() {
+        for key in [
+            OrderingKeySpec::default(),
+            OrderingKeySpec {
+                header: Some("X-Customer".into()),
+                partition_key: Some(true),
+            },
+            OrderingKeySpec {
+                header: Some("Authorization".into()),
+                partition_key: None,
+            },
+        ] {
+            let mut t = target("email", "mailer");
+            t.ordering = Some(OrderingSpec {
+                key,
+                after_dead_letter: None,
+                max_waiting: None,
+            });
+            let err = render_with(&route(vec![t]), &[api_target("mailer", "http://m")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("targets[email].ordering: key"), "{err}");
+        }
     }
 
     #[test]

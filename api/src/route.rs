@@ -8,7 +8,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{CircuitBreakerSpec, RateLimitSpec, RetrySpec, SecretKeyRef};
+pub use fanout_config::route::AfterDeadLetter;
+
+use crate::policy::{CircuitBreakerSpec, ConcurrencySpec, RateLimitSpec, RetrySpec, SecretKeyRef};
 use crate::rules;
 use crate::status::{CircuitState, Condition};
 use fanout_config::Duration;
@@ -204,6 +206,60 @@ pub struct RouteTargetSpec {
     /// the ApiTarget's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides: Option<PolicyOverrides>,
+
+    /// Deliver the events of one key in the order they were stored; events of
+    /// different keys go in parallel. Default: no ordering, every event in parallel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<OrderingSpec>,
+}
+
+/// Per-key ordering of a route target (docs/dispatcher.md, "Per-key ordering").
+///
+/// Events of one key reach the target in the order the stream stored them, also
+/// across retries, redeliveries, dispatcher crashes and several replicas: one
+/// dispatcher replica at a time delivers the target, and another takes over within
+/// the consumer's ack wait plus 15s when it stops. A key whose head event keeps
+/// failing holds back only its own later events. Events without a key are
+/// delivered without ordering.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderingSpec {
+    /// Where each event's key comes from.
+    pub key: OrderingKeySpec,
+
+    /// What happens to a key after its head event was dead-lettered: continue (its
+    /// next event goes on) or block (its later events wait until that dead letter is
+    /// redriven with `fanout dlq redrive` and delivered; they count against
+    /// maxWaiting meanwhile). Default: continue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_dead_letter: Option<AfterDeadLetter>,
+
+    /// Events held back at most behind the heads of their keys, besides the
+    /// requests in flight. When that many wait, no more events are fetched until a
+    /// head is settled. Default: 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_waiting: Option<u32>,
+}
+
+/// The source of an event's ordering key: exactly one of `header` and
+/// `partitionKey`. (A CEL expression over the event is planned.)
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.header) ? 1 : 0) + (has(self.partitionKey) && self.partitionKey ? 1 : 0) == 1").message(rules::ORDERING_KEY_ONE_SOURCE))]
+pub struct OrderingKeySpec {
+    /// An event header (case-insensitive), e.g. X-Customer-Id. The gateway stores it
+    /// with each event it accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]{1,128}$') && !(self.lowerAscii() in ['authorization', 'proxy-authorization', 'cookie'])").message(rules::ORDERING_KEY_HEADER))]
+    pub header: Option<String>,
+
+    /// The CloudEvents `partitionkey` extension attribute: the `ce-partitionkey`
+    /// header of a binary-mode event, or the `partitionkey` member of a
+    /// structured-mode one (`application/cloudevents+json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<bool>,
 }
 
 /// Reference to an `ApiTarget` in the same namespace.
@@ -274,6 +330,7 @@ pub struct TransformSpec {
 /// Per-route changes to an ApiTarget's delivery policy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.concurrency) || !has(self.concurrency.minInFlight) || !has(self.maxInFlight) || self.concurrency.minInFlight <= self.maxInFlight").message(rules::MIN_IN_FLIGHT_WITHIN_MAX).field_path(".concurrency.minInFlight"))]
 pub struct PolicyOverrides {
     /// Replaces the ApiTarget's timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -292,6 +349,9 @@ pub struct PolicyOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_in_flight: Option<u32>,
+    /// Fields given here replace the ApiTarget's concurrency fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencySpec>,
 }
 
 /// The dead-letter stream of a route.
@@ -491,4 +551,16 @@ pub struct TargetStatus {
     /// waiting for a retry or not fetched yet); absent when it is up to date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_undelivered_time: Option<Time>,
+    /// Requests the dispatchers let go to the target at once now, summed over the
+    /// replicas delivering to it: maxInFlight each, or with adaptive concurrency
+    /// what the target was found to take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
+    /// Ordered targets: keys whose head event failed and waits to be tried again
+    /// (or, with `afterDeadLetter: block`, to be redriven); their later events wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_keys: Option<u64>,
+    /// Since when the longest-blocked key has been blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_blocked_time: Option<Time>,
 }

@@ -72,6 +72,21 @@ pub const TOKEN_URL: &str = "tokenUrl must be an absolute https:// URL (http:// 
 pub const SCOPE_CHARACTERS: &str =
     "each scope must be printable ASCII without spaces, '\"' or '\\'";
 
+/// On `concurrency.latencyTolerance`.
+pub const LATENCY_TOLERANCE_RANGE: &str = "latencyTolerance must be at least 1.1 and at most 100";
+
+/// On an ApiTarget's `spec` and a route target's `overrides`, for
+/// `concurrency.minInFlight`.
+pub const MIN_IN_FLIGHT_WITHIN_MAX: &str =
+    "concurrency.minInFlight must be at most maxInFlight (default 64)";
+
+/// On `spec.targets[].ordering.key`.
+pub const ORDERING_KEY_ONE_SOURCE: &str =
+    "key needs exactly one source: header, or partitionKey: true";
+
+/// On `spec.targets[].ordering.key.header`.
+pub const ORDERING_KEY_HEADER: &str = "header must be an HTTP header name of at most 128 characters, and not one that carries credentials (Authorization, Proxy-Authorization, Cookie): the gateway stores the header with each event";
+
 #[cfg(test)]
 mod tests {
     use fanout_config::jetstream::MIN_STREAM_WINDOW;

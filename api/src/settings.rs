@@ -11,10 +11,11 @@ use fanout_config::Duration;
 use fanout_config::expiry::Expiry;
 use fanout_config::jetstream::MIN_STREAM_WINDOW;
 use fanout_config::policy::{
-    BreakerPolicy, DeliveryPolicy, RateLimit, RetryPolicy, StatusCodeSet, defaults,
+    AdaptiveConcurrency, BreakerPolicy, DeliveryPolicy, RateLimit, RetryPolicy, StatusCodeSet,
+    defaults,
 };
 
-use crate::policy::{AuthSpec, CircuitBreakerSpec, RateLimitSpec, RetrySpec};
+use crate::policy::{AuthSpec, CircuitBreakerSpec, ConcurrencySpec, RateLimitSpec, RetrySpec};
 use crate::route::{DeadLetterSpec, HistorySpec, PolicyOverrides, SourceSpec};
 use crate::rules;
 use crate::target::ApiTargetSpec;
@@ -83,6 +84,11 @@ pub fn resolve(
         .or(target.rate_limit.as_ref())
         .map(resolve_rate_limit)
         .transpose()?;
+    let adaptive_concurrency = resolve_concurrency(
+        overrides.concurrency.as_ref(),
+        target.concurrency.as_ref(),
+        max_in_flight,
+    )?;
 
     Ok(DeliveryPolicy {
         url,
@@ -96,6 +102,7 @@ pub fn resolve(
         )?,
         rate_limit,
         max_in_flight,
+        adaptive_concurrency,
     })
 }
 
@@ -169,6 +176,7 @@ fn resolve_breaker(
         open_duration: layered!(over, base, open_duration, defaults::OPEN_DURATION),
         max_open_duration: layered!(over, base, max_open_duration, defaults::MAX_OPEN_DURATION),
         half_open_probes: layered!(over, base, half_open_probes, defaults::HALF_OPEN_PROBES),
+        count_pushback: layered!(over, base, count_pushback, defaults::COUNT_PUSHBACK),
     };
     // Written as a negated range check so that NaN is refused too.
     if !(policy.failure_ratio > 0.0 && policy.failure_ratio <= 1.0) {
@@ -198,6 +206,49 @@ fn resolve_breaker(
         "circuitBreaker.openDuration",
         policy.open_duration,
     )?;
+    Ok(Some(policy))
+}
+
+/// Bounds of `concurrency.latencyTolerance`, as in the CRD.
+const MIN_LATENCY_TOLERANCE: f64 = 1.1;
+const MAX_LATENCY_TOLERANCE: f64 = 100.0;
+
+fn resolve_concurrency(
+    over: Option<&ConcurrencySpec>,
+    base: Option<&ConcurrencySpec>,
+    max_in_flight: u32,
+) -> Result<Option<AdaptiveConcurrency>, SettingsError> {
+    if !layered!(over, base, adaptive, defaults::ADAPTIVE_CONCURRENCY) {
+        return Ok(None);
+    }
+    let policy = AdaptiveConcurrency {
+        min_in_flight: layered!(over, base, min_in_flight, defaults::MIN_IN_FLIGHT),
+        latency_tolerance: layered!(over, base, latency_tolerance, defaults::LATENCY_TOLERANCE),
+    };
+    if policy.min_in_flight == 0 {
+        return Err(invalid("concurrency.minInFlight", "must be at least 1"));
+    }
+    if policy.min_in_flight > max_in_flight {
+        return Err(invalid(
+            "concurrency.minInFlight",
+            format!(
+                "{} is more than maxInFlight {max_in_flight} (after applying overrides)",
+                policy.min_in_flight
+            ),
+        ));
+    }
+    // Written as a negated range check so that NaN is refused too.
+    if !(policy.latency_tolerance >= MIN_LATENCY_TOLERANCE
+        && policy.latency_tolerance <= MAX_LATENCY_TOLERANCE)
+    {
+        return Err(invalid(
+            "concurrency.latencyTolerance",
+            format!(
+                "{} must be at least {MIN_LATENCY_TOLERANCE} and at most {MAX_LATENCY_TOLERANCE}",
+                policy.latency_tolerance
+            ),
+        ));
+    }
     Ok(Some(policy))
 }
 
@@ -542,6 +593,7 @@ mod tests {
             circuit_breaker: None,
             rate_limit: None,
             max_in_flight: None,
+            concurrency: None,
         }
     }
 

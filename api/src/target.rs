@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub use fanout_config::policy::HttpMethod;
 
-use crate::policy::{AuthSpec, CircuitBreakerSpec, RateLimitSpec, RetrySpec};
+use crate::policy::{AuthSpec, CircuitBreakerSpec, ConcurrencySpec, RateLimitSpec, RetrySpec};
 use crate::rules;
 use crate::status::{CircuitState, Condition};
 use fanout_config::Duration;
@@ -33,6 +33,7 @@ use fanout_config::Duration;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.auth) || !has(self.auth.tls) || self.url.lowerAscii().startsWith('https://')").message(rules::TLS_NEEDS_HTTPS).field_path(".auth.tls"))]
 #[x_kube(validation = Rule::new("!has(self.auth) || !has(self.auth.header) || !has(self.headers) || !self.headers.exists(k, k.lowerAscii() == self.auth.header.name.lowerAscii())").message(rules::AUTH_HEADER_IN_HEADERS).field_path(".auth.header.name"))]
+#[x_kube(validation = Rule::new("!has(self.concurrency) || !has(self.concurrency.minInFlight) || self.concurrency.minInFlight <= (has(self.maxInFlight) ? self.maxInFlight : 64)").message(rules::MIN_IN_FLIGHT_WITHIN_MAX).field_path(".concurrency.minInFlight"))]
 pub struct ApiTargetSpec {
     /// Absolute http:// or https:// URL that events are sent to.
     #[schemars(length(min = 1, max = 2048))]
@@ -79,6 +80,11 @@ pub struct ApiTargetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_in_flight: Option<u32>,
+
+    /// How many of maxInFlight go at once: all of them, or as many as the target is
+    /// found to take (adaptive). Default: maxInFlight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencySpec>,
 }
 
 /// What the operator observed about an `ApiTarget`.

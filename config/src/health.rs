@@ -34,4 +34,20 @@ pub struct HealthSnapshot {
     pub last_error: Option<String>,
     /// RFC 3339; when this snapshot was written.
     pub reported_at: String,
+    /// Requests this pod lets go to the target at once now: its maxInFlight, or
+    /// what adaptive concurrency found. `None` for a pod that stands by for an
+    /// ordered target another pod delivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
+    /// Ordered targets: keys whose head event has failed and is waiting to be
+    /// tried again (or, with `afterDeadLetter: Block`, to be redriven).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub blocked_keys: u64,
+    /// RFC 3339; since when the longest-blocked of them has been blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_blocked_since: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -62,6 +62,14 @@ pub struct ConsumerPlan {
     /// How long a delivery may stay unacknowledged before JetStream redelivers it:
     /// longer than the target's timeout, so a slow success is not sent twice.
     pub ack_wait: Duration,
-    /// The target's maxInFlight, enforced by JetStream across all replicas.
+    /// The target's maxInFlight, enforced by JetStream across all replicas (plus,
+    /// for an ordered target, the events waiting behind the heads of their keys).
     pub max_ack_pending: i64,
+    /// For an ordered target: one dispatcher at a time is delivering (JetStream pins
+    /// it), and another takes over after it stopped pulling for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Duration>,
 }
+
+/// The priority group ordered consumers pin their one active client in.
+pub const ORDERED_GROUP: &str = "fanout";

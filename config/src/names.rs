@@ -48,6 +48,10 @@ pub fn replay_message_id(replay: &str, sequence: u64) -> String {
 /// the two apart and leaves a replay's reader alone.
 pub const REPLAY_READER_PREFIX: &str = "fanout_replay_";
 
+/// KV bucket of the keys that ordered targets with `afterDeadLetter: block` hold
+/// back until a dead letter is redriven: one entry per blocked key.
+pub const ORDERING_BUCKET: &str = "fanout_ordering";
+
 /// Identifies one route: its namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteKey {
@@ -134,6 +138,12 @@ impl RouteKey {
     /// Key prefix of all health snapshots of one target (one key per dispatcher pod).
     pub fn health_key_prefix(&self, target: &str) -> String {
         format!("{}.{target}", self.health_route_prefix())
+    }
+
+    /// Key prefix of the blocked keys of one ordered target, in
+    /// [`ORDERING_BUCKET`] (each followed by `.` and a digest of the key).
+    pub fn ordering_key_prefix(&self, target: &str) -> String {
+        self.health_key_prefix(target)
     }
 
     /// Health snapshot key of one target as seen by one dispatcher pod.

@@ -82,6 +82,13 @@ pub mod defaults {
     pub const OPEN_DURATION: Duration = Duration::from_secs(30);
     pub const MAX_OPEN_DURATION: Duration = Duration::from_secs(300);
     pub const HALF_OPEN_PROBES: u32 = 3;
+    pub const COUNT_PUSHBACK: bool = false;
+
+    pub const ADAPTIVE_CONCURRENCY: bool = false;
+    pub const MIN_IN_FLIGHT: u32 = 1;
+    pub const LATENCY_TOLERANCE: f64 = 2.0;
+
+    pub const ORDERING_MAX_WAITING: u32 = 1000;
 
     pub const STREAM_MAX_AGE: Duration = Duration::from_secs(72 * 3600);
     pub const DEAD_LETTER_MAX_AGE: Duration = Duration::from_secs(336 * 3600);
@@ -110,6 +117,22 @@ pub struct DeliveryPolicy {
     pub rate_limit: Option<RateLimit>,
     /// For all replicas together (enforced by the consumer's max_ack_pending).
     pub max_in_flight: u32,
+    /// `None`: requests go up to `max_in_flight` at once. `Some`: each dispatcher
+    /// finds how many the target takes, between the minimum and `max_in_flight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<AdaptiveConcurrency>,
+}
+
+/// How a dispatcher finds the concurrency a target can take (see the dispatcher's
+/// `concurrency` module).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdaptiveConcurrency {
+    /// The fewest requests in flight it goes down to.
+    pub min_in_flight: u32,
+    /// Answers this many times slower than the target's usual ones mean it is
+    /// getting busy.
+    pub latency_tolerance: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +165,10 @@ pub struct BreakerPolicy {
     pub open_duration: Duration,
     pub max_open_duration: Duration,
     pub half_open_probes: u32,
+    /// Whether pushback (429, or 503 with Retry-After: the target is busy, not
+    /// broken) counts as a failure.
+    #[serde(default)]
+    pub count_pushback: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

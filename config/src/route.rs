@@ -59,6 +59,51 @@ pub struct TargetConfig {
     pub policy: DeliveryPolicy,
     #[serde(default)]
     pub credentials: Credentials,
+    /// Per-key ordering; `None`: events go in parallel, in any order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<Ordering>,
+}
+
+/// Events of one key reach the target in the order they were stored; different keys
+/// go in parallel. How: see the dispatcher's `ordering` module.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ordering {
+    pub key: OrderingKey,
+    pub after_dead_letter: AfterDeadLetter,
+    /// Events held in hand at most besides the requests in flight: those waiting
+    /// behind the head of their key. JetStream's max_ack_pending is the target's
+    /// maxInFlight plus this.
+    pub max_waiting: u32,
+    /// How long the dispatcher delivering the target keeps it without pulling before
+    /// another takes over: longer than the consumer's ack wait plus a pull's expiry,
+    /// so that every event the last one held is due for redelivery by then.
+    pub takeover_after: crate::Duration,
+}
+
+/// Where an event's ordering key comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OrderingKey {
+    /// This header's value (case-insensitive name).
+    Header(String),
+    /// The CloudEvents `partitionkey` extension: the `ce-partitionkey` header
+    /// (binary mode), or the attribute of a structured-mode event's JSON.
+    PartitionKey,
+}
+
+/// What happens to a key after its head event was dead-lettered: continue (its
+/// next event goes on) or block (its later events wait until that dead letter is
+/// redriven with `fanout dlq redrive` and delivered; they count against maxWaiting
+/// meanwhile). Default: continue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AfterDeadLetter {
+    /// The key's next event goes on.
+    #[default]
+    Continue,
+    /// The key's later events wait until the dead letter is redriven and delivered.
+    Block,
 }
 
 /// CEL expressions (checked when rendered) that compute what a target receives.

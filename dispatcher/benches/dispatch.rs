@@ -9,8 +9,10 @@
 //! offered rate; throughput of the healthy target while the other answers 503.
 //! The engine runs as configured by default (every attempt recorded in the route's
 //! delivery history) and in variants, each printed beside it from the same rounds:
-//! with the history off (what recording costs), and with a CEL filter and transform
-//! on both targets (every event passes the filter, so both deliver the same count).
+//! with the history off (what recording costs); with a CEL filter and transform on
+//! both targets (every event passes the filter, so both deliver the same count); with
+//! per-key ordering on both targets (events of 1000 keys, interleaved); and with
+//! adaptive concurrency on both ApiTargets.
 //! The throughput phase runs `FANOUT_BENCH_ROUNDS` times (default 3), alternating
 //! baseline and engine so that a slow stretch of the machine hits both, and the
 //! table gives each contender's median round (every round is printed too).
@@ -39,6 +41,9 @@ const CEL_FILTER: &str = r#"event.data.total > 100 && event.type == "order.place
 const CEL_BODY: &str = r#"{"order": event.data.id, "amount": event.data.total, "skus": event.data.items.map(i, i.sku)}"#;
 const CEL_HEADER: &str = "string(event.data.total)";
 const SENT_HEADER: &str = "X-Bench-Sent";
+/// The ordering key of each event (used when ordering is on): one of [`KEYS`].
+const KEY_HEADER: &str = "X-Bench-Key";
+const KEYS: usize = 1000;
 /// Concurrent deliveries per target, for both engine and baseline.
 const IN_FLIGHT: usize = 256;
 
@@ -189,6 +194,7 @@ fn event_headers(i: usize) -> async_nats::HeaderMap {
     headers.insert("ce-id", format!("evt-{i}").as_str());
     headers.insert("ce-source", "/bench");
     headers.insert("ce-type", "order.placed");
+    headers.insert(KEY_HEADER, format!("key-{}", i % KEYS).as_str());
     headers
 }
 
@@ -223,13 +229,19 @@ enum Contender {
     Engine,
     /// The engine with a CEL filter and transform on each target.
     EngineCel,
+    /// The engine with `ordering: {key: {header: X-Bench-Key}}` on both targets.
+    EngineOrdered,
+    /// The engine with `concurrency: {adaptive: true}` on both ApiTargets.
+    EngineAdaptive,
 }
 
-const CONTENDERS: [Contender; 4] = [
+const CONTENDERS: [Contender; 6] = [
     Contender::Baseline,
     Contender::Engine,
     Contender::EngineNoHistory,
     Contender::EngineCel,
+    Contender::EngineOrdered,
+    Contender::EngineAdaptive,
 ];
 
 impl Contender {
@@ -239,6 +251,8 @@ impl Contender {
             Contender::Engine => "engine (fanout dispatch)",
             Contender::EngineNoHistory => "engine, history off",
             Contender::EngineCel => "engine + CEL filter and transform",
+            Contender::EngineOrdered => "engine + per-key ordering (1000 keys)",
+            Contender::EngineAdaptive => "engine + adaptive concurrency",
         }
     }
 }
@@ -261,7 +275,11 @@ impl Child {
                 c.arg("--child-baseline").arg(config).arg(nats_url);
                 c
             }
-            Contender::Engine | Contender::EngineNoHistory | Contender::EngineCel => {
+            Contender::Engine
+            | Contender::EngineNoHistory
+            | Contender::EngineCel
+            | Contender::EngineOrdered
+            | Contender::EngineAdaptive => {
                 let mut c = std::process::Command::new(fanout_testkit::fanout_release_binary());
                 c.arg("dispatch").arg("--config").arg(config).args([
                     "--nats-url",
@@ -333,6 +351,16 @@ impl Bench {
         } else {
             String::new()
         };
+        let ordering = match contender {
+            Contender::EngineOrdered => {
+                format!("      ordering: {{key: {{header: {KEY_HEADER}}}}}\n")
+            }
+            _ => String::new(),
+        };
+        let adaptive = match contender {
+            Contender::EngineAdaptive => "  concurrency: {adaptive: true}\n",
+            _ => "",
+        };
         let manifests = format!(
             "apiVersion: fanout.dev/v1alpha1
 kind: ApiTarget
@@ -341,7 +369,7 @@ spec:
   url: {a}
   maxInFlight: {IN_FLIGHT}
 {limit}
----
+{adaptive}---
 apiVersion: fanout.dev/v1alpha1
 kind: ApiTarget
 metadata: {{name: b}}
@@ -349,7 +377,7 @@ spec:
   url: {b}
   maxInFlight: {IN_FLIGHT}
 {limit}
----
+{adaptive}---
 apiVersion: fanout.dev/v1alpha1
 kind: FanOutRoute
 metadata: {{name: bench}}
@@ -357,9 +385,9 @@ spec:
   targets:
     - name: a
       apiTargetRef: {{name: a}}
-{expressions}    - name: b
+{expressions}{ordering}    - name: b
       apiTargetRef: {{name: b}}
-{expressions}{history}",
+{expressions}{ordering}{history}",
             a = self.a.url(),
             b = self.b.url(),
             limit = if std::env::var_os("FANOUT_BENCH_NO_LIMIT").is_some() {

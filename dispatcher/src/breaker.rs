@@ -217,6 +217,7 @@ mod tests {
             open_duration: ConfigDuration::from_secs(30),
             max_open_duration: ConfigDuration::from_secs(100),
             half_open_probes: 2,
+            count_pushback: false,
         }
     }
 

@@ -75,9 +75,25 @@ pub enum Verdict {
 
 impl Verdict {
     /// Whether the circuit breaker should count this as the target failing. A
-    /// permanent 4xx says the event is bad, not that the target is unhealthy.
-    pub fn counts_against_target(&self) -> bool {
-        matches!(self, Verdict::Retryable { .. })
+    /// permanent 4xx says the event is bad, not that the target is unhealthy; and
+    /// unless `count_pushback`, neither does [pushback](Self::is_pushback).
+    pub fn counts_against_target(&self, count_pushback: bool) -> bool {
+        matches!(self, Verdict::Retryable { .. }) && (count_pushback || !self.is_pushback())
+    }
+
+    /// The target said it is busy, not broken: a 429, or a 503 with Retry-After.
+    pub fn is_pushback(&self) -> bool {
+        match self {
+            Verdict::Retryable {
+                failure: Failure::Status { code: 429, .. },
+                ..
+            } => true,
+            Verdict::Retryable {
+                failure: Failure::Status { code: 503, .. },
+                retry_after,
+            } => retry_after.is_some(),
+            _ => false,
+        }
     }
 }
 
@@ -186,9 +202,29 @@ mod tests {
 
     #[test]
     fn only_retryable_failures_count_against_the_target() {
-        assert!(verdict(503).counts_against_target());
-        assert!(!verdict(400).counts_against_target());
-        assert!(!verdict(200).counts_against_target());
+        assert!(verdict(503).counts_against_target(false));
+        assert!(!verdict(400).counts_against_target(false));
+        assert!(!verdict(200).counts_against_target(false));
+    }
+
+    #[test]
+    fn pushback_counts_against_the_target_only_when_asked_to() {
+        let with_retry_after = |code| {
+            classify_status(
+                &default_policy(),
+                code,
+                String::new(),
+                Some(Duration::from_secs(1)),
+            )
+        };
+        for busy in [verdict(429), with_retry_after(429), with_retry_after(503)] {
+            assert!(busy.is_pushback(), "{busy:?}");
+            assert!(!busy.counts_against_target(false), "{busy:?}");
+            assert!(busy.counts_against_target(true), "{busy:?}");
+        }
+        // A 503 without Retry-After is what a broken backend answers, too.
+        assert!(!verdict(503).is_pushback());
+        assert!(verdict(503).counts_against_target(false));
     }
 
     #[test]

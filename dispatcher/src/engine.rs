@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use fanout_config::RouteConfig;
 use fanout_config::egress::EgressPolicy;
 use fanout_config::health::HealthSnapshot;
+use fanout_config::route::AfterDeadLetter;
 use fanout_otel::opentelemetry_sdk::trace::SdkTracer;
 use fanout_provision::Provisioner;
 use fanout_provision::nats::NatsArgs;
@@ -19,6 +20,7 @@ use crate::expressions::{ExpressionStartError, TargetExpressions};
 use crate::history::{Flusher, RouteHistory};
 use crate::http::{ClientError, ClientSettings, HttpClient};
 use crate::oauth2::TokenSource;
+use crate::ordering::{BlockedKeys, KeySource, Ordered};
 use crate::rate_share::SharedLimit;
 use crate::report::Reporter;
 use crate::request::{Auth, RequestTemplate, TemplateError};
@@ -115,6 +117,8 @@ pub enum StartError {
     },
     #[error("the health KV bucket")]
     HealthBucket(#[source] fanout_provision::ProvisionError),
+    #[error("the ordering KV bucket (targets with ordering.afterDeadLetter: block)")]
+    OrderingBucket(#[source] fanout_provision::ProvisionError),
     #[error("starting the thread of target {target}")]
     Thread {
         target: String,
@@ -180,6 +184,9 @@ impl Engine {
             .history
             .as_ref()
             .map(|_| RouteHistory::new(config.key()));
+        let config_key = config.key();
+        // Created for the first target that blocks keys until a redrive.
+        let mut ordering_bucket: Option<async_nats::jetstream::kv::Store> = None;
 
         let mut workers = Vec::with_capacity(config.targets.len());
         for (target, auth) in config.targets.into_iter().zip(auths) {
@@ -236,6 +243,33 @@ impl Engine {
                 }
                 None => None,
             };
+            let ordered = match &target.ordering {
+                Some(ordering) => {
+                    let blocked = match ordering.after_dead_letter {
+                        AfterDeadLetter::Block => {
+                            let store = match &ordering_bucket {
+                                Some(store) => store.clone(),
+                                None => ordering_bucket
+                                    .insert(
+                                        Provisioner::new(js.clone())
+                                            .ensure_ordering_bucket()
+                                            .await
+                                            .map_err(StartError::OrderingBucket)?,
+                                    )
+                                    .clone(),
+                            };
+                            Some(BlockedKeys::new(store, &config_key, &target.name))
+                        }
+                        AfterDeadLetter::Continue => None,
+                    };
+                    Some(Ordered::new(
+                        ordering,
+                        KeySource::from(&ordering.key),
+                        blocked,
+                    ))
+                }
+                None => None,
+            };
             let telemetry = TargetTelemetry::new(
                 &metrics,
                 &config.namespace,
@@ -266,6 +300,7 @@ impl Engine {
                 telemetry,
                 report,
                 expressions,
+                ordered,
             })));
         }
 

@@ -5,6 +5,8 @@
 //! - [`classify`]: what a response means (delivered / retry / permanent).
 //! - [`backoff`]: how long to wait before the next attempt (jitter, Retry-After).
 //! - [`breaker`]: whether a target is healthy enough to be sent to.
+//! - [`concurrency`]: how many requests go to a target at once (adaptive or fixed).
+//! - [`ordering`]: per-key ordering of a target's events.
 //! - [`rate_share`]: each replica's share of a target's rate limit.
 //! - [`delivery`]: ack, retry later or dead-letter, after an attempt.
 //! - [`dead_letter`]: what a dead letter carries and how it is published.
@@ -26,6 +28,7 @@
 pub mod backoff;
 pub mod breaker;
 pub mod classify;
+pub mod concurrency;
 pub mod dead_letter;
 pub mod delivery;
 pub mod egress_flags;
@@ -39,6 +42,7 @@ pub mod history;
 pub mod http;
 pub mod load;
 pub mod oauth2;
+pub mod ordering;
 pub mod rate_share;
 pub mod report;
 pub mod request;

@@ -100,6 +100,8 @@ pub struct Metrics {
     oldest_undelivered: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     retention: Family<TargetLabels, Gauge<f64, AtomicU64>>,
     history_dropped: Family<TargetLabels, Counter>,
+    concurrency: Family<TargetLabels, Gauge>,
+    blocked_keys: Family<TargetLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -171,9 +173,23 @@ impl Default for Metrics {
             "Delivery history records not stored, per target: the writer's queue was full or JetStream did not take them (deliveries never wait for the history)",
             history_dropped.clone(),
         );
+        let concurrency = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "target_concurrency_limit",
+            "Requests this dispatcher lets go to the target at once: its maxInFlight, or what adaptive concurrency found it takes (absent while standing by for an ordered target)",
+            concurrency.clone(),
+        );
+        let blocked_keys = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "ordering_blocked_keys",
+            "Ordered targets: keys whose head event failed and waits to be tried again or redriven; their later events wait",
+            blocked_keys.clone(),
+        );
         Metrics {
             history_dropped,
             registry,
+            concurrency,
+            blocked_keys,
             outcomes,
             failures,
             expression_errors,
@@ -227,6 +243,8 @@ pub struct TargetTelemetry {
     in_flight_gauge: Gauge,
     circuit_gauge: Gauge,
     oldest_undelivered_gauge: Gauge<f64, AtomicU64>,
+    concurrency_gauge: Gauge,
+    blocked_keys_gauge: Gauge,
     // Totals for the health snapshot.
     delivered: AtomicU64,
     failed: AtomicU64,
@@ -275,6 +293,8 @@ impl TargetTelemetry {
         let in_flight_gauge = metrics.in_flight.get_or_create(&labels).clone();
         let circuit_gauge = metrics.circuit.get_or_create(&labels).clone();
         let oldest_undelivered_gauge = metrics.oldest_undelivered.get_or_create(&labels).clone();
+        let concurrency_gauge = metrics.concurrency.get_or_create(&labels).clone();
+        let blocked_keys_gauge = metrics.blocked_keys.get_or_create(&labels).clone();
         if let Some(max_age) = max_age {
             metrics
                 .retention
@@ -308,6 +328,8 @@ impl TargetTelemetry {
             in_flight_gauge,
             circuit_gauge,
             oldest_undelivered_gauge,
+            concurrency_gauge,
+            blocked_keys_gauge,
             route: route.to_string(),
             target: target.to_string(),
             delivered: AtomicU64::new(0),
@@ -429,6 +451,20 @@ impl TargetTelemetry {
             .set(age.map_or(0.0, |a| a.as_secs_f64()));
     }
 
+    /// The requests let go at once are `limit` now.
+    pub fn concurrency_changed(&self, limit: u32) {
+        let before = self.concurrency_gauge.set(i64::from(limit));
+        if before != 0 && before != i64::from(limit) {
+            tracing::debug!(route = %self.route, target = %self.target, limit, "concurrency limit changed");
+        }
+    }
+
+    /// Ordered targets: `count` keys are blocked now.
+    pub fn blocked_keys(&self, count: u64) {
+        self.blocked_keys_gauge
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     pub fn filtered(&self) {
         self.filtered_total.inc();
     }
@@ -484,6 +520,9 @@ impl TargetTelemetry {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             reported_at: rfc3339(SystemTime::now()),
+            concurrency_limit: None,
+            blocked_keys: 0,
+            oldest_blocked_since: None,
         }
     }
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::parse_retry_after;
 use crate::breaker::{Admission, Breaker};
 use crate::classify::{Failure, Verdict, classify_status, classify_transport};
+use crate::concurrency::{self, ConcurrencyLimit, Permit};
 use crate::dead_letter::{DeadLetter, DeadLetterError, Stored};
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::egress_hold::EgressHold;
@@ -31,8 +32,10 @@ use crate::event::Event;
 use crate::expressions::{Selection, TargetExpressions};
 use crate::http::{HttpClient, Response, SendError};
 use crate::oauth2::{SharedTokenError, TokenSource};
+use crate::ordering;
+use crate::ordering::{Fence, Gate, Ordered};
 use crate::rate_share::SharedLimit;
-use crate::report::{AttemptEnd, Reporter};
+use crate::report::{Attempt, AttemptEnd, Reporter};
 use crate::request::RequestTemplate;
 use crate::telemetry::TargetTelemetry;
 
@@ -45,7 +48,7 @@ const HAND_BACK_QUIET: Duration = Duration::from_millis(200);
 /// ...or for at most this long.
 const HAND_BACK_MAX: Duration = Duration::from_secs(2);
 
-type PullStream = jetstream::consumer::pull::Stream;
+pub(crate) type PullStream = jetstream::consumer::pull::Stream;
 /// Bytes of an error response kept for the status and the dead letter.
 const ERROR_BODY_LIMIT: usize = 1024;
 /// Bytes of a success response read to keep the connection reusable.
@@ -64,13 +67,31 @@ pub struct RouteContext {
 }
 
 /// What stands between an event and its request once the event is in hand.
-enum Wait {
-    /// The breaker and the rate limiter let it go.
-    Go,
+enum Wait<'a> {
+    /// The breaker and the rate limiters let it go (with a permit of the
+    /// concurrency limit, when there is one).
+    Go(Option<Permit<'a>>),
     /// Stopping: hand it back.
     Drain,
     /// It reached its expiry deadline while waiting: dead-letter it.
     Expired,
+    /// An ordered target's event this dispatcher may no longer deliver.
+    Lost,
+}
+
+/// How an attempt went, or why none was made.
+pub(crate) enum Attempted {
+    /// The target answered (or failed to: a timeout, a broken connection); the
+    /// attempt is yet to be reported finished.
+    Answered(Verdict, Attempt),
+    /// Stopping: hand the event back.
+    Drain,
+    /// It reached its expiry deadline while waiting: dead-letter it; with the
+    /// refusal that held it, if the egress policy did.
+    Expired(Option<Failure>),
+    /// An ordered target's event whose dispatcher is no longer the one delivering
+    /// the target: leave it (unsettled) to the one that is.
+    Fenced,
 }
 
 pub struct Worker {
@@ -93,6 +114,13 @@ pub struct Worker {
     max_in_flight: usize,
     /// Its CEL filter and transform.
     expressions: TargetExpressions,
+    /// Requests at once, when fewer may go than events are in hand (adaptive
+    /// concurrency, ordered targets); `None`: every event in hand may go.
+    concurrency: Option<ConcurrencyLimit>,
+    /// Whether pushback counts against the breaker.
+    count_pushback: bool,
+    /// Set for an ordered target.
+    ordered: Option<Ordered>,
 }
 
 /// The parts a worker is built from (see `engine.rs`).
@@ -107,6 +135,8 @@ pub struct WorkerParts {
     pub telemetry: TargetTelemetry,
     pub report: Reporter,
     pub expressions: TargetExpressions,
+    /// Set for an ordered target.
+    pub ordered: Option<Ordered>,
 }
 
 impl Worker {
@@ -119,6 +149,23 @@ impl Worker {
             .circuit_breaker
             .clone()
             .map(|policy| Mutex::new(Breaker::new(policy, Instant::now())));
+        let count_pushback = parts
+            .config
+            .policy
+            .circuit_breaker
+            .as_ref()
+            .is_some_and(|b| b.count_pushback);
+        let max = max_in_flight.max(1) as u32;
+        let concurrency = match (&parts.config.policy.adaptive_concurrency, &parts.ordered) {
+            (Some(adaptive), _) => Some(ConcurrencyLimit::adaptive(adaptive, max)),
+            // More events are in hand than may be in flight: waiting behind their
+            // key's head, or heads of more keys than maxInFlight.
+            (None, Some(_)) => Some(ConcurrencyLimit::fixed(max)),
+            (None, None) => None,
+        };
+        parts
+            .telemetry
+            .concurrency_changed(concurrency.as_ref().map_or(max, ConcurrencyLimit::limit));
         // An address URL the policy refuses shows in status at once, before any event.
         let egress = match parts.client.refused_without_lookup() {
             Some(refusal) => {
@@ -141,9 +188,51 @@ impl Worker {
             report: parts.report,
             consumer: parts.consumer,
             max_in_flight: max_in_flight.max(1),
+            concurrency,
+            count_pushback,
+            ordered: parts.ordered,
             config: parts.config,
             expressions: parts.expressions,
         }
+    }
+
+    /// An ordered target's part.
+    pub fn ordered(&self) -> Option<&Ordered> {
+        self.ordered.as_ref()
+    }
+
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    pub(crate) fn ack_wait(&self) -> Duration {
+        self.ack_wait
+    }
+
+    pub(crate) fn js(&self) -> &jetstream::Context {
+        &self.route.js
+    }
+
+    pub(crate) fn policy(&self) -> &fanout_config::DeliveryPolicy {
+        &self.config.policy
+    }
+
+    /// Where attempts are recorded (history, spans).
+    pub(crate) fn report(&self) -> &Reporter {
+        &self.report
+    }
+
+    /// Requests this worker lets go at once now; `None` while it stands by for an
+    /// ordered target another dispatcher delivers.
+    pub fn concurrency_limit(&self) -> Option<u32> {
+        if self.ordered.as_ref().is_some_and(|o| !o.is_active()) {
+            return None;
+        }
+        Some(
+            self.concurrency
+                .as_ref()
+                .map_or(self.max_in_flight as u32, ConcurrencyLimit::limit),
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -175,7 +264,15 @@ impl Worker {
     pub fn snapshot(&self, pod: &str) -> HealthSnapshot {
         let circuit = self.circuit();
         self.telemetry.set_circuit_gauge(circuit);
-        self.telemetry.snapshot(pod, circuit)
+        let mut snapshot = self.telemetry.snapshot(pod, circuit);
+        snapshot.concurrency_limit = self.concurrency_limit();
+        if let Some(ordered) = &self.ordered {
+            let (blocked, oldest) = ordered.blocked();
+            self.telemetry.blocked_keys(blocked);
+            snapshot.blocked_keys = blocked;
+            snapshot.oldest_blocked_since = oldest.map(crate::telemetry::rfc3339);
+        }
+        snapshot
     }
 
     /// Fetches and delivers until `shutdown`; then stops fetching, sends events that
@@ -194,6 +291,9 @@ impl Worker {
         shutdown: CancellationToken,
         grace: Duration,
     ) {
+        if self.ordered.is_some() {
+            return ordering::run::run(self, consumer, shutdown, grace).await;
+        }
         let drain = CancellationToken::new();
         let mut deliveries = FuturesUnordered::new();
         let mut messages = None;
@@ -268,7 +368,7 @@ impl Worker {
 
     /// On stop: events already on their way to us go straight back (negative ack
     /// without delay) so another replica takes them now, not after the ack wait.
-    async fn hand_back(&self, mut stream: PullStream) {
+    pub(crate) async fn hand_back(&self, mut stream: PullStream) {
         let deadline = tokio::time::Instant::now() + HAND_BACK_MAX;
         loop {
             let next = tokio::select! {
@@ -313,52 +413,22 @@ impl Worker {
             Box::pin(self.expire(&message, &event, None)).await;
             return;
         }
-        // Refused by the egress policy: nothing was sent, so the event stays in hand
-        // and waits with the target's other events until the address is allowed.
-        let mut refusal = None;
-        let (verdict, attempt) = loop {
-            match self.admit(&message, &event, &drain).await {
-                Wait::Go => {}
-                Wait::Drain => {
-                    settle(&message, AckKind::Nak(None)).await;
-                    return;
-                }
-                Wait::Expired => {
-                    Box::pin(self.expire(&message, &event, refusal.as_ref())).await;
-                    return;
-                }
+        let (verdict, attempt) = match self
+            .attempt_once(&message, &event, outgoing, &drain, None)
+            .await
+        {
+            Attempted::Answered(verdict, attempt) => (verdict, attempt),
+            Attempted::Drain => {
+                settle(&message, AckKind::Nak(None)).await;
+                return;
             }
-            self.telemetry.request_started();
-            let started = Instant::now();
-            let attempt = self.report.start(&event);
-            match self.attempt(outgoing, attempt.traceparent()).await {
-                Ok(verdict) => {
-                    self.telemetry
-                        .request_finished(started.elapsed(), attempt.exemplar());
-                    if self.egress.allowed() {
-                        self.telemetry.egress_allowed();
-                    }
-                    break (verdict, attempt);
-                }
-                Err(failure) => {
-                    self.telemetry.request_not_sent();
-                    let held = self.egress.refused(Instant::now(), failure.clone());
-                    self.telemetry.egress_refused(&event.id, &failure, held);
-                    self.report.refused(attempt, &failure);
-                    refusal = Some(failure);
-                }
+            Attempted::Expired(refusal) => {
+                Box::pin(self.expire(&message, &event, refusal.as_ref())).await;
+                return;
             }
+            // Only ordered deliveries pass a fence.
+            Attempted::Fenced => return,
         };
-        if let Some(breaker) = &self.breaker {
-            let change = breaker
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(!verdict.counts_against_target(), Instant::now());
-            if let Some(state) = change {
-                self.telemetry.circuit_changed(state);
-            }
-        }
-
         let status = match &verdict {
             Verdict::Delivered { status } => *status,
             _ => 0,
@@ -412,10 +482,96 @@ impl Worker {
         }
     }
 
-    /// Waits until the egress hold, the breaker and the rate limiter let a request go,
-    /// sending progress acks so JetStream keeps the event with us; gives up when
-    /// draining for shutdown or when the event reaches its expiry deadline meanwhile.
-    async fn admit(&self, message: &Message, event: &Event, drain: &CancellationToken) -> Wait {
+    /// Waits for admission (egress hold, breaker, rate limit, concurrency limit and,
+    /// for an ordered target, `fence`), then sends one request and classifies its
+    /// answer, which the breaker and the concurrency limit are told. A request the
+    /// egress policy refuses was not sent: the event waits and tries again.
+    /// `outgoing` is what is sent: `event`, or its transformed copy.
+    pub(crate) async fn attempt_once(
+        &self,
+        message: &Message,
+        event: &Event,
+        outgoing: &Event,
+        drain: &CancellationToken,
+        fence: Option<&Fence<'_>>,
+    ) -> Attempted {
+        // Refused by the egress policy: nothing was sent, so the event stays in hand
+        // and waits with the target's other events until the address is allowed.
+        let mut refusal = None;
+        loop {
+            let mut permit = match self.admit(message, event, drain, fence).await {
+                Wait::Go(permit) => permit,
+                Wait::Drain => return Attempted::Drain,
+                Wait::Expired => return Attempted::Expired(refusal),
+                Wait::Lost => return Attempted::Fenced,
+            };
+            if let Some(fence) = fence {
+                match fence.until_mine(message, drain).await {
+                    Gate::Open => {}
+                    Gate::Drain => return Attempted::Drain,
+                    Gate::Lost => return Attempted::Fenced,
+                }
+            }
+            if let Some(permit) = &mut permit {
+                permit.sending();
+            }
+            self.telemetry.request_started();
+            let started = Instant::now();
+            let attempt = self.report.start(event);
+            match self.attempt(outgoing, attempt.traceparent()).await {
+                Ok(verdict) => {
+                    let took = started.elapsed();
+                    self.telemetry.request_finished(took, attempt.exemplar());
+                    if self.egress.allowed() {
+                        self.telemetry.egress_allowed();
+                    }
+                    if let Some(permit) = permit
+                        && let Some(limit) = permit.finish(concurrency::signal(&verdict, took))
+                    {
+                        self.telemetry.concurrency_changed(limit);
+                    }
+                    self.record(&verdict);
+                    return Attempted::Answered(verdict, attempt);
+                }
+                Err(failure) => {
+                    drop(permit);
+                    self.telemetry.request_not_sent();
+                    let held = self.egress.refused(Instant::now(), failure.clone());
+                    self.telemetry.egress_refused(&event.id, &failure, held);
+                    self.report.refused(attempt, &failure);
+                    refusal = Some(failure);
+                }
+            }
+        }
+    }
+
+    /// Tells the breaker how an attempt went.
+    fn record(&self, verdict: &Verdict) {
+        if let Some(breaker) = &self.breaker {
+            let failed = verdict.counts_against_target(self.count_pushback);
+            let change = breaker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(!failed, Instant::now());
+            if let Some(state) = change {
+                self.telemetry.circuit_changed(state);
+            }
+        }
+    }
+
+    /// Waits until the egress hold, the breaker, the rate limiter and the concurrency
+    /// limit let a request go, sending progress acks so JetStream keeps the event
+    /// with us; gives up when draining for shutdown or when the event reaches its
+    /// expiry deadline meanwhile, or (an ordered target's) when `fence` says the
+    /// event is no longer this dispatcher's.
+    async fn admit(
+        &self,
+        message: &Message,
+        event: &Event,
+        drain: &CancellationToken,
+        fence: Option<&Fence<'_>>,
+    ) -> Wait<'_> {
+        let lost = || fence.is_some_and(Fence::lost);
         let progress_every = self.ack_wait / 3;
         let mut next_progress = Instant::now() + progress_every;
         // Far enough not to matter when the stream keeps events for ever.
@@ -449,6 +605,9 @@ impl Worker {
                     _ = drain.cancelled() => return Wait::Drain,
                 }
                 if Instant::now() >= next_progress {
+                    if lost() {
+                        return Wait::Lost;
+                    }
                     settle(message, AckKind::Progress).await;
                     next_progress = Instant::now() + progress_every;
                 }
@@ -459,6 +618,9 @@ impl Worker {
                 tokio::select! {
                     _ = limit.until_ready() => break,
                     _ = tokio::time::sleep_until(next_progress.into()) => {
+                        if lost() {
+                            return Wait::Lost;
+                        }
                         settle(message, AckKind::Progress).await;
                         next_progress = Instant::now() + progress_every;
                     }
@@ -467,12 +629,29 @@ impl Worker {
                 }
             }
         }
-        Wait::Go
+        let Some(limit) = &self.concurrency else {
+            return Wait::Go(None);
+        };
+        let mut acquire = std::pin::pin!(limit.acquire());
+        loop {
+            tokio::select! {
+                permit = &mut acquire => return Wait::Go(Some(permit)),
+                _ = tokio::time::sleep_until(next_progress.into()) => {
+                    if lost() {
+                        return Wait::Lost;
+                    }
+                    settle(message, AckKind::Progress).await;
+                    next_progress = Instant::now() + progress_every;
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => return Wait::Expired,
+                _ = drain.cancelled() => return Wait::Drain,
+            }
+        }
     }
 
     /// How long until `event` is to be dead-lettered as expired (zero once it is
     /// due); `None` when the stream keeps events for ever.
-    fn time_left(&self, event: &Event) -> Option<Duration> {
+    pub(crate) fn time_left(&self, event: &Event) -> Option<Duration> {
         let expiry = self.route.expiry?;
         Some(
             expiry
@@ -719,9 +898,22 @@ impl Worker {
 /// Awaits `future` while the deliveries in hand keep going. The future comes first
 /// when both are ready, so a free slot is filled before finished deliveries are
 /// collected.
-async fn alongside<D, F>(deliveries: &mut FuturesUnordered<D>, future: F) -> F::Output
+pub(crate) async fn alongside<D, F>(deliveries: &mut FuturesUnordered<D>, future: F) -> F::Output
 where
     D: Future<Output = ()>,
+    F: Future,
+{
+    alongside_with(deliveries, future, |()| {}).await
+}
+
+/// [`alongside`], handing each finished delivery's output to `done`.
+pub(crate) async fn alongside_with<D, F>(
+    deliveries: &mut FuturesUnordered<D>,
+    future: F,
+    mut done: impl FnMut(D::Output),
+) -> F::Output
+where
+    D: Future,
     F: Future,
 {
     let mut future = std::pin::pin!(future);
@@ -729,14 +921,14 @@ where
         tokio::select! {
             biased;
             output = &mut future => return output,
-            Some(()) = deliveries.next(), if !deliveries.is_empty() => {}
+            Some(output) = deliveries.next(), if !deliveries.is_empty() => done(output),
         }
     }
 }
 
 /// Acks, naks or terms a message. A failure here means the NATS connection is gone;
 /// JetStream then redelivers after the ack wait, so logging is all that is left to do.
-async fn settle(message: &Message, kind: AckKind) {
+pub(crate) async fn settle(message: &Message, kind: AckKind) {
     if let Err(error) = message.ack_with(kind).await {
         tracing::warn!(error = %fanout_config::error_chain(error.as_ref()), ?kind, "settling a message failed; JetStream will redeliver it");
     }

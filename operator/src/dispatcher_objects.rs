@@ -450,6 +450,7 @@ mod tests {
                     filter: None,
                     transform: None,
                     overrides: None,
+                    ordering: None,
                 }],
                 dead_letter: None,
                 dispatcher,

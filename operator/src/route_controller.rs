@@ -383,6 +383,7 @@ fn render_problem(e: &RenderError) -> Problem {
         }
         RenderError::OverlappingSubjects { .. } | RenderError::InvalidStream(_) => "InvalidSource",
         RenderError::InvalidExpression { .. } => "InvalidExpression",
+        RenderError::InvalidOrdering { .. } => "InvalidOrdering",
     };
     Problem::new(reason, error_chain(e))
 }

@@ -450,6 +450,13 @@ fn target_status(t: &fanout_provision::observe::TargetObservation) -> TargetStat
             .map(Time),
         last_error: t.last_error.clone(),
         oldest_undelivered_time: t.oldest_unsettled.and_then(time),
+        concurrency_limit: t.concurrency_limit,
+        blocked_keys: (t.blocked_keys > 0).then_some(t.blocked_keys),
+        oldest_blocked_time: t
+            .oldest_blocked_since
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .map(Time),
     }
 }
 

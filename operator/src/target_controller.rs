@@ -186,6 +186,7 @@ mod tests {
                         filter: None,
                         transform: None,
                         overrides: None,
+                        ordering: None,
                     })
                     .collect(),
                 dead_letter: None,

@@ -26,8 +26,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
-use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
-use fanout_config::names::{HEALTH_BUCKET, REPLAY_READER_PREFIX, attempts_stream_of};
+use fanout_config::jetstream::{ConsumerPlan, ORDERED_GROUP, RouteStreams, Storage, StreamPlan};
+use fanout_config::names::{
+    HEALTH_BUCKET, ORDERING_BUCKET, REPLAY_READER_PREFIX, attempts_stream_of,
+};
 use futures::TryStreamExt;
 
 /// What could not be provisioned, with the JetStream object it concerns.
@@ -194,6 +196,31 @@ impl Provisioner {
         }
     }
 
+    /// Creates the KV bucket where ordered targets record the keys they hold back
+    /// until a dead letter is redriven (`afterDeadLetter: block`). Entries never
+    /// expire: a block lasts until the redrive, across dispatcher restarts.
+    pub async fn ensure_ordering_bucket(&self) -> Result<kv::Store, ProvisionError> {
+        let config = kv::Config {
+            bucket: ORDERING_BUCKET.to_string(),
+            description: "Fanout ordered targets: keys blocked until a dead letter is redriven"
+                .into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        match self.js.get_key_value(ORDERING_BUCKET).await {
+            Ok(store) => Ok(store),
+            Err(_) => self
+                .js
+                .create_key_value(config)
+                .await
+                .map_err(|e| ProvisionError::Bucket {
+                    bucket: ORDERING_BUCKET.to_string(),
+                    source: boxed(e),
+                }),
+        }
+    }
+
     /// True when the stream had to be created.
     async fn ensure_stream(&self, plan: &StreamPlan) -> Result<bool, ProvisionError> {
         let wanted = stream_config(plan);
@@ -333,6 +360,18 @@ pub fn consumer_config(plan: &ConsumerPlan) -> consumer::pull::Config {
         // event itself; a JetStream limit would drop it silently instead.
         max_deliver: -1,
         deliver_policy: consumer::DeliverPolicy::All,
+        // An ordered target is delivered by one dispatcher at a time: JetStream pins
+        // the client it hands events to, and moves the pin only after that client
+        // stopped pulling for the takeover time (see the dispatcher's `ordering`).
+        priority_policy: match plan.pinned {
+            Some(_) => consumer::PriorityPolicy::PinnedClient,
+            None => consumer::PriorityPolicy::None,
+        },
+        priority_groups: match plan.pinned {
+            Some(_) => vec![ORDERED_GROUP.to_string()],
+            None => Vec::new(),
+        },
+        priority_timeout: plan.pinned.map_or(Duration::ZERO, |d| d.as_std()),
         ..Default::default()
     }
 }

@@ -44,6 +44,13 @@ pub struct TargetObservation {
     pub last_error: Option<String>,
     /// How many dispatcher pods have a live snapshot of this target.
     pub reporting_pods: usize,
+    /// Requests let go to the target at once, summed over the pods delivering to it;
+    /// `None` when none reported one.
+    pub concurrency_limit: Option<u32>,
+    /// Ordered targets: keys blocked, summed over pods (one delivers at a time).
+    pub blocked_keys: u64,
+    /// RFC 3339; since when the longest-blocked key is blocked.
+    pub oldest_blocked_since: Option<String>,
     /// False when the target's consumer does not exist (not provisioned yet).
     pub consumer_found: bool,
 }
@@ -306,6 +313,15 @@ pub fn combine(target: &str, snapshots: &[HealthSnapshot]) -> TargetObservation 
     let mut error_reported_at: Option<&str> = None;
     for s in snapshots {
         out.circuit = out.circuit.max(s.circuit);
+        if let Some(limit) = s.concurrency_limit {
+            out.concurrency_limit = Some(out.concurrency_limit.unwrap_or(0).saturating_add(limit));
+        }
+        out.blocked_keys += s.blocked_keys;
+        if let Some(since) = &s.oldest_blocked_since
+            && out.oldest_blocked_since.as_ref().is_none_or(|o| since < o)
+        {
+            out.oldest_blocked_since = Some(since.clone());
+        }
         out.delivered += s.delivered;
         out.failed += s.failed;
         out.dead_lettered += s.dead_lettered;
@@ -346,6 +362,9 @@ mod tests {
             last_success_time: None,
             last_error: None,
             reported_at: "2026-11-27T10:00:00.000Z".into(),
+            concurrency_limit: Some(8),
+            blocked_keys: 0,
+            oldest_blocked_since: None,
         }
     }
 
@@ -362,6 +381,26 @@ mod tests {
         assert_eq!(t.circuit, Circuit::Open);
         assert_eq!((t.delivered, t.failed, t.dead_lettered), (16, 3, 6));
         assert_eq!(t.reporting_pods, 3);
+        assert_eq!(t.concurrency_limit, Some(24), "each pod's limit adds up");
+    }
+
+    #[test]
+    fn blocked_keys_add_up_and_the_oldest_block_is_kept() {
+        let mut a = snapshot("a", Circuit::Closed, 1);
+        a.blocked_keys = 2;
+        a.oldest_blocked_since = Some("2026-11-27T10:00:05.000Z".into());
+        let mut b = snapshot("b", Circuit::Closed, 1);
+        b.blocked_keys = 1;
+        b.oldest_blocked_since = Some("2026-11-27T09:59:00.000Z".into());
+        // A standby for an ordered target reports no limit.
+        b.concurrency_limit = None;
+        let t = combine("email", &[a, b]);
+        assert_eq!(t.blocked_keys, 3);
+        assert_eq!(
+            t.oldest_blocked_since.as_deref(),
+            Some("2026-11-27T09:59:00.000Z")
+        );
+        assert_eq!(t.concurrency_limit, Some(8));
     }
 
     #[test]

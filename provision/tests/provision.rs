@@ -43,6 +43,7 @@ fn plan(targets: &[&str]) -> RouteStreams {
                 ],
                 ack_wait: Duration::from_secs(35),
                 max_ack_pending: 64,
+                pinned: None,
             })
             .collect(),
         history: None,
@@ -319,6 +320,7 @@ fn snapshot(target: &str, pod: &str, circuit: Circuit, delivered: u64) -> Vec<u8
         last_success_time: None,
         last_error: None,
         reported_at: "2026-11-27T10:00:00.000Z".into(),
+        ..Default::default()
     })
     .unwrap()
 }

@@ -42,6 +42,7 @@ fn plan() -> RouteStreams {
             ],
             ack_wait: "10s".parse().unwrap(),
             max_ack_pending: 64,
+            pinned: None,
         }],
     }
 }

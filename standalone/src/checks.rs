@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use fanout_api::Duration;
 use fanout_api::manifests::Manifests;
 use fanout_api::names::{RESERVED_SUBJECT_PREFIX, subject_patterns_collide};
-use fanout_api::policy::{CircuitBreakerSpec, RateLimitSpec};
+use fanout_api::policy::{CircuitBreakerSpec, ConcurrencySpec, RateLimitSpec};
 use fanout_api::render::secret_keys;
 use fanout_api::route::{RetentionSpec, SourceSpec};
 use fanout_api::rules;
@@ -190,10 +190,12 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
             }
         }
         let spec = &target.spec;
+        let max_in_flight = spec.max_in_flight.or(Some(defaults::MAX_IN_FLIGHT));
         for (field, rule) in policy_rules(
             spec.timeout,
             spec.circuit_breaker.as_ref(),
             spec.rate_limit.as_ref(),
+            (spec.concurrency.as_ref(), max_in_flight),
         ) {
             problems.push(CheckError::Rule {
                 owner: format!("ApiTarget {namespace}/{name}"),
@@ -267,10 +269,36 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
                 ));
             }
             if let Some(o) = &t.overrides {
-                for (field, broken) in
-                    policy_rules(o.timeout, o.circuit_breaker.as_ref(), o.rate_limit.as_ref())
-                {
+                for (field, broken) in policy_rules(
+                    o.timeout,
+                    o.circuit_breaker.as_ref(),
+                    o.rate_limit.as_ref(),
+                    // Without maxInFlight here, the ApiTarget's applies: rendering
+                    // checks the combination.
+                    (o.concurrency.as_ref(), o.max_in_flight),
+                ) {
                     problems.push(rule(&format!("{at}.overrides.{field}"), broken));
+                }
+            }
+            if let Some(ordering) = &t.ordering {
+                let key = &ordering.key;
+                let sources = usize::from(key.header.is_some())
+                    + usize::from(key.partition_key == Some(true));
+                if sources != 1 {
+                    problems.push(rule(
+                        &format!("{at}.ordering.key"),
+                        rules::ORDERING_KEY_ONE_SOURCE,
+                    ));
+                }
+                if key
+                    .header
+                    .as_deref()
+                    .is_some_and(|h| !ordering_key_header_allowed(h))
+                {
+                    problems.push(rule(
+                        &format!("{at}.ordering.key.header"),
+                        rules::ORDERING_KEY_HEADER,
+                    ));
                 }
             }
         }
@@ -368,12 +396,27 @@ fn subjects_of_two_routes(m: &Manifests) -> Vec<CheckError> {
     problems
 }
 
+/// The CRD's rule on `ordering.key.header`: an HTTP token that carries no
+/// credentials.
+fn ordering_key_header_allowed(name: &str) -> bool {
+    let token = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&*+.^_|~-".contains(c));
+    token
+        && !["authorization", "proxy-authorization", "cookie"]
+            .contains(&name.to_ascii_lowercase().as_str())
+}
+
 /// The CRD's rules on the policy fields of an ApiTarget or a route's overrides
-/// broken by these values: (field below the policy, message).
+/// broken by these values: (field below the policy, message). `concurrency` comes
+/// with the maxInFlight it is checked against, when the same object sets one.
 fn policy_rules(
     timeout: Option<Duration>,
     breaker: Option<&CircuitBreakerSpec>,
     rate_limit: Option<&RateLimitSpec>,
+    (concurrency, max_in_flight): (Option<&ConcurrencySpec>, Option<u32>),
 ) -> Vec<(&'static str, &'static str)> {
     let mut broken = Vec::new();
     if timeout.is_some_and(|t| t == Duration::ZERO) {
@@ -389,6 +432,21 @@ fn policy_rules(
             "rateLimit.requestsPerSecond",
             rules::REQUESTS_PER_SECOND_RANGE,
         ));
+    }
+    if let Some(c) = concurrency {
+        if c.latency_tolerance
+            .is_some_and(|t| !(1.1..=100.0).contains(&t))
+        {
+            broken.push((
+                "concurrency.latencyTolerance",
+                rules::LATENCY_TOLERANCE_RANGE,
+            ));
+        }
+        if let (Some(min), Some(max)) = (c.min_in_flight, max_in_flight)
+            && min > max
+        {
+            broken.push(("concurrency.minInFlight", rules::MIN_IN_FLIGHT_WITHIN_MAX));
+        }
     }
     broken
 }

@@ -83,6 +83,16 @@ pub struct TargetStatus {
     /// The oldest undelivered event is older than half of the stream's maxAge: the
     /// route's `BacklogWithinRetention` condition would be False in a cluster.
     pub near_expiry: bool,
+    /// Requests let go to the target at once now: maxInFlight, or what adaptive
+    /// concurrency found the target takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
+    /// Ordered targets: keys whose head event failed and waits (to be tried again,
+    /// or redriven), and since when the longest-blocked one has waited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_keys: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_blocked_time: Option<String>,
 }
 
 impl From<&StreamCounts> for StreamStatus {
@@ -177,6 +187,9 @@ fn route_status(route: &RouteConfig, o: &RouteObservation) -> RouteStatus {
                         (Some(expiry), Some(age)) => age >= expiry.warn_after(),
                         _ => false,
                     },
+                    concurrency_limit: t.concurrency_limit,
+                    blocked_keys: (t.blocked_keys > 0).then_some(t.blocked_keys),
+                    oldest_blocked_time: t.oldest_blocked_since.clone(),
                 }
             })
             .collect(),
@@ -305,6 +318,9 @@ mod tests {
             oldest_undelivered_time: None,
             oldest_undelivered_age: None,
             near_expiry: false,
+            concurrency_limit: None,
+            blocked_keys: None,
+            oldest_blocked_time: None,
         }
     }
 

@@ -57,6 +57,10 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
         Some("spec.auth: bearer, basic, oauth2 and a header named Authorization each set"),
     ),
     (
+        "concurrency-min-above-max.yaml",
+        Some("spec.concurrency.minInFlight: concurrency.minInFlight must be at most maxInFlight"),
+    ),
+    (
         "dead-letter-max-age-below-jetstream-minimum.yaml",
         Some(
             "spec.deadLetter.retention.maxAge: maxAge must be 0s (no age limit) or at least 100ms",
@@ -93,6 +97,10 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
         Some("spec.targets[0].filter.cel: must have at most 4096 characters"),
     ),
     (
+        "latency-tolerance-below-minimum.yaml",
+        Some("spec.concurrency.latencyTolerance: latencyTolerance must be at least 1.1"),
+    ),
+    (
         "malformed-duration.yaml",
         Some("spec.timeout: invalid duration \"5 seconds\""),
     ),
@@ -120,6 +128,32 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
     (
         "oauth2-scope-with-space.yaml",
         Some("spec.auth.oauth2.scopes: each scope must be printable ASCII without spaces"),
+    ),
+    (
+        "ordering-key-credential-header.yaml",
+        Some("spec.targets[0].ordering.key.header: header must be an HTTP header name"),
+    ),
+    (
+        "ordering-key-no-source.yaml",
+        Some("spec.targets[0].ordering.key: key needs exactly one source"),
+    ),
+    (
+        "ordering-key-two-sources.yaml",
+        Some("spec.targets[0].ordering.key: key needs exactly one source"),
+    ),
+    (
+        "ordering-max-waiting-zero.yaml",
+        Some("spec.targets[0].ordering.maxWaiting: must be at least 1"),
+    ),
+    (
+        "ordering-unknown-after-dead-letter.yaml",
+        Some("spec.targets[0].ordering.afterDeadLetter: unknown variant `skip`"),
+    ),
+    (
+        "override-concurrency-min-above-max.yaml",
+        Some(
+            "spec.targets[0].overrides.concurrency.minInFlight: concurrency.minInFlight must be at most maxInFlight",
+        ),
     ),
     (
         "override-max-in-flight-zero.yaml",

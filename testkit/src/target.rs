@@ -51,6 +51,8 @@ pub struct Received {
     pub at: Instant,
     /// The client certificate presented in the TLS handshake, if any.
     pub client_certificate: Option<CertificateDer<'static>>,
+    /// The status it was answered with (0 for a reset connection).
+    pub status: u16,
 }
 
 impl Received {
@@ -75,6 +77,18 @@ struct State {
     received: Vec<Received>,
     /// TCP connections accepted, whether or not a request came over them.
     connections: usize,
+    /// Set by [`TargetServer::limit_concurrency`].
+    capacity: Option<Capacity>,
+    /// Requests being answered now.
+    in_progress: usize,
+}
+
+/// An API that takes `max` requests at once, each answered after `latency`, and
+/// turns away any beyond with 429 and `Retry-After: 1`.
+#[derive(Clone, Copy, Debug)]
+struct Capacity {
+    max: usize,
+    latency: Duration,
 }
 
 /// A scripted HTTP server on 127.0.0.1 (or an address of choice).
@@ -179,6 +193,13 @@ impl TargetServer {
         state
             .required
             .push((name, accepted.iter().map(|v| v.to_string()).collect()));
+    }
+
+    /// From now on, requests the script does not answer are answered like an API
+    /// that takes `max` requests at once: each waits `latency` and gets 200, and one
+    /// that arrives while `max` are in progress gets 429 with `Retry-After: 1` at once.
+    pub fn limit_concurrency(&self, max: usize, latency: Duration) {
+        self.state.lock().unwrap().capacity = Some(Capacity { max, latency });
     }
 
     /// The reply once the script is used up (200 unless set).
@@ -384,15 +405,27 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    // Counts this request in progress until it is answered, however it ends.
+    struct InProgress(Arc<Mutex<State>>);
+    impl Drop for InProgress {
+        fn drop(&mut self) {
+            self.0.lock().unwrap().in_progress -= 1;
+        }
+    }
+    let _in_progress = {
+        state.lock().unwrap().in_progress += 1;
+        InProgress(state.clone())
+    };
     let reply = {
         let mut s = state.lock().unwrap();
-        let received = Received {
+        let mut received = Received {
             method,
             path,
             headers,
             body,
             at: Instant::now(),
             client_certificate,
+            status: 0,
         };
         let unauthorized = s.required.iter().any(|(name, accepted)| {
             !received
@@ -400,18 +433,31 @@ async fn handle(
                 .is_some_and(|v| accepted.iter().any(|a| a == v))
         });
         let key = received.header("idempotency-key").map(str::to_string);
-        s.received.push(received);
         let for_key = key
             .and_then(|k| s.by_key.get_mut(&k))
             .and_then(VecDeque::pop_front);
-        if unauthorized {
+        let reply = if unauthorized {
             Reply::StatusBody(401, "missing or wrong credentials")
+        } else if let Some(scripted) = for_key.or_else(|| s.script.pop_front()) {
+            scripted
+        } else if let Some(capacity) = s.capacity {
+            if s.in_progress > capacity.max {
+                Reply::RetryAfter(429, "1".into())
+            } else {
+                Reply::Delay(capacity.latency, 200)
+            }
         } else {
-            for_key
-                .or_else(|| s.script.pop_front())
-                .or_else(|| s.default.clone())
-                .unwrap_or(Reply::Status(200))
-        }
+            s.default.clone().unwrap_or(Reply::Status(200))
+        };
+        received.status = match &reply {
+            Reply::Status(code)
+            | Reply::StatusBody(code, _)
+            | Reply::RetryAfter(code, _)
+            | Reply::Delay(_, code) => *code,
+            Reply::Reset => 0,
+        };
+        s.received.push(received);
+        reply
     };
     let respond = |status: u16, body: &'static str| {
         Response::builder()

@@ -155,5 +155,8 @@ fn target_status(t: &CrTarget, expiry: Option<fanout_config::expiry::Expiry>) ->
         oldest_undelivered_time: t.oldest_undelivered_time.as_ref().map(time),
         oldest_undelivered_age: age.map(|a| fanout_config::Duration::from(a).to_string()),
         near_expiry: expiry.zip(age).is_some_and(|(e, a)| a >= e.warn_after()),
+        concurrency_limit: t.concurrency_limit,
+        blocked_keys: t.blocked_keys,
+        oldest_blocked_time: t.oldest_blocked_time.as_ref().map(time),
     }
 }

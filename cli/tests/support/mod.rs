@@ -124,11 +124,24 @@ impl ProvisionedRoute {
 
     /// Publishes one event per id to the route's subject and waits for the acks.
     pub async fn publish(&self, ids: impl IntoIterator<Item = String>) {
+        self.publish_with(ids.into_iter().map(|id| (id, Vec::new())))
+            .await;
+    }
+
+    /// Publishes one event per (id, headers) to the route's subject, as a producer
+    /// on NATS does, and waits for the acks.
+    pub async fn publish_with(
+        &self,
+        events: impl IntoIterator<Item = (String, Vec<(&'static str, String)>)>,
+    ) {
         let subject = format!("{}.event", self.config.key().ingest_prefix());
         let mut acks = Vec::new();
-        for id in ids {
+        for (id, extra) in events {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(fanout_config::EVENT_ID_HEADER, id.as_str());
+            for (name, value) in extra {
+                headers.insert(name, value.as_str());
+            }
             acks.push(
                 self.js
                     .publish_with_headers(subject.clone(), headers, "{}".into())
