@@ -44,16 +44,8 @@ impl Shop {
         let operator = env.operator();
         let crm = TargetServer::start().await.unwrap();
         let audit = TargetServer::start().await.unwrap();
-        env.apply(&format!(
-            "{}{}{}",
-            target_yaml(
-                "crm",
-                &crm.url("/crm"),
-                &format!("  rateLimit: {{requestsPerSecond: {crm_rate}, burst: 1}}")
-            ),
-            target_yaml("audit", &audit.url("/audit"), ""),
-            format!(
-                "apiVersion: fanout.dev/v1alpha1
+        let route = format!(
+            "apiVersion: fanout.dev/v1alpha1
 kind: FanOutRoute
 metadata: {{name: orders}}
 spec:
@@ -62,7 +54,15 @@ spec:
     - {{name: audit, apiTargetRef: {{name: audit}}}}
   gateway: {{allowUnauthenticated: true}}
 {source}"
+        );
+        env.apply(&format!(
+            "{}{}{route}",
+            target_yaml(
+                "crm",
+                &crm.url("/crm"),
+                &format!("  rateLimit: {{requestsPerSecond: {crm_rate}, burst: 1}}")
             ),
+            target_yaml("audit", &audit.url("/audit"), ""),
         ));
         plugin::install_connection(&env.ns.name, &[&format!("nats.url={}", env.nats.url())]);
         let dir = tempfile::tempdir().unwrap();

@@ -80,6 +80,8 @@ enum Wait<'a> {
 }
 
 /// How an attempt went, or why none was made.
+// Answered, the large variant, is the common one: boxing it would allocate per attempt.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Attempted {
     /// The target answered (or failed to: a timeout, a broken connection); the
     /// attempt is yet to be reported finished.
