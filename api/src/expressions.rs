@@ -1,4 +1,4 @@
-//! A route target's CEL filter and transform, checked when the route is rendered:
+//! A route target's CEL filter, transform and ordering key, checked when the route is rendered:
 //! each expression compiles (fanout-cel's checks), and each computed header has a
 //! name the dispatcher may set. The apiserver cannot compile CEL written by users, so
 //! this is where a wrong expression is refused, naming its field; the CRD only
@@ -78,6 +78,9 @@ pub fn check(
     };
     if let Some(source) = target.filter.as_ref().and_then(|f| f.cel.as_ref()) {
         compile("filter.cel".into(), source)?;
+    }
+    if let Some(source) = target.ordering.as_ref().and_then(|o| o.key.cel.as_ref()) {
+        compile("ordering.key.cel".into(), source)?;
     }
     if let Some(transform) = &target.transform {
         if transform.body.is_none() && transform.headers.is_empty() {
@@ -176,6 +179,25 @@ mod tests {
             overrides: None,
             ordering: None,
         }
+    }
+
+    #[test]
+    fn a_wrong_ordering_key_is_named_by_its_field_and_its_headers_are_stored() {
+        use crate::route::{OrderingKeySpec, OrderingSpec};
+        let mut ordered = target(None, None, &[]);
+        let key = |cel: &str| OrderingSpec {
+            key: OrderingKeySpec {
+                cel: Some(cel.into()),
+                ..Default::default()
+            },
+            after_dead_letter: None,
+            max_waiting: None,
+        };
+        ordered.ordering = Some(key("event.dta"));
+        let err = check(&ordered, None).unwrap_err();
+        assert_eq!(err.field(), "ordering.key.cel", "{err}");
+        ordered.ordering = Some(key(r#"event.headers["x-tenant"]"#));
+        assert_eq!(check(&ordered, None).unwrap().headers, ["x-tenant"]);
     }
 
     #[test]

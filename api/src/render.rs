@@ -323,8 +323,12 @@ pub fn gateway_route(
 /// The effective ordering of a route target whose consumer's ack wait is `ack_wait`;
 /// the problem, when the spec (which may not have passed an apiserver) cannot work.
 fn ordering(spec: &OrderingSpec, ack_wait: Duration) -> Result<Ordering, String> {
-    let key = match (&spec.key.header, spec.key.partition_key.unwrap_or(false)) {
-        (Some(header), false) => {
+    let key = match (
+        &spec.key.header,
+        spec.key.partition_key.unwrap_or(false),
+        &spec.key.cel,
+    ) {
+        (Some(header), false, None) => {
             let lower = header.to_ascii_lowercase();
             let token = !header.is_empty()
                 && header.len() <= 128
@@ -338,7 +342,9 @@ fn ordering(spec: &OrderingSpec, ack_wait: Duration) -> Result<Ordering, String>
             }
             OrderingKey::Header(header.clone())
         }
-        (None, true) => OrderingKey::PartitionKey,
+        (None, true, None) => OrderingKey::PartitionKey,
+        // Compiled with the target's other expressions (`expressions::check`).
+        (None, false, Some(cel)) => OrderingKey::Cel(cel.clone()),
         _ => return Err(format!("key: {}", crate::rules::ORDERING_KEY_ONE_SOURCE)),
     };
     let max_waiting = spec.max_waiting.unwrap_or(defaults::ORDERING_MAX_WAITING);
@@ -681,7 +687,7 @@ mod tests {
         t.ordering = Some(OrderingSpec {
             key: OrderingKeySpec {
                 header: Some("X-Customer".into()),
-                partition_key: None,
+                ..Default::default()
             },
             after_dead_letter: Some(AfterDeadLetter::Block),
             max_waiting: Some(500),
@@ -711,10 +717,16 @@ mod tests {
             OrderingKeySpec {
                 header: Some("X-Customer".into()),
                 partition_key: Some(true),
+                cel: None,
+            },
+            OrderingKeySpec {
+                header: Some("X-Customer".into()),
+                partition_key: None,
+                cel: Some("event.id".into()),
             },
             OrderingKeySpec {
                 header: Some("Authorization".into()),
-                partition_key: None,
+                ..Default::default()
             },
         ] {
             let mut t = target("email", "mailer");

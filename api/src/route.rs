@@ -242,11 +242,11 @@ pub struct OrderingSpec {
     pub max_waiting: Option<u32>,
 }
 
-/// The source of an event's ordering key: exactly one of `header` and
-/// `partitionKey`. (A CEL expression over the event is planned.)
+/// The source of an event's ordering key: exactly one of `header`, `partitionKey`
+/// and `cel`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.header) ? 1 : 0) + (has(self.partitionKey) && self.partitionKey ? 1 : 0) == 1").message(rules::ORDERING_KEY_ONE_SOURCE))]
+#[x_kube(validation = Rule::new("(has(self.header) ? 1 : 0) + (has(self.partitionKey) && self.partitionKey ? 1 : 0) + (has(self.cel) ? 1 : 0) == 1").message(rules::ORDERING_KEY_ONE_SOURCE))]
 pub struct OrderingKeySpec {
     /// An event header (case-insensitive), e.g. X-Customer-Id. The gateway stores it
     /// with each event it accepts.
@@ -260,6 +260,14 @@ pub struct OrderingKeySpec {
     /// structured-mode one (`application/cloudevents+json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_key: Option<bool>,
+
+    /// A CEL expression over the event (as in `filter.cel`) that yields its key: a
+    /// string, or a number or bool as its text; null or "" for no key (delivered
+    /// without waiting for other events). E.g. `event.data.customerId`. An event it
+    /// cannot be evaluated on is dead-lettered with reason `ordering`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub cel: Option<String>,
 }
 
 /// Reference to an `ApiTarget` in the same namespace.

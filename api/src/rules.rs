@@ -82,7 +82,7 @@ pub const MIN_IN_FLIGHT_WITHIN_MAX: &str =
 
 /// On `spec.targets[].ordering.key`.
 pub const ORDERING_KEY_ONE_SOURCE: &str =
-    "key needs exactly one source: header, or partitionKey: true";
+    "key needs exactly one source: header, partitionKey: true, or cel";
 
 /// On `spec.targets[].ordering.key.header`.
 pub const ORDERING_KEY_HEADER: &str = "header must be an HTTP header name of at most 128 characters, and not one that carries credentials (Authorization, Proxy-Authorization, Cookie): the gateway stores the header with each event";

@@ -1,6 +1,7 @@
 //! Per-key ordering through the front door: events posted to the gateway of `fanout
 //! standalone` (or published to NATS for `fanout dispatch` processes) with their key
-//! in a header, a route target with `ordering: {key: {header: X-Account}}`, and a
+//! in a header (or in the body, read by a CEL key), a route target with `ordering:
+//! {key: {header: X-Account}}`, and a
 //! target on loopback that fails one key's head for a while. What a user checks:
 //! each key's events reach the target in the order they were stored, a failing head
 //! holds back only its own key, and `/status` shows the blocked key; also when a
@@ -189,6 +190,89 @@ async fn a_failing_head_holds_back_its_own_key_only_and_every_key_stays_in_order
     .await
     .unwrap();
     assert_eq!(settled["concurrencyLimit"], 8, "{settled}");
+    s.sigterm_exits_zero();
+}
+
+/// The key computed by CEL from the body: no header names the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_computed_by_cel_from_the_body_keeps_each_key_in_order() {
+    let nats = NatsServer::start().unwrap();
+    let target = TargetServer::start().await.unwrap();
+    target.set_default(Reply::Delay(Duration::from_millis(20), 200));
+    target.script_for_key(&id("A", 2), std::iter::repeat_n(Reply::Status(503), 3));
+    let manifests = standalone_manifests(&target.url("/"), "continue").replace(
+        "key: {header: X-Account}",
+        "key: {cel: 'event.data.account'}",
+    );
+    let s = Standalone::start(&nats, "bank", &manifests).await;
+    let mut sent = BTreeSet::new();
+    for n in 1..=6 {
+        for key in ["A", "B"] {
+            let id = id(key, n);
+            let body = format!("{{\"account\": \"{key}\", \"entry\": {n}}}");
+            s.accept(
+                "accounts",
+                &[
+                    ("Idempotency-Key", &id),
+                    ("Content-Type", "application/json"),
+                ],
+                &body,
+            )
+            .await;
+            sent.insert(id);
+        }
+    }
+    // An entry without an account has no key the expression can compute.
+    s.accept(
+        "accounts",
+        &[
+            ("Idempotency-Key", "X-001"),
+            ("Content-Type", "application/json"),
+        ],
+        r#"{"entry": 1}"#,
+    )
+    .await;
+
+    target.wait_for_keys(&sent, T).await.unwrap();
+    let received = target.received();
+    let settled = assert_in_order(
+        &received
+            .iter()
+            .filter(|r| r.header("idempotency-key") != Some("X-001"))
+            .cloned()
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    assert_eq!(settled, BTreeMap::from([("A".into(), 6), ("B".into(), 6)]));
+    let a2 = delivered_at(&received, &id("A", 2));
+    assert!(
+        delivered_at(&received, &id("B", 6)) < a2,
+        "B flowed meanwhile"
+    );
+    assert!(delivered_at(&received, &id("A", 3)) > a2);
+
+    // The keyless entry was not sent out of turn: it is a dead letter, reason
+    // `ordering`, naming the field.
+    let listed = wait::until("the keyless entry's dead letter", T, || async {
+        let out = s.cli(&["dlq", "list", "--route", "accounts"]);
+        if out.contains("X-001") {
+            Ok(out)
+        } else {
+            Err(out)
+        }
+    })
+    .await
+    .unwrap();
+    let line = listed.lines().find(|l| l.contains("X-001")).unwrap();
+    assert!(
+        line.contains("ordering") && line.contains("ordering.key.cel"),
+        "{listed}"
+    );
+    assert!(
+        received
+            .iter()
+            .all(|r| r.header("idempotency-key") != Some("X-001"))
+    );
     s.sigterm_exits_zero();
 }
 

@@ -90,6 +90,8 @@ pub enum OrderingKey {
     /// The CloudEvents `partitionkey` extension: the `ce-partitionkey` header
     /// (binary mode), or the attribute of a structured-mode event's JSON.
     PartitionKey,
+    /// What this CEL expression over the event yields (checked when rendered).
+    Cel(String),
 }
 
 /// What happens to a key after its head event was dead-lettered: continue (its

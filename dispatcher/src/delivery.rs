@@ -35,6 +35,8 @@ pub enum DeadLetterReason {
     Filter,
     /// The target's CEL transform could not be evaluated on it.
     Transform,
+    /// The ordered target's `ordering.key.cel` could not be evaluated on it.
+    OrderingKey,
 }
 
 impl DeadLetterReason {
@@ -45,6 +47,7 @@ impl DeadLetterReason {
             DeadLetterReason::Expired => "expired",
             DeadLetterReason::Filter => "filter",
             DeadLetterReason::Transform => "transform",
+            DeadLetterReason::OrderingKey => "ordering",
         }
     }
 }

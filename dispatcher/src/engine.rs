@@ -262,11 +262,12 @@ impl Engine {
                         }
                         AfterDeadLetter::Continue => None,
                     };
-                    Some(Ordered::new(
-                        ordering,
-                        KeySource::from(&ordering.key),
-                        blocked,
-                    ))
+                    let key =
+                        KeySource::new(&ordering.key).map_err(|source| StartError::Expression {
+                            target: target.name.clone(),
+                            source,
+                        })?;
+                    Some(Ordered::new(ordering, key, blocked))
                 }
                 None => None,
             };

@@ -233,6 +233,37 @@ fn with_body_and_headers(
 }
 
 /// Every header of `event`, name and first value.
+/// An ordered target's `ordering.key.cel`, compiled once when the worker starts.
+#[derive(Debug)]
+pub struct KeyExpression(Expression);
+
+impl KeyExpression {
+    pub fn compile(source: &str) -> Result<KeyExpression, ExpressionStartError> {
+        Expression::compile(source)
+            .map(KeyExpression)
+            .map_err(|source| ExpressionStartError::Compile {
+                field: KEY_FIELD.into(),
+                source,
+            })
+    }
+
+    /// `event`'s key: a string, or a number or bool as its text; `None` for null.
+    /// An error when the expression cannot be evaluated on it: the event is then
+    /// dead-lettered with reason `ordering`, since delivering it out of turn would
+    /// break the order silently.
+    pub fn key(&self, event: &Event) -> Result<Option<String>, Unusable> {
+        let headers = header_pairs(event);
+        let parts = parts(event, &headers);
+        let activation = Activation::new(&parts, self.0.fields());
+        self.0
+            .evaluate(&activation)
+            .and_then(|v| output::header_value(v.as_ref()))
+            .map_err(|e| evaluation(DeadLetterReason::OrderingKey, KEY_FIELD, &e))
+    }
+}
+
+const KEY_FIELD: &str = "ordering.key.cel";
+
 fn header_pairs(event: &Event) -> Vec<(&str, &str)> {
     event
         .headers

@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::classify::Failure;
+use crate::delivery::DeadLetterReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
@@ -76,7 +77,7 @@ const FAILURE_CATEGORIES: [&str; 7] = [
 struct ExpressionLabels {
     route: String,
     target: String,
-    /// `filter` or `transform`.
+    /// `filter`, `transform` or `ordering` (the ordering key).
     expression: &'static str,
 }
 
@@ -122,7 +123,7 @@ impl Default for Metrics {
         let expression_errors = Family::<ExpressionLabels, Counter>::default();
         registry.register(
             "expression_errors",
-            "Events a target's CEL filter or transform could not be evaluated on (each dead-lettered), per target, by expression",
+            "Events a target's CEL filter, transform or ordering key could not be evaluated on (each dead-lettered), per target, by expression",
             expression_errors.clone(),
         );
         let latency =
@@ -238,7 +239,7 @@ pub struct TargetTelemetry {
     discarded_total: Counter,
     filtered_total: Counter,
     /// Filter, then transform errors.
-    expression_errors_total: [Counter; 2],
+    expression_errors_total: [Counter; 3],
     latency: HistogramWithExemplars<TraceExemplar>,
     in_flight_gauge: Gauge,
     circuit_gauge: Gauge,
@@ -279,7 +280,7 @@ impl TargetTelemetry {
             route: route.to_string(),
             target: target.to_string(),
         };
-        let expression_errors_total = ["filter", "transform"].map(|expression| {
+        let expression_errors_total = ["filter", "transform", "ordering"].map(|expression| {
             metrics
                 .expression_errors
                 .get_or_create(&ExpressionLabels {
@@ -472,8 +473,14 @@ impl TargetTelemetry {
     /// The target's filter (`transform` false) or transform could not be evaluated
     /// on an event, which is dead-lettered next (and logged then): counted, and the
     /// error shown in status.
-    pub fn expression_failed(&self, transform: bool, error: &str) {
-        self.expression_errors_total[usize::from(transform)].inc();
+    /// An expression could not be evaluated on an event; `reason` says which.
+    pub fn expression_failed(&self, reason: DeadLetterReason, error: &str) {
+        let index = match reason {
+            DeadLetterReason::Transform => 1,
+            DeadLetterReason::OrderingKey => 2,
+            _ => 0,
+        };
+        self.expression_errors_total[index].inc();
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
     }
 

@@ -397,8 +397,8 @@ impl Worker {
                 return;
             }
             Selection::Unusable(unusable) => {
-                let transform = unusable.reason == DeadLetterReason::Transform;
-                self.telemetry.expression_failed(transform, &unusable.error);
+                self.telemetry
+                    .expression_failed(unusable.reason, &unusable.error);
                 Box::pin(self.dead_letter(
                     &message,
                     &event,

@@ -283,7 +283,8 @@ pub fn check(m: &Manifests) -> Vec<CheckError> {
             if let Some(ordering) = &t.ordering {
                 let key = &ordering.key;
                 let sources = usize::from(key.header.is_some())
-                    + usize::from(key.partition_key == Some(true));
+                    + usize::from(key.partition_key == Some(true))
+                    + usize::from(key.cel.is_some());
                 if sources != 1 {
                     problems.push(rule(
                         &format!("{at}.ordering.key"),

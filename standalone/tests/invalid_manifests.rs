@@ -134,6 +134,10 @@ const EXPECTED: &[(&str, Option<&str>)] = &[
         Some("spec.targets[0].ordering.key.header: header must be an HTTP header name"),
     ),
     (
+        "ordering-key-header-and-cel.yaml",
+        Some("spec.targets[0].ordering.key: key needs exactly one source"),
+    ),
+    (
         "ordering-key-no-source.yaml",
         Some("spec.targets[0].ordering.key: key needs exactly one source"),
     ),

@@ -1,6 +1,6 @@
 //! An event's ordering key: from a header, from the CloudEvents `partitionkey`
-//! extension, or (once the CEL module provides one) from an expression over the
-//! event, through [`KeyExpression`].
+//! extension, or from a CEL expression over the event
+//! ([`crate::expressions::KeyExpression`]).
 
 use std::sync::Arc;
 
@@ -8,49 +8,18 @@ use fanout_config::route::OrderingKey;
 use serde::Deserialize;
 
 use crate::event::Event;
+use crate::expressions::{ExpressionStartError, KeyExpression, Unusable};
 
 /// The binary-mode header of the CloudEvents partitioning extension.
 pub const PARTITION_KEY_HEADER: &str = "ce-partitionkey";
 /// Content type of a structured-mode CloudEvent.
 const STRUCTURED: &str = "application/cloudevents+json";
 
-/// Why an expression gave no key for an event.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct KeyError(pub String);
-
-/// A key computed from the whole event, such as a CEL expression (compiled when the
-/// route is applied). The CEL module implements this; [`KeySource::Expression`]
-/// holds one. `Ok(None)`: the event has no key and is delivered without ordering;
-/// an error is handled the same way, and logged.
-pub trait KeyExpression: Send + Sync {
-    fn key(&self, event: &Event) -> Result<Option<String>, KeyError>;
-}
-
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub enum KeySource {
     Header(String),
     PartitionKey,
-    Expression(Arc<dyn KeyExpression>),
-}
-
-impl std::fmt::Debug for KeySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeySource::Header(name) => write!(f, "header {name}"),
-            KeySource::PartitionKey => f.write_str("CloudEvents partitionkey"),
-            KeySource::Expression(_) => f.write_str("expression"),
-        }
-    }
-}
-
-impl From<&OrderingKey> for KeySource {
-    fn from(key: &OrderingKey) -> Self {
-        match key {
-            OrderingKey::Header(name) => KeySource::Header(name.clone()),
-            OrderingKey::PartitionKey => KeySource::PartitionKey,
-        }
-    }
+    Expression(Arc<KeyExpression>),
 }
 
 #[derive(Deserialize)]
@@ -59,20 +28,27 @@ struct Structured {
 }
 
 impl KeySource {
-    /// The key of `event`; `None` when it has none (an empty value counts as none).
-    pub fn key_of(&self, event: &Event) -> Option<String> {
+    /// The key source of a rendered target; an expression is compiled here.
+    pub fn new(key: &OrderingKey) -> Result<KeySource, ExpressionStartError> {
+        Ok(match key {
+            OrderingKey::Header(name) => KeySource::Header(name.clone()),
+            OrderingKey::PartitionKey => KeySource::PartitionKey,
+            OrderingKey::Cel(source) => {
+                KeySource::Expression(Arc::new(KeyExpression::compile(source)?))
+            }
+        })
+    }
+
+    /// The key of `event`; `None` when it has none (an empty value counts as none):
+    /// it is delivered without waiting for other events. An error when the key
+    /// expression cannot be evaluated on it.
+    pub fn key_of(&self, event: &Event) -> Result<Option<String>, Unusable> {
         let key = match self {
             KeySource::Header(name) => event.header(name).map(str::to_string),
             KeySource::PartitionKey => partition_key(event),
-            KeySource::Expression(expression) => match expression.key(event) {
-                Ok(key) => key,
-                Err(error) => {
-                    tracing::debug!(event_id = %event.id, %error, "no ordering key: delivered without ordering");
-                    None
-                }
-            },
+            KeySource::Expression(expression) => expression.key(event)?,
         };
-        key.filter(|k| !k.is_empty())
+        Ok(key.filter(|k| !k.is_empty()))
     }
 }
 
@@ -128,18 +104,21 @@ mod tests {
     fn a_header_key_is_read_case_insensitively_and_empty_means_none() {
         let source = KeySource::Header("X-Customer".into());
         assert_eq!(
-            source.key_of(&event(&[("x-customer", "c-7")], "")),
+            source.key_of(&event(&[("x-customer", "c-7")], "")).unwrap(),
             Some("c-7".into())
         );
-        assert_eq!(source.key_of(&event(&[("X-Customer", "")], "")), None);
-        assert_eq!(source.key_of(&event(&[], "")), None);
+        assert_eq!(
+            source.key_of(&event(&[("X-Customer", "")], "")).unwrap(),
+            None
+        );
+        assert_eq!(source.key_of(&event(&[], "")).unwrap(), None);
     }
 
     #[test]
     fn the_partition_key_comes_from_binary_or_structured_mode() {
         let source = KeySource::PartitionKey;
         let binary = event(&[("ce-partitionkey", "order-1")], "{}");
-        assert_eq!(source.key_of(&binary), Some("order-1".into()));
+        assert_eq!(source.key_of(&binary).unwrap(), Some("order-1".into()));
         let structured = event(
             &[(
                 "Content-Type",
@@ -147,29 +126,37 @@ mod tests {
             )],
             r#"{"specversion":"1.0","id":"1","source":"s","type":"t","partitionkey":"order-2"}"#,
         );
-        assert_eq!(source.key_of(&structured), Some("order-2".into()));
+        assert_eq!(source.key_of(&structured).unwrap(), Some("order-2".into()));
         // A plain JSON body is data, not an event: its members are not attributes.
         let plain = event(
             &[("Content-Type", "application/json")],
             r#"{"partitionkey":"order-3"}"#,
         );
-        assert_eq!(source.key_of(&plain), None);
-    }
-
-    struct Fixed;
-    impl KeyExpression for Fixed {
-        fn key(&self, event: &Event) -> Result<Option<String>, KeyError> {
-            match event.header("x-fail") {
-                Some(_) => Err(KeyError("no such field".into())),
-                None => Ok(Some("k".into())),
-            }
-        }
+        assert_eq!(source.key_of(&plain).unwrap(), None);
     }
 
     #[test]
-    fn an_expression_that_fails_gives_no_key() {
-        let source = KeySource::Expression(Arc::new(Fixed));
-        assert_eq!(source.key_of(&event(&[], "")), Some("k".into()));
-        assert_eq!(source.key_of(&event(&[("x-fail", "1")], "")), None);
+    fn an_expression_key_is_its_text_and_one_that_fails_is_an_error() {
+        let source = KeySource::new(&OrderingKey::Cel(
+            r#"event.headers["x-tenant"] + "/" + string(event.data.customer)"#.into(),
+        ))
+        .unwrap();
+        let json = [("Content-Type", "application/json"), ("X-Tenant", "eu")];
+        assert_eq!(
+            source.key_of(&event(&json, r#"{"customer": 42}"#)).unwrap(),
+            Some("eu/42".into())
+        );
+        let unusable = source
+            .key_of(&event(&json, r#"{"client": 42}"#))
+            .unwrap_err();
+        assert!(
+            unusable.error.starts_with("ordering.key.cel: "),
+            "{}",
+            unusable.error
+        );
+        let null = KeySource::new(&OrderingKey::Cel("null".into())).unwrap();
+        assert_eq!(null.key_of(&event(&[], "")).unwrap(), None);
+        let wrong = KeySource::new(&OrderingKey::Cel("event.dta".into())).unwrap_err();
+        assert!(wrong.to_string().contains("ordering.key.cel"), "{wrong}");
     }
 }

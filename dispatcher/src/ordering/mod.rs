@@ -23,8 +23,8 @@
 //!   check has confirmed it for a while, or an event came with another pin) sends
 //!   nothing more of what it holds: what it held comes back to the new deliverer.
 //!
-//! The key comes from a header or the CloudEvents `partitionkey` ([`key`]); a
-//! CEL expression can supply it through [`key::KeyExpression`].
+//! The key comes from a header, the CloudEvents `partitionkey` or a CEL expression
+//! over the event ([`key`]).
 
 pub mod blocked;
 pub mod fence;
@@ -39,7 +39,7 @@ use fanout_config::route::{AfterDeadLetter, Ordering};
 
 pub use blocked::BlockedKeys;
 pub use fence::{Fence, Gate, Pin};
-pub use key::{KeyExpression, KeySource};
+pub use key::KeySource;
 
 /// An ordered target's settings and state, part of its worker.
 pub struct Ordered {

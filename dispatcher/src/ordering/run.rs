@@ -251,7 +251,13 @@ impl Loop {
                 return;
             }
         };
-        let key = self.ordered().key.key_of(&event);
+        // A key expression that cannot be evaluated dead-letters the event (unless
+        // its transform already does).
+        let (key, selected) = match (self.ordered().key.key_of(&event), selected) {
+            (Ok(key), selected) => (key, selected),
+            (Err(unusable), Ok(_)) => (None, Err(unusable)),
+            (Err(_), selected) => (None, selected),
+        };
         let held = Held {
             message,
             event,
@@ -512,10 +518,9 @@ async fn deliver(
     let transformed = match selected {
         Ok(transformed) => transformed,
         Err(unusable) => {
-            let transform = unusable.reason == DeadLetterReason::Transform;
             worker
                 .telemetry()
-                .expression_failed(transform, &unusable.error);
+                .expression_failed(unusable.reason, &unusable.error);
             let finished = settle_dead(
                 &worker,
                 &message,
