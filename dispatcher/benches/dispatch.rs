@@ -586,6 +586,9 @@ async fn latency(bench: &Bench, contender: Contender, rate: u64, seconds: u64) -
 }
 
 fn parent() {
+    // The parent reads the engine's /metrics with reqwest, built without a default
+    // crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let events: usize = std::env::var("FANOUT_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -72,10 +72,19 @@ pub fn fanout_release_binary() -> PathBuf {
     // `cargo bench` sets CARGO; running the bench binary directly with CARGO=/bin/true
     // skips the build and uses the binary already there.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "fanout"])
-        .status()
-        .expect("running cargo build");
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "--release", "--quiet", "-p", "fanout"]);
+    // What `cargo bench` sets for the bench (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...)
+    // differs from a shell's; build scripts that watch such variables would run
+    // again, and everything above them be rebuilt, on every bench run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let keep = matches!(name.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR");
+        if !keep && (name.starts_with("CARGO_") || name == "OUT_DIR") {
+            build.env_remove(name.as_ref());
+        }
+    }
+    let status = build.status().expect("running cargo build");
     assert!(status.success(), "building the fanout binary failed");
     assert!(release.is_file(), "{} is missing", release.display());
     release
