@@ -682,7 +682,15 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
         }
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|e| {
+        let log = operator.process.log();
+        let mut start = log.len().saturating_sub(8000);
+        while !log.is_char_boundary(start) {
+            start += 1;
+        }
+        let tail = &log[start..];
+        panic!("{e}\n--- the operator's log, its end ---\n{tail}")
+    });
 
     // It recovers: probes succeed, the circuit closes and every event arrives.
     flaky.set_default(Reply::Status(200));
