@@ -261,6 +261,17 @@ spec:
 /// written into `dir`; their paths. This control plane has no node, so tests run
 /// those processes themselves.
 pub async fn rendered(env: &Env, route: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    rendered_holding(env, route, dir, &env.key(route).stream()).await
+}
+
+/// Like [`rendered`], once the gateway's routes also hold `gateway_text` (the
+/// operator writes the gateway's ConfigMap after the route's own).
+pub async fn rendered_holding(
+    env: &Env,
+    route: &str,
+    dir: &Path,
+    gateway_text: &str,
+) -> (PathBuf, PathBuf) {
     let key = env.key(route);
     let read = |name: String, file: &'static str, must_hold: String| async move {
         wait::until(&format!("ConfigMap {name}"), T, || async {
@@ -283,7 +294,12 @@ pub async fn rendered(env: &Env, route: &str, dir: &Path) -> (PathBuf, PathBuf) 
         .unwrap()
     };
     let route_config = read(key.dispatcher_object_name(), "route.yaml", key.stream()).await;
-    let gateway_config = read("fanout-gateway".into(), "gateway.yaml", key.stream()).await;
+    let gateway_config = read(
+        "fanout-gateway".into(),
+        "gateway.yaml",
+        gateway_text.to_string(),
+    )
+    .await;
     let (route_file, gateway_file) = (dir.join("route.yaml"), dir.join("gateway.yaml"));
     std::fs::write(&route_file, route_config).unwrap();
     std::fs::write(&gateway_file, gateway_config).unwrap();
