@@ -13,9 +13,13 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+
 use crate::apiserver_addresses::ApiserverAddresses;
 use crate::autoscale::Autoscaler;
 use crate::dispatcher_objects::DispatcherSettings;
+use crate::error::{Error, kube_error};
 use crate::image_policy::ImagePolicy;
 use crate::metrics::Metrics;
 use crate::replay_runs::ReplayRuns;
@@ -55,6 +59,39 @@ pub struct Context {
 pub type Circuits = BTreeMap<String, CircuitState>;
 
 impl Context {
+    /// Applies `status` as the status of the `K` named `namespace/name`, as the
+    /// operator's field manager (server-side apply, forced: the operator owns status).
+    pub async fn apply_status<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &impl serde::Serialize,
+    ) -> Result<(), Error>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let kind = K::kind(&());
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": kind,
+            "status": status,
+        });
+        Api::<K>::namespaced(self.client.clone(), namespace)
+            .patch_status(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(kube_error(format!(
+                "writing the status of {kind} {namespace}/{name}"
+            )))?;
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,

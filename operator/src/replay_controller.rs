@@ -16,17 +16,16 @@ use fanout_api::{FanOutReplay, FanOutRoute};
 use fanout_config::error_chain;
 use fanout_provision::replay::{self, Record, Scope, Window};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::conditions::{Draft, stamp};
-use crate::context::{Context, FIELD_MANAGER};
-use crate::error::{Error, kube_error};
+use crate::context::Context;
+use crate::error::Error;
 use crate::replay_scope::{self, ScopeError};
 
 /// The controller's name in metrics.
@@ -334,22 +333,8 @@ async fn write_status(
 ) -> Result<(), Error> {
     let namespace = replay.namespace().unwrap_or_default();
     let name = replay.name_any();
-    let patch = serde_json::json!({
-        "apiVersion": format!("{}/{}", fanout_api::GROUP, fanout_api::VERSION),
-        "kind": "FanOutReplay",
-        "status": status,
-    });
-    Api::<FanOutReplay>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
+    ctx.apply_status::<FanOutReplay>(&namespace, &name, status)
         .await
-        .map_err(kube_error(format!(
-            "writing the status of FanOutReplay {namespace}/{name}"
-        )))?;
-    Ok(())
 }
 
 /// An Event when the `Complete` condition's reason changes (not on every retry).

@@ -288,7 +288,8 @@ async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
     ctx.record_circuits(&oref, &status.targets);
     announce_changes(ctx, route, previous.as_ref(), &status).await;
     if previous.as_ref() != Some(&status) {
-        patch_status(ctx, &namespace, &name, &status).await?;
+        ctx.apply_status::<FanOutRoute>(&namespace, &name, &status)
+            .await?;
     }
     if troubled {
         Ok(Action::requeue(ctx.backoff(&oref)))
@@ -493,30 +494,6 @@ async fn current_deployment(
         .get_opt(&name)
         .await
         .map_err(kube_error(format!("reading Deployment {namespace}/{name}")))
-}
-
-async fn patch_status(
-    ctx: &Context,
-    namespace: &str,
-    name: &str,
-    status: &FanOutRouteStatus,
-) -> Result<(), Error> {
-    let patch = serde_json::json!({
-        "apiVersion": format!("{}/{}", fanout_api::GROUP, fanout_api::VERSION),
-        "kind": "FanOutRoute",
-        "status": status,
-    });
-    Api::<FanOutRoute>::namespaced(ctx.client.clone(), namespace)
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(kube_error(format!(
-            "writing the status of FanOutRoute {namespace}/{name}"
-        )))?;
-    Ok(())
 }
 
 /// An Event when the route's readiness or a target's health changes, not on every

@@ -10,15 +10,14 @@ use fanout_api::status::CircuitState;
 use fanout_api::{ApiTarget, ApiTargetStatus, FanOutRoute, settings};
 use fanout_config::error_chain;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 
 use crate::conditions::{Draft, READY, stamp};
-use crate::context::{Circuits, Context, FIELD_MANAGER};
-use crate::error::{Error, kube_error};
+use crate::context::{Circuits, Context};
+use crate::error::Error;
 use crate::secrets;
 
 /// The controller's name in metrics.
@@ -102,21 +101,8 @@ async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
         ctx.publish(&event, &target.object_ref(&()), false).await;
     }
     if target.status.as_ref() != Some(&status) {
-        let patch = serde_json::json!({
-            "apiVersion": format!("{}/{}", fanout_api::GROUP, fanout_api::VERSION),
-            "kind": "ApiTarget",
-            "status": status,
-        });
-        Api::<ApiTarget>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(kube_error(format!(
-                "writing the status of ApiTarget {namespace}/{name}"
-            )))?;
+        ctx.apply_status::<ApiTarget>(&namespace, &name, &status)
+            .await?;
     }
     Ok(Action::requeue(ctx.status_interval))
 }
