@@ -115,7 +115,7 @@ async fn read(
     Ok(read.records)
 }
 
-fn since(ago: Option<fanout_config::Duration>) -> Option<SystemTime> {
+pub(crate) fn since(ago: Option<fanout_config::Duration>) -> Option<SystemTime> {
     ago.map(|d| SystemTime::now() - d.as_std())
 }
 

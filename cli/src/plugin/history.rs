@@ -51,9 +51,7 @@ pub async fn attempts(session: &Session, args: AttemptsArgs) -> anyhow::Result<(
     let query = Query {
         event: Some(args.event),
         target: args.target,
-        since: args
-            .since
-            .map(|d| std::time::SystemTime::now() - d.as_std()),
+        since: history::since(args.since),
     };
     let text =
         history::attempts_from(&js, &key, &query, args.since, output(session.output)).await?;

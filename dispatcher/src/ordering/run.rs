@@ -515,7 +515,7 @@ async fn deliver(
     } = held;
     let mut fence = ordered.pin.fence(received_at);
     let sequence = event.stream_sequence;
-    let transformed = match selected {
+    let mut transformed = match selected {
         Ok(transformed) => transformed,
         Err(unusable) => {
             worker
@@ -557,16 +557,15 @@ async fn deliver(
             )
             .await;
         }
-        // The attempt number rises in hand, so the copy sent is made anew each time.
-        let outgoing = transformed.as_deref().map(|copy| Event {
-            delivery: event.delivery,
-            ..copy.clone()
-        });
+        // The attempt number rises in hand; the copy sent carries it too.
+        if let Some(copy) = transformed.as_deref_mut() {
+            copy.delivery = event.delivery;
+        }
         let (verdict, attempt) = match worker
             .attempt_once(
                 &message,
                 &event,
-                outgoing.as_ref().unwrap_or(&event),
+                transformed.as_deref().unwrap_or(&event),
                 &drain,
                 Some(&fence),
             )
