@@ -47,6 +47,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
+use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{Controller, WatchStreamExt};
@@ -366,7 +367,7 @@ fn scope_controllers(
             route_controller::error_policy,
             ctx.clone(),
         )
-        .for_each(|_| async {});
+        .for_each(|outcome| async move { log_stream_error("route controller", outcome) });
 
     let stop_targets = stop.clone();
     let target_controller = Controller::new(targets_api, watcher::Config::default())
@@ -388,7 +389,7 @@ fn scope_controllers(
             target_controller::error_policy,
             ctx.clone(),
         )
-        .for_each(|_| async {});
+        .for_each(|outcome| async move { log_stream_error("target controller", outcome) });
 
     // Replays run as tasks of their own; this guard stops them when the controllers
     // stop, and with them when the Lease is lost (which drops this future).
@@ -401,7 +402,7 @@ fn scope_controllers(
             replay_controller::error_policy,
             ctx,
         )
-        .for_each(|_| async {});
+        .for_each(|outcome| async move { log_stream_error("replay controller", outcome) });
 
     let part = async move {
         let _replays_stop_with_us = replay_guard;
@@ -412,6 +413,25 @@ fn scope_controllers(
         );
     };
     (part.boxed(), route_store)
+}
+
+/// Logs what a controller's stream yields besides reconciles: a failed reconcile is
+/// logged by its error policy, but a watch that fails (and is retried) would
+/// otherwise leave no trace while the controller waits.
+fn log_stream_error<T, E1, E2>(part: &'static str, outcome: Result<T, ControllerError<E1, E2>>)
+where
+    E1: std::error::Error + 'static,
+    E2: std::error::Error + 'static,
+{
+    match outcome {
+        Ok(_) | Err(ControllerError::ReconcilerFailed(..)) => {}
+        Err(error @ ControllerError::ObjectNotFound(_)) => {
+            tracing::debug!(part, error = %fanout_config::error_chain(&error), "controller");
+        }
+        Err(error) => {
+            tracing::warn!(part, error = %fanout_config::error_chain(&error), "controller stream error; retrying");
+        }
+    }
 }
 
 /// How long in-flight reconciles may take to finish once the operator stops.
