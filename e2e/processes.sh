@@ -114,13 +114,28 @@ wait_for() { # what component probe...
     log "$what ($((SECONDS - start))s)"
 }
 
-# `count` free loopback ports, space-separated.
+# `count` free loopback ports, space-separated, from just below the range the kernel
+# picks source ports of outgoing connections from (an ephemeral port can be taken by
+# a connection before the server binds it).
 free_ports() { # count
     python3 - "$1" <<'PY'
-import socket, sys
+import random, socket, sys
+with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+    high = max(int(f.read().split()[0]), 11024)
+candidates = list(range(max(high - 12000, 10000), high))
+random.shuffle(candidates)
 socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+for port in candidates:
+    if len(socks) == int(sys.argv[1]):
+        break
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        continue
+    socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }

@@ -50,13 +50,37 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests, which
-/// retry when a port turns out to be taken meanwhile).
+/// A free TCP port on 127.0.0.1 for a server a test starts.
+///
+/// Taken from below the kernel's ephemeral range: a port from that range can be handed
+/// to some outgoing connection between this check and the server binding it, which
+/// made a CI run fail with "Address already in use". Each port is handed out once per
+/// test process, from a start that differs by process id, and checked free by binding.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding an ephemeral port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = ports_below_ephemeral_range();
+    let span = u32::from(high - low);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {low}..{high}");
+}
+
+/// `low..high`: up to 12,000 ports just below the range Linux picks source ports of
+/// outgoing connections from (`net.ipv4.ip_local_port_range`, 32768 by default).
+fn ports_below_ephemeral_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_low.max(11024);
+    (high.saturating_sub(12000).max(10000), high)
 }
 
 /// The release `fanout` binary (the product, with its allocator and runtime defaults),
@@ -88,4 +112,18 @@ pub fn fanout_release_binary() -> PathBuf {
     assert!(status.success(), "building the fanout binary failed");
     assert!(release.is_file(), "{} is missing", release.display());
     release
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_outside_the_range_of_outgoing_source_ports() {
+        let (_, ephemeral_low) = ports_below_ephemeral_range();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        assert!(ports.iter().all(|p| *p < ephemeral_low), "{ports:?}");
+    }
 }
