@@ -46,7 +46,8 @@ fi
 bash e2e/cluster.sh up
 
 step "cargo test --workspace"
-cargo test --workspace --locked
+# Every test binary runs even after one fails, so that a CI log shows every failure.
+cargo test --workspace --locked --no-fail-fast
 
 # The README's quick start, end to end, with the debug binary the tests just built
 # (a few seconds; it fails when any target's delivered count is wrong).

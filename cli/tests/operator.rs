@@ -667,7 +667,7 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
         "{flaky_status:?}"
     );
     healthy.wait_for(40, T).await.unwrap();
-    wait::until("the ApiTarget to show the open circuit", T, || async {
+    let shown = wait::until("the ApiTarget to show the open circuit", T, || async {
         let t = env
             .api::<ApiTarget>()
             .get("flaky")
@@ -681,16 +681,29 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
             Err(format!("{:?}; the route's targets: {route:?}", t.status))
         }
     })
-    .await
-    .unwrap_or_else(|e| {
+    .await;
+    if let Err(e) = shown {
         let log = operator.process.log();
         let mut start = log.len().saturating_sub(8000);
         while !log.is_char_boundary(start) {
             start += 1;
         }
         let tail = &log[start..];
-        panic!("{e}\n--- the operator's log, its end ---\n{tail}")
-    });
+        let reconciles: String = operator
+            .metrics()
+            .await
+            .unwrap_or_else(|e| e)
+            .lines()
+            .filter(|l| {
+                l.starts_with("fanout_operator_reconciles")
+                    || l.starts_with("fanout_operator_errors")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        panic!(
+            "{e}\n--- the operator's reconciles ---\n{reconciles}\n--- the operator's log, its end ---\n{tail}"
+        )
+    }
 
     // It recovers: probes succeed, the circuit closes and every event arrives.
     flaky.set_default(Reply::Status(200));

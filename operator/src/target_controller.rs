@@ -100,10 +100,12 @@ async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
         };
         ctx.publish(&event, &target.object_ref(&()), false).await;
     }
-    if target.status.as_ref() != Some(&status) {
+    let write = target.status.as_ref() != Some(&status);
+    if write {
         ctx.apply_status::<ApiTarget>(&namespace, &name, &status)
             .await?;
     }
+    tracing::debug!(target = %ObjectRef::from_obj(target), ready = ready.is_true(), circuit = ?status.circuit, wrote = write, "reconciled");
     Ok(Action::requeue(ctx.status_interval))
 }
 
