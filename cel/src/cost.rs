@@ -67,6 +67,51 @@ pub fn estimate(expr: &IdedExpr, sizes: Sizes, event: Option<&dyn Val>) -> f64 {
     .cost
 }
 
+/// The largest event on which `expr` stays within [`LIMIT`] whatever the event holds:
+/// an event no larger (in bytes and in elements of its longest list or object) needs
+/// no estimate of its own before it runs, which saves the walk on every event.
+///
+/// The estimate without an event bounds every path at the whole event's sizes, and
+/// grows with them. Measured in an event, a path can count more bytes than the event
+/// has (each scalar counts 8, however short its text): so the bound is checked at 8
+/// times the bytes, and a list or object has at most as many elements as bytes.
+pub fn within_limit_up_to(expr: &IdedExpr) -> Sizes {
+    const RUNGS: [u64; 12] = [
+        1 << 20,
+        1 << 18,
+        1 << 16,
+        1 << 14,
+        1 << 12,
+        1 << 11,
+        1 << 10,
+        1 << 9,
+        1 << 8,
+        1 << 7,
+        1 << 6,
+        1 << 5,
+    ];
+    RUNGS
+        .into_iter()
+        .find(|&bytes| {
+            let worst = Sizes {
+                bytes: 8 * bytes,
+                items: bytes,
+            };
+            estimate(expr, worst, None) <= LIMIT
+        })
+        .map_or(Sizes { bytes: 0, items: 0 }, |bytes| Sizes {
+            bytes,
+            items: bytes,
+        })
+}
+
+impl Sizes {
+    /// Whether an event of these sizes is no larger than `bound` in either.
+    pub fn within(self, bound: Sizes) -> bool {
+        self.bytes <= bound.bytes && self.items <= bound.items
+    }
+}
+
 /// One step of a path into the event.
 enum Step<'e> {
     Field(&'e str),
@@ -528,5 +573,60 @@ mod tests {
         // The list's own length, not the event's longest.
         let source = parse("event.data.items.exists(i, i.n == 7)");
         assert!(estimate(&source, sizes, value.as_deref()) < LIMIT);
+    }
+
+    #[test]
+    fn an_expression_whose_cost_stays_small_needs_no_estimate_up_to_a_mebibyte() {
+        let plain = parse("event.data.total > 100 && event.type == 'order.placed'");
+        assert_eq!(within_limit_up_to(&plain).bytes, 1 << 20);
+        let nested = parse("event.data.a.all(x, event.data.a.all(y, x != y || x == y))");
+        let bound = within_limit_up_to(&nested);
+        assert!(bound.bytes < 1 << 12, "{bound:?}");
+    }
+
+    /// Events of the shapes that count most per byte (one-digit numbers, each
+    /// counting 8 bytes when measured), as large as each bound allows: every one is
+    /// within the limit, so skipping their estimate skips no refusal.
+    #[test]
+    fn an_event_within_the_bound_is_within_the_limit() {
+        let sources = [
+            "event.data.a.all(x, event.data.a.all(y, x != y || x == y))",
+            "event.data.a.map(x, event.data.a.filter(y, y == x).size())",
+            "event.data.a.map(x, string(x) + event.data.s)",
+            "event.data.a.exists(x, x == 7) && event.data.s.matches('^a+$')",
+            "event.data.a.map(x, event.data.a.map(y, x + y))",
+        ];
+        for source in sources {
+            let expr = parse(source);
+            let bound = within_limit_up_to(&expr);
+            let mut checked = 0;
+            for fill in [0.5, 0.9, 1.0] {
+                let budget = (bound.bytes as f64 * fill) as usize;
+                // {"a":[1,1,...],"s":"aaa..."}, split between the two.
+                let ones = budget.saturating_sub(20) / 4;
+                let text = "a".repeat(budget.saturating_sub(20) / 2);
+                let list = vec!["1"; ones].join(",");
+                let body = format!("{{\"a\":[{list}],\"s\":\"{text}\"}}");
+                let parts = EventParts {
+                    id: "e",
+                    subject: "s",
+                    headers: &[],
+                    body: body.as_bytes(),
+                };
+                let event = Activation::new(&parts, crate::Fields::DATA);
+                let sizes = event.sizes();
+                if !sizes.within(bound) {
+                    continue;
+                }
+                let value = event.context.get_variable("event");
+                let estimate = estimate(&expr, sizes, value.as_deref());
+                assert!(
+                    estimate <= LIMIT,
+                    "{source} on {sizes:?} (bound {bound:?}): {estimate}"
+                );
+                checked += 1;
+            }
+            assert!(checked >= 2, "{source}: bound {bound:?}");
+        }
     }
 }

@@ -120,6 +120,8 @@ pub struct Expression {
     ast: IdedExpr,
     fields: Fields,
     headers: Vec<String>,
+    /// Events up to these sizes are run without estimating the cost on each.
+    always_affordable: Sizes,
 }
 
 impl Expression {
@@ -187,6 +189,7 @@ impl Expression {
         }
         Ok(Expression {
             source: source.to_string(),
+            always_affordable: cost::within_limit_up_to(&ast),
             ast,
             fields: uses.fields,
             headers: uses.headers,
@@ -219,12 +222,14 @@ impl Expression {
         &'e self,
         event: &'e Activation<'v>,
     ) -> Result<CowVal<'e, 'v>, EvalError> {
-        let estimate = self.estimated_cost(event);
-        if estimate > cost::LIMIT {
-            return Err(EvalError::TooCostly {
-                estimate,
-                sizes: event.sizes,
-            });
+        if !event.sizes.within(self.always_affordable) {
+            let estimate = self.estimated_cost(event);
+            if estimate > cost::LIMIT {
+                return Err(EvalError::TooCostly {
+                    estimate,
+                    sizes: event.sizes,
+                });
+            }
         }
         Value::resolve_val(&self.ast, &event.context).map_err(|error| {
             let mut message = describe(&error);
