@@ -36,7 +36,9 @@ pub struct Attempt {
     started: Instant,
     /// The `traceparent` the request carries.
     traceparent: String,
-    span: Option<AttemptSpan>,
+    /// Boxed: an open span is a few hundred bytes, and every delivery's future holds
+    /// an `Attempt`, traced or not.
+    span: Option<Box<AttemptSpan>>,
 }
 
 impl Attempt {
@@ -47,7 +49,7 @@ impl Attempt {
     /// The trace id to keep as the latency's exemplar: the attempt's, when its span
     /// is recorded.
     pub fn exemplar(&self) -> Option<String> {
-        self.span.as_ref().and_then(AttemptSpan::sampled_trace_id)
+        self.span.as_deref().and_then(AttemptSpan::sampled_trace_id)
     }
 }
 
@@ -74,7 +76,10 @@ impl Reporter {
 
     /// A request is about to be sent for `event`.
     pub fn start(&self, event: &Event) -> Attempt {
-        let span = self.spans.as_ref().map(|spans| spans.start(event));
+        let span = self
+            .spans
+            .as_ref()
+            .map(|spans| Box::new(spans.start(event)));
         let traceparent = match &span {
             Some(span) => span.traceparent(),
             None => trace::child_traceparent(event.header("traceparent"), &mut rand::rng()),
@@ -103,7 +108,7 @@ impl Reporter {
             }
         };
         if let (Some(spans), Some(span)) = (&self.spans, attempt.span) {
-            spans.end(span, outcome, status, failure);
+            spans.end(*span, outcome, status, failure);
         }
         if let Some(history) = &self.history {
             let error = failure.map(|f| Cow::Owned(f.to_string()));
@@ -122,7 +127,7 @@ impl Reporter {
     /// for the address to be allowed; only the span tells of it.
     pub fn refused(&self, attempt: Attempt, failure: &Failure) {
         if let (Some(spans), Some(span)) = (&self.spans, attempt.span) {
-            spans.refused(span, failure);
+            spans.refused(*span, failure);
         }
     }
 
