@@ -965,8 +965,7 @@ mod tests {
     /// Every event in flight holds one delivery future, and each is moved into the
     /// worker's set when it starts: its size is paid per delivery, whatever path the
     /// delivery takes. Rare paths (connecting, tokens, dead letters, expiry, spans)
-    /// are boxed to keep it small; at 5.1 KiB, before the token path and the span
-    /// were boxed, `memmove` was the engine's top symbol (docs/benchmarks.md).
+    /// are boxed to keep it small (docs/benchmarks.md, "Delivery future").
     #[test]
     fn a_delivery_future_stays_small() {
         let size = future_size(Worker::deliver);
