@@ -167,7 +167,13 @@ async fn attempts_of_a_retried_then_delivered_event_and_the_failed_ones_are_told
             .iter()
             .all(|a| a["target"] == "crm" && a["event"] == "order-1")
     );
-    assert!(attempts.iter().all(|a| a["latencyMs"].as_f64().is_some()));
+    // Latencies to the microsecond, no more digits.
+    assert!(
+        attempts.iter().all(|a| a["latencyMs"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0 && (ms * 1000.0 - (ms * 1000.0).round()).abs() < 1e-6)),
+        "{json}"
+    );
     let sent_traces: Vec<String> = crm
         .received()
         .iter()
