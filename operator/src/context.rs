@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource};
 
 use crate::apiserver_addresses::ApiserverAddresses;
 use crate::autoscale::Autoscaler;
@@ -23,6 +23,7 @@ use crate::error::{Error, kube_error};
 use crate::image_policy::ImagePolicy;
 use crate::metrics::Metrics;
 use crate::replay_runs::ReplayRuns;
+use crate::retry::Failures;
 
 /// The field manager of every object and status the operator applies.
 pub const FIELD_MANAGER: &str = "fanout-operator";
@@ -49,8 +50,8 @@ pub struct Context {
     failures_recorder: Recorder,
     reporter: Reporter,
     pub autoscaler: Autoscaler,
-    /// Consecutive failed reconciles per route, for the retry backoff.
-    failures: Mutex<HashMap<ObjectRef<FanOutRoute>, u32>>,
+    /// Consecutive failed reconciles per object, for the retry backoff.
+    failures: Failures,
     /// Each route's target circuits as its last reconcile here computed them.
     circuits: Mutex<HashMap<ObjectRef<FanOutRoute>, Circuits>>,
 }
@@ -128,7 +129,7 @@ impl Context {
             failures_recorder,
             reporter,
             autoscaler: Autoscaler::default(),
-            failures: Mutex::new(HashMap::new()),
+            failures: Failures::default(),
             circuits: Mutex::new(HashMap::new()),
         }
     }
@@ -177,20 +178,13 @@ impl Context {
         all.remove(route);
     }
 
-    /// Records a failed reconcile of `route` and returns how long to wait before the
-    /// next attempt: 1 s doubling up to the status interval (at most a minute).
-    pub fn backoff(&self, route: &ObjectRef<FanOutRoute>) -> Duration {
-        let mut failures = self.failures.lock().expect("failures lock");
-        let n = failures.entry(route.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        let cap = self
-            .status_interval
-            .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        Duration::from_secs(1u64 << (*n - 1).min(6)).min(cap)
+    /// Records a failed reconcile of `object`; how long to wait before the next.
+    pub fn backoff<K: Resource<DynamicType = ()>>(&self, object: &ObjectRef<K>) -> Duration {
+        self.failures.failed(object, self.status_interval)
     }
 
-    /// Forgets the failures of `route` after a clean reconcile.
-    pub fn succeeded(&self, route: &ObjectRef<FanOutRoute>) {
-        self.failures.lock().expect("failures lock").remove(route);
+    /// Forgets the failures of `object` after a clean reconcile.
+    pub fn succeeded<K: Resource<DynamicType = ()>>(&self, object: &ObjectRef<K>) {
+        self.failures.succeeded(object);
     }
 }

@@ -11,6 +11,7 @@
 //! - [`target_controller`]: an ApiTarget's readiness, users and worst circuit.
 //! - [`replay_controller`]: a FanOutReplay's run and status ([`replay_runs`]: the
 //!   replays running; [`replay_scope`]: what one sends, shared with the CLI).
+//! - [`retry`]: the one error policy of the controllers.
 //! - [`gateway_sync`]: the gateway's route list and ingest-token copies.
 //! - [`leader`]: Lease-based leader election; [`clients`]: apiserver connections
 //!   with timeouts; [`server`] and [`metrics`]: probes and Prometheus metrics.
@@ -31,6 +32,7 @@ pub mod ownership;
 pub mod replay_controller;
 pub mod replay_runs;
 pub mod replay_scope;
+pub mod retry;
 pub mod route_controller;
 pub mod route_status;
 pub mod secrets;

@@ -38,19 +38,18 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 pub async fn reconcile(replay: Arc<FanOutReplay>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = start(&replay, &ctx).await;
+    if result.is_ok() {
+        ctx.succeeded(&ObjectRef::from_obj(replay.as_ref()));
+    }
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
         .reconciled(CONTROLLER, outcome, started.elapsed());
     result
 }
 
+/// Called by the controller when `reconcile` failed (see [`crate::retry`]).
 pub fn error_policy(replay: Arc<FanOutReplay>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error.category());
-    tracing::warn!(replay = %ObjectRef::from_obj(replay.as_ref()), error = %error_chain(error), "reconcile failed; retrying");
-    Action::requeue(
-        ctx.status_interval
-            .clamp(Duration::from_secs(1), Duration::from_secs(5)),
-    )
+    crate::retry::on_error(CONTROLLER, replay, error, ctx)
 }
 
 async fn start(replay: &Arc<FanOutReplay>, ctx: &Arc<Context>) -> Result<Action, Error> {

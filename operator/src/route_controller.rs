@@ -63,26 +63,9 @@ pub async fn reconcile(route: Arc<FanOutRoute>, ctx: Arc<Context>) -> Result<Act
     result
 }
 
-/// Called by the controller when `reconcile` failed: count it, say it on the route,
-/// and try again with backoff.
+/// Called by the controller when `reconcile` failed (see [`crate::retry`]).
 pub fn error_policy(route: Arc<FanOutRoute>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error.category());
-    let message = error_chain(error);
-    tracing::warn!(route = %ObjectRef::from_obj(route.as_ref()), error = %message, "reconcile failed; retrying");
-    let ctx2 = ctx.clone();
-    let route2 = route.clone();
-    tokio::spawn(async move {
-        publish(
-            &ctx2,
-            &route2,
-            EventType::Warning,
-            ("ReconcileFailed", "Reconcile"),
-            message,
-            true,
-        )
-        .await;
-    });
-    Action::requeue(ctx.backoff(&ObjectRef::from_obj(route.as_ref())))
+    crate::retry::on_error(CONTROLLER, route, error, ctx)
 }
 
 async fn apply(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {

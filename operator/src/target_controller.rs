@@ -32,10 +32,9 @@ pub async fn reconcile(target: Arc<ApiTarget>, ctx: Arc<Context>) -> Result<Acti
     result
 }
 
+/// Called by the controller when `reconcile` failed (see [`crate::retry`]).
 pub fn error_policy(target: Arc<ApiTarget>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error.category());
-    tracing::warn!(target = %ObjectRef::from_obj(target.as_ref()), error = %error_chain(error), "reconcile failed; retrying");
-    Action::requeue(ctx.status_interval.min(std::time::Duration::from_secs(5)))
+    crate::retry::on_error(CONTROLLER, target, error, ctx)
 }
 
 async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
@@ -105,7 +104,9 @@ async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
         ctx.apply_status::<ApiTarget>(&namespace, &name, &status)
             .await?;
     }
-    tracing::debug!(target = %ObjectRef::from_obj(target), ready = ready.is_true(), circuit = ?status.circuit, wrote = write, "reconciled");
+    let oref = ObjectRef::from_obj(target);
+    tracing::debug!(target = %oref, ready = ready.is_true(), circuit = ?status.circuit, wrote = write, "reconciled");
+    ctx.succeeded(&oref);
     Ok(Action::requeue(ctx.status_interval))
 }
 
