@@ -93,6 +93,9 @@ impl RequestTemplate {
     /// [`crate::trace::child_traceparent`]).
     pub fn build(&self, event: &Event, traceparent: &str) -> http::Request<Full<Bytes>> {
         let mut headers = self.fixed.clone();
+        // Room for the event's headers and Fanout's up front: growing the map as they
+        // are inserted rehashes it, on every request.
+        headers.reserve(event.headers.len() + 7);
         // The event's own headers (CloudEvents ce-*, X-Event-Type, ...) fill in what
         // the target's static headers did not set; Fanout's below override both.
         for (name, values) in event.headers.iter() {

@@ -26,11 +26,6 @@ pub fn child_traceparent(incoming: Option<&str>, rng: &mut impl Rng) -> String {
     }
 }
 
-/// The trace id of a valid `traceparent`.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    parse(traceparent).map(|(trace_id, _)| trace_id)
-}
-
 /// (trace id, flags) of a valid version-00 `traceparent`.
 fn parse(value: &str) -> Option<(&str, &str)> {
     let mut parts = value.trim().split('-');
@@ -46,8 +41,8 @@ fn parse(value: &str) -> Option<(&str, &str)> {
         && hex(trace_id, 32)
         && hex(parent_id, 16)
         && hex(flags, 2)
-        && trace_id != "0".repeat(32)
-        && parent_id != "0".repeat(16);
+        && trace_id.bytes().any(|b| b != b'0')
+        && parent_id.bytes().any(|b| b != b'0');
     valid.then_some((trace_id, flags))
 }
 
