@@ -65,6 +65,9 @@ impl Outcome {
 pub struct Record<'a> {
     /// The event id (its Idempotency-Key at the target).
     pub event: Cow<'a, str>,
+    /// Empty where dispatchers write it: the message's subject names the target
+    /// ([`parse_batch`] fills it in from there).
+    #[serde(default, skip_serializing_if = "str::is_empty")]
     pub target: Cow<'a, str>,
     /// The attempt's number (JetStream's delivery count); for a dead letter or a
     /// discard the attempts made; 0 when no request was ever sent.
@@ -132,14 +135,21 @@ pub struct HistoryConfig {
     pub stream: String,
 }
 
-/// Parses a batch: one record per line; lines that are not records (written by a
-/// newer dispatcher, damaged) are skipped and counted.
-pub fn parse_batch(payload: &[u8]) -> (Vec<Record<'static>>, usize) {
+/// Parses a batch published on `subject`: one record per line; lines that are not
+/// records (written by a newer dispatcher, damaged) are skipped and counted.
+pub fn parse_batch(subject: &str, payload: &[u8]) -> (Vec<Record<'static>>, usize) {
+    // `fanout.attempts.<ns>.<route>.<target>.<bucket>`
+    let target = subject.rsplit('.').nth(1).unwrap_or_default();
     let mut records = Vec::new();
     let mut skipped = 0;
     for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice(line) {
-            Ok(record) => records.push(record),
+        match serde_json::from_slice::<Record>(line) {
+            Ok(mut record) => {
+                if record.target.is_empty() {
+                    record.target = Cow::Owned(target.to_string());
+                }
+                records.push(record);
+            }
             Err(_) => skipped += 1,
         }
     }
@@ -201,9 +211,18 @@ mod tests {
         let mut payload = serde_json::to_vec(&record).unwrap();
         payload.extend_from_slice(b"\n{not json}\n");
         payload.extend(serde_json::to_vec(&record).unwrap());
-        let (records, skipped) = parse_batch(&payload);
-        assert_eq!(records, [record.clone(), record]);
+        let subject = subject(&RouteKey::new("shop", "orders"), "crm", 3);
+        let (records, skipped) = parse_batch(&subject, &payload);
+        assert_eq!(records, [record.clone(), record.clone()]);
         assert_eq!(skipped, 1);
+        // As dispatchers write it: the target only in the subject.
+        let written = Record {
+            target: "".into(),
+            ..record.clone()
+        };
+        let line = serde_json::to_vec(&written).unwrap();
+        assert!(!String::from_utf8_lossy(&line).contains("target"));
+        assert_eq!(parse_batch(&subject, &line).0, [record]);
         let line = String::from_utf8(serde_json::to_vec(&records[0]).unwrap()).unwrap();
         assert!(line.contains(r#""outcome":"retrying""#), "{line}");
         assert!(!line.contains("redrive"), "{line}");

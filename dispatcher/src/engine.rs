@@ -279,7 +279,6 @@ impl Engine {
                 expiry.map(|e| e.max_age.as_std()),
             );
             let report = Reporter::new(
-                &target.name,
                 history.as_mut().map(|h| {
                     let dropped =
                         metrics.history_dropped(&config.namespace, &config.name, &target.name);

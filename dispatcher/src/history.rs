@@ -328,7 +328,7 @@ mod tests {
             .iter()
             .find(|b| b.subject == history::subject(&route.key, "crm", history::bucket("a")))
             .unwrap();
-        let (records, skipped) = history::parse_batch(&of_a.payload);
+        let (records, skipped) = history::parse_batch(&of_a.subject, &of_a.payload);
         assert_eq!(skipped, 0);
         assert!(records.iter().filter(|r| r.event == "a").count() == 2);
         assert!(writer.take_all().is_empty(), "taken once");

@@ -56,22 +56,13 @@ impl Attempt {
 /// The reporter of one target.
 #[derive(Default)]
 pub struct Reporter {
-    target: String,
     history: Option<Arc<TargetHistory>>,
     spans: Option<TargetSpans>,
 }
 
 impl Reporter {
-    pub fn new(
-        target: &str,
-        history: Option<Arc<TargetHistory>>,
-        spans: Option<TargetSpans>,
-    ) -> Reporter {
-        Reporter {
-            target: target.to_string(),
-            history,
-            spans,
-        }
+    pub fn new(history: Option<Arc<TargetHistory>>, spans: Option<TargetSpans>) -> Reporter {
+        Reporter { history, spans }
     }
 
     /// A request is about to be sent for `event`.
@@ -177,7 +168,8 @@ impl Reporter {
     ) -> Record<'a> {
         Record {
             event: Cow::Borrowed(&event.id),
-            target: Cow::Borrowed(&self.target),
+            // The message's subject names the target.
+            target: Cow::Borrowed(""),
             attempt,
             at_ms: unix_ms(at),
             outcome,

@@ -135,7 +135,7 @@ pub async fn read(
         let Some(message) = next else { break };
         let message = message.map_err(|e| fail("reading it")(Box::new(e)))?;
         let pending = message.info().map_err(|e| fail("reading it")(e))?.pending;
-        let (records, skipped) = history::parse_batch(&message.payload);
+        let (records, skipped) = history::parse_batch(&message.subject, &message.payload);
         out.skipped += skipped;
         out.records
             .extend(records.into_iter().filter(|r| query.wants(r)));
