@@ -156,7 +156,7 @@ fn release_for(ns: &TestNamespace) -> String {
 /// accepted), so the server dry-run can check the chart's monitoring objects' kind,
 /// scope and metadata. The Prometheus Operator's own schemas are not available here;
 /// their spec fields are checked below by reading the rendered objects, and the
-/// alerts against the real processes' metrics in cli/tests/operator.rs.
+/// alerts against the real processes' metrics in cli/tests/operator/health.rs.
 fn ensure_monitoring_crds() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -512,7 +512,7 @@ async fn service_monitors_render_only_when_enabled() {
     assert!(ports.iter().any(|p| p["name"] == "ops"), "{ports:?}");
     // Dispatcher pods are the operator's, in the routes' namespaces: a PodMonitor
     // finds them by the labels the operator gives them (checked against a real
-    // dispatcher Deployment in cli/tests/operator.rs).
+    // dispatcher Deployment in cli/tests/operator/health.rs).
     let pods = find(&objects, "PodMonitor", "fan-fanout-dispatchers");
     assert_eq!(pods["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(pods["spec"]["namespaceSelector"]["any"], true);
@@ -935,7 +935,7 @@ async fn network_policies_select_each_component_and_admit_only_what_the_values_n
 
     // The dispatchers, in each namespace named: selected by the labels the operator
     // gives them (the PodMonitor's selector, checked against a real dispatcher
-    // Deployment in cli/tests/operator.rs); metrics in, NATS, DNS and the targets
+    // Deployment in cli/tests/operator/health.rs); metrics in, NATS, DNS and the targets
     // out, but not link-local addresses (cloud metadata).
     let pod_monitor = find(&objects, "PodMonitor", "fan-fanout-dispatchers");
     for namespace in [&shop.name, &crm.name] {
