@@ -2,7 +2,7 @@
 //! plane: run a dispatcher image the platform did not allow, take over an object of
 //! the dispatcher's name that Fanout did not create, or get a route reconciled in a
 //! namespace the operator does not watch. (That the chart's RBAC gives a namespaced
-//! install no access outside its namespaces is e2e/tests/chart.rs's part.)
+//! install no access outside its namespaces is e2e/tests/chart/'s part.)
 
 mod support;
 
