@@ -2,8 +2,8 @@
 //! process may use. Each shard is a thread with a current-thread runtime and a NATS
 //! connection of its own, and serves the connections [`crate::accept`] hands it. A
 //! request, its publish and JetStream's acknowledgement then stay on one thread: no
-//! cross-thread wake-ups, which cost a multi-threaded runtime 35–65% more CPU per
-//! event (docs/benchmarks.md, "Gateway").
+//! cross-thread wake-ups, which cost a multi-threaded runtime more CPU per event
+//! (docs/benchmarks.md, "Gateway").
 //!
 //! The shards share the route table, the metrics, the bound on publishes in flight,
 //! and the list of their NATS connections (the gateway is ready when all are up).

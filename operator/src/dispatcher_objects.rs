@@ -414,8 +414,8 @@ pub fn labels(route: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// Measured: one dispatcher thread delivers ~20k events/s in about one core and
-/// 60 MiB (docs/benchmarks.md); the defaults leave room for bursts.
+/// A small request that lets a dispatcher start anywhere, a limit with room for
+/// bursts (docs/capacity.md says what a target rate needs).
 fn default_resources() -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([

@@ -198,8 +198,8 @@ impl HttpClient {
         }
         let connect_timeout = self.timeout.min(MAX_CONNECT_TIMEOUT);
         // Boxed: connecting (DNS, TCP, TLS) needs a large future and happens rarely;
-        // unboxed it would make every request's future that large, and moving those
-        // showed up as a tenth of the engine's CPU.
+        // unboxed it would make every request's future that large, and every
+        // delivery pays for moving it (docs/benchmarks.md).
         match Box::pin(connect::connect(
             &self.origin,
             self.tls.as_ref(),
