@@ -280,6 +280,11 @@ spec:
         }
     }
 
+    /// CPU seconds nats-server has used so far.
+    fn nats_cpu_seconds(&self) -> f64 {
+        usage(self.nats.pid().expect("nats-server runs")).0
+    }
+
     /// Waits until both targets have `count` events; the counts at the end.
     async fn wait_both(&self, child: &Child, count: u64, limit: Duration) -> Counts {
         let start = Instant::now();
@@ -342,6 +347,7 @@ struct Throughput {
     cpu_per_1000: f64,
     peak_rss_mib: f64,
     targets_cpu_per_1000: f64,
+    nats_cpu_per_1000: f64,
     /// Connections the targets accepted during the run.
     connections: u64,
 }
@@ -351,6 +357,7 @@ async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throu
     bench.publish(events).await;
     bench.targets.reset().await;
     let targets_cpu = bench.targets.cpu_seconds();
+    let nats_cpu = bench.nats_cpu_seconds();
     let child = bench.spawn(contender, &config);
     let start = Instant::now();
     let counts = bench
@@ -365,6 +372,7 @@ async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throu
         cpu_per_1000: cpu / thousands,
         peak_rss_mib: rss,
         targets_cpu_per_1000: (bench.targets.cpu_seconds() - targets_cpu) / thousands,
+        nats_cpu_per_1000: (bench.nats_cpu_seconds() - nats_cpu) / thousands,
         connections: counts.connections,
     }
 }
@@ -614,9 +622,9 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
     );
     println!();
     println!(
-        "| contender | events/s to both (rounds) | Fanout's rate against it | CPU s / 1000 events | peak RSS MiB | targets' CPU s / 1000 events | connections opened | healthy target events/s, peer 503 | vs own healthy run | p50 / p99 ms @ {LATENCY_RATE}/s |"
+        "| contender | events/s to both (rounds) | Fanout's rate against it | CPU s / 1000 events | peak RSS MiB | targets' CPU s / 1000 events | nats-server CPU s / 1000 events | connections opened | healthy target events/s, peer 503 | vs own healthy run | p50 / p99 ms @ {LATENCY_RATE}/s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let fanout = medians[0];
     for (i, contender) in contenders.iter().enumerate() {
         let t = medians[i];
@@ -632,7 +640,7 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
         };
         let latency = latencies[i].map_or("-".into(), |(p50, p99)| format!("{p50:.2} / {p99:.2}"));
         println!(
-            "| {} | {:.0} ({}) | {:.2}x | {:.3} | {:.1} | {:.3} | {} | {} | {:.0}% | {} |",
+            "| {} | {:.0} ({}) | {:.2}x | {:.3} | {:.1} | {:.3} | {:.3} | {} | {} | {:.0}% | {} |",
             contender.name(),
             t.events_per_sec,
             each.join(", "),
@@ -640,6 +648,7 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
             t.cpu_per_1000,
             t.peak_rss_mib,
             t.targets_cpu_per_1000,
+            t.nats_cpu_per_1000,
             t.connections,
             healthy,
             100.0 * d.events_per_sec / t.events_per_sec,
