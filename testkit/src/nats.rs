@@ -119,6 +119,11 @@ impl NatsServer {
         self.child.is_some()
     }
 
+    /// The server's process id while it runs (benchmarks read its CPU time in /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The token clients must present, if the server requires one.
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
