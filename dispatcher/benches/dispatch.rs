@@ -3,8 +3,10 @@
 //!     cargo bench -p fanout-dispatcher --bench dispatch
 //!
 //! Events are pre-loaded into a real JetStream stream and delivered to two loopback
-//! HTTP targets. The engine (production `fanout dispatch` code) and the baseline each
-//! run as a child process of this binary, so CPU time and peak RSS are theirs alone.
+//! HTTP targets. The engine (the release `fanout dispatch` binary) and the baseline
+//! (`naive-fanout` of `fanout-baselines`: built like `fanout`, with mimalloc and a
+//! thread with a single-threaded runtime per target) each run as a child process, so
+//! CPU time and peak RSS are theirs alone.
 //! Phases: throughput from a full stream; latency from publish to delivery at a fixed
 //! offered rate; throughput of the healthy target while the other answers 503.
 //! The engine runs as configured by default (every attempt recorded in the route's
@@ -16,14 +18,16 @@
 //! The throughput phase runs `FANOUT_BENCH_ROUNDS` times (default 3), alternating
 //! baseline and engine so that a slow stretch of the machine hits both, and the
 //! table gives each contender's median round (every round is printed too).
-//! `FANOUT_BENCH_EVENTS` sets the pre-loaded count (default 100000). For
+//! `FANOUT_BENCH_EVENTS` sets the pre-loaded count (default 100000).
+//! `FANOUT_BENCH_SHORT=1` prints the same table in a minute or two (20000 events, two
+//! rounds, 2 s of latency), to run before every change to the delivery path. For
 //! experiments: `FANOUT_BENCH_LATENCY_ONLY=1` runs only the latency phase, and
 //! `FANOUT_BENCH_NO_LIMIT=1` leaves the rate limiter out of the targets.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
@@ -50,7 +54,7 @@ const IN_FLIGHT: usize = 256;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--child-baseline") => child_baseline(&args[2], &args[3]),
+        Some("--child-baseline") => child_baseline_old(&args[2], &args[3]),
         // `cargo bench` passes --bench; anything else runs the benchmark.
         _ => parent(),
     }
@@ -66,9 +70,11 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The straightforward fan-out: per target a consumer, a bounded set of concurrent
-/// reqwest deliveries, one ack per message, no retry policy beyond nak.
-fn child_baseline(config: &str, nats_url: &str) {
+/// The straightforward fan-out as it was measured until issue 21: per target a
+/// consumer, a bounded set of concurrent reqwest deliveries, one ack per message, no
+/// retry policy beyond nak; with this binary's allocator (glibc's) and a
+/// multi-threaded runtime. Kept for one run beside the fair baseline.
+fn child_baseline_old(config: &str, nats_url: &str) {
     let config: fanout_config::RouteConfig =
         serde_yaml_ng::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
     runtime().block_on(async move {
@@ -222,7 +228,11 @@ fn now_us() -> u64 {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Contender {
+    /// `naive-fanout`: mimalloc, a thread and runtime per target, like the engine.
     Baseline,
+    /// The same fan-out in this bench's process image: glibc malloc, a
+    /// multi-threaded runtime.
+    BaselineOld,
     /// `fanout dispatch` with `spec.history.enabled: false`.
     EngineNoHistory,
     /// `fanout dispatch` as configured by default: the delivery history on.
@@ -235,8 +245,9 @@ enum Contender {
     EngineAdaptive,
 }
 
-const CONTENDERS: [Contender; 6] = [
+const CONTENDERS: [Contender; 7] = [
     Contender::Baseline,
+    Contender::BaselineOld,
     Contender::Engine,
     Contender::EngineNoHistory,
     Contender::EngineCel,
@@ -247,7 +258,8 @@ const CONTENDERS: [Contender; 6] = [
 impl Contender {
     fn name(self) -> &'static str {
         match self {
-            Contender::Baseline => "baseline (naive reqwest fan-out)",
+            Contender::Baseline => "baseline (naive reqwest fan-out, as built as fanout)",
+            Contender::BaselineOld => "old baseline (glibc malloc, multi-threaded runtime)",
             Contender::Engine => "engine (fanout dispatch)",
             Contender::EngineNoHistory => "engine, history off",
             Contender::EngineCel => "engine + CEL filter and transform",
@@ -261,6 +273,18 @@ struct Child {
     process: std::process::Child,
 }
 
+/// The release `fanout` binary, built on first use.
+fn fanout_binary() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(fanout_testkit::fanout_release_binary)
+}
+
+/// The baseline's binary, built on first use.
+fn naive_fanout_binary() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| fanout_testkit::release_binary("fanout-baselines", "naive-fanout"))
+}
+
 impl Child {
     fn spawn(contender: Contender, config: &Path, nats_url: &str) -> Child {
         Self::spawn_on(contender, config, nats_url, 0)
@@ -271,6 +295,18 @@ impl Child {
         let listen = format!("127.0.0.1:{metrics_port}");
         let mut command = match contender {
             Contender::Baseline => {
+                let mut c = std::process::Command::new(naive_fanout_binary());
+                c.arg("--config").arg(config).args([
+                    "--nats-url",
+                    nats_url,
+                    "--in-flight",
+                    &IN_FLIGHT.to_string(),
+                    "--forward-header",
+                    SENT_HEADER,
+                ]);
+                c
+            }
+            Contender::BaselineOld => {
                 let mut c = std::process::Command::new(std::env::current_exe().unwrap());
                 c.arg("--child-baseline").arg(config).arg(nats_url);
                 c
@@ -280,7 +316,7 @@ impl Child {
             | Contender::EngineCel
             | Contender::EngineOrdered
             | Contender::EngineAdaptive => {
-                let mut c = std::process::Command::new(fanout_testkit::fanout_release_binary());
+                let mut c = std::process::Command::new(fanout_binary());
                 c.arg("dispatch").arg("--config").arg(config).args([
                     "--nats-url",
                     nats_url,
@@ -585,14 +621,46 @@ async fn latency(bench: &Bench, contender: Contender, rate: u64, seconds: u64) -
     (pct(0.50), pct(0.99))
 }
 
+/// How long the bench runs: the full form, or `FANOUT_BENCH_SHORT=1`'s (the same
+/// table in a minute or two, to run before every change to the delivery path).
+/// `FANOUT_BENCH_EVENTS` and `FANOUT_BENCH_ROUNDS` override either.
+struct Settings {
+    events: usize,
+    rounds: usize,
+    latency_seconds: u64,
+    short: bool,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let short = std::env::var_os("FANOUT_BENCH_SHORT").is_some_and(|v| v != "0");
+        let number = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        Settings {
+            events: number("FANOUT_BENCH_EVENTS", if short { 20_000 } else { 100_000 }),
+            rounds: number("FANOUT_BENCH_ROUNDS", if short { 2 } else { 3 }).max(1),
+            latency_seconds: if short { 2 } else { 5 },
+            short,
+        }
+    }
+}
+
+/// `value (round 1, round 2, ...)`.
+fn with_rounds(value: String, rounds: impl Iterator<Item = String>) -> String {
+    format!("{value} ({})", rounds.collect::<Vec<_>>().join(", "))
+}
+
 fn parent() {
     // The parent reads the engine's /metrics with reqwest, built without a default
     // crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let events: usize = std::env::var("FANOUT_BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let settings = Settings::from_env();
+    let (events, rounds, latency_seconds) =
+        (settings.events, settings.rounds, settings.latency_seconds);
     let rate = 5_000;
     runtime().block_on(async move {
         let nats = NatsServer::start().unwrap();
@@ -607,16 +675,11 @@ fn parent() {
         let mut results = Vec::new();
         if std::env::var_os("FANOUT_BENCH_LATENCY_ONLY").is_some() {
             for contender in CONTENDERS {
-                let (p50, p99) = latency(&bench, contender, rate, 5).await;
+                let (p50, p99) = latency(&bench, contender, rate, latency_seconds).await;
                 println!("{}: p50 {p50:.2} ms p99 {p99:.2} ms", contender.name());
             }
             return;
         }
-        let rounds = std::env::var("FANOUT_BENCH_ROUNDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3usize)
-            .max(1);
         let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(); CONTENDERS.len()];
         let mut history = None;
         for round in 1..=rounds {
@@ -630,47 +693,73 @@ fn parent() {
         }
         for (i, contender) in CONTENDERS.into_iter().enumerate() {
             eprintln!("{}: latency at {rate}/s ...", contender.name());
-            let (p50, p99) = latency(&bench, contender, rate, 5).await;
+            let (p50, p99) = latency(&bench, contender, rate, latency_seconds).await;
             eprintln!("{}: healthy target while the other answers 503 ...", contender.name());
             let degraded = throughput_with_failing_peer(&bench, contender, events).await;
             results.push((contender, median(&rates[i]), p50, p99, degraded));
         }
-        let baseline_rate = results[0].1.events_per_sec;
-        println!();
-        for (i, contender) in CONTENDERS.into_iter().enumerate() {
-            let each: Vec<String> = rates[i].iter().map(|t| format!("{:.0}", t.events_per_sec)).collect();
-            println!("{} events/s by round: {}", contender.name(), each.join(", "));
-        }
-        // Each variant against the engine's own round next to it: the same stretch of
-        // the machine.
+        let baseline = CONTENDERS.iter().position(|c| *c == Contender::Baseline).unwrap();
         let engine = CONTENDERS.iter().position(|c| *c == Contender::Engine).unwrap();
-        for (i, contender) in CONTENDERS.into_iter().enumerate().skip(engine + 1) {
-            let each: Vec<String> = rates[engine]
+        // Against the baseline's and the engine's own round: the same stretch of the
+        // machine.
+        let by_round = |i: usize, against: usize| -> Vec<f64> {
+            rates[i]
                 .iter()
-                .zip(&rates[i])
-                .map(|(e, v)| format!("{:.0}%", 100.0 * v.events_per_sec / e.events_per_sec))
-                .collect();
-            println!("{} vs engine, by round: {}", contender.name(), each.join(", "));
-        }
+                .zip(&rates[against])
+                .map(|(v, a)| v.events_per_sec / a.events_per_sec)
+                .collect()
+        };
         println!();
-        println!("Delivery benchmark: {events} events of {BODY_BYTES} B, 2 loopback targets, {} cores; throughput is the median of {rounds} alternating rounds", std::thread::available_parallelism().map_or(0, |n| n.get()));
+        println!(
+            "Delivery benchmark{}: {events} events of {BODY_BYTES} B, 2 loopback targets, {} cores; throughput is the median of {rounds} alternating rounds (each round in parentheses)",
+            if settings.short { " (short form)" } else { "" },
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
         println!();
-        println!("| contender | events/s to both | vs baseline | vs engine | CPU s / 1000 events | peak RSS MiB | p50 ms @ {rate}/s | p99 ms @ {rate}/s | healthy target events/s, peer 503 | vs own healthy run |");
+        println!("| contender | events/s to both (rounds) | vs baseline (rounds) | vs engine (rounds) | CPU s / 1000 events | peak RSS MiB | p50 ms @ {rate}/s | p99 ms @ {rate}/s | healthy target events/s, peer 503 | vs own healthy run |");
         println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let engine_rate = results[engine].1.events_per_sec;
-        for (contender, t, p50, p99, degraded) in &results {
+        let (baseline_rate, engine_rate) = (
+            results[baseline].1.events_per_sec,
+            results[engine].1.events_per_sec,
+        );
+        for (i, (contender, t, p50, p99, degraded)) in results.iter().enumerate() {
+            let rate_cell = with_rounds(
+                format!("{:.0}", t.events_per_sec),
+                rates[i].iter().map(|r| format!("{:.0}", r.events_per_sec)),
+            );
+            let vs_baseline = format!("{:.2}x", t.events_per_sec / baseline_rate);
+            let vs_baseline = if i == baseline {
+                vs_baseline
+            } else {
+                with_rounds(vs_baseline, by_round(i, baseline).into_iter().map(|x| format!("{x:.2}x")))
+            };
+            let vs_engine = format!("{:.0}%", 100.0 * t.events_per_sec / engine_rate);
+            let vs_engine = if i == engine {
+                vs_engine
+            } else {
+                with_rounds(vs_engine, by_round(i, engine).into_iter().map(|x| format!("{:.0}%", 100.0 * x)))
+            };
             println!(
-                "| {} | {:.0} | {:.2}x | {:.0}% | {:.3} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0}% |",
+                "| {} | {rate_cell} | {vs_baseline} | {vs_engine} | {:.3} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0}% |",
                 contender.name(),
-                t.events_per_sec,
-                t.events_per_sec / baseline_rate,
-                100.0 * t.events_per_sec / engine_rate,
                 t.cpu_per_1000,
                 t.peak_rss_mib,
                 p50,
                 p99,
                 degraded,
                 100.0 * degraded / t.events_per_sec
+            );
+        }
+        // The goal of issues 4 and 21: the engine at least 1.6x the baseline in every
+        // round, not only by the median.
+        println!();
+        for contender in [Contender::Engine, Contender::EngineNoHistory] {
+            let i = CONTENDERS.iter().position(|c| *c == contender).unwrap();
+            let lowest = by_round(i, baseline).into_iter().fold(f64::INFINITY, f64::min);
+            println!(
+                "{} vs baseline, lowest round: {lowest:.2}x; at least 1.6x in every round: {}",
+                contender.name(),
+                if lowest >= 1.6 { "met" } else { "MISSED" }
             );
         }
         // The cost of the delivery history: the engine against its run without it.

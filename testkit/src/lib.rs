@@ -87,17 +87,24 @@ fn ports_below_ephemeral_range() -> (u16, u16) {
 /// built first. For benchmarks, which measure what users run; run from a bench binary
 /// (`target/release/deps/...`), whose target directory holds it.
 pub fn fanout_release_binary() -> PathBuf {
+    release_binary("fanout", "fanout")
+}
+
+/// Binary `bin` of workspace package `package`, built first in release (as
+/// [`fanout_release_binary`]): for benchmarks, which run their baselines
+/// (`fanout-baselines`) as separate executables built like the product.
+pub fn release_binary(package: &str, bin: &str) -> PathBuf {
     let release = std::env::current_exe()
         .expect("the running executable's path")
         .parent()
         .and_then(Path::parent)
         .expect("a bench binary lives in target/release/deps")
-        .join("fanout");
+        .join(bin);
     // `cargo bench` sets CARGO; running the bench binary directly with CARGO=/bin/true
     // skips the build and uses the binary already there.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
-    build.args(["build", "--release", "--quiet", "-p", "fanout"]);
+    build.args(["build", "--release", "--quiet", "-p", package, "--bin", bin]);
     // What `cargo bench` sets for the bench (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...)
     // differs from a shell's; build scripts that watch such variables would run
     // again, and everything above them be rebuilt, on every bench run.
@@ -109,7 +116,7 @@ pub fn fanout_release_binary() -> PathBuf {
         }
     }
     let status = build.status().expect("running cargo build");
-    assert!(status.success(), "building the fanout binary failed");
+    assert!(status.success(), "building {package}'s {bin} binary failed");
     assert!(release.is_file(), "{} is missing", release.display());
     release
 }
