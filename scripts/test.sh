@@ -32,6 +32,9 @@ if ! cmp -s crds/fanout.dev.yaml charts/fanout/crds/fanout.dev.yaml; then
     exit 1
 fi
 
+step "docs/capacity.md against the benchmark tables it is computed from"
+python3 scripts/check-capacity.py
+
 step "pinned tools, the node's included (cached after the first build)"
 bash e2e/tools.sh all
 
