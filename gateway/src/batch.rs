@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -201,22 +201,24 @@ pub struct BatchResponse {
 pub async fn handle(
     State(state): State<Arc<AppState>>,
     path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    let route = match authorized_route(&state, path, &headers) {
+    // Headers read where they are: axum's `HeaderMap` extractor would copy them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let route = match authorized_route(&state, path, headers) {
         Ok(route) => route,
         Err(refused) => return refused.respond(&state, Endpoint::Batch),
     };
-    let items = match read_items(&state, &headers, body).await {
+    let items = match read_items(&state, headers, body).await {
         Ok(items) => items,
         Err(problem) => return respond_problem(&state, &route.label, Endpoint::Batch, problem),
     };
     let span = state
         .tracer
         .as_ref()
-        .map(|t| spans::request(t, &headers, Endpoint::Batch, route.label.as_str()));
-    let results = store_all(&state, &route, &headers, items, span.as_ref()).await;
+        .map(|t| spans::request(t, headers, Endpoint::Batch, route.label.as_str()));
+    let results = store_all(&state, &route, headers, items, span.as_ref()).await;
     let failed = results
         .iter()
         .filter(|r| matches!(r, ItemResult::Failed { .. }))

@@ -3,7 +3,7 @@
 //! headers, the body is the data). Only what the gateway needs is read: the id and
 //! the type; the event itself is stored unchanged.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
@@ -17,6 +17,8 @@ pub const BATCH: &str = "application/cloudevents-batch+json";
 pub const DEFAULT_TYPE_TOKEN: &str = "event";
 /// Longest type (in bytes) kept in the subject; the full type travels in the event.
 const MAX_TYPE_TOKEN_LEN: usize = 200;
+/// The header that makes a request a binary-mode CloudEvent, looked up on every event.
+const SPECVERSION: HeaderName = HeaderName::from_static("ce-specversion");
 
 /// Why a CloudEvent could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +106,7 @@ pub fn from_structured(json: &[u8]) -> Result<Attributes, CloudEventError> {
 /// Reads a binary-mode event from the headers, or `None` when the request is not one
 /// (no `ce-specversion` header).
 pub fn from_binary(headers: &HeaderMap) -> Option<Result<Attributes, CloudEventError>> {
-    headers.get("ce-specversion")?;
+    headers.get(SPECVERSION)?;
     let header = |name: &'static str| -> Result<String, CloudEventError> {
         let value = headers
             .get(name)

@@ -1,7 +1,9 @@
 //! Turning an accepted request (or one batch item) into the message stored in
 //! JetStream: its id, its subject and the headers that travel with it.
 
-use axum::http::{HeaderMap, header};
+use std::borrow::Cow;
+
+use axum::http::{HeaderMap, HeaderName, header};
 use bytes::Bytes;
 
 use crate::cloudevents::{self, CloudEventError};
@@ -17,6 +19,17 @@ pub const EXPECTED_STREAM_HEADER: &str = "Nats-Expected-Stream";
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Longest event id accepted.
 pub const MAX_ID_LEN: usize = 256;
+
+// The names as values, made once: looking a header up or adding one by its text
+// parses (and for async-nats, copies) the name on every event.
+const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
+const STORED_CONTENT_TYPE: async_nats::HeaderName =
+    async_nats::HeaderName::from_static("Content-Type");
+const STORED_MSG_ID: async_nats::HeaderName = async_nats::HeaderName::from_static(MSG_ID_HEADER);
+const STORED_EVENT_ID: async_nats::HeaderName =
+    async_nats::HeaderName::from_static(EVENT_ID_HEADER);
+const STORED_EXPECTED_STREAM: async_nats::HeaderName =
+    async_nats::HeaderName::from_static(EXPECTED_STREAM_HEADER);
 
 /// Why an event id is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -75,7 +88,11 @@ pub fn check_id(id: &str) -> Result<(), IdError> {
 
 /// A new, time-ordered event id.
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    let mut text = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 /// The lower-cased media type of `Content-Type`, without parameters.
@@ -96,7 +113,7 @@ pub fn is_media_type(headers: &HeaderMap, expected: &str) -> bool {
 
 /// The client's `Idempotency-Key`, checked.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, EventError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY_NAME) else {
         return Ok(None);
     };
     let key = value
@@ -132,7 +149,7 @@ pub fn single(
         let text = content_type.to_str().map_err(|_| InvalidHeaderValue {
             name: "Content-Type".into(),
         })?;
-        headers.insert("Content-Type", text);
+        headers.insert(STORED_CONTENT_TYPE, text);
     }
     forward.copy(request, &mut headers, true)?;
     route.forward.copy_listed(request, &mut headers)?;
@@ -162,7 +179,7 @@ pub fn batch_item(
         (None, None) => None,
     };
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Content-Type", item.content_type);
+    headers.insert(STORED_CONTENT_TYPE, item.content_type);
     forward.copy(request, &mut headers, false)?;
     route.forward.copy_listed(request, &mut headers)?;
     Ok(finish(
@@ -187,21 +204,25 @@ fn finish(
     mut headers: async_nats::HeaderMap,
     payload: Bytes,
 ) -> Event {
-    let type_token = match cloudevent {
-        Some(ce) => cloudevents::subject_token(&ce.event_type),
-        None => cloudevents::DEFAULT_TYPE_TOKEN.to_string(),
+    let type_token: Cow<'_, str> = match cloudevent {
+        Some(ce) => cloudevents::subject_token(&ce.event_type).into(),
+        None => cloudevents::DEFAULT_TYPE_TOKEN.into(),
     };
+    let mut subject = String::with_capacity(route.ingest_prefix.len() + 1 + type_token.len());
+    subject.push_str(&route.ingest_prefix);
+    subject.push('.');
+    subject.push_str(&type_token);
     let id = match client_id {
         Some(id) => {
-            headers.insert(MSG_ID_HEADER, id.as_str());
+            headers.insert(STORED_MSG_ID, id.as_str());
             id
         }
         None => new_id(),
     };
-    headers.insert(EVENT_ID_HEADER, id.as_str());
-    headers.insert(EXPECTED_STREAM_HEADER, route.stream.as_str());
+    headers.insert(STORED_EVENT_ID, id.as_str());
+    headers.insert(STORED_EXPECTED_STREAM, route.stream.as_str());
     Event {
-        subject: format!("{}.{type_token}", route.ingest_prefix),
+        subject,
         id,
         headers,
         payload,

@@ -4,10 +4,19 @@
 //! context), and for single events every `ce-*` header (binary-mode CloudEvent
 //! attributes). Besides those, an allow-list from `--forward-headers`.
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 
-/// Trace context headers, always forwarded.
-const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+/// Trace context headers, always forwarded (stored under the same names).
+const TRACE_HEADERS: [(HeaderName, async_nats::HeaderName); 2] = [
+    (
+        HeaderName::from_static("traceparent"),
+        async_nats::HeaderName::from_static("traceparent"),
+    ),
+    (
+        HeaderName::from_static("tracestate"),
+        async_nats::HeaderName::from_static("tracestate"),
+    ),
+];
 
 /// A header name in the allow-list that is not a valid header name.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +36,7 @@ pub struct InvalidHeaderValue {
 /// written in the flag, so `X-Event-Type` stays `X-Event-Type`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ForwardHeaders {
-    names: Vec<(axum::http::HeaderName, async_nats::HeaderName)>,
+    names: Vec<(HeaderName, async_nats::HeaderName)>,
 }
 
 impl ForwardHeaders {
@@ -37,7 +46,7 @@ impl ForwardHeaders {
             let invalid = || InvalidHeaderName {
                 name: name.to_string(),
             };
-            let http_name: axum::http::HeaderName = name.parse().map_err(|_| invalid())?;
+            let http_name: HeaderName = name.parse().map_err(|_| invalid())?;
             let nats_name: async_nats::HeaderName = name.parse().map_err(|_| invalid())?;
             if !parsed.iter().any(|(h, _)| *h == http_name) {
                 parsed.push((http_name, nats_name));
@@ -54,17 +63,17 @@ impl ForwardHeaders {
         event: &mut async_nats::HeaderMap,
         include_cloudevent_headers: bool,
     ) -> Result<(), InvalidHeaderValue> {
-        for name in TRACE_HEADERS {
-            copy_all(request, name, name, event)?;
+        for (http_name, nats_name) in &TRACE_HEADERS {
+            copy_all(request, http_name, nats_name.clone(), event)?;
         }
         self.copy_listed(request, event)?;
         if include_cloudevent_headers {
             for (name, _) in request.iter() {
-                let name = name.as_str();
-                if name.starts_with("ce-") && name.len() > 3 {
+                let text = name.as_str();
+                if text.starts_with("ce-") && text.len() > 3 {
                     // Each name once: copy_all takes every value of it.
-                    if event.get(name).is_none() {
-                        copy_all(request, name, name, event)?;
+                    if event.get(text).is_none() {
+                        copy_all(request, name, text, event)?;
                     }
                 }
             }
@@ -75,15 +84,17 @@ impl ForwardHeaders {
 
 impl ForwardHeaders {
     /// Copies only the allow-listed headers; a header `event` already has (from
-    /// another list) is not copied twice.
+    /// another list) is not copied twice. Most requests carry few of the listed
+    /// headers, so the request is asked first: looking a name up in `event` costs a
+    /// copy of the name (async-nats takes names by value) and a hash.
     pub fn copy_listed(
         &self,
         request: &HeaderMap,
         event: &mut async_nats::HeaderMap,
     ) -> Result<(), InvalidHeaderValue> {
         for (http_name, nats_name) in &self.names {
-            if event.get(nats_name.clone()).is_none() {
-                copy_all(request, http_name.as_str(), nats_name.clone(), event)?;
+            if request.contains_key(http_name) && event.get(nats_name.clone()).is_none() {
+                copy_all(request, http_name, nats_name.clone(), event)?;
             }
         }
         Ok(())
@@ -92,7 +103,7 @@ impl ForwardHeaders {
 
 fn copy_all(
     request: &HeaderMap,
-    http_name: &str,
+    http_name: &HeaderName,
     nats_name: impl async_nats::header::IntoHeaderName + Clone,
     event: &mut async_nats::HeaderMap,
 ) -> Result<(), InvalidHeaderValue> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -83,18 +83,20 @@ pub fn respond_problem(
 pub async fn handle(
     State(state): State<Arc<AppState>>,
     path: Result<Path<(String, String)>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    let route = match authorized_route(&state, path, &headers) {
+    // Headers read where they are: axum's `HeaderMap` extractor would copy them.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let route = match authorized_route(&state, path, headers) {
         Ok(route) => route,
         Err(refused) => return refused.respond(&state, Endpoint::Single),
     };
     let span = state
         .tracer
         .as_ref()
-        .map(|t| spans::request(t, &headers, Endpoint::Single, route.label.as_str()));
-    let response = answer(&state, &route, &headers, body, span.as_ref()).await;
+        .map(|t| spans::request(t, headers, Endpoint::Single, route.label.as_str()));
+    let response = answer(&state, &route, headers, body, span.as_ref()).await;
     if let Some(span) = span {
         span.end(response.status());
     }

@@ -24,7 +24,9 @@
 //! `BENCH_SECONDS` per phase (default 5), `BENCH_ROUNDS` (default 3), `BENCH_RATE`
 //! (offered rate of (d) instead of half of (c)), `BENCH_DUMP_METRICS` (print the
 //! gateway's publish latencies and the processes' waits for a CPU during the first
-//! round's (d)).
+//! round's (d)), `BENCH_COMPARE_FANOUT=<paths of other fanout binaries, comma-separated>`
+//! (their gateways measured in the same rounds, (c) and (d) beside this build's: a
+//! change's before and after under the same conditions).
 
 mod jetstream;
 mod load;
@@ -278,8 +280,9 @@ async fn run() {
     let js = jetstream::provision(&nats).await;
     let dir = tempfile::tempdir().unwrap();
     let config = jetstream::write_gateway_config(dir.path(), TOKEN);
+    let fanout = fanout_testkit::fanout_release_binary();
     let addr = free_addr();
-    let (gateway, gateway_ops) = start_gateway(&config, addr, &nats, &[]).await;
+    let (gateway, gateway_ops) = start_gateway(&fanout, &config, addr, &nats, &[]).await;
     let events = Target {
         addr,
         path: PATH.into(),
@@ -291,6 +294,27 @@ async fn run() {
         expect: 202,
         idempotency_keys: false,
     };
+    // Other builds of the gateway measured in the same rounds: before and after a
+    // change, under the same conditions.
+    let mut compared = Vec::new();
+    for binary in std::env::var("BENCH_COMPARE_FANOUT")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|b| !b.is_empty())
+    {
+        let binary = std::path::PathBuf::from(binary);
+        let addr = free_addr();
+        let (process, _) = start_gateway(&binary, &config, addr, &nats, &[]).await;
+        let name = binary.file_name().map_or_else(
+            || binary.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let target = Target {
+            addr,
+            ..events.clone()
+        };
+        compared.push((name, process, target));
+    }
     let (trivial, trivial_addr) = start_trivial_server().await;
     let plain = Target {
         addr: trivial_addr,
@@ -302,7 +326,16 @@ async fn run() {
         addr: trivial_old_addr,
         ..plain.clone()
     };
-    let processes = gateway_processes(&gateway, &nats);
+    let mut gateways = vec![(events.clone(), gateway_processes(&gateway, &nats))];
+    for (_, process, target) in &compared {
+        gateways.push((target.clone(), gateway_processes(process, &nats)));
+    }
+    let mut names = vec!["gateway".to_string()];
+    names.extend(
+        compared
+            .iter()
+            .map(|(name, _, _)| format!("gateway `{name}`")),
+    );
     let trivial_processes = [
         ("trivial server", trivial.0.id()),
         ("load generator", std::process::id()),
@@ -319,74 +352,95 @@ async fn run() {
     let dump = std::env::var_os("BENCH_DUMP_METRICS").is_some();
     let mut measured = Vec::new();
     for round in 0..rounds {
-        let ceiling_first = round % 2 == 0;
+        let forward = round % 2 == 0;
+        // 0: the ceiling; 1..: each gateway.
+        let mut order: Vec<usize> = (0..=gateways.len()).collect();
+        if !forward {
+            order.reverse();
+        }
         let mut ceiling = None;
-        let mut max = None;
-        let mut old = None;
-        for ceiling_now in [ceiling_first, !ceiling_first] {
-            if ceiling_now {
+        let mut ceiling_old = None;
+        let mut max: Vec<Option<Measured>> = gateways.iter().map(|_| None).collect();
+        for step in order.iter().copied() {
+            if step == 0 {
                 ceiling = Some(
                     closed_loop_with_cpu(&plain, &trivial_processes, connections, seconds).await,
                 );
-                old = Some(
+                ceiling_old = Some(
                     closed_loop_with_cpu(&plain_old, &trivial_old_processes, connections, seconds)
                         .await,
                 );
             } else {
-                max = Some(closed_loop_with_cpu(&events, &processes, connections, seconds).await);
+                let (target, processes) = &gateways[step - 1];
+                max[step - 1] =
+                    Some(closed_loop_with_cpu(target, processes, connections, seconds).await);
             }
         }
-        let ((ceiling, cpu_trivial), (max, cpu_gateway)) = (ceiling.unwrap(), max.unwrap());
-        let (ceiling_old, cpu_trivial_old) = old.unwrap();
+        let max: Vec<Measured> = max.into_iter().map(Option::unwrap).collect();
         let half_rate = std::env::var("BENCH_RATE")
             .ok()
             .and_then(|r| r.parse().ok())
-            .unwrap_or(max.rate() / 2.0);
-        let mut half = None;
+            .unwrap_or(max[0].0.rate() / 2.0);
+        // (d) of each gateway and (d'), JetStream alone, all at the same rate.
+        let mut half: Vec<Option<Report>> = gateways.iter().map(|_| None).collect();
         let mut storage_half = None;
-        for gateway_now in [ceiling_first, !ceiling_first] {
-            if gateway_now {
-                let observer = if dump && round == 0 {
-                    Some(Observer::start(gateway_ops, &processes).await)
-                } else {
-                    None
-                };
-                half = Some(load::open_loop(&events, connections, half_rate, seconds).await);
-                if let Some(observer) = observer {
-                    observer.print("(d) of round 1").await;
-                }
-            } else {
+        for step in order.iter().copied() {
+            if step == 0 {
                 storage_half = Some(
                     jetstream::publish_at_rate(&js, &payload, connections, half_rate, seconds)
                         .await,
                 );
+            } else {
+                let (target, processes) = &gateways[step - 1];
+                let observer = if dump && round == 0 && step == 1 {
+                    Some(Observer::start(gateway_ops, processes).await)
+                } else {
+                    None
+                };
+                half[step - 1] =
+                    Some(load::open_loop(target, connections, half_rate, seconds).await);
+                if let Some(observer) = observer {
+                    observer.print("(d) of round 1").await;
+                }
             }
         }
-        let (mut half, mut storage_half) = (half.unwrap(), storage_half.unwrap());
-        eprintln!(
-            "round {}: (a) {:.0} req/s (old: {:.0}), (c) {:.0} events/s = {:.1}%, CPU {:.1} / {:.1} µs, (d) at {half_rate:.0}/s p99 {:.2} ms, JetStream alone {:.2} ms",
-            round + 1,
-            ceiling.rate(),
-            ceiling_old.rate(),
-            max.rate(),
-            max.rate() / ceiling.rate() * 100.0,
-            cpu_gateway[0].1,
-            cpu_trivial[0].1,
-            half.latency_ms(0.99),
-            storage_half.latency_ms(0.99),
-        );
-        measured.push(Round {
+        let gateways_measured: Vec<GatewayRound> = max
+            .into_iter()
+            .zip(half)
+            .map(|((max, cpu), half)| GatewayRound {
+                max,
+                cpu,
+                half: half.unwrap(),
+            })
+            .collect();
+        let (ceiling, cpu_trivial) = ceiling.unwrap();
+        let (ceiling_old, cpu_trivial_old) = ceiling_old.unwrap();
+        let mut this = Round {
             ceiling,
             cpu_trivial,
             ceiling_old,
             cpu_trivial_old,
-            max,
-            cpu_gateway,
+            gateways: gateways_measured,
             half_rate,
-            half,
-            storage_half,
-        });
+            storage_half: storage_half.unwrap(),
+        };
+        let (p99, storage_p99) = (
+            this.gateways[0].half.latency_ms(0.99),
+            this.storage_half.latency_ms(0.99),
+        );
+        eprintln!(
+            "round {}: (a) {:.0} req/s (old: {:.0}), (c) {:.0} events/s = {:.1}%, CPU {:.1} / {:.1} µs, (d) at {half_rate:.0}/s p99 {p99:.2} ms, JetStream alone {storage_p99:.2} ms",
+            round + 1,
+            this.ceiling.rate(),
+            this.ceiling_old.rate(),
+            this.gateways[0].max.rate(),
+            this.share(0),
+            this.gateways[0].cpu[0].1,
+            this.cpu_trivial[0].1,
+        );
+        measured.push(this);
     }
+    drop(compared);
     drop(trivial_old);
     let median_half_rate = median(measured.iter().map(|r| r.half_rate));
 
@@ -410,7 +464,7 @@ async fn run() {
         None
     } else {
         let addr = free_addr();
-        let (gateway, _) = start_gateway(&config, addr, &nats, &["--shards", "1"]).await;
+        let (gateway, _) = start_gateway(&fanout, &config, addr, &nats, &["--shards", "1"]).await;
         let one_shard = Target {
             addr,
             ..events.clone()
@@ -435,6 +489,7 @@ async fn run() {
 
     print_tables(Results {
         connections,
+        names,
         short,
         rounds: measured,
         median_half_rate,
@@ -447,36 +502,47 @@ async fn run() {
     });
 }
 
-/// One round: the ceiling (a) and the gateway's maximum (c), measured back to back,
-/// and the gateway at half of that maximum (d).
+/// A closed loop's report, and the CPU each process spent per successful request.
+type Measured = (Report, Vec<(&'static str, f64)>);
+
+/// One round: the ceiling (a) and each gateway's maximum (c), measured back to back,
+/// and at half of the (first) gateway's maximum, each gateway (d) and JetStream alone
+/// (d').
 struct Round {
     ceiling: Report,
     cpu_trivial: Vec<(&'static str, f64)>,
     /// The trivial server as measured before issue 21 (glibc malloc).
     ceiling_old: Report,
     cpu_trivial_old: Vec<(&'static str, f64)>,
-    max: Report,
-    cpu_gateway: Vec<(&'static str, f64)>,
+    /// The gateway under test, then the one of `BENCH_COMPARE_FANOUT`.
+    gateways: Vec<GatewayRound>,
     half_rate: f64,
-    half: Report,
     /// JetStream publish+ack alone at `half_rate`.
     storage_half: Report,
 }
 
+/// One gateway's part of a round.
+struct GatewayRound {
+    max: Report,
+    cpu: Vec<(&'static str, f64)>,
+    half: Report,
+}
+
 impl Round {
-    fn share(&self) -> f64 {
-        self.max.rate() / self.ceiling.rate() * 100.0
+    /// Gateway `g`'s rate as a share of the ceiling's, in percent.
+    fn share(&self, g: usize) -> f64 {
+        self.gateways[g].max.rate() / self.ceiling.rate() * 100.0
     }
 
-    /// The gateway's own CPU per acknowledged event against the trivial server's per
+    /// Gateway `g`'s own CPU per acknowledged event against the trivial server's per
     /// request (the first process of each list).
-    fn cpu_ratio(&self) -> f64 {
-        self.cpu_gateway[0].1 / self.cpu_trivial[0].1
+    fn cpu_ratio(&self, g: usize) -> f64 {
+        self.gateways[g].cpu[0].1 / self.cpu_trivial[0].1
     }
 
-    /// What the gateway adds to JetStream's own p99 at the same rate, in ms.
-    fn added_p99(&mut self) -> f64 {
-        self.half.latency_ms(0.99) - self.storage_half.latency_ms(0.99)
+    /// What gateway `g` adds to JetStream's own p99 at the same rate, in ms.
+    fn added_p99(&mut self, g: usize) -> f64 {
+        self.gateways[g].half.latency_ms(0.99) - self.storage_half.latency_ms(0.99)
     }
 }
 
@@ -565,9 +631,11 @@ impl Observer {
     }
 }
 
-/// `fanout gateway` from the release binary, as a child process, once it is ready;
-/// with the address of its ops port (probes, metrics).
+/// `fanout gateway` from `binary` (the release build, or the one compared with it), as
+/// a child process, once it is ready; with the address of its ops port (probes,
+/// metrics).
 async fn start_gateway(
+    binary: &std::path::Path,
     config: &std::path::Path,
     addr: SocketAddr,
     nats: &NatsServer,
@@ -575,7 +643,7 @@ async fn start_gateway(
 ) -> (ChildProcess, SocketAddr) {
     let ops = free_addr();
     let gateway = ChildProcess(
-        Command::new(fanout_testkit::fanout_release_binary())
+        Command::new(binary)
             .arg("gateway")
             .arg("--config")
             .arg(config)
@@ -651,6 +719,8 @@ fn verdict(ok: bool) -> &'static str {
 
 struct Results {
     connections: usize,
+    /// Of the gateway under test and those of `BENCH_COMPARE_FANOUT`.
+    names: Vec<String>,
     short: bool,
     rounds: Vec<Round>,
     median_half_rate: f64,
@@ -700,22 +770,15 @@ fn print_tables(mut r: Results) {
     let connections = r.connections;
     let ceiling = median(r.rounds.iter().map(|x| x.ceiling.rate()));
     let ceiling_old = median(r.rounds.iter().map(|x| x.ceiling_old.rate()));
-    let max = median(r.rounds.iter().map(|x| x.max.rate()));
-    let share = median(r.rounds.iter().map(Round::share));
-    let cpu_ratio = median(r.rounds.iter().map(Round::cpu_ratio));
-    // Every round's (d) together, and every round's JetStream alone together: the p99
-    // of all of them, not the best round's.
-    let mut half = Report::default();
+    // Every round's JetStream alone together: the p99 of all of them, not the best
+    // round's; the same for each gateway's (d).
     let mut storage_half = Report::default();
     for round in &r.rounds {
-        half.latencies_us
-            .extend_from_slice(&round.half.latencies_us);
         storage_half
             .latencies_us
             .extend_from_slice(&round.storage_half.latencies_us);
     }
-    let p99 = half.latency_ms(0.99);
-    let added = p99 - storage_half.latency_ms(0.99);
+    let storage_p99 = storage_half.latency_ms(0.99);
     let each = |f: &dyn Fn(&mut Round) -> String, rounds: &mut [Round]| -> String {
         rounds.iter_mut().map(f).collect::<Vec<_>>().join(" | ")
     };
@@ -750,47 +813,63 @@ fn print_tables(mut r: Results) {
         each(&|x| cpu_numbers(&x.cpu_trivial_old), &mut r.rounds)
     );
     println!(
-        "| (c) gateway, acked events/s | {} | median {max:.0} | |",
-        each(&|x| format!("{:.0}", x.max.rate()), &mut r.rounds)
-    );
-    println!(
-        "| (c) share of the same round's (a) | {} | median {share:.1}% | history (was >= 40%) |",
-        each(&|x| format!("{:.1}%", x.share()), &mut r.rounds),
-    );
-    println!(
-        "| (c) CPU µs per event: gateway / nats-server / load generator | {} | | |",
-        each(&|x| cpu_numbers(&x.cpu_gateway), &mut r.rounds)
-    );
-    println!(
-        "| (c)/(a) gateway CPU per acked event / trivial server CPU per request | {} | median **{cpu_ratio:.2}x** | <= {CPU_RATIO_GOAL}x: {} |",
-        each(&|x| format!("{:.2}x", x.cpu_ratio()), &mut r.rounds),
-        verdict(cpu_ratio <= CPU_RATIO_GOAL)
-    );
-    println!(
-        "| (d) gateway at half of the round's (c): offered/s | {} | | |",
+        "| (d) offered/s: half of the round's (c) | {} | | |",
         each(&|x| format!("{:.0}", x.half_rate), &mut r.rounds)
     );
     println!(
-        "| (d) p99 | {} | {} | |",
-        each(
-            &|x| format!("{:.2} ms", x.half.latency_ms(0.99)),
-            &mut r.rounds
-        ),
-        latencies(&mut half),
-    );
-    println!(
-        "| (d') JetStream publish+ack alone at the same rate, {connections} publishers: p99 | {} | {} | |",
+        "| (d') JetStream publish+ack alone at that rate, {connections} publishers: p99 | {} | {} | |",
         each(
             &|x| format!("{:.2} ms", x.storage_half.latency_ms(0.99)),
             &mut r.rounds
         ),
         latencies(&mut storage_half),
     );
-    println!(
-        "| (d)-(d') p99 the gateway adds | {} | **{added:.2} ms** | <= {ADDED_P99_GOAL_MS} ms: {} |",
-        each(&|x| format!("{:.2} ms", x.added_p99()), &mut r.rounds),
-        verdict(added <= ADDED_P99_GOAL_MS)
-    );
+    let gateways = r.rounds.first().map_or(0, |x| x.gateways.len());
+    for g in 0..gateways {
+        let who = &r.names[g];
+        let max = median(r.rounds.iter().map(|x| x.gateways[g].max.rate()));
+        let share = median(r.rounds.iter().map(|x| x.share(g)));
+        let cpu_ratio = median(r.rounds.iter().map(|x| x.cpu_ratio(g)));
+        let mut half = Report::default();
+        for round in &r.rounds {
+            half.latencies_us
+                .extend_from_slice(&round.gateways[g].half.latencies_us);
+        }
+        let added = half.latency_ms(0.99) - storage_p99;
+        println!(
+            "| (c) {who}, acked events/s | {} | median {max:.0} | |",
+            each(
+                &|x| format!("{:.0}", x.gateways[g].max.rate()),
+                &mut r.rounds
+            )
+        );
+        println!(
+            "| (c) share of the same round's (a) | {} | median {share:.1}% | history (was >= 40%) |",
+            each(&|x| format!("{:.1}%", x.share(g)), &mut r.rounds),
+        );
+        println!(
+            "| (c) CPU µs per event: {who} / nats-server / load generator | {} | | |",
+            each(&|x| cpu_numbers(&x.gateways[g].cpu), &mut r.rounds)
+        );
+        println!(
+            "| (c)/(a) {who} CPU per acked event / trivial server CPU per request | {} | median **{cpu_ratio:.2}x** | <= {CPU_RATIO_GOAL}x: {} |",
+            each(&|x| format!("{:.2}x", x.cpu_ratio(g)), &mut r.rounds),
+            verdict(cpu_ratio <= CPU_RATIO_GOAL)
+        );
+        println!(
+            "| (d) {who} p99 | {} | {} | |",
+            each(
+                &|x| format!("{:.2} ms", x.gateways[g].half.latency_ms(0.99)),
+                &mut r.rounds
+            ),
+            latencies(&mut half),
+        );
+        println!(
+            "| (d)-(d') p99 the {who} adds | {} | **{added:.2} ms** | <= {ADDED_P99_GOAL_MS} ms: {} |",
+            each(&|x| format!("{:.2} ms", x.added_p99(g)), &mut r.rounds),
+            verdict(added <= ADDED_P99_GOAL_MS)
+        );
+    }
 
     let median_half_rate = r.median_half_rate;
     let skipped = "skipped (short form)".to_string();
@@ -847,10 +926,11 @@ fn print_tables(mut r: Results) {
         failed.extend([
             ("a", round.ceiling.failed),
             ("a-old", round.ceiling_old.failed),
-            ("c", round.max.failed),
-            ("d", round.half.failed),
             ("d'", round.storage_half.failed),
         ]);
+        for gateway in &round.gateways {
+            failed.extend([("c", gateway.max.failed), ("d", gateway.half.failed)]);
+        }
     }
     if failed.iter().any(|(_, n)| *n > 0) {
         println!("\nnot counted (failed requests): {failed:?}");

@@ -174,6 +174,23 @@ async fn full_stream_is_507() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_whose_stream_is_gone_is_503_with_a_later_retry() {
+    let h = Harness::start().await;
+    h.js.delete_stream("fanout_shop_orders").await.unwrap();
+    let reply = h.send_event(&[], "x").await;
+    let problem = reply.problem(503);
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("no JetStream stream stores subject fanout.in.shop.orders.event"),
+        "{detail}"
+    );
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    // The same for each item of a batch.
+    let reply = h.send_batch("application/json", &[], "[1]").await;
+    assert_eq!(reply.json()["results"][0]["status"], 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_is_503_with_retry_after_until_it_is_back() {
     let mut h = Harness::start().await;
     h.nats.kill();
