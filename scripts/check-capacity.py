@@ -79,11 +79,11 @@ def dispatcher_us(b):
 
 
 def gateway_us(b):
-    return cell(b, "Gateway", "gateway CPU µs per acked event", r"median|gateway", "first")
+    return cell(b, "Gateway", "gateway CPU µs per acked event", r"^\d{4}-\d\d-\d\d", "first")
 
 
 def nats_store_us(b):
-    return cell(b, "Gateway", "nats-server CPU µs per acked event", r"median|gateway", "first")
+    return cell(b, "Gateway", "nats-server CPU µs per acked event", r"^\d{4}-\d\d-\d\d", "first")
 
 
 def nats_route_us(b):
