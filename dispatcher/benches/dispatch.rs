@@ -35,7 +35,6 @@ use bytes::Bytes;
 use fanout_api::manifests::Manifests;
 use fanout_provision::Provisioner;
 use fanout_testkit::nats::NatsServer;
-use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
@@ -52,70 +51,16 @@ const KEYS: usize = 1000;
 const IN_FLIGHT: usize = 256;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some("--child-baseline") => child_baseline_old(&args[2], &args[3]),
-        // `cargo bench` passes --bench; anything else runs the benchmark.
-        _ => parent(),
-    }
+    // `cargo bench` passes --bench; nothing else is read from the command line.
+    parent();
 }
 
-// ---------------------------------------------------------------------------------
-// Children
-
+/// The parent's own runtime: the targets and the publisher. Its CPU is not measured.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// The straightforward fan-out as it was measured until issue 21: per target a
-/// consumer, a bounded set of concurrent reqwest deliveries, one ack per message, no
-/// retry policy beyond nak; with this binary's allocator (glibc's) and a
-/// multi-threaded runtime. Kept for one run beside the fair baseline.
-fn child_baseline_old(config: &str, nats_url: &str) {
-    let config: fanout_config::RouteConfig =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
-    runtime().block_on(async move {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = async_nats::connect(nats_url).await.unwrap();
-        let js = jetstream::new(client);
-        let stream = js.get_stream(&config.stream).await.unwrap();
-        let mut tasks = Vec::new();
-        for target in config.targets {
-            let consumer: jetstream::consumer::PullConsumer =
-                stream.get_consumer(&target.consumer).await.unwrap();
-            let http = reqwest::Client::new();
-            let url = target.policy.url.clone();
-            tasks.push(tokio::spawn(async move {
-                let limit = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-                let mut messages = consumer.messages().await.unwrap();
-                while let Some(Ok(message)) = messages.next().await {
-                    let permit = limit.clone().acquire_owned().await.unwrap();
-                    let http = http.clone();
-                    let url = url.clone();
-                    tokio::spawn(async move {
-                        let mut request = http.post(&url).body(message.payload.clone());
-                        if let Some(sent) =
-                            message.headers.as_ref().and_then(|h| h.get(SENT_HEADER))
-                        {
-                            request = request.header(SENT_HEADER, sent.as_str());
-                        }
-                        match request.send().await {
-                            Ok(r) if r.status().is_success() => message.ack().await.unwrap(),
-                            _ => message
-                                .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
-                                .await
-                                .unwrap(),
-                        }
-                        drop(permit);
-                    });
-                }
-            }));
-        }
-        futures::future::join_all(tasks).await;
-    });
 }
 
 // ---------------------------------------------------------------------------------
@@ -230,9 +175,6 @@ fn now_us() -> u64 {
 enum Contender {
     /// `naive-fanout`: mimalloc, a thread and runtime per target, like the engine.
     Baseline,
-    /// The same fan-out in this bench's process image: glibc malloc, a
-    /// multi-threaded runtime.
-    BaselineOld,
     /// `fanout dispatch` with `spec.history.enabled: false`.
     EngineNoHistory,
     /// `fanout dispatch` as configured by default: the delivery history on.
@@ -245,9 +187,8 @@ enum Contender {
     EngineAdaptive,
 }
 
-const CONTENDERS: [Contender; 7] = [
+const CONTENDERS: [Contender; 6] = [
     Contender::Baseline,
-    Contender::BaselineOld,
     Contender::Engine,
     Contender::EngineNoHistory,
     Contender::EngineCel,
@@ -258,8 +199,7 @@ const CONTENDERS: [Contender; 7] = [
 impl Contender {
     fn name(self) -> &'static str {
         match self {
-            Contender::Baseline => "baseline (naive reqwest fan-out, as built as fanout)",
-            Contender::BaselineOld => "old baseline (glibc malloc, multi-threaded runtime)",
+            Contender::Baseline => "baseline (naive reqwest fan-out)",
             Contender::Engine => "engine (fanout dispatch)",
             Contender::EngineNoHistory => "engine, history off",
             Contender::EngineCel => "engine + CEL filter and transform",
@@ -304,11 +244,6 @@ impl Child {
                     "--forward-header",
                     SENT_HEADER,
                 ]);
-                c
-            }
-            Contender::BaselineOld => {
-                let mut c = std::process::Command::new(std::env::current_exe().unwrap());
-                c.arg("--child-baseline").arg(config).arg(nats_url);
                 c
             }
             Contender::Engine

@@ -30,7 +30,6 @@
 
 mod jetstream;
 mod load;
-mod trivial;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -47,11 +46,7 @@ const WARMUP: Duration = Duration::from_secs(1);
 const FIXED_RATE: f64 = 5000.0;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("trivial-server") {
-        trivial::serve(args[2].parse().expect("listen address"));
-        return;
-    }
+    // The load generator's runtime (its connections run on threads of their own).
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -321,11 +316,6 @@ async fn run() {
         headers: vec![("content-type", "application/json".into())],
         ..events.clone()
     };
-    let (trivial_old, trivial_old_addr) = start_old_trivial_server().await;
-    let plain_old = Target {
-        addr: trivial_old_addr,
-        ..plain.clone()
-    };
     let mut gateways = vec![(events.clone(), gateway_processes(&gateway, &nats))];
     for (_, process, target) in &compared {
         gateways.push((target.clone(), gateway_processes(process, &nats)));
@@ -338,10 +328,6 @@ async fn run() {
     );
     let trivial_processes = [
         ("trivial server", trivial.0.id()),
-        ("load generator", std::process::id()),
-    ];
-    let trivial_old_processes = [
-        ("old trivial server", trivial_old.0.id()),
         ("load generator", std::process::id()),
     ];
 
@@ -359,16 +345,11 @@ async fn run() {
             order.reverse();
         }
         let mut ceiling = None;
-        let mut ceiling_old = None;
         let mut max: Vec<Option<Measured>> = gateways.iter().map(|_| None).collect();
         for step in order.iter().copied() {
             if step == 0 {
                 ceiling = Some(
                     closed_loop_with_cpu(&plain, &trivial_processes, connections, seconds).await,
-                );
-                ceiling_old = Some(
-                    closed_loop_with_cpu(&plain_old, &trivial_old_processes, connections, seconds)
-                        .await,
                 );
             } else {
                 let (target, processes) = &gateways[step - 1];
@@ -414,12 +395,9 @@ async fn run() {
             })
             .collect();
         let (ceiling, cpu_trivial) = ceiling.unwrap();
-        let (ceiling_old, cpu_trivial_old) = ceiling_old.unwrap();
         let mut this = Round {
             ceiling,
             cpu_trivial,
-            ceiling_old,
-            cpu_trivial_old,
             gateways: gateways_measured,
             half_rate,
             storage_half: storage_half.unwrap(),
@@ -429,10 +407,9 @@ async fn run() {
             this.storage_half.latency_ms(0.99),
         );
         eprintln!(
-            "round {}: (a) {:.0} req/s (old: {:.0}), (c) {:.0} events/s = {:.1}%, CPU {:.1} / {:.1} µs, (d) at {half_rate:.0}/s p99 {p99:.2} ms, JetStream alone {storage_p99:.2} ms",
+            "round {}: (a) {:.0} req/s, (c) {:.0} events/s = {:.1}%, CPU {:.1} / {:.1} µs, (d) at {half_rate:.0}/s p99 {p99:.2} ms, JetStream alone {storage_p99:.2} ms",
             round + 1,
             this.ceiling.rate(),
-            this.ceiling_old.rate(),
             this.gateways[0].max.rate(),
             this.share(0),
             this.gateways[0].cpu[0].1,
@@ -441,7 +418,6 @@ async fn run() {
         measured.push(this);
     }
     drop(compared);
-    drop(trivial_old);
     let median_half_rate = median(measured.iter().map(|r| r.half_rate));
 
     let fixed = load::open_loop(&events, connections, FIXED_RATE, seconds).await;
@@ -511,9 +487,6 @@ type Measured = (Report, Vec<(&'static str, f64)>);
 struct Round {
     ceiling: Report,
     cpu_trivial: Vec<(&'static str, f64)>,
-    /// The trivial server as measured before issue 21 (glibc malloc).
-    ceiling_old: Report,
-    cpu_trivial_old: Vec<(&'static str, f64)>,
     /// The gateway under test, then the one of `BENCH_COMPARE_FANOUT`.
     gateways: Vec<GatewayRound>,
     half_rate: f64,
@@ -579,21 +552,6 @@ async fn start_trivial_server() -> (ChildProcess, SocketAddr) {
     let addr = free_addr();
     let exe = fanout_testkit::release_binary("fanout-baselines", "trivial-server");
     let trivial = ChildProcess(Command::new(exe).arg(addr.to_string()).spawn().unwrap());
-    wait_port(addr).await;
-    (trivial, addr)
-}
-
-/// The trivial server as measured before issue 21: this bench's own executable (glibc
-/// malloc) as a child process.
-async fn start_old_trivial_server() -> (ChildProcess, SocketAddr) {
-    let addr = free_addr();
-    let exe = std::env::current_exe().unwrap();
-    let trivial = ChildProcess(
-        Command::new(exe)
-            .args(["trivial-server", &addr.to_string()])
-            .spawn()
-            .unwrap(),
-    );
     wait_port(addr).await;
     (trivial, addr)
 }
@@ -769,7 +727,6 @@ const ADDED_P99_GOAL_MS: f64 = 0.3;
 fn print_tables(mut r: Results) {
     let connections = r.connections;
     let ceiling = median(r.rounds.iter().map(|x| x.ceiling.rate()));
-    let ceiling_old = median(r.rounds.iter().map(|x| x.ceiling_old.rate()));
     // Every round's JetStream alone together: the p99 of all of them, not the best
     // round's; the same for each gateway's (d).
     let mut storage_half = Report::default();
@@ -803,14 +760,6 @@ fn print_tables(mut r: Results) {
     println!(
         "| (a) CPU µs per request: trivial server / load generator | {} | | |",
         each(&|x| cpu_numbers(&x.cpu_trivial), &mut r.rounds)
-    );
-    println!(
-        "| (a-old) old trivial server (glibc malloc), req/s | {} | median {ceiling_old:.0} | |",
-        each(&|x| format!("{:.0}", x.ceiling_old.rate()), &mut r.rounds)
-    );
-    println!(
-        "| (a-old) CPU µs per request: old trivial server / load generator | {} | | |",
-        each(&|x| cpu_numbers(&x.cpu_trivial_old), &mut r.rounds)
     );
     println!(
         "| (d) offered/s: half of the round's (c) | {} | | |",
@@ -925,7 +874,6 @@ fn print_tables(mut r: Results) {
     for round in &r.rounds {
         failed.extend([
             ("a", round.ceiling.failed),
-            ("a-old", round.ceiling_old.failed),
             ("d'", round.storage_half.failed),
         ]);
         for gateway in &round.gateways {
