@@ -19,7 +19,7 @@
 //! baseline and engine so that a slow stretch of the machine hits both, and the
 //! table gives each contender's median round (every round is printed too).
 //! `FANOUT_BENCH_EVENTS` sets the pre-loaded count (default 100000).
-//! `FANOUT_BENCH_SHORT=1` prints the same table in a minute or two (20000 events, two
+//! `FANOUT_BENCH_SHORT=1` prints the same table in a minute or two (30000 events, two
 //! rounds, 2 s of latency), to run before every change to the delivery path. For
 //! experiments: `FANOUT_BENCH_LATENCY_ONLY=1` runs only the latency phase, and
 //! `FANOUT_BENCH_NO_LIMIT=1` leaves the rate limiter out of the targets.
@@ -576,7 +576,7 @@ impl Settings {
                 .unwrap_or(default)
         };
         Settings {
-            events: number("FANOUT_BENCH_EVENTS", if short { 20_000 } else { 100_000 }),
+            events: number("FANOUT_BENCH_EVENTS", if short { 30_000 } else { 100_000 }),
             rounds: number("FANOUT_BENCH_ROUNDS", if short { 2 } else { 3 }).max(1),
             latency_seconds: if short { 2 } else { 5 },
             short,

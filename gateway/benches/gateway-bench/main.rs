@@ -19,7 +19,7 @@
 //! median half rate; (b) raw JetStream publishes, pipelined: the storage ceiling; and
 //! the gateway's peak resident memory (VmHWM of its process).
 //!
-//! Environment: `FANOUT_BENCH_SHORT=1` (the same tables in a minute or two: 2 s
+//! Environment: `FANOUT_BENCH_SHORT=1` (the same tables in a minute or two: 3 s
 //! phases, two rounds, without (b), (c') and (c1)), `BENCH_CONNECTIONS` (default 64),
 //! `BENCH_SECONDS` per phase (default 5), `BENCH_ROUNDS` (default 3), `BENCH_RATE`
 //! (offered rate of (d) instead of half of (c)), `BENCH_DUMP_METRICS` (print the
@@ -219,7 +219,7 @@ fn machine() -> String {
 }
 
 /// How long the bench runs: the full form, or `FANOUT_BENCH_SHORT=1`'s (the same
-/// tables in a minute or two: shorter phases, two rounds, without (b), (c') and (c1)).
+/// tables in a minute or two: 3 s phases, two rounds, without (b), (c') and (c1)).
 /// `BENCH_SECONDS` and `BENCH_ROUNDS` override either.
 struct Settings {
     connections: usize,
@@ -233,7 +233,7 @@ impl Settings {
         let short = std::env::var_os("FANOUT_BENCH_SHORT").is_some_and(|v| v != "0");
         Settings {
             connections: env_number("BENCH_CONNECTIONS", 64) as usize,
-            seconds: Duration::from_secs(env_number("BENCH_SECONDS", if short { 2 } else { 5 })),
+            seconds: Duration::from_secs(env_number("BENCH_SECONDS", if short { 3 } else { 5 })),
             rounds: env_number("BENCH_ROUNDS", if short { 2 } else { 3 }).max(1) as usize,
             short,
         }
