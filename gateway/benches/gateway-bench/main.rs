@@ -519,6 +519,12 @@ impl Round {
     }
 }
 
+/// The lowest value: of CPU per event, the round least disturbed by other work on the
+/// machine (which only ever adds to it), for comparing builds measured together.
+fn lowest(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(f64::INFINITY, f64::min)
+}
+
 /// The middle value (the mean of the two middle ones for an even count).
 fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.collect();
@@ -758,8 +764,9 @@ fn print_tables(mut r: Results) {
         each(&|x| format!("{:.0}", x.ceiling.rate()), &mut r.rounds)
     );
     println!(
-        "| (a) CPU µs per request: trivial server / load generator | {} | | |",
-        each(&|x| cpu_numbers(&x.cpu_trivial), &mut r.rounds)
+        "| (a) CPU µs per request: trivial server / load generator | {} | lowest {:.1} | |",
+        each(&|x| cpu_numbers(&x.cpu_trivial), &mut r.rounds),
+        lowest(r.rounds.iter().map(|x| x.cpu_trivial[0].1)),
     );
     println!(
         "| (d) offered/s: half of the round's (c) | {} | | |",
@@ -797,8 +804,9 @@ fn print_tables(mut r: Results) {
             each(&|x| format!("{:.1}%", x.share(g)), &mut r.rounds),
         );
         println!(
-            "| (c) CPU µs per event: {who} / nats-server / load generator | {} | | |",
-            each(&|x| cpu_numbers(&x.gateways[g].cpu), &mut r.rounds)
+            "| (c) CPU µs per event: {who} / nats-server / load generator | {} | lowest {:.1} | |",
+            each(&|x| cpu_numbers(&x.gateways[g].cpu), &mut r.rounds),
+            lowest(r.rounds.iter().map(|x| x.gateways[g].cpu[0].1)),
         );
         println!(
             "| (c)/(a) {who} CPU per acked event / trivial server CPU per request | {} | median **{cpu_ratio:.2}x** | <= {CPU_RATIO_GOAL}x: {} |",
