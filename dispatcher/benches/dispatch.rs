@@ -276,18 +276,7 @@ impl Child {
 
     /// (CPU seconds used so far, peak RSS in MiB).
     fn usage(&self) -> (f64, f64) {
-        let pid = self.process.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let hwm_kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
-            .unwrap();
-        (ticks / 100.0, hwm_kib / 1024.0)
+        fanout_testkit::process::cpu_and_peak_rss(self.process.id())
     }
 }
 
