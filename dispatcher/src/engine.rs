@@ -10,9 +10,9 @@ use fanout_config::egress::EgressPolicy;
 use fanout_config::health::HealthSnapshot;
 use fanout_config::route::AfterDeadLetter;
 use fanout_otel::opentelemetry_sdk::trace::SdkTracer;
+use fanout_process::nats::NatsArgs;
+use fanout_process::thread::on_own_thread;
 use fanout_provision::Provisioner;
-use fanout_provision::nats::NatsArgs;
-use fanout_provision::thread::on_own_thread;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +43,7 @@ pub struct EngineOptions {
     /// When set, each target's worker runs on a thread of its own, with its own
     /// single-threaded runtime and its own connection to NATS made with these
     /// settings, instead of on the caller's runtime and connection (see
-    /// [`fanout_provision::thread`]).
+    /// [`fanout_process::thread`]).
     pub thread_per_target: Option<NatsArgs>,
     /// Where targets may be connected to. The default is a dispatcher pod's: loopback,
     /// link-local, metadata and unspecified addresses refused.

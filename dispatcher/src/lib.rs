@@ -101,11 +101,11 @@ pub struct Args {
 }
 
 /// How to reach NATS (shared by every Fanout process).
-pub use fanout_provision::nats::NatsArgs;
+pub use fanout_process::nats::NatsArgs;
 
 /// Runs the dispatcher until SIGTERM or SIGINT, then drains and exits.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let signal = fanout_provision::signal::shutdown().context("installing the signal handlers")?;
+    let signal = fanout_process::signal::shutdown().context("installing the signal handlers")?;
     let config = load::route_config(&args.config)?;
     let auths = config
         .targets

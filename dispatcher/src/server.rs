@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_nats::connection::State;
-use fanout_provision::probes::{self, Probes};
+use fanout_process::probes::{self, Probes};
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::Metrics;

@@ -79,7 +79,7 @@ pub struct Args {
     pub shards: Option<NonZeroUsize>,
 
     #[command(flatten)]
-    pub nats: fanout_provision::nats::NatsArgs,
+    pub nats: fanout_process::nats::NatsArgs,
 
     /// Largest request body accepted, in bytes (single events and whole batches).
     #[arg(long, env = "FANOUT_GATEWAY_BODY_LIMIT", default_value_t = 1024 * 1024)]

@@ -398,7 +398,7 @@ fn local_addr(
 /// Runs the gateway until SIGTERM or SIGINT, then shuts it down gracefully. Fails if
 /// a shard stops on its own, so that the gateway is restarted.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let signal = fanout_provision::signal::shutdown()?;
+    let signal = fanout_process::signal::shutdown()?;
     let tracing = fanout_otel::Tracing::start(&args.otlp, "fanout-gateway")?;
     let tracer = tracing.as_ref().map(fanout_otel::Tracing::tracer);
     let mut gateway = Gateway::start_traced(args, OpsPort::Listen, tracer).await?;

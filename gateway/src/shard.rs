@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use fanout_otel::opentelemetry_sdk::trace::SdkTracer;
-use fanout_provision::nats::NatsArgs;
-use fanout_provision::thread::on_own_thread;
+use fanout_process::nats::NatsArgs;
+use fanout_process::thread::on_own_thread;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::accept::Handed;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use fanout_config::Duration;
 use fanout_config::egress::Entry;
-use fanout_provision::nats::NatsArgs;
+use fanout_process::nats::NatsArgs;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {

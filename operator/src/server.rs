@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fanout_provision::probes::{self, Probes};
+use fanout_process::probes::{self, Probes};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;

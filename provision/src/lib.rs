@@ -7,20 +7,12 @@
 //!
 //! [`dead_letters`] and [`history`] read a route's dead letters and its delivery
 //! history for the CLI.
-//!
-//! Also what the processes share: their NATS flags ([`nats`]), their shutdown signal
-//! ([`signal`]), their threads with a runtime each ([`thread`]) and the operator's
-//! and dispatcher's `/metrics`, `/healthz` and `/readyz` ([`probes`]).
 
 pub mod copies;
 pub mod dead_letters;
 pub mod history;
-pub mod nats;
 pub mod observe;
-pub mod probes;
 pub mod replay;
-pub mod signal;
-pub mod thread;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

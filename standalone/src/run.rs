@@ -35,7 +35,7 @@ const HEALTH_TTL: Duration = Duration::from_secs(60);
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let signal = fanout_provision::signal::shutdown().context("installing the signal handlers")?;
+    let signal = fanout_process::signal::shutdown().context("installing the signal handlers")?;
 
     let manifests = manifests_dir::read(&args.files, &args.namespace)?;
     let problems = checks::check(&manifests);

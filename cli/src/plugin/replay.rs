@@ -130,7 +130,7 @@ pub async fn run(session: &Session, args: Args) -> anyhow::Result<()> {
     let (progress, seen) = watch::channel(Record::default());
     let stop = CancellationToken::new();
     // Ctrl-C or SIGTERM: the replay records where it is and ends.
-    let signals = fanout_provision::signal::shutdown().context("installing signal handlers")?;
+    let signals = fanout_process::signal::shutdown().context("installing signal handlers")?;
     tokio::spawn({
         let stop = stop.clone();
         async move {
