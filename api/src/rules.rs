@@ -1,7 +1,7 @@
-//! Messages of the CRDs' CEL rules that `fanout standalone` restates (no apiserver
-//! evaluates them there), in one place so that both say exactly the same. The rules
-//! themselves are next to the fields in [`crate::route`], [`crate::target`] and
-//! [`crate::policy`]; rendering checks the same things once more ([`crate::settings`]).
+//! Messages of the CRDs' CEL rules that rendering also reports ([`crate::settings`],
+//! for the operator's status), in one place so that both say exactly the same. The
+//! rules themselves are next to the fields in [`crate::route`], [`crate::target`] and
+//! [`crate::policy`]; `fanout standalone` evaluates them from the generated CRDs.
 
 /// On `spec.source`. JetStream refuses a stream that remembers message ids for longer
 /// than it keeps the messages ("duplicates window can not be larger then max age").

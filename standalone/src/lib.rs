@@ -22,6 +22,7 @@ pub mod http;
 pub mod manifests_dir;
 pub mod prepare;
 pub mod run;
+pub mod schema;
 pub mod secrets;
 pub mod status;
 

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use fanout_api::manifests::{ManifestError, Manifests};
 use fanout_api::{ApiTarget, FanOutRoute};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::checks;
+use crate::schema::{Refusal, Schemas};
 
 /// Why the manifests could not be read. Documents are counted from 1.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,12 @@ pub enum ReadError {
         document: Box<Document>,
         field: String,
         problem: String,
+    },
+    /// What the apiserver would say, in its words (see [`crate::schema`]).
+    #[error("{document} is invalid:\n{refusal}")]
+    Refused {
+        document: Box<Document>,
+        refusal: Refusal,
     },
     #[error("{path}: document {document}: kind {kind:?} is not ApiTarget, FanOutRoute or Secret")]
     UnknownKind {
@@ -125,39 +131,6 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ReadError> {
     Ok(files)
 }
 
-/// The openAPI schemas of the two CRDs, as the apiserver would check them.
-struct Schemas {
-    api_target: Value,
-    route: Value,
-}
-
-impl Schemas {
-    fn new() -> Schemas {
-        let mut schemas = fanout_api::crd::all().into_iter().map(|crd| {
-            let kind = crd.spec.names.kind.clone();
-            let schema = crd
-                .spec
-                .versions
-                .first()
-                .and_then(|v| v.schema.as_ref())
-                .and_then(|s| s.open_api_v3_schema.as_ref())
-                .map(|s| serde_json::to_value(s).expect("a CRD schema serializes"))
-                .unwrap_or(Value::Null);
-            (kind, schema)
-        });
-        let mut find = |kind: &str| {
-            schemas
-                .find(|(k, _)| k == kind)
-                .map(|(_, s)| s)
-                .unwrap_or(Value::Null)
-        };
-        Schemas {
-            api_target: find("ApiTarget"),
-            route: find("FanOutRoute"),
-        }
-    }
-}
-
 fn check_documents(path: &Path, text: &str, schemas: &Schemas) -> Result<(), ReadError> {
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let document_number = index + 1;
@@ -185,29 +158,16 @@ fn check_documents(path: &Path, text: &str, schemas: &Schemas) -> Result<(), Rea
             field,
             problem,
         };
-        let schema = match kind.as_str() {
-            "ApiTarget" => {
-                typed::<ApiTarget>(&value).map_err(|(f, p)| field(f, p))?;
-                &schemas.api_target
-            }
-            "FanOutRoute" => {
-                typed::<FanOutRoute>(&value).map_err(|(f, p)| field(f, p))?;
-                &schemas.route
-            }
-            "Secret" => {
-                secret_violation(&value).map_err(|(f, p)| field(f, p))?;
-                continue;
-            }
-            _ => {
-                return Err(ReadError::UnknownKind {
-                    path: path.to_path_buf(),
-                    document: document_number,
-                    kind,
-                });
-            }
-        };
-        if name.is_empty() {
-            return Err(field("metadata.name".into(), "is required".into()));
+        if kind == "Secret" {
+            secret_violation(&value).map_err(|(f, p)| field(f, p))?;
+            continue;
+        }
+        if !schemas.knows(&kind) {
+            return Err(ReadError::UnknownKind {
+                path: path.to_path_buf(),
+                document: document_number,
+                kind,
+            });
         }
         let json = serde_json::to_value(&value).map_err(|e| {
             field(
@@ -215,11 +175,24 @@ fn check_documents(path: &Path, text: &str, schemas: &Schemas) -> Result<(), Rea
                 format!("not representable as JSON: {e}"),
             )
         })?;
-        // apiVersion, kind and metadata are Kubernetes' own; the CRD describes spec.
-        let spec_schema = &schema["properties"]["spec"];
-        if let Some((at, problem)) = schema_violation(spec_schema, &json["spec"], "spec".into()) {
-            return Err(field(at, problem));
+        if let Some(refusal) = schemas.refusal(&json) {
+            return Err(ReadError::Refused {
+                document: Box::new(Document {
+                    path: path.to_path_buf(),
+                    number: document_number,
+                    kind,
+                    name,
+                }),
+                refusal,
+            });
         }
+        // What the schema lets through, the types should take; if not, name the field.
+        let typed = match kind.as_str() {
+            "ApiTarget" => typed::<ApiTarget>(&value).map(drop),
+            "FanOutRoute" => typed::<FanOutRoute>(&value).map(drop),
+            _ => Ok(()),
+        };
+        typed.map_err(|(f, p)| field(f, p))?;
     }
     Ok(())
 }
@@ -261,107 +234,6 @@ fn typed<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// The first place where `value` breaks a structural rule of `schema` that the types
-/// alone do not enforce: unknown fields, sizes, ranges and enums. (CEL rules are the
-/// apiserver's; the checks that matter for running are repeated by rendering.)
-fn schema_violation(schema: &Value, value: &Value, at: String) -> Option<(String, String)> {
-    let here = || {
-        if at.is_empty() {
-            "(document)".to_string()
-        } else {
-            at.clone()
-        }
-    };
-    let join = |key: &str| {
-        if at.is_empty() {
-            key.to_string()
-        } else {
-            format!("{at}.{key}")
-        }
-    };
-    let number = |k: &str| schema.get(k).and_then(Value::as_f64);
-    match value {
-        Value::Object(fields) => {
-            let properties = schema.get("properties").and_then(Value::as_object);
-            let additional = schema.get("additionalProperties");
-            let open = schema
-                .get("x-kubernetes-preserve-unknown-fields")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            for (key, field) in fields {
-                let field_schema = match (properties.and_then(|p| p.get(key)), additional) {
-                    (Some(s), _) => s,
-                    (None, Some(s @ Value::Object(_))) => s,
-                    (None, Some(Value::Bool(true))) => continue,
-                    (None, _) if open || properties.is_none() => continue,
-                    (None, _) => {
-                        return Some((join(key), "unknown field (is it misspelt?)".into()));
-                    }
-                };
-                if let Some(found) = schema_violation(field_schema, field, join(key)) {
-                    return Some(found);
-                }
-            }
-            if let Some(most) = number("maxProperties")
-                && fields.len() as f64 > most
-            {
-                return Some((here(), format!("at most {most} entries")));
-            }
-            None
-        }
-        Value::Array(items) => {
-            if let Some(least) = number("minItems")
-                && (items.len() as f64) < least
-            {
-                return Some((here(), format!("needs at least {least} items")));
-            }
-            if let Some(most) = number("maxItems")
-                && items.len() as f64 > most
-            {
-                return Some((here(), format!("at most {most} items")));
-            }
-            let item_schema = schema.get("items")?;
-            items.iter().enumerate().find_map(|(i, item)| {
-                schema_violation(item_schema, item, format!("{}[{i}]", here()))
-            })
-        }
-        Value::String(text) => {
-            let length = text.chars().count() as f64;
-            if let Some(least) = number("minLength")
-                && length < least
-            {
-                return Some((here(), format!("must have at least {least} characters")));
-            }
-            if let Some(most) = number("maxLength")
-                && length > most
-            {
-                return Some((here(), format!("must have at most {most} characters")));
-            }
-            if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
-                && !allowed.iter().any(|a| a.as_str() == Some(text))
-            {
-                return Some((here(), format!("{text:?} is not one of {allowed:?}")));
-            }
-            None
-        }
-        Value::Number(n) => {
-            let n = n.as_f64()?;
-            if let Some(least) = number("minimum")
-                && n < least
-            {
-                return Some((here(), format!("must be at least {least}")));
-            }
-            if let Some(most) = number("maximum")
-                && n > most
-            {
-                return Some((here(), format!("must be at most {most}")));
-            }
-            None
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,7 +261,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err,
-            "m.yaml: document 1 (ApiTarget api): spec.retries: unknown field (is it misspelt?)"
+            "m.yaml: document 1 (ApiTarget api) is invalid:\nstrict decoding error: unknown field \"spec.retries\""
         );
     }
 
@@ -401,7 +273,7 @@ mod tests {
         .unwrap_err();
         assert!(
             err.starts_with(
-                "m.yaml: document 1 (ApiTarget api): spec.retry.maxAttempts: invalid type"
+                "m.yaml: document 1 (ApiTarget api) is invalid:\n* spec.retry.maxAttempts: Invalid value: \"string\": spec.retry.maxAttempts in body must be of type integer: \"string\""
             ),
             "{err}"
         );
@@ -414,15 +286,13 @@ mod tests {
         ))
         .unwrap_err();
         assert!(
-            err.ends_with("spec.maxInFlight: must be at least 1"),
+            err.ends_with("* spec.maxInFlight: Invalid value: 0: spec.maxInFlight in body should be greater than or equal to 1"),
             "{err}"
         );
         let route = "apiVersion: fanout.dev/v1alpha1\nkind: FanOutRoute\nmetadata: {name: r}\nspec: {targets: []}\n";
-        assert!(
-            check(route)
-                .unwrap_err()
-                .ends_with("spec.targets: needs at least 1 items")
-        );
+        assert!(check(route).unwrap_err().contains(
+            "* spec.targets: Invalid value: 0: spec.targets in body should have at least 1 items"
+        ));
         let err = check("apiVersion: v1\nkind: Secret\nmetadata: {name: ../x}\n").unwrap_err();
         assert!(
             err.starts_with("m.yaml: document 1 (Secret ../x): metadata.name: must be a DNS"),
