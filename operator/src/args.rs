@@ -50,6 +50,13 @@ pub struct Args {
     #[command(flatten)]
     pub gateway: GatewayArgs,
 
+    /// Watch the metadata of Secrets in the watched namespaces, so that a rotated
+    /// ingest token reaches the gateway at once instead of at the next
+    /// --gateway-resync. Needs list and watch on Secrets, which is read access to all
+    /// of them (the chart's `operator.watchSecrets`); off by default.
+    #[arg(long, env = "FANOUT_WATCH_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub watch_secrets: bool,
+
     /// How often each route's status is refreshed from JetStream and the dispatchers'
     /// health reports.
     #[arg(long, env = "FANOUT_STATUS_INTERVAL", default_value = "10s")]
@@ -193,4 +200,21 @@ pub struct GatewayArgs {
         default_value = "/var/run/fanout/gateway-tokens"
     )]
     pub tokens_dir: PathBuf,
+    /// How often the gateway's routes and token copies are rewritten even when no
+    /// watch reported a change. Without --watch-secrets this is how soon a rotated
+    /// ingest token reaches the gateway. Default: 30s, or 5m with --watch-secrets
+    /// (then only a backstop).
+    #[arg(long = "gateway-resync", env = "FANOUT_GATEWAY_RESYNC")]
+    pub resync: Option<Duration>,
+}
+
+impl GatewayArgs {
+    /// `--gateway-resync`, or its default.
+    pub fn resync(&self, watch_secrets: bool) -> std::time::Duration {
+        match self.resync {
+            Some(d) => d.as_std(),
+            None if watch_secrets => std::time::Duration::from_secs(300),
+            None => std::time::Duration::from_secs(30),
+        }
+    }
 }

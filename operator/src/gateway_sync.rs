@@ -4,11 +4,19 @@
 //! them. Routes live in many namespaces while the gateway runs in one, so the tokens
 //! are copied; the copies are owned by this loop and refreshed when a source Secret
 //! changes. The gateway re-reads both files by itself.
+//!
+//! The loop is driven by events, not a timer: the route watch wakes it on every
+//! change to a route (see [`Changes`]), and so does the Secret metadata watch of
+//! `--watch-secrets` on every change to a Secret. Each wake-up recomputes what the
+//! gateway should have from the caches and writes only when that differs from what
+//! was last written; the resourceVersions of the source token Secrets are part of
+//! that comparison, so a rotated token is copied as soon as its watch event arrives.
+//! A resync (`--gateway-resync`) rewrites everything now and then regardless.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fanout_api::FanOutRoute;
 use fanout_api::render::gateway_route;
@@ -17,8 +25,12 @@ use fanout_config::gateway::GatewayConfig;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::Store;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::FIELD_MANAGER;
@@ -26,11 +38,35 @@ use crate::metrics::Metrics;
 
 /// The key of the rendered configuration in the gateway's ConfigMap.
 pub const CONFIG_KEY: &str = "gateway.yaml";
-/// How often the route cache is compared with what the gateway was given.
-const CHECK_EVERY: Duration = Duration::from_secs(2);
-/// How often token copies are refreshed even when no route changed (rotation).
-const REFRESH_TOKENS_EVERY: Duration = Duration::from_secs(30);
+/// How soon a failed write is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 pub const CONTROLLER: &str = "gateway";
+
+/// The wake-up call of the sync loop, shared by the watches that feed it. Notifying
+/// while the loop is busy is remembered, and any number of notifications fold into
+/// one pass over the caches.
+#[derive(Clone, Default)]
+pub struct Changes(Arc<Notify>);
+
+impl Changes {
+    /// Wakes the loop when `event` changed a cache. Call it after the reflector has
+    /// applied the event, so that the loop reads the new state.
+    pub fn on_event<K>(&self, event: &Result<watcher::Event<K>, watcher::Error>) {
+        match event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                self.0.notify_one()
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => {}
+        }
+    }
+
+    async fn changed(&self) {
+        self.0.notified().await
+    }
+}
+
+/// The Secret metadata caches of `--watch-secrets`, one per watched scope.
+pub type SecretStores = Vec<Store<PartialObjectMeta<Secret>>>;
 
 pub struct GatewaySync {
     pub client: kube::Client,
@@ -40,7 +76,36 @@ pub struct GatewaySync {
     pub tokens_dir: PathBuf,
     /// The route caches of every watched namespace.
     pub routes: Vec<Store<FanOutRoute>>,
+    /// With `--watch-secrets`: the Secret metadata caches, whose resourceVersions
+    /// tell when a token Secret changed. Without them only the resync sees rotation.
+    pub secrets: Option<SecretStores>,
+    /// Fed by the route (and Secret) watches.
+    pub changes: Changes,
+    /// How often everything is rewritten even without a change.
+    pub resync: Duration,
     pub metrics: Arc<Metrics>,
+}
+
+/// The resourceVersion of each source token Secret as the cache has it (`None`:
+/// not there), by namespace and name.
+pub type TokenVersions = BTreeMap<(String, String), Option<String>>;
+
+/// The versions, in `stores`, of the Secrets `copies` read.
+pub fn token_versions(
+    stores: &[Store<PartialObjectMeta<Secret>>],
+    copies: &[TokenCopy],
+) -> TokenVersions {
+    copies
+        .iter()
+        .map(|c| {
+            let oref = ObjectRef::new(&c.secret).within(&c.namespace);
+            let version = stores
+                .iter()
+                .find_map(|s| s.get(&oref))
+                .and_then(|s| s.metadata.resource_version.clone());
+            ((c.namespace.clone(), c.secret.clone()), version)
+        })
+        .collect()
 }
 
 /// One token to copy: from `namespace`/`secret`[`key`] to the gateway Secret's `file`.
@@ -100,28 +165,45 @@ pub fn desired(
 impl GatewaySync {
     /// Runs until `stop` fires.
     pub async fn run(self, stop: CancellationToken) {
-        let mut last: Option<(GatewayConfig, Vec<TokenCopy>)> = None;
-        let mut last_written = Instant::now();
-        loop {
-            for routes in &self.routes {
-                if routes.wait_until_ready().await.is_err() {
-                    return;
-                }
+        for routes in &self.routes {
+            if routes.wait_until_ready().await.is_err() {
+                return;
             }
+        }
+        for secrets in self.secrets.iter().flatten() {
+            if secrets.wait_until_ready().await.is_err() {
+                return;
+            }
+        }
+        let mut last: Option<(GatewayConfig, Vec<TokenCopy>, TokenVersions)> = None;
+        // When the next pass is due without an event: the resync after a write, a
+        // retry after a failure.
+        let mut due = Instant::now();
+        loop {
             let all: Vec<Arc<FanOutRoute>> = self.routes.iter().flat_map(|r| r.state()).collect();
-            let want = desired(&all, &self.tokens_dir);
-            if last.as_ref() != Some(&want) || last_written.elapsed() >= REFRESH_TOKENS_EVERY {
+            let (config, copies) = desired(&all, &self.tokens_dir);
+            let versions = self
+                .secrets
+                .as_deref()
+                .map(|s| token_versions(s, &copies))
+                .unwrap_or_default();
+            let want = (config, copies, versions);
+            if last.as_ref() != Some(&want) || Instant::now() >= due {
                 let started = Instant::now();
-                match self.write(&want).await {
+                match self.write(&want.0, &want.1).await {
                     Ok(()) => {
                         if last.as_ref().map(|l| &l.0) != Some(&want.0) {
                             tracing::info!(routes = want.0.routes.len(), "gateway routes updated");
                         }
                         last = Some(want);
-                        last_written = Instant::now();
+                        due = Instant::now() + self.resync;
                         self.metrics.reconciled(CONTROLLER, "ok", started.elapsed());
                     }
                     Err(error) => {
+                        // Forget what was written, so that the retry writes whatever
+                        // the caches hold by then.
+                        last = None;
+                        due = Instant::now() + RETRY_AFTER;
                         self.metrics
                             .reconciled(CONTROLLER, "error", started.elapsed());
                         self.metrics.error(CONTROLLER, "kubernetes");
@@ -130,7 +212,8 @@ impl GatewaySync {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(CHECK_EVERY) => {}
+                _ = self.changes.changed() => {}
+                _ = tokio::time::sleep_until(due) => {}
                 _ = stop.cancelled() => return,
             }
         }
@@ -138,7 +221,8 @@ impl GatewaySync {
 
     async fn write(
         &self,
-        (config, copies): &(GatewayConfig, Vec<TokenCopy>),
+        config: &GatewayConfig,
+        copies: &[TokenCopy],
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut data = BTreeMap::new();
@@ -208,5 +292,71 @@ impl GatewaySync {
             ])),
             ..ObjectMeta::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+
+    fn secret(namespace: &str, name: &str, version: &str) -> PartialObjectMeta<Secret> {
+        let mut s = PartialObjectMeta::<Secret>::default();
+        s.metadata.namespace = Some(namespace.into());
+        s.metadata.name = Some(name.into());
+        s.metadata.resource_version = Some(version.into());
+        s
+    }
+
+    fn copy(namespace: &str, secret: &str) -> TokenCopy {
+        TokenCopy {
+            file: format!("{namespace}.r.0"),
+            namespace: namespace.into(),
+            secret: secret.into(),
+            key: "token".into(),
+        }
+    }
+
+    #[test]
+    fn token_versions_come_from_whichever_scope_holds_the_secret() {
+        let (a, mut wa) = reflector::store();
+        let (b, mut wb) = reflector::store();
+        wa.apply_watcher_event(&watcher::Event::Apply(secret("a", "ingest", "1")));
+        wb.apply_watcher_event(&watcher::Event::Apply(secret("b", "ingest", "7")));
+        let copies = [copy("a", "ingest"), copy("b", "ingest"), copy("b", "gone")];
+        let versions = token_versions(&[a, b.clone()], &copies);
+        let get = |ns: &str, n: &str| versions[&(ns.to_string(), n.to_string())].clone();
+        assert_eq!(get("a", "ingest").as_deref(), Some("1"));
+        assert_eq!(get("b", "ingest").as_deref(), Some("7"));
+        assert_eq!(get("b", "gone"), None);
+
+        // A rotation is a new resourceVersion: the comparison sees it.
+        wb.apply_watcher_event(&watcher::Event::Apply(secret("b", "ingest", "8")));
+        assert_ne!(token_versions(&[b], &copies[1..2]), {
+            let mut old = TokenVersions::new();
+            old.insert(("b".into(), "ingest".into()), Some("7".into()));
+            old
+        });
+    }
+
+    #[tokio::test]
+    async fn changes_fold_into_one_wake_up_and_ignore_the_initial_listing() {
+        let changes = Changes::default();
+        let wakes = |changes: Changes| async move {
+            tokio::time::timeout(Duration::from_millis(50), changes.changed())
+                .await
+                .is_ok()
+        };
+        changes.on_event::<Secret>(&Ok(watcher::Event::Init));
+        changes.on_event::<Secret>(&Ok(watcher::Event::InitApply(Secret::default())));
+        assert!(!wakes(changes.clone()).await, "a listing in progress");
+        changes.on_event::<Secret>(&Ok(watcher::Event::Apply(Secret::default())));
+        changes.on_event::<Secret>(&Ok(watcher::Event::Delete(Secret::default())));
+        changes.on_event::<Secret>(&Ok(watcher::Event::InitDone));
+        assert!(
+            wakes(changes.clone()).await,
+            "remembered while nobody waited"
+        );
+        assert!(!wakes(changes.clone()).await, "folded into one");
     }
 }

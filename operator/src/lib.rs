@@ -48,7 +48,9 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
@@ -61,7 +63,7 @@ use crate::apiserver_addresses::{ApiserverAddresses, Known};
 use crate::clients::Clients;
 use crate::context::Context;
 use crate::dispatcher_objects::{DispatcherSettings, NatsAuth, OtlpSettings};
-use crate::gateway_sync::GatewaySync;
+use crate::gateway_sync::{Changes, GatewaySync};
 use crate::image_policy::ImagePolicy;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
@@ -233,10 +235,18 @@ async fn run_controllers(
     };
     let mut parts = Vec::new();
     let mut route_stores = Vec::new();
+    let mut secret_stores = Vec::new();
+    let changes = Changes::default();
     for scope in scopes {
         tracing::info!(namespace = scope.as_deref().unwrap_or("(all)"), "watching");
+        let scope = ApiScope(clients.watch.clone(), scope);
+        if args.watch_secrets {
+            let (part, store) = secret_metadata(&scope, changes.clone(), stop.clone());
+            parts.push(part);
+            secret_stores.push(store);
+        }
         let (part, routes) = scope_controllers(
-            ApiScope(clients.watch.clone(), scope),
+            scope,
             |targets, routes, replays| {
                 Context::new(
                     clients.calls.clone(),
@@ -252,6 +262,7 @@ async fn run_controllers(
                     shared.identity.clone(),
                 )
             },
+            changes.clone(),
             stop.clone(),
         );
         parts.push(part);
@@ -265,6 +276,9 @@ async fn run_controllers(
         tokens_secret: args.gateway.tokens_secret.clone(),
         tokens_dir: args.gateway.tokens_dir.clone(),
         routes: route_stores.clone(),
+        secrets: args.watch_secrets.then_some(secret_stores),
+        changes,
+        resync: args.gateway.resync(args.watch_secrets),
         metrics: shared.metrics,
     }
     .run(stop.clone());
@@ -329,12 +343,16 @@ fn dispatcher_settings(args: &Args) -> DispatcherSettings {
 /// them), and the scope's route cache. `context` builds the reconciles' context around
 /// the scope's ApiTarget, FanOutRoute and FanOutReplay caches.
 ///
-/// Secrets are not watched: that would need list and watch on Secrets, which is
-/// read access to all of them. Routes and targets are reconciled every status
-/// interval anyway, which picks up a new or rotated Secret.
+/// Every change to a route also wakes the gateway sync (`changes`).
+///
+/// Secrets do not trigger reconciles: by default they are not watched at all (that
+/// would need list and watch on Secrets, which is read access to all of them), and
+/// routes and targets are reconciled every status interval anyway, which picks up a
+/// new or rotated Secret. See [`secret_metadata`] for `--watch-secrets`.
 fn scope_controllers(
     scope: ApiScope,
     context: impl FnOnce(Store<ApiTarget>, Store<FanOutRoute>, Store<FanOutReplay>) -> Context,
+    changes: Changes,
     stop: CancellationToken,
 ) -> (BoxFuture<'static, ()>, Store<FanOutRoute>) {
     let routes_api: Api<FanOutRoute> = scope.get();
@@ -343,9 +361,17 @@ fn scope_controllers(
         "app.kubernetes.io/component=dispatcher,app.kubernetes.io/managed-by=fanout-operator",
     );
 
-    let routes = Controller::new(routes_api.clone(), watcher::Config::default())
+    // The route cache is filled here rather than inside the controller, so that each
+    // change also wakes the gateway sync (after the cache has it).
+    let (route_store, route_writer) = reflector::store();
+    let route_events = reflector::reflector(
+        route_writer,
+        watcher(routes_api.clone(), watcher::Config::default()).default_backoff(),
+    )
+    .inspect(move |event| changes.on_event(event))
+    .applied_objects();
+    let routes = Controller::for_stream(route_events, route_store.clone())
         .owns(scope.get::<Deployment>(), dispatchers);
-    let route_store = routes.store();
     let (target_store, target_writer) = reflector::store();
     let target_events = reflector::reflector(
         target_writer,
@@ -415,6 +441,46 @@ fn scope_controllers(
         );
     };
     (part.boxed(), route_store)
+}
+
+/// With `--watch-secrets`: a cache of the metadata of every Secret in `scope`, whose
+/// changes wake the gateway sync, so that a rotated ingest token is copied at once
+/// rather than at the next resync. Only resourceVersions are kept: annotations (a
+/// client-side `kubectl apply` leaves the whole Secret, values included, in one) and
+/// managed fields are dropped before the cache sees them. The watch needs list and
+/// watch on Secrets, which RBAC cannot narrow to some Secrets; hence opt-in
+/// (docs/security/operator.md).
+fn secret_metadata(
+    scope: &ApiScope,
+    changes: Changes,
+    stop: CancellationToken,
+) -> (BoxFuture<'static, ()>, Store<PartialObjectMeta<Secret>>) {
+    let (store, writer) = reflector::store();
+    let events = watcher(
+        scope.get::<PartialObjectMeta<Secret>>(),
+        watcher::Config::default(),
+    )
+    .modify(|secret| {
+        secret.metadata.annotations = None;
+        secret.metadata.managed_fields = None;
+        secret.metadata.labels = None;
+        secret.metadata.owner_references = None;
+    })
+    .default_backoff();
+    let watch = reflector::reflector(writer, events).for_each(move |event| {
+        if let Err(error) = &event {
+            tracing::warn!(error = %fanout_config::error_chain(error), "Secret watch error; retrying");
+        }
+        changes.on_event(&event);
+        std::future::ready(())
+    });
+    let part = async move {
+        tokio::select! {
+            _ = watch => {}
+            _ = stop.cancelled() => {}
+        }
+    };
+    (part.boxed(), store)
 }
 
 /// Logs what a controller's stream yields besides reconciles: a failed reconcile is

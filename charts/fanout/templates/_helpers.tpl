@@ -187,11 +187,13 @@ these rights.
 - apiGroups: ["fanout.dev"]
   resources: ["fanoutroutes/finalizers"]
   verbs: ["update"]
-# Get by name only (no list or watch): checks that the Secret keys a route and its
-# targets reference exist, and reads the routes' ingest tokens for the gateway.
+# Get by name: checks that the Secret keys a route and its targets reference
+# exist, and reads the routes' ingest tokens for the gateway. No list or watch
+# unless operator.watchSecrets (a metadata watch that tells the gateway sync when
+# an ingest token was rotated; RBAC cannot narrow it to those Secrets).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  verbs: {{ ternary (list "get" "list" "watch") (list "get") (.Values.operator.watchSecrets | default false) | toJson }}
 # Each route's dispatcher ServiceAccount and ConfigMap: get checks who owns one of
 # that name; an apply that creates needs create. Never delete: garbage collection
 # removes them with their route.

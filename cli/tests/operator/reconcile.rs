@@ -556,3 +556,85 @@ async fn a_stream_setting_jetstream_cannot_change_is_reported_not_forced() {
     );
     env.ns.delete(&env.client).await.unwrap();
 }
+
+/// The gateway's copy follows watch events, not a timer: with the resync set to an
+/// hour, a route added later and a rotated ingest token still reach the gateway's
+/// ConfigMap and token Secret within the test's deadline. Without the route watch
+/// waking the sync, or without `--watch-secrets` waking it on the Secret's change,
+/// nothing would be rewritten for an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_follows_new_routes_and_rotated_tokens_by_watch_events() {
+    let env = Env::new("op-gwsync").await;
+    let _operator = env.operator_with(&["--watch-secrets", "true", "--gateway-resync", "1h"]);
+    let token_key = |route: &str| format!("{}.{route}.0", env.ns.name);
+    let tokens = || async {
+        let secret = env
+            .api::<Secret>()
+            .get_opt("fanout-gateway-tokens")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent")?;
+        Ok::<_, String>(secret.data.unwrap_or_default())
+    };
+    let routes = || async {
+        let cm = env
+            .api::<ConfigMap>()
+            .get_opt("fanout-gateway")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent")?;
+        let config: GatewayConfig =
+            serde_yaml_ng::from_str(&cm.data.unwrap_or_default()["gateway.yaml"])
+                .map_err(|e| e.to_string())?;
+        Ok::<_, String>(config.routes.len())
+    };
+    // The first write happens once the caches have synced, with no route yet.
+    env.apply(&target_yaml("inventory", "http://127.0.0.1:9/in", ""));
+    wait::until("the gateway's first (empty) route list", T, || async {
+        match routes().await? {
+            0 => Ok(()),
+            n => Err(format!("{n} routes")),
+        }
+    })
+    .await
+    .unwrap();
+
+    // A route created afterwards, with its token: a route event.
+    env.apply(&format!(
+        "{SECRETS}{}",
+        route_yaml(
+            "orders",
+            &["inventory"],
+            "  gateway: {bearerTokens: [{name: ingest, key: token}]}"
+        )
+    ));
+    wait::until("the new route's token copied", T, || async {
+        let data = tokens().await?;
+        match data.get(&token_key("orders")) {
+            Some(v) if v.0 == b"ingest-token" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(routes().await.unwrap(), 1);
+
+    // Rotation: only the Secret changes, no route does.
+    env.apply(
+        "apiVersion: v1
+kind: Secret
+metadata: {name: ingest}
+stringData: {token: rotated-ingest-token}
+",
+    );
+    wait::until("the rotated token copied", T, || async {
+        let data = tokens().await?;
+        match data.get(&token_key("orders")) {
+            Some(v) if v.0 == b"rotated-ingest-token" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    env.ns.delete(&env.client).await.unwrap();
+}

@@ -435,6 +435,44 @@ async fn dispatcher_egress_values_become_the_operators_flags() {
     ns.delete(&client).await.unwrap();
 }
 
+/// `operator.watchSecrets` is the one value that adds list and watch on Secrets
+/// (the operator's Secret metadata watch); the default leaves both out and sets
+/// neither the flag nor a resync.
+#[tokio::test]
+async fn watch_secrets_adds_list_and_watch_on_secrets_and_the_operators_flag() {
+    let client = cluster::client().await.unwrap();
+    let ns = TestNamespace::create(&client, "chart").await.unwrap();
+    let secret_verbs = |objects: &[Value]| {
+        let role = find(objects, "ClusterRole", "fan-fanout-operator");
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["resources"] == serde_json::json!(["secrets"]))
+            .map(|r| r["verbs"].clone())
+            .collect::<Vec<_>>()
+    };
+    let defaults = render_and_dry_run("fan", &ns.name, &[]);
+    assert_eq!(secret_verbs(&defaults), [serde_json::json!(["get"])]);
+    let operator = find(&defaults, "Deployment", "fan-fanout-operator");
+    assert!(env(operator, "FANOUT_WATCH_SECRETS").is_none());
+    assert!(env(operator, "FANOUT_GATEWAY_RESYNC").is_none());
+
+    let watching = render_and_dry_run(
+        "fan",
+        &ns.name,
+        &["operator.watchSecrets=true", "operator.gatewayResync=10m"],
+    );
+    assert_eq!(
+        secret_verbs(&watching),
+        [serde_json::json!(["get", "list", "watch"])]
+    );
+    let operator = find(&watching, "Deployment", "fan-fanout-operator");
+    assert_eq!(env_value(operator, "FANOUT_WATCH_SECRETS"), "true");
+    assert_eq!(env_value(operator, "FANOUT_GATEWAY_RESYNC"), "10m");
+    ns.delete(&client).await.unwrap();
+}
+
 #[tokio::test]
 async fn tracing_values_reach_the_gateway_and_through_the_operator_the_dispatchers() {
     let client = cluster::client().await.unwrap();
