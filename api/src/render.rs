@@ -1,39 +1,37 @@
 //! Renders a `FanOutRoute` and the `ApiTarget`s it references into what runs it:
 //! the dispatcher configuration and the JetStream objects. Pure: no client, no I/O,
 //! so the operator and `fanout standalone` share it and tests need nothing running.
+//!
+//! [`render`] runs these steps, each failing with a [`RenderError`] that names the
+//! part of the spec at fault: the route's identity and subjects; the stream windows
+//! and history limits (`settings`); each target ([`target`]: policy, expressions,
+//! filters, ordering, credentials from [`credentials`]); the streams ([`streams`]);
+//! the gateway's entry ([`gateway_route`]); and the dispatcher configuration.
+
+mod credentials;
+mod streams;
+mod target;
 
 use std::path::{Path, PathBuf};
 
 use fanout_config::expiry::Expiry;
 use fanout_config::gateway::GatewayRoute;
 use fanout_config::history::HistoryConfig;
-use fanout_config::jetstream::{ConsumerPlan, RouteStreams, Storage, StreamPlan};
-use fanout_config::names::{RouteKey, subject_pattern_within, subject_patterns_collide};
+use fanout_config::jetstream::RouteStreams;
+use fanout_config::names::{RouteKey, subject_patterns_collide};
 use fanout_config::policy::defaults;
-use fanout_config::route::{
-    BasicCredentials, ClientCertificateFiles, Credentials, Filter, HeaderCredential,
-    OAuth2Credentials, Ordering, OrderingKey, RouteConfig, TargetConfig, TlsFiles,
-};
-use fanout_config::{DeliveryPolicy, Duration};
+use fanout_config::route::{RouteConfig, TargetConfig};
 
 use crate::expressions::{self, ExpressionError};
-use crate::policy::{AuthSpec, CaBundle, SecretKeyRef};
-use crate::route::{FanOutRoute, OrderingSpec, RetentionSpec, StorageKind};
-use crate::settings::{self, SettingsError, StreamWindows};
+use crate::policy::SecretKeyRef;
+use crate::route::{FanOutRoute, FanOutRouteSpec, SourceSpec};
+use crate::settings::{self, SettingsError};
 use crate::target::ApiTarget;
 
-/// Slack added to a target's timeout for the consumer's ack wait, covering the time
-/// between fetching an event and starting its request, and the dead-letter publish.
-/// Longer waits (circuit open, rate limit) send progress acks, so this stays short:
-/// it is also how long an event held by a crashed dispatcher waits for redelivery.
-const ACK_WAIT_SLACK: Duration = Duration::from_secs(5);
-
-/// Added to an ordered target's ack wait for how long its consumer keeps the pin of
-/// a dispatcher that stopped pulling: the dispatcher renews its pull every few
-/// seconds (a pull expires after 5s), and by the time the pin moves, every event
-/// the old dispatcher held must be due for redelivery (see the dispatcher's
-/// `ordering` module).
-const TAKEOVER_SLACK: Duration = Duration::from_secs(15);
+pub use credentials::secret_keys;
+// Named by the tests below, which predate the split into steps.
+#[cfg(test)]
+use {crate::route::OrderingSpec, fanout_config::route::OrderingKey};
 
 /// Everything a route turns into.
 #[derive(Clone, Debug, PartialEq)]
@@ -94,7 +92,6 @@ pub enum RenderError {
     #[error("targets[{target}].ordering: {problem}")]
     InvalidOrdering { target: String, problem: String },
 }
-
 /// Renders `route`. `api_target` looks up ApiTargets of the route's namespace by name;
 /// `secrets_dir` is where Secret keys are readable as `<secret>/<key>` files (a volume
 /// in a pod, a private directory in standalone mode).
@@ -107,160 +104,76 @@ pub fn render<'a>(
     let key = RouteKey::new(namespace, name);
     let spec = &route.spec;
     let source = spec.source.clone().unwrap_or_default();
-
-    // The gateway's ingest subjects first, then whatever else the user publishes to.
-    // (The user's cannot collide with Fanout's own, which are under `fanout.`.)
-    let mut route_subjects = vec![key.ingest_subjects()];
-    route_subjects.extend(source.subjects.iter().cloned());
-    if let Some((first, second)) = first_overlap(&source.subjects, subject_patterns_collide) {
-        return Err(RenderError::OverlappingSubjects { first, second });
-    }
-    let (stream_windows, dead_letter_windows) =
-        settings::resolve_streams(spec.source.as_ref(), spec.dead_letter.as_ref())?;
-    let history_limits = settings::resolve_history(spec.history.as_ref())?;
+    let route_subjects = route_subjects(&key, &source)?;
+    let windows = settings::resolve_streams(spec.source.as_ref(), spec.dead_letter.as_ref())?;
+    let history = settings::resolve_history(spec.history.as_ref())?;
 
     let mut targets = Vec::with_capacity(spec.targets.len());
     let mut consumers = Vec::with_capacity(spec.targets.len());
     for t in &spec.targets {
-        let referenced =
-            api_target(&t.api_target_ref.name).ok_or_else(|| RenderError::MissingApiTarget {
-                target: t.name.clone(),
-                api_target: t.api_target_ref.name.clone(),
-            })?;
-        let policy: DeliveryPolicy = settings::resolve(&referenced.spec, t.overrides.as_ref())
-            .map_err(|source| RenderError::InvalidPolicy {
-                target: t.name.clone(),
-                api_target: t.api_target_ref.name.clone(),
-                source,
-            })?;
-        let auth_header = referenced
-            .spec
-            .auth
-            .as_ref()
-            .and_then(|a| a.header.as_ref());
-        let checked =
-            expressions::check(t, auth_header.map(|h| h.name.as_str())).map_err(|source| {
-                RenderError::InvalidExpression {
-                    target: t.name.clone(),
-                    source,
-                }
-            })?;
-        let filter = t.filter.clone().unwrap_or_default();
-        if let Some((first, second)) = first_overlap(&filter.subjects, subject_pattern_within) {
-            return Err(RenderError::OverlappingFilters {
-                target: t.name.clone(),
-                first,
-                second,
-            });
-        }
-        for subject in &filter.subjects {
-            if !route_subjects
-                .iter()
-                .any(|r| subject_pattern_within(subject, r))
-            {
-                return Err(RenderError::FilterOutsideRoute {
-                    target: t.name.clone(),
-                    subject: subject.clone(),
-                    route_subjects: route_subjects.clone(),
-                });
-            }
-        }
-
-        // Subject filters run in JetStream (the consumer never sees other events);
-        // header filters run in the dispatcher. The redrive subject is always added,
-        // so each consumer sees its own redrives and never another target's.
-        let mut filter_subjects = if filter.subjects.is_empty() {
-            route_subjects.clone()
-        } else {
-            filter.subjects.clone()
-        };
-        filter_subjects.push(key.redrive_subject(&t.name));
-        // At most what JetStream can read; only a timeout of centuries comes near.
-        let ack_wait =
-            Duration::from(policy.timeout.as_std() + ACK_WAIT_SLACK.as_std()).min(Duration::MAX);
-        let ordering = t
-            .ordering
-            .as_ref()
-            .map(|o| ordering(o, ack_wait))
-            .transpose()
-            .map_err(|problem| RenderError::InvalidOrdering {
-                target: t.name.clone(),
-                problem,
-            })?;
-        consumers.push(ConsumerPlan {
-            name: key.consumer(&t.name),
-            filter_subjects,
-            ack_wait,
-            // Events waiting behind the head of their key are in hand too.
-            max_ack_pending: i64::from(policy.max_in_flight)
-                + ordering.as_ref().map_or(0, |o| i64::from(o.max_waiting)),
-            pinned: ordering.as_ref().map(|o| o.takeover_after),
-        });
-
-        targets.push(TargetConfig {
-            name: t.name.clone(),
-            consumer: key.consumer(&t.name),
-            dead_letter_subject: key.dead_letter_subject(&t.name),
-            filter: Filter {
-                subjects: filter.subjects,
-                headers: filter.headers,
-                cel: checked.filter,
-            },
-            transform: checked.transform,
-            credentials: credentials(referenced.spec.auth.as_ref(), secrets_dir),
-            policy,
-            ordering,
-        });
+        let (target, consumer) =
+            target::render(&key, t, &api_target, &route_subjects, secrets_dir)?;
+        targets.push(target);
+        consumers.push(consumer);
     }
 
-    let dead_letter = spec.dead_letter.clone().unwrap_or_default();
-    let dead_letter_enabled = dead_letter.enabled.unwrap_or(true);
-    let storage = match source.storage.unwrap_or_default() {
-        StorageKind::File => Storage::File,
-        StorageKind::Memory => Storage::Memory,
-    };
-    let replicas = source.replicas.unwrap_or(1);
-    let stream = stream_plan(
-        key.stream(),
-        route_subjects
-            .into_iter()
-            .chain([key.redrive_subjects()])
-            .collect(),
-        source.retention.as_ref(),
-        stream_windows,
-        (storage, replicas),
+    let streams = streams::plan(
+        &key,
+        spec,
+        &source,
+        route_subjects,
+        windows,
+        history,
+        consumers,
     );
-    let expiry = Expiry::new(stream.max_age);
-    let dead_letter_stream = dead_letter_enabled.then(|| {
-        stream_plan(
-            key.dead_letter_stream(),
-            vec![key.dead_letter_subjects()],
-            dead_letter.retention.as_ref(),
-            dead_letter_windows,
-            // Dead letters are the last copy of an event: always on disk.
-            (Storage::File, replicas),
-        )
-    });
+    let gateway = gateway_route(route, |_, t| secrets_dir.join(&t.name).join(&t.key))?;
+    Ok(Rendered {
+        gateway,
+        config: route_config(namespace, name, spec, &streams, targets),
+        streams,
+    })
+}
 
-    let history = history_limits.map(|limits| StreamPlan {
-        name: key.attempts_stream(),
-        subjects: vec![key.attempts_subjects()],
-        max_age: limits.windows.max_age,
-        max_bytes: Some(limits.max_bytes),
-        max_messages: None,
-        // The route's choice: a memory route's history need not outlive NATS either.
-        storage,
-        replicas,
-        duplicate_window: limits.windows.duplicate_window,
-        // A bounded log: when full, the oldest records make room.
-        discard_old: true,
-    });
+/// The subjects the route's stream takes: the gateway's ingest subjects first, then
+/// whatever else the user publishes to. (The user's cannot collide with Fanout's
+/// own, which are under `fanout.`; JetStream refuses a stream whose subjects could
+/// match the same event.)
+fn route_subjects(key: &RouteKey, source: &SourceSpec) -> Result<Vec<String>, RenderError> {
+    if let Some((first, second)) = first_overlap(&source.subjects, subject_patterns_collide) {
+        return Err(RenderError::OverlappingSubjects { first, second });
+    }
+    let mut subjects = vec![key.ingest_subjects()];
+    subjects.extend(source.subjects.iter().cloned());
+    Ok(subjects)
+}
 
-    // The replicas a pod assumes share a rate limit until it has counted those that
-    // run: with autoscaling the most there can be, so that a route never starts
-    // above a target's limit.
-    let dispatcher_replicas = spec
-        .dispatcher
+/// What the dispatcher pods of the route run.
+fn route_config(
+    namespace: &str,
+    name: &str,
+    spec: &FanOutRouteSpec,
+    streams: &RouteStreams,
+    targets: Vec<TargetConfig>,
+) -> RouteConfig {
+    RouteConfig {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        stream: streams.stream.name.clone(),
+        dead_letter_stream: streams.dead_letter.as_ref().map(|s| s.name.clone()),
+        replicas: u32::try_from(dispatcher_replicas(spec)).unwrap_or(0).max(1),
+        expiry: Expiry::new(streams.stream.max_age),
+        history: streams.history.as_ref().map(|h| HistoryConfig {
+            stream: h.name.clone(),
+        }),
+        targets,
+    }
+}
+
+/// The replicas a pod assumes share a rate limit until it has counted those that
+/// run: with autoscaling the most there can be, so that a route never starts above a
+/// target's limit.
+fn dispatcher_replicas(spec: &FanOutRouteSpec) -> i32 {
+    spec.dispatcher
         .as_ref()
         .and_then(|d| {
             d.autoscaling
@@ -268,29 +181,7 @@ pub fn render<'a>(
                 .map(|a| a.max_replicas)
                 .or(d.replicas)
         })
-        .unwrap_or(defaults::DISPATCHER_REPLICAS);
-    let gateway = gateway_route(route, |_, t| secrets_dir.join(&t.name).join(&t.key))?;
-    Ok(Rendered {
-        gateway,
-        config: RouteConfig {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            stream: stream.name.clone(),
-            dead_letter_stream: dead_letter_stream.as_ref().map(|s| s.name.clone()),
-            replicas: u32::try_from(dispatcher_replicas).unwrap_or(0).max(1),
-            expiry,
-            history: history.as_ref().map(|h| HistoryConfig {
-                stream: h.name.clone(),
-            }),
-            targets,
-        },
-        streams: RouteStreams {
-            stream,
-            dead_letter: dead_letter_stream,
-            consumers,
-            history,
-        },
-    })
+        .unwrap_or(defaults::DISPATCHER_REPLICAS)
 }
 
 /// What the gateway needs to accept events for `route`. `token_file` says where the
@@ -317,46 +208,6 @@ pub fn gateway_route(
             .collect(),
         allow_unauthenticated: gateway.allow_unauthenticated.unwrap_or(false),
         forward_headers: filter_headers(route),
-    })
-}
-
-/// The effective ordering of a route target whose consumer's ack wait is `ack_wait`;
-/// the problem, when the spec (which may not have passed an apiserver) cannot work.
-fn ordering(spec: &OrderingSpec, ack_wait: Duration) -> Result<Ordering, String> {
-    let key = match (
-        &spec.key.header,
-        spec.key.partition_key.unwrap_or(false),
-        &spec.key.cel,
-    ) {
-        (Some(header), false, None) => {
-            let lower = header.to_ascii_lowercase();
-            let token = !header.is_empty()
-                && header.len() <= 128
-                && header
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "!#$%&*+.^_|~-".contains(c));
-            if !token
-                || ["authorization", "proxy-authorization", "cookie"].contains(&lower.as_str())
-            {
-                return Err(format!("key.header: {}", crate::rules::ORDERING_KEY_HEADER));
-            }
-            OrderingKey::Header(header.clone())
-        }
-        (None, true, None) => OrderingKey::PartitionKey,
-        // Compiled with the target's other expressions (`expressions::check`).
-        (None, false, Some(cel)) => OrderingKey::Cel(cel.clone()),
-        _ => return Err(format!("key: {}", crate::rules::ORDERING_KEY_ONE_SOURCE)),
-    };
-    let max_waiting = spec.max_waiting.unwrap_or(defaults::ORDERING_MAX_WAITING);
-    if max_waiting == 0 {
-        return Err("maxWaiting: must be at least 1".into());
-    }
-    Ok(Ordering {
-        key,
-        after_dead_letter: spec.after_dead_letter.unwrap_or_default(),
-        max_waiting,
-        takeover_after: Duration::from(ack_wait.as_std() + TAKEOVER_SLACK.as_std())
-            .min(Duration::MAX),
     })
 }
 
@@ -398,26 +249,6 @@ fn identity(route: &FanOutRoute) -> Result<(&str, &str), RenderError> {
     ))
 }
 
-fn stream_plan(
-    name: String,
-    subjects: Vec<String>,
-    retention: Option<&RetentionSpec>,
-    windows: StreamWindows,
-    (storage, replicas): (Storage, u8),
-) -> StreamPlan {
-    StreamPlan {
-        name,
-        subjects,
-        max_age: windows.max_age,
-        max_bytes: retention.and_then(|r| r.max_bytes),
-        max_messages: retention.and_then(|r| r.max_messages),
-        storage,
-        replicas,
-        duplicate_window: windows.duplicate_window,
-        discard_old: false,
-    }
-}
-
 /// The first pair (in list order) of entries at different positions for which
 /// `overlap` holds either way round; a repeated entry overlaps itself.
 fn first_overlap(
@@ -430,137 +261,6 @@ fn first_overlap(
             .find(|b| overlap(a, b) || overlap(b, a))
             .map(|b| (a.clone(), b.clone()))
     })
-}
-
-fn credentials(auth: Option<&AuthSpec>, secrets_dir: &Path) -> Credentials {
-    let Some(auth) = auth else {
-        return Credentials::default();
-    };
-    let file = |(secret, key): (String, String)| secrets_dir.join(secret).join(key);
-    let keys = AuthKeys::of(auth);
-    Credentials {
-        bearer_token_file: keys.bearer.map(file),
-        basic: keys.basic.map(|(user, password)| BasicCredentials {
-            username_file: file(user),
-            password_file: file(password),
-        }),
-        oauth2: auth
-            .oauth2
-            .as_ref()
-            .zip(keys.oauth2)
-            .map(|(o, (id, secret))| OAuth2Credentials {
-                token_url: o.token_url.clone(),
-                client_id_file: file(id),
-                client_secret_file: file(secret),
-                scopes: o.scopes.clone(),
-                audience: o.audience.clone(),
-                client_authentication: o.client_authentication.unwrap_or_default(),
-                ca_bundle_file: keys.oauth2_ca.map(file),
-            }),
-        header: auth
-            .header
-            .as_ref()
-            .zip(keys.header)
-            .map(|(h, value)| HeaderCredential {
-                name: h.name.clone(),
-                value_file: file(value),
-            }),
-        tls: auth.tls.as_ref().map(|_| TlsFiles {
-            client_certificate: keys.client_certificate.map(|(certificate, key)| {
-                ClientCertificateFiles {
-                    certificate_file: file(certificate),
-                    private_key_file: file(key),
-                }
-            }),
-            ca_bundle_file: keys.ca_bundle.map(file),
-        }),
-        signing_secret_file: keys.signing.map(file),
-    }
-}
-
-/// A Secret's name and one of its keys.
-type Key = (String, String);
-
-/// Every Secret key an `AuthSpec` refers to, the documented default key names
-/// applied: one place, so that what is mounted, checked and rendered agrees.
-#[derive(Default)]
-struct AuthKeys {
-    bearer: Option<Key>,
-    /// Username, password.
-    basic: Option<(Key, Key)>,
-    /// Client id, client secret.
-    oauth2: Option<(Key, Key)>,
-    oauth2_ca: Option<Key>,
-    header: Option<Key>,
-    /// Certificate, private key.
-    client_certificate: Option<(Key, Key)>,
-    ca_bundle: Option<Key>,
-    signing: Option<Key>,
-}
-
-impl AuthKeys {
-    fn of(auth: &AuthSpec) -> AuthKeys {
-        let key = |secret: &str, key: Option<&String>, default: &str| {
-            (
-                secret.to_string(),
-                key.map_or_else(|| default.to_string(), String::clone),
-            )
-        };
-        let given = |r: &SecretKeyRef| (r.name.clone(), r.key.clone());
-        let ca = |b: &CaBundle| key(&b.secret_ref.name, b.key.as_ref(), "ca.crt");
-        let tls = auth.tls.as_ref();
-        AuthKeys {
-            bearer: auth.bearer.as_ref().map(|b| given(&b.secret_ref)),
-            basic: auth.basic.as_ref().map(|b| {
-                let name = &b.secret_ref.name;
-                (
-                    key(name, b.username_key.as_ref(), "username"),
-                    key(name, b.password_key.as_ref(), "password"),
-                )
-            }),
-            oauth2: auth.oauth2.as_ref().map(|o| {
-                let name = &o.secret_ref.name;
-                (
-                    key(name, o.client_id_key.as_ref(), "client-id"),
-                    key(name, o.client_secret_key.as_ref(), "client-secret"),
-                )
-            }),
-            oauth2_ca: auth
-                .oauth2
-                .as_ref()
-                .and_then(|o| o.ca_bundle.as_ref())
-                .map(ca),
-            header: auth.header.as_ref().map(|h| given(&h.secret_ref)),
-            client_certificate: tls.and_then(|t| t.client_certificate.as_ref()).map(|c| {
-                let name = &c.secret_ref.name;
-                (
-                    key(name, c.certificate_key.as_ref(), "tls.crt"),
-                    key(name, c.private_key_key.as_ref(), "tls.key"),
-                )
-            }),
-            ca_bundle: tls.and_then(|t| t.ca_bundle.as_ref()).map(ca),
-            signing: auth.signing.as_ref().map(|s| given(&s.secret_ref)),
-        }
-    }
-
-    fn all(self) -> Vec<Key> {
-        let pair = |p: Option<(Key, Key)>| p.into_iter().flat_map(|(a, b)| [a, b]);
-        let mut keys = Vec::new();
-        keys.extend(self.bearer);
-        keys.extend(pair(self.basic));
-        keys.extend(pair(self.oauth2));
-        keys.extend(self.oauth2_ca);
-        keys.extend(self.header);
-        keys.extend(pair(self.client_certificate));
-        keys.extend(self.ca_bundle);
-        keys.extend(self.signing);
-        keys
-    }
-}
-
-/// The Secrets (name, key) an ApiTarget needs, for mounting and for readiness checks.
-pub fn secret_keys(auth: Option<&AuthSpec>) -> Vec<(String, String)> {
-    auth.map(|a| AuthKeys::of(a).all()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -4,6 +4,11 @@
 //! Secret does, so that an edit rolls the pods. The pods get the platform's egress
 //! policy and the apiserver's addresses to refuse. Pure: built from the route, its
 //! rendering and the operator's settings, applied by the route controller.
+//!
+//! [`build`] names each object's builder; the pod they run is built in [`pod`]
+//! (container, environment, volumes, security).
+
+mod pod;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -11,22 +16,19 @@ use std::net::IpAddr;
 use fanout_api::FanOutRoute;
 use fanout_api::names::RouteKey;
 use fanout_api::render::Rendered;
-use fanout_api::route::ImagePullPolicy;
 use fanout_config::egress::Entry;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
-    SecurityContext, ServiceAccount, Volume, VolumeMount, VolumeProjection,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, PodTemplateSpec, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
+
+// Named by the tests below, which predate the pod builders' own module.
+#[cfg(test)]
+use fanout_api::route::ImagePullPolicy;
 
 /// Where dispatcher pods find their configuration and Secrets. The rendering uses
 /// `SECRETS_DIR` for credential file paths, so the two must agree.
@@ -155,192 +157,55 @@ pub fn build(
         owner_references: Some(vec![owner]),
         ..ObjectMeta::default()
     };
-
     let config_yaml = serde_yaml_ng::to_string(&rendered.config).map_err(BuildError::Serialize)?;
+    let config_hash = config_hash(&config_yaml, secret_versions);
+    let dispatcher = route.spec.dispatcher.clone().unwrap_or_default();
+    let pod = pod::spec(&name, dispatcher, secrets, settings, apiserver);
+    Ok(DispatcherObjects {
+        service_account: service_account(meta.clone()),
+        config_map: config_map(meta.clone(), config_yaml),
+        deployment: deployment(meta, labels, replicas, config_hash, pod),
+    })
+}
+
+/// The pod template's [`CONFIG_HASH_ANNOTATION`]: the configuration and the
+/// referenced Secrets' versions, so that a change of either rolls the pods.
+fn config_hash(config_yaml: &str, secret_versions: &BTreeMap<String, String>) -> String {
     let mut hash = Sha256::new();
     hash.update(config_yaml.as_bytes());
     for (secret, version) in secret_versions {
         hash.update(format!("\n{secret}={version}"));
     }
-    let config_hash = format!("{:x}", hash.finalize());
+    format!("{:x}", hash.finalize())
+}
 
-    let service_account = ServiceAccount {
-        metadata: meta.clone(),
+fn service_account(meta: ObjectMeta) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta,
         // Dispatchers talk to NATS and the targets only.
         automount_service_account_token: Some(false),
         ..ServiceAccount::default()
-    };
-    let config_map = ConfigMap {
-        metadata: meta.clone(),
+    }
+}
+
+fn config_map(meta: ObjectMeta, config_yaml: String) -> ConfigMap {
+    ConfigMap {
+        metadata: meta,
         data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), config_yaml)])),
         ..ConfigMap::default()
-    };
+    }
+}
 
-    let dispatcher = route.spec.dispatcher.clone().unwrap_or_default();
-    let image = dispatcher.image.unwrap_or_else(|| settings.image.clone());
-    let pull_policy = match dispatcher.image_pull_policy {
-        Some(ImagePullPolicy::Always) => "Always".to_string(),
-        Some(ImagePullPolicy::IfNotPresent) => "IfNotPresent".to_string(),
-        Some(ImagePullPolicy::Never) => "Never".to_string(),
-        None => settings.image_pull_policy.clone(),
-    };
-    let mut volumes = vec![Volume {
-        name: "config".into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: name.clone(),
-            ..ConfigMapVolumeSource::default()
-        }),
-        ..Volume::default()
-    }];
-    let mut mounts = vec![VolumeMount {
-        name: "config".into(),
-        mount_path: CONFIG_DIR.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    }];
-    if !secrets.is_empty() {
-        // One projected volume lays every key out as <secret>/<key>, the paths the
-        // rendered configuration names.
-        volumes.push(Volume {
-            name: "secrets".into(),
-            projected: Some(ProjectedVolumeSource {
-                default_mode: Some(0o440),
-                sources: Some(
-                    secrets
-                        .iter()
-                        .map(|(secret, keys)| VolumeProjection {
-                            secret: Some(SecretProjection {
-                                name: secret.clone(),
-                                items: Some(
-                                    keys.iter()
-                                        .map(|k| KeyToPath {
-                                            key: k.clone(),
-                                            path: format!("{secret}/{k}"),
-                                            mode: None,
-                                        })
-                                        .collect(),
-                                ),
-                                optional: Some(false),
-                            }),
-                            ..VolumeProjection::default()
-                        })
-                        .collect(),
-                ),
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "secrets".into(),
-            mount_path: SECRETS_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
-
-    let probe = |path: &str, period: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("metrics".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        ..Probe::default()
-    };
-    let env = |name: &str, value: &str| EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        value_from: None,
-    };
-    let mut env_vars = vec![
-        env(
-            "FANOUT_DISPATCH_CONFIG",
-            &format!("{CONFIG_DIR}/{CONFIG_KEY}"),
-        ),
-        env("FANOUT_NATS_URL", &settings.nats_url),
-        env("FANOUT_LISTEN", &format!("0.0.0.0:{METRICS_PORT}")),
-        env("FANOUT_LOG", &settings.log),
-        env("FANOUT_LOG_FORMAT", &settings.log_format),
-        EnvVar {
-            name: "FANOUT_POD_NAME".into(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    api_version: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
-    ];
-    if let Some(auth) = &settings.nats_auth {
-        let (name, file) = auth.env();
-        env_vars.push(env(name, &file));
-    }
-    if let Some(secret) = &settings.nats_ca_secret {
-        let file = format!("{SECRETS_DIR}/{secret}/{NATS_CA_KEY}");
-        env_vars.push(env("FANOUT_NATS_CA_FILE", &file));
-    }
-    // The egress policy (the dispatcher's `--egress-*` flags). Only what is set: an
-    // empty value would not parse.
-    let list = |items: Vec<String>| items.join(",");
-    for (name, value) in [
-        (
-            "FANOUT_EGRESS_APISERVER",
-            list(apiserver.iter().map(IpAddr::to_string).collect()),
-        ),
-        (
-            "FANOUT_EGRESS_DENY",
-            list(settings.egress_deny.iter().map(Entry::to_string).collect()),
-        ),
-        (
-            "FANOUT_EGRESS_ALLOW",
-            list(settings.egress_allow.iter().map(Entry::to_string).collect()),
-        ),
-    ] {
-        if !value.is_empty() {
-            env_vars.push(env(name, &value));
-        }
-    }
-    if let Some(otlp) = &settings.otlp {
-        env_vars.push(env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint));
-        env_vars.push(env(
-            "FANOUT_OTLP_SAMPLING_RATIO",
-            &otlp.sampling_ratio.to_string(),
-        ));
-        if let Some(secret) = &otlp.headers_secret {
-            let file = format!("{SECRETS_DIR}/{secret}/{OTLP_HEADERS_KEY}");
-            env_vars.push(env("FANOUT_OTLP_HEADERS_FILE", &file));
-        }
-    }
-    let container = Container {
-        name: "dispatcher".into(),
-        image: Some(image),
-        image_pull_policy: Some(pull_policy),
-        args: Some(vec!["dispatch".into()]),
-        env: Some(env_vars),
-        ports: Some(vec![ContainerPort {
-            name: Some("metrics".into()),
-            container_port: METRICS_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        readiness_probe: Some(probe("/readyz", 5)),
-        liveness_probe: Some(probe("/healthz", 10)),
-        resources: Some(dispatcher.resources.unwrap_or_else(default_resources)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: Some(mounts),
-        ..Container::default()
-    };
-
-    let deployment = Deployment {
+/// `replicas` pods of `pod`, selected by `labels`, whose template carries
+/// `config_hash`.
+fn deployment(
+    meta: ObjectMeta,
+    labels: BTreeMap<String, String>,
+    replicas: i32,
+    config_hash: String,
+    pod: PodSpec,
+) -> Deployment {
+    Deployment {
         metadata: meta,
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
@@ -366,39 +231,12 @@ pub fn build(
                     )])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(name),
-                    automount_service_account_token: Some(false),
-                    // The dispatcher's shutdown grace (25 s) plus time to flush acks.
-                    termination_grace_period_seconds: Some(35),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(DISPATCHER_UID),
-                        run_as_group: Some(DISPATCHER_UID),
-                        // Secret files are mode 0440 and owned by root unless the
-                        // kubelet gives them this group: without it the dispatcher
-                        // cannot read a target's credentials and crash-loops.
-                        fs_group: Some(DISPATCHER_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod),
             },
             ..DeploymentSpec::default()
         }),
         status: None,
-    };
-    Ok(DispatcherObjects {
-        service_account,
-        config_map,
-        deployment,
-    })
+    }
 }
 
 /// Labels of every dispatcher object of a route; also the Deployment's selector.
@@ -412,22 +250,6 @@ pub fn labels(route: &str) -> BTreeMap<String, String> {
         ),
         (ROUTE_LABEL.into(), route.into()),
     ])
-}
-
-/// A small request that lets a dispatcher start anywhere, a limit with room for
-/// bursts (docs/capacity.md says what a target rate needs).
-fn default_resources() -> ResourceRequirements {
-    ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".into(), Quantity("100m".into())),
-            ("memory".into(), Quantity("64Mi".into())),
-        ])),
-        limits: Some(BTreeMap::from([(
-            "memory".into(),
-            Quantity("256Mi".into()),
-        )])),
-        ..ResourceRequirements::default()
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! resources into running delivery.
 //!
 //! - [`route_controller`]: a route -> JetStream streams and consumers, the
-//!   dispatcher's ConfigMap, ServiceAccount and Deployment, a finalizer, status.
+//!   dispatcher's ConfigMap, ServiceAccount and Deployment, a finalizer, status; a
+//!   pipeline of steps (dereference, validate, provision, scale, build, apply,
+//!   observe, report), a module each.
 //! - [`route_status`]: how a route's status and conditions are computed.
 //! - [`dispatcher_objects`]: the Kubernetes objects of a route's dispatchers, and
 //!   [`ownership`]: which existing ones the route may change;
