@@ -489,14 +489,15 @@ spec:
     );
     assert!(out.contains("billing-client-tls/tls.crt"), "{out}");
 
-    // The CRD's rules, restated: a token URL that would carry the secret in clear.
+    // The CRD's own rule, as the apiserver words it: a token URL that would carry the
+    // secret in clear.
     let http_token_url = oauth2_secret()
         + &target(
             "    oauth2: {tokenUrl: 'http://idp.example.com/token', secretRef: {name: crm-oauth}}",
         );
     let out = refused_at_start(&http_token_url);
     assert!(
-        out.contains("ApiTarget shop/billing: spec.auth.oauth2.tokenUrl: tokenUrl must be an absolute https:// URL"),
+        out.contains("(ApiTarget billing) is invalid:\n* spec.auth.oauth2.tokenUrl: Invalid value: \"string\": tokenUrl must be an absolute https:// URL"),
         "{out}"
     );
     assert!(!out.contains(CLIENT_SECRET), "{out}");
