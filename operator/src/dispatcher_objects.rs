@@ -253,7 +253,7 @@ pub fn labels(route: &str) -> BTreeMap<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
 
     use fanout_api::route::{ApiTargetRef, AutoscalingSpec, DispatcherSpec, RouteTargetSpec};
@@ -261,7 +261,8 @@ mod tests {
 
     use super::*;
 
-    fn route(dispatcher: Option<DispatcherSpec>) -> FanOutRoute {
+    /// Route `shop/orders` with one target, `crm`, and these dispatcher settings.
+    pub(crate) fn route(dispatcher: Option<DispatcherSpec>) -> FanOutRoute {
         let mut r = FanOutRoute::new(
             "orders",
             FanOutRouteSpec {

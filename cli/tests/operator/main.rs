@@ -24,7 +24,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use fanout_api::{ApiTarget, FanOutRoute};
 use fanout_config::RouteConfig;
-use fanout_config::gateway::GatewayConfig;
 use fanout_testkit::cluster;
 use fanout_testkit::prometheus;
 use fanout_testkit::target::{Reply, TargetServer};

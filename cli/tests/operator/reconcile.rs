@@ -161,15 +161,7 @@ async fn a_route_becomes_streams_consumers_and_dispatcher_objects_and_follows_ed
 
     // The gateway's routes and token copy.
     let gateway = wait::until("the gateway ConfigMap", T, || async {
-        let cm = env
-            .api::<ConfigMap>()
-            .get_opt("fanout-gateway")
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("absent")?;
-        let config: GatewayConfig =
-            serde_yaml_ng::from_str(&cm.data.unwrap_or_default()["gateway.yaml"])
-                .map_err(|e| e.to_string())?;
+        let config = env.gateway_config().await?;
         if config.routes.is_empty() {
             Err("no routes".to_string())
         } else {
@@ -279,14 +271,7 @@ async fn a_route_becomes_streams_consumers_and_dispatcher_objects_and_follows_ed
         "history stream deleted"
     );
     wait::until("the gateway to drop the route", T, || async {
-        let cm = env
-            .api::<ConfigMap>()
-            .get("fanout-gateway")
-            .await
-            .map_err(|e| e.to_string())?;
-        let config: GatewayConfig =
-            serde_yaml_ng::from_str(&cm.data.unwrap_or_default()["gateway.yaml"])
-                .map_err(|e| e.to_string())?;
+        let config = env.gateway_config().await?;
         if config.routes.is_empty() {
             Ok(())
         } else {
@@ -576,18 +561,7 @@ async fn the_gateway_follows_new_routes_and_rotated_tokens_by_watch_events() {
             .ok_or("absent")?;
         Ok::<_, String>(secret.data.unwrap_or_default())
     };
-    let routes = || async {
-        let cm = env
-            .api::<ConfigMap>()
-            .get_opt("fanout-gateway")
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("absent")?;
-        let config: GatewayConfig =
-            serde_yaml_ng::from_str(&cm.data.unwrap_or_default()["gateway.yaml"])
-                .map_err(|e| e.to_string())?;
-        Ok::<_, String>(config.routes.len())
-    };
+    let routes = || async { Ok::<_, String>(env.gateway_config().await?.routes.len()) };
     // The first write happens once the caches have synced, with no route yet.
     env.apply(&target_yaml("inventory", "http://127.0.0.1:9/in", ""));
     wait::until("the gateway's first (empty) route list", T, || async {

@@ -136,6 +136,20 @@ impl Env {
         RouteKey::new(&self.ns.name, route)
     }
 
+    /// The gateway's route list as the operator last wrote it (`gateway.yaml` of the
+    /// `fanout-gateway` ConfigMap in the test namespace).
+    pub async fn gateway_config(&self) -> Result<fanout_config::gateway::GatewayConfig, String> {
+        let cm = self
+            .api::<ConfigMap>()
+            .get_opt("fanout-gateway")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("absent")?;
+        let data = cm.data.unwrap_or_default();
+        let yaml = data.get("gateway.yaml").ok_or("no gateway.yaml")?;
+        serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
+    }
+
     /// `kubectl -n <namespace> <args>`; its stdout.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let mut full = vec!["-n", self.ns.name.as_str()];

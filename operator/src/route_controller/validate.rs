@@ -83,35 +83,15 @@ fn image(route: &FanOutRoute, images: &ImagePolicy) -> Result<(), Invalid> {
 
 #[cfg(test)]
 mod tests {
-    use fanout_api::FanOutRouteSpec;
-    use fanout_api::route::{ApiTargetRef, DispatcherSpec, RouteTargetSpec};
+    use fanout_api::route::DispatcherSpec;
 
     use super::*;
 
     fn orders(image: Option<&str>) -> FanOutRoute {
-        let mut r = FanOutRoute::new(
-            "orders",
-            FanOutRouteSpec {
-                source: None,
-                targets: vec![RouteTargetSpec {
-                    name: "crm".into(),
-                    api_target_ref: ApiTargetRef { name: "crm".into() },
-                    filter: None,
-                    transform: None,
-                    overrides: None,
-                    ordering: None,
-                }],
-                dead_letter: None,
-                dispatcher: Some(DispatcherSpec {
-                    image: image.map(str::to_string),
-                    ..DispatcherSpec::default()
-                }),
-                gateway: None,
-                history: None,
-            },
-        );
-        r.metadata.namespace = Some("shop".into());
-        r
+        crate::dispatcher_objects::tests::route(Some(DispatcherSpec {
+            image: image.map(str::to_string),
+            ..DispatcherSpec::default()
+        }))
     }
 
     fn crm() -> ApiTargets {
