@@ -79,7 +79,7 @@ async fn dispatcher_pods_refuse_the_apiserver_and_a_refused_target_shows_in_stat
         .unwrap()
         .parse()
         .unwrap();
-    let _operator = env.operator_with(&[
+    let operator = env.operator_with(&[
         "--dispatcher-egress-deny",
         "10.0.0.0/8,evil.example",
         "--dispatcher-egress-allow",
@@ -212,19 +212,24 @@ async fn dispatcher_pods_refuse_the_apiserver_and_a_refused_target_shows_in_stat
     })
     .await
     .unwrap();
-    wait::until("the ApiTarget's circuit", T, || async {
+    let shown = wait::until("the ApiTarget's circuit", T, || async {
         let t = env
             .api::<ApiTarget>()
             .get("inventory")
             .await
             .map_err(|e| e.to_string())?;
-        match t.status.and_then(|s| s.circuit) {
+        match t.status.as_ref().and_then(|s| s.circuit) {
             Some(CircuitState::Open) => Ok(()),
-            other => Err(format!("{other:?}")),
+            _ => {
+                let route = env.status("orders").await.map(|s| s.targets);
+                Err(format!("{:?}; the route's targets: {route:?}", t.status))
+            }
         }
     })
-    .await
-    .unwrap();
+    .await;
+    if let Err(e) = shown {
+        panic!("{e}\n{}", operator.diagnosis().await)
+    }
     assert_eq!(target.connections(), 0, "nothing reached the target");
     assert_eq!(status.dead_lettered, Some(0), "the events are kept");
     env.ns.delete(&env.client).await.unwrap();

@@ -138,26 +138,7 @@ async fn rendered_configuration_delivers_and_status_reports_each_targets_health(
     })
     .await;
     if let Err(e) = shown {
-        let log = operator.process.log();
-        let mut start = log.len().saturating_sub(8000);
-        while !log.is_char_boundary(start) {
-            start += 1;
-        }
-        let tail = &log[start..];
-        let reconciles: String = operator
-            .metrics()
-            .await
-            .unwrap_or_else(|e| e)
-            .lines()
-            .filter(|l| {
-                l.starts_with("fanout_operator_reconciles")
-                    || l.starts_with("fanout_operator_errors")
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        panic!(
-            "{e}\n--- the operator's reconciles ---\n{reconciles}\n--- the operator's log, its end ---\n{tail}"
-        )
+        panic!("{e}\n{}", operator.diagnosis().await)
     }
 
     // It recovers: probes succeed, the circuit closes and every event arrives.

@@ -73,6 +73,32 @@ impl Operator {
         let r = http::get(&format!("127.0.0.1:{}", self.port), "/metrics").await?;
         Ok(r.body)
     }
+
+    /// What to print when a test waited in vain for the operator: its reconcile and
+    /// error counters and the end of its log (debug for the operator's own modules).
+    pub async fn diagnosis(&self) -> String {
+        let log = self.process.log();
+        let mut start = log.len().saturating_sub(8000);
+        while !log.is_char_boundary(start) {
+            start += 1;
+        }
+        let reconciles: Vec<String> = self
+            .metrics()
+            .await
+            .unwrap_or_else(|e| e)
+            .lines()
+            .filter(|l| {
+                l.starts_with("fanout_operator_reconciles")
+                    || l.starts_with("fanout_operator_errors")
+            })
+            .map(str::to_string)
+            .collect();
+        format!(
+            "--- the operator's reconciles ---\n{}\n--- the operator's log, its end ---\n{}",
+            reconciles.join("\n"),
+            &log[start..]
+        )
+    }
 }
 
 pub struct Env {
