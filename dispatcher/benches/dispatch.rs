@@ -47,8 +47,18 @@ const SENT_HEADER: &str = "X-Bench-Sent";
 /// The ordering key of each event (used when ordering is on): one of [`KEYS`].
 const KEY_HEADER: &str = "X-Bench-Key";
 const KEYS: usize = 1000;
-/// Concurrent deliveries per target, for both engine and baseline.
-const IN_FLIGHT: usize = 256;
+/// Concurrent deliveries per target, for both engine and baseline:
+/// `FANOUT_BENCH_IN_FLIGHT`, 256 unless set (the product's default `maxInFlight` is 64).
+fn in_flight() -> usize {
+    static IN_FLIGHT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *IN_FLIGHT.get_or_init(|| {
+        std::env::var("FANOUT_BENCH_IN_FLIGHT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(256)
+    })
+}
 
 fn main() {
     // `cargo bench` passes --bench; nothing else is read from the command line.
@@ -240,7 +250,7 @@ impl Child {
                     "--nats-url",
                     nats_url,
                     "--in-flight",
-                    &IN_FLIGHT.to_string(),
+                    &in_flight().to_string(),
                     "--forward-header",
                     SENT_HEADER,
                 ]);
@@ -321,13 +331,14 @@ impl Bench {
             Contender::EngineAdaptive => "  concurrency: {adaptive: true}\n",
             _ => "",
         };
+        let in_flight = in_flight();
         let manifests = format!(
             "apiVersion: fanout.dev/v1alpha1
 kind: ApiTarget
 metadata: {{name: a}}
 spec:
   url: {a}
-  maxInFlight: {IN_FLIGHT}
+  maxInFlight: {in_flight}
 {limit}
 {adaptive}---
 apiVersion: fanout.dev/v1alpha1
@@ -335,7 +346,7 @@ kind: ApiTarget
 metadata: {{name: b}}
 spec:
   url: {b}
-  maxInFlight: {IN_FLIGHT}
+  maxInFlight: {in_flight}
 {limit}
 {adaptive}---
 apiVersion: fanout.dev/v1alpha1
@@ -635,8 +646,9 @@ fn parent() {
         };
         println!();
         println!(
-            "Delivery benchmark{}: {events} events of {BODY_BYTES} B, 2 loopback targets, {} cores; throughput is the median of {rounds} alternating rounds (each round in parentheses)",
+            "Delivery benchmark{}: {events} events of {BODY_BYTES} B, 2 loopback targets, {} in flight per target, {} cores; throughput is the median of {rounds} alternating rounds (each round in parentheses)",
             if settings.short { " (short form)" } else { "" },
+            in_flight(),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         println!();
