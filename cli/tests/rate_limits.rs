@@ -5,8 +5,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
+use fanout_config::names::{HEALTH_BUCKET, RouteKey};
 use fanout_testkit::free_port;
 use fanout_testkit::process::Spawned;
 use fanout_testkit::target::{Received, TargetServer};
@@ -60,6 +62,84 @@ fn dispatcher(route: &ProvisionedRoute, pod: &str) -> Spawned {
     )
 }
 
+/// Waits until each of `pods` has counted the route's dispatchers with all of them
+/// running. A dispatcher writes its health snapshot, then counts the snapshots to
+/// size its share of the rate limit; so once every pod has a snapshot, each pod's
+/// next write is followed by a count that sees them all.
+async fn counted(route: &ProvisionedRoute, pods: &[&str]) {
+    let key = RouteKey::new(&route.config.namespace, &route.config.name);
+    let revisions = || async {
+        // The first dispatcher creates the bucket.
+        let bucket = route
+            .js
+            .get_key_value(HEALTH_BUCKET)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut found = BTreeMap::new();
+        for pod in pods {
+            let entry = bucket
+                .entry(key.health_key("api", pod))
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or(format!("no snapshot of {pod} yet"))?;
+            found.insert(*pod, entry.revision);
+        }
+        Ok::<_, String>(found)
+    };
+    let all_live = wait::until(
+        "a snapshot of every pod",
+        Duration::from_secs(30),
+        revisions,
+    )
+    .await
+    .unwrap();
+    wait::until(
+        "every pod's next snapshot",
+        Duration::from_secs(30),
+        || async {
+            let now = revisions().await?;
+            if now.iter().all(|(pod, revision)| *revision > all_live[pod]) {
+                Ok(())
+            } else {
+                Err(format!("{now:?} against {all_live:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until each of `pods` has delivered at least `events`, as its health
+/// snapshot says.
+async fn delivering(route: &ProvisionedRoute, pods: &[&str], events: u64) {
+    let key = RouteKey::new(&route.config.namespace, &route.config.name);
+    wait::until("every pod delivering", Duration::from_secs(30), || async {
+        let bucket = route
+            .js
+            .get_key_value(HEALTH_BUCKET)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut delivered = BTreeMap::new();
+        for pod in pods {
+            let entry = bucket
+                .get(key.health_key("api", pod))
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or(format!("no snapshot of {pod}"))?;
+            let snapshot: fanout_config::health::HealthSnapshot =
+                serde_json::from_slice(&entry).map_err(|e| e.to_string())?;
+            delivered.insert(*pod, snapshot.delivered);
+        }
+        if delivered.values().all(|d| *d >= events) {
+            Ok(())
+        } else {
+            Err(format!("{delivered:?}"))
+        }
+    })
+    .await
+    .unwrap();
+}
+
 /// Requests per second the target received from request `from` on, over at least
 /// `window`: waits for them.
 async fn rate(target: &TargetServer, from: usize, window: Duration) -> f64 {
@@ -89,17 +169,8 @@ async fn a_targets_rate_limit_holds_for_the_route_with_one_or_three_dispatchers(
 
     // One replica of an autoscaled route (up to 3): once it has counted itself, it
     // takes the whole limit, not a third of it.
-    let started = Instant::now();
     let first = dispatcher(&route, "dispatcher-0");
-    wait::until("the first requests", Duration::from_secs(30), || async {
-        if api.count() > 0 && started.elapsed() > Duration::from_secs(2) {
-            Ok(())
-        } else {
-            Err(format!("{}", api.count()))
-        }
-    })
-    .await
-    .unwrap();
+    counted(&route, &["dispatcher-0"]).await;
     let alone = rate(&api, api.count(), Duration::from_secs(5)).await;
 
     // Three replicas: each takes a third.
@@ -107,21 +178,13 @@ async fn a_targets_rate_limit_holds_for_the_route_with_one_or_three_dispatchers(
         dispatcher(&route, "dispatcher-1"),
         dispatcher(&route, "dispatcher-2"),
     ];
-    let since = Instant::now();
-    wait::until(
-        "the others to count in",
-        Duration::from_secs(30),
-        || async {
-            if since.elapsed() > Duration::from_secs(3) {
-                Ok(())
-            } else {
-                Err(String::new())
-            }
-        },
-    )
-    .await
-    .unwrap();
-    let shared = rate(&api, api.count(), Duration::from_secs(5)).await;
+    counted(&route, &["dispatcher-0", "dispatcher-1", "dispatcher-2"]).await;
+    // The first replica took up to maxInFlight events into hand at the whole rate
+    // before the others came, and the consumer lets no more be pending: until it has
+    // worked them off at its new share, the newcomers get few. Measure once each
+    // newcomer has delivered 40 (3 s at its share), over 10 s.
+    delivering(&route, &["dispatcher-1", "dispatcher-2"], 40).await;
+    let shared = rate(&api, api.count(), Duration::from_secs(10)).await;
     drop(others);
     drop(first);
     eprintln!("aggregate: {alone:.1}/s alone, {shared:.1}/s shared by three");
