@@ -24,6 +24,10 @@
 //! experiments: `FANOUT_BENCH_LATENCY_ONLY=1` runs only the latency phase, and
 //! `FANOUT_BENCH_NO_LIMIT=1` leaves the rate limiter out of the targets.
 
+#[path = "shared/events.rs"]
+mod events;
+
+use events::{BODY_BYTES, body};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,7 +42,6 @@ use fanout_testkit::nats::NatsServer;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-const BODY_BYTES: usize = 256;
 /// The filter and transform of the engine's second configuration, on each target.
 const CEL_FILTER: &str = r#"event.data.total > 100 && event.type == "order.placed""#;
 const CEL_BODY: &str = r#"{"order": event.data.id, "amount": event.data.total, "skus": event.data.items.map(i, i.sku)}"#;
@@ -145,30 +148,11 @@ impl Target {
     }
 }
 
-/// Event `i` as the gateway stores a binary-mode CloudEvent: its id, JSON content
-/// type and `ce-*` attributes.
+/// Event `i`'s headers (see [`events::event_headers`]) with its ordering key.
 fn event_headers(i: usize) -> async_nats::HeaderMap {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Fanout-Event-Id", format!("evt-{i}").as_str());
-    headers.insert("Content-Type", "application/json");
-    headers.insert("ce-specversion", "1.0");
-    headers.insert("ce-id", format!("evt-{i}").as_str());
-    headers.insert("ce-source", "/bench");
-    headers.insert("ce-type", "order.placed");
+    let mut headers = events::event_headers(i);
     headers.insert(KEY_HEADER, format!("key-{}", i % KEYS).as_str());
     headers
-}
-
-/// An order of `BODY_BYTES` bytes of JSON (padded), which every filter passes.
-fn body(i: usize) -> Bytes {
-    let mut json = format!(
-        r#"{{"id":"order-{i}","total":{},"items":[{{"sku":"a-1","qty":1}},{{"sku":"b-2","qty":3}}],"pad":""#,
-        150 + i % 100
-    );
-    let pad = BODY_BYTES.saturating_sub(json.len() + 2);
-    json.extend(std::iter::repeat_n('x', pad));
-    json.push_str("\"}");
-    Bytes::from(json)
 }
 
 fn now_us() -> u64 {

@@ -32,11 +32,14 @@
 #[path = "peer/targets.rs"]
 mod targets;
 
+#[path = "shared/events.rs"]
+mod events;
+
+use events::{BODY_BYTES, body, event_headers};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use bytes::Bytes;
 use fanout_api::manifests::Manifests;
 use fanout_config::names::RouteKey;
 use fanout_provision::Provisioner;
@@ -44,7 +47,6 @@ use fanout_testkit::nats::NatsServer;
 
 use targets::{Counts, SENT_HEADER, Targets, now_us};
 
-const BODY_BYTES: usize = 256;
 /// Fanout's concurrent deliveries per target, as in the dispatcher benchmark.
 const IN_FLIGHT: usize = 256;
 /// Bento's unacknowledged events per consumer: above every `max_in_flight` here, so
@@ -300,31 +302,6 @@ fn route() -> RouteKey {
 
 fn subject() -> String {
     format!("{}.event", route().ingest_prefix())
-}
-
-/// Event `i` as the gateway stores a binary-mode CloudEvent: its id, JSON content
-/// type and `ce-*` attributes.
-fn event_headers(i: usize) -> async_nats::HeaderMap {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Fanout-Event-Id", format!("evt-{i}").as_str());
-    headers.insert("Content-Type", "application/json");
-    headers.insert("ce-specversion", "1.0");
-    headers.insert("ce-id", format!("evt-{i}").as_str());
-    headers.insert("ce-source", "/bench");
-    headers.insert("ce-type", "order.placed");
-    headers
-}
-
-/// An order of `BODY_BYTES` bytes of JSON (padded).
-fn body(i: usize) -> Bytes {
-    let mut json = format!(
-        r#"{{"id":"order-{i}","total":{},"items":[{{"sku":"a-1","qty":1}},{{"sku":"b-2","qty":3}}],"pad":""#,
-        150 + i % 100
-    );
-    let pad = BODY_BYTES.saturating_sub(json.len() + 2);
-    json.extend(std::iter::repeat_n('x', pad));
-    json.push_str("\"}");
-    Bytes::from(json)
 }
 
 // ---------------------------------------------------------------------------------
