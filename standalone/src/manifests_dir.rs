@@ -306,6 +306,15 @@ mod tests {
             err.starts_with("m.yaml: document 1 (Secret s): stringData: key \"../k\" must"),
             "{err}"
         );
+        let err = check(
+            "apiVersion: fanout.dev/v1alpha1\nkind: FanOutReplay\nmetadata: {name: r}\nspec: {route: orders, target: crm, window: {since: 1h}}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "m.yaml: document 1: kind \"FanOutReplay\" is not ApiTarget, FanOutRoute or Secret",
+            "replays are the operator's (or `fanout replay`), not standalone's"
+        );
         let err = check("kind: Deployment\n---\n").unwrap_err();
         assert_eq!(
             err,

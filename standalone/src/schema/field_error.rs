@@ -105,12 +105,13 @@ impl Problem {
     }
 }
 
-/// A value as `field.Invalid` prints it: strings quoted, numbers as Go prints them.
+/// A value as `field.Invalid` prints it: strings quoted, numbers and bools as Go
+/// prints them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Shown {
     Null,
     Text(String),
-    Number(String),
+    Plain(String),
 }
 
 impl Shown {
@@ -118,9 +119,9 @@ impl Shown {
         match value {
             Value::Null => Shown::Null,
             Value::String(s) => Shown::Text(s.clone()),
-            Value::Number(n) => Shown::Number(go_number(n)),
-            Value::Bool(b) => Shown::Number(b.to_string()),
-            other => Shown::Number(other.to_string()),
+            Value::Number(n) => Shown::Plain(go_number(n)),
+            Value::Bool(b) => Shown::Plain(b.to_string()),
+            other => Shown::Plain(other.to_string()),
         }
     }
 }
@@ -130,7 +131,7 @@ impl fmt::Display for Shown {
         match self {
             Shown::Null => f.write_str("null"),
             Shown::Text(s) => write!(f, "{s:?}"),
-            Shown::Number(n) => f.write_str(n),
+            Shown::Plain(n) => f.write_str(n),
         }
     }
 }

@@ -129,7 +129,7 @@ pub fn check(
                 && (items.len() as f64) < least
             {
                 push(Problem::Invalid {
-                    shown: Shown::Number(items.len().to_string()),
+                    shown: Shown::Plain(items.len().to_string()),
                     detail: format!(
                         "{in_body} in body should have at least {} items",
                         go_float(least)
