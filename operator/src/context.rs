@@ -22,6 +22,7 @@ use crate::dispatcher_objects::DispatcherSettings;
 use crate::error::{Error, kube_error};
 use crate::image_policy::ImagePolicy;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::replay_runs::ReplayRuns;
 use crate::retry::Failures;
 
@@ -37,6 +38,10 @@ pub struct Context {
     pub targets: Store<ApiTarget>,
     /// Every FanOutRoute in the watched scope, kept current by a watch.
     pub routes: Store<FanOutRoute>,
+    /// When each cache is filled; await these, not the stores' own
+    /// `wait_until_ready` (see [`crate::readiness`]).
+    pub targets_ready: Readiness,
+    pub routes_ready: Readiness,
     /// The FanOutReplays being run.
     pub replays: ReplayRuns,
     pub dispatcher: DispatcherSettings,
@@ -97,8 +102,8 @@ impl Context {
     pub fn new(
         client: kube::Client,
         nats: async_nats::Client,
-        targets: Store<ApiTarget>,
-        routes: Store<FanOutRoute>,
+        (targets, targets_ready): (Store<ApiTarget>, Readiness),
+        (routes, routes_ready): (Store<FanOutRoute>, Readiness),
         replays: Store<FanOutReplay>,
         dispatcher: DispatcherSettings,
         images: ImagePolicy,
@@ -118,6 +123,8 @@ impl Context {
             client,
             nats,
             js,
+            targets_ready,
+            routes_ready,
             targets,
             routes,
             replays: ReplayRuns::new(replays),

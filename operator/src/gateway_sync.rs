@@ -74,8 +74,9 @@ pub struct GatewaySync {
     pub config_map: String,
     pub tokens_secret: String,
     pub tokens_dir: PathBuf,
-    /// The route caches of every watched namespace.
+    /// The route caches of every watched namespace, and when each is filled.
     pub routes: Vec<Store<FanOutRoute>>,
+    pub routes_ready: Vec<crate::readiness::Readiness>,
     /// With `--watch-secrets`: the Secret metadata caches, whose resourceVersions
     /// tell when a token Secret changed. Without them only the resync sees rotation.
     pub secrets: Option<SecretStores>,
@@ -165,8 +166,8 @@ pub fn desired(
 impl GatewaySync {
     /// Runs until `stop` fires.
     pub async fn run(self, stop: CancellationToken) {
-        for routes in &self.routes {
-            if routes.wait_until_ready().await.is_err() {
+        for ready in &self.routes_ready {
+            if ready.wait().await.is_err() {
                 return;
             }
         }

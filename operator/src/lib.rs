@@ -31,6 +31,7 @@ pub mod image_policy;
 pub mod leader;
 pub mod metrics;
 pub mod ownership;
+pub mod readiness;
 pub mod replay_controller;
 pub mod replay_runs;
 pub mod replay_scope;
@@ -69,6 +70,7 @@ use crate::gateway_sync::{Changes, GatewaySync};
 use crate::image_policy::ImagePolicy;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 /// Runs the operator until SIGTERM or SIGINT. Returns an error when leadership is
 /// lost, so that the process restarts and campaigns again from a clean state.
@@ -237,6 +239,7 @@ async fn run_controllers(
     };
     let mut parts = Vec::new();
     let mut route_stores = Vec::new();
+    let mut routes_ready = Vec::new();
     let mut secret_stores = Vec::new();
     let changes = Changes::default();
     for scope in scopes {
@@ -247,7 +250,7 @@ async fn run_controllers(
             parts.push(part);
             secret_stores.push(store);
         }
-        let (part, routes) = scope_controllers(
+        let (part, routes, ready) = scope_controllers(
             scope,
             |targets, routes, replays| {
                 Context::new(
@@ -269,6 +272,7 @@ async fn run_controllers(
         );
         parts.push(part);
         route_stores.push(routes);
+        routes_ready.push(ready);
     }
 
     let gateway = GatewaySync {
@@ -277,7 +281,8 @@ async fn run_controllers(
         config_map: args.gateway.config_map.clone(),
         tokens_secret: args.gateway.tokens_secret.clone(),
         tokens_dir: args.gateway.tokens_dir.clone(),
-        routes: route_stores.clone(),
+        routes: route_stores,
+        routes_ready: routes_ready.clone(),
         secrets: args.watch_secrets.then_some(secret_stores),
         changes,
         resync: args.gateway.resync(args.watch_secrets),
@@ -286,8 +291,8 @@ async fn run_controllers(
     .run(stop.clone());
 
     let became_ready = async {
-        for store in &route_stores {
-            if store.wait_until_ready().await.is_err() {
+        for ready in &routes_ready {
+            if ready.wait().await.is_err() {
                 return;
             }
         }
@@ -353,10 +358,14 @@ fn dispatcher_settings(args: &Args) -> DispatcherSettings {
 /// new or rotated Secret. See [`secret_metadata`] for `--watch-secrets`.
 fn scope_controllers(
     scope: ApiScope,
-    context: impl FnOnce(Store<ApiTarget>, Store<FanOutRoute>, Store<FanOutReplay>) -> Context,
+    context: impl FnOnce(
+        (Store<ApiTarget>, Readiness),
+        (Store<FanOutRoute>, Readiness),
+        Store<FanOutReplay>,
+    ) -> Context,
     changes: Changes,
     stop: CancellationToken,
-) -> (BoxFuture<'static, ()>, Store<FanOutRoute>) {
+) -> (BoxFuture<'static, ()>, Store<FanOutRoute>, Readiness) {
     let routes_api: Api<FanOutRoute> = scope.get();
     let targets_api: Api<ApiTarget> = scope.get();
     let dispatchers = watcher::Config::default().labels(
@@ -366,23 +375,33 @@ fn scope_controllers(
     // The route cache is filled here rather than inside the controller, so that each
     // change also wakes the gateway sync (after the cache has it).
     let (route_store, route_writer) = reflector::store();
+    let (routes_ready, routes_filled) = Readiness::new();
     let route_events = reflector::reflector(
         route_writer,
         watcher(routes_api.clone(), watcher::Config::default()).default_backoff(),
     )
-    .inspect(move |event| changes.on_event(event))
+    .inspect(move |event| {
+        routes_filled.on_event(event);
+        changes.on_event(event);
+    })
     .applied_objects();
     let routes = Controller::for_stream(route_events, route_store.clone())
         .owns(scope.get::<Deployment>(), dispatchers);
     let (target_store, target_writer) = reflector::store();
+    let (targets_ready, targets_filled) = Readiness::new();
     let target_events = reflector::reflector(
         target_writer,
         watcher(targets_api.clone(), watcher::Config::default()),
     )
     .default_backoff()
+    .inspect(move |event| targets_filled.on_event(event))
     .touched_objects();
     let replays = Controller::new(scope.get::<FanOutReplay>(), watcher::Config::default());
-    let ctx = Arc::new(context(target_store, route_store.clone(), replays.store()));
+    let ctx = Arc::new(context(
+        (target_store, targets_ready),
+        (route_store.clone(), routes_ready.clone()),
+        replays.store(),
+    ));
 
     // A changed ApiTarget re-renders every route that references it.
     let by_target = route_store.clone();
@@ -442,7 +461,7 @@ fn scope_controllers(
             until_stopped("replay controller", replay_controller, stop),
         );
     };
-    (part.boxed(), route_store)
+    (part.boxed(), route_store, routes_ready)
 }
 
 /// With `--watch-secrets`: a cache of the metadata of every Secret in `scope`, whose

@@ -65,11 +65,8 @@ async fn start(replay: &Arc<FanOutReplay>, ctx: &Arc<Context>) -> Result<Action,
     if let Some(wait) = ctx.replays.backoff_left(&uid) {
         return Ok(Action::requeue(wait));
     }
-    for ready in [
-        ctx.routes.wait_until_ready().await,
-        ctx.targets.wait_until_ready().await,
-    ] {
-        ready.map_err(|_| Error::CacheGone)?;
+    for ready in [&ctx.routes_ready, &ctx.targets_ready] {
+        ready.wait().await.map_err(|_| Error::CacheGone)?;
     }
 
     let namespace = replay.namespace().unwrap_or_default();

@@ -25,6 +25,8 @@ pub const CONTROLLER: &str = "apitarget";
 
 pub async fn reconcile(target: Arc<ApiTarget>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    // With the "reconciled" line at the end: a reconcile that never ends shows.
+    tracing::debug!(target = %ObjectRef::from_obj(target.as_ref()), "reconciling");
     let result = refresh(&target, &ctx).await;
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics
@@ -40,8 +42,8 @@ pub fn error_policy(target: Arc<ApiTarget>, error: &Error, ctx: Arc<Context>) ->
 async fn refresh(target: &ApiTarget, ctx: &Context) -> Result<Action, Error> {
     let namespace = target.namespace().unwrap_or_default();
     let name = target.name_any();
-    ctx.routes
-        .wait_until_ready()
+    ctx.routes_ready
+        .wait()
         .await
         .map_err(|_| Error::CacheGone)?;
 

@@ -36,10 +36,7 @@ pub(super) async fn api_targets(
     names: &Names,
 ) -> Result<ApiTargets, CacheGone> {
     // Until the ApiTarget cache has synced, every target would look missing.
-    ctx.targets
-        .wait_until_ready()
-        .await
-        .map_err(|_| CacheGone)?;
+    ctx.targets_ready.wait().await.map_err(|_| CacheGone)?;
     Ok(route
         .spec
         .targets
