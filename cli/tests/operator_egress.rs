@@ -177,11 +177,7 @@ async fn dispatcher_pods_refuse_the_apiserver_and_a_refused_target_shows_in_stat
     let status = env
         .wait_condition("orders", "TargetsHealthy", "False", Some("TargetsFailing"))
         .await;
-    let condition = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "TargetsHealthy")
-        .unwrap();
+    let condition = operator::condition(&status.conditions, "TargetsHealthy");
     assert!(
         condition
             .message

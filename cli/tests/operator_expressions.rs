@@ -48,11 +48,7 @@ async fn a_wrong_expression_is_reported_on_the_route_naming_the_field_until_fixe
     let status = env
         .wait_condition("orders", "Ready", "False", Some(REASON))
         .await;
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = operator::condition(&status.conditions, "Ready");
     assert!(
         ready
             .message

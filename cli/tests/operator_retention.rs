@@ -41,11 +41,7 @@ async fn a_backlog_older_than_half_of_max_age_is_reported_until_it_is_delivered(
     let status = env
         .wait_condition("orders", RETENTION, "False", Some("EventsNearExpiry"))
         .await;
-    let condition = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == RETENTION)
-        .unwrap();
+    let condition = operator::condition(&status.conditions, RETENTION);
     assert!(
         condition
             .message

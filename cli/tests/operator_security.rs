@@ -29,12 +29,7 @@ fn image(d: &Deployment) -> String {
 }
 
 fn condition(status: &fanout_api::FanOutRouteStatus, type_: &str) -> fanout_api::status::Condition {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {type_} in {:?}", status.conditions))
+    support::operator::condition(&status.conditions, type_).clone()
 }
 
 async fn event_note(env: &Env, reason: &str, route: &str) -> String {

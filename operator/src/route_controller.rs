@@ -180,9 +180,9 @@ impl Outcome {
 }
 
 async fn cleanup(route: &FanOutRoute, ctx: &Context) -> Result<Action, Error> {
-    let key = RouteKey::new(route.namespace().unwrap_or_default(), route.name_any());
-    ctx.autoscaler.forget(&ObjectRef::from_obj(route));
-    ctx.forget_circuits(&ObjectRef::from_obj(route));
+    let Names { key, oref, .. } = Names::of(route);
+    ctx.autoscaler.forget(&oref);
+    ctx.forget_circuits(&oref);
     // Names come from the route's identity alone, so this works even when the route
     // no longer renders. Streams already gone count as deleted.
     ctx.provisioner

@@ -20,11 +20,7 @@ async fn nats_stopped_and_restarted_flips_stream_ready_and_recovers() {
     let status = env
         .wait_condition("orders", "StreamReady", "False", None)
         .await;
-    let stream = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "StreamReady")
-        .unwrap();
+    let stream = operator::condition(&status.conditions, "StreamReady");
     assert_eq!(stream.reason, "NatsUnavailable", "{}", stream.message);
     assert_eq!(
         status.targets.len(),

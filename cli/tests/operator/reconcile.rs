@@ -144,11 +144,7 @@ async fn a_route_becomes_streams_consumers_and_dispatcher_objects_and_follows_ed
         .wait_condition("orders", "StreamReady", "True", None)
         .await;
     assert_eq!(status.observed_generation, route.metadata.generation);
-    let available = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "DispatcherAvailable")
-        .unwrap();
+    let available = operator::condition(&status.conditions, "DispatcherAvailable");
     assert_eq!(available.status, "False");
     assert_eq!(status.targets.len(), 2);
     assert!(
@@ -291,11 +287,7 @@ async fn missing_references_are_reported_and_picked_up_when_they_appear() {
     let status = env
         .wait_condition("orders", "Ready", "False", Some("ApiTargetNotFound"))
         .await;
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = operator::condition(&status.conditions, "Ready");
     assert!(
         ready.message.contains("\"crm\" does not exist"),
         "{}",
@@ -325,11 +317,7 @@ async fn missing_references_are_reported_and_picked_up_when_they_appear() {
     let status = env
         .wait_condition("orders", "Ready", "False", Some("SecretNotFound"))
         .await;
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = operator::condition(&status.conditions, "Ready");
     assert!(ready.message.contains("crm-token"), "{}", ready.message);
     wait::until("the ApiTarget to say its Secret is missing", T, || async {
         let t = env
@@ -438,11 +426,7 @@ async fn every_key_of_oauth2_tls_and_header_auth_is_checked_and_mounted() {
     let status = env
         .wait_condition("orders", "Ready", "False", Some("SecretNotFound"))
         .await;
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = operator::condition(&status.conditions, "Ready");
     assert!(
         ready
             .message
@@ -527,11 +511,7 @@ async fn a_stream_setting_jetstream_cannot_change_is_reported_not_forced() {
             Some("ImmutableStreamSetting"),
         )
         .await;
-    let c = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "StreamReady")
-        .unwrap();
+    let c = operator::condition(&status.conditions, "StreamReady");
     assert!(c.message.contains("storage"), "{}", c.message);
     let mut stream = env.js.get_stream(key.stream()).await.unwrap();
     assert_eq!(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use fanout_api::names::RouteKey;
+use fanout_api::status::Condition;
 use fanout_api::{FanOutRoute, FanOutRouteStatus};
 use fanout_testkit::cluster::{self, TestNamespace};
 use fanout_testkit::nats::NatsServer;
@@ -22,6 +23,15 @@ pub const T: Duration = Duration::from_secs(60);
 
 /// A running `fanout operator`; killed when dropped, its log printed if the test is
 /// failing then.
+/// The condition of `type_` among `conditions`; fails the test, naming those there,
+/// when it is missing.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {conditions:?}"))
+}
+
 pub struct Operator {
     pub process: Spawned,
     pub port: u16,
@@ -93,9 +103,16 @@ impl Operator {
             })
             .map(str::to_string)
             .collect();
+        // The ApiTarget controller's lines, which the route controller's crowd out of
+        // the log's end.
+        let targets: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("target_controller") || l.contains("apitarget"))
+            .collect();
         format!(
-            "--- the operator's reconciles ---\n{}\n--- the operator's log, its end ---\n{}",
+            "--- the operator's reconciles ---\n{}\n--- its ApiTarget controller's lines ---\n{}\n--- the operator's log, its end ---\n{}",
             reconciles.join("\n"),
+            targets.join("\n"),
             &log[start..]
         )
     }
