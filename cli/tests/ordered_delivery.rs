@@ -193,6 +193,45 @@ async fn a_failing_head_holds_back_its_own_key_only_and_every_key_stays_in_order
     s.sigterm_exits_zero();
 }
 
+/// More keys than requests may go at once (maxInFlight: 2 against an API that
+/// takes 2): heads wait for a free request without going over the limit, and the
+/// requests that two failing heads leave free while they back off go to the other
+/// keys, whose events all arrive before the failing heads are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_of_more_keys_than_max_in_flight_take_turns_and_failing_heads_free_their_requests() {
+    let nats = NatsServer::start().unwrap();
+    let target = TargetServer::start().await.unwrap();
+    target.limit_concurrency(2, Duration::from_millis(20));
+    // 0.5 + 1 + 2 s of backoff each.
+    for head in [id("A", 1), id("B", 1)] {
+        target.script_for_key(&head, std::iter::repeat_n(Reply::Status(503), 3));
+    }
+    let manifests = standalone_manifests(&target.url("/"), "continue")
+        .replace("maxInFlight: 8", "maxInFlight: 2");
+    let s = Standalone::start(&nats, "bank", &manifests).await;
+    let keys = ["A", "B", "C", "D", "E", "F"];
+    let sent = post_interleaved(&s, &keys, 4).await;
+
+    target.wait_for_keys(&sent, T).await.unwrap();
+    let received = target.received();
+    let settled = assert_in_order(&received, &[]);
+    assert!(settled.values().all(|n| *n == 4), "{settled:?}");
+    let over_limit = received.iter().filter(|r| r.status == 429).count();
+    assert_eq!(
+        over_limit, 0,
+        "never more than maxInFlight requests at once"
+    );
+    let failing_heads_delivered =
+        delivered_at(&received, &id("A", 1)).min(delivered_at(&received, &id("B", 1)));
+    for key in &keys[2..] {
+        assert!(
+            delivered_at(&received, &id(key, 4)) < failing_heads_delivered,
+            "{key}'s events went while A's and B's heads backed off"
+        );
+    }
+    s.sigterm_exits_zero();
+}
+
 /// The key computed by CEL from the body: no header names the account.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_computed_by_cel_from_the_body_keeps_each_key_in_order() {

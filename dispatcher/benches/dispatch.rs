@@ -22,7 +22,9 @@
 //! `FANOUT_BENCH_SHORT=1` prints the same table in a minute or two (30000 events, two
 //! rounds, 2 s of latency), to run before every change to the delivery path. For
 //! experiments: `FANOUT_BENCH_LATENCY_ONLY=1` runs only the latency phase, and
-//! `FANOUT_BENCH_NO_LIMIT=1` leaves the rate limiter out of the targets.
+//! `FANOUT_BENCH_NO_LIMIT=1` leaves the rate limiter out of the targets, and
+//! `FANOUT_BENCH_ONLY=ordering,cel` measures only the baseline, the engine and the
+//! variants named (`no-history`, `cel`, `ordering`, `adaptive`).
 
 #[path = "shared/events.rs"]
 mod events;
@@ -190,7 +192,42 @@ const CONTENDERS: [Contender; 6] = [
     Contender::EngineAdaptive,
 ];
 
+/// The contenders this run measures: all of them, or the baseline, the engine and
+/// those named in `FANOUT_BENCH_ONLY` (comma-separated short names, e.g.
+/// `ordering,cel`), for a quicker look at one feature or a profile of it.
+fn contenders() -> Vec<Contender> {
+    let Ok(only) = std::env::var("FANOUT_BENCH_ONLY") else {
+        return CONTENDERS.to_vec();
+    };
+    let named: Vec<&str> = only.split(',').map(str::trim).collect();
+    let known: Vec<&str> = CONTENDERS.iter().map(|c| c.short()).collect();
+    if let Some(unknown) = named.iter().find(|n| !known.contains(n)) {
+        panic!(
+            "FANOUT_BENCH_ONLY: unknown contender {unknown:?}; known: {}",
+            known.join(", ")
+        );
+    }
+    CONTENDERS
+        .into_iter()
+        .filter(|c| {
+            matches!(c, Contender::Baseline | Contender::Engine) || named.contains(&c.short())
+        })
+        .collect()
+}
+
 impl Contender {
+    /// The short name `FANOUT_BENCH_ONLY` takes.
+    fn short(self) -> &'static str {
+        match self {
+            Contender::Baseline => "baseline",
+            Contender::Engine => "engine",
+            Contender::EngineNoHistory => "no-history",
+            Contender::EngineCel => "cel",
+            Contender::EngineOrdered => "ordering",
+            Contender::EngineAdaptive => "adaptive",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Contender::Baseline => "baseline (naive reqwest fan-out)",
@@ -591,18 +628,19 @@ fn parent() {
             js,
             dir: tempfile::tempdir().unwrap(),
         };
+        let contenders = contenders();
         let mut results = Vec::new();
         if std::env::var_os("FANOUT_BENCH_LATENCY_ONLY").is_some() {
-            for contender in CONTENDERS {
+            for &contender in &contenders {
                 let (p50, p99) = latency(&bench, contender, rate, latency_seconds).await;
                 println!("{}: p50 {p50:.2} ms p99 {p99:.2} ms", contender.name());
             }
             return;
         }
-        let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(); CONTENDERS.len()];
+        let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(); contenders.len()];
         let mut history = None;
         for round in 1..=rounds {
-            for (i, contender) in CONTENDERS.into_iter().enumerate() {
+            for (i, &contender) in contenders.iter().enumerate() {
                 eprintln!("{}: throughput of {events} pre-loaded events, round {round}/{rounds} ...", contender.name());
                 rates[i].push(throughput(&bench, contender, events).await);
                 if contender == Contender::Engine {
@@ -610,15 +648,15 @@ fn parent() {
                 }
             }
         }
-        for (i, contender) in CONTENDERS.into_iter().enumerate() {
+        for (i, &contender) in contenders.iter().enumerate() {
             eprintln!("{}: latency at {rate}/s ...", contender.name());
             let (p50, p99) = latency(&bench, contender, rate, latency_seconds).await;
             eprintln!("{}: healthy target while the other answers 503 ...", contender.name());
             let degraded = throughput_with_failing_peer(&bench, contender, events).await;
             results.push((contender, median(&rates[i]), p50, p99, degraded));
         }
-        let baseline = CONTENDERS.iter().position(|c| *c == Contender::Baseline).unwrap();
-        let engine = CONTENDERS.iter().position(|c| *c == Contender::Engine).unwrap();
+        let baseline = contenders.iter().position(|c| *c == Contender::Baseline).unwrap();
+        let engine = contenders.iter().position(|c| *c == Contender::Engine).unwrap();
         // Against the baseline's and the engine's own round: the same stretch of the
         // machine.
         let by_round = |i: usize, against: usize| -> Vec<f64> {
@@ -674,7 +712,9 @@ fn parent() {
         // round, not only by the median.
         println!();
         for contender in [Contender::Engine, Contender::EngineNoHistory] {
-            let i = CONTENDERS.iter().position(|c| *c == contender).unwrap();
+            let Some(i) = contenders.iter().position(|c| *c == contender) else {
+                continue;
+            };
             let lowest = by_round(i, baseline).into_iter().fold(f64::INFINITY, f64::min);
             println!(
                 "{} vs baseline, lowest round: {lowest:.2}x; at least 1.6x in every round: {}",
@@ -683,7 +723,9 @@ fn parent() {
             );
         }
         // The cost of the delivery history: the engine against its run without it.
-        let off_index = CONTENDERS.iter().position(|c| *c == Contender::EngineNoHistory).unwrap();
+        let Some(off_index) = contenders.iter().position(|c| *c == Contender::EngineNoHistory) else {
+            return;
+        };
         let (off, on) = (median(&rates[off_index]), median(&rates[engine]));
         let dropped: Vec<String> = rates[engine]
             .iter()

@@ -224,6 +224,11 @@ impl Worker {
         &self.report
     }
 
+    /// The limit on requests at once, when fewer may go than events are in hand.
+    pub(crate) fn concurrency(&self) -> Option<&ConcurrencyLimit> {
+        self.concurrency.as_ref()
+    }
+
     /// Requests this worker lets go at once now; `None` while it stands by for an
     /// ordered target another dispatcher delivers.
     pub fn concurrency_limit(&self) -> Option<u32> {

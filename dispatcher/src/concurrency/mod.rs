@@ -82,6 +82,25 @@ impl ConcurrencyLimit {
         self.lock().controller.is_some()
     }
 
+    /// Permits free now: how many more requests could go without waiting.
+    pub fn free(&self) -> usize {
+        self.semaphore.available_permits()
+    }
+
+    /// Waits until a permit is free, without taking it: the ordered loop starts a
+    /// head only then, instead of parking every head it may start in [`acquire`]
+    /// (each with its timers) while the target is busy.
+    ///
+    /// [`acquire`]: ConcurrencyLimit::acquire
+    pub async fn room(&self) {
+        drop(
+            self.semaphore
+                .acquire()
+                .await
+                .expect("the semaphore is never closed"),
+        );
+    }
+
     /// Waits for room for one more request (first come, first served).
     pub async fn acquire(&self) -> Permit<'_> {
         let permit = self

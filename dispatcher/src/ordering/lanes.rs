@@ -2,7 +2,7 @@
 //! events waiting behind it in stream order. Pure bookkeeping, no I/O: the loop in
 //! `run.rs` feeds it events and outcomes and starts what it hands back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use fanout_config::route::AfterDeadLetter;
@@ -24,7 +24,6 @@ pub enum Finished {
 /// What a head start carries besides the item: whether delivering it lifts a block.
 #[derive(Debug)]
 pub struct Start<T> {
-    pub key: String,
     pub item: T,
     /// The redriven event a key was blocked on: delivering it unblocks the key.
     pub unblocks: bool,
@@ -33,8 +32,9 @@ pub struct Start<T> {
 #[derive(Debug)]
 struct Entry<T> {
     sequence: u64,
-    event_id: String,
-    redriven: bool,
+    /// The event's id when it came on the redrive subject: only a redrive can lift
+    /// a block, so only a redrive's id is compared.
+    redrive_of: Option<String>,
     item: T,
 }
 
@@ -81,10 +81,11 @@ impl<T> Lane<T> {
     }
 }
 
-/// An ordered target's keys in hand.
+/// An ordered target's keys in hand. Looked up a few times per event, with keys from
+/// the events: foldhash, seeded per process, instead of SipHash.
 #[derive(Debug)]
 pub struct Lanes<T> {
-    lanes: HashMap<String, Lane<T>>,
+    lanes: foldhash::HashMap<String, Lane<T>>,
     after_dead_letter: AfterDeadLetter,
     /// Events waiting behind a head, over all keys.
     waiting: usize,
@@ -93,7 +94,7 @@ pub struct Lanes<T> {
 impl<T> Lanes<T> {
     pub fn new(after_dead_letter: AfterDeadLetter) -> Lanes<T> {
         Lanes {
-            lanes: HashMap::new(),
+            lanes: foldhash::HashMap::default(),
             after_dead_letter,
             waiting: 0,
         }
@@ -110,7 +111,10 @@ impl<T> Lanes<T> {
         redriven: bool,
         item: T,
     ) -> Option<Start<T>> {
-        let lane = self.lanes.entry(key.clone()).or_default();
+        let lane = match self.lanes.get_mut(&key) {
+            Some(lane) => lane,
+            None => self.lanes.entry(key.clone()).or_default(),
+        };
         let unblocking = redriven
             && lane
                 .dead_letter
@@ -118,8 +122,7 @@ impl<T> Lanes<T> {
                 .is_some_and(|(id, _)| id == event_id);
         let entry = Entry {
             sequence,
-            event_id: event_id.to_string(),
-            redriven,
+            redrive_of: redriven.then(|| event_id.to_string()),
             item,
         };
         if unblocking {
@@ -222,7 +225,7 @@ impl<T> Lanes<T> {
         let front_unblocks = lane.dead_letter.as_ref().is_some_and(|(id, _)| {
             lane.waiting
                 .front()
-                .is_some_and(|e| e.redriven && e.event_id == *id)
+                .is_some_and(|e| e.redrive_of.as_ref() == Some(id))
         });
         if lane.dead_letter.is_some() && !front_unblocks {
             return None;
@@ -237,7 +240,6 @@ impl<T> Lanes<T> {
         lane.active = Some(entry.sequence);
         lane.head_unblocks = front_unblocks;
         Some(Start {
-            key: key.to_string(),
             item: entry.item,
             unblocks: front_unblocks,
         })

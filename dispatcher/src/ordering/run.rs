@@ -2,10 +2,11 @@
 //! later events behind its head, and after a takeover waits until everything the
 //! last deliverer held is back before sending anything (see the module above).
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin as StdPin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -14,12 +15,14 @@ use fanout_config::jetstream::ORDERED_GROUP;
 use fanout_config::route::AfterDeadLetter;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::lanes::{Finished, Start};
 use super::{Fence, Gate, Ordered, progress_every};
 use crate::classify::{Failure, Verdict};
+use crate::concurrency::ConcurrencyLimit;
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::event::Event;
 use crate::expressions::{Selection, Unusable};
@@ -87,9 +90,16 @@ struct Loop {
     pin_id: Option<String>,
     /// Stream sequences in hand in this epoch (waiting, out, or held while taking
     /// over), so that a redelivery of one of them is recognised.
-    in_hand: HashSet<u64>,
+    in_hand: foldhash::HashSet<u64>,
     /// Events received while taking over.
     taken: Vec<Held>,
+    /// Heads that may go (with whether delivering them lifts a block), waiting for a
+    /// free request: a head is started only when one is, so that a busy target does
+    /// not hold a parked delivery, with its timers, for every key in hand.
+    ready: VecDeque<(Held, bool)>,
+    /// Deliveries started but not yet polled: they take their permits on their
+    /// first poll, so the permits free now are not all for new heads.
+    unclaimed: Arc<AtomicUsize>,
     deliveries: FuturesUnordered<Delivery>,
     drain: CancellationToken,
     /// Asks the checker for an immediate look.
@@ -127,8 +137,10 @@ pub(crate) async fn run(
         worker: worker.clone(),
         phase: Phase::Unpinned,
         pin_id: None,
-        in_hand: HashSet::new(),
+        in_hand: foldhash::HashSet::default(),
         taken: Vec::new(),
+        ready: VecDeque::new(),
+        unclaimed: Arc::new(AtomicUsize::new(0)),
         deliveries: FuturesUnordered::new(),
         drain: CancellationToken::new(),
         check_now,
@@ -136,6 +148,9 @@ pub(crate) async fn run(
     let mut progress = tokio::time::interval(progress_every(worker.ack_wait()));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut messages = None;
+    // One wait for the whole loop: a new one per turn would register and drop a
+    // waiter on the token for every event.
+    let mut stopping = std::pin::pin!(shutdown.cancelled());
     loop {
         taking_over.store(
             state.phase == Phase::TakingOver,
@@ -182,11 +197,15 @@ pub(crate) async fn run(
                 }
             }
         };
-        let room = state.in_hand.len() < capacity;
+        // Nothing more is taken while a head that may go waits for a free request:
+        // taken now, an event would only wait too (its key's lane or the same queue),
+        // costing memory and a cold cache when its turn comes.
+        let room = state.in_hand.len() < capacity && state.ready.is_empty();
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            _ = &mut stopping => break,
             Some(done) = state.deliveries.next(), if !state.deliveries.is_empty() => state.finished(done),
+            _ = free_request(&worker), if !state.ready.is_empty() => state.start_ready(),
             Some(view) = views.recv() => state.checked(view).await,
             _ = progress.tick() => state.keep_waiting_in_hand().await,
             next = stream.next(), if room => match next {
@@ -290,11 +309,32 @@ impl Loop {
     }
 
     fn start_head(&mut self, start: Start<Held>) {
-        self.start(start.item, start.unblocks);
+        self.ready.push_back((start.item, start.unblocks));
+        self.start_ready();
+    }
+
+    /// Starts ready heads while requests are free.
+    fn start_ready(&mut self) {
+        let free = self
+            .worker
+            .concurrency()
+            .map_or(usize::MAX, ConcurrencyLimit::free)
+            .saturating_sub(self.unclaimed.load(Relaxed));
+        for _ in 0..free.min(self.ready.len()) {
+            let (held, unblocks) = self.ready.pop_front().expect("counted above");
+            self.start(held, unblocks);
+        }
     }
 
     fn start(&mut self, held: Held, unblocks: bool) {
-        let delivery = deliver(self.worker.clone(), held, unblocks, self.drain.clone());
+        self.unclaimed.fetch_add(1, Relaxed);
+        let delivery = deliver(
+            self.worker.clone(),
+            held,
+            unblocks,
+            self.drain.clone(),
+            self.unclaimed.clone(),
+        );
         self.deliveries.push(Box::pin(delivery));
     }
 
@@ -318,8 +358,9 @@ impl Loop {
     fn new_epoch(&mut self, pin_id: Option<String>, phase: Phase) {
         let ordered = self.worker.ordered_part();
         ordered.pin.advance();
-        let dropped = ordered.lanes().clear().len() + self.taken.len();
+        let dropped = ordered.lanes().clear().len() + self.taken.len() + self.ready.len();
         self.taken.clear();
+        self.ready.clear();
         self.in_hand.clear();
         if self.phase != Phase::Unpinned || dropped > 0 {
             tracing::info!(target = %self.worker.name(), dropped, ?phase, "ordered target: the pin changed; starting over with what JetStream hands out");
@@ -406,6 +447,7 @@ impl Loop {
             lanes
                 .waiting_items()
                 .chain(self.taken.iter())
+                .chain(self.ready.iter().map(|(held, _)| held))
                 .map(|h| h.message.clone())
                 .collect()
         };
@@ -424,6 +466,7 @@ impl Loop {
         }
         let mut waiting = self.ordered().lanes().clear();
         waiting.append(&mut self.taken);
+        waiting.extend(self.ready.drain(..).map(|(held, _)| held));
         for held in &waiting {
             settle(&held.message, AckKind::Nak(None)).await;
         }
@@ -438,6 +481,14 @@ impl Loop {
         if finished.is_err() {
             tracing::warn!(target = %self.worker.name(), ?grace, "requests still in flight after the grace period; abandoning them (JetStream redelivers after the ack wait)");
         }
+    }
+}
+
+/// Resolves when a request of the target may go (at once for a target without a
+/// concurrency limit, which an ordered one always has).
+async fn free_request(worker: &Worker) {
+    if let Some(limit) = worker.concurrency() {
+        limit.room().await;
     }
 }
 
@@ -504,7 +555,10 @@ async fn deliver(
     held: Held,
     unblocks: bool,
     drain: CancellationToken,
+    unclaimed: Arc<AtomicUsize>,
 ) -> Done {
+    // Polled: from here it waits for its permit itself.
+    unclaimed.fetch_sub(1, Relaxed);
     let ordered = worker.ordered_part();
     let Held {
         message,
