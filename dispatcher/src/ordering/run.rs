@@ -83,6 +83,15 @@ struct PinView {
     ack_pending: u64,
 }
 
+/// What a takeover waits for: everything JetStream counted as pending, up to the
+/// sequence it had delivered, in hand.
+#[derive(Clone, Copy)]
+struct Pending {
+    epoch: u64,
+    delivered: u64,
+    ack_pending: u64,
+}
+
 struct Loop {
     worker: Arc<Worker>,
     phase: Phase,
@@ -93,6 +102,9 @@ struct Loop {
     in_hand: foldhash::HashSet<u64>,
     /// Events received while taking over.
     taken: Vec<Held>,
+    /// While taking over: the last read of the consumer that confirmed the pin. The
+    /// takeover completes as soon as what it counted is in hand, not at the next read.
+    pending: Option<Pending>,
     /// Heads that may go (with whether delivering them lifts a block), waiting for a
     /// free request: a head is started only when one is, so that a busy target does
     /// not hold a parked delivery, with its timers, for every key in hand.
@@ -139,6 +151,7 @@ pub(crate) async fn run(
         pin_id: None,
         in_hand: foldhash::HashSet::default(),
         taken: Vec::new(),
+        pending: None,
         ready: VecDeque::new(),
         unclaimed: Arc::new(AtomicUsize::new(0)),
         deliveries: FuturesUnordered::new(),
@@ -209,7 +222,12 @@ pub(crate) async fn run(
             Some(view) = views.recv() => state.checked(view).await,
             _ = progress.tick() => state.keep_waiting_in_hand().await,
             next = stream.next(), if room => match next {
-                Some(Ok(message)) => state.received(message),
+                Some(Ok(message)) => {
+                    state.received(message);
+                    if state.phase == Phase::TakingOver {
+                        state.take_over_if_all_back().await;
+                    }
+                }
                 Some(Err(error)) => {
                     tracing::debug!(target = %worker.name(), error = %fanout_config::error_chain(&error), "pull stream ended; pulling anew");
                     messages = None;
@@ -361,6 +379,7 @@ impl Loop {
         let dropped = ordered.lanes().clear().len() + self.taken.len() + self.ready.len();
         self.taken.clear();
         self.ready.clear();
+        self.pending = None;
         self.in_hand.clear();
         if self.phase != Phase::Unpinned || dropped > 0 {
             tracing::info!(target = %self.worker.name(), dropped, ?phase, "ordered target: the pin changed; starting over with what JetStream hands out");
@@ -393,15 +412,33 @@ impl Loop {
         if self.phase != Phase::TakingOver {
             return;
         }
+        self.pending = Some(Pending {
+            epoch: view.epoch,
+            delivered: view.delivered,
+            ack_pending: view.ack_pending,
+        });
+        self.take_over_if_all_back().await;
+    }
+
+    /// Takes over once everything the last read counted as pending is in hand; also
+    /// checked as events arrive, since the read usually comes before they all have.
+    async fn take_over_if_all_back(&mut self) {
+        let Some(pending) = self.pending else { return };
+        if pending.epoch != self.ordered().pin.epoch()
+            || (self.in_hand.len() as u64) < pending.ack_pending
+        {
+            return;
+        }
         // Everything pending up to the delivered sequence is ours when we hold at
         // least as many of those events as JetStream counts. (A late ack from the
-        // last deliverer can only make us hold more than it counts.)
+        // last deliverer can only make us hold more than it counts; events after
+        // that sequence are new deliveries, which only this pin gets.)
         let held = self
             .in_hand
             .iter()
-            .filter(|s| **s <= view.delivered)
+            .filter(|s| **s <= pending.delivered)
             .count() as u64;
-        if held < view.ack_pending {
+        if held < pending.ack_pending {
             return;
         }
         self.take_over().await;
@@ -420,12 +457,15 @@ impl Loop {
                     }
                 }
                 Err(error) => {
-                    // Not taken over yet: the next check tries again.
+                    // Not taken over yet: the next check tries again (not each event
+                    // that arrives meanwhile).
+                    self.pending = None;
                     tracing::warn!(target = %self.worker.name(), error = %fanout_config::error_chain(&error), "reading the keys blocked until a redrive failed; waiting");
                     return;
                 }
             }
         }
+        self.pending = None;
         let mut taken = std::mem::take(&mut self.taken);
         taken.sort_by_key(|h| h.event.stream_sequence);
         tracing::info!(target = %self.worker.name(), events = taken.len(), "ordered target: delivering");
