@@ -119,7 +119,10 @@ impl<'a> Activation<'a> {
         // CloudEvents attributes, and for a structured event its data.
         let mut attributes: Object<'a> = HashMap::new();
         let mut data: Option<Box<dyn Val + 'a>> = None;
-        if fields.any(Fields::TYPE | Fields::SOURCE | Fields::CE)
+        // A binary-mode event's `type` and `source` are its headers: the map of every
+        // attribute is built only when `event.ce` is read.
+        let binary_attributes_only = !structured && !fields.contains(Fields::CE);
+        if (fields.any(Fields::TYPE | Fields::SOURCE | Fields::CE) && !binary_attributes_only)
             || (structured && fields.contains(Fields::DATA))
         {
             if structured {
@@ -143,6 +146,12 @@ impl<'a> Activation<'a> {
             }
         }
         let attribute = |name: &str| -> Box<dyn Val + 'a> {
+            if binary_attributes_only {
+                let header = headers.iter().find(|(n, _)| {
+                    strip_prefix_ignore_case(n, "ce-").is_some_and(|a| a.eq_ignore_ascii_case(name))
+                });
+                return Box::new(CelString::from(header.map_or("", |(_, v)| *v)));
+            }
             match attributes.get(&CelMapKey::from(name)) {
                 Some(value) if value.downcast_ref::<CelString>().is_some() => value.clone(),
                 _ => Box::new(CelString::from("")),

@@ -316,6 +316,34 @@ fn a_plain_event_has_empty_cloudevents_fields() {
     );
 }
 
+/// `event.type` and `event.source` of a binary-mode event come from its `ce-*`
+/// headers, the names in any case, the first of a name winning: whether or not the
+/// expression also reads `event.ce` (which builds the map of every attribute).
+#[test]
+fn binary_mode_type_and_source_read_the_ce_headers_in_any_case() {
+    let stored = Stored::new(
+        &[
+            ("CE-Type", "order.placed"),
+            ("ce-type", "order.shadowed"),
+            ("Ce-Source", "/shop"),
+            ("ce-typeextra", "x"),
+        ],
+        "{}",
+    );
+    let alone = "event.type == 'order.placed' && event.source == '/shop'";
+    assert!(stored.filter(alone).unwrap());
+    assert!(
+        stored
+            .filter(&format!("{alone} && event.ce.typeextra == 'x'"))
+            .unwrap()
+    );
+    let none = Stored::new(&[("ce-id", "1")], "{}");
+    assert!(
+        none.filter("event.type == '' && event.source == ''")
+            .unwrap()
+    );
+}
+
 #[test]
 fn a_body_that_is_not_json_leaves_data_null_and_says_why() {
     let stored = Stored::new(

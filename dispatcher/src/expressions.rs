@@ -225,10 +225,16 @@ fn with_body_and_headers(
     for (name, value) in computed {
         headers.insert(name.clone(), value);
     }
+    // Field by field: `..event.clone()` would copy the event's header map too, only
+    // to drop it.
     Event {
+        id: event.id.clone(),
+        subject: event.subject.clone(),
         headers,
         body: body.map_or_else(|| event.body.clone(), |b| Bytes::from(b.bytes)),
-        ..event.clone()
+        delivery: event.delivery,
+        stream_sequence: event.stream_sequence,
+        stored_at: event.stored_at,
     }
 }
 
