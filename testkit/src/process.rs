@@ -89,15 +89,26 @@ pub fn send_signal(pid: u32, signal: &str) {
 /// (CPU seconds used so far, peak RSS in MiB) of process `pid`, from /proc: what the
 /// benchmarks report for each process they measure.
 pub fn cpu_and_peak_rss(pid: u32) -> (f64, f64) {
+    let (user, system) = user_and_system_cpu(pid);
+    (user + system, peak_rss_mib(pid))
+}
+
+/// CPU seconds process `pid` has used so far in user space and in the kernel (on
+/// loopback mostly the TCP stack, which any HTTP client pays alike).
+pub fn user_and_system_cpu(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let ticks = |i: usize| fields[i].parse::<f64>().unwrap() / 100.0;
+    (ticks(11), ticks(12))
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let hwm_kib: f64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
         .unwrap();
-    (ticks / 100.0, hwm_kib / 1024.0)
+    hwm_kib / 1024.0
 }
