@@ -122,8 +122,8 @@ impl<'a> Activation<'a> {
         // A binary-mode event's `type` and `source` are its headers: the map of every
         // attribute is built only when `event.ce` is read.
         let binary_attributes_only = !structured && !fields.contains(Fields::CE);
-        if (fields.any(Fields::TYPE | Fields::SOURCE | Fields::CE) && !binary_attributes_only)
-            || (structured && fields.contains(Fields::DATA))
+        if fields.contains(Fields::CE)
+            || (structured && fields.any(Fields::TYPE | Fields::SOURCE | Fields::DATA))
         {
             if structured {
                 match json::parse_object(event.body, &mut longest) {

@@ -62,29 +62,43 @@ fn dispatcher(route: &ProvisionedRoute, pod: &str) -> Spawned {
     )
 }
 
+/// Each of `pods`' health snapshot entry in the route's KV bucket, or why not yet.
+async fn snapshots<'p>(
+    route: &ProvisionedRoute,
+    pods: &[&'p str],
+) -> Result<BTreeMap<&'p str, async_nats::jetstream::kv::Entry>, String> {
+    let key = RouteKey::new(&route.config.namespace, &route.config.name);
+    // The first dispatcher creates the bucket.
+    let bucket = route
+        .js
+        .get_key_value(HEALTH_BUCKET)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut found = BTreeMap::new();
+    for pod in pods {
+        let entry = bucket
+            .entry(key.health_key("api", pod))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or(format!("no snapshot of {pod} yet"))?;
+        found.insert(*pod, entry);
+    }
+    Ok(found)
+}
+
 /// Waits until each of `pods` has counted the route's dispatchers with all of them
 /// running. A dispatcher writes its health snapshot, then counts the snapshots to
 /// size its share of the rate limit; so once every pod has a snapshot, each pod's
 /// next write is followed by a count that sees them all.
 async fn counted(route: &ProvisionedRoute, pods: &[&str]) {
-    let key = RouteKey::new(&route.config.namespace, &route.config.name);
     let revisions = || async {
-        // The first dispatcher creates the bucket.
-        let bucket = route
-            .js
-            .get_key_value(HEALTH_BUCKET)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut found = BTreeMap::new();
-        for pod in pods {
-            let entry = bucket
-                .entry(key.health_key("api", pod))
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or(format!("no snapshot of {pod} yet"))?;
-            found.insert(*pod, entry.revision);
-        }
-        Ok::<_, String>(found)
+        let found = snapshots(route, pods).await?;
+        Ok::<_, String>(
+            found
+                .into_iter()
+                .map(|(pod, entry)| (pod, entry.revision))
+                .collect::<BTreeMap<_, _>>(),
+        )
     };
     let all_live = wait::until(
         "a snapshot of every pod",
@@ -112,23 +126,12 @@ async fn counted(route: &ProvisionedRoute, pods: &[&str]) {
 /// Waits until each of `pods` has delivered at least `events`, as its health
 /// snapshot says.
 async fn delivering(route: &ProvisionedRoute, pods: &[&str], events: u64) {
-    let key = RouteKey::new(&route.config.namespace, &route.config.name);
     wait::until("every pod delivering", Duration::from_secs(30), || async {
-        let bucket = route
-            .js
-            .get_key_value(HEALTH_BUCKET)
-            .await
-            .map_err(|e| e.to_string())?;
         let mut delivered = BTreeMap::new();
-        for pod in pods {
-            let entry = bucket
-                .get(key.health_key("api", pod))
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or(format!("no snapshot of {pod}"))?;
+        for (pod, entry) in snapshots(route, pods).await? {
             let snapshot: fanout_config::health::HealthSnapshot =
-                serde_json::from_slice(&entry).map_err(|e| e.to_string())?;
-            delivered.insert(*pod, snapshot.delivered);
+                serde_json::from_slice(&entry.value).map_err(|e| e.to_string())?;
+            delivered.insert(pod, snapshot.delivered);
         }
         if delivered.values().all(|d| *d >= events) {
             Ok(())

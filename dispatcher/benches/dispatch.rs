@@ -311,9 +311,13 @@ impl Child {
 
     /// (CPU seconds used so far, of them in user space, peak RSS in MiB).
     fn usage(&self) -> (f64, f64, f64) {
-        let (cpu, rss) = fanout_testkit::process::cpu_and_peak_rss(self.process.id());
-        let (user, _) = fanout_testkit::process::user_and_system_cpu(self.process.id());
-        (cpu, user, rss)
+        let pid = self.process.id();
+        let (user, system) = fanout_testkit::process::user_and_system_cpu(pid);
+        (
+            user + system,
+            user,
+            fanout_testkit::process::peak_rss_mib(pid),
+        )
     }
 }
 
@@ -744,24 +748,23 @@ fn parent() {
             b / e
         );
         // The cost of the delivery history: the engine against its run without it.
-        let Some(off_index) = contenders.iter().position(|c| *c == Contender::EngineNoHistory) else {
-            return;
-        };
-        let (off, on) = (median(&rates[off_index]), median(&rates[engine]));
-        let dropped: Vec<String> = rates[engine]
-            .iter()
-            .map(|t| t.history_dropped.map_or("?".into(), |d| format!("{d:.0}")))
-            .collect();
-        println!();
-        println!(
-            "History on: {:.0}% of the throughput with it off (medians {:.0} and {:.0} events/s), CPU s / 1000 events {:.3} against {:.3}; records dropped by round: {}",
-            100.0 * on.events_per_sec / off.events_per_sec,
-            on.events_per_sec,
-            off.events_per_sec,
-            on.cpu_per_1000,
-            off.cpu_per_1000,
-            dropped.join(", "),
-        );
+        if let Some(off_index) = contenders.iter().position(|c| *c == Contender::EngineNoHistory) {
+            let (off, on) = (median(&rates[off_index]), median(&rates[engine]));
+            let dropped: Vec<String> = rates[engine]
+                .iter()
+                .map(|t| t.history_dropped.map_or("?".into(), |d| format!("{d:.0}")))
+                .collect();
+            println!();
+            println!(
+                "History on: {:.0}% of the throughput with it off (medians {:.0} and {:.0} events/s), CPU s / 1000 events {:.3} against {:.3}; records dropped by round: {}",
+                100.0 * on.events_per_sec / off.events_per_sec,
+                on.events_per_sec,
+                off.events_per_sec,
+                on.cpu_per_1000,
+                off.cpu_per_1000,
+                dropped.join(", "),
+            );
+        }
         if let Some((messages, bytes)) = history {
             println!(
                 "History stream after a round: {} records in {messages} messages, {:.1} MiB",

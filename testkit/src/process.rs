@@ -103,7 +103,8 @@ pub fn user_and_system_cpu(pid: u32) -> (f64, f64) {
     (ticks(11), ticks(12))
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
+/// Peak RSS (VmHWM) of process `pid` in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let hwm_kib: f64 = status
         .lines()

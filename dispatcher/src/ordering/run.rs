@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin as StdPin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -15,7 +16,6 @@ use fanout_config::jetstream::ORDERED_GROUP;
 use fanout_config::route::AfterDeadLetter;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -76,17 +76,15 @@ enum Phase {
 
 /// The consumer as read by the checker.
 struct PinView {
-    /// The loop's epoch when the read began: a view from an older one is stale.
-    epoch: u64,
     pinned: Option<String>,
-    delivered: u64,
-    ack_pending: u64,
+    pending: Pending,
 }
 
 /// What a takeover waits for: everything JetStream counted as pending, up to the
 /// sequence it had delivered, in hand.
 #[derive(Clone, Copy)]
 struct Pending {
+    /// The loop's epoch when the read began: a read from an older one is stale.
     epoch: u64,
     delivered: u64,
     ack_pending: u64,
@@ -399,7 +397,7 @@ impl Loop {
                 return;
             }
         };
-        if self.phase == Phase::Unpinned || view.epoch != self.ordered().pin.epoch() {
+        if self.phase == Phase::Unpinned || view.pending.epoch != self.ordered().pin.epoch() {
             return;
         }
         // A consumer without a pin (not provisioned as ordered yet) has no ids.
@@ -412,11 +410,7 @@ impl Loop {
         if self.phase != Phase::TakingOver {
             return;
         }
-        self.pending = Some(Pending {
-            epoch: view.epoch,
-            delivered: view.delivered,
-            ack_pending: view.ack_pending,
-        });
+        self.pending = Some(view.pending);
         self.take_over_if_all_back().await;
     }
 
@@ -570,14 +564,16 @@ async fn check(
         let epoch = worker.ordered_part().pin.epoch();
         let view = match consumer.info().await {
             Ok(info) => Ok(PinView {
-                epoch,
                 pinned: info
                     .priority_groups
                     .iter()
                     .find(|g| g.group == ORDERED_GROUP)
                     .and_then(|g| g.pinned_client_id.clone()),
-                delivered: info.delivered.stream_sequence,
-                ack_pending: info.num_ack_pending as u64,
+                pending: Pending {
+                    epoch,
+                    delivered: info.delivered.stream_sequence,
+                    ack_pending: info.num_ack_pending as u64,
+                },
             }),
             Err(error) => Err(fanout_config::error_chain(&error)),
         };
