@@ -12,6 +12,21 @@ pub(crate) fn describe(error: &ExecutionError) -> String {
             "no such key: {key} (use has(...) or the optional syntax .?{key} for fields that may be missing)"
         ),
         E::UndeclaredReference(name) => format!("{name} is not defined"),
+        // `event.data.total.x` on a number, or `event.data.items.sku` on a list: read
+        // the same whether the expression selected a field or indexed with a string
+        // (`rewrite` evaluates the one as the other).
+        E::NoSuchOverload(overload)
+            if matches!(overload.function(), "_._" | "_[_]")
+                && overload
+                    .argument_types()
+                    .get(1)
+                    .is_some_and(|t| t == "string") =>
+        {
+            format!(
+                "a {} has no fields: selecting a field or a string key needs a map",
+                overload.argument_types()[0]
+            )
+        }
         E::NoSuchOverload(overload) => overload.to_string(),
         E::UnexpectedType { got, want } => format!("expected a {want}, got a {got}"),
         E::InvalidArgumentCount { expected, actual } => {

@@ -9,6 +9,7 @@ use crate::check::{self, position};
 use crate::cost::{self, Sizes};
 use crate::describe::describe;
 use crate::event::{Activation, Fields};
+use crate::rewrite;
 
 /// The longest expression accepted, in bytes (the CRD says the same).
 pub const MAX_LENGTH: usize = 4096;
@@ -117,7 +118,11 @@ fn depth(expr: &IdedExpr, limit: usize) -> usize {
 #[derive(Debug)]
 pub struct Expression {
     source: String,
-    ast: IdedExpr,
+    /// As written: what the checks and the cost estimate read.
+    pub(crate) ast: IdedExpr,
+    /// What is evaluated: `ast` with its field selections as index operations
+    /// (see [`crate::rewrite`]).
+    evaluated: IdedExpr,
     fields: Fields,
     headers: Vec<String>,
     /// Events up to these sizes are run without estimating the cost on each.
@@ -190,6 +195,7 @@ impl Expression {
         Ok(Expression {
             source: source.to_string(),
             always_affordable: cost::within_limit_up_to(&ast),
+            evaluated: rewrite::index_fields(ast.clone()),
             ast,
             fields: uses.fields,
             headers: uses.headers,
@@ -231,7 +237,7 @@ impl Expression {
                 });
             }
         }
-        Value::resolve_val(&self.ast, &event.context).map_err(|error| {
+        Value::resolve_val(&self.evaluated, &event.context).map_err(|error| {
             let mut message = describe(&error);
             if let Some(problem) = &event.data_problem
                 && self.fields.contains(Fields::DATA)

@@ -8,7 +8,8 @@
 //! - [`Activation`] is one event as the `event` variable, built once per event and
 //!   shared by every expression of a target (its body parsed as JSON at most once).
 //! - [`Expression::evaluate`] first estimates the expression's cost on that event
-//!   ([`cost`]) and refuses to run it above [`cost::LIMIT`]; then runs it.
+//!   ([`cost`]) and refuses to run it above [`cost::LIMIT`]; then runs it, with its
+//!   field selections read as index operations (`rewrite`).
 //! - [`output`] turns a result into what a filter or a transform needs.
 //!
 //! Errors never quote event data: they name types, fields and functions only, since
@@ -21,6 +22,7 @@ mod event;
 mod expression;
 mod json;
 pub mod output;
+mod rewrite;
 
 pub use event::{Activation, EventParts, Fields};
 pub use expression::{CompileError, EvalError, Expression, MAX_DEPTH, MAX_LENGTH};

@@ -28,8 +28,11 @@
 
 #[path = "shared/events.rs"]
 mod events;
+#[path = "shared/expressions.rs"]
+mod expressions;
 
 use events::{BODY_BYTES, body};
+use expressions::{CEL_BODY, CEL_FILTER, CEL_HEADER};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,10 +47,6 @@ use fanout_testkit::nats::NatsServer;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-/// The filter and transform of the engine's second configuration, on each target.
-const CEL_FILTER: &str = r#"event.data.total > 100 && event.type == "order.placed""#;
-const CEL_BODY: &str = r#"{"order": event.data.id, "amount": event.data.total, "skus": event.data.items.map(i, i.sku)}"#;
-const CEL_HEADER: &str = "string(event.data.total)";
 const SENT_HEADER: &str = "X-Bench-Sent";
 /// The ordering key of each event (used when ordering is on): one of [`KEYS`].
 const KEY_HEADER: &str = "X-Bench-Key";

@@ -12,7 +12,7 @@
 //! filter, as they always have, and are transformed).
 
 use bytes::Bytes;
-use fanout_cel::output::{self, Body};
+use fanout_cel::output;
 use fanout_cel::{Activation, CompileError, EvalError, EventParts, Expression, Fields};
 use fanout_config::TargetConfig;
 
@@ -38,11 +38,89 @@ pub enum ExpressionStartError {
 pub enum Selection {
     /// Its filter leaves it out: acknowledged, counted as filtered.
     Skip,
-    /// Deliver it: as it is, or its transformed copy (boxed: the delivery's future
-    /// keeps it across awaits, and most targets transform nothing).
-    Send(Option<Box<Event>>),
+    /// Deliver it: as it is, or with what its transform computed (boxed: the
+    /// delivery's future keeps it across awaits, and most targets transform nothing).
+    Send(Option<Box<Transformed>>),
     /// An expression could not be evaluated on it: dead-letter it.
     Unusable(Unusable),
+}
+
+/// What a transform computed for one event: sent in place of the event's body and
+/// of the headers it names. The event itself stays as it is (its dead letter and
+/// its history are the original's), and nothing of it is copied.
+#[derive(Debug)]
+pub struct Transformed {
+    body: Option<(Bytes, &'static str)>,
+    /// Every header the transform computes, with its value, or `None` when the
+    /// expression left it out: either way the event's own of that name is not sent.
+    headers: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
+}
+
+impl Transformed {
+    /// The computed headers (see [`Transformed`]).
+    pub fn headers(&self) -> &[(http::HeaderName, Option<http::HeaderValue>)] {
+        &self.headers
+    }
+
+    /// Whether it computes the header `name`, set or left out.
+    pub fn computes(&self, name: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+/// What is sent for one event: the event, with what its transform computed.
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    pub event: &'a Event,
+    pub transformed: Option<&'a Transformed>,
+}
+
+impl<'a> Outgoing<'a> {
+    pub fn new(event: &'a Event, transformed: Option<&'a Transformed>) -> Outgoing<'a> {
+        Outgoing { event, transformed }
+    }
+
+    pub fn body(&self) -> &'a Bytes {
+        match self.transformed.and_then(|t| t.body.as_ref()) {
+            Some((body, _)) => body,
+            None => &self.event.body,
+        }
+    }
+
+    /// A computed `Content-Type` header, else the computed body's type, else (unless
+    /// the transform left the header out) the event's own.
+    pub fn content_type(&self) -> Option<&'a str> {
+        let Some(transformed) = self.transformed else {
+            return self.event.header("Content-Type");
+        };
+        let computed = transformed
+            .headers
+            .iter()
+            .find(|(n, _)| *n == http::header::CONTENT_TYPE);
+        if let Some((_, Some(value))) = computed {
+            return value.to_str().ok();
+        }
+        match &transformed.body {
+            Some((_, content_type)) => Some(content_type),
+            None if computed.is_some() => None,
+            None => self.event.header("Content-Type"),
+        }
+    }
+
+    /// The first value of the header `name` as sent: computed, or the event's own.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        if let Some(transformed) = self.transformed
+            && let Some((_, value)) = transformed
+                .headers
+                .iter()
+                .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
+        {
+            return value.as_ref().and_then(|v| v.to_str().ok());
+        }
+        self.event.header(name)
+    }
 }
 
 /// Why an event could not go through a target's expressions.
@@ -58,7 +136,9 @@ pub struct Unusable {
 pub struct TargetExpressions {
     filter: Option<Expression>,
     body: Option<Expression>,
-    headers: Vec<(async_nats::HeaderName, Expression)>,
+    /// Each computed header: its name, its field (`transform.headers[X-Name]`, as
+    /// written) and its expression.
+    headers: Vec<(http::HeaderName, String, Expression)>,
     /// What the event variable must hold for all of them.
     fields: Fields,
 }
@@ -88,16 +168,17 @@ impl TargetExpressions {
                 .transpose()?;
             for (name, source) in &transform.headers {
                 let field = format!("transform.headers[{name}]");
-                let header = name.parse::<async_nats::HeaderName>().map_err(|_| {
+                let header = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                     ExpressionStartError::HeaderName {
                         field: field.clone(),
                     }
                 })?;
-                compiled.headers.push((header, compile(&field, source)?));
+                let expression = compile(&field, source)?;
+                compiled.headers.push((header, field, expression));
             }
         }
         let all = compiled.filter.iter().chain(&compiled.body);
-        let all = all.chain(compiled.headers.iter().map(|(_, e)| e));
+        let all = all.chain(compiled.headers.iter().map(|(_, _, e)| e));
         compiled.fields = all.fold(Fields::default(), |f, e| f | e.fields());
         Ok(compiled)
     }
@@ -129,7 +210,7 @@ impl TargetExpressions {
         if !self.transforms() {
             return Selection::Send(None);
         }
-        match self.transform(event, &activation) {
+        match self.transform(&activation) {
             Ok(transformed) => Selection::Send(Some(Box::new(transformed))),
             Err(unusable) => Selection::Unusable(unusable),
         }
@@ -154,91 +235,39 @@ impl TargetExpressions {
         self.body.is_some() || !self.headers.is_empty()
     }
 
-    /// A copy of `event` with the computed body and headers.
-    fn transform(&self, event: &Event, activation: &Activation) -> Result<Event, Unusable> {
+    /// The body and headers computed for the event `activation` holds.
+    fn transform(&self, activation: &Activation) -> Result<Transformed, Unusable> {
         let body = match &self.body {
             None => None,
-            Some(expression) => Some(
-                expression
+            Some(expression) => {
+                let body = expression
                     .evaluate(activation)
                     .and_then(|v| output::body(v.as_ref()))
-                    .map_err(|e| evaluation(DeadLetterReason::Transform, "transform.body", &e))?,
-            ),
+                    .map_err(|e| evaluation(DeadLetterReason::Transform, "transform.body", &e))?;
+                Some((Bytes::from(body.bytes), body.content_type))
+            }
         };
-        let mut computed: Vec<(&async_nats::HeaderName, String)> = Vec::new();
-        for (name, expression) in &self.headers {
-            let field = || format!("transform.headers[{name}]");
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, field, expression) in &self.headers {
             let value = expression
                 .evaluate(activation)
                 .and_then(|v| output::header_value(v.as_ref()))
-                .map_err(|e| evaluation(DeadLetterReason::Transform, &field(), &e))?;
-            if let Some(value) = value {
-                if http::HeaderValue::from_str(&value).is_err() {
-                    return Err(Unusable {
-                        reason: DeadLetterReason::Transform,
-                        error: format!(
-                            "{}: the value is not valid header text (visible ASCII, no line breaks)",
-                            field()
-                        ),
-                    });
-                }
-                computed.push((name, value));
-            }
+                .map_err(|e| evaluation(DeadLetterReason::Transform, field, &e))?;
+            let value = match value {
+                None => None,
+                Some(value) => Some(http::HeaderValue::from_str(&value).map_err(|_| Unusable {
+                    reason: DeadLetterReason::Transform,
+                    error: format!(
+                        "{field}: the value is not valid header text (visible ASCII, no line breaks)"
+                    ),
+                })?),
+            };
+            headers.push((name.clone(), value));
         }
-        Ok(with_body_and_headers(event, body, computed, &self.headers))
+        Ok(Transformed { body, headers })
     }
 }
 
-/// `event` with `body` (and its content type, unless a computed header sets one) and
-/// the `computed` headers; every header a transform computes (`names`), set or left
-/// out, replaces the event's own of that name.
-fn with_body_and_headers(
-    event: &Event,
-    body: Option<Body>,
-    computed: Vec<(&async_nats::HeaderName, String)>,
-    names: &[(async_nats::HeaderName, Expression)],
-) -> Event {
-    let content_type = body.as_ref().map(|b| b.content_type);
-    let replaced = |name: &str| {
-        names
-            .iter()
-            .any(|(n, _)| AsRef::<str>::as_ref(n).eq_ignore_ascii_case(name))
-            || (content_type.is_some() && name.eq_ignore_ascii_case("content-type"))
-    };
-    let mut headers = async_nats::HeaderMap::new();
-    for (name, values) in event.headers.iter() {
-        if replaced(name.as_ref()) {
-            continue;
-        }
-        for value in values {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    let computes_content_type = computed
-        .iter()
-        .any(|(n, _)| AsRef::<str>::as_ref(n).eq_ignore_ascii_case("content-type"));
-    if let Some(content_type) = content_type
-        && !computes_content_type
-    {
-        headers.insert("Content-Type", content_type);
-    }
-    for (name, value) in computed {
-        headers.insert(name.clone(), value);
-    }
-    // Field by field: `..event.clone()` would copy the event's header map too, only
-    // to drop it.
-    Event {
-        id: event.id.clone(),
-        subject: event.subject.clone(),
-        headers,
-        body: body.map_or_else(|| event.body.clone(), |b| Bytes::from(b.bytes)),
-        delivery: event.delivery,
-        stream_sequence: event.stream_sequence,
-        stored_at: event.stored_at,
-    }
-}
-
-/// Every header of `event`, name and first value.
 /// An ordered target's `ordering.key.cel`, compiled once when the worker starts.
 #[derive(Debug)]
 pub struct KeyExpression(Expression);
@@ -270,6 +299,7 @@ impl KeyExpression {
 
 const KEY_FIELD: &str = "ordering.key.cel";
 
+/// Every header of `event`, name and first value.
 fn header_pairs(event: &Event) -> Vec<(&str, &str)> {
     event
         .headers
@@ -407,19 +437,20 @@ policy:
             ],
         ));
         let original = event(SUBJECT, r#"{"id": "o-1", "total": 12.5}"#);
-        let Selection::Send(Some(sent)) = e.select(&original, true) else {
+        let Selection::Send(Some(transformed)) = e.select(&original, true) else {
             panic!("not transformed")
         };
-        assert_eq!(&sent.body[..], br#"{"order":"o-1","tenant":"acme"}"#);
-        assert_eq!(sent.header("content-type"), Some("application/json"));
+        let sent = Outgoing::new(&original, Some(&transformed));
+        assert_eq!(&sent.body()[..], br#"{"order":"o-1","tenant":"acme"}"#);
+        assert_eq!(sent.content_type(), Some("application/json"));
         assert_eq!(sent.header("x-tenant"), Some("acme-eu"));
-        assert_eq!(sent.headers.get_all("X-Tenant").count(), 1);
         assert_eq!(sent.header("x-total"), Some("12.5"));
         assert_eq!(sent.header("x-coupon"), None);
+        assert!(transformed.computes("x-coupon"), "left out, not forgotten");
         assert_eq!(sent.header("ce-type"), Some("order.placed"));
-        assert_eq!((sent.id.as_str(), sent.delivery), ("evt-1", 1));
         // The original stays as it was, for its dead letter.
         assert_eq!(original.header("x-tenant"), Some("acme"));
+        assert_eq!(original.header("content-type"), Some("application/json"));
     }
 
     #[test]
@@ -430,17 +461,39 @@ policy:
             &[("Content-Type", "'application/xml'")],
         ));
         let original = event(SUBJECT, r#"{"id": "o-1"}"#);
-        let Selection::Send(Some(sent)) = e.select(&original, true) else {
+        let Selection::Send(Some(transformed)) = e.select(&original, true) else {
             panic!("not sent")
         };
-        assert_eq!(&sent.body[..], br#"<order id="o-1"/>"#);
-        assert_eq!(sent.header("content-type"), Some("application/xml"));
+        let sent = Outgoing::new(&original, Some(&transformed));
+        assert_eq!(&sent.body()[..], br#"<order id="o-1"/>"#);
+        assert_eq!(sent.content_type(), Some("application/xml"));
+    }
+
+    #[test]
+    fn a_content_type_left_out_falls_back_to_the_body_or_to_none() {
+        let original = event(SUBJECT, r#"{"id": "o-1"}"#);
+        let content_type = |body: Option<&str>| {
+            let e = compile(&target(None, body, &[("Content-Type", "null")]));
+            let Selection::Send(Some(transformed)) = e.select(&original, true) else {
+                panic!("not sent")
+            };
+            Outgoing::new(&original, Some(&transformed))
+                .content_type()
+                .map(str::to_string)
+        };
         assert_eq!(
-            sent.headers
-                .iter()
-                .filter(|(n, _)| AsRef::<str>::as_ref(n).eq_ignore_ascii_case("content-type"))
-                .count(),
-            1
+            content_type(Some("event.data.id")).as_deref(),
+            Some(output::TEXT)
+        );
+        assert_eq!(
+            content_type(None),
+            None,
+            "the event's own is not sent either"
+        );
+        // Without a transform, the event's own.
+        assert_eq!(
+            Outgoing::new(&original, None).content_type(),
+            Some("application/json")
         );
     }
 

@@ -9,7 +9,8 @@ use fanout_config::TargetConfig;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use http_body_util::Full;
 
-use crate::event::{Event, is_internal_header};
+use crate::event::is_internal_header;
+use crate::expressions::Outgoing;
 use crate::signing::SigningKey;
 
 /// Credentials read from their files at start.
@@ -91,16 +92,19 @@ impl RequestTemplate {
 
     /// Builds the request of one attempt; `traceparent` is the attempt's own (see
     /// [`crate::trace::child_traceparent`]).
-    pub fn build(&self, event: &Event, traceparent: &str) -> http::Request<Full<Bytes>> {
+    pub fn build(&self, outgoing: Outgoing<'_>, traceparent: &str) -> http::Request<Full<Bytes>> {
+        let event = outgoing.event;
+        let computed = outgoing.transformed.map_or(&[][..], |t| t.headers());
         let mut headers = self.fixed.clone();
         // Room for the event's headers and Fanout's up front: growing the map as they
         // are inserted rehashes it, on every request.
-        headers.reserve(event.headers.len() + 7);
-        // The event's own headers (CloudEvents ce-*, X-Event-Type, ...) fill in what
-        // the target's static headers did not set; Fanout's below override both.
+        headers.reserve(event.headers.len() + computed.len() + 7);
+        // The event's own headers (CloudEvents ce-*, X-Event-Type, ...) and those its
+        // transform computed fill in what the target's static headers did not set;
+        // Fanout's below override both.
         for (name, values) in event.headers.iter() {
             let name: &str = name.as_ref();
-            if !is_forwarded(name) {
+            if !is_forwarded(name) || outgoing.transformed.is_some_and(|t| t.computes(name)) {
                 continue;
             }
             let name = HeaderName::from_bytes(name.as_bytes());
@@ -109,23 +113,31 @@ impl RequestTemplate {
                 headers.entry(name).or_insert(value);
             }
         }
-        let content_type = event
-            .header("Content-Type")
+        for (name, value) in computed {
+            if let Some(value) = value
+                && is_forwarded(name.as_str())
+            {
+                headers.entry(name).or_insert_with(|| value.clone());
+            }
+        }
+        let content_type = outgoing
+            .content_type()
             .unwrap_or("application/octet-stream");
         insert(&mut headers, CONTENT_TYPE, content_type);
         insert(&mut headers, IDEMPOTENCY_KEY, &event.id);
         headers.insert(FANOUT_ATTEMPT, HeaderValue::from(event.delivery));
         insert(&mut headers, TRACEPARENT, traceparent);
+        let body = outgoing.body();
         if let Some(key) = &self.signing {
             let timestamp = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
             insert(&mut headers, WEBHOOK_ID, &event.id);
             headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
-            let signature = key.sign(&event.id, timestamp, &event.body);
+            let signature = key.sign(&event.id, timestamp, body);
             insert(&mut headers, WEBHOOK_SIGNATURE, &signature);
         }
-        let mut request = http::Request::new(Full::new(event.body.clone()));
+        let mut request = http::Request::new(Full::new(body.clone()));
         *request.method_mut() = self.method.clone();
         *request.headers_mut() = headers;
         request
@@ -172,6 +184,8 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
+    use crate::event::Event;
+    use crate::expressions::{Selection, TargetExpressions};
     use crate::trace;
 
     fn target(headers: &[(&str, &str)]) -> TargetConfig {
@@ -224,10 +238,19 @@ policy:
     }
 
     fn build(target: &TargetConfig, auth: Auth, event: &Event) -> http::Request<Full<Bytes>> {
+        build_outgoing(target, auth, Outgoing::new(event, None))
+    }
+
+    fn build_outgoing(
+        target: &TargetConfig,
+        auth: Auth,
+        outgoing: Outgoing<'_>,
+    ) -> http::Request<Full<Bytes>> {
+        let event = outgoing.event;
         RequestTemplate::new("shop/orders", target, auth)
             .unwrap()
             .build(
-                event,
+                outgoing,
                 &trace::child_traceparent(
                     event.header("traceparent"),
                     &mut StdRng::seed_from_u64(1),
@@ -341,5 +364,71 @@ policy:
         assert_eq!(h["webhook-id"], "evt-1");
         assert!(h["webhook-signature"].to_str().unwrap().starts_with("v1,"));
         assert!(h.get("webhook-timestamp").is_some());
+    }
+
+    #[test]
+    fn a_transformed_event_sends_its_computed_body_and_headers_in_place_of_its_own() {
+        let mut config = target(&[("X-Static", "static")]);
+        config.transform = Some(fanout_config::route::Transform {
+            body: Some("{'order': event.data.id}".into()),
+            headers: [
+                ("X-Tenant", "'computed'"),
+                ("X-Static", "'computed'"),
+                ("X-Dropped", "null"),
+                ("Traceparent", "'00-forged'"),
+                ("Fanout-Attempt", "'99'"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        });
+        let mut original = event(&[
+            ("Content-Type", "text/plain"),
+            ("X-Tenant", "from-event"),
+            ("X-Dropped", "from-event"),
+            ("ce-type", "order.placed"),
+        ]);
+        original.body = Bytes::from_static(br#"{"id": "o-1"}"#);
+        let Selection::Send(Some(transformed)) = TargetExpressions::compile(&config)
+            .unwrap()
+            .select(&original, true)
+        else {
+            panic!("not transformed")
+        };
+        let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let auth = Auth {
+            signing: Some(key.clone()),
+            ..Default::default()
+        };
+        let request = build_outgoing(&config, auth, Outgoing::new(&original, Some(&transformed)));
+        let h = request.headers();
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h.get_all("content-type").iter().count(), 1);
+        assert_eq!(h["x-tenant"], "computed");
+        assert_eq!(h.get_all("x-tenant").iter().count(), 1);
+        assert_eq!(
+            h["x-static"], "static",
+            "the target's static headers still win"
+        );
+        assert!(
+            h.get("x-dropped").is_none(),
+            "left out, the event's own is not sent"
+        );
+        assert_eq!(h["ce-type"], "order.placed");
+        assert_eq!(h["fanout-attempt"], "2");
+        assert_ne!(h["traceparent"], "00-forged");
+        let body = request.body().clone();
+        let body = futures::executor::block_on(http_body_util::BodyExt::collect(body))
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], br#"{"order":"o-1"}"#);
+        // The signature covers what was sent.
+        let timestamp: i64 = h["webhook-timestamp"].to_str().unwrap().parse().unwrap();
+        assert_eq!(
+            h["webhook-signature"],
+            key.sign("evt-1", timestamp, &body).as_str()
+        );
+        // The event itself is untouched, for its dead letter and history.
+        assert_eq!(original.header("x-tenant"), Some("from-event"));
     }
 }

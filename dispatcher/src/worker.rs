@@ -29,7 +29,7 @@ use crate::dead_letter::{DeadLetter, DeadLetterError, Stored};
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::egress_hold::EgressHold;
 use crate::event::Event;
-use crate::expressions::{Selection, TargetExpressions};
+use crate::expressions::{Outgoing, Selection, TargetExpressions};
 use crate::http::{HttpClient, Response, SendError};
 use crate::oauth2::{SharedTokenError, TokenSource};
 use crate::ordering;
@@ -392,7 +392,7 @@ impl Worker {
 
     async fn deliver(self: Arc<Self>, mut message: Message, drain: CancellationToken) {
         let event = Event::from_message(&mut message);
-        // What goes to the target: the event, or its transformed copy.
+        // What goes to the target: the event, and what its transform computed.
         let transformed = match self.select(&event) {
             Selection::Send(transformed) => transformed,
             Selection::Skip => {
@@ -415,7 +415,7 @@ impl Worker {
                 return;
             }
         };
-        let outgoing = transformed.as_deref().unwrap_or(&event);
+        let outgoing = Outgoing::new(&event, transformed.as_deref());
         if self.time_left(&event) == Some(Duration::ZERO) {
             Box::pin(self.expire(&message, &event, None)).await;
             return;
@@ -493,12 +493,12 @@ impl Worker {
     /// for an ordered target, `fence`), then sends one request and classifies its
     /// answer, which the breaker and the concurrency limit are told. A request the
     /// egress policy refuses was not sent: the event waits and tries again.
-    /// `outgoing` is what is sent: `event`, or its transformed copy.
+    /// `outgoing` is what is sent: `event`, with what its transform computed.
     pub(crate) async fn attempt_once(
         &self,
         message: &Message,
         event: &Event,
-        outgoing: &Event,
+        outgoing: Outgoing<'_>,
         drain: &CancellationToken,
         fence: Option<&Fence<'_>>,
     ) -> Attempted {
@@ -737,14 +737,14 @@ impl Worker {
     /// Sends one request and classifies what came back; an error (a
     /// [`Failure::Refused`]) when the egress policy refused the connection, and so
     /// nothing was sent.
-    async fn attempt(&self, event: &Event, traceparent: &str) -> Result<Verdict, Failure> {
-        let request = self.template.build(event, traceparent);
+    async fn attempt(&self, outgoing: Outgoing<'_>, traceparent: &str) -> Result<Verdict, Failure> {
+        let request = self.template.build(outgoing, traceparent);
         let sent = match &self.tokens {
             None => self.client.send(request, body_limit).await,
             // Boxed: its two requests and token fetches would otherwise enlarge
             // every delivery's future, token or not (docs/benchmarks.md).
             Some(tokens) => {
-                match Box::pin(self.send_with_token(tokens, event, traceparent, request)).await {
+                match Box::pin(self.send_with_token(tokens, outgoing, traceparent, request)).await {
                     Ok(sent) => sent,
                     Err(error) => {
                         return Ok(classify_transport(Failure::Token(error_chain(&*error))));
@@ -803,7 +803,7 @@ impl Worker {
     async fn send_with_token(
         &self,
         tokens: &TokenSource,
-        event: &Event,
+        outgoing: Outgoing<'_>,
         traceparent: &str,
         mut request: http::Request<http_body_util::Full<bytes::Bytes>>,
     ) -> Result<Result<Response, SendError>, SharedTokenError> {
@@ -814,7 +814,7 @@ impl Worker {
             return Ok(sent);
         }
         let token = tokens.replace(&token).await?;
-        let mut request = self.template.build(event, traceparent);
+        let mut request = self.template.build(outgoing, traceparent);
         request.headers_mut().insert(AUTHORIZATION, token);
         Ok(self.client.send(request, body_limit).await)
     }

@@ -25,7 +25,7 @@ use crate::classify::{Failure, Verdict};
 use crate::concurrency::ConcurrencyLimit;
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::event::Event;
-use crate::expressions::{Selection, Unusable};
+use crate::expressions::{Outgoing, Selection, Transformed, Unusable};
 use crate::report::AttemptEnd;
 use crate::worker::{Attempted, Worker, alongside_with, settle};
 
@@ -46,9 +46,9 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 pub struct Held {
     message: Message,
     event: Event,
-    /// What its target's expressions made of it: its transformed copy, or why it
+    /// What its target's expressions made of it: what its transform computed, or why it
     /// must be dead-lettered (which happens in its key's turn).
-    selected: Result<Option<Box<Event>>, Unusable>,
+    selected: Result<Option<Box<Transformed>>, Unusable>,
     key: Option<String>,
     received_at: Instant,
 }
@@ -605,7 +605,7 @@ async fn deliver(
     } = held;
     let mut fence = ordered.pin.fence(received_at);
     let sequence = event.stream_sequence;
-    let mut transformed = match selected {
+    let transformed = match selected {
         Ok(transformed) => transformed,
         Err(unusable) => {
             worker
@@ -647,15 +647,11 @@ async fn deliver(
             )
             .await;
         }
-        // The attempt number rises in hand; the copy sent carries it too.
-        if let Some(copy) = transformed.as_deref_mut() {
-            copy.delivery = event.delivery;
-        }
         let (verdict, attempt) = match worker
             .attempt_once(
                 &message,
                 &event,
-                transformed.as_deref().unwrap_or(&event),
+                Outgoing::new(&event, transformed.as_deref()),
                 &drain,
                 Some(&fence),
             )
