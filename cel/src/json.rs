@@ -17,6 +17,11 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 pub(crate) type Object<'a> = HashMap<CelMapKey<'a>, Box<dyn Val + 'a>>;
 
+/// Entries an object has room for before its first key, when the reader cannot tell
+/// (serde_json never can): a map that grows rehashes every key it holds (with
+/// SipHash, which cel's maps use), and most objects in events are this small.
+const OBJECT_ROOM: usize = 7;
+
 /// The elements of the longest list or object seen so far.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Longest(pub usize);
@@ -167,7 +172,8 @@ fn entries<'de, A: MapAccess<'de>>(
     mut map: A,
     longest: &mut Longest,
 ) -> Result<Object<'de>, A::Error> {
-    let mut entries = HashMap::with_capacity(map.size_hint().unwrap_or(0).min(1024));
+    let room = map.size_hint().unwrap_or(OBJECT_ROOM).min(1024);
+    let mut entries = HashMap::with_capacity(room);
     while let Some(key) = map.next_key_seed(KeySeed)? {
         let value = map.next_value_seed(ValueSeed {
             longest: &mut *longest,

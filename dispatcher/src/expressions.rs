@@ -253,14 +253,22 @@ impl TargetExpressions {
                 .evaluate(activation)
                 .and_then(|v| output::header_value(v.as_ref()))
                 .map_err(|e| evaluation(DeadLetterReason::Transform, field, &e))?;
+            // Visible ASCII and tabs: what every HTTP stack reads the same way (the
+            // http crate would also pass raw bytes above 0x7f on).
+            let text = |v: &String| v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
             let value = match value {
                 None => None,
-                Some(value) => Some(http::HeaderValue::from_str(&value).map_err(|_| Unusable {
-                    reason: DeadLetterReason::Transform,
-                    error: format!(
-                        "{field}: the value is not valid header text (visible ASCII, no line breaks)"
-                    ),
-                })?),
+                Some(value) if text(&value) => {
+                    Some(http::HeaderValue::try_from(value).expect("visible ASCII is header text"))
+                }
+                Some(_) => {
+                    return Err(Unusable {
+                        reason: DeadLetterReason::Transform,
+                        error: format!(
+                            "{field}: the value is not valid header text (visible ASCII, no line breaks)"
+                        ),
+                    });
+                }
             };
             headers.push((name.clone(), value));
         }
@@ -516,6 +524,17 @@ policy:
         assert!(
             u.error
                 .starts_with("transform.headers[X-Line]: the value is not valid header text"),
+            "{}",
+            u.error
+        );
+        // Header text is visible ASCII: not raw UTF-8 either.
+        let e = compile(&target(None, None, &[("X-Name", "'café'")]));
+        let Selection::Unusable(u) = e.select(&event(SUBJECT, "{}"), true) else {
+            panic!("not unusable")
+        };
+        assert!(
+            u.error
+                .starts_with("transform.headers[X-Name]: the value is not valid header text"),
             "{}",
             u.error
         );
