@@ -15,7 +15,7 @@
 //! rewritten like any other expression.
 
 use cel::IdedExpr;
-use cel::common::ast::{CallExpr, EntryExpr, Expr, LiteralValue, operators};
+use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedEntryExpr, LiteralValue, operators};
 use cel::common::types::CelString;
 
 /// `expr` with every field selection on `event` or a macro's variable as an index.
@@ -77,29 +77,22 @@ fn walk(expr: &mut IdedExpr, bound: &mut Vec<String>) {
                 walk(element, bound);
             }
         }
-        Expr::Map(map) => {
-            for entry in &mut map.entries {
-                match &mut entry.expr {
-                    EntryExpr::MapEntry(e) => {
-                        walk(&mut e.key, bound);
-                        walk(&mut e.value, bound);
-                    }
-                    EntryExpr::StructField(f) => walk(&mut f.value, bound),
-                }
-            }
-        }
-        Expr::Struct(s) => {
-            for entry in &mut s.entries {
-                match &mut entry.expr {
-                    EntryExpr::MapEntry(e) => {
-                        walk(&mut e.key, bound);
-                        walk(&mut e.value, bound);
-                    }
-                    EntryExpr::StructField(f) => walk(&mut f.value, bound),
-                }
-            }
-        }
+        Expr::Map(map) => entries(&mut map.entries, bound),
+        Expr::Struct(s) => entries(&mut s.entries, bound),
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// The keys and values of a map or struct literal.
+fn entries(entries: &mut [IdedEntryExpr], bound: &mut Vec<String>) {
+    for entry in entries {
+        match &mut entry.expr {
+            EntryExpr::MapEntry(e) => {
+                walk(&mut e.key, bound);
+                walk(&mut e.value, bound);
+            }
+            EntryExpr::StructField(f) => walk(&mut f.value, bound),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ mod expressions;
 use std::hint::black_box;
 use std::time::{Instant, SystemTime};
 
-use fanout_config::TargetConfig;
+use fanout_api::manifests::Manifests;
 use fanout_dispatcher::event::Event;
 use fanout_dispatcher::expressions::{Outgoing, Selection, TargetExpressions};
 use fanout_dispatcher::request::{Auth, RequestTemplate};
@@ -38,43 +38,73 @@ struct Configuration {
     template: RequestTemplate,
 }
 
-fn configuration(
-    name: &'static str,
-    filter: Option<&str>,
-    body: Option<&str>,
-    header: Option<&str>,
-) -> Configuration {
-    let mut target: TargetConfig = serde_yaml_ng::from_str(
-        "name: crm
-consumer: crm
-deadLetterSubject: fanout.dlq.shop.orders.crm
-filter: {}
-policy:
+/// The configurations, each a target of one route, rendered from manifests as the
+/// operator renders them.
+fn configurations() -> Vec<Configuration> {
+    let cases: [(&str, &str, String); 5] = [
+        ("no expressions (baseline)", "none", String::new()),
+        (
+            "filter",
+            "filter",
+            format!("      filter: {{cel: '{CEL_FILTER}'}}\n"),
+        ),
+        (
+            "transform: body",
+            "body",
+            format!("      transform: {{body: '{CEL_BODY}'}}\n"),
+        ),
+        (
+            "transform: header",
+            "header",
+            format!("      transform: {{headers: {{X-Order-Total: '{CEL_HEADER}'}}}}\n"),
+        ),
+        (
+            "filter and transform (the dispatch bench's)",
+            "all",
+            format!(
+                "      filter: {{cel: '{CEL_FILTER}'}}\n      transform:\n        body: '{CEL_BODY}'\n        headers: {{X-Order-Total: '{CEL_HEADER}'}}\n"
+            ),
+        ),
+    ];
+    let mut manifests = "apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {name: crm}
+spec:
   url: http://127.0.0.1:1/hook
-  method: POST
-  headers: {}
-  timeout: 2s
-  retry: {maxAttempts: 3, backoff: exponential, jitter: full, initialDelay: 100ms, maxDelay: 1s, retryAfterMax: 10s, retryableStatusCodes: ['5xx'], nonRetryableStatusCodes: []}
   maxInFlight: 64
-",
-    )
-    .expect("the bench's target parses");
-    target.filter.cel = filter.map(str::to_string);
-    if body.is_some() || header.is_some() {
-        target.transform = Some(fanout_config::route::Transform {
-            body: body.map(str::to_string),
-            headers: header
-                .map(|h| ("X-Order-Total".to_string(), h.to_string()))
-                .into_iter()
-                .collect(),
-        });
+---
+apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {name: orders}
+spec:
+  targets:
+"
+    .to_string();
+    for (_, target, spec) in &cases {
+        manifests.push_str(&format!(
+            "    - name: {target}\n      apiTargetRef: {{name: crm}}\n{spec}"
+        ));
     }
-    Configuration {
-        name,
-        expressions: TargetExpressions::compile(&target).expect("the bench's expressions compile"),
-        template: RequestTemplate::new("shop/orders", &target, Auth::default())
-            .expect("the bench's target has valid headers"),
-    }
+    let secrets = tempfile::tempdir().expect("a temporary directory");
+    let route = Manifests::parse(&manifests, "bench")
+        .and_then(|m| m.render(secrets.path()))
+        .expect("the bench's manifests render")
+        .remove(0)
+        .config;
+    cases
+        .iter()
+        .zip(&route.targets)
+        .map(|((name, target_name, _), target)| {
+            assert_eq!(&target.name, target_name, "the route's targets in order");
+            Configuration {
+                name,
+                expressions: TargetExpressions::compile(target)
+                    .expect("the bench's expressions compile"),
+                template: RequestTemplate::new("bench/orders", target, Auth::default())
+                    .expect("the bench's target has valid headers"),
+            }
+        })
+        .collect()
 }
 
 fn event(i: usize) -> Event {
@@ -125,18 +155,7 @@ fn median(values: &[f64]) -> f64 {
 fn main() {
     let rounds = env_or("FANOUT_BENCH_ROUNDS", 5);
     let count = env_or("FANOUT_BENCH_EVENTS", 200_000);
-    let configurations = [
-        configuration("no expressions (baseline)", None, None, None),
-        configuration("filter", Some(CEL_FILTER), None, None),
-        configuration("transform: body", None, Some(CEL_BODY), None),
-        configuration("transform: header", None, None, Some(CEL_HEADER)),
-        configuration(
-            "filter and transform (the dispatch bench's)",
-            Some(CEL_FILTER),
-            Some(CEL_BODY),
-            Some(CEL_HEADER),
-        ),
-    ];
+    let configurations = configurations();
     let events: Vec<Event> = (0..DISTINCT).map(event).collect();
     // Warm up: allocator pages, caches, branch predictors.
     for configuration in &configurations {
