@@ -222,6 +222,7 @@ async fn a_transformed_target_gets_the_reshaped_body_and_computed_headers_signed
           X-Order-Total: string(event.data.total)
           X-Event-Type: event.type
           X-Coupon: 'has(event.data.coupon) ? event.data.coupon : null'
+          X-Tenant: event.headers['x-tenant'] + '-eu'
     - name: raw
       apiTargetRef: {name: raw}
 ",
@@ -257,6 +258,14 @@ async fn a_transformed_target_gets_the_reshaped_body_and_computed_headers_signed
     assert_eq!(got.header("x-order-total"), Some("99.5"));
     assert_eq!(got.header("x-event-type"), Some("order.placed"));
     assert_eq!(got.header("x-coupon"), None, "null leaves the header out");
+    // A computed header replaces the event's own of that name: sent once.
+    let tenants: Vec<&str> = got
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-tenant"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(tenants, ["acme-eu"]);
     assert_eq!(got.header("idempotency-key"), Some("order-1"));
     assert_eq!(got.header("ce-type"), Some("order.placed"));
     // The signature covers what the target received, by the official verifier.
