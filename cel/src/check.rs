@@ -79,6 +79,10 @@ pub(crate) struct Uses {
     pub fields: Fields,
     /// Header names the expression spells out, lower-case, each once.
     pub headers: Vec<String>,
+    /// The top-level keys of `event.data` it names (`event.data.total`,
+    /// `has(event.data.coupon)`, `event.data["id"]`), each once; `None` when it reads
+    /// `event.data` as a whole (`size(event.data)`, `event.data[k]`, `event`).
+    pub data_keys: Option<Vec<String>>,
 }
 
 /// A rule broken, and where.
@@ -95,7 +99,10 @@ pub(crate) struct Problem {
 pub(crate) fn check(expr: &IdedExpr) -> Result<Uses, Problem> {
     let mut checker = Checker {
         scope: Vec::new(),
-        uses: Uses::default(),
+        uses: Uses {
+            data_keys: Some(Vec::new()),
+            ..Uses::default()
+        },
     };
     checker.walk(expr)?;
     Ok(checker.uses)
@@ -149,11 +156,29 @@ impl<'e> Checker<'e> {
         matches!(&expr.expr, Expr::Select(s) if !s.test && s.field == "headers" && self.is_event(&s.operand))
     }
 
-    /// `event.<name>`; `event` is the node of the variable.
+    /// Whether `expr` is `event.data`.
+    fn is_data(&self, expr: &IdedExpr) -> bool {
+        matches!(&expr.expr, Expr::Select(s) if !s.test && s.field == "data" && self.is_event(&s.operand))
+    }
+
+    /// The key `key` of `event.data`, named.
+    fn data_key(&mut self, key: &str) {
+        self.uses.fields = self.uses.fields.union(Fields::DATA);
+        if let Some(keys) = &mut self.uses.data_keys
+            && !keys.iter().any(|k| k == key)
+        {
+            keys.push(key.to_string());
+        }
+    }
+
+    /// `event.<name>`, read as a whole; `event` is the node of the variable.
     fn field(&mut self, event: &IdedExpr, name: &str) -> Result<(), Problem> {
         match Fields::named(name) {
             Some(field) => {
                 self.uses.fields = self.uses.fields.union(field);
+                if field == Fields::DATA {
+                    self.uses.data_keys = None;
+                }
                 Ok(())
             }
             None => {
@@ -186,6 +211,7 @@ impl<'e> Checker<'e> {
                 } else if name == "event" {
                     // The whole event, not one field of it.
                     self.uses.fields = Fields::ALL;
+                    self.uses.data_keys = None;
                     Ok(())
                 } else {
                     self.fail(
@@ -203,6 +229,10 @@ impl<'e> Checker<'e> {
                 if self.is_headers(&select.operand) {
                     self.uses.fields = self.uses.fields.union(Fields::HEADERS);
                     self.header(&select.field);
+                    return Ok(());
+                }
+                if self.is_data(&select.operand) {
+                    self.data_key(&select.field);
                     return Ok(());
                 }
                 self.walk(&select.operand)
@@ -253,6 +283,12 @@ impl<'e> Checker<'e> {
                     {
                         self.uses.fields = self.uses.fields.union(Fields::HEADERS);
                         self.header(&header);
+                        return Ok(());
+                    }
+                    if self.is_data(&call.args[0])
+                        && let Some(key) = literal(&call.args[1])
+                    {
+                        self.data_key(&key);
                         return Ok(());
                     }
                 }

@@ -11,7 +11,9 @@
 //! | `event.body` | bytes | the body as stored |
 //!
 //! Only the fields an expression names are built (see [`Fields`]), so a filter on
-//! `event.type` never parses the body.
+//! `event.type` never parses the body; and of a JSON object body, only the keys the
+//! expressions name, when none reads `event.data` whole
+//! ([`Activation::with_data_keys`]).
 
 use std::collections::HashMap;
 
@@ -96,6 +98,18 @@ pub struct Activation<'a> {
 impl<'a> Activation<'a> {
     /// Builds the `fields` of `event` that expressions read.
     pub fn new(event: &EventParts<'a>, fields: Fields) -> Activation<'a> {
+        Activation::with_data_keys(event, fields, None)
+    }
+
+    /// [`Activation::new`], with only `data_keys` of a body that is a JSON object
+    /// (the others are read past, not built), when every expression that will see it
+    /// names the keys of `event.data` it reads ([`crate::Expression::data_keys`]).
+    /// A structured CloudEvent's `data` is built whole.
+    pub fn with_data_keys(
+        event: &EventParts<'a>,
+        fields: Fields,
+        data_keys: Option<&[String]>,
+    ) -> Activation<'a> {
         let mut longest = Longest::default();
         let mut data_problem = None;
         let mut entries: json::Object<'a> = HashMap::with_capacity(8);
@@ -170,7 +184,7 @@ impl<'a> Activation<'a> {
 
         if fields.contains(Fields::DATA) {
             if !structured {
-                data = match json::parse(event.body, &mut longest) {
+                data = match json::parse(event.body, data_keys, &mut longest) {
                     Ok(value) => Some(value),
                     Err(e) if event.body.is_empty() => {
                         data_problem = Some(format!("the body is empty ({e})"));

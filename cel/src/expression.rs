@@ -124,6 +124,7 @@ pub struct Expression {
     /// (see [`crate::rewrite`]).
     evaluated: IdedExpr,
     fields: Fields,
+    data_keys: Option<Vec<String>>,
     headers: Vec<String>,
     /// Events up to these sizes are run without estimating the cost on each.
     always_affordable: Sizes,
@@ -198,6 +199,7 @@ impl Expression {
             evaluated: rewrite::index_fields(ast.clone()),
             ast,
             fields: uses.fields,
+            data_keys: uses.data_keys,
             headers: uses.headers,
         })
     }
@@ -209,6 +211,13 @@ impl Expression {
     /// The fields of `event` it reads: what an [`Activation`] must hold for it.
     pub fn fields(&self) -> Fields {
         self.fields
+    }
+
+    /// The top-level keys of `event.data` it names, when it reads only those: an
+    /// [`Activation`] built with [`Activation::with_data_keys`] may leave the rest
+    /// of the body's object out. `None`: it reads `event.data` as a whole.
+    pub fn data_keys(&self) -> Option<&[String]> {
+        self.data_keys.as_deref()
     }
 
     /// Header names it spells out (`event.headers["x-tenant"]`), lower-case: the

@@ -27,12 +27,18 @@ const OBJECT_ROOM: usize = 7;
 pub(crate) struct Longest(pub usize);
 
 /// `body` as one CEL value; the longest list or object in it is added to `longest`.
+/// With `keys`, an object at the top keeps only those keys: the values of the others
+/// are read past (checked as JSON) without being built.
 pub(crate) fn parse<'a>(
     body: &'a [u8],
+    keys: Option<&[String]>,
     longest: &mut Longest,
 ) -> Result<Box<dyn Val + 'a>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = ValueSeed { longest }.deserialize(&mut de)?;
+    let value = match keys {
+        None => ValueSeed { longest }.deserialize(&mut de)?,
+        Some(keys) => (&mut de).deserialize_any(KeptVisitor { keys, longest })?,
+    };
     de.end()?;
     Ok(value)
 }
@@ -168,6 +174,73 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
     }
 }
 
+/// A value whose top-level object keeps only `keys`; any other value whole.
+struct KeptVisitor<'s> {
+    keys: &'s [String],
+    longest: &'s mut Longest,
+}
+
+impl<'de> Visitor<'de> for KeptVisitor<'_> {
+    type Value = Box<dyn Val + 'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries = HashMap::with_capacity(self.keys.len());
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            if self.keys.iter().any(|k| k.as_str() == key.inner()) {
+                let value = map.next_value_seed(ValueSeed {
+                    longest: &mut *self.longest,
+                })?;
+                entries.insert(CelMapKey::String(key), value);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        self.longest.0 = self.longest.0.max(entries.len());
+        Ok(Box::new(CelMap::from(entries)))
+    }
+
+    // Anything but an object: as `ValueVisitor` builds it.
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        self.whole().visit_bool(v)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        self.whole().visit_i64(v)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        self.whole().visit_u64(v)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        self.whole().visit_f64(v)
+    }
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        self.whole().visit_borrowed_str(v)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        self.whole().visit_str(v)
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        self.whole().visit_string(v)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        self.whole().visit_unit()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.whole().visit_seq(seq)
+    }
+}
+
+impl<'s> KeptVisitor<'s> {
+    fn whole(self) -> ValueVisitor<'s> {
+        ValueVisitor {
+            longest: self.longest,
+        }
+    }
+}
+
 fn entries<'de, A: MapAccess<'de>>(
     mut map: A,
     longest: &mut Longest,
@@ -228,7 +301,12 @@ mod tests {
     #[test]
     fn integers_are_ints_and_fractions_doubles() {
         let mut longest = Longest::default();
-        let v = parse(br#"[1, -2, 1.5, 1e3, 18446744073709551615]"#, &mut longest).unwrap();
+        let v = parse(
+            br#"[1, -2, 1.5, 1e3, 18446744073709551615]"#,
+            None,
+            &mut longest,
+        )
+        .unwrap();
         let list = v.downcast_ref::<CelList>().unwrap().inner();
         let kinds: Vec<Kind> = list.iter().map(|v| kind(v.as_ref())).collect();
         assert_eq!(
@@ -243,6 +321,7 @@ mod tests {
         let mut longest = Longest::default();
         parse(
             br#"{"a": {"b": [1, 2, 3, 4, 5, 6, 7]}, "c": 1}"#,
+            None,
             &mut longest,
         )
         .unwrap();
@@ -268,9 +347,26 @@ mod tests {
     #[test]
     fn trailing_text_and_non_objects_are_told_apart() {
         let mut longest = Longest::default();
-        assert!(parse(b"{} x", &mut longest).is_err());
-        assert!(parse(b"not json", &mut longest).is_err());
+        assert!(parse(b"{} x", None, &mut longest).is_err());
+        assert!(parse(b"not json", None, &mut longest).is_err());
         assert!(parse_object(b"[1]", &mut longest).unwrap().is_none());
         assert!(parse_object(b"\"s\"", &mut longest).unwrap().is_none());
+    }
+
+    #[test]
+    fn kept_keys_leave_the_others_out_but_still_check_them_as_json() {
+        let keys = ["total".to_string(), "missing".to_string()];
+        let mut longest = Longest::default();
+        let body = br#"{"total": 5, "items": [1, 2, 3, 4, 5, 6, 7, 8], "note": "a\nb"}"#;
+        let v = parse(body, Some(&keys), &mut longest).unwrap();
+        let map = v.downcast_ref::<CelMap>().unwrap();
+        assert_eq!(map.inner().len(), 1);
+        assert!(map.inner().contains_key(&CelMapKey::from("total")));
+        assert_eq!(longest.0, 1, "what was left out is not measured");
+        // Invalid JSON in a value left out is still an error; a value that is not
+        // an object is built whole.
+        assert!(parse(br#"{"total": 5, "x": [1,}"#, Some(&keys), &mut longest).is_err());
+        let v = parse(br#"[1, 2]"#, Some(&keys), &mut longest).unwrap();
+        assert_eq!(v.downcast_ref::<CelList>().unwrap().inner().len(), 2);
     }
 }

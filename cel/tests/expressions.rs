@@ -210,6 +210,77 @@ fn the_fields_read_and_the_headers_named_are_known() {
 }
 
 #[test]
+fn the_keys_of_data_read_are_known_unless_data_is_read_whole() {
+    let keys = |source: &str| compile(source).data_keys().map(<[String]>::to_vec);
+    assert_eq!(
+        keys(
+            "event.data.total > 1 && has(event.data.coupon) && event.data['id'] != '' && event.data.total < 9"
+        ),
+        Some(vec!["total".into(), "coupon".into(), "id".into()])
+    );
+    assert_eq!(
+        keys("event.data.items.map(i, i.sku) == [] || event.data.?note.orValue('') == ''"),
+        Some(vec!["items".into(), "note".into()])
+    );
+    assert_eq!(keys("event.type == 'a'"), Some(vec![]));
+    for whole in [
+        "size(event.data) > 0",
+        "'total' in event.data",
+        "event.data[event.subject] == 1",
+        "event.data == {}",
+        "has(event.data)",
+        "size(event) > 0",
+        "[event.data].size() == 1",
+    ] {
+        assert_eq!(keys(whole), None, "{whole}");
+    }
+}
+
+/// Building only the keys of `event.data` that expressions name changes nothing they
+/// can see: every expression gives the same value or the same error as on the whole.
+#[test]
+fn an_event_built_with_only_the_keys_read_evaluates_as_the_whole() {
+    let bodies = [
+        r#"{"total": 150, "id": "o-1", "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 3}], "note": "x", "pad": [1, 2, 3, 4, 5, 6, 7, 8, 9]}"#,
+        r#"{"sum": 1, "total": "150"}"#,
+        r#"{"total": {"x": 1}, "total": 2}"#,
+        r#"[1, 2]"#,
+        r#""text""#,
+        "not json",
+        "",
+    ];
+    let expressions = [
+        "event.data.total > 100",
+        "event.data.total.x == 1",
+        "has(event.data.total) && has(event.data.coupon)",
+        "event.data.?coupon.orValue('none')",
+        "event.data['id']",
+        "event.data.items.map(i, i.sku)",
+        "event.data.items.exists(i, i.qty > 2)",
+        "{'order': event.data.id, 'skus': event.data.items.map(i, i.sku), 'n': size(event.data.items)}",
+        "string(event.data.total)",
+        "event.data.note + event.type",
+        "size(event.data)",
+    ];
+    let stored = |body: &str| Stored::new(&[("ce-type", "order.placed")], body);
+    for body in bodies {
+        let stored = stored(body);
+        for source in expressions {
+            let expression = compile(source);
+            let parts = stored.parts();
+            let outcome = |activation: &Activation| match expression.evaluate(activation) {
+                Ok(value) => format!("{:?}", output::body(value.as_ref())),
+                Err(error) => format!("error: {error}"),
+            };
+            let whole = Activation::new(&parts, Fields::ALL);
+            let kept =
+                Activation::with_data_keys(&parts, expression.fields(), expression.data_keys());
+            assert_eq!(outcome(&kept), outcome(&whole), "{source} on {body}");
+        }
+    }
+}
+
+#[test]
 fn every_listed_function_exists_in_the_interpreter() {
     let stored = order("150");
     for source in [

@@ -34,6 +34,8 @@ const DISTINCT: usize = 1000;
 
 struct Configuration {
     name: &'static str,
+    /// Runs on the large orders.
+    large: bool,
     expressions: TargetExpressions,
     template: RequestTemplate,
 }
@@ -41,7 +43,7 @@ struct Configuration {
 /// The configurations, each a target of one route, rendered from manifests as the
 /// operator renders them.
 fn configurations() -> Vec<Configuration> {
-    let cases: [(&str, &str, String); 5] = [
+    let cases: [(&str, &str, String); 6] = [
         ("no expressions (baseline)", "none", String::new()),
         (
             "filter",
@@ -64,6 +66,11 @@ fn configurations() -> Vec<Configuration> {
             format!(
                 "      filter: {{cel: '{CEL_FILTER}'}}\n      transform:\n        body: '{CEL_BODY}'\n        headers: {{X-Order-Total: '{CEL_HEADER}'}}\n"
             ),
+        ),
+        (
+            "filter, on a 4 KiB order of 64 lines",
+            "large",
+            format!("      filter: {{cel: '{CEL_FILTER}'}}\n"),
         ),
     ];
     let mut manifests = "apiVersion: fanout.dev/v1alpha1
@@ -98,6 +105,7 @@ spec:
             assert_eq!(&target.name, target_name, "the route's targets in order");
             Configuration {
                 name,
+                large: *target_name == "large",
                 expressions: TargetExpressions::compile(target)
                     .expect("the bench's expressions compile"),
                 template: RequestTemplate::new("bench/orders", target, Auth::default())
@@ -116,6 +124,29 @@ fn event(i: usize) -> Event {
         delivery: 1,
         stream_sequence: i as u64 + 1,
         stored_at: SystemTime::now(),
+    }
+}
+
+/// Event `i` with a 4 KiB order: the bench's order with 64 lines and a customer,
+/// most of which the filter does not read.
+fn large_event(i: usize) -> Event {
+    let lines: Vec<String> = (0..64)
+        .map(|l| {
+            format!(
+                r#"{{"sku": "sku-{l}", "qty": {}, "price": {}.5, "note": "line {l}"}}"#,
+                l % 5 + 1,
+                l * 3
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"id": "order-{i}", "total": {}, "items": [{{"sku": "a-1", "qty": 1}}], "customer": {{"id": "c-{i}", "name": "Customer {i}", "email": "c{i}@example.com", "tier": "gold"}}, "lines": [{}]}}"#,
+        150 + i % 100,
+        lines.join(", ")
+    );
+    Event {
+        body: bytes::Bytes::from(body),
+        ..event(i)
     }
 }
 
@@ -157,22 +188,25 @@ fn main() {
     let count = env_or("FANOUT_BENCH_EVENTS", 200_000);
     let configurations = configurations();
     let events: Vec<Event> = (0..DISTINCT).map(event).collect();
+    let large: Vec<Event> = (0..DISTINCT).map(large_event).collect();
+    let events_of = |c: &Configuration| if c.large { &large } else { &events };
     // Warm up: allocator pages, caches, branch predictors.
     for configuration in &configurations {
-        run(configuration, &events, count / 10);
+        run(configuration, events_of(configuration), count / 10);
     }
     let mut timings = vec![Vec::new(); configurations.len()];
     for round in 1..=rounds {
         eprintln!("round {round}/{rounds} ...");
         for (configuration, timing) in configurations.iter().zip(&mut timings) {
-            timing.push(run(configuration, &events, count));
+            timing.push(run(configuration, events_of(configuration), count));
         }
     }
     let baseline = median(&timings[0]);
     println!();
     println!(
-        "{count} events of {} B per round, {rounds} rounds",
-        events::BODY_BYTES
+        "{count} events of {} B per round ({} B for the 4 KiB order), {rounds} rounds",
+        events::BODY_BYTES,
+        large[0].body.len()
     );
     println!();
     println!("| configuration | µs per event and target (rounds) | added to the baseline |");

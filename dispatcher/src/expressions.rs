@@ -141,6 +141,8 @@ pub struct TargetExpressions {
     headers: Vec<(http::HeaderName, String, Expression)>,
     /// What the event variable must hold for all of them.
     fields: Fields,
+    /// The keys of `event.data` they read, when all of them name theirs.
+    data_keys: Option<Vec<String>>,
 }
 
 impl TargetExpressions {
@@ -178,8 +180,16 @@ impl TargetExpressions {
             }
         }
         let all = compiled.filter.iter().chain(&compiled.body);
-        let all = all.chain(compiled.headers.iter().map(|(_, _, e)| e));
-        compiled.fields = all.fold(Fields::default(), |f, e| f | e.fields());
+        let mut all = all.chain(compiled.headers.iter().map(|(_, _, e)| e));
+        compiled.fields = all.clone().fold(Fields::default(), |f, e| f | e.fields());
+        compiled.data_keys = all.try_fold(Vec::new(), |mut keys: Vec<String>, e| {
+            for key in e.data_keys()? {
+                if !keys.contains(key) {
+                    keys.push(key.clone());
+                }
+            }
+            Some(keys)
+        });
         Ok(compiled)
     }
 
@@ -196,7 +206,7 @@ impl TargetExpressions {
         }
         let headers = header_pairs(event);
         let parts = parts(event, &headers);
-        let activation = Activation::new(&parts, self.fields);
+        let activation = Activation::with_data_keys(&parts, self.fields, self.data_keys.as_deref());
         if filtered && let Some(filter) = &self.filter {
             match filter
                 .evaluate(&activation)
@@ -224,7 +234,7 @@ impl TargetExpressions {
         };
         let headers = header_pairs(event);
         let parts = parts(event, &headers);
-        let activation = Activation::new(&parts, filter.fields());
+        let activation = Activation::with_data_keys(&parts, filter.fields(), filter.data_keys());
         filter
             .evaluate(&activation)
             .and_then(|v| output::boolean(v.as_ref()))
@@ -297,7 +307,7 @@ impl KeyExpression {
     pub fn key(&self, event: &Event) -> Result<Option<String>, Unusable> {
         let headers = header_pairs(event);
         let parts = parts(event, &headers);
-        let activation = Activation::new(&parts, self.0.fields());
+        let activation = Activation::with_data_keys(&parts, self.0.fields(), self.0.data_keys());
         self.0
             .evaluate(&activation)
             .and_then(|v| output::header_value(v.as_ref()))
@@ -475,6 +485,39 @@ policy:
         let sent = Outgoing::new(&original, Some(&transformed));
         assert_eq!(&sent.body()[..], br#"<order id="o-1"/>"#);
         assert_eq!(sent.content_type(), Some("application/xml"));
+    }
+
+    #[test]
+    fn the_keys_every_expression_reads_are_built() {
+        let e = compile(&target(
+            Some("event.data.total > 100"),
+            Some("{'order': event.data.id}"),
+            &[("X-Coupon", "event.data.?coupon.orValue('none')")],
+        ));
+        let original = event(
+            SUBJECT,
+            r#"{"id": "o-1", "total": 150, "coupon": "c-1", "other": [1, 2]}"#,
+        );
+        let Selection::Send(Some(transformed)) = e.select(&original, true) else {
+            panic!("not sent")
+        };
+        let sent = Outgoing::new(&original, Some(&transformed));
+        assert_eq!(&sent.body()[..], br#"{"order":"o-1"}"#);
+        assert_eq!(sent.header("x-coupon"), Some("c-1"));
+        // One expression reading `event.data` whole: all of it is built.
+        let e = compile(&target(
+            Some("event.data.total > 100"),
+            Some("event.data"),
+            &[],
+        ));
+        let Selection::Send(Some(transformed)) = e.select(&original, true) else {
+            panic!("not sent")
+        };
+        let sent = Outgoing::new(&original, Some(&transformed));
+        assert_eq!(
+            &sent.body()[..],
+            br#"{"coupon":"c-1","id":"o-1","other":[1,2],"total":150}"#
+        );
     }
 
     #[test]
