@@ -571,7 +571,16 @@ async fn the_gateway_follows_new_routes_and_rotated_tokens_by_watch_events() {
     })
     .await
     .unwrap();
-    assert_eq!(routes().await.unwrap(), 1);
+    // The tokens are written before the route list (a listed route never lacks its
+    // tokens), so the list may follow a moment later.
+    wait::until("the new route in the gateway's list", T, || async {
+        match routes().await? {
+            1 => Ok(()),
+            n => Err(format!("{n} routes")),
+        }
+    })
+    .await
+    .unwrap();
 
     // Rotation: only the Secret changes, no route does.
     env.apply(
