@@ -35,10 +35,10 @@ pub(crate) fn parse<'a>(
     longest: &mut Longest,
 ) -> Result<Box<dyn Val + 'a>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = match keys {
-        None => ValueSeed { longest }.deserialize(&mut de)?,
-        Some(keys) => (&mut de).deserialize_any(KeptVisitor { keys, longest })?,
-    };
+    let value = (&mut de).deserialize_any(ValueVisitor {
+        longest,
+        keep: keys,
+    })?;
     de.end()?;
     Ok(value)
 }
@@ -64,12 +64,15 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(ValueVisitor {
             longest: self.longest,
+            keep: None,
         })
     }
 }
 
 struct ValueVisitor<'s> {
     longest: &'s mut Longest,
+    /// For an object, the only keys to build (see [`parse`]).
+    keep: Option<&'s [String]>,
 }
 
 impl<'de> Visitor<'de> for ValueVisitor<'_> {
@@ -126,7 +129,11 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Ok(Box::new(CelMap::from(entries(map, self.longest)?)))
+        Ok(Box::new(CelMap::from(entries(
+            map,
+            self.keep,
+            self.longest,
+        )?)))
     }
 }
 
@@ -143,7 +150,7 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        entries(map, self.longest).map(Some)
+        entries(map, None, self.longest).map(Some)
     }
 
     // Anything else is valid, just not an object: read and dropped.
@@ -168,86 +175,30 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         ValueVisitor {
             longest: self.longest,
+            keep: None,
         }
         .visit_seq(seq)
         .map(|_| None)
     }
 }
 
-/// A value whose top-level object keeps only `keys`; any other value whole.
-struct KeptVisitor<'s> {
-    keys: &'s [String],
-    longest: &'s mut Longest,
-}
-
-impl<'de> Visitor<'de> for KeptVisitor<'_> {
-    type Value = Box<dyn Val + 'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut entries = HashMap::with_capacity(self.keys.len());
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            if self.keys.iter().any(|k| k.as_str() == key.inner()) {
-                let value = map.next_value_seed(ValueSeed {
-                    longest: &mut *self.longest,
-                })?;
-                entries.insert(CelMapKey::String(key), value);
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        self.longest.0 = self.longest.0.max(entries.len());
-        Ok(Box::new(CelMap::from(entries)))
-    }
-
-    // Anything but an object: as `ValueVisitor` builds it.
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        self.whole().visit_bool(v)
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        self.whole().visit_i64(v)
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        self.whole().visit_u64(v)
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        self.whole().visit_f64(v)
-    }
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        self.whole().visit_borrowed_str(v)
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        self.whole().visit_str(v)
-    }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-        self.whole().visit_string(v)
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        self.whole().visit_unit()
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        self.whole().visit_seq(seq)
-    }
-}
-
-impl<'s> KeptVisitor<'s> {
-    fn whole(self) -> ValueVisitor<'s> {
-        ValueVisitor {
-            longest: self.longest,
-        }
-    }
-}
-
+/// An object's entries; with `keep`, only those keys (the others' values are read
+/// past, still checked as JSON).
 fn entries<'de, A: MapAccess<'de>>(
     mut map: A,
+    keep: Option<&[String]>,
     longest: &mut Longest,
 ) -> Result<Object<'de>, A::Error> {
-    let room = map.size_hint().unwrap_or(OBJECT_ROOM).min(1024);
-    let mut entries = HashMap::with_capacity(room);
+    let room = match keep {
+        Some(keys) => keys.len(),
+        None => map.size_hint().unwrap_or(OBJECT_ROOM),
+    };
+    let mut entries = HashMap::with_capacity(room.min(1024));
     while let Some(key) = map.next_key_seed(KeySeed)? {
+        if keep.is_some_and(|keys| !keys.iter().any(|k| k.as_str() == key.inner())) {
+            map.next_value::<serde::de::IgnoredAny>()?;
+            continue;
+        }
         let value = map.next_value_seed(ValueSeed {
             longest: &mut *longest,
         })?;

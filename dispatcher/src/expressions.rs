@@ -64,9 +64,16 @@ impl Transformed {
 
     /// Whether it computes the header `name`, set or left out.
     pub fn computes(&self, name: &str) -> bool {
+        self.computed(name).is_some()
+    }
+
+    /// The header `name` as computed (`Some(None)`: left out), or `None` when it
+    /// computes no header of that name.
+    fn computed(&self, name: &str) -> Option<Option<&http::HeaderValue>> {
         self.headers
             .iter()
-            .any(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
+            .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_ref())
     }
 }
 
@@ -95,31 +102,21 @@ impl<'a> Outgoing<'a> {
         let Some(transformed) = self.transformed else {
             return self.event.header("Content-Type");
         };
-        let computed = transformed
-            .headers
-            .iter()
-            .find(|(n, _)| *n == http::header::CONTENT_TYPE);
-        if let Some((_, Some(value))) = computed {
-            return value.to_str().ok();
-        }
-        match &transformed.body {
-            Some((_, content_type)) => Some(content_type),
-            None if computed.is_some() => None,
-            None => self.event.header("Content-Type"),
+        match (transformed.computed("content-type"), &transformed.body) {
+            (Some(Some(value)), _) => value.to_str().ok(),
+            (_, Some((_, content_type))) => Some(content_type),
+            (Some(None), None) => None,
+            (None, None) => self.event.header("Content-Type"),
         }
     }
 
     /// The first value of the header `name` as sent: computed, or the event's own.
-    pub fn header(&self, name: &str) -> Option<&'a str> {
-        if let Some(transformed) = self.transformed
-            && let Some((_, value)) = transformed
-                .headers
-                .iter()
-                .find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))
-        {
-            return value.as_ref().and_then(|v| v.to_str().ok());
+    #[cfg(test)]
+    fn header(&self, name: &str) -> Option<&'a str> {
+        match self.transformed.and_then(|t| t.computed(name)) {
+            Some(value) => value.and_then(|v| v.to_str().ok()),
+            None => self.event.header(name),
         }
-        self.event.header(name)
     }
 }
 
@@ -263,12 +260,9 @@ impl TargetExpressions {
                 .evaluate(activation)
                 .and_then(|v| output::header_value(v.as_ref()))
                 .map_err(|e| evaluation(DeadLetterReason::Transform, field, &e))?;
-            // Visible ASCII and tabs: what every HTTP stack reads the same way (the
-            // http crate would also pass raw bytes above 0x7f on).
-            let text = |v: &String| v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
             let value = match value {
                 None => None,
-                Some(value) if text(&value) => {
+                Some(value) if is_header_text(&value) => {
                     Some(http::HeaderValue::try_from(value).expect("visible ASCII is header text"))
                 }
                 Some(_) => {
@@ -316,6 +310,14 @@ impl KeyExpression {
 }
 
 const KEY_FIELD: &str = "ordering.key.cel";
+
+/// Visible ASCII and tabs: what every HTTP stack reads the same way (the http crate
+/// would also pass raw bytes above 0x7f on).
+fn is_header_text(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
 
 /// Every header of `event`, name and first value.
 fn header_pairs(event: &Event) -> Vec<(&str, &str)> {
