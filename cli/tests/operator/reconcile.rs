@@ -541,17 +541,20 @@ async fn the_gateway_follows_new_routes_and_rotated_tokens_by_watch_events() {
             .ok_or("absent")?;
         Ok::<_, String>(secret.data.unwrap_or_default())
     };
-    let routes = || async { Ok::<_, String>(env.gateway_config().await?.routes.len()) };
+    let routes_listed = |what: &'static str, want: usize| {
+        let env = &env;
+        wait::until(what, T, move || async move {
+            match env.gateway_config().await?.routes.len() {
+                n if n == want => Ok(()),
+                n => Err(format!("{n} routes")),
+            }
+        })
+    };
     // The first write happens once the caches have synced, with no route yet.
     env.apply(&target_yaml("inventory", "http://127.0.0.1:9/in", ""));
-    wait::until("the gateway's first (empty) route list", T, || async {
-        match routes().await? {
-            0 => Ok(()),
-            n => Err(format!("{n} routes")),
-        }
-    })
-    .await
-    .unwrap();
+    routes_listed("the gateway's first (empty) route list", 0)
+        .await
+        .unwrap();
 
     // A route created afterwards, with its token: a route event.
     env.apply(&format!(
@@ -573,14 +576,9 @@ async fn the_gateway_follows_new_routes_and_rotated_tokens_by_watch_events() {
     .unwrap();
     // The tokens are written before the route list (a listed route never lacks its
     // tokens), so the list may follow a moment later.
-    wait::until("the new route in the gateway's list", T, || async {
-        match routes().await? {
-            1 => Ok(()),
-            n => Err(format!("{n} routes")),
-        }
-    })
-    .await
-    .unwrap();
+    routes_listed("the new route in the gateway's list", 1)
+        .await
+        .unwrap();
 
     // Rotation: only the Secret changes, no route does.
     env.apply(
