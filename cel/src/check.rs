@@ -2,11 +2,13 @@
 //! that a typo is refused when the route is applied rather than failing on every
 //! event: the one variable `event` (and the variables its macros introduce), the
 //! fields of `event`, and the functions below. It also records which fields of
-//! `event` the expression reads and which headers it names.
+//! `event` the expression reads, which headers it names and which parts of
+//! `event.data` ([`Projection`]).
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, SourceInfo, operators};
 
 use crate::event::Fields;
+use crate::projection::{Projection, Step};
 
 /// The functions and operators an expression may call: CEL's standard library
 /// without timestamps and durations. Macros (`has`, `all`, `exists`, `exists_one`,
@@ -79,11 +81,14 @@ pub(crate) struct Uses {
     pub fields: Fields,
     /// Header names the expression spells out, lower-case, each once.
     pub headers: Vec<String>,
-    /// The top-level keys of `event.data` it names (`event.data.total`,
-    /// `has(event.data.coupon)`, `event.data["id"]`), each once; `None` when it reads
-    /// `event.data` as a whole (`size(event.data)`, `event.data[k]`, `event`).
-    pub data_keys: Option<Vec<String>>,
+    /// The parts of `event.data` it reads (`event.data.total`,
+    /// `has(event.data.coupon)`, `event.data.items.map(i, i.sku)`); whole when it
+    /// reads `event.data` as a whole (`size(event.data)`, `event.data[k]`, `event`).
+    pub data: Projection,
 }
+
+/// Where in `event.data` a value comes from: its steps from `event.data`.
+type Path = Vec<Step>;
 
 /// A rule broken, and where.
 #[derive(Debug)]
@@ -99,12 +104,9 @@ pub(crate) struct Problem {
 pub(crate) fn check(expr: &IdedExpr) -> Result<Uses, Problem> {
     let mut checker = Checker {
         scope: Vec::new(),
-        uses: Uses {
-            data_keys: Some(Vec::new()),
-            ..Uses::default()
-        },
+        uses: Uses::default(),
     };
-    checker.walk(expr)?;
+    checker.value(expr)?;
     Ok(checker.uses)
 }
 
@@ -133,7 +135,9 @@ pub(crate) fn position(info: &SourceInfo, id: u64, quote: Option<&str>) -> Strin
 }
 
 struct Checker<'e> {
-    scope: Vec<&'e str>,
+    /// The macro variables in scope, innermost last, each with the part of
+    /// `event.data` it holds (an element of a list there), if any.
+    scope: Vec<(&'e str, Option<Path>)>,
     uses: Uses,
 }
 
@@ -146,9 +150,18 @@ impl<'e> Checker<'e> {
         })
     }
 
+    /// The macro variable `name`, innermost first: what of `event.data` it holds.
+    fn bound(&self, name: &str) -> Option<&Option<Path>> {
+        self.scope
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| p)
+    }
+
     /// Whether `expr` is the variable `event` (not a macro variable of that name).
     fn is_event(&self, expr: &IdedExpr) -> bool {
-        matches!(&expr.expr, Expr::Ident(name) if name == "event" && !self.scope.contains(&"event"))
+        matches!(&expr.expr, Expr::Ident(name) if name == "event" && self.bound("event").is_none())
     }
 
     /// Whether `expr` is `event.headers`.
@@ -156,30 +169,13 @@ impl<'e> Checker<'e> {
         matches!(&expr.expr, Expr::Select(s) if !s.test && s.field == "headers" && self.is_event(&s.operand))
     }
 
-    /// Whether `expr` is `event.data`.
-    fn is_data(&self, expr: &IdedExpr) -> bool {
-        matches!(&expr.expr, Expr::Select(s) if !s.test && s.field == "data" && self.is_event(&s.operand))
-    }
-
-    /// The key `key` of `event.data`, named.
-    fn data_key(&mut self, key: &str) {
-        self.uses.fields = self.uses.fields.union(Fields::DATA);
-        if let Some(keys) = &mut self.uses.data_keys
-            && !keys.iter().any(|k| k == key)
-        {
-            keys.push(key.to_string());
-        }
-    }
-
-    /// `event.<name>`, read as a whole; `event` is the node of the variable.
-    fn field(&mut self, event: &IdedExpr, name: &str) -> Result<(), Problem> {
+    /// `event.<name>`; `event` is the node of the variable. For `event.data`, the
+    /// path to it, for the caller to read.
+    fn field(&mut self, event: &IdedExpr, name: &str) -> Result<Option<Path>, Problem> {
         match Fields::named(name) {
             Some(field) => {
                 self.uses.fields = self.uses.fields.union(field);
-                if field == Fields::DATA {
-                    self.uses.data_keys = None;
-                }
-                Ok(())
+                Ok((field == Fields::DATA).then(Path::new))
             }
             None => {
                 let names: Vec<&str> = Fields::NAMES.iter().map(|(n, _)| *n).collect();
@@ -202,17 +198,31 @@ impl<'e> Checker<'e> {
         }
     }
 
-    fn walk(&mut self, expr: &'e IdedExpr) -> Result<(), Problem> {
+    /// Walks `expr` as a value that may be observed whole: a part of `event.data`
+    /// it is, is read whole.
+    fn value(&mut self, expr: &'e IdedExpr) -> Result<(), Problem> {
+        if let Some(path) = self.walk(expr)? {
+            self.uses.data.read(&path, true);
+        }
+        Ok(())
+    }
+
+    /// Checks `expr`; when it is a part of `event.data` (`event.data.items`, a macro
+    /// variable over its elements), returns the path to it without reading it: the
+    /// caller may select within it.
+    fn walk(&mut self, expr: &'e IdedExpr) -> Result<Option<Path>, Problem> {
         match &expr.expr {
-            Expr::Literal(_) => Ok(()),
+            Expr::Literal(_) => Ok(None),
             Expr::Ident(name) => {
-                if self.scope.contains(&name.as_str()) || TYPE_NAMES.contains(&name.as_str()) {
-                    Ok(())
+                if let Some(path) = self.bound(name) {
+                    Ok(path.clone())
+                } else if TYPE_NAMES.contains(&name.as_str()) {
+                    Ok(None)
                 } else if name == "event" {
                     // The whole event, not one field of it.
                     self.uses.fields = Fields::ALL;
-                    self.uses.data_keys = None;
-                    Ok(())
+                    self.uses.data.read(&[], true);
+                    Ok(None)
                 } else {
                     self.fail(
                         expr,
@@ -224,18 +234,29 @@ impl<'e> Checker<'e> {
             }
             Expr::Select(select) => {
                 if self.is_event(&select.operand) {
-                    return self.field(&select.operand, &select.field);
+                    let path = self.field(&select.operand, &select.field)?;
+                    if select.test {
+                        // `has(event.data)` asks the map `event` whether the field
+                        // is there (see `rewrite`), not for its value.
+                        self.uses.fields = self.uses.fields.union(Fields::EVENT);
+                        return Ok(None);
+                    }
+                    return Ok(path);
                 }
                 if self.is_headers(&select.operand) {
                     self.uses.fields = self.uses.fields.union(Fields::HEADERS);
                     self.header(&select.field);
-                    return Ok(());
+                    return Ok(None);
                 }
-                if self.is_data(&select.operand) {
-                    self.data_key(&select.field);
-                    return Ok(());
+                let Some(mut path) = self.walk(&select.operand)? else {
+                    return Ok(None);
+                };
+                path.push(Step::Key(select.field.clone()));
+                if select.test {
+                    self.uses.data.read(&path, false);
+                    return Ok(None);
                 }
-                self.walk(&select.operand)
+                Ok(Some(path))
             }
             Expr::Call(call) => {
                 let literal = |e: &IdedExpr| match &e.expr {
@@ -243,7 +264,7 @@ impl<'e> Checker<'e> {
                     _ => None,
                 };
                 let name = match &call.target {
-                    Some(t) if matches!(&t.expr, Expr::Ident(n) if n == "optional" && !self.scope.contains(&"optional")) => {
+                    Some(t) if matches!(&t.expr, Expr::Ident(n) if n == "optional" && self.bound("optional").is_none()) => {
                         format!("optional.{}", call.func_name)
                     }
                     _ => call.func_name.clone(),
@@ -263,18 +284,25 @@ impl<'e> Checker<'e> {
                     };
                     return self.fail(expr, hint);
                 }
-                // `event["data"]` and `event.headers["x-tenant"]`, `"x" in event.headers`.
+                // `event["data"]`, `event.headers["x-tenant"]`, `"x" in event.headers`,
+                // `event.data.items[0]`, `event.data.?coupon`.
                 let index = matches!(
                     name.as_str(),
                     operators::INDEX | operators::OPT_INDEX | operators::OPT_SELECT
                 );
                 if index && call.args.len() == 2 {
                     if self.is_event(&call.args[0]) {
+                        if name != operators::INDEX {
+                            // `event.?data`: an optional selection on the map `event`.
+                            self.uses.fields = self.uses.fields.union(Fields::EVENT);
+                        }
                         return match literal(&call.args[1]) {
                             Some(field) => self.field(&call.args[0], &field),
                             None => {
                                 self.uses.fields = Fields::ALL;
-                                self.walk(&call.args[1])
+                                self.uses.data.read(&[], true);
+                                self.value(&call.args[1])?;
+                                Ok(None)
                             }
                         };
                     }
@@ -283,14 +311,29 @@ impl<'e> Checker<'e> {
                     {
                         self.uses.fields = self.uses.fields.union(Fields::HEADERS);
                         self.header(&header);
-                        return Ok(());
+                        return Ok(None);
                     }
-                    if self.is_data(&call.args[0])
-                        && let Some(key) = literal(&call.args[1])
-                    {
-                        self.data_key(&key);
-                        return Ok(());
+                    if let Some(mut path) = self.walk(&call.args[0])? {
+                        let step = match &call.args[1].expr {
+                            Expr::Literal(LiteralValue::String(key)) => {
+                                Some(Step::Key(key.inner().to_string()))
+                            }
+                            Expr::Literal(LiteralValue::Int(_) | LiteralValue::UInt(_)) => {
+                                Some(Step::Element)
+                            }
+                            _ => None,
+                        };
+                        let Some(step) = step else {
+                            // A computed index may name any key or element.
+                            self.uses.data.read(&path, true);
+                            self.value(&call.args[1])?;
+                            return Ok(None);
+                        };
+                        path.push(step);
+                        return Ok(Some(path));
                     }
+                    self.value(&call.args[1])?;
+                    return Ok(None);
                 }
                 if name == operators::IN
                     && call.args.len() == 2
@@ -299,7 +342,7 @@ impl<'e> Checker<'e> {
                 {
                     self.uses.fields = self.uses.fields.union(Fields::HEADERS);
                     self.header(&header);
-                    return Ok(());
+                    return Ok(None);
                 }
                 if name == "matches" {
                     let pattern = call.args.last();
@@ -322,38 +365,62 @@ impl<'e> Checker<'e> {
                         }
                     }
                 }
-                if name.starts_with("optional.") {
-                    // `optional` is a namespace here, not a variable.
-                    return call.args.iter().try_for_each(|a| self.walk(a));
+                if !name.starts_with("optional.")
+                    && let Some(target) = &call.target
+                {
+                    // (`optional` is a namespace there, not a variable.)
+                    self.value(target)?;
                 }
-                if let Some(target) = &call.target {
-                    self.walk(target)?;
-                }
-                call.args.iter().try_for_each(|a| self.walk(a))
+                call.args.iter().try_for_each(|a| self.value(a))?;
+                Ok(None)
             }
             Expr::Comprehension(c) => {
-                self.walk(&c.iter_range)?;
-                self.walk(&c.accu_init)?;
+                // Over a list in `event.data`, the variable holds one of its elements;
+                // with two variables (index or key, and value), all of it is read.
+                let element = match self.walk(&c.iter_range)? {
+                    Some(path) if c.iter_var2.is_none() => {
+                        self.uses.data.read(&path, false);
+                        let mut element = path;
+                        element.push(Step::Element);
+                        Some(element)
+                    }
+                    Some(path) => {
+                        self.uses.data.read(&path, true);
+                        None
+                    }
+                    None => None,
+                };
+                self.value(&c.accu_init)?;
                 let added = 2 + usize::from(c.iter_var2.is_some());
-                self.scope.push(&c.iter_var);
+                self.scope.push((&c.iter_var, element));
                 if let Some(second) = &c.iter_var2 {
-                    self.scope.push(second);
+                    self.scope.push((second, None));
                 }
-                self.scope.push(&c.accu_var);
+                self.scope.push((&c.accu_var, None));
                 let body = [&c.loop_cond, &c.loop_step, &c.result]
                     .into_iter()
-                    .try_for_each(|e| self.walk(e));
+                    .try_for_each(|e| self.value(e));
                 self.scope.truncate(self.scope.len() - added);
-                body
+                body.map(|()| None)
             }
-            Expr::List(list) => list.elements.iter().try_for_each(|e| self.walk(e)),
-            Expr::Map(map) => map.entries.iter().try_for_each(|entry| match &entry.expr {
-                EntryExpr::MapEntry(e) => {
-                    self.walk(&e.key)?;
-                    self.walk(&e.value)
+            Expr::List(list) => {
+                list.elements.iter().try_for_each(|e| self.value(e))?;
+                Ok(None)
+            }
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    match &entry.expr {
+                        EntryExpr::MapEntry(e) => {
+                            self.value(&e.key)?;
+                            self.value(&e.value)?;
+                        }
+                        EntryExpr::StructField(_) => {
+                            return self.fail(expr, "struct fields are not supported");
+                        }
+                    }
                 }
-                EntryExpr::StructField(_) => self.fail(expr, "struct fields are not supported"),
-            }),
+                Ok(None)
+            }
             Expr::Struct(s) => self.fail(
                 expr,
                 format!(

@@ -24,6 +24,8 @@ use cel::common::ast::{Expr, IdedExpr, LiteralValue, operators};
 use cel::common::types::{CelBytes, CelList, CelMap, CelMapKey, CelString, Kind};
 use cel::common::value::Val;
 
+use crate::event::Activation;
+
 /// The most an expression may cost on one event: at most about 15 ms of one core of
 /// the machine the benchmarks run on (docs/dispatcher.md, "Cost limit").
 pub const LIMIT: f64 = 50_000.0;
@@ -50,8 +52,8 @@ pub struct Sizes {
 }
 
 /// The estimated cost of `expr` on an event of `sizes`; `event`, when given, is the
-/// event's value, to measure the paths the expression spells out.
-pub fn estimate(expr: &IdedExpr, sizes: Sizes, event: Option<&dyn Val>) -> f64 {
+/// event, to measure the paths the expression spells out.
+pub fn estimate(expr: &IdedExpr, sizes: Sizes, event: Option<&Activation>) -> f64 {
     let whole = Est {
         cost: 1.0,
         bytes: sizes.bytes as f64,
@@ -116,6 +118,15 @@ impl Sizes {
 enum Step<'e> {
     Field(&'e str),
     Index(i64),
+}
+
+/// The value at `path` in `event`, if it is there, measured.
+fn measure_at(event: &Activation, path: &[Step]) -> Option<Est> {
+    let (Step::Field(field), path) = path.split_first()? else {
+        return None;
+    };
+    let root = event.field(field)?;
+    lookup(root.as_ref(), path).map(measure)
 }
 
 /// The value at `path` in `root`, if it is there.
@@ -203,18 +214,18 @@ impl Est {
     }
 }
 
-struct Estimator<'e, 'v> {
+struct Estimator<'e, 'v, 'a> {
     /// Macro variables in scope, innermost last; the accumulator is marked.
     scope: Vec<(&'e str, Est, bool)>,
     /// The whole event's sizes: what any value taken from it is bounded by.
     whole: Est,
     /// The event itself, when estimating for one.
-    event: Option<&'v dyn Val>,
+    event: Option<&'v Activation<'a>>,
     /// Set when a step appends to its accumulator (`map`, `filter`).
     appends: bool,
 }
 
-impl<'e> Estimator<'e, '_> {
+impl<'e> Estimator<'e, '_, '_> {
     /// The path `expr` spells into the event (`event.data.items[0]`), if it is one.
     fn path(&self, expr: &'e IdedExpr) -> Option<Vec<Step<'e>>> {
         let mut steps = Vec::new();
@@ -254,10 +265,7 @@ impl<'e> Estimator<'e, '_> {
         let path = self.path(expr)?;
         let cost = 1.0 + path.len() as f64;
         // A path that is not there fails at once when evaluated.
-        Some(lookup(event, &path).map_or(Est::scalar(cost), |value| Est {
-            cost,
-            ..measure(value)
-        }))
+        Some(measure_at(event, &path).map_or(Est::scalar(cost), |est| Est { cost, ..est }))
     }
 
     fn lookup(&self, name: &str) -> Option<(Est, bool)> {
@@ -476,7 +484,7 @@ impl<'e> Estimator<'e, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Activation, EventParts};
+    use crate::event::EventParts;
 
     fn parse(source: &str) -> IdedExpr {
         crate::expression::env()
@@ -562,17 +570,16 @@ mod tests {
             body: body.as_bytes(),
         };
         let event = Activation::new(&parts, crate::Fields::DATA);
-        let value = event.context.get_variable("event");
         let source = parse("event.data.name + event.data['name'] + event.data.name");
         let sizes = event.sizes();
         assert!(sizes.bytes > 50_000 && sizes.items == 5000, "{sizes:?}");
-        let measured = estimate(&source, sizes, value.as_deref());
+        let measured = estimate(&source, sizes, Some(&event));
         let unmeasured = estimate(&source, sizes, None);
         assert!(measured < 20.0, "{measured}");
         assert!(unmeasured > 1000.0, "{unmeasured}");
         // The list's own length, not the event's longest.
         let source = parse("event.data.items.exists(i, i.n == 7)");
-        assert!(estimate(&source, sizes, value.as_deref()) < LIMIT);
+        assert!(estimate(&source, sizes, Some(&event)) < LIMIT);
     }
 
     #[test]
@@ -618,8 +625,7 @@ mod tests {
                 if !sizes.within(bound) {
                     continue;
                 }
-                let value = event.context.get_variable("event");
-                let estimate = estimate(&expr, sizes, value.as_deref());
+                let estimate = estimate(&expr, sizes, Some(&event));
                 assert!(
                     estimate <= LIMIT,
                     "{source} on {sizes:?} (bound {bound:?}): {estimate}"

@@ -11,27 +11,27 @@
 //! | `event.body` | bytes | the body as stored |
 //!
 //! Only the fields an expression names are built (see [`Fields`]), so a filter on
-//! `event.type` never parses the body; and of a JSON object body, only the keys the
-//! expressions name, when none reads `event.data` whole
-//! ([`Activation::with_data_keys`]).
+//! `event.type` never parses the body; and of a JSON body, only the parts the
+//! expressions read ([`Activation::with_projection`]).
 
 use std::collections::HashMap;
 
 use base64::Engine;
 use cel::Context;
 use cel::common::types::{CelBytes, CelMap, CelMapKey, CelString};
-use cel::common::value::Val;
+use cel::common::value::{CowVal, Val};
 
 use crate::cost::Sizes;
 use crate::expression::env;
 use crate::json::{self, Longest, Object};
+use crate::projection::Projection;
 
 /// Structured-mode CloudEvents: the body is the whole event.
 const STRUCTURED: &str = "application/cloudevents+json";
 
 /// The fields of `event` that an expression reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Fields(u8);
+pub struct Fields(u16);
 
 impl Fields {
     pub const ID: Fields = Fields(1);
@@ -42,7 +42,11 @@ impl Fields {
     pub const HEADERS: Fields = Fields(1 << 5);
     pub const DATA: Fields = Fields(1 << 6);
     pub const BODY: Fields = Fields(1 << 7);
-    pub const ALL: Fields = Fields(u8::MAX);
+    /// The variable `event` itself, as a map of its fields: read whole (`event`,
+    /// `event[k]`) or through what [`crate::rewrite`] leaves as it is (`has(event.f)`,
+    /// `event.?f`). The other reads of a field are of its own variable.
+    pub const EVENT: Fields = Fields(1 << 8);
+    pub const ALL: Fields = Fields(u16::MAX);
 
     /// Every field's name, as expressions write it, with its flag.
     pub const NAMES: [(&'static str, Fields); 8] = [
@@ -98,23 +102,23 @@ pub struct Activation<'a> {
 impl<'a> Activation<'a> {
     /// Builds the `fields` of `event` that expressions read.
     pub fn new(event: &EventParts<'a>, fields: Fields) -> Activation<'a> {
-        Activation::with_data_keys(event, fields, None)
+        Activation::with_projection(event, fields, &Projection::whole())
     }
 
-    /// [`Activation::new`], with only `data_keys` of a body that is a JSON object
-    /// (the others are read past, not built), when every expression that will see it
-    /// names the keys of `event.data` it reads ([`crate::Expression::data_keys`]).
-    /// A structured CloudEvent's `data` is built whole.
-    pub fn with_data_keys(
+    /// [`Activation::new`], with only the parts of a JSON body that every expression
+    /// that will see it reads ([`crate::Expression::data`], joined); the rest is read
+    /// past, not built. A structured CloudEvent's `data` is built whole.
+    pub fn with_projection(
         event: &EventParts<'a>,
         fields: Fields,
-        data_keys: Option<&[String]>,
+        read: &Projection,
     ) -> Activation<'a> {
         let mut longest = Longest::default();
         let mut data_problem = None;
-        let mut entries: json::Object<'a> = HashMap::with_capacity(8);
-        let mut put = |name: &'static str, value: Box<dyn Val + 'a>| {
-            entries.insert(CelMapKey::from(name), value);
+        // Each field built, as the variable its reads are rewritten to.
+        let mut built: Vec<(&'static str, Box<dyn Val + 'a>)> = Vec::with_capacity(4);
+        let mut put = |variable: &'static str, value: Box<dyn Val + 'a>| {
+            built.push((variable, value));
         };
 
         let headers = event.headers;
@@ -172,19 +176,19 @@ impl<'a> Activation<'a> {
             }
         };
         if fields.contains(Fields::TYPE) {
-            put("type", attribute("type"));
+            put("event.type", attribute("type"));
         }
         if fields.contains(Fields::SOURCE) {
-            put("source", attribute("source"));
+            put("event.source", attribute("source"));
         }
         let attribute_count = attributes.len();
         if fields.contains(Fields::CE) {
-            put("ce", Box::new(CelMap::from(attributes)));
+            put("event.ce", Box::new(CelMap::from(attributes)));
         }
 
         if fields.contains(Fields::DATA) {
             if !structured {
-                data = match json::parse(event.body, data_keys, &mut longest) {
+                data = match json::parse(event.body, read, &mut longest) {
                     Ok(value) => Some(value),
                     Err(e) if event.body.is_empty() => {
                         data_problem = Some(format!("the body is empty ({e})"));
@@ -197,18 +201,18 @@ impl<'a> Activation<'a> {
                 };
             }
             put(
-                "data",
+                "event.data",
                 data.unwrap_or_else(|| Box::new(cel::common::types::CelNull)),
             );
         }
         if fields.contains(Fields::ID) {
-            put("id", Box::new(CelString::from(event.id)));
+            put("event.id", Box::new(CelString::from(event.id)));
         }
         if fields.contains(Fields::SUBJECT) {
-            put("subject", Box::new(CelString::from(event.subject)));
+            put("event.subject", Box::new(CelString::from(event.subject)));
         }
         if fields.contains(Fields::BODY) {
-            put("body", Box::new(CelBytes::from(event.body)));
+            put("event.body", Box::new(CelBytes::from(event.body)));
         }
         let mut header_count = 0;
         if fields.contains(Fields::HEADERS) {
@@ -221,7 +225,7 @@ impl<'a> Activation<'a> {
                     .or_insert_with(|| Box::new(CelString::from(*value)));
             }
             header_count = map.len();
-            put("headers", Box::new(CelMap::from(map)));
+            put("event.headers", Box::new(CelMap::from(map)));
         }
 
         let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
@@ -230,12 +234,26 @@ impl<'a> Activation<'a> {
             items: longest.0.max(header_count).max(attribute_count) as u64,
         };
         let mut context = Context::with_env(env());
-        context.add_variable_as_val("event", Box::new(CelMap::from(entries)));
+        if fields.contains(Fields::EVENT) {
+            let entries: Object<'a> = built
+                .iter()
+                .map(|(variable, value)| (CelMapKey::from(field_name(variable)), value.clone()))
+                .collect();
+            context.add_variable_as_val("event", Box::new(CelMap::from(entries)));
+        }
+        for (variable, value) in built {
+            context.add_variable_as_val(variable, value);
+        }
         Activation {
             context,
             sizes,
             data_problem,
         }
+    }
+
+    /// `event.<name>`, when it was built.
+    pub(crate) fn field(&self, name: &str) -> Option<CowVal<'_, 'a>> {
+        self.context.get_variable(format!("event.{name}"))
     }
 
     /// The sizes the cost of expressions on this event is estimated with.
@@ -250,6 +268,11 @@ impl std::ops::BitOr for Fields {
     fn bitor(self, rhs: Fields) -> Fields {
         self.union(rhs)
     }
+}
+
+/// `name` of the variable `event.name`.
+fn field_name(variable: &'static str) -> &'static str {
+    variable.strip_prefix("event.").unwrap_or(variable)
 }
 
 /// A structured CloudEvent's data: `data` as it is, `data_base64` decoded to bytes.

@@ -9,6 +9,7 @@ use crate::check::{self, position};
 use crate::cost::{self, Sizes};
 use crate::describe::describe;
 use crate::event::{Activation, Fields};
+use crate::projection::Projection;
 use crate::rewrite;
 
 /// The longest expression accepted, in bytes (the CRD says the same).
@@ -124,7 +125,7 @@ pub struct Expression {
     /// (see [`crate::rewrite`]).
     evaluated: IdedExpr,
     fields: Fields,
-    data_keys: Option<Vec<String>>,
+    data: Projection,
     headers: Vec<String>,
     /// Events up to these sizes are run without estimating the cost on each.
     always_affordable: Sizes,
@@ -199,7 +200,7 @@ impl Expression {
             evaluated: rewrite::index_fields(ast.clone()),
             ast,
             fields: uses.fields,
-            data_keys: uses.data_keys,
+            data: uses.data,
             headers: uses.headers,
         })
     }
@@ -213,11 +214,10 @@ impl Expression {
         self.fields
     }
 
-    /// The top-level keys of `event.data` it names, when it reads only those: an
-    /// [`Activation`] built with [`Activation::with_data_keys`] may leave the rest
-    /// of the body's object out. `None`: it reads `event.data` as a whole.
-    pub fn data_keys(&self) -> Option<&[String]> {
-        self.data_keys.as_deref()
+    /// The parts of `event.data` it reads: an [`Activation`] built with
+    /// [`Activation::with_projection`] may leave the rest of a JSON body out.
+    pub fn data(&self) -> &Projection {
+        &self.data
     }
 
     /// Header names it spells out (`event.headers["x-tenant"]`), lower-case: the
@@ -228,8 +228,7 @@ impl Expression {
 
     /// Its estimated cost on an event of these sizes (see [`crate::cost`]).
     pub fn estimated_cost(&self, event: &Activation) -> f64 {
-        let value = event.context.get_variable("event");
-        cost::estimate(&self.ast, event.sizes, value.as_deref())
+        cost::estimate(&self.ast, event.sizes, Some(event))
     }
 
     /// Runs on `event`, unless its estimated cost there is above the limit.

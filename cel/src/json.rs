@@ -15,6 +15,8 @@ use cel::common::types::{
 use cel::common::value::Val;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use crate::projection::Projection;
+
 pub(crate) type Object<'a> = HashMap<CelMapKey<'a>, Box<dyn Val + 'a>>;
 
 /// Entries an object has room for before its first key, when the reader cannot tell
@@ -26,18 +28,18 @@ const OBJECT_ROOM: usize = 7;
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Longest(pub usize);
 
-/// `body` as one CEL value; the longest list or object in it is added to `longest`.
-/// With `keys`, an object at the top keeps only those keys: the values of the others
-/// are read past (checked as JSON) without being built.
+/// `body` as one CEL value, with only the parts `read`: the values of keys left
+/// out are read past (checked as JSON) without being built. The longest list or
+/// object built is added to `longest`.
 pub(crate) fn parse<'a>(
     body: &'a [u8],
-    keys: Option<&[String]>,
+    read: &Projection,
     longest: &mut Longest,
 ) -> Result<Box<dyn Val + 'a>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = (&mut de).deserialize_any(ValueVisitor {
         longest,
-        keep: keys,
+        keep: (!read.is_whole()).then_some(read),
     })?;
     de.end()?;
     Ok(value)
@@ -56,6 +58,7 @@ pub(crate) fn parse_object<'a>(
 
 struct ValueSeed<'s> {
     longest: &'s mut Longest,
+    keep: Option<&'s Projection>,
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
@@ -64,15 +67,15 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(ValueVisitor {
             longest: self.longest,
-            keep: None,
+            keep: self.keep,
         })
     }
 }
 
 struct ValueVisitor<'s> {
     longest: &'s mut Longest,
-    /// For an object, the only keys to build (see [`parse`]).
-    keep: Option<&'s [String]>,
+    /// The parts to build (see [`parse`]); `None`: all of it.
+    keep: Option<&'s Projection>,
 }
 
 impl<'de> Visitor<'de> for ValueVisitor<'_> {
@@ -119,8 +122,10 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        let keep = self.keep.and_then(Projection::element);
         while let Some(item) = seq.next_element_seed(ValueSeed {
             longest: self.longest,
+            keep,
         })? {
             items.push(item);
         }
@@ -131,7 +136,7 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         Ok(Box::new(CelMap::from(entries(
             map,
-            self.keep,
+            self.keep.and_then(Projection::object),
             self.longest,
         )?)))
     }
@@ -182,11 +187,11 @@ impl<'de> Visitor<'de> for TopVisitor<'_> {
     }
 }
 
-/// An object's entries; with `keep`, only those keys (the others' values are read
-/// past, still checked as JSON).
+/// An object's entries; with `keep`, only those keys, each built as far as its
+/// projection says (the others' values are read past, still checked as JSON).
 fn entries<'de, A: MapAccess<'de>>(
     mut map: A,
-    keep: Option<&[String]>,
+    keep: Option<&[(String, Projection)]>,
     longest: &mut Longest,
 ) -> Result<Object<'de>, A::Error> {
     let room = match keep {
@@ -195,12 +200,19 @@ fn entries<'de, A: MapAccess<'de>>(
     };
     let mut entries = HashMap::with_capacity(room.min(1024));
     while let Some(key) = map.next_key_seed(KeySeed)? {
-        if keep.is_some_and(|keys| !keys.iter().any(|k| k.as_str() == key.inner())) {
-            map.next_value::<serde::de::IgnoredAny>()?;
-            continue;
-        }
+        let part = match keep {
+            None => None,
+            Some(keys) => match keys.iter().find(|(k, _)| k.as_str() == key.inner()) {
+                Some((_, part)) => (!part.is_whole()).then_some(part),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            },
+        };
         let value = map.next_value_seed(ValueSeed {
             longest: &mut *longest,
+            keep: part,
         })?;
         // A repeated key: the last one wins, as in most JSON readers.
         entries.insert(CelMapKey::String(key), value);
@@ -244,6 +256,7 @@ mod tests {
     use cel::common::types::Kind;
 
     use super::*;
+    use crate::projection::Step;
 
     fn kind(v: &dyn Val) -> Kind {
         v.get_type().kind()
@@ -254,7 +267,7 @@ mod tests {
         let mut longest = Longest::default();
         let v = parse(
             br#"[1, -2, 1.5, 1e3, 18446744073709551615]"#,
-            None,
+            &Projection::whole(),
             &mut longest,
         )
         .unwrap();
@@ -272,7 +285,7 @@ mod tests {
         let mut longest = Longest::default();
         parse(
             br#"{"a": {"b": [1, 2, 3, 4, 5, 6, 7]}, "c": 1}"#,
-            None,
+            &Projection::whole(),
             &mut longest,
         )
         .unwrap();
@@ -298,26 +311,65 @@ mod tests {
     #[test]
     fn trailing_text_and_non_objects_are_told_apart() {
         let mut longest = Longest::default();
-        assert!(parse(b"{} x", None, &mut longest).is_err());
-        assert!(parse(b"not json", None, &mut longest).is_err());
+        assert!(parse(b"{} x", &Projection::whole(), &mut longest).is_err());
+        assert!(parse(b"not json", &Projection::whole(), &mut longest).is_err());
         assert!(parse_object(b"[1]", &mut longest).unwrap().is_none());
         assert!(parse_object(b"\"s\"", &mut longest).unwrap().is_none());
     }
 
+    fn read(paths: &[&[Step]]) -> Projection {
+        let mut read = Projection::default();
+        for path in paths {
+            read.read(path, true);
+        }
+        read
+    }
+
+    fn key(k: &str) -> Step {
+        Step::Key(k.into())
+    }
+
     #[test]
     fn kept_keys_leave_the_others_out_but_still_check_them_as_json() {
-        let keys = ["total".to_string(), "missing".to_string()];
+        let keys = read(&[&[key("total")], &[key("missing")]]);
         let mut longest = Longest::default();
         let body = br#"{"total": 5, "items": [1, 2, 3, 4, 5, 6, 7, 8], "note": "a\nb"}"#;
-        let v = parse(body, Some(&keys), &mut longest).unwrap();
+        let v = parse(body, &keys, &mut longest).unwrap();
         let map = v.downcast_ref::<CelMap>().unwrap();
         assert_eq!(map.inner().len(), 1);
         assert!(map.inner().contains_key(&CelMapKey::from("total")));
         assert_eq!(longest.0, 1, "what was left out is not measured");
         // Invalid JSON in a value left out is still an error; a value that is not
         // an object is built whole.
-        assert!(parse(br#"{"total": 5, "x": [1,}"#, Some(&keys), &mut longest).is_err());
-        let v = parse(br#"[1, 2]"#, Some(&keys), &mut longest).unwrap();
+        assert!(parse(br#"{"total": 5, "x": [1,}"#, &keys, &mut longest).is_err());
+        let v = parse(br#"[1, 2]"#, &keys, &mut longest).unwrap();
         assert_eq!(v.downcast_ref::<CelList>().unwrap().inner().len(), 2);
+    }
+
+    #[test]
+    fn nested_objects_and_list_elements_keep_only_what_is_read() {
+        let body = br#"{"id": "o-1", "customer": {"tier": "gold", "name": "n", "address": {"city": "c"}}, "items": [{"sku": "a", "qty": 1, "note": "x"}, 7, [{"sku": "b"}]], "coupon": {"code": "c", "off": 5}}"#;
+        let mut kept = read(&[
+            &[key("customer"), key("tier")],
+            &[key("items"), Step::Element, key("sku")],
+        ]);
+        kept.read(&[key("coupon")], false);
+        let mut longest = Longest::default();
+        let v = parse(body, &kept, &mut longest).unwrap();
+        let json = crate::output::body(v.as_ref()).unwrap();
+        assert_eq!(
+            String::from_utf8(json.bytes).unwrap(),
+            r#"{"coupon":{},"customer":{"tier":"gold"},"items":[{"sku":"a"},7,[{}]]}"#,
+            "a list inside a list keeps only its elements' presence"
+        );
+        assert_eq!(longest.0, 3, "the list of items, whole in length");
+        // An object whose elements are read has its keys iterated: it is whole.
+        let v = parse(
+            br#"{"a": 1, "b": {"c": 2}}"#,
+            &read(&[&[Step::Element]]),
+            &mut longest,
+        )
+        .unwrap();
+        assert_eq!(v.downcast_ref::<CelMap>().unwrap().inner().len(), 2);
     }
 }

@@ -22,7 +22,9 @@ mod event;
 mod expression;
 mod json;
 pub mod output;
+mod projection;
 mod rewrite;
 
 pub use event::{Activation, EventParts, Fields};
 pub use expression::{CompileError, EvalError, Expression, MAX_DEPTH, MAX_LENGTH};
+pub use projection::Projection;

@@ -11,6 +11,12 @@
 //! the field `total` of the field `data` of `event`. An index on a map is that same
 //! lookup, and a missing key is the same `no such key` error.
 //!
+//! A field of `event` itself (`event.data`, `event["type"]`) becomes the variable of
+//! that field, `event.data`, a name no expression can spell as one identifier: a
+//! variable is found by name among the few of its scope, where a map's key is
+//! hashed (with SipHash) on each lookup. The map `event` is built only for the reads
+//! left as they are (see [`crate::event::Fields::EVENT`]).
+//!
 //! Presence tests (`has(event.data.total)`) keep their selection; their operand is
 //! rewritten like any other expression.
 
@@ -33,8 +39,33 @@ fn on_variable(expr: &IdedExpr, bound: &[String]) -> bool {
     }
 }
 
+/// Whether `expr` is the variable `event`, not a macro variable of that name.
+fn is_event(expr: &IdedExpr, bound: &[String]) -> bool {
+    matches!(&expr.expr, Expr::Ident(name) if name == "event" && !bound.iter().any(|b| b == "event"))
+}
+
+/// `event.<field>` as the variable of that field (see [`crate::event::Activation`]).
+fn field_variable(field: &str) -> Expr {
+    Expr::Ident(format!("event.{field}"))
+}
+
 fn walk(expr: &mut IdedExpr, bound: &mut Vec<String>) {
     match &mut expr.expr {
+        Expr::Select(select) if !select.test && is_event(&select.operand, bound) => {
+            expr.expr = field_variable(&select.field);
+        }
+        Expr::Call(call)
+            if call.func_name == operators::INDEX
+                && call.target.is_none()
+                && call.args.len() == 2
+                && is_event(&call.args[0], bound)
+                && matches!(call.args[1].expr, Expr::Literal(LiteralValue::String(_))) =>
+        {
+            let Expr::Literal(LiteralValue::String(field)) = &call.args[1].expr else {
+                unreachable!("matched above")
+            };
+            expr.expr = field_variable(field.inner());
+        }
         Expr::Select(select) => {
             let rewrite = !select.test && on_variable(&select.operand, bound);
             walk(&mut select.operand, bound);
@@ -137,6 +168,10 @@ mod tests {
             "event.data.items.exists(i, i.qty > 2)",
             "event.data.items.filter(i, has(i.qty)).map(i, i.qty * 2)",
             "event.data.items.map(event, event.sku)",
+            "event['data'].total + event.data['total']",
+            "has(event.data) && has(event.type)",
+            "event.?type.orValue('') + event.?data.?id.orValue('')",
+            "size(event) > 0 && event.id + event.subject != ''",
             "[{'a': 1}].map(m, m.a)",
             "event.headers.x_tenant",
             "event.headers['x-tenant']",

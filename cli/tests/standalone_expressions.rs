@@ -213,11 +213,14 @@ async fn a_transformed_target_gets_the_reshaped_body_and_computed_headers_signed
         route(
             "    - name: crm
       apiTargetRef: {name: crm}
+      filter:
+        cel: event.data.customer.tier == 'gold' && event.data.items.exists(i, i.qty > 1)
       transform:
         body: |
           {\"order\": event.data.id, \"amount\": event.data.total,
            \"tenant\": event.headers[\"x-tenant\"],
-           \"skus\": event.data.items.map(i, i.sku)}
+           \"skus\": event.data.items.map(i, i.sku),
+           \"gifts\": event.data.items.filter(i, has(i.note))}
         headers:
           X-Order-Total: string(event.data.total)
           X-Event-Type: event.type
@@ -230,7 +233,9 @@ async fn a_transformed_target_gets_the_reshaped_body_and_computed_headers_signed
     ]
     .concat();
     let s = Standalone::start(&nats, "test", &manifests).await;
-    let body = r#"{"id": "o-1", "total": 99.5, "items": [{"sku": "a-1"}, {"sku": "b-2"}], "customer": "c-7"}"#;
+    // Of a JSON body, only what the expressions read is built (the SKUs, a customer's
+    // tier): an item the transform keeps whole still arrives whole.
+    let body = r#"{"id": "o-1", "total": 99.5, "items": [{"sku": "a-1", "qty": 2, "price": 9.5, "note": "gift"}, {"sku": "b-2", "qty": 1}], "customer": {"id": "c-7", "tier": "gold"}}"#;
     post(
         &s,
         "order-1",
@@ -252,7 +257,10 @@ async fn a_transformed_target_gets_the_reshaped_body_and_computed_headers_signed
     let json: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
     assert_eq!(
         json,
-        serde_json::json!({"order": "o-1", "amount": 99.5, "tenant": "acme", "skus": ["a-1", "b-2"]})
+        serde_json::json!({
+            "order": "o-1", "amount": 99.5, "tenant": "acme", "skus": ["a-1", "b-2"],
+            "gifts": [{"sku": "a-1", "qty": 2, "price": 9.5, "note": "gift"}]
+        })
     );
     assert_eq!(got.header("content-type"), Some("application/json"));
     assert_eq!(got.header("x-order-total"), Some("99.5"));

@@ -6,12 +6,15 @@
 //! does with it before sending: `Worker::select`'s expressions
 //! (`TargetExpressions::select`) and the request built from the result
 //! (`RequestTemplate::build`). The target without expressions is the baseline, in the
-//! same rounds; the rows with one expression each show where the time goes, and the
-//! last, a filter on a 4 KiB order it mostly does not read, what building only the
-//! keys read saves. Built like
-//! `fanout` (release, mimalloc). `FANOUT_BENCH_ROUNDS` (5) rounds of
+//! same rounds; the rows with one expression each show where the time goes. The last
+//! two run on a 4 KiB order: a filter that mostly does not read it, for what building
+//! only the keys read saves, and a transform that takes the SKU of each of its 64
+//! lines, for what building only that key of each line saves. Built like `fanout`
+//! (release, mimalloc). `FANOUT_BENCH_ROUNDS` (5) rounds of
 //! `FANOUT_BENCH_EVENTS` (200000) events, the configurations in turn within a round;
-//! the median round is printed, every round in brackets.
+//! the median round is printed, every round in brackets. `FANOUT_BENCH_ONLY=all,large`
+//! runs the baseline and the configurations named (`filter`, `body`, `header`, `all`,
+//! `large`, `lines`), for a profile of one.
 
 #[path = "shared/events.rs"]
 mod events;
@@ -31,11 +34,16 @@ use expressions::{CEL_BODY, CEL_FILTER, CEL_HEADER};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A transform of the large order that reads one key of each of its lines.
+const LINES_BODY: &str = r#"{"order": event.data.id, "skus": event.data.lines.map(l, l.sku)}"#;
+
 /// Distinct events cycled through (their ids, totals and bodies differ).
 const DISTINCT: usize = 1000;
 
 struct Configuration {
     name: &'static str,
+    /// The route target's name, which `FANOUT_BENCH_ONLY` names.
+    target: &'static str,
     /// Runs on the large orders.
     large: bool,
     expressions: TargetExpressions,
@@ -45,7 +53,7 @@ struct Configuration {
 /// The configurations, each a target of one route, rendered from manifests as the
 /// operator renders them.
 fn configurations() -> Vec<Configuration> {
-    let cases: [(&str, &str, String); 6] = [
+    let cases: [(&str, &str, String); 7] = [
         ("no expressions (baseline)", "none", String::new()),
         (
             "filter",
@@ -73,6 +81,11 @@ fn configurations() -> Vec<Configuration> {
             "filter, on a 4 KiB order of 64 lines",
             "large",
             format!("      filter: {{cel: '{CEL_FILTER}'}}\n"),
+        ),
+        (
+            "transform: the SKUs of the 4 KiB order's 64 lines",
+            "lines",
+            format!("      transform: {{body: '{LINES_BODY}'}}\n"),
         ),
     ];
     let mut manifests = "apiVersion: fanout.dev/v1alpha1
@@ -107,7 +120,8 @@ spec:
             assert_eq!(&target.name, target_name, "the route's targets in order");
             Configuration {
                 name,
-                large: *target_name == "large",
+                target: target_name,
+                large: matches!(*target_name, "large" | "lines"),
                 expressions: TargetExpressions::compile(target)
                     .expect("the bench's expressions compile"),
                 template: RequestTemplate::new("bench/orders", target, Auth::default())
@@ -188,7 +202,18 @@ fn median(values: &[f64]) -> f64 {
 fn main() {
     let rounds = env_or("FANOUT_BENCH_ROUNDS", 5);
     let count = env_or("FANOUT_BENCH_EVENTS", 200_000);
-    let configurations = configurations();
+    let only = std::env::var("FANOUT_BENCH_ONLY").ok();
+    let configurations: Vec<Configuration> = configurations()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, c)| {
+            *i == 0
+                || only
+                    .as_deref()
+                    .is_none_or(|o| o.split(',').any(|n| n == c.target))
+        })
+        .map(|(_, c)| c)
+        .collect();
     let events: Vec<Event> = (0..DISTINCT).map(event).collect();
     let large: Vec<Event> = (0..DISTINCT).map(large_event).collect();
     let events_of = |c: &Configuration| if c.large { &large } else { &events };

@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 use fanout_cel::output;
-use fanout_cel::{Activation, CompileError, EvalError, EventParts, Expression, Fields};
+use fanout_cel::{Activation, CompileError, EvalError, EventParts, Expression, Fields, Projection};
 use fanout_config::TargetConfig;
 
 use crate::delivery::DeadLetterReason;
@@ -138,8 +138,8 @@ pub struct TargetExpressions {
     headers: Vec<(http::HeaderName, String, Expression)>,
     /// What the event variable must hold for all of them.
     fields: Fields,
-    /// The keys of `event.data` they read, when all of them name theirs.
-    data_keys: Option<Vec<String>>,
+    /// The parts of `event.data` they read, together.
+    data: Projection,
 }
 
 impl TargetExpressions {
@@ -177,16 +177,14 @@ impl TargetExpressions {
             }
         }
         let all = compiled.filter.iter().chain(&compiled.body);
-        let mut all = all.chain(compiled.headers.iter().map(|(_, _, e)| e));
-        compiled.fields = all.clone().fold(Fields::default(), |f, e| f | e.fields());
-        compiled.data_keys = all.try_fold(Vec::new(), |mut keys: Vec<String>, e| {
-            for key in e.data_keys()? {
-                if !keys.contains(key) {
-                    keys.push(key.clone());
-                }
-            }
-            Some(keys)
-        });
+        let all = all.chain(compiled.headers.iter().map(|(_, _, e)| e));
+        let (mut fields, mut data) = (Fields::default(), Projection::default());
+        for expression in all {
+            fields = fields | expression.fields();
+            data.union(expression.data());
+        }
+        compiled.fields = fields;
+        compiled.data = data;
         Ok(compiled)
     }
 
@@ -203,7 +201,7 @@ impl TargetExpressions {
         }
         let headers = header_pairs(event);
         let parts = parts(event, &headers);
-        let activation = Activation::with_data_keys(&parts, self.fields, self.data_keys.as_deref());
+        let activation = Activation::with_projection(&parts, self.fields, &self.data);
         if filtered && let Some(filter) = &self.filter {
             match filter
                 .evaluate(&activation)
@@ -231,7 +229,7 @@ impl TargetExpressions {
         };
         let headers = header_pairs(event);
         let parts = parts(event, &headers);
-        let activation = Activation::with_data_keys(&parts, filter.fields(), filter.data_keys());
+        let activation = Activation::with_projection(&parts, filter.fields(), filter.data());
         filter
             .evaluate(&activation)
             .and_then(|v| output::boolean(v.as_ref()))
@@ -301,7 +299,7 @@ impl KeyExpression {
     pub fn key(&self, event: &Event) -> Result<Option<String>, Unusable> {
         let headers = header_pairs(event);
         let parts = parts(event, &headers);
-        let activation = Activation::with_data_keys(&parts, self.0.fields(), self.0.data_keys());
+        let activation = Activation::with_projection(&parts, self.0.fields(), self.0.data());
         self.0
             .evaluate(&activation)
             .and_then(|v| output::header_value(v.as_ref()))
@@ -490,7 +488,7 @@ policy:
     }
 
     #[test]
-    fn the_keys_every_expression_reads_are_built() {
+    fn the_parts_every_expression_reads_are_built() {
         let e = compile(&target(
             Some("event.data.total > 100"),
             Some("{'order': event.data.id}"),
@@ -506,6 +504,22 @@ policy:
         let sent = Outgoing::new(&original, Some(&transformed));
         assert_eq!(&sent.body()[..], br#"{"order":"o-1"}"#);
         assert_eq!(sent.header("x-coupon"), Some("c-1"));
+        // Of the items, one expression reads the quantities and another the SKUs:
+        // both are built.
+        let e = compile(&target(
+            Some("event.data.items.exists(i, i.qty > 2)"),
+            Some("event.data.items.map(i, i.sku)"),
+            &[],
+        ));
+        let order = event(
+            SUBJECT,
+            r#"{"items": [{"sku": "a", "qty": 1, "note": "x"}, {"sku": "b", "qty": 3}]}"#,
+        );
+        let Selection::Send(Some(transformed)) = e.select(&order, true) else {
+            panic!("not sent")
+        };
+        let sent = Outgoing::new(&order, Some(&transformed));
+        assert_eq!(&sent.body()[..], br#"["a","b"]"#);
         // One expression reading `event.data` whole: all of it is built.
         let e = compile(&target(
             Some("event.data.total > 100"),
