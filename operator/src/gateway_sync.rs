@@ -11,7 +11,10 @@
 //! gateway should have from the caches and writes only when that differs from what
 //! was last written; the resourceVersions of the source token Secrets are part of
 //! that comparison, so a rotated token is copied as soon as its watch event arrives.
-//! A resync (`--gateway-resync`) rewrites everything now and then regardless.
+//! A resync (`--gateway-resync`) rewrites everything now and then regardless. A token
+//! whose Secret is not there yet (a route applied before its Secret, as `kubectl
+//! apply -f` does for files sorted by name) is looked for again soon, backing off to
+//! the resync, since without `--watch-secrets` no event tells when it appears.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +43,9 @@ use crate::metrics::Metrics;
 pub const CONFIG_KEY: &str = "gateway.yaml";
 /// How soon a failed write is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// How soon a token whose Secret was missing is looked for first; doubled on each
+/// look that still misses it, up to the resync.
+const MISSING_TOKEN_FIRST_LOOK: Duration = Duration::from_secs(1);
 pub const CONTROLLER: &str = "gateway";
 
 /// The wake-up call of the sync loop, shared by the watches that feed it. Notifying
@@ -178,8 +184,9 @@ impl GatewaySync {
         }
         let mut last: Option<(GatewayConfig, Vec<TokenCopy>, TokenVersions)> = None;
         // When the next pass is due without an event: the resync after a write, a
-        // retry after a failure.
+        // retry after a failure, another look for a missing token.
         let mut due = Instant::now();
+        let mut missing_look = MISSING_TOKEN_FIRST_LOOK;
         loop {
             let all: Vec<Arc<FanOutRoute>> = self.routes.iter().flat_map(|r| r.state()).collect();
             let (config, copies) = desired(&all, &self.tokens_dir);
@@ -192,12 +199,20 @@ impl GatewaySync {
             if last.as_ref() != Some(&want) || Instant::now() >= due {
                 let started = Instant::now();
                 match self.write(&want.0, &want.1).await {
-                    Ok(()) => {
+                    Ok(missing) => {
                         if last.as_ref().map(|l| &l.0) != Some(&want.0) {
                             tracing::info!(routes = want.0.routes.len(), "gateway routes updated");
                         }
                         last = Some(want);
-                        due = Instant::now() + self.resync;
+                        due = Instant::now()
+                            + if missing == 0 {
+                                missing_look = MISSING_TOKEN_FIRST_LOOK;
+                                self.resync
+                            } else {
+                                let look = missing_look.min(self.resync);
+                                missing_look = look * 2;
+                                look
+                            };
                         self.metrics.reconciled(CONTROLLER, "ok", started.elapsed());
                     }
                     Err(error) => {
@@ -220,11 +235,14 @@ impl GatewaySync {
         }
     }
 
+    /// Writes the tokens there are and the configuration naming them; returns how
+    /// many tokens were missing (their Secret or key not there).
     async fn write(
         &self,
         config: &GatewayConfig,
         copies: &[TokenCopy],
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let mut missing = 0;
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut data = BTreeMap::new();
         for copy in copies {
@@ -240,11 +258,14 @@ impl GatewaySync {
                 }
                 // The route then accepts its other tokens only; its own status names
                 // the missing Secret.
-                None => tracing::warn!(
+                None => {
+                    missing += 1;
+                    tracing::warn!(
                     secret = %format!("{}/{}", copy.namespace, copy.secret),
                     key = %copy.key,
                     "ingest token not found; the gateway will not accept it"
-                ),
+                    );
+                }
             }
         }
         let mut config = config.clone();
@@ -276,7 +297,7 @@ impl GatewaySync {
         Api::<ConfigMap>::namespaced(self.client.clone(), &self.namespace)
             .patch(&self.config_map, &params, &Patch::Apply(&config_map))
             .await?;
-        Ok(())
+        Ok(missing)
     }
 
     fn meta(&self, name: &str) -> ObjectMeta {

@@ -522,6 +522,58 @@ async fn a_stream_setting_jetstream_cannot_change_is_reported_not_forced() {
     env.ns.delete(&env.client).await.unwrap();
 }
 
+/// `kubectl apply -f examples/order-placed/` applies `route.yaml` before
+/// `secrets.yaml`: the route can reach the gateway before its ingest token exists.
+/// Without `--watch-secrets` (the default) no event says when the Secret appears, so
+/// the sync looks for it again soon, backing off, instead of waiting for the resync
+/// (an hour here): the route's producers were refused with 403 until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_secret_created_after_its_route_reaches_the_gateway_without_a_watch() {
+    let env = Env::new("op-gwlate").await;
+    let _operator = env.operator_with(&["--gateway-resync", "1h"]);
+    let route_tokens = || async {
+        let config = env.gateway_config().await?;
+        let route = config.routes.first().ok_or("no route listed")?;
+        Ok::<_, String>(route.token_files.len())
+    };
+    env.apply(&format!(
+        "{}{}",
+        target_yaml("inventory", "http://127.0.0.1:9/in", ""),
+        route_yaml(
+            "orders",
+            &["inventory"],
+            "  gateway: {bearerTokens: [{name: ingest, key: token}]}"
+        )
+    ));
+    // Listed without its token, which is not there yet.
+    wait::until("the route listed", T, || async {
+        match route_tokens().await? {
+            0 => Ok(()),
+            n => Err(format!("{n} token files before the Secret exists")),
+        }
+    })
+    .await
+    .unwrap();
+    env.apply(SECRETS);
+    wait::until("the late token in the gateway's route", T, || async {
+        match route_tokens().await? {
+            1 => Ok(()),
+            n => Err(format!("{n} token files")),
+        }
+    })
+    .await
+    .unwrap();
+    let secret = env
+        .api::<Secret>()
+        .get("fanout-gateway-tokens")
+        .await
+        .unwrap();
+    let copied = secret.data.unwrap_or_default();
+    let copy = copied.get(&format!("{}.orders.0", env.ns.name));
+    assert_eq!(copy.map(|v| &v.0[..]), Some(&b"ingest-token"[..]));
+    env.ns.delete(&env.client).await.unwrap();
+}
+
 /// The gateway's copy follows watch events, not a timer: with the resync set to an
 /// hour, a route added later and a rotated ingest token still reach the gateway's
 /// ConfigMap and token Secret within the test's deadline. Without the route watch
