@@ -204,15 +204,15 @@ impl GatewaySync {
                             tracing::info!(routes = want.0.routes.len(), "gateway routes updated");
                         }
                         last = Some(want);
-                        due = Instant::now()
-                            + if missing == 0 {
-                                missing_look = MISSING_TOKEN_FIRST_LOOK;
-                                self.resync
-                            } else {
-                                let look = missing_look.min(self.resync);
-                                missing_look = look * 2;
-                                look
-                            };
+                        let wait = if missing == 0 {
+                            missing_look = MISSING_TOKEN_FIRST_LOOK;
+                            self.resync
+                        } else {
+                            let look = missing_look.min(self.resync);
+                            missing_look = look * 2;
+                            look
+                        };
+                        due = Instant::now() + wait;
                         self.metrics.reconciled(CONTROLLER, "ok", started.elapsed());
                     }
                     Err(error) => {
@@ -261,9 +261,9 @@ impl GatewaySync {
                 None => {
                     missing += 1;
                     tracing::warn!(
-                    secret = %format!("{}/{}", copy.namespace, copy.secret),
-                    key = %copy.key,
-                    "ingest token not found; the gateway will not accept it"
+                        secret = %format!("{}/{}", copy.namespace, copy.secret),
+                        key = %copy.key,
+                        "ingest token not found; the gateway will not accept it yet"
                     );
                 }
             }
