@@ -115,10 +115,15 @@ impl<'a> Activation<'a> {
     ) -> Activation<'a> {
         let mut longest = Longest::default();
         let mut data_problem = None;
+        let mut context = Context::with_env(env());
+        // The map `event`, when an expression reads it (see [`Fields::EVENT`]).
+        let mut whole: Option<Object<'a>> = fields.contains(Fields::EVENT).then(HashMap::new);
         // Each field built, as the variable its reads are rewritten to.
-        let mut built: Vec<(&'static str, Box<dyn Val + 'a>)> = Vec::with_capacity(4);
         let mut put = |variable: &'static str, value: Box<dyn Val + 'a>| {
-            built.push((variable, value));
+            if let Some(whole) = &mut whole {
+                whole.insert(CelMapKey::from(field_name(variable)), value.clone());
+            }
+            context.add_variable_as_val(variable, value);
         };
 
         let headers = event.headers;
@@ -233,16 +238,8 @@ impl<'a> Activation<'a> {
             bytes: (event.body.len() + header_bytes) as u64,
             items: longest.0.max(header_count).max(attribute_count) as u64,
         };
-        let mut context = Context::with_env(env());
-        if fields.contains(Fields::EVENT) {
-            let entries: Object<'a> = built
-                .iter()
-                .map(|(variable, value)| (CelMapKey::from(field_name(variable)), value.clone()))
-                .collect();
-            context.add_variable_as_val("event", Box::new(CelMap::from(entries)));
-        }
-        for (variable, value) in built {
-            context.add_variable_as_val(variable, value);
+        if let Some(whole) = whole {
+            context.add_variable_as_val("event", Box::new(CelMap::from(whole)));
         }
         Activation {
             context,

@@ -531,10 +531,16 @@ async fn a_stream_setting_jetstream_cannot_change_is_reported_not_forced() {
 async fn a_token_secret_created_after_its_route_reaches_the_gateway_without_a_watch() {
     let env = Env::new("op-gwlate").await;
     let _operator = env.operator_with(&["--gateway-resync", "1h"]);
-    let route_tokens = || async {
-        let config = env.gateway_config().await?;
-        let route = config.routes.first().ok_or("no route listed")?;
-        Ok::<_, String>(route.token_files.len())
+    // The route listed in the gateway's configuration, with `want` token files.
+    let token_files = |what: &'static str, want: usize| {
+        let env = &env;
+        wait::until(what, T, move || async move {
+            let config = env.gateway_config().await?;
+            match config.routes.first().map(|r| r.token_files.len()) {
+                Some(n) if n == want => Ok(()),
+                other => Err(format!("token files: {other:?}")),
+            }
+        })
     };
     env.apply(&format!(
         "{}{}",
@@ -546,23 +552,13 @@ async fn a_token_secret_created_after_its_route_reaches_the_gateway_without_a_wa
         )
     ));
     // Listed without its token, which is not there yet.
-    wait::until("the route listed", T, || async {
-        match route_tokens().await? {
-            0 => Ok(()),
-            n => Err(format!("{n} token files before the Secret exists")),
-        }
-    })
-    .await
-    .unwrap();
+    token_files("the route listed without its token", 0)
+        .await
+        .unwrap();
     env.apply(SECRETS);
-    wait::until("the late token in the gateway's route", T, || async {
-        match route_tokens().await? {
-            1 => Ok(()),
-            n => Err(format!("{n} token files")),
-        }
-    })
-    .await
-    .unwrap();
+    token_files("the late token in the gateway's route", 1)
+        .await
+        .unwrap();
     let secret = env
         .api::<Secret>()
         .get("fanout-gateway-tokens")
