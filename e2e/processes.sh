@@ -58,8 +58,18 @@ start_component() { # name binary args...
     # setsid: its own session, so a caller's Ctrl-C or process-group kill does not
     # take half of it down; the script's down/stop command stops it.
     setsid "$bin" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
-    echo $! >"$RUN/$name.pid"
-    log "$name started (pid $!, log $LOGS/$name.log)"
+    local pid=$! exe real deadline=$((SECONDS + 10))
+    real=$(readlink -f "$bin")
+    echo "$pid" >"$RUN/$name.pid"
+    # Until the child has exec'd the binary it is a copy of this shell (then setsid),
+    # which is_ours, and so wait_for, would take for a component that exited: on a
+    # busy machine that window is long enough to be seen. A child that is gone (or a
+    # zombie) has no exe, and wait_for reports it with its log.
+    while exe=$(readlink "/proc/$pid/exe" 2>/dev/null) && [[ $exe != "$real" ]]; do
+        ((SECONDS < deadline)) || die "$name (pid $pid) had not started $bin after 10s"
+        sleep 0.01
+    done
+    log "$name started (pid $pid, log $LOGS/$name.log)"
 }
 
 # SIGTERM, then SIGKILL after STOP_TIMEOUT; returns once the pids are gone.
