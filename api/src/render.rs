@@ -207,6 +207,7 @@ pub fn gateway_route(
             .map(|(i, t)| token_file(i, t))
             .collect(),
         allow_unauthenticated: gateway.allow_unauthenticated.unwrap_or(false),
+        tokens_pending: false,
         forward_headers: filter_headers(route),
     })
 }

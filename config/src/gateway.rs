@@ -28,6 +28,11 @@ pub struct GatewayRoute {
     /// Accept requests without a token.
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// Some of the route's tokens are not there yet (their Secret is missing, so
+    /// the operator lists only the others): a request that no listed token accepts
+    /// may carry one of those, and is answered 503 with Retry-After, not 403.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tokens_pending: bool,
     /// Request headers stored with this route's events besides the gateway's own
     /// allow-list: every header a target filter of the route matches on, or the
     /// filter would never see it on events that came over HTTP.

@@ -18,15 +18,29 @@ pub enum AuthError {
         "this route accepts no requests: it has no token files and does not allow unauthenticated requests"
     )]
     NoTokensConfigured,
+    #[error(
+        "the bearer token is not one this gateway has loaded for the route, and some of the route's tokens are not loaded yet (their Secret is missing or still being copied; the route's status names it): retry later"
+    )]
+    TokensPending,
 }
+
+/// Seconds a producer is asked to wait while a route's tokens are on their way: the
+/// operator looks for a missing Secret again within a second or two, and the
+/// kubelet's refresh of the mounted copy can take up to its sync period.
+const RETRY_AFTER_TOKENS_PENDING: u32 = 5;
 
 impl From<AuthError> for Problem {
     fn from(e: AuthError) -> Self {
-        let kind = match e {
-            AuthError::Missing | AuthError::Malformed => ProblemKind::Unauthorized,
-            AuthError::WrongToken | AuthError::NoTokensConfigured => ProblemKind::Forbidden,
-        };
-        Problem::new(kind, e.to_string())
+        match e {
+            AuthError::Missing | AuthError::Malformed => {
+                Problem::new(ProblemKind::Unauthorized, e.to_string())
+            }
+            AuthError::WrongToken | AuthError::NoTokensConfigured => {
+                Problem::new(ProblemKind::Forbidden, e.to_string())
+            }
+            AuthError::TokensPending => Problem::new(ProblemKind::RouteNotReady, e.to_string())
+                .retry_after(RETRY_AFTER_TOKENS_PENDING),
+        }
     }
 }
 
@@ -62,21 +76,28 @@ impl std::fmt::Debug for Tokens {
 }
 
 /// Decides whether a request with this `Authorization` header may use a route.
+/// `tokens_pending`: some of the route's tokens are not loaded yet, so a token that
+/// none of `tokens` accepts may be one of those; the producer is told to retry
+/// (503) rather than that its credential is refused (403), which it could not tell
+/// from a wrong token.
 pub fn authorize(
     tokens: &Tokens,
     allow_unauthenticated: bool,
+    tokens_pending: bool,
     authorization: Option<&HeaderValue>,
 ) -> Result<(), AuthError> {
     if allow_unauthenticated {
         return Ok(());
     }
-    if tokens.is_empty() {
+    if tokens.is_empty() && !tokens_pending {
         return Err(AuthError::NoTokensConfigured);
     }
     let header = authorization.ok_or(AuthError::Missing)?;
     let token = bearer_token(header.as_bytes()).ok_or(AuthError::Malformed)?;
     if tokens.accepts(token) {
         Ok(())
+    } else if tokens_pending {
+        Err(AuthError::TokensPending)
     } else {
         Err(AuthError::WrongToken)
     }
@@ -111,21 +132,24 @@ mod tests {
     #[test]
     fn any_configured_token_is_accepted() {
         assert_eq!(
-            authorize(&tokens(), false, Some(&header("Bearer alpha"))),
+            authorize(&tokens(), false, false, Some(&header("Bearer alpha"))),
             Ok(())
         );
         assert_eq!(
-            authorize(&tokens(), false, Some(&header("bearer beta-2"))),
+            authorize(&tokens(), false, false, Some(&header("bearer beta-2"))),
             Ok(())
         );
     }
 
     #[test]
     fn a_missing_or_malformed_header_is_unauthorized() {
-        assert_eq!(authorize(&tokens(), false, None), Err(AuthError::Missing));
+        assert_eq!(
+            authorize(&tokens(), false, false, None),
+            Err(AuthError::Missing)
+        );
         for bad in ["alpha", "Basic YWxwaGE=", "Bearer", "Bearer ", "Bearer a b"] {
             assert_eq!(
-                authorize(&tokens(), false, Some(&header(bad))),
+                authorize(&tokens(), false, false, Some(&header(bad))),
                 Err(AuthError::Malformed),
                 "{bad:?}"
             );
@@ -135,7 +159,7 @@ mod tests {
     #[test]
     fn a_wrong_token_is_forbidden() {
         for wrong in ["Bearer alph", "Bearer alphaa", "Bearer ALPHA"] {
-            let err = authorize(&tokens(), false, Some(&header(wrong))).unwrap_err();
+            let err = authorize(&tokens(), false, false, Some(&header(wrong))).unwrap_err();
             assert_eq!(err, AuthError::WrongToken);
             assert_eq!(Problem::from(err).kind, ProblemKind::Forbidden);
         }
@@ -145,10 +169,30 @@ mod tests {
     fn a_route_without_tokens_refuses_everyone_unless_it_allows_anonymous() {
         let none = Tokens::default();
         assert_eq!(
-            authorize(&none, false, Some(&header("Bearer alpha"))),
+            authorize(&none, false, false, Some(&header("Bearer alpha"))),
             Err(AuthError::NoTokensConfigured)
         );
-        assert_eq!(authorize(&none, true, None), Ok(()));
+        assert_eq!(authorize(&none, true, false, None), Ok(()));
+    }
+
+    #[test]
+    fn a_token_not_loaded_may_be_a_pending_one_so_retry_later_not_forbidden() {
+        let pending = |tokens: &Tokens, h: Option<&str>| {
+            authorize(tokens, false, true, h.map(header).as_ref())
+        };
+        // None of the route's tokens loaded yet, or only some of them.
+        for tokens in [Tokens::default(), tokens()] {
+            let err = pending(&tokens, Some("Bearer gamma")).unwrap_err();
+            assert_eq!(err, AuthError::TokensPending);
+            let problem = Problem::from(err);
+            assert_eq!(problem.kind, ProblemKind::RouteNotReady);
+            assert_eq!(problem.kind.status(), 503);
+            assert_eq!(problem.retry_after, Some(RETRY_AFTER_TOKENS_PENDING));
+            // Without a credential there is nothing to wait for.
+            assert_eq!(pending(&tokens, None), Err(AuthError::Missing));
+            assert_eq!(pending(&tokens, Some("alpha")), Err(AuthError::Malformed));
+        }
+        assert_eq!(pending(&tokens(), Some("Bearer alpha")), Ok(()));
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub struct Route {
     pub ingest_prefix: String,
     pub tokens: Tokens,
     pub allow_unauthenticated: bool,
+    /// Some tokens are not loaded yet (`tokensPending`): see `auth::authorize`.
+    pub tokens_pending: bool,
     /// Headers stored with this route's events besides the global allow-list (the
     /// ones its target filters match on).
     pub forward: ForwardHeaders,
@@ -164,6 +166,7 @@ fn load_route(route: &GatewayRoute) -> Result<Route, ConfigError> {
         ingest_prefix: route.ingest_prefix.clone(),
         tokens: Tokens::new(tokens),
         allow_unauthenticated: route.allow_unauthenticated,
+        tokens_pending: route.tokens_pending,
         forward: ForwardHeaders::new(&route.forward_headers).map_err(|source| {
             ConfigError::ForwardHeader {
                 route: label.clone(),
@@ -290,6 +293,7 @@ mod tests {
             ingest_prefix: prefix.into(),
             token_files: vec![],
             allow_unauthenticated: true,
+            tokens_pending: false,
             forward_headers: Vec::new(),
         };
         let twice = GatewayConfig {

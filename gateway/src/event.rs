@@ -242,6 +242,7 @@ mod tests {
             ingest_prefix: "fanout.in.shop.orders".into(),
             tokens: Tokens::default(),
             allow_unauthenticated: true,
+            tokens_pending: false,
             // What a route whose targets filter on these headers is rendered with.
             forward: ForwardHeaders::new(&["X-Account-Kind".into(), "x-event-type".into()])
                 .unwrap(),

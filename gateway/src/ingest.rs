@@ -57,6 +57,7 @@ pub fn authorized_route(
     auth::authorize(
         &route.tokens,
         route.allow_unauthenticated,
+        route.tokens_pending,
         headers.get(header::AUTHORIZATION),
     )
     .map_err(|e| refused(&route.label, e.into()))?;

@@ -85,6 +85,10 @@ fn build() -> Value {
             "No such route is configured on this gateway",
         );
         add(
+            ProblemKind::RouteNotReady,
+            "The token is not one of the route's loaded tokens while some of its tokens are not loaded yet (their Secret is missing or still being copied); `Retry-After` set",
+        );
+        add(
             ProblemKind::PayloadTooLarge,
             "The body is larger than the gateway's limit (`--body-limit`) or than NATS accepts",
         );

@@ -20,6 +20,7 @@ pub enum ProblemKind {
     Unauthorized,
     Forbidden,
     RouteNotFound,
+    RouteNotReady,
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -33,12 +34,13 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
-    pub const ALL: [ProblemKind; 15] = [
+    pub const ALL: [ProblemKind; 16] = [
         ProblemKind::InvalidEvent,
         ProblemKind::InvalidBatch,
         ProblemKind::Unauthorized,
         ProblemKind::Forbidden,
         ProblemKind::RouteNotFound,
+        ProblemKind::RouteNotReady,
         ProblemKind::NotFound,
         ProblemKind::MethodNotAllowed,
         ProblemKind::PayloadTooLarge,
@@ -63,7 +65,9 @@ impl ProblemKind {
             ProblemKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProblemKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ProblemKind::StorageRejected => StatusCode::BAD_GATEWAY,
-            ProblemKind::Busy | ProblemKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemKind::RouteNotReady | ProblemKind::Busy | ProblemKind::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProblemKind::StreamFull => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
@@ -76,6 +80,7 @@ impl ProblemKind {
             ProblemKind::Unauthorized => "unauthorized",
             ProblemKind::Forbidden => "forbidden",
             ProblemKind::RouteNotFound => "route-not-found",
+            ProblemKind::RouteNotReady => "route-not-ready",
             ProblemKind::NotFound => "not-found",
             ProblemKind::MethodNotAllowed => "method-not-allowed",
             ProblemKind::PayloadTooLarge => "payload-too-large",
@@ -96,6 +101,7 @@ impl ProblemKind {
             ProblemKind::Unauthorized => "Authentication required",
             ProblemKind::Forbidden => "Not allowed",
             ProblemKind::RouteNotFound => "Unknown route",
+            ProblemKind::RouteNotReady => "Route not ready",
             ProblemKind::NotFound => "Not found",
             ProblemKind::MethodNotAllowed => "Method not allowed",
             ProblemKind::PayloadTooLarge => "Payload too large",

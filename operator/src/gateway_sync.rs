@@ -270,13 +270,16 @@ impl GatewaySync {
         }
         let mut config = config.clone();
         // Only reference token files that exist: a missing file would make the
-        // gateway refuse the whole configuration.
+        // gateway refuse the whole configuration. A route left without some of its
+        // tokens says so, and the gateway asks their producers to retry (503).
         for route in &mut config.routes {
+            let named = route.token_files.len();
             route.token_files.retain(|f| {
                 f.file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| data.contains_key(n))
             });
+            route.tokens_pending = route.token_files.len() < named;
         }
         // Tokens first, so that the configuration never names a file not yet there.
         let secret = Secret {

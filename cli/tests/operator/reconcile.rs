@@ -526,19 +526,26 @@ async fn a_stream_setting_jetstream_cannot_change_is_reported_not_forced() {
 /// `secrets.yaml`: the route can reach the gateway before its ingest token exists.
 /// Without `--watch-secrets` (the default) no event says when the Secret appears, so
 /// the sync looks for it again soon, backing off, instead of waiting for the resync
-/// (an hour here): the route's producers were refused with 403 until then.
+/// (an hour here): the route's producers were refused with 403 until then. Meanwhile
+/// the route is listed with `tokensPending`, so the gateway answers them 503 with
+/// Retry-After rather than refusing their token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_secret_created_after_its_route_reaches_the_gateway_without_a_watch() {
     let env = Env::new("op-gwlate").await;
     let _operator = env.operator_with(&["--gateway-resync", "1h"]);
-    // The route listed in the gateway's configuration, with `want` token files.
-    let token_files = |what: &'static str, want: usize| {
+    // The route listed in the gateway's configuration: its token files, and whether
+    // some are pending.
+    let token_files = |what: &'static str, want: (usize, bool)| {
         let env = &env;
         wait::until(what, T, move || async move {
             let config = env.gateway_config().await?;
-            match config.routes.first().map(|r| r.token_files.len()) {
-                Some(n) if n == want => Ok(()),
-                other => Err(format!("token files: {other:?}")),
+            match config
+                .routes
+                .first()
+                .map(|r| (r.token_files.len(), r.tokens_pending))
+            {
+                Some(listed) if listed == want => Ok(()),
+                other => Err(format!("token files, pending: {other:?}")),
             }
         })
     };
@@ -552,11 +559,11 @@ async fn a_token_secret_created_after_its_route_reaches_the_gateway_without_a_wa
         )
     ));
     // Listed without its token, which is not there yet.
-    token_files("the route listed without its token", 0)
+    token_files("the route listed without its token", (0, true))
         .await
         .unwrap();
     env.apply(SECRETS);
-    token_files("the late token in the gateway's route", 1)
+    token_files("the late token in the gateway's route", (1, false))
         .await
         .unwrap();
     let secret = env

@@ -338,7 +338,7 @@ impl Release {
     /// Posts one event to route `ns/route` through the `n`th ready gateway endpoint
     /// (in turn), retrying while the gateway does not know the route yet (404 until
     /// it has read what the operator wrote for it), does not have its ingest tokens
-    /// yet (403 "no token files": a route applied before its Secret, until the copy
+    /// yet (503 `route-not-ready`: a route applied before its Secret, until the copy
     /// and the kubelet's refresh of the gateway's mounted Secret follow;
     /// docs/operator.md) or cannot store (503); returns the id the gateway answered
     /// 202 with, after JetStream stored the event.
@@ -360,7 +360,6 @@ impl Release {
             match r.status {
                 202 => Ok(r),
                 404 | 503 => Err(format!("{} {}", r.status, r.body)),
-                403 if r.body.contains("no token files") => Err(format!("{} {}", r.status, r.body)),
                 other => panic!("the gateway answered {other}: {}", r.body),
             }
         })

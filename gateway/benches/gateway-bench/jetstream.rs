@@ -53,6 +53,7 @@ pub fn write_gateway_config(dir: &Path, token: &str) -> PathBuf {
             ingest_prefix: PREFIX.into(),
             token_files: vec![token_file],
             allow_unauthenticated: false,
+            tokens_pending: false,
             forward_headers: Vec::new(),
         }],
     };

@@ -87,6 +87,57 @@ async fn route_without_tokens_refuses_everyone_unless_anonymous_is_allowed() {
     assert_eq!(h.stored("fanout_shop_open").await.len(), 1);
 }
 
+/// A route applied before its token Secret: the operator lists it with the tokens it
+/// has and `tokensPending`. A producer with the coming token is told to retry, not
+/// that its credential is refused; once the token is there, the same request is
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_still_on_its_way_is_503_with_retry_after_until_it_is_loaded() {
+    let h = Harness::with(Setup::only(vec![
+        RouteSpec::new("shop", "orders").tokens_pending(),
+    ]))
+    .await;
+    let path = Harness::events_path("shop", "orders");
+    let bearer = format!("Bearer {TOKEN}");
+
+    let reply = h.post(&path, &[("authorization", &bearer)], "x").await;
+    let problem = reply.problem(503);
+    assert_eq!(
+        problem["type"],
+        "https://fanout.dev/problems/route-not-ready"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not loaded yet"),
+        "{problem}"
+    );
+    assert_eq!(reply.headers["retry-after"], "5");
+    // Without a credential there is nothing to wait for: still 401.
+    h.post(&path, &[], "x").await.problem(401);
+    assert!(h.stored("fanout_shop_orders").await.is_empty());
+
+    h.reconfigure(&[RouteSpec::new("shop", "orders").token(TOKEN)]);
+    fanout_testkit::wait::until(
+        "the token to be loaded",
+        Duration::from_secs(10),
+        || async {
+            match h
+                .post(&path, &[("authorization", &bearer)], "x")
+                .await
+                .status
+            {
+                202 => Ok(()),
+                other => Err(format!("status {other}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(h.stored("fanout_shop_orders").await.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_the_limit_is_413() {
     let h = Harness::with(Setup::default().flag("body-limit", "1024")).await;

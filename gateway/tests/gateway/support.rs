@@ -30,6 +30,8 @@ pub struct RouteSpec {
     pub name: String,
     pub tokens: Vec<String>,
     pub anonymous: bool,
+    /// Listed as having tokens not loaded yet (`tokensPending`).
+    pub tokens_pending: bool,
     pub max_messages: Option<i64>,
 }
 
@@ -40,6 +42,7 @@ impl RouteSpec {
             name: name.into(),
             tokens: vec![],
             anonymous: false,
+            tokens_pending: false,
             max_messages: None,
         }
     }
@@ -51,6 +54,11 @@ impl RouteSpec {
 
     pub fn anonymous(mut self) -> Self {
         self.anonymous = true;
+        self
+    }
+
+    pub fn tokens_pending(mut self) -> Self {
+        self.tokens_pending = true;
         self
     }
 
@@ -449,6 +457,7 @@ fn write_config(dir: &std::path::Path, path: &std::path::Path, routes: &[RouteSp
                     })
                     .collect(),
                 allow_unauthenticated: r.anonymous,
+                tokens_pending: r.tokens_pending,
                 forward_headers: Vec::new(),
             })
             .collect(),
