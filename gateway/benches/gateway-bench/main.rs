@@ -15,9 +15,10 @@
 //! conditions, and the goals are judged on the median CPU ratio and on the p99 of
 //! every round's (d) and (d') together.
 //! Then, once: (c') the gateway with an Idempotency-Key on every request; (c1) with one
-//! shard instead of one per CPU; (e) at 5,000/s; the trivial server's latency at the
-//! median half rate; (b) raw JetStream publishes, pipelined: the storage ceiling; and
-//! the gateway's peak resident memory (VmHWM of its process).
+//! shard instead of one per CPU; (e) at 5,000/s and (e') JetStream alone at that rate
+//! (what the gateway adds where the cores are not saturated); the trivial server's
+//! latency at the median half rate; (b) raw JetStream publishes, pipelined: the
+//! storage ceiling; and the gateway's peak resident memory (VmHWM of its process).
 //!
 //! Environment: `FANOUT_BENCH_SHORT=1` (the same tables in a minute or two: 3 s
 //! phases, two rounds, without (b), (c') and (c1)), `BENCH_CONNECTIONS` (default 64),
@@ -421,6 +422,11 @@ async fn run() {
     let median_half_rate = median(measured.iter().map(|r| r.half_rate));
 
     let fixed = load::open_loop(&events, connections, FIXED_RATE, seconds).await;
+    // (e') JetStream alone at the same rate: the machine is far from busy at 5,000/s,
+    // so (e) − (e') is what the gateway adds where the cores do not queue (at half the
+    // maximum rate, on 2 cores, the three processes wait for a CPU).
+    let storage_fixed =
+        jetstream::publish_at_rate(&js, &payload, connections, FIXED_RATE, seconds).await;
     // (c') Every request with its own Idempotency-Key: each event then has a
     // Nats-Msg-Id, and nats-server keeps it in the stream's duplicate table.
     let keyed = Target {
@@ -474,6 +480,7 @@ async fn run() {
         max_keyed,
         one_shard,
         fixed,
+        storage_fixed,
         rss_kib,
     });
 }
@@ -693,6 +700,7 @@ struct Results {
     max_keyed: Option<Report>,
     one_shard: Option<(Report, Vec<(&'static str, f64)>)>,
     fixed: Report,
+    storage_fixed: Report,
     rss_kib: Option<u64>,
 }
 
@@ -864,6 +872,15 @@ fn print_tables(mut r: Results) {
         latencies(&mut r.fixed)
     );
     println!(
+        "| (e') JetStream publish+ack alone at {FIXED_RATE:.0}/s, {} publishers | {} | |",
+        r.connections,
+        latencies(&mut r.storage_fixed)
+    );
+    println!(
+        "| (e)-(e') p99 the gateway adds at {FIXED_RATE:.0}/s | {:.2} ms | proposed in place of (d)-(d') on 2 cores |",
+        r.fixed.latency_ms(0.99) - r.storage_fixed.latency_ms(0.99)
+    );
+    println!(
         "| (d'') the trivial server at {median_half_rate:.0}/s (the median half rate) | {} | |",
         latencies(&mut r.trivial_half)
     );
@@ -875,7 +892,7 @@ fn print_tables(mut r: Results) {
         ),
         None => println!("| gateway peak RSS | unknown | < 64 MiB |"),
     }
-    let mut failed = vec![("e", r.fixed.failed)];
+    let mut failed = vec![("e", r.fixed.failed), ("e'", r.storage_fixed.failed)];
     failed.extend(r.storage.as_ref().map(|s| ("b", s.failed)));
     failed.extend(r.max_keyed.as_ref().map(|k| ("c'", k.failed)));
     failed.extend(r.one_shard.as_ref().map(|(o, _)| ("c1", o.failed)));
