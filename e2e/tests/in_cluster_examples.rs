@@ -4,8 +4,8 @@
 //! point at scripted targets on this host), events posted to the gateway Service with
 //! the example's ingest token, dead letters read and redriven with `fanout dlq` run
 //! in the operator pod, `kubectl fanout status` and `replay` run from this machine
-//! against the helm install, a FanOutReplay run by the operator pod, and a rotated
-//! Secret picked up. The targets refuse requests
+//! against the helm install, a FanOutReplay run by the operator pod, a rotated
+//! Secret picked up, and a route applied before its ingest token's Secret. The targets refuse requests
 //! without the right credentials (401), as real APIs do, and the analytics target's
 //! signatures are verified with the official Standard Webhooks library.
 
@@ -538,6 +538,7 @@ stringData: {{token: {rotated}}}
     );
 
     target_credentials_from_secrets(&cluster, &release, &shop, host).await;
+    a_route_applied_before_its_token_secret(&cluster, &release, &shop, host).await;
     drop(release);
 }
 
@@ -686,6 +687,73 @@ spec:
     ] {
         assert!(!config.contains(value), "{value} in a ConfigMap");
     }
+}
+
+/// A route applied before the Secret holding its ingest token, as `kubectl apply -f`
+/// of a directory can do: the gateway answers its producers 503 `route-not-ready`
+/// with Retry-After (not 403: their token is the one on its way) until the Secret
+/// exists, then takes the same request.
+async fn a_route_applied_before_its_token_secret(
+    cluster: &Cluster,
+    release: &Release,
+    ns: &str,
+    host: std::net::IpAddr,
+) {
+    let target = TargetServer::start_on(host).await.unwrap();
+    cluster.apply(
+        ns,
+        &format!(
+            "apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: late}}
+spec: {{url: {url}}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {{name: late}}
+spec:
+  targets: [{{name: late, apiTargetRef: {{name: late}}}}]
+  gateway: {{bearerTokens: [{{name: late-ingest, key: token}}]}}
+",
+            url = target.url("/events"),
+        ),
+    );
+    let bearer = "Bearer late-ingest-token";
+    let headers = [("Authorization", bearer), ("Idempotency-Key", "late-1")];
+    let path = format!("/v1/namespaces/{ns}/routes/late/events");
+    let refused = wait::until("the gateway to know the route", T, || async {
+        let endpoints = release.gateway_endpoints().await?;
+        let addr = endpoints.first().ok_or("no ready gateway endpoint")?;
+        let r = fanout_testkit::http::post(addr, &path, &headers, b"{}").await?;
+        match r.status {
+            404 => Err(format!("{} {}", r.status, r.body)),
+            _ => Ok(r),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert!(
+        refused.body.contains("/problems/route-not-ready"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.header("retry-after"), Some("5"), "{refused:?}");
+
+    cluster.apply(
+        ns,
+        "apiVersion: v1
+kind: Secret
+metadata: {name: late-ingest}
+stringData: {token: late-ingest-token}
+",
+    );
+    let id = release.post(0, ns, "late", &headers, "{}").await;
+    assert_eq!(id, "late-1");
+    target
+        .wait_for_keys(&BTreeSet::from(["late-1".to_string()]), T)
+        .await
+        .unwrap();
 }
 
 /// Posts orders `range` in turn (order.placed); their keys.
