@@ -68,8 +68,11 @@ pub struct Route {
     pub ingest_prefix: String,
     pub tokens: Tokens,
     pub allow_unauthenticated: bool,
-    /// Some tokens are not loaded yet (`tokensPending`): see `auth::authorize`.
+    /// Some tokens are not loaded yet (`tokensPending`, or a token file not there
+    /// yet on a reload): see `auth::authorize`.
     pub tokens_pending: bool,
+    /// Token files named but not there yet (on a reload; see [`MissingTokenFile`]).
+    pub absent_token_files: Vec<PathBuf>,
     /// Headers stored with this route's events besides the global allow-list (the
     /// ones its target filters match on).
     pub forward: ForwardHeaders,
@@ -101,10 +104,13 @@ impl RouteTable {
     }
 
     /// Validates a configuration and reads its token files.
-    pub fn from_config(config: &GatewayConfig) -> Result<RouteTable, ConfigError> {
+    pub fn from_config(
+        config: &GatewayConfig,
+        missing: MissingTokenFile,
+    ) -> Result<RouteTable, ConfigError> {
         let mut table = RouteTable::default();
         for route in &config.routes {
-            let loaded = load_route(route)?;
+            let loaded = load_route(route, missing)?;
             let names = table
                 .by_namespace
                 .entry(loaded.namespace.clone())
@@ -120,8 +126,22 @@ impl RouteTable {
     }
 }
 
+/// What a token file that does not exist means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingTokenFile {
+    /// An error naming the route and the file: at start, a wrong path should stop it.
+    Refuse,
+    /// The route waits for it: its other tokens work, and a request none of them
+    /// accepts is answered 503 `route-not-ready`. On a reload in Kubernetes the
+    /// mounted ConfigMap and Secret are refreshed separately, so a configuration
+    /// may name a token file a moment before it appears; refusing the whole
+    /// configuration would hold back every other route's change, and count a
+    /// failed reload, for a state that settles by itself.
+    Wait,
+}
+
 /// Reads and validates the configuration file (YAML or JSON) and its token files.
-pub fn load(path: &Path) -> Result<RouteTable, ConfigError> {
+pub fn load(path: &Path, missing: MissingTokenFile) -> Result<RouteTable, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -131,10 +151,10 @@ pub fn load(path: &Path) -> Result<RouteTable, ConfigError> {
             path: path.to_path_buf(),
             source,
         })?;
-    RouteTable::from_config(&config)
+    RouteTable::from_config(&config, missing)
 }
 
-fn load_route(route: &GatewayRoute) -> Result<Route, ConfigError> {
+fn load_route(route: &GatewayRoute, missing: MissingTokenFile) -> Result<Route, ConfigError> {
     let label = format!("{}/{}", route.namespace, route.name);
     for (field, value) in [
         ("namespace", &route.namespace),
@@ -156,8 +176,18 @@ fn load_route(route: &GatewayRoute) -> Result<Route, ConfigError> {
         });
     }
     let mut tokens = Vec::with_capacity(route.token_files.len());
+    let mut absent_token_files = Vec::new();
     for path in &route.token_files {
-        tokens.push(read_token(&label, path)?);
+        match read_token(&label, path) {
+            Ok(token) => tokens.push(token),
+            Err(ConfigError::TokenFile { source, .. })
+                if missing == MissingTokenFile::Wait
+                    && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                absent_token_files.push(path.clone());
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(Route {
         namespace: route.namespace.clone(),
@@ -166,7 +196,8 @@ fn load_route(route: &GatewayRoute) -> Result<Route, ConfigError> {
         ingest_prefix: route.ingest_prefix.clone(),
         tokens: Tokens::new(tokens),
         allow_unauthenticated: route.allow_unauthenticated,
-        tokens_pending: route.tokens_pending,
+        tokens_pending: route.tokens_pending || !absent_token_files.is_empty(),
+        absent_token_files,
         forward: ForwardHeaders::new(&route.forward_headers).map_err(|source| {
             ConfigError::ForwardHeader {
                 route: label.clone(),
@@ -230,7 +261,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = write(dir.path(), "token", "s3cret\n");
         let config = write(dir.path(), "gateway.yaml", &route_yaml(&token));
-        let table = load(&config).unwrap();
+        let table = load(&config, MissingTokenFile::Refuse).unwrap();
         let route = table.get("shop", "orders").unwrap();
         assert_eq!(route.stream, "fanout_shop_orders");
         assert!(route.tokens.accepts(b"s3cret"));
@@ -246,7 +277,7 @@ mod tests {
             "gateway.json",
             r#"{"routes":[{"namespace":"a","name":"b","stream":"fanout_a_b","ingestPrefix":"fanout.in.a.b","allowUnauthenticated":true}]}"#,
         );
-        let table = load(&config).unwrap();
+        let table = load(&config, MissingTokenFile::Refuse).unwrap();
         assert!(table.get("a", "b").unwrap().allow_unauthenticated);
     }
 
@@ -255,7 +286,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
         let config = write(dir.path(), "gateway.yaml", &route_yaml(&missing));
-        let err = load(&config).unwrap_err();
+        let err = load(&config, MissingTokenFile::Refuse).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("shop/orders"), "{message}");
         assert!(
@@ -265,15 +296,53 @@ mod tests {
     }
 
     #[test]
+    fn on_a_reload_a_token_file_not_there_yet_leaves_its_route_waiting_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = write(dir.path(), "present", "s3cret\n");
+        let absent = dir.path().join("absent");
+        let yaml = format!(
+            "routes:\n- namespace: shop\n  name: orders\n  stream: s\n  ingestPrefix: a.b\n  tokenFiles: [{}, {}]\n",
+            present.display(),
+            absent.display()
+        );
+        let config = write(dir.path(), "gateway.yaml", &yaml);
+        let table = load(&config, MissingTokenFile::Wait).unwrap();
+        let route = table.get("shop", "orders").unwrap();
+        assert!(route.tokens.accepts(b"s3cret"));
+        assert!(route.tokens_pending);
+        assert_eq!(route.absent_token_files, [absent.clone()]);
+        // Only a file that does not exist is waited for.
+        std::fs::write(&absent, "\n").unwrap();
+        assert!(matches!(
+            load(&config, MissingTokenFile::Wait),
+            Err(ConfigError::EmptyToken { .. })
+        ));
+        std::fs::write(&absent, "other\n").unwrap();
+        let route = load(&config, MissingTokenFile::Wait).unwrap();
+        let route = route.get("shop", "orders").unwrap();
+        assert!(route.tokens.accepts(b"other"));
+        assert!(!route.tokens_pending);
+        assert!(route.absent_token_files.is_empty());
+    }
+
+    #[test]
     fn a_missing_configuration_file_is_told_apart_from_a_broken_one() {
         let dir = tempfile::tempdir().unwrap();
-        let missing = load(&dir.path().join("gateway.yaml")).unwrap_err();
+        let missing = load(&dir.path().join("gateway.yaml"), MissingTokenFile::Refuse).unwrap_err();
         assert!(missing.is_missing_file(), "{missing:?}");
         let broken = write(dir.path(), "broken.yaml", "routes: [ {");
-        assert!(!load(&broken).unwrap_err().is_missing_file());
+        assert!(
+            !load(&broken, MissingTokenFile::Refuse)
+                .unwrap_err()
+                .is_missing_file()
+        );
         let token = dir.path().join("no-token");
         let config = write(dir.path(), "gateway.yaml", &route_yaml(&token));
-        assert!(!load(&config).unwrap_err().is_missing_file());
+        assert!(
+            !load(&config, MissingTokenFile::Refuse)
+                .unwrap_err()
+                .is_missing_file()
+        );
     }
 
     #[test]
@@ -281,7 +350,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = write(dir.path(), "token", "\n");
         let config = write(dir.path(), "gateway.yaml", &route_yaml(&token));
-        assert!(matches!(load(&config), Err(ConfigError::EmptyToken { .. })));
+        assert!(matches!(
+            load(&config, MissingTokenFile::Refuse),
+            Err(ConfigError::EmptyToken { .. })
+        ));
     }
 
     #[test]
@@ -300,14 +372,17 @@ mod tests {
             routes: vec![route("a.b"), route("a.b")],
         };
         assert!(matches!(
-            RouteTable::from_config(&twice),
+            RouteTable::from_config(&twice, MissingTokenFile::Refuse),
             Err(ConfigError::DuplicateRoute { .. })
         ));
         for bad in ["a.>", "a.*.b", "a..b", "a b", ""] {
             let config = GatewayConfig {
                 routes: vec![route(bad)],
             };
-            assert!(RouteTable::from_config(&config).is_err(), "{bad:?}");
+            assert!(
+                RouteTable::from_config(&config, MissingTokenFile::Refuse).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

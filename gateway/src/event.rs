@@ -243,6 +243,7 @@ mod tests {
             tokens: Tokens::default(),
             allow_unauthenticated: true,
             tokens_pending: false,
+            absent_token_files: Vec::new(),
             // What a route whose targets filter on these headers is rendered with.
             forward: ForwardHeaders::new(&["X-Account-Kind".into(), "x-event-type".into()])
                 .unwrap(),

@@ -170,7 +170,7 @@ impl Gateway {
             });
         }
         let poll = args.config_poll_interval.as_std();
-        let routes = match config::load(&args.config) {
+        let routes = match config::load(&args.config, config::MissingTokenFile::Refuse) {
             Ok(routes) => {
                 tracing::info!(routes = routes.len(), config = %args.config.display(), "loaded gateway configuration");
                 routes

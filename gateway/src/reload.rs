@@ -1,7 +1,9 @@
 //! Picks up changes to the configuration and token files (the operator updates a
 //! ConfigMap, Kubernetes rotates a Secret) by re-reading them periodically. A change
 //! that does not load keeps the routes as they were. A file that does not exist yet
-//! (the gateway started before the operator rendered it) is waited for quietly.
+//! (the gateway started before the operator rendered it) is waited for quietly, and
+//! a token file named but not there yet leaves its route waiting for it
+//! ([`MissingTokenFile::Wait`]), with a warning.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::{self, RouteTable};
+use crate::config::{self, MissingTokenFile, RouteTable};
 use crate::metrics::Metrics;
 use crate::shard::Phase;
 
@@ -32,10 +34,22 @@ pub async fn watch_config(
             _ = phase.wait_for(|phase| *phase != Phase::Serve) => return,
         }
         let path = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+        let loaded =
+            tokio::task::spawn_blocking(move || config::load(&path, MissingTokenFile::Wait)).await;
         match loaded {
             Ok(Ok(table)) => {
                 last_error = None;
+                for route in table.routes() {
+                    let before = routes.borrow().get(&route.namespace, &route.name).cloned();
+                    for file in &route.absent_token_files {
+                        let known = before
+                            .as_ref()
+                            .is_some_and(|r| r.absent_token_files.contains(file));
+                        if !known {
+                            tracing::warn!(route = %route.label, file = %file.display(), "token file named by the configuration does not exist (yet); requests with a token the route does not have are answered 503 route-not-ready until it does");
+                        }
+                    }
+                }
                 if **routes.borrow() != table {
                     tracing::info!(
                         routes = table.len(),

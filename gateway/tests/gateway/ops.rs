@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Harness, RouteSpec, Setup};
+use crate::support::{Harness, RouteSpec, Setup, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_openapi_answer() {
@@ -136,6 +136,86 @@ async fn config_changes_add_routes_and_rotate_tokens_without_a_restart() {
         .post(&orders, &[("authorization", "Bearer rotated")], "x")
         .await;
     assert_eq!(reply.status, 202);
+}
+
+/// In Kubernetes the mounted ConfigMap and Secret are refreshed separately: a
+/// configuration can name a token file a moment before it appears. That route waits
+/// for it (its other tokens work; the coming one gets 503 route-not-ready), while
+/// the rest of the configuration takes effect and no failed reload is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_named_before_it_exists_leaves_only_that_token_waiting() {
+    let h = Harness::start().await;
+    let returns = RouteSpec::new("shop", "returns").anonymous();
+    crate::support::provision(&h, &returns).await;
+    let dir = h.dir.path();
+    let (current, next) = (dir.join("orders-current"), dir.join("orders-next"));
+    std::fs::write(&current, format!("{TOKEN}\n")).unwrap();
+    let yaml = format!(
+        "routes:
+- {{namespace: shop, name: orders, stream: {}, ingestPrefix: {}, tokenFiles: [{}, {}]}}
+- {{namespace: shop, name: returns, stream: {}, ingestPrefix: {}, allowUnauthenticated: true}}
+",
+        RouteSpec::new("shop", "orders").stream(),
+        RouteSpec::new("shop", "orders").ingest_prefix(),
+        current.display(),
+        next.display(),
+        returns.stream(),
+        returns.ingest_prefix(),
+    );
+    let tmp = h.config_path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, &h.config_path).unwrap();
+
+    let returns_path = Harness::events_path("shop", "returns");
+    fanout_testkit::wait::until(
+        "the new route served although a token file is missing",
+        Duration::from_secs(10),
+        || async {
+            match h.post(&returns_path, &[], "x").await.status {
+                202 => Ok(()),
+                other => Err(format!("status {other}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let orders = Harness::events_path("shop", "orders");
+    let with = |token: &'static str| {
+        let orders = orders.clone();
+        let h = &h;
+        async move {
+            let bearer = format!("Bearer {token}");
+            h.post(&orders, &[("authorization", &bearer)], "x").await
+        }
+    };
+    assert_eq!(with(TOKEN).await.status, 202);
+    let waiting = with("next-token").await;
+    let problem = waiting.problem(503);
+    assert_eq!(
+        problem["type"],
+        "https://fanout.dev/problems/route-not-ready"
+    );
+    assert_eq!(waiting.headers["retry-after"], "5");
+    let metrics = h.metrics().await;
+    assert!(
+        !metrics.contains(r#"fanout_gateway_config_reloads_total{result="failure"} 1"#),
+        "{metrics}"
+    );
+
+    std::fs::write(&next, "next-token\n").unwrap();
+    fanout_testkit::wait::until(
+        "the token once its file exists",
+        Duration::from_secs(10),
+        || async {
+            match with("next-token").await.status {
+                202 => Ok(()),
+                other => Err(format!("status {other}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(with("wrong").await.status, 403, "nothing is waited for now");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
