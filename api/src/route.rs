@@ -452,7 +452,7 @@ pub struct FanOutRouteStatus {
     pub observed_generation: Option<i64>,
 
     /// `Ready`, `StreamReady`, `DispatcherAvailable`, `TargetsHealthy`,
-    /// `BacklogWithinRetention`.
+    /// `BacklogWithinRetention`, `IngestReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 

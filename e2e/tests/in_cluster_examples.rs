@@ -739,6 +739,18 @@ spec:
         refused.body
     );
     assert_eq!(refused.header("retry-after"), Some("5"), "{refused:?}");
+    // What the user sees: the route's IngestReady condition names the Secret.
+    let jsonpath = r#"jsonpath={range .status.conditions[?(@.type=="IngestReady")]}{.status} {.reason}: {.message}{end}"#;
+    wait::until("IngestReady naming the missing Secret", T, || async {
+        let shown = cluster.kubectl(ns, &["get", "fanoutroute", "late", "-o", jsonpath]);
+        if shown.starts_with("False SecretNotFound") && shown.contains("late-ingest") {
+            Ok(())
+        } else {
+            Err(shown)
+        }
+    })
+    .await
+    .unwrap();
 
     cluster.apply(
         ns,
@@ -750,6 +762,16 @@ stringData: {token: late-ingest-token}
     );
     let id = release.post(0, ns, "late", &headers, "{}").await;
     assert_eq!(id, "late-1");
+    wait::until("IngestReady once the Secret exists", T, || async {
+        let shown = cluster.kubectl(ns, &["get", "fanoutroute", "late", "-o", jsonpath]);
+        if shown.starts_with("True TokensFound") {
+            Ok(())
+        } else {
+            Err(shown)
+        }
+    })
+    .await
+    .unwrap();
     target
         .wait_for_keys(&BTreeSet::from(["late-1".to_string()]), T)
         .await

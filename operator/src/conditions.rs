@@ -1,4 +1,4 @@
-//! Status conditions: the five a route reports, one for targets, and the rule that
+//! Status conditions: the six a route reports, one for targets, and the rule that
 //! `lastTransitionTime` only moves when a condition's status does.
 
 use fanout_api::status::Condition;
@@ -14,6 +14,9 @@ pub const DISPATCHER_AVAILABLE: &str = "DispatcherAvailable";
 pub const TARGETS_HEALTHY: &str = "TargetsHealthy";
 /// No target's oldest undelivered event is near the stream's maxAge.
 pub const BACKLOG_WITHIN_RETENTION: &str = "BacklogWithinRetention";
+/// The gateway can take the route's producers: every ingest token's Secret key
+/// exists (or the route needs none).
+pub const INGEST_READY: &str = "IngestReady";
 
 /// A condition's status, as Kubernetes spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

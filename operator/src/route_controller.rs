@@ -4,7 +4,8 @@
 //! 1. [`dereference`]: the ApiTargets the route names, from the watch cache.
 //! 2. [`validate`]: the route renders (`api::render`) and its image is allowed.
 //!    A route that does not stops here: nothing is applied.
-//! 3. [`dereference::secrets`]: the Secrets its pods would mount, keys checked.
+//! 3. [`dereference::secrets`]: the Secrets its pods would mount, keys checked;
+//!    and [`dereference::ingest`]: its ingest tokens' Secrets, for `IngestReady`.
 //! 4. [`provision`]: its JetStream streams and consumers.
 //! 5. When every Secret key is there and the streams exist: [`scale`] (how many
 //!    pods), [`build`] (the dispatcher objects), [`apply`] (server-side apply,
@@ -49,6 +50,8 @@ use self::provision::NotProvisioned;
 use self::validate::Invalid;
 use crate::context::Context;
 use crate::error::Error;
+use crate::route_status::Ingest;
+use crate::secrets::Missing;
 
 /// Held on every route until its JetStream streams are deleted.
 pub const FINALIZER: &str = "fanout.dev/jetstream";
@@ -106,6 +109,7 @@ async fn run(
 ) -> Result<Outcome, Error> {
     let secrets = dereference::secret_keys(targets, &ctx.dispatcher);
     let found = dereference::secrets(ctx, names, &secrets).await?;
+    let ingest = dereference::ingest(ctx, route, names).await?;
     let jetstream = provision::jetstream(ctx, &rendered.streams).await;
     let dispatchers = match (&found, &jetstream) {
         (Ok(found), Ok(_)) => {
@@ -123,6 +127,7 @@ async fn run(
         expiry: rendered.config.expiry,
         jetstream: Some(jetstream),
         dispatchers,
+        ingest: Some(ingest),
     })
 }
 
@@ -158,6 +163,8 @@ struct Outcome {
     /// render), so the previous condition stands.
     jetstream: Option<Result<Applied, NotProvisioned>>,
     dispatchers: Dispatchers,
+    /// The gateway's side; `None` when not looked at (the route did not render).
+    ingest: Option<Result<Ingest, Missing>>,
 }
 
 impl Outcome {
@@ -168,6 +175,7 @@ impl Outcome {
             expiry: None,
             jetstream: None,
             dispatchers: Dispatchers::Kept,
+            ingest: None,
         }
     }
 
@@ -175,6 +183,7 @@ impl Outcome {
     fn troubled(&self) -> bool {
         self.config.is_err()
             || matches!(self.jetstream, Some(Err(_)))
+            || matches!(self.ingest, Some(Err(_)))
             || self.dispatchers.problem().is_some()
     }
 }

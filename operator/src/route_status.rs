@@ -17,8 +17,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::conditions::{
-    BACKLOG_WITHIN_RETENTION, DISPATCHER_AVAILABLE, Draft, READY, STREAM_READY, State,
-    TARGETS_HEALTHY, carry_over, stamp,
+    BACKLOG_WITHIN_RETENTION, DISPATCHER_AVAILABLE, Draft, INGEST_READY, READY, STREAM_READY,
+    State, TARGETS_HEALTHY, carry_over, stamp,
 };
 
 /// Something wrong, as a condition reason and a message for people.
@@ -59,6 +59,20 @@ pub struct Findings<'a> {
     /// Streams or consumers this reconcile found missing and created again (see
     /// [`recreated`]).
     pub recreated: Option<RecreatedStatus>,
+    /// How the gateway takes the route's producers, or the ingest token Secret key
+    /// that is missing; `None` when not looked at (the route did not render).
+    pub ingest: Option<Result<Ingest, Problem>>,
+}
+
+/// How the gateway takes a route's producers, when nothing is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingest {
+    /// With one of this many bearer tokens, each from a Secret key that exists.
+    Tokens(usize),
+    /// Without a token (`gateway.allowUnauthenticated`).
+    Unauthenticated,
+    /// Not at all (no `gateway.bearerTokens`): producers publish to NATS.
+    NatsOnly,
 }
 
 pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
@@ -92,6 +106,7 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
     };
     let targets = targets_condition(f.observation, &previous.conditions);
     let retention = retention_condition(f, &previous.conditions, now);
+    let ingest = ingest_condition(f.ingest.as_ref(), &previous.conditions);
     let ready = match (&f.config, stream.is_true(), dispatcher.is_true()) {
         (Err(p), _, _) => Draft::new(READY, false, p.reason.clone(), p.message.clone()),
         (Ok(()), false, _) => {
@@ -105,7 +120,7 @@ pub fn compute(f: &Findings<'_>, now: &Time) -> FanOutRouteStatus {
         ),
         (Ok(()), true, true) => Draft::new(READY, true, "Ready", "events are being delivered"),
     };
-    let drafts = [ready, stream, dispatcher, targets, retention];
+    let drafts = [ready, stream, dispatcher, targets, retention, ingest];
 
     let mut status = FanOutRouteStatus {
         observed_generation: Some(f.generation),
@@ -269,6 +284,48 @@ fn targets_condition(
         "CircuitsClosed",
         "every target's circuit is closed",
     )
+}
+
+/// A missing ingest token does not make the route un-`Ready`: events published to
+/// NATS are still delivered, and the route's other tokens still work.
+fn ingest_condition(ingest: Option<&Result<Ingest, Problem>>, previous: &[Condition]) -> Draft {
+    match ingest {
+        Some(Ok(Ingest::Tokens(n))) => Draft::new(
+            INGEST_READY,
+            true,
+            "TokensFound",
+            format!("the Secret key of each of the route's {n} ingest token(s) exists"),
+        ),
+        Some(Ok(Ingest::Unauthenticated)) => Draft::new(
+            INGEST_READY,
+            true,
+            "Unauthenticated",
+            "the gateway accepts requests without a token (gateway.allowUnauthenticated)",
+        ),
+        Some(Ok(Ingest::NatsOnly)) => Draft::new(
+            INGEST_READY,
+            true,
+            "NoTokens",
+            "no gateway.bearerTokens: the gateway refuses this route's requests (403); producers publish to NATS",
+        ),
+        Some(Err(p)) => Draft::new(
+            INGEST_READY,
+            false,
+            p.reason.clone(),
+            format!(
+                "{}: the gateway answers a token it does not have with 503 route-not-ready until it exists",
+                p.message
+            ),
+        ),
+        None => carry_over(previous, INGEST_READY).unwrap_or_else(|| {
+            Draft::new(
+                INGEST_READY,
+                State::Unknown,
+                "NotChecked",
+                "waiting for the route to render",
+            )
+        }),
+    }
 }
 
 /// Whether any target's oldest undelivered event has reached the age at which it is
@@ -526,6 +583,7 @@ mod tests {
             deployment: Some(d),
             dispatcher_problem: None,
             observation: Some(o),
+            ingest: Some(Ok(Ingest::Tokens(1))),
         }
     }
 
@@ -603,6 +661,7 @@ mod tests {
                 deployment: None,
                 dispatcher_problem: None,
                 observation: None,
+                ingest: Some(Ok(Ingest::NatsOnly)),
             },
             &now(),
         );
@@ -621,6 +680,7 @@ mod tests {
                 deployment: None,
                 dispatcher_problem: None,
                 observation: None,
+                ingest: None,
             },
             &now(),
         );
@@ -632,6 +692,71 @@ mod tests {
         assert!(ready.message.contains("crm"));
         assert_eq!(condition(&second, STREAM_READY).status, "True");
         assert_eq!(condition(&second, TARGETS_HEALTHY).status, "Unknown");
+        assert_eq!(condition(&second, INGEST_READY).reason, "NoTokens");
+    }
+
+    #[test]
+    fn a_missing_ingest_token_is_its_own_condition_and_leaves_the_route_ready() {
+        let d = deployment(1);
+        let o = observation(vec![target("email", Circuit::Closed, 1)]);
+        let missing = compute(
+            &Findings {
+                ingest: Some(Err(Problem::new(
+                    "SecretNotFound",
+                    "Secret shop/orders-ingest does not exist",
+                ))),
+                ..in_place(&d, &o)
+            },
+            &now(),
+        );
+        let ingest = condition(&missing, INGEST_READY);
+        assert_eq!(
+            (ingest.status.as_str(), ingest.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+        assert!(
+            ingest.message.contains("shop/orders-ingest"),
+            "{}",
+            ingest.message
+        );
+        assert!(
+            ingest.message.contains("503 route-not-ready"),
+            "{}",
+            ingest.message
+        );
+        assert_eq!(condition(&missing, READY).status, "True");
+        let found = compute(
+            &Findings {
+                previous: Some(&missing),
+                ingest: Some(Ok(Ingest::Tokens(2))),
+                ..in_place(&d, &o)
+            },
+            &now(),
+        );
+        let ingest = condition(&found, INGEST_READY);
+        assert_eq!(
+            (ingest.status.as_str(), ingest.reason.as_str()),
+            ("True", "TokensFound")
+        );
+        assert!(
+            ingest.message.contains("2 ingest token"),
+            "{}",
+            ingest.message
+        );
+        for (ingest, reason) in [
+            (Ingest::Unauthenticated, "Unauthenticated"),
+            (Ingest::NatsOnly, "NoTokens"),
+        ] {
+            let s = compute(
+                &Findings {
+                    ingest: Some(Ok(ingest)),
+                    ..in_place(&d, &o)
+                },
+                &now(),
+            );
+            assert_eq!(condition(&s, INGEST_READY).reason, reason);
+            assert_eq!(condition(&s, INGEST_READY).status, "True");
+        }
     }
 
     #[test]
@@ -661,6 +786,7 @@ mod tests {
                 deployment: Some(&d),
                 dispatcher_problem: None,
                 observation: None,
+                ingest: Some(Ok(Ingest::Tokens(1))),
             },
             &now(),
         );

@@ -558,14 +558,44 @@ async fn a_token_secret_created_after_its_route_reaches_the_gateway_without_a_wa
             "  gateway: {bearerTokens: [{name: ingest, key: token}]}"
         )
     ));
-    // Listed without its token, which is not there yet.
+    // Listed without its token, which is not there yet; the route's status and an
+    // Event name the Secret, and the route stays Ready (NATS publishes deliver).
     token_files("the route listed without its token", (0, true))
         .await
         .unwrap();
+    let status = env
+        .wait_condition("orders", "IngestReady", "False", Some("SecretNotFound"))
+        .await;
+    let ingest = operator::condition(&status.conditions, "IngestReady");
+    assert!(
+        ingest.message.contains("/ingest does not exist"),
+        "{}",
+        ingest.message
+    );
+    assert_ne!(
+        operator::condition(&status.conditions, "Ready").reason,
+        "SecretNotFound",
+        "a missing ingest token does not hold back the dispatchers"
+    );
+    wait::until("a Warning Event naming the Secret", T, || async {
+        let events = env.events("SecretNotFound").await;
+        events
+            .iter()
+            .find(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.note.as_deref().is_some_and(|n| n.contains("/ingest"))
+            })
+            .map(|_| ())
+            .ok_or(format!("{events:?}"))
+    })
+    .await
+    .unwrap();
     env.apply(SECRETS);
     token_files("the late token in the gateway's route", (1, false))
         .await
         .unwrap();
+    env.wait_condition("orders", "IngestReady", "True", Some("TokensFound"))
+        .await;
     let secret = env
         .api::<Secret>()
         .get("fanout-gateway-tokens")

@@ -1,6 +1,7 @@
 //! Step 1, dereference: what the route refers to. Its ApiTargets come from the watch
-//! cache; the Secrets its dispatcher pods would mount are read from the API server
-//! (for a route that renders) and their keys checked. Secret values are never kept.
+//! cache; the Secrets its dispatcher pods would mount, and those of its ingest
+//! tokens, are read from the API server (for a route that renders) and their keys
+//! checked. Secret values are never kept.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use super::Names;
 use crate::context::Context;
 use crate::dispatcher_objects::{DispatcherSettings, NATS_CA_KEY, OTLP_HEADERS_KEY};
 use crate::error::Error;
+use crate::route_status::Ingest;
 use crate::secrets::{self, Found, Missing, SecretKeys};
 
 /// The ApiTargets a route names that exist, by name. A missing one is left out:
@@ -72,6 +74,30 @@ pub(super) fn secret_keys(targets: &ApiTargets, settings: &DispatcherSettings) -
         want(secret, OTLP_HEADERS_KEY);
     }
     wanted
+}
+
+/// How the gateway takes `route`'s producers, or the first ingest token Secret key
+/// that is missing (the gateway then lists the route with `tokensPending`; see
+/// `gateway_sync`). The error is the API server failing.
+pub(super) async fn ingest(
+    ctx: &Context,
+    route: &FanOutRoute,
+    names: &Names,
+) -> Result<Result<Ingest, Missing>, Error> {
+    let gateway = route.spec.gateway.as_ref();
+    let tokens = gateway.map_or(0, |g| g.bearer_tokens.len());
+    if tokens == 0 {
+        let anonymous = gateway.and_then(|g| g.allow_unauthenticated) == Some(true);
+        return Ok(Ok(if anonymous {
+            Ingest::Unauthenticated
+        } else {
+            Ingest::NatsOnly
+        }));
+    }
+    let wanted = secrets::gateway_token_secrets(route);
+    Ok(secrets::check(&ctx.client, &names.namespace, &wanted)
+        .await?
+        .map(|_| Ingest::Tokens(tokens)))
 }
 
 /// Reads the Secrets of `wanted` and checks their keys. The outer error is the API

@@ -11,10 +11,10 @@ use kube::runtime::events::{Event, EventType};
 
 use super::observe::Observed;
 use super::{Names, Outcome};
-use crate::conditions::{BACKLOG_WITHIN_RETENTION, READY, TARGETS_HEALTHY};
+use crate::conditions::{BACKLOG_WITHIN_RETENTION, INGEST_READY, READY, TARGETS_HEALTHY};
 use crate::context::Context;
 use crate::error::Error;
-use crate::route_status::{self, Findings};
+use crate::route_status::{self, Findings, Problem};
 
 /// Computes and writes the status of `route`. Fails only when the API server does.
 pub(super) async fn status(
@@ -68,6 +68,11 @@ pub(super) async fn status(
             observation: observed.jetstream.as_ref(),
             expiry: outcome.expiry,
             recreated,
+            ingest: outcome.ingest.as_ref().map(|i| {
+                i.as_ref()
+                    .copied()
+                    .map_err(|m| Problem::new("SecretNotFound", m.to_string()))
+            }),
         },
         &now,
     );
@@ -103,7 +108,12 @@ async fn announce_changes(
         s.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
             .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
     };
-    for type_ in [READY, TARGETS_HEALTHY, BACKLOG_WITHIN_RETENTION] {
+    for type_ in [
+        READY,
+        TARGETS_HEALTHY,
+        BACKLOG_WITHIN_RETENTION,
+        INGEST_READY,
+    ] {
         let (old, new) = (find(before, type_), find(Some(after), type_));
         let Some((status, reason, message)) = new else {
             continue;
