@@ -194,6 +194,24 @@ async fn status_prints_the_per_target_table_from_the_route_status() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), table);
+
+    // Below the table, what it cannot show: a route whose ingest token's Secret is
+    // missing, so the gateway cannot take its producers' events yet.
+    shop.env.apply(&route_yaml(
+        "late",
+        &["inventory"],
+        "  gateway: {bearerTokens: [{name: late-ingest, key: token}]}",
+    ));
+    shop.env
+        .wait_condition("late", "IngestReady", "False", Some("SecretNotFound"))
+        .await;
+    let shown = kubectl.run(&["status", "late", "-n", shop.ns()]);
+    let why = format!(
+        "{}/late: IngestReady=False (SecretNotFound): Secret {}/late-ingest does not exist",
+        shop.ns(),
+        shop.ns()
+    );
+    assert!(shown.contains(&why), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

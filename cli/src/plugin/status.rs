@@ -62,17 +62,18 @@ pub async fn run(session: &Session, args: Args) -> anyhow::Result<()> {
     } else {
         table::table(&report)
     };
-    // What the table cannot show: why a route is not ready.
+    // What the table cannot show: why a route is not ready, or why the gateway
+    // cannot take its producers' events.
     for route in &routes {
-        let ready = route
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-        if let Some(c) = ready.filter(|c| c.status != "True") {
+        let conditions = route.status.iter().flat_map(|s| &s.conditions);
+        for c in conditions
+            .filter(|c| (c.type_ == "Ready" || c.type_ == "IngestReady") && c.status != "True")
+        {
             text.push_str(&format!(
-                "\n{}/{}: Ready={} ({}): {}\n",
+                "\n{}/{}: {}={} ({}): {}\n",
                 route.metadata.namespace.as_deref().unwrap_or_default(),
                 route.metadata.name.as_deref().unwrap_or_default(),
+                c.type_,
                 c.status,
                 c.reason,
                 c.message
