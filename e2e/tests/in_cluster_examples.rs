@@ -740,17 +740,8 @@ spec:
     );
     assert_eq!(refused.header("retry-after"), Some("5"), "{refused:?}");
     // What the user sees: the route's IngestReady condition names the Secret.
-    let jsonpath = r#"jsonpath={range .status.conditions[?(@.type=="IngestReady")]}{.status} {.reason}: {.message}{end}"#;
-    wait::until("IngestReady naming the missing Secret", T, || async {
-        let shown = cluster.kubectl(ns, &["get", "fanoutroute", "late", "-o", jsonpath]);
-        if shown.starts_with("False SecretNotFound") && shown.contains("late-ingest") {
-            Ok(())
-        } else {
-            Err(shown)
-        }
-    })
-    .await
-    .unwrap();
+    let missing = format!("False SecretNotFound: Secret {ns}/late-ingest does not exist");
+    ingest_ready_shows(cluster, ns, "late", &missing).await;
 
     cluster.apply(
         ns,
@@ -762,9 +753,20 @@ stringData: {token: late-ingest-token}
     );
     let id = release.post(0, ns, "late", &headers, "{}").await;
     assert_eq!(id, "late-1");
-    wait::until("IngestReady once the Secret exists", T, || async {
-        let shown = cluster.kubectl(ns, &["get", "fanoutroute", "late", "-o", jsonpath]);
-        if shown.starts_with("True TokensFound") {
+    ingest_ready_shows(cluster, ns, "late", "True TokensFound").await;
+    target
+        .wait_for_keys(&BTreeSet::from(["late-1".to_string()]), T)
+        .await
+        .unwrap();
+}
+
+/// Waits until `route`'s IngestReady condition, as `kubectl get` shows it (status,
+/// reason: message), starts with `want`.
+async fn ingest_ready_shows(cluster: &Cluster, ns: &str, route: &str, want: &str) {
+    let jsonpath = r#"jsonpath={range .status.conditions[?(@.type=="IngestReady")]}{.status} {.reason}: {.message}{end}"#;
+    wait::until(&format!("{route}'s IngestReady: {want}"), T, || async {
+        let shown = cluster.kubectl(ns, &["get", "fanoutroute", route, "-o", jsonpath]);
+        if shown.starts_with(want) {
             Ok(())
         } else {
             Err(shown)
@@ -772,10 +774,6 @@ stringData: {token: late-ingest-token}
     })
     .await
     .unwrap();
-    target
-        .wait_for_keys(&BTreeSet::from(["late-1".to_string()]), T)
-        .await
-        .unwrap();
 }
 
 /// Posts orders `range` in turn (order.placed); their keys.
