@@ -347,6 +347,14 @@ impl Metrics {
                     outcome: outcome.as_str(),
                 });
             }
+            // A route waiting for an ingest token: its alert fires on the first 503.
+            for endpoint in [Endpoint::Single, Endpoint::Batch] {
+                let _ = self.requests.get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    endpoint: endpoint.as_str(),
+                    outcome: Outcome::Failed(ProblemKind::RouteNotReady).as_str(),
+                });
+            }
         }
     }
 

@@ -109,6 +109,7 @@ async fn alerting_rules_render_when_enabled_with_the_labels_given() {
             "FanoutEventsNearExpiry",
             "FanoutTargetRefusingEvents",
             "FanoutGatewayNotStoring",
+            "FanoutGatewayRouteNotReady",
             "FanoutGatewayPublishSlow",
             "FanoutGatewayConfigReloadFailing",
             "FanoutGatewayConnectionsRefused",
