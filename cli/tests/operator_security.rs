@@ -33,16 +33,10 @@ fn condition(status: &fanout_api::FanOutRouteStatus, type_: &str) -> fanout_api:
 }
 
 async fn event_note(env: &Env, reason: &str, route: &str) -> String {
-    wait::until(&format!("a {reason} Event on {route}"), T, || async {
-        env.events(reason)
-            .await
-            .into_iter()
-            .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(route))
-            .and_then(|e| e.note)
-            .ok_or_else(|| "none".to_string())
-    })
-    .await
-    .unwrap()
+    let event = env.wait_event(reason, route).await;
+    event
+        .note
+        .unwrap_or_else(|| panic!("a {reason} Event without a note"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,9 +73,7 @@ pub fn respond_problem(
 ) -> Response {
     let outcome = Outcome::Failed(problem.kind);
     state.metrics.request(route_label, endpoint, outcome);
-    // A route whose tokens are on their way is not a failure to store; its status
-    // says why, and a warning per producer request would flood the log meanwhile.
-    if problem.kind.status().is_server_error() && problem.kind != ProblemKind::RouteNotReady {
+    if problem.kind.is_storage_failure() {
         tracing::warn!(route = %route_label, endpoint = endpoint.as_str(), outcome = outcome.as_str(), detail = %problem.detail, "event not stored");
     } else {
         tracing::debug!(route = %route_label, endpoint = endpoint.as_str(), outcome = outcome.as_str(), detail = %problem.detail, "request refused");

@@ -115,6 +115,14 @@ impl ProblemKind {
         }
     }
 
+    /// Whether the gateway tried to store the event and could not (a warning in its
+    /// log), rather than refused the request first (debug): every 5xx but a route
+    /// whose tokens are on their way, which a warning per producer request would
+    /// flood the log with while its status already says why.
+    pub fn is_storage_failure(self) -> bool {
+        self.status().is_server_error() && self != ProblemKind::RouteNotReady
+    }
+
     pub fn type_uri(self) -> String {
         format!("{TYPE_BASE}{}", self.slug())
     }
@@ -202,6 +210,24 @@ impl IntoResponse for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_to_store_are_warned_about() {
+        let failures: Vec<ProblemKind> = ProblemKind::ALL
+            .into_iter()
+            .filter(|k| k.is_storage_failure())
+            .collect();
+        assert_eq!(
+            failures,
+            [
+                ProblemKind::Internal,
+                ProblemKind::StorageRejected,
+                ProblemKind::Busy,
+                ProblemKind::Unavailable,
+                ProblemKind::StreamFull,
+            ]
+        );
+    }
 
     #[test]
     fn problem_body_has_the_rfc_9457_members() {

@@ -577,19 +577,12 @@ async fn a_token_secret_created_after_its_route_reaches_the_gateway_without_a_wa
         "SecretNotFound",
         "a missing ingest token does not hold back the dispatchers"
     );
-    wait::until("a Warning Event naming the Secret", T, || async {
-        let events = env.events("SecretNotFound").await;
-        events
-            .iter()
-            .find(|e| {
-                e.type_.as_deref() == Some("Warning")
-                    && e.note.as_deref().is_some_and(|n| n.contains("/ingest"))
-            })
-            .map(|_| ())
-            .ok_or(format!("{events:?}"))
-    })
-    .await
-    .unwrap();
+    let event = env.wait_event("SecretNotFound", "orders").await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"), "{event:?}");
+    assert!(
+        event.note.as_deref().is_some_and(|n| n.contains("/ingest")),
+        "{event:?}"
+    );
     env.apply(SECRETS);
     token_files("the late token in the gateway's route", (1, false))
         .await

@@ -278,6 +278,19 @@ impl Env {
             .filter(|e| e.reason.as_deref() == Some(reason))
             .collect()
     }
+
+    /// Waits for an Event with `reason` about route `route`; the first one found.
+    pub async fn wait_event(&self, reason: &str, route: &str) -> Event {
+        wait::until(&format!("a {reason} Event on {route}"), T, || async {
+            self.events(reason)
+                .await
+                .into_iter()
+                .find(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(route))
+                .ok_or_else(|| "none".to_string())
+        })
+        .await
+        .unwrap()
+    }
 }
 
 pub fn target_yaml(name: &str, url: &str, extra: &str) -> String {
