@@ -3,12 +3,12 @@
 # cache directory this script owns. See docs/control-plane.md.
 #
 #   e2e/tools.sh all                  build (or reuse) everything
-#   e2e/tools.sh kube|etcd|helm|nats|otelcol  build (or reuse) one tool group
+#   e2e/tools.sh kube|etcd|helm|nats|otelcol|iptables  build (or reuse) one tool group
 #   e2e/tools.sh node                 build (or reuse) what a node needs: kubelet and
 #                                     kube-scheduler, containerd, the pause binary
 #   e2e/tools.sh path NAME            print the absolute path of a binary, building it if missing
 #                                     (kube-apiserver, kube-controller-manager, kubectl, etcd,
-#                                      helm, nats-server, fanout-otelcol, fanout-bento, plus whatever KUBE_COMMANDS and
+#                                      helm, nats-server, fanout-otelcol, fanout-bento, iptables, plus whatever KUBE_COMMANDS and
 #                                      NODE_KUBE_COMMANDS list, containerd, ctr,
 #                                      containerd-shim-runc-v2, pause)
 #   e2e/tools.sh mods                 regenerate e2e/tools/{kubernetes,etcd}/go.{mod,sum} from the pins,
@@ -45,6 +45,11 @@ OTELCOL_VERSION=v0.165.0
 # e2e/tools/bento/main.go against github.com/warpstreamlabs/bento at this version,
 # from the Go module proxy (its go.mod pins every module). Peer benchmark only.
 BENTO_VERSION=v1.20.0
+# iptables for the fault tests' packet loss (testkit/src/netns.rs), inside network
+# namespaces the tests make: Debian 12's packages, fetched with apt-get and unpacked
+# into the cache (nothing is installed on the machine). Only the legacy backend runs,
+# which needs these libraries and nothing else.
+IPTABLES_PACKAGES="iptables=1.8.9-2 libxtables12=1.8.9-2 libip4tc2=1.8.9-2 libip6tc2=1.8.9-2"
 # -----------------------------------------------------------------------------
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -322,6 +327,54 @@ build_nats() {
 }
 
 
+# ---- iptables (Debian packages, unpacked) ---------------------------------------
+iptables_dir() { echo "$TOOLS_DIR/iptables-$(echo "$IPTABLES_PACKAGES" | sha256sum | cut -c1-16)"; }
+
+build_iptables() {
+    local dir recipe start lists work deb
+    dir=$(iptables_dir)
+    lock_group iptables
+    recipe="debian: $IPTABLES_PACKAGES"
+    if is_ready "$dir" "$recipe" iptables; then
+        log "iptables: cached in $dir/bin"
+        unlock_group; return
+    fi
+    log "iptables: fetching $IPTABLES_PACKAGES"
+    rm -rf "$dir"; mkdir -p "$dir/bin" "$dir/debs"
+    start=$SECONDS
+    work=$(cd "$dir/debs" && pwd)
+    # word splitting of the package list is intended
+    # shellcheck disable=SC2086
+    if ! (cd "$work" && apt-get -qq -o APT::Sandbox::User=root download $IPTABLES_PACKAGES); then
+        # The machine's package lists may be missing or stale: read fresh ones into
+        # the cache rather than into the system's.
+        lists=$dir/apt-lists
+        mkdir -p "$lists/partial"
+        apt-get -qq -o Dir::State::Lists="$lists" update ||
+            die "iptables: apt-get update failed"
+        # shellcheck disable=SC2086
+        (cd "$work" && apt-get -qq -o APT::Sandbox::User=root -o Dir::State::Lists="$lists" \
+            download $IPTABLES_PACKAGES) ||
+            die "iptables: apt-get download $IPTABLES_PACKAGES failed"
+    fi
+    for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
+    local lib
+    lib=$(dirname "$(find "$dir/root" -name libxtables.so.12 | head -n 1)")
+    [[ -x $dir/root/usr/sbin/xtables-legacy-multi && -f $lib/xtables/libxt_statistic.so ]] ||
+        die "iptables: the packages lack xtables-legacy-multi or the statistic match"
+    cat >"$dir/bin/iptables" <<WRAPPER
+#!/bin/sh
+# iptables (legacy backend) from Debian's packages, unpacked by e2e/tools.sh.
+LD_LIBRARY_PATH='$lib' XTABLES_LIBDIR='$lib/xtables' exec '$dir/root/usr/sbin/xtables-legacy-multi' iptables "\$@"
+WRAPPER
+    chmod +x "$dir/bin/iptables"
+    "$dir/bin/iptables" --version >/dev/null || die "iptables does not run"
+    rm -rf "$dir/debs" "$dir/apt-lists"
+    echo "$recipe" >"$dir/.stamp"
+    log "iptables: ready in $((SECONDS - start))s -> $dir/bin/iptables"
+    unlock_group
+}
+
 # ---- node: kubelet, kube-scheduler ----------------------------------------------
 kube_node_dir() { echo "$TOOLS_DIR/kubernetes-node-$KUBE_VERSION"; }
 
@@ -484,6 +537,7 @@ bin_path() { # name -> path (building if needed)
         nats-server) build_nats; echo "$(nats_dir)/bin/nats-server" ;;
         fanout-otelcol) build_otelcol; echo "$(otelcol_dir)/bin/fanout-otelcol" ;;
         fanout-bento) build_bento; echo "$(bento_dir)/bin/fanout-bento" ;;
+        iptables) build_iptables; echo "$(iptables_dir)/bin/iptables" ;;
         containerd | ctr | containerd-shim-runc-v2) build_containerd; echo "$(containerd_dir)/bin/$name" ;;
         pause) build_pause; echo "$(pause_dir)/bin/pause" ;;
         *)
@@ -493,7 +547,7 @@ bin_path() { # name -> path (building if needed)
             for c in $NODE_KUBE_COMMANDS; do
                 if [[ $c == "$name" ]]; then build_kube_node; echo "$(kube_node_dir)/bin/$name"; return; fi
             done
-            die "unknown tool '$name' (known: $KUBE_COMMANDS $NODE_KUBE_COMMANDS etcd helm nats-server fanout-otelcol fanout-bento containerd ctr containerd-shim-runc-v2 pause)" ;;
+            die "unknown tool '$name' (known: $KUBE_COMMANDS $NODE_KUBE_COMMANDS etcd helm nats-server fanout-otelcol fanout-bento iptables containerd ctr containerd-shim-runc-v2 pause)" ;;
     esac
 }
 
@@ -523,6 +577,7 @@ main() {
             timed helm build_helm
             timed nats-server build_nats
             timed otelcol build_otelcol
+            timed iptables build_iptables
             timed kubernetes build_kube
             build_node
             trim_go_build_cache
@@ -533,6 +588,7 @@ main() {
         helm) timed helm build_helm ;;
         nats | nats-server) timed nats-server build_nats ;;
         otelcol) timed otelcol build_otelcol ;;
+        iptables) timed iptables build_iptables ;;
         bento) timed bento build_bento ;;
         node) build_node ;;
         path)

@@ -4,7 +4,7 @@
 # frozen, cut off or restarted, and a target sits behind a slow, lossy link. Each run
 # holds its fault while HOLD events are accepted (100 a second), then checks the
 # ledger: every accepted event reached each target or is a dead letter. Prints one
-# table line per fault. Needs root (network namespaces, iptables).
+# table line per fault. Needs root (network namespaces; iptables comes from e2e/tools.sh).
 #
 #   scripts/faults.sh            faults held 30 s each (3000 events), about 6 minutes
 #   HOLD=500 scripts/faults.sh   the length CI runs (cli/tests/nats_faults.rs)

@@ -3,7 +3,8 @@
 //! too. A test cuts a host off (its link goes down: packets vanish, connections hang
 //! rather than close, as in a real partition) and heals it, or drops a share of the
 //! packets a host receives. Every address is inside `10.250.<lab>.0/24`, on links
-//! made here; nothing leaves the machine. Needs root (`ip`, `iptables`).
+//! made here; nothing leaves the machine. Needs root and `ip`; the packet loss uses
+//! the pinned `iptables` of `e2e/tools.sh` (this machine's own may be missing).
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -136,9 +137,11 @@ impl Lab {
 
     /// Drops `percent` of the packets `host` receives, at random (0 stops it).
     pub fn drop_incoming(&self, host: &Host, percent: u32) -> anyhow::Result<()> {
+        let binary = crate::tools::path("iptables")?;
         let iptables = |args: &[&str]| {
             run(Command::new("ip")
-                .args(["netns", "exec", &host.netns, "iptables"])
+                .args(["netns", "exec", &host.netns])
+                .arg(&binary)
                 .args(args))
         };
         iptables(&["-F", "INPUT"])?;
