@@ -133,3 +133,82 @@ pub async fn publish_at_rate(
     }
     total
 }
+
+/// The gateway's store step and nothing else, shaped like its shards: `shards` threads,
+/// each with a current-thread runtime and a NATS connection of its own, driving
+/// `per_shard` publishers in a closed loop. Each publish is what the gateway sends for
+/// an event without an Idempotency-Key (its three headers, a plain request, one
+/// acknowledgement awaited under a timer); this process's CPU per acknowledgement is
+/// then what the NATS client alone costs a gateway at that concurrency.
+pub fn publish_like_shards(
+    url: &str,
+    payload: &Bytes,
+    shards: usize,
+    per_shard: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Report {
+    let start = Instant::now() + warmup;
+    let end = start + duration;
+    let threads: Vec<_> = (0..shards)
+        .map(|_| {
+            let (url, payload) = (url.to_string(), payload.clone());
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(shard_publishers(url, payload, per_shard, start, end))
+            })
+        })
+        .collect();
+    let mut total = Report {
+        elapsed: duration,
+        ..Report::default()
+    };
+    for thread in threads {
+        total.merge(thread.join().unwrap());
+    }
+    total
+}
+
+async fn shard_publishers(
+    url: String,
+    payload: Bytes,
+    publishers: usize,
+    start: Instant,
+    end: Instant,
+) -> Report {
+    let client = async_nats::connect(url).await.unwrap();
+    let subject = async_nats::Subject::from(format!("{PREFIX}.event"));
+    let publisher = async || {
+        let mut report = Report::default();
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", "application/json");
+            headers.insert("Fanout-Event-Id", uuid::Uuid::now_v7().to_string().as_str());
+            headers.insert("Nats-Expected-Stream", STREAM);
+            let request = async_nats::Request::new()
+                .headers(headers)
+                .payload(payload.clone())
+                .timeout(None);
+            let sent = client.send_request(subject.clone(), request);
+            let acked = tokio::time::timeout(Duration::from_secs(5), sent).await;
+            let now = Instant::now();
+            if now >= end {
+                return report;
+            }
+            if now >= start {
+                match acked {
+                    Ok(Ok(_)) => report.ok += 1,
+                    _ => report.failed += 1,
+                }
+            }
+        }
+    };
+    let mut total = Report::default();
+    for report in futures::future::join_all((0..publishers).map(|_| publisher())).await {
+        total.merge(report);
+    }
+    total
+}

@@ -18,10 +18,14 @@
 //! shard instead of one per CPU; (e) at 5,000/s and (e') JetStream alone at that rate
 //! (what the gateway adds where the cores are not saturated); the trivial server's
 //! latency at the median half rate; (b) raw JetStream publishes, pipelined: the
-//! storage ceiling; and the gateway's peak resident memory (VmHWM of its process).
+//! storage ceiling; (b2) the gateway's store step alone (async-nats publishing as the
+//! gateway does, on threads and connections shaped like its shards, at (c)'s
+//! concurrency): the NATS client's CPU per event, and with (a) what is left of the
+//! gateway's CPU per event for its own code; and the gateway's peak resident memory
+//! (VmHWM of its process).
 //!
 //! Environment: `FANOUT_BENCH_SHORT=1` (the same tables in a minute or two: 3 s
-//! phases, two rounds, without (b), (c') and (c1)), `BENCH_CONNECTIONS` (default 64),
+//! phases, two rounds, without (b), (b2), (c') and (c1)), `BENCH_CONNECTIONS` (default 64),
 //! `BENCH_SECONDS` per phase (default 5), `BENCH_ROUNDS` (default 3), `BENCH_RATE`
 //! (offered rate of (d) instead of half of (c)), `BENCH_DUMP_METRICS` (print the
 //! gateway's publish latencies and the processes' waits for a CPU during the first
@@ -220,7 +224,7 @@ fn machine() -> String {
 }
 
 /// How long the bench runs: the full form, or `FANOUT_BENCH_SHORT=1`'s (the same
-/// tables in a minute or two: 3 s phases, two rounds, without (b), (c') and (c1)).
+/// tables in a minute or two: 3 s phases, two rounds, without (b), (b2), (c') and (c1)).
 /// `BENCH_SECONDS` and `BENCH_ROUNDS` override either.
 struct Settings {
     connections: usize,
@@ -266,7 +270,7 @@ async fn run() {
         seconds.as_secs(),
         WARMUP.as_secs(),
         if short {
-            "; short form: (b), (c') and (c1) skipped"
+            "; short form: (b), (b2), (c') and (c1) skipped"
         } else {
             ""
         }
@@ -467,6 +471,41 @@ async fn run() {
         eprintln!("(b) JetStream publish: {:.0} msg/s", storage.rate());
         Some(storage)
     };
+    // (b2) The gateway's store step alone, shaped like its shards: what the NATS
+    // client costs per event at the gateway's concurrency.
+    let client_alone = if short {
+        None
+    } else {
+        let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_shard = connections.div_ceil(shards);
+        let processes = [
+            ("publisher", std::process::id()),
+            ("nats-server", nats_pid(nats.port())),
+        ];
+        let before = cpu_now(&processes);
+        let report = tokio::task::block_in_place(|| {
+            jetstream::publish_like_shards(
+                &nats.url(),
+                &payload,
+                shards,
+                per_shard,
+                WARMUP,
+                seconds,
+            )
+        });
+        let cpu = cpu_per_request(&processes, &before, &report, seconds);
+        eprintln!(
+            "(b2) the store step alone: {:.0} acks/s, {}",
+            report.rate(),
+            cpu_list(&cpu)
+        );
+        Some(ClientAlone {
+            shards,
+            per_shard,
+            report,
+            cpu,
+        })
+    };
     drop(nats);
 
     print_tables(Results {
@@ -477,6 +516,7 @@ async fn run() {
         median_half_rate,
         trivial_half,
         storage,
+        client_alone,
         max_keyed,
         one_shard,
         fixed,
@@ -697,11 +737,21 @@ struct Results {
     median_half_rate: f64,
     trivial_half: Report,
     storage: Option<Report>,
+    client_alone: Option<ClientAlone>,
     max_keyed: Option<Report>,
     one_shard: Option<(Report, Vec<(&'static str, f64)>)>,
     fixed: Report,
     storage_fixed: Report,
     rss_kib: Option<u64>,
+}
+
+/// (b2): the gateway's store step without the gateway.
+struct ClientAlone {
+    shards: usize,
+    per_shard: usize,
+    report: Report,
+    /// CPU per acknowledgement: this process (the publishers), nats-server.
+    cpu: Vec<(&'static str, f64)>,
 }
 
 fn latencies(report: &mut Report) -> String {
@@ -847,6 +897,31 @@ fn print_tables(mut r: Results) {
             .as_ref()
             .map_or(skipped.clone(), |s| format!("{:.0} msg/s", s.rate()))
     );
+    match &r.client_alone {
+        Some(alone) => {
+            let client = alone.cpu[0].1;
+            println!(
+                "| (b2) the gateway's store step alone (async-nats, as it publishes an event), {} connections of {} publishers each, closed loop | {:.0} acks/s; CPU per ack: {} | |",
+                alone.shards,
+                alone.per_shard,
+                alone.report.rate(),
+                cpu_list(&alone.cpu)
+            );
+            // What the gateway spends besides serving HTTP (the trivial server's
+            // share) and its NATS client ((b2)), against what 1.4x would leave it.
+            let beside = median(
+                r.rounds
+                    .iter()
+                    .map(|round| round.gateways[0].cpu[0].1 - round.cpu_trivial[0].1),
+            ) - client;
+            let trivial = median(r.rounds.iter().map(|round| round.cpu_trivial[0].1));
+            let left = (CPU_RATIO_GOAL - 1.0) * trivial - client;
+            println!(
+                "| (c)-(a)-(b2) the gateway's CPU per event besides HTTP and its NATS client (medians of rounds) | {beside:.1} µs | at {CPU_RATIO_GOAL}x: <= {left:.1} µs |"
+            );
+        }
+        None => println!("| (b2) the gateway's store step alone | {skipped} | |"),
+    }
     println!(
         "| (c') (c) with its own Idempotency-Key on each request (a Nats-Msg-Id in the duplicate table) | {} | |",
         r.max_keyed.as_ref().map_or(skipped.clone(), |k| format!(
@@ -894,6 +969,7 @@ fn print_tables(mut r: Results) {
     }
     let mut failed = vec![("e", r.fixed.failed), ("e'", r.storage_fixed.failed)];
     failed.extend(r.storage.as_ref().map(|s| ("b", s.failed)));
+    failed.extend(r.client_alone.as_ref().map(|a| ("b2", a.report.failed)));
     failed.extend(r.max_keyed.as_ref().map(|k| ("c'", k.failed)));
     failed.extend(r.one_shard.as_ref().map(|(o, _)| ("c1", o.failed)));
     for round in &r.rounds {
