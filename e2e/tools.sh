@@ -330,8 +330,23 @@ build_nats() {
 # ---- iptables (Debian packages, unpacked) ---------------------------------------
 iptables_dir() { echo "$TOOLS_DIR/iptables-$(echo "$IPTABLES_PACKAGES" | sha256sum | cut -c1-16)"; }
 
+# Downloads the pinned packages into $1: with the machine's package lists, else with
+# fresh ones read into the cache rather than into the system's.
+fetch_iptables_debs() { # dir
+    local into=$1 lists
+    # word splitting of the package list is intended
+    # shellcheck disable=SC2086
+    (cd "$into" && apt-get -qq -o APT::Sandbox::User=root download $IPTABLES_PACKAGES) && return 0
+    lists=$(iptables_dir)/apt-lists
+    mkdir -p "$lists/partial"
+    apt-get -qq -o Dir::State::Lists="$lists" update || return 1
+    # shellcheck disable=SC2086
+    (cd "$into" && apt-get -qq -o APT::Sandbox::User=root -o Dir::State::Lists="$lists" \
+        download $IPTABLES_PACKAGES)
+}
+
 build_iptables() {
-    local dir recipe start lists work deb
+    local dir recipe start deb lib system
     dir=$(iptables_dir)
     lock_group iptables
     recipe="debian: $IPTABLES_PACKAGES"
@@ -342,23 +357,16 @@ build_iptables() {
     log "iptables: fetching $IPTABLES_PACKAGES"
     rm -rf "$dir"; mkdir -p "$dir/bin" "$dir/debs"
     start=$SECONDS
-    work=$(cd "$dir/debs" && pwd)
-    # word splitting of the package list is intended
-    # shellcheck disable=SC2086
-    if ! (cd "$work" && apt-get -qq -o APT::Sandbox::User=root download $IPTABLES_PACKAGES); then
-        # The machine's package lists may be missing or stale: read fresh ones into
-        # the cache rather than into the system's.
-        lists=$dir/apt-lists
-        mkdir -p "$lists/partial"
-        apt-get -qq -o Dir::State::Lists="$lists" update ||
-            die "iptables: apt-get update failed"
-        # shellcheck disable=SC2086
-        (cd "$work" && apt-get -qq -o APT::Sandbox::User=root -o Dir::State::Lists="$lists" \
-            download $IPTABLES_PACKAGES) ||
-            die "iptables: apt-get download $IPTABLES_PACKAGES failed"
+    if ! fetch_iptables_debs "$dir/debs"; then
+        # Without the packages, this machine's own iptables does as well for a test's
+        # namespace; there is no stamp, so the next run tries the pinned ones again.
+        system=$(PATH=$PATH:/usr/sbin:/sbin command -v iptables || true)
+        [[ -n $system ]] || die "iptables: apt-get could not fetch $IPTABLES_PACKAGES, and this machine has no iptables"
+        log "iptables: apt-get could not fetch the pinned packages; using this machine's $system"
+        ln -sf "$system" "$dir/bin/iptables"
+        unlock_group; return
     fi
-    for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
-    local lib
+    for deb in "$dir"/debs/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
     lib=$(dirname "$(find "$dir/root" -name libxtables.so.12 | head -n 1)")
     [[ -x $dir/root/usr/sbin/xtables-legacy-multi && -f $lib/xtables/libxt_statistic.so ]] ||
         die "iptables: the packages lack xtables-legacy-multi or the statistic match"
