@@ -16,7 +16,7 @@ use futures::stream::FuturesUnordered;
 use crate::load::{Pace, Report};
 
 pub const STREAM: &str = "fanout_bench_events";
-const PREFIX: &str = "fanout.in.bench.events";
+pub const PREFIX: &str = "fanout.in.bench.events";
 
 /// Creates the route's stream the way the operator does.
 pub async fn provision(nats: &NatsServer) -> jetstream::Context {

@@ -35,6 +35,7 @@
 
 mod jetstream;
 mod load;
+mod raw_publish;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -506,6 +507,36 @@ async fn run() {
             cpu,
         })
     };
+    // (b3) The same on a minimal publish path of our own: what one could save.
+    let raw_alone = client_alone.as_ref().map(|alone| {
+        let processes = [
+            ("publisher", std::process::id()),
+            ("nats-server", nats_pid(nats.port())),
+        ];
+        let before = cpu_now(&processes);
+        let report = tokio::task::block_in_place(|| {
+            raw_publish::publish_like_shards(
+                nats.port(),
+                &payload,
+                alone.shards,
+                alone.per_shard,
+                WARMUP,
+                seconds,
+            )
+        });
+        let cpu = cpu_per_request(&processes, &before, &report, seconds);
+        eprintln!(
+            "(b3) the store step on a publish path of our own: {:.0} acks/s, {}",
+            report.rate(),
+            cpu_list(&cpu)
+        );
+        ClientAlone {
+            shards: alone.shards,
+            per_shard: alone.per_shard,
+            report,
+            cpu,
+        }
+    });
     drop(nats);
 
     print_tables(Results {
@@ -517,6 +548,7 @@ async fn run() {
         trivial_half,
         storage,
         client_alone,
+        raw_alone,
         max_keyed,
         one_shard,
         fixed,
@@ -738,6 +770,7 @@ struct Results {
     trivial_half: Report,
     storage: Option<Report>,
     client_alone: Option<ClientAlone>,
+    raw_alone: Option<ClientAlone>,
     max_keyed: Option<Report>,
     one_shard: Option<(Report, Vec<(&'static str, f64)>)>,
     fixed: Report,
@@ -919,6 +952,18 @@ fn print_tables(mut r: Results) {
             println!(
                 "| (c)-(a)-(b2) the gateway's CPU per event besides HTTP and its NATS client (medians of rounds) | {beside:.1} µs | at {CPU_RATIO_GOAL}x: <= {left:.1} µs |"
             );
+            if let Some(raw) = &r.raw_alone {
+                let raw_client = raw.cpu[0].1;
+                println!(
+                    "| (b3) the same store step on a minimal publish path of our own (bench only: publishes written into the shard's buffer, acknowledgements matched by number on one subscription) | {:.0} acks/s; CPU per ack: {} | |",
+                    raw.report.rate(),
+                    cpu_list(&raw.cpu)
+                );
+                println!(
+                    "| (c)-(a)-(b2) against what {CPU_RATIO_GOAL}x would leave with (b3)'s client instead of async-nats | {beside:.1} µs | <= {:.1} µs |",
+                    (CPU_RATIO_GOAL - 1.0) * trivial - raw_client
+                );
+            }
         }
         None => println!("| (b2) the gateway's store step alone | {skipped} | |"),
     }
@@ -970,6 +1015,7 @@ fn print_tables(mut r: Results) {
     let mut failed = vec![("e", r.fixed.failed), ("e'", r.storage_fixed.failed)];
     failed.extend(r.storage.as_ref().map(|s| ("b", s.failed)));
     failed.extend(r.client_alone.as_ref().map(|a| ("b2", a.report.failed)));
+    failed.extend(r.raw_alone.as_ref().map(|a| ("b3", a.report.failed)));
     failed.extend(r.max_keyed.as_ref().map(|k| ("c'", k.failed)));
     failed.extend(r.one_shard.as_ref().map(|(o, _)| ("c1", o.failed)));
     for round in &r.rounds {
