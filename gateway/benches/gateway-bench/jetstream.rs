@@ -148,17 +148,53 @@ pub fn publish_like_shards(
     warmup: Duration,
     duration: Duration,
 ) -> Report {
+    let (url, payload) = (url.to_string(), payload.clone());
+    on_shard_threads(shards, warmup, duration, move |start, end| async move {
+        let client = async_nats::connect(url).await.unwrap();
+        let subject = async_nats::Subject::from(format!("{PREFIX}.event"));
+        closed_loops(per_shard, start, end, async || {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", "application/json");
+            headers.insert("Fanout-Event-Id", uuid::Uuid::now_v7().to_string().as_str());
+            headers.insert("Nats-Expected-Stream", STREAM);
+            let request = async_nats::Request::new()
+                .headers(headers)
+                .payload(payload.clone())
+                .timeout(None);
+            let sent = client.send_request(subject.clone(), request);
+            matches!(tokio::time::timeout(ACK_TIMEOUT, sent).await, Ok(Ok(_)))
+        })
+        .await
+    })
+}
+
+/// How long a publisher of [`publish_like_shards`] waits for its acknowledgement.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs `shard` on `shards` threads, each with a current-thread runtime (and a
+/// `LocalSet`, for what a shard shares without locks), from `warmup` from now for
+/// `duration`, and adds up their reports.
+pub fn on_shard_threads<F, Fut>(
+    shards: usize,
+    warmup: Duration,
+    duration: Duration,
+    shard: F,
+) -> Report
+where
+    F: FnOnce(Instant, Instant) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Report> + 'static,
+{
     let start = Instant::now() + warmup;
     let end = start + duration;
     let threads: Vec<_> = (0..shards)
         .map(|_| {
-            let (url, payload) = (url.to_string(), payload.clone());
+            let shard = shard.clone();
             std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
+                let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .unwrap()
-                    .block_on(shard_publishers(url, payload, per_shard, start, end))
+                    .unwrap();
+                tokio::task::LocalSet::new().block_on(&runtime, shard(start, end))
             })
         })
         .collect();
@@ -172,36 +208,26 @@ pub fn publish_like_shards(
     total
 }
 
-async fn shard_publishers(
-    url: String,
-    payload: Bytes,
+/// `publishers` closed loops, each calling `publish` (true: acknowledged) again as soon
+/// as it returns; those that return between `start` and `end` count.
+pub async fn closed_loops(
     publishers: usize,
     start: Instant,
     end: Instant,
+    publish: impl AsyncFn() -> bool,
 ) -> Report {
-    let client = async_nats::connect(url).await.unwrap();
-    let subject = async_nats::Subject::from(format!("{PREFIX}.event"));
     let publisher = async || {
         let mut report = Report::default();
         loop {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Content-Type", "application/json");
-            headers.insert("Fanout-Event-Id", uuid::Uuid::now_v7().to_string().as_str());
-            headers.insert("Nats-Expected-Stream", STREAM);
-            let request = async_nats::Request::new()
-                .headers(headers)
-                .payload(payload.clone())
-                .timeout(None);
-            let sent = client.send_request(subject.clone(), request);
-            let acked = tokio::time::timeout(Duration::from_secs(5), sent).await;
+            let acked = publish().await;
             let now = Instant::now();
             if now >= end {
                 return report;
             }
             if now >= start {
                 match acked {
-                    Ok(Ok(_)) => report.ok += 1,
-                    _ => report.failed += 1,
+                    true => report.ok += 1,
+                    false => report.failed += 1,
                 }
             }
         }

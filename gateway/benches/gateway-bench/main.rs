@@ -473,18 +473,13 @@ async fn run() {
         Some(storage)
     };
     // (b2) The gateway's store step alone, shaped like its shards: what the NATS
-    // client costs per event at the gateway's concurrency.
-    let client_alone = if short {
-        None
+    // client costs per event at the gateway's concurrency; (b3) the same on a minimal
+    // publish path of our own: what one could save.
+    let (shards, per_shard) = shard_shape(connections);
+    let (client_alone, raw_alone) = if short {
+        (None, None)
     } else {
-        let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per_shard = connections.div_ceil(shards);
-        let processes = [
-            ("publisher", std::process::id()),
-            ("nats-server", nats_pid(nats.port())),
-        ];
-        let before = cpu_now(&processes);
-        let report = tokio::task::block_in_place(|| {
+        let client = store_step_alone("(b2) the store step alone", &nats, seconds, || {
             jetstream::publish_like_shards(
                 &nats.url(),
                 &payload,
@@ -494,49 +489,18 @@ async fn run() {
                 seconds,
             )
         });
-        let cpu = cpu_per_request(&processes, &before, &report, seconds);
-        eprintln!(
-            "(b2) the store step alone: {:.0} acks/s, {}",
-            report.rate(),
-            cpu_list(&cpu)
-        );
-        Some(ClientAlone {
-            shards,
-            per_shard,
-            report,
-            cpu,
-        })
-    };
-    // (b3) The same on a minimal publish path of our own: what one could save.
-    let raw_alone = client_alone.as_ref().map(|alone| {
-        let processes = [
-            ("publisher", std::process::id()),
-            ("nats-server", nats_pid(nats.port())),
-        ];
-        let before = cpu_now(&processes);
-        let report = tokio::task::block_in_place(|| {
+        let raw = store_step_alone("(b3) on a publish path of our own", &nats, seconds, || {
             raw_publish::publish_like_shards(
                 nats.port(),
                 &payload,
-                alone.shards,
-                alone.per_shard,
+                shards,
+                per_shard,
                 WARMUP,
                 seconds,
             )
         });
-        let cpu = cpu_per_request(&processes, &before, &report, seconds);
-        eprintln!(
-            "(b3) the store step on a publish path of our own: {:.0} acks/s, {}",
-            report.rate(),
-            cpu_list(&cpu)
-        );
-        ClientAlone {
-            shards: alone.shards,
-            per_shard: alone.per_shard,
-            report,
-            cpu,
-        }
-    });
+        (Some(client), Some(raw))
+    };
     drop(nats);
 
     print_tables(Results {
@@ -778,13 +742,36 @@ struct Results {
     rss_kib: Option<u64>,
 }
 
-/// (b2): the gateway's store step without the gateway.
+/// (b2) or (b3): the gateway's store step without the gateway.
 struct ClientAlone {
-    shards: usize,
-    per_shard: usize,
     report: Report,
     /// CPU per acknowledgement: this process (the publishers), nats-server.
     cpu: Vec<(&'static str, f64)>,
+}
+
+/// The gateway's shards (one per CPU) and how many of `connections` each serves.
+fn shard_shape(connections: usize) -> (usize, usize) {
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (shards, connections.div_ceil(shards))
+}
+
+/// Runs `publish` (which blocks until its threads are done), with the CPU this process
+/// and nats-server spent per acknowledgement.
+fn store_step_alone(
+    label: &str,
+    nats: &NatsServer,
+    seconds: Duration,
+    publish: impl FnOnce() -> Report,
+) -> ClientAlone {
+    let processes = [
+        ("publisher", std::process::id()),
+        ("nats-server", nats_pid(nats.port())),
+    ];
+    let before = cpu_now(&processes);
+    let report = tokio::task::block_in_place(publish);
+    let cpu = cpu_per_request(&processes, &before, &report, seconds);
+    eprintln!("{label}: {:.0} acks/s, {}", report.rate(), cpu_list(&cpu));
+    ClientAlone { report, cpu }
 }
 
 fn latencies(report: &mut Report) -> String {
@@ -933,10 +920,11 @@ fn print_tables(mut r: Results) {
     match &r.client_alone {
         Some(alone) => {
             let client = alone.cpu[0].1;
+            let (shards, per_shard) = shard_shape(r.connections);
             println!(
                 "| (b2) the gateway's store step alone (async-nats, as it publishes an event), {} connections of {} publishers each, closed loop | {:.0} acks/s; CPU per ack: {} | |",
-                alone.shards,
-                alone.per_shard,
+                shards,
+                per_shard,
                 alone.report.rate(),
                 cpu_list(&alone.cpu)
             );

@@ -11,7 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot};
 
-use crate::jetstream::{PREFIX, STREAM};
+use crate::jetstream::{ACK_TIMEOUT, PREFIX, STREAM, closed_loops, on_shard_threads};
 use crate::load::Report;
 
 const INBOX: &str = "_INBOX.bench.raw";
@@ -34,29 +34,15 @@ pub fn publish_like_shards(
     warmup: Duration,
     duration: Duration,
 ) -> Report {
-    let start = Instant::now() + warmup;
-    let end = start + duration;
-    let threads: Vec<_> = (0..shards)
-        .map(|_| {
-            let payload = payload.clone();
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, shard(port, payload, per_shard, start, end))
-            })
+    let payload = payload.clone();
+    on_shard_threads(shards, warmup, duration, move |start, end| async move {
+        let connection = connect(port).await;
+        closed_loops(per_shard, start, end, async || {
+            let acked = connection.publish(&payload);
+            matches!(tokio::time::timeout(ACK_TIMEOUT, acked).await, Ok(Ok(ack)) if !ack.is_empty())
         })
-        .collect();
-    let mut total = Report {
-        elapsed: duration,
-        ..Report::default()
-    };
-    for thread in threads {
-        total.merge(thread.join().unwrap());
-    }
-    total
+        .await
+    })
 }
 
 /// What a shard's publishers, its writer and its reader share (one thread).
@@ -99,13 +85,9 @@ impl Connection {
     }
 }
 
-async fn shard(
-    port: u16,
-    payload: Bytes,
-    publishers: usize,
-    start: Instant,
-    end: Instant,
-) -> Report {
+/// Connects, subscribes to the acknowledgements, and starts the shard's writer and
+/// reader.
+async fn connect(port: u16) -> Rc<Connection> {
     let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let (read, mut write) = stream.into_split();
@@ -120,28 +102,7 @@ async fn shard(
     let connection = Rc::new(Connection::default());
     tokio::task::spawn_local(writer(connection.clone(), write));
     tokio::task::spawn_local(reader(connection.clone(), read));
-    let publisher = async || {
-        let mut report = Report::default();
-        loop {
-            let acked = connection.publish(&payload);
-            let acked = tokio::time::timeout(Duration::from_secs(5), acked).await;
-            let now = Instant::now();
-            if now >= end {
-                return report;
-            }
-            if now >= start {
-                match acked {
-                    Ok(Ok(ack)) if !ack.is_empty() => report.ok += 1,
-                    _ => report.failed += 1,
-                }
-            }
-        }
-    };
-    let mut total = Report::default();
-    for report in futures::future::join_all((0..publishers).map(|_| publisher())).await {
-        total.merge(report);
-    }
-    total
+    connection
 }
 
 /// Writes what the publishers queued, once per wake-up.
