@@ -21,11 +21,12 @@
 //! storage ceiling; (b2) the gateway's store step alone (async-nats publishing as the
 //! gateway does, on threads and connections shaped like its shards, at (c)'s
 //! concurrency): the NATS client's CPU per event, and with (a) what is left of the
-//! gateway's CPU per event for its own code; and the gateway's peak resident memory
-//! (VmHWM of its process).
+//! gateway's CPU per event for its own code; (b3) the same on a minimal publish path
+//! of our own (`raw_publish`, bench only): what one could save against async-nats;
+//! and the gateway's peak resident memory (VmHWM of its process).
 //!
 //! Environment: `FANOUT_BENCH_SHORT=1` (the same tables in a minute or two: 3 s
-//! phases, two rounds, without (b), (b2), (c') and (c1)), `BENCH_CONNECTIONS` (default 64),
+//! phases, two rounds, without (b), (b2), (b3), (c') and (c1)), `BENCH_CONNECTIONS` (default 64),
 //! `BENCH_SECONDS` per phase (default 5), `BENCH_ROUNDS` (default 3), `BENCH_RATE`
 //! (offered rate of (d) instead of half of (c)), `BENCH_DUMP_METRICS` (print the
 //! gateway's publish latencies and the processes' waits for a CPU during the first
@@ -225,7 +226,7 @@ fn machine() -> String {
 }
 
 /// How long the bench runs: the full form, or `FANOUT_BENCH_SHORT=1`'s (the same
-/// tables in a minute or two: 3 s phases, two rounds, without (b), (b2), (c') and (c1)).
+/// tables in a minute or two: 3 s phases, two rounds, without (b), (b2), (b3), (c') and (c1)).
 /// `BENCH_SECONDS` and `BENCH_ROUNDS` override either.
 struct Settings {
     connections: usize,
@@ -271,7 +272,7 @@ async fn run() {
         seconds.as_secs(),
         WARMUP.as_secs(),
         if short {
-            "; short form: (b), (b2), (c') and (c1) skipped"
+            "; short form: (b), (b2), (b3), (c') and (c1) skipped"
         } else {
             ""
         }
@@ -953,7 +954,7 @@ fn print_tables(mut r: Results) {
                 );
             }
         }
-        None => println!("| (b2) the gateway's store step alone | {skipped} | |"),
+        None => println!("| (b2), (b3) the gateway's store step alone | {skipped} | |"),
     }
     println!(
         "| (c') (c) with its own Idempotency-Key on each request (a Nats-Msg-Id in the duplicate table) | {} | |",
