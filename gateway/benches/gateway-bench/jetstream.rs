@@ -162,10 +162,16 @@ pub fn publish_like_shards(
                 .payload(payload.clone())
                 .timeout(None);
             let sent = client.send_request(subject.clone(), request);
-            matches!(tokio::time::timeout(ACK_TIMEOUT, sent).await, Ok(Ok(_)))
+            matches!(tokio::time::timeout(ACK_TIMEOUT, sent).await, Ok(Ok(reply)) if stored(&reply.payload))
         })
         .await
     })
+}
+
+/// Whether JetStream's answer to a publish says it stored the event (an answer with an
+/// error, such as a full stream's, does not count).
+pub fn stored(answer: &[u8]) -> bool {
+    !answer.is_empty() && !answer.windows(8).any(|w| w == b"\"error\"")
 }
 
 /// How long a publisher of [`publish_like_shards`] waits for its acknowledgement.

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot};
 
-use crate::jetstream::{ACK_TIMEOUT, PREFIX, STREAM, closed_loops, on_shard_threads};
+use crate::jetstream::{ACK_TIMEOUT, PREFIX, STREAM, closed_loops, on_shard_threads, stored};
 use crate::load::Report;
 
 const INBOX: &str = "_INBOX.bench.raw";
@@ -39,7 +39,7 @@ pub fn publish_like_shards(
         let connection = connect(port).await;
         closed_loops(per_shard, start, end, async || {
             let acked = connection.publish(&payload);
-            matches!(tokio::time::timeout(ACK_TIMEOUT, acked).await, Ok(Ok(ack)) if !ack.is_empty())
+            matches!(tokio::time::timeout(ACK_TIMEOUT, acked).await, Ok(Ok(ack)) if stored(&ack))
         })
         .await
     })
