@@ -230,11 +230,13 @@ pub async fn closed_loops(
             if now >= end {
                 return report;
             }
-            if now >= start {
-                match acked {
-                    true => report.ok += 1,
-                    false => report.failed += 1,
-                }
+            if now < start {
+                continue;
+            }
+            if acked {
+                report.ok += 1;
+            } else {
+                report.failed += 1;
             }
         }
     };
