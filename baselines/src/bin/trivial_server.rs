@@ -8,7 +8,10 @@
 //! accepting thread hands connections in turn (the gateway's shards and `accept`
 //! module).
 //!
-//!     trivial-server 127.0.0.1:8080
+//!     trivial-server 127.0.0.1:8080 [threads]
+//!
+//! `threads` serve connections (default: one per CPU the process may use, as the
+//! gateway's default shards); pass the gateway's `--shards` to compare like with like.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,14 +51,16 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn main() {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .expect("usage: trivial-server <listen address>");
-    // As many as the gateway's default shards: one per CPU the process may use.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    const USAGE: &str = "usage: trivial-server <listen address> [threads]";
+    let mut args = std::env::args().skip(1);
+    let addr: SocketAddr = args.next().and_then(|a| a.parse().ok()).expect(USAGE);
+    // By default as many as the gateway's default shards: one per CPU the process may use.
+    let threads = match args.next() {
+        Some(n) => n.parse::<std::num::NonZeroUsize>().expect(USAGE).get(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     let mut handoffs = Vec::new();
-    for _ in 0..cores {
+    for _ in 0..threads {
         let (handoff, handed) = accept::channel();
         handoffs.push(handoff);
         std::thread::spawn(move || {

@@ -9,13 +9,16 @@
 //!     events (202s), and its own CPU per event against (a)'s per request;
 //! (d) the gateway at half of that rate: latency percentiles; and (d') JetStream's own
 //!     publish+ack at the same rate: what the gateway adds to the storage's latency.
-//! (a), (c), (d) and (d') run in rounds (`BENCH_ROUNDS`, default 3), (a) and (c) back
-//! to back in alternating order, (d) and (d') too, because this machine's speed drifts
-//! by tens of percent within minutes: each round compares them under the same
-//! conditions, and the goals are judged on the median CPU ratio and on the p99 of
-//! every round's (d) and (d') together.
-//! Then, once: (c') the gateway with an Idempotency-Key on every request; (c1) with one
-//! shard instead of one per CPU; (e) at 5,000/s and (e') JetStream alone at that rate
+//! (a1) and (c1): the same with one serving thread each, the trivial server's and the
+//!     gateway's (`--shards 1`): the shape the Helm chart gives the gateway by default
+//!     (a shard per requested CPU, rounded up, and it requests 100m).
+//! (a), (a1), (c), (c1), (d) and (d') run in rounds (`BENCH_ROUNDS`, default 3), each
+//! ceiling and its gateway back to back in alternating order, (d) and (d') too,
+//! because this machine's speed drifts by tens of percent within minutes: each round
+//! compares them under the same conditions, and the goals are judged on the median
+//! CPU ratio and on the p99 of every round's (d) and (d') together.
+//! Then, once: (c') the gateway with an Idempotency-Key on every request; (e) at
+//! 5,000/s and (e') JetStream alone at that rate
 //! (what the gateway adds where the cores are not saturated); the trivial server's
 //! latency at the median half rate; (b) raw JetStream publishes, pipelined: the
 //! storage ceiling; (b2) the gateway's store step alone (async-nats publishing as the
@@ -26,7 +29,7 @@
 //! and the gateway's peak resident memory (VmHWM of its process).
 //!
 //! Environment: `FANOUT_BENCH_SHORT=1` (the same tables in a minute or two: 3 s
-//! phases, two rounds, without (b), (b2), (b3), (c') and (c1)), `BENCH_CONNECTIONS` (default 64),
+//! phases, two rounds, without (b), (b2), (b3) and (c')), `BENCH_CONNECTIONS` (default 64),
 //! `BENCH_SECONDS` per phase (default 5), `BENCH_ROUNDS` (default 3), `BENCH_RATE`
 //! (offered rate of (d) instead of half of (c)), `BENCH_DUMP_METRICS` (print the
 //! gateway's publish latencies and the processes' waits for a CPU during the first
@@ -226,7 +229,7 @@ fn machine() -> String {
 }
 
 /// How long the bench runs: the full form, or `FANOUT_BENCH_SHORT=1`'s (the same
-/// tables in a minute or two: 3 s phases, two rounds, without (b), (b2), (b3), (c') and (c1)).
+/// tables in a minute or two: 3 s phases, two rounds, without (b), (b2), (b3) and (c')).
 /// `BENCH_SECONDS` and `BENCH_ROUNDS` override either.
 struct Settings {
     connections: usize,
@@ -268,11 +271,11 @@ async fn run() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "load: {connections} keep-alive HTTP/1.1 connections, {}s per phase after {}s warm-up, 256-byte JSON bodies; {rounds} rounds of (a), (c), (d) and (d'){}",
+        "load: {connections} keep-alive HTTP/1.1 connections, {}s per phase after {}s warm-up, 256-byte JSON bodies; {rounds} rounds of (a), (c), (a1), (c1), (d) and (d'){}",
         seconds.as_secs(),
         WARMUP.as_secs(),
         if short {
-            "; short form: (b), (b2), (b3), (c') and (c1) skipped"
+            "; short form: (b), (b2), (b3) and (c') skipped"
         } else {
             ""
         }
@@ -317,94 +320,138 @@ async fn run() {
         };
         compared.push((name, process, target));
     }
-    let (trivial, trivial_addr) = start_trivial_server().await;
+    // The gateway as the Helm chart runs it by default: one shard.
+    let one_shard_addr = free_addr();
+    let (one_shard, _) =
+        start_gateway(&fanout, &config, one_shard_addr, &nats, &["--shards", "1"]).await;
+    // Each gateway's ceiling: a trivial server with as many serving threads as it has
+    // shards.
+    let (trivial, trivial_addr) = start_trivial_server(None).await;
+    let (trivial_one, trivial_one_addr) = start_trivial_server(Some(1)).await;
     let plain = Target {
         addr: trivial_addr,
         headers: vec![("content-type", "application/json".into())],
         ..events.clone()
     };
-    let mut gateways = vec![(events.clone(), gateway_processes(&gateway, &nats))];
+    // (a), then (a1): each with the processes whose CPU is measured.
+    let load_generator = ("load generator", std::process::id());
+    let ceilings = [
+        (
+            plain.clone(),
+            [("trivial server", trivial.0.id()), load_generator],
+        ),
+        (
+            Target {
+                addr: trivial_one_addr,
+                ..plain.clone()
+            },
+            [("trivial server", trivial_one.0.id()), load_generator],
+        ),
+    ];
+    // Each gateway: its target, its processes and the ceiling it is judged against.
+    let mut gateways = vec![(events.clone(), gateway_processes(&gateway, &nats), 0)];
     for (_, process, target) in &compared {
-        gateways.push((target.clone(), gateway_processes(process, &nats)));
+        gateways.push((target.clone(), gateway_processes(process, &nats), 0));
     }
-    let mut names = vec!["gateway".to_string()];
+    let one_shard_target = Target {
+        addr: one_shard_addr,
+        ..events.clone()
+    };
+    gateways.push((one_shard_target, gateway_processes(&one_shard, &nats), 1));
+    let mut names = vec![GatewayName::default_shards("gateway".into())];
     names.extend(
         compared
             .iter()
-            .map(|(name, _, _)| format!("gateway `{name}`")),
+            .map(|(name, _, _)| GatewayName::default_shards(format!("gateway `{name}`"))),
     );
-    let trivial_processes = [
-        ("trivial server", trivial.0.id()),
-        ("load generator", std::process::id()),
-    ];
+    names.push(GatewayName::one_shard());
 
-    // Rounds of (a) and (c) back to back, in alternating order, so that a slow or fast
-    // stretch of the machine hits the ceiling and the gateway alike; then (d) at half
-    // of that round's (c), and JetStream alone at the same rate (in alternating order
-    // too): what the gateway adds to the storage's own latency.
+    // Rounds: each ceiling and the gateways judged against it back to back, in
+    // alternating order, so that a slow or fast stretch of the machine hits the
+    // ceiling and the gateway alike; then (d), each gateway at half of that round's
+    // (c), and JetStream alone at the same rate (in alternating order too): what the
+    // gateway adds to the storage's own latency.
     let dump = std::env::var_os("BENCH_DUMP_METRICS").is_some();
     let mut measured = Vec::new();
     for round in 0..rounds {
         let forward = round % 2 == 0;
-        // 0: the ceiling; 1..: each gateway.
-        let mut order: Vec<usize> = (0..=gateways.len()).collect();
+        let mut order = Vec::new();
+        for c in 0..ceilings.len() {
+            order.push(Step::Ceiling(c));
+            order.extend(
+                (0..gateways.len())
+                    .filter(|&g| gateways[g].2 == c)
+                    .map(Step::Gateway),
+            );
+        }
         if !forward {
             order.reverse();
         }
-        let mut ceiling = None;
+        let mut ceiling: Vec<Option<Measured>> = ceilings.iter().map(|_| None).collect();
         let mut max: Vec<Option<Measured>> = gateways.iter().map(|_| None).collect();
         for step in order.iter().copied() {
-            if step == 0 {
-                ceiling = Some(
-                    closed_loop_with_cpu(&plain, &trivial_processes, connections, seconds).await,
-                );
-            } else {
-                let (target, processes) = &gateways[step - 1];
-                max[step - 1] =
-                    Some(closed_loop_with_cpu(target, processes, connections, seconds).await);
+            match step {
+                Step::Ceiling(c) => {
+                    let (target, processes) = &ceilings[c];
+                    ceiling[c] =
+                        Some(closed_loop_with_cpu(target, processes, connections, seconds).await);
+                }
+                Step::Gateway(g) => {
+                    let (target, processes, _) = &gateways[g];
+                    max[g] =
+                        Some(closed_loop_with_cpu(target, processes, connections, seconds).await);
+                }
             }
         }
+        let ceilings_measured: Vec<Measured> = ceiling.into_iter().map(Option::unwrap).collect();
         let max: Vec<Measured> = max.into_iter().map(Option::unwrap).collect();
         let half_rate = std::env::var("BENCH_RATE")
             .ok()
             .and_then(|r| r.parse().ok())
             .unwrap_or(max[0].0.rate() / 2.0);
-        // (d) of each gateway and (d'), JetStream alone, all at the same rate.
+        // (d) of each gateway and (d'), JetStream alone (`None`), all at the same rate.
+        let mut half_order = vec![None];
+        half_order.extend((0..gateways.len()).map(Some));
+        if !forward {
+            half_order.reverse();
+        }
         let mut half: Vec<Option<Report>> = gateways.iter().map(|_| None).collect();
         let mut storage_half = None;
-        for step in order.iter().copied() {
-            if step == 0 {
-                storage_half = Some(
-                    jetstream::publish_at_rate(&js, &payload, connections, half_rate, seconds)
-                        .await,
-                );
-            } else {
-                let (target, processes) = &gateways[step - 1];
-                let observer = if dump && round == 0 && step == 1 {
-                    Some(Observer::start(gateway_ops, processes).await)
-                } else {
-                    None
-                };
-                half[step - 1] =
-                    Some(load::open_loop(target, connections, half_rate, seconds).await);
-                if let Some(observer) = observer {
-                    observer.print("(d) of round 1").await;
+        for step in half_order {
+            match step {
+                Some(g) => {
+                    let (target, processes, _) = &gateways[g];
+                    let observer = if dump && round == 0 && g == 0 {
+                        Some(Observer::start(gateway_ops, processes).await)
+                    } else {
+                        None
+                    };
+                    half[g] = Some(load::open_loop(target, connections, half_rate, seconds).await);
+                    if let Some(observer) = observer {
+                        observer.print("(d) of round 1").await;
+                    }
+                }
+                None => {
+                    storage_half = Some(
+                        jetstream::publish_at_rate(&js, &payload, connections, half_rate, seconds)
+                            .await,
+                    );
                 }
             }
         }
         let gateways_measured: Vec<GatewayRound> = max
             .into_iter()
             .zip(half)
-            .map(|((max, cpu), half)| GatewayRound {
+            .zip(&gateways)
+            .map(|(((max, cpu), half), (_, _, ceiling))| GatewayRound {
                 max,
                 cpu,
                 half: half.unwrap(),
+                ceiling: *ceiling,
             })
             .collect();
-        let (ceiling, cpu_trivial) = ceiling.unwrap();
         let mut this = Round {
-            ceiling,
-            cpu_trivial,
+            ceilings: ceilings_measured,
             gateways: gateways_measured,
             half_rate,
             storage_half: storage_half.unwrap(),
@@ -413,18 +460,23 @@ async fn run() {
             this.gateways[0].half.latency_ms(0.99),
             this.storage_half.latency_ms(0.99),
         );
+        let one = this.gateways.len() - 1;
         eprintln!(
-            "round {}: (a) {:.0} req/s, (c) {:.0} events/s = {:.1}%, CPU {:.1} / {:.1} µs, (d) at {half_rate:.0}/s p99 {p99:.2} ms, JetStream alone {storage_p99:.2} ms",
+            "round {}: (a) {:.0} req/s, (c) {:.0} events/s = {:.1}%, CPU {:.1} / {:.1} µs; one thread each: CPU {:.1} / {:.1} µs; (d) at {half_rate:.0}/s p99 {p99:.2} ms, JetStream alone {storage_p99:.2} ms",
             round + 1,
-            this.ceiling.rate(),
+            this.ceilings[0].0.rate(),
             this.gateways[0].max.rate(),
             this.share(0),
             this.gateways[0].cpu[0].1,
-            this.cpu_trivial[0].1,
+            this.ceiling_cpu(0),
+            this.gateways[one].cpu[0].1,
+            this.ceiling_cpu(one),
         );
         measured.push(this);
     }
     drop(compared);
+    drop(one_shard);
+    drop(trivial_one);
     let median_half_rate = median(measured.iter().map(|r| r.half_rate));
 
     let fixed = load::open_loop(&events, connections, FIXED_RATE, seconds).await;
@@ -446,20 +498,6 @@ async fn run() {
     };
     let rss_kib = peak_rss_kib(gateway.0.id());
     drop(gateway);
-
-    // (c1) One shard: what the gateway's other shards add.
-    let one_shard = if short {
-        None
-    } else {
-        let addr = free_addr();
-        let (gateway, _) = start_gateway(&fanout, &config, addr, &nats, &["--shards", "1"]).await;
-        let one_shard = Target {
-            addr,
-            ..events.clone()
-        };
-        let one_shard_processes = gateway_processes(&gateway, &nats);
-        Some(closed_loop_with_cpu(&one_shard, &one_shard_processes, connections, seconds).await)
-    };
 
     // (d') for comparison: a trivial server's latency at the gateway's (median) half
     // rate.
@@ -515,7 +553,6 @@ async fn run() {
         client_alone,
         raw_alone,
         max_keyed,
-        one_shard,
         fixed,
         storage_fixed,
         rss_kib,
@@ -525,13 +562,50 @@ async fn run() {
 /// A closed loop's report, and the CPU each process spent per successful request.
 type Measured = (Report, Vec<(&'static str, f64)>);
 
-/// One round: the ceiling (a) and each gateway's maximum (c), measured back to back,
-/// and at half of the (first) gateway's maximum, each gateway (d) and JetStream alone
-/// (d').
+/// A maximum-rate phase of a round.
+#[derive(Clone, Copy)]
+enum Step {
+    /// The trivial server with the gateways' default thread count, or with one thread.
+    Ceiling(usize),
+    Gateway(usize),
+}
+
+/// How the tables name a gateway and its ceiling.
+struct GatewayName {
+    who: String,
+    /// Its maximum-rate phase: (c), or (c1) for one shard.
+    phase: &'static str,
+    /// The phase of its ceiling: (a), or (a1) for one thread.
+    ceiling: &'static str,
+}
+
+impl GatewayName {
+    fn default_shards(who: String) -> GatewayName {
+        GatewayName {
+            who,
+            phase: "(c)",
+            ceiling: "(a)",
+        }
+    }
+
+    fn one_shard() -> GatewayName {
+        GatewayName {
+            who: "gateway, one shard".into(),
+            phase: "(c1)",
+            ceiling: "(a1)",
+        }
+    }
+}
+
+/// One round: each ceiling ((a), (a1)) and the maximum of each gateway judged against
+/// it ((c), (c1)), measured back to back, and at half of the first gateway's maximum,
+/// each gateway (d) and JetStream alone (d').
 struct Round {
-    ceiling: Report,
-    cpu_trivial: Vec<(&'static str, f64)>,
-    /// The gateway under test, then the one of `BENCH_COMPARE_FANOUT`.
+    /// The trivial server with one thread per CPU, then with one thread; each with
+    /// the CPU per request of itself and the load generator.
+    ceilings: Vec<Measured>,
+    /// The gateway under test, those of `BENCH_COMPARE_FANOUT`, then the gateway with
+    /// one shard.
     gateways: Vec<GatewayRound>,
     half_rate: f64,
     /// JetStream publish+ack alone at `half_rate`.
@@ -543,18 +617,25 @@ struct GatewayRound {
     max: Report,
     cpu: Vec<(&'static str, f64)>,
     half: Report,
+    /// Which of the round's ceilings it is judged against.
+    ceiling: usize,
 }
 
 impl Round {
-    /// Gateway `g`'s rate as a share of the ceiling's, in percent.
+    /// Gateway `g`'s rate as a share of its ceiling's, in percent.
     fn share(&self, g: usize) -> f64 {
-        self.gateways[g].max.rate() / self.ceiling.rate() * 100.0
+        self.gateways[g].max.rate() / self.ceilings[self.gateways[g].ceiling].0.rate() * 100.0
     }
 
-    /// Gateway `g`'s own CPU per acknowledged event against the trivial server's per
-    /// request (the first process of each list).
+    /// The trivial server's CPU per request in gateway `g`'s ceiling.
+    fn ceiling_cpu(&self, g: usize) -> f64 {
+        self.ceilings[self.gateways[g].ceiling].1[0].1
+    }
+
+    /// Gateway `g`'s own CPU per acknowledged event against its ceiling's trivial
+    /// server's per request.
     fn cpu_ratio(&self, g: usize) -> f64 {
-        self.gateways[g].cpu[0].1 / self.cpu_trivial[0].1
+        self.gateways[g].cpu[0].1 / self.ceiling_cpu(g)
     }
 
     /// What gateway `g` adds to JetStream's own p99 at the same rate, in ms.
@@ -598,10 +679,14 @@ async fn closed_loop_with_cpu(
 
 /// The trivial server (`trivial-server` of `fanout-baselines`, built like `fanout`),
 /// once it accepts connections.
-async fn start_trivial_server() -> (ChildProcess, SocketAddr) {
+/// `threads` serve (default: one per CPU, as the gateway's default shards).
+async fn start_trivial_server(threads: Option<usize>) -> (ChildProcess, SocketAddr) {
     let addr = free_addr();
     let exe = fanout_testkit::release_binary("fanout-baselines", "trivial-server");
-    let trivial = ChildProcess(Command::new(exe).arg(addr.to_string()).spawn().unwrap());
+    let mut command = Command::new(exe);
+    command.arg(addr.to_string());
+    command.args(threads.map(|n| n.to_string()));
+    let trivial = ChildProcess(command.spawn().unwrap());
     wait_port(addr).await;
     (trivial, addr)
 }
@@ -727,8 +812,8 @@ fn verdict(ok: bool) -> &'static str {
 
 struct Results {
     connections: usize,
-    /// Of the gateway under test and those of `BENCH_COMPARE_FANOUT`.
-    names: Vec<String>,
+    /// Of the gateway under test, those of `BENCH_COMPARE_FANOUT` and the one-shard one.
+    names: Vec<GatewayName>,
     short: bool,
     rounds: Vec<Round>,
     median_half_rate: f64,
@@ -737,7 +822,6 @@ struct Results {
     client_alone: Option<ClientAlone>,
     raw_alone: Option<ClientAlone>,
     max_keyed: Option<Report>,
-    one_shard: Option<(Report, Vec<(&'static str, f64)>)>,
     fixed: Report,
     storage_fixed: Report,
     rss_kib: Option<u64>,
@@ -811,7 +895,7 @@ const ADDED_P99_GOAL_MS: f64 = 0.3;
 
 fn print_tables(mut r: Results) {
     let connections = r.connections;
-    let ceiling = median(r.rounds.iter().map(|x| x.ceiling.rate()));
+    let ceiling = median(r.rounds.iter().map(|x| x.ceilings[0].0.rate()));
     // Every round's JetStream alone together: the p99 of all of them, not the best
     // round's; the same for each gateway's (d).
     let mut storage_half = Report::default();
@@ -838,17 +922,26 @@ fn print_tables(mut r: Results) {
         names.join(" | ")
     );
     println!("|---|{}---|---|", "---|".repeat(names.len()));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ceilings = r.rounds.first().map_or(0, |x| x.ceilings.len());
+    for c in 0..ceilings {
+        let (phase, shape) = match c {
+            0 => ("(a)", format!("{threads} threads (one per CPU)")),
+            _ => ("(a1)", "one thread".to_string()),
+        };
+        println!(
+            "| {phase} trivial server, {shape}, {connections} connections, req/s | {} | median {:.0} | ceiling |",
+            each(&|x| format!("{:.0}", x.ceilings[c].0.rate()), &mut r.rounds),
+            median(r.rounds.iter().map(|x| x.ceilings[c].0.rate())),
+        );
+        println!(
+            "| {phase} CPU µs per request: trivial server / load generator | {} | lowest {:.1} | |",
+            each(&|x| cpu_numbers(&x.ceilings[c].1), &mut r.rounds),
+            lowest(r.rounds.iter().map(|x| x.ceilings[c].1[0].1)),
+        );
+    }
     println!(
-        "| (a) trivial server, {connections} connections, req/s | {} | median {ceiling:.0} | ceiling |",
-        each(&|x| format!("{:.0}", x.ceiling.rate()), &mut r.rounds)
-    );
-    println!(
-        "| (a) CPU µs per request: trivial server / load generator | {} | lowest {:.1} | |",
-        each(&|x| cpu_numbers(&x.cpu_trivial), &mut r.rounds),
-        lowest(r.rounds.iter().map(|x| x.cpu_trivial[0].1)),
-    );
-    println!(
-        "| (d) offered/s: half of the round's (c) | {} | | |",
+        "| (d) offered/s: half of the round's (c) of the gateway | {} | | |",
         each(&|x| format!("{:.0}", x.half_rate), &mut r.rounds)
     );
     println!(
@@ -861,7 +954,11 @@ fn print_tables(mut r: Results) {
     );
     let gateways = r.rounds.first().map_or(0, |x| x.gateways.len());
     for g in 0..gateways {
-        let who = &r.names[g];
+        let GatewayName {
+            who,
+            phase,
+            ceiling: ceiling_phase,
+        } = &r.names[g];
         let max = median(r.rounds.iter().map(|x| x.gateways[g].max.rate()));
         let share = median(r.rounds.iter().map(|x| x.share(g)));
         let cpu_ratio = median(r.rounds.iter().map(|x| x.cpu_ratio(g)));
@@ -872,23 +969,23 @@ fn print_tables(mut r: Results) {
         }
         let added = half.latency_ms(0.99) - storage_p99;
         println!(
-            "| (c) {who}, acked events/s | {} | median {max:.0} | |",
+            "| {phase} {who}, acked events/s | {} | median {max:.0} | |",
             each(
                 &|x| format!("{:.0}", x.gateways[g].max.rate()),
                 &mut r.rounds
             )
         );
         println!(
-            "| (c) share of the same round's (a) | {} | median {share:.1}% | history (was >= 40%) |",
+            "| {phase} share of the same round's {ceiling_phase} | {} | median {share:.1}% | history (was >= 40%) |",
             each(&|x| format!("{:.1}%", x.share(g)), &mut r.rounds),
         );
         println!(
-            "| (c) CPU µs per event: {who} / nats-server / load generator | {} | lowest {:.1} | |",
+            "| {phase} CPU µs per event: {who} / nats-server / load generator | {} | lowest {:.1} | |",
             each(&|x| cpu_numbers(&x.gateways[g].cpu), &mut r.rounds),
             lowest(r.rounds.iter().map(|x| x.gateways[g].cpu[0].1)),
         );
         println!(
-            "| (c)/(a) {who} CPU per acked event / trivial server CPU per request | {} | median **{cpu_ratio:.2}x** | <= {CPU_RATIO_GOAL}x: {} |",
+            "| {phase}/{ceiling_phase} {who} CPU per acked event / trivial server CPU per request | {} | median **{cpu_ratio:.2}x** | <= {CPU_RATIO_GOAL}x: {} |",
             each(&|x| format!("{:.2}x", x.cpu_ratio(g)), &mut r.rounds),
             verdict(cpu_ratio <= CPU_RATIO_GOAL)
         );
@@ -934,9 +1031,9 @@ fn print_tables(mut r: Results) {
             let beside = median(
                 r.rounds
                     .iter()
-                    .map(|round| round.gateways[0].cpu[0].1 - round.cpu_trivial[0].1),
+                    .map(|round| round.gateways[0].cpu[0].1 - round.ceiling_cpu(0)),
             ) - client;
-            let trivial = median(r.rounds.iter().map(|round| round.cpu_trivial[0].1));
+            let trivial = median(r.rounds.iter().map(|round| round.ceiling_cpu(0)));
             let left = (CPU_RATIO_GOAL - 1.0) * trivial - client;
             println!(
                 "| (c)-(a)-(b2) the gateway's CPU per event besides HTTP and its NATS client (medians of rounds) | {beside:.1} µs | at {CPU_RATIO_GOAL}x: <= {left:.1} µs |"
@@ -963,17 +1060,6 @@ fn print_tables(mut r: Results) {
             k.rate(),
             k.rate() / ceiling * 100.0
         ))
-    );
-    println!(
-        "| (c1) (c) with one shard (`--shards 1`) | {} | |",
-        r.one_shard
-            .as_ref()
-            .map_or(skipped, |(report, cpu)| format!(
-                "{:.0} events/s = {:.0}% of (a)'s median; CPU per event: {}",
-                report.rate(),
-                report.rate() / ceiling * 100.0,
-                cpu_list(cpu)
-            ))
     );
     println!(
         "| (e) gateway at a fixed {FIXED_RATE:.0}/s offered, achieved {:.0}/s | {} | |",
@@ -1006,10 +1092,10 @@ fn print_tables(mut r: Results) {
     failed.extend(r.client_alone.as_ref().map(|a| ("b2", a.report.failed)));
     failed.extend(r.raw_alone.as_ref().map(|a| ("b3", a.report.failed)));
     failed.extend(r.max_keyed.as_ref().map(|k| ("c'", k.failed)));
-    failed.extend(r.one_shard.as_ref().map(|(o, _)| ("c1", o.failed)));
     for round in &r.rounds {
         failed.extend([
-            ("a", round.ceiling.failed),
+            ("a", round.ceilings[0].0.failed),
+            ("a1", round.ceilings[1].0.failed),
             ("d'", round.storage_half.failed),
         ]);
         for gateway in &round.gateways {
