@@ -106,14 +106,36 @@ show_log_tail() { # name
     fi
 }
 
+# How process `pid`, no longer ours, ended: its exit status when it was started by
+# this shell and has exited, else what /proc still shows of it.
+process_end() { # pid
+    local pid=$1 status exe
+    [[ $pid =~ ^[0-9]+$ ]] || { echo "no pid recorded"; return; }
+    if ! kill -0 "$pid" 2>/dev/null; then
+        if wait "$pid" 2>/dev/null; then status=0; else status=$?; fi
+        if ((status == 127)); then
+            echo "pid $pid is gone; not a child of this shell"
+        elif ((status > 128)); then
+            echo "pid $pid was killed by signal $((status - 128))"
+        else
+            echo "pid $pid exited with status $status"
+        fi
+        return
+    fi
+    exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || exe="unreadable"
+    echo "pid $pid is running $exe, which is not one of ours under $OUR_DIR"
+}
+
 # Polls a probe until it passes; fails early if the component's process died.
 wait_for() { # what component probe...
     local what=$1 comp=$2 deadline=$((SECONDS + TIMEOUT)) start=$SECONDS
     shift 2
     until "$@"; do
-        if ! is_ours "$(cat "$RUN/$comp.pid" 2>/dev/null)"; then
+        local pid
+        pid=$(cat "$RUN/$comp.pid" 2>/dev/null)
+        if ! is_ours "$pid"; then
             show_log_tail "$comp"
-            die "$comp exited while waiting for: $what"
+            die "$comp exited while waiting for: $what ($(process_end "$pid"))"
         fi
         if ((SECONDS >= deadline)); then
             show_log_tail "$comp"

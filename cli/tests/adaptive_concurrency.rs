@@ -18,6 +18,8 @@ use support::standalone::Standalone;
 
 const CAPACITY: usize = 8;
 const EVENTS: usize = 2400;
+/// Limits are judged only while at least this many events are yet to be delivered.
+const BACKLOG_JUDGED: usize = 200;
 
 fn manifests(url: &str, adaptive: bool) -> String {
     format!(
@@ -79,15 +81,21 @@ async fn a_target_that_takes_8_at_once_is_sent_about_8_and_its_circuit_stays_clo
     assert_eq!(sent.len(), EVENTS);
 
     // While they are delivered, /status is read over and over: the circuit never
-    // opens, and the limit is recorded.
+    // opens, and the limit is recorded while a backlog remains. The last events come
+    // as sparse retries: a slow round then cuts the limit to 3/4 of the few in
+    // flight, and with nothing left to send nothing grows it back (a CI run ended
+    // at 2), which says nothing about the limit found under load.
     let seen = Mutex::new((BTreeSet::new(), Vec::new()));
     wait::until("every event delivered", Duration::from_secs(90), || async {
         let t = standalone.target("orders", "busy").await;
+        let delivered = target.distinct_keys().len();
         let mut seen = seen.lock().unwrap();
         seen.0
             .insert(t["circuit"].as_str().unwrap_or_default().to_string());
-        seen.1.extend(t["concurrencyLimit"].as_u64());
-        match target.distinct_keys().len() {
+        if delivered + BACKLOG_JUDGED <= EVENTS {
+            seen.1.extend(t["concurrencyLimit"].as_u64());
+        }
+        match delivered {
             n if n >= EVENTS => Ok(()),
             n => Err(format!("{n} of {EVENTS} delivered; {t}")),
         }
@@ -124,6 +132,10 @@ async fn a_target_that_takes_8_at_once_is_sent_about_8_and_its_circuit_stays_clo
     // Status and metrics show the limit it found: near 8. A probe of 9 now and then
     // cuts it to 6 for a few rounds, and on a loaded machine a slow answer can cut
     // 8 to 5; it never climbs past what the target takes by more than the probe.
+    assert!(
+        limits.len() >= 10,
+        "too few limits read while a backlog remained: {limits:?}"
+    );
     let mut settled_limits = limits[limits.len() / 2..].to_vec();
     settled_limits.sort_unstable();
     let median = settled_limits[settled_limits.len() / 2];
