@@ -56,7 +56,11 @@ start_component() { # name binary args...
     shift 2
     : >"$LOGS/$name.log"
     # setsid: its own session, so a caller's Ctrl-C or process-group kill does not
-    # take half of it down; the script's down/stop command stops it.
+    # take half of it down; the script's down/stop command stops it. Job control off
+    # first: with it on (a shell started with -m or -i), each background job leads a
+    # process group of its own, setsid then forks and its parent exits at once, and
+    # $! would be that parent, not the component.
+    set +m
     setsid "$bin" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
     local pid=$! exe real deadline=$((SECONDS + 10))
     real=$(readlink -f "$bin")
