@@ -39,6 +39,12 @@ impl SharedLimit {
         })
     }
 
+    /// Lets one more request go if this replica's share allows it now. The common
+    /// case: no future, no timer (see [`crate::worker`]'s admission).
+    pub fn try_now(&self) -> bool {
+        self.lock().bucket.check().is_ok()
+    }
+
     /// Waits until this replica's share lets one more request go.
     pub async fn until_ready(&self) {
         loop {

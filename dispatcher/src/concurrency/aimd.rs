@@ -194,8 +194,13 @@ impl Aimd {
     /// a fraction of that (answers that came in since may have raised it already).
     fn decrease(&mut self, in_flight: u32, now: Instant) {
         let at = in_flight.min(self.limit as u32).max(1);
+        // Only a probe that failed, pushback again at the ceiling, waits longer for
+        // the next. Decreases below it (slow rounds one after another while the
+        // machine or the target is busy) set a lower ceiling probed after the first
+        // wait: doubling for each of them held a limit cut to 2 for 8 s and more
+        // after a one-second stall.
         let wait = match self.ceiling {
-            Some(c) if at <= c.at => (c.wait * 2).min(MAX_PROBE),
+            Some(c) if at == c.at => (c.wait * 2).min(MAX_PROBE),
             _ => FIRST_PROBE,
         };
         self.ceiling = Some(Ceiling {
@@ -321,6 +326,55 @@ mod tests {
         }
 
         assert!(aimd.limit() < before, "{} from {before}", aimd.limit());
+    }
+
+    #[test]
+    fn a_cascade_of_slow_rounds_is_probed_again_after_the_first_wait() {
+        let t0 = Instant::now();
+        let mut aimd = Aimd::new(1, 64, 2.0);
+        for _ in 0..INITIAL {
+            aimd.on_result(t0, INITIAL, Signal::Answer(20 * MS), t0);
+        }
+        // A stall: every round is slow, and each cuts the limit below the last.
+        let mut now = t0;
+        while aimd.limit() > 2 {
+            now += 100 * MS;
+            let limit = aimd.limit();
+            for _ in 0..limit {
+                aimd.on_result(now, limit, Signal::Answer(200 * MS), now);
+            }
+        }
+        let ceiling = aimd.ceiling.expect("a ceiling at the last cut");
+        assert_eq!(ceiling.wait, FIRST_PROBE, "{ceiling:?}");
+        // Answers at the usual speed after the probe is due grow it past the ceiling.
+        let later = ceiling.probe_at;
+        for _ in 0..200 {
+            let limit = aimd.limit();
+            aimd.on_result(later, limit, Signal::Answer(20 * MS), later);
+        }
+        assert!(aimd.limit() >= 8, "limit {}", aimd.limit());
+    }
+
+    #[test]
+    fn a_probe_that_fails_again_waits_twice_as_long() {
+        let t0 = Instant::now();
+        let mut aimd = Aimd::new(1, 64, 2.0);
+        aimd.on_result(t0, 10, Signal::Pushback, t0);
+        assert_eq!(
+            aimd.ceiling.map(|c| (c.at, c.wait)),
+            Some((10, FIRST_PROBE))
+        );
+        // Grown back to the ceiling once the probe is due, pushed back there again.
+        let t1 = aimd.ceiling.unwrap().probe_at + MS;
+        while aimd.limit() < 10 {
+            let limit = aimd.limit();
+            aimd.on_result(t1, limit, Signal::Answer(MS), t1);
+        }
+        aimd.on_result(t1 + MS, 10, Signal::Pushback, t1 + MS);
+        assert_eq!(
+            aimd.ceiling.map(|c| (c.at, c.wait)),
+            Some((10, 2 * FIRST_PROBE))
+        );
     }
 
     #[test]
