@@ -620,10 +620,11 @@ impl Worker {
                 }
             }
         }
-        // A request that may go now registers no timer: the selects below, in random
-        // order, would poll (and so register) their sleeps before finding it ready,
-        // and a timer due before the runtime's next wake-up wakes its driver (an
-        // eventfd write) on every request (docs/benchmarks.md).
+        // A request that may go now registers no timer. The wait below polls its
+        // sleeps, which registers them, and a timer due before the runtime's next
+        // wake-up wakes its driver (an eventfd write); polled in random order, as
+        // select! does by default, that was one write per four requests
+        // (docs/benchmarks.md).
         if let Some(limit) = &self.limiter
             && !limit.try_now()
         {
