@@ -131,8 +131,7 @@ impl Provisioner {
                 })?;
         let existing = consumer_names(&stream, &plan.stream.name).await?;
         for consumer in &plan.consumers {
-            ensure_consumer(&stream, &plan.stream.name, consumer).await?;
-            if !existing.contains(&consumer.name) {
+            if ensure_consumer(&stream, &plan.stream.name, consumer).await? {
                 applied.created_consumers.push(consumer.name.clone());
             }
         }
@@ -294,20 +293,31 @@ async fn consumer_names(
         })
 }
 
+/// Updates the consumer, or creates it if it does not exist; true when it created
+/// it. The server decides which, so a consumer deleted after the consumers were
+/// listed is still reported as created (a create-or-update hid that: the operator
+/// then repaired it without a word).
 async fn ensure_consumer(
     stream: &stream::Stream,
     stream_name: &str,
     plan: &ConsumerPlan,
-) -> Result<(), ProvisionError> {
-    stream
-        .create_consumer(consumer_config(plan))
-        .await
-        .map_err(|e| ProvisionError::Consumer {
-            stream: stream_name.to_string(),
-            consumer: plan.name.clone(),
-            source: boxed(e),
-        })?;
-    Ok(())
+) -> Result<bool, ProvisionError> {
+    let failed = |source| ProvisionError::Consumer {
+        stream: stream_name.to_string(),
+        consumer: plan.name.clone(),
+        source,
+    };
+    match stream.update_consumer(consumer_config(plan)).await {
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == stream::ConsumerUpdateErrorKind::DoesNotExist => {}
+        Err(e) => return Err(failed(boxed(e))),
+    }
+    match stream.create_consumer_strict(consumer_config(plan)).await {
+        Ok(_) => Ok(true),
+        // Created in between by someone else (another operator replica): it exists.
+        Err(e) if e.kind() == stream::ConsumerCreateStrictErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(failed(boxed(e))),
+    }
 }
 
 /// The JetStream configuration of a stream plan.

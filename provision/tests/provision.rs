@@ -135,6 +135,34 @@ async fn apply_is_idempotent_and_updates_in_place() {
 }
 
 #[tokio::test]
+async fn apply_says_what_it_created_and_a_deleted_consumer_is_created_again() {
+    let server = NatsServer::start().unwrap();
+    let (provisioner, js) = connect(&server).await;
+    let p = plan(&["email", "crm"]);
+    let first = provisioner.apply(&p).await.unwrap();
+    assert_eq!(
+        first.created_streams,
+        ["fanout_shop_orders", "fanout_shop_orders_dlq"]
+    );
+    assert_eq!(first.created_consumers, ["email", "crm"]);
+    let again = provisioner.apply(&p).await.unwrap();
+    assert!(
+        again.created_streams.is_empty() && again.created_consumers.is_empty(),
+        "{again:?}"
+    );
+
+    let stream = js.get_stream("fanout_shop_orders").await.unwrap();
+    stream.delete_consumer("email").await.unwrap();
+    let repaired = provisioner.apply(&p).await.unwrap();
+    assert_eq!(repaired.created_consumers, ["email"]);
+    assert!(repaired.created_streams.is_empty(), "{repaired:?}");
+    assert_eq!(
+        consumer_names(&js, "fanout_shop_orders").await,
+        ["crm", "email"]
+    );
+}
+
+#[tokio::test]
 async fn a_removed_target_loses_its_consumer() {
     let server = NatsServer::start().unwrap();
     let (provisioner, js) = connect(&server).await;
