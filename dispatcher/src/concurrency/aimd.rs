@@ -197,7 +197,7 @@ impl Aimd {
         // Only a probe that failed, pushback again at the ceiling, waits longer for
         // the next. Decreases below it (slow rounds one after another while the
         // machine or the target is busy) set a lower ceiling probed after the first
-        // wait: doubling for each of them held a limit cut to 2 for 8 s and more
+        // wait: doubling for each of them held a limit cut to 2 for up to a minute
         // after a one-second stall.
         let wait = match self.ceiling {
             Some(c) if at == c.at => (c.wait * 2).min(MAX_PROBE),
