@@ -9,7 +9,8 @@
 //! - [`cloudevents`], [`event`], [`headers`]: the event id, subject and headers.
 //! - [`ingest`], [`batch`]: the two ingest endpoints; [`ops`]: health, readiness and
 //!   metrics on the ops port.
-//! - [`publish`]: JetStream publishes, the in-flight bound, error classification.
+//! - [`publish`]: JetStream publishes, the in-flight bound, error classification;
+//!   [`nats`]: the NATS client they are written with.
 //! - [`shard`]: the threads that serve, each with its own runtime and NATS
 //!   connection; [`accept`]: which shard serves a connection, and [`limit`]: how
 //!   many may be open; [`server`]: serving connections (timeouts, graceful drain);
@@ -28,6 +29,7 @@ pub mod headers;
 pub mod ingest;
 pub mod limit;
 pub mod metrics;
+pub mod nats;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
@@ -55,7 +57,7 @@ use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::publish::InFlight;
 use crate::server::{Listening, Protocol, ServeError};
-use crate::shard::{Connections, Phase, Shared, Stopped};
+use crate::shard::{Connections, NatsLink, Phase, Shared, Stopped};
 use crate::tls::{Certificates, TlsError};
 
 /// Why the gateway could not start.
@@ -71,15 +73,10 @@ pub enum StartError {
     NoTime { flag: &'static str },
     #[error("loading the TLS certificate (--tls-cert-file, --tls-key-file)")]
     Tls(#[from] TlsError),
-    /// A credentials or token file that cannot be read (the error names the file).
-    #[error("{0:#}")]
-    NatsSettings(anyhow::Error),
-    #[error("connecting to NATS at {url}")]
-    Connect {
-        url: String,
-        #[source]
-        source: async_nats::ConnectError,
-    },
+    /// A NATS URL, credentials, token or CA file that cannot be used (the error
+    /// names it).
+    #[error("the NATS settings (--nats-*)")]
+    NatsSettings(#[from] nats::SettingsError),
     #[error("starting the HTTP server")]
     Serve(#[from] ServeError),
     #[error("starting shard {index} (a thread and its runtime)")]
@@ -208,7 +205,7 @@ impl Gateway {
             permit_wait: args.in_flight_wait.as_std(),
             ack_timeout: args.publish_timeout.as_std(),
             connections: Arc::new(Connections::new(shard_count)),
-            nats: args.nats.clone(),
+            nats: NatsLink::from_args(&args.nats)?,
             tracer,
         };
         let listener = server::bind(args.listen, "listen")?;
@@ -291,7 +288,7 @@ impl Gateway {
                 phase_rx,
             ));
         }
-        tracing::info!(%addr, ops = ?ops_addr, tls = args.tls_cert_file.is_some(), shards = shard_count, nats = %args.nats.url, "gateway listening");
+        tracing::info!(%addr, ops = ?ops_addr, tls = args.tls_cert_file.is_some(), shards = shard_count, nats = %nats::handshake::redacted(&args.nats.url), "gateway listening");
         Ok(Gateway {
             addr,
             ops_addr,

@@ -8,15 +8,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::Subject;
-use async_nats::connection::State;
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::{self, ErrorCode};
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::event::Event;
+use crate::nats::protocol::InvalidSubject;
+use crate::nats::{self, Link, Lost, SendError};
 use crate::problem::{Problem, ProblemKind};
 
 /// Seconds a client is asked to wait after a 503.
@@ -54,13 +53,26 @@ pub enum PublishError {
         source: jetstream::Error,
     },
     #[error("the event is larger than NATS or the stream accepts")]
-    TooLarge(#[source] jetstream::context::PublishError),
+    TooLarge(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("JetStream stored the event in stream {got}, not in the route's stream {expected}")]
     WrongStream { expected: String, got: String },
     #[error("JetStream refused the event: {0}")]
-    Rejected(#[source] jetstream::context::PublishError),
+    Rejected(#[source] Refusal),
     #[error("the connection to NATS failed while publishing; retry with the same Idempotency-Key")]
-    Connection(#[source] jetstream::context::PublishError),
+    Connection(#[source] Lost),
+}
+
+/// Why JetStream's answer is not an acknowledgement, or the event could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Api(jetstream::Error),
+    #[error("its answer is not an acknowledgement")]
+    Unreadable(#[source] serde_json::Error),
+    #[error("its acknowledgement names no stream or sequence")]
+    Incomplete,
+    #[error("the event cannot be sent")]
+    Unsendable(#[source] InvalidSubject),
 }
 
 impl From<&PublishError> for Problem {
@@ -111,8 +123,7 @@ impl InFlight {
 /// Publishes events to JetStream over one NATS connection.
 #[derive(Clone)]
 pub struct Publisher {
-    client: async_nats::Client,
-    js: jetstream::Context,
+    link: Link,
     in_flight: InFlight,
     permit_wait: Duration,
     ack_timeout: Duration,
@@ -126,13 +137,12 @@ pub struct Permit {
 }
 
 /// A sent event whose acknowledgement has not arrived yet. It borrows the route's
-/// stream name, and shares the subject with the sent message: nothing is copied per
-/// event to check the acknowledgement.
+/// stream name: nothing is copied per event to check the acknowledgement.
 pub struct Pending<'a> {
-    ack: PublishAckFuture,
+    reply: nats::Pending,
     id: String,
     stream: &'a str,
-    subject: Subject,
+    subject: String,
     started: Instant,
     ack_timeout: Duration,
     latency: Histogram,
@@ -141,21 +151,14 @@ pub struct Pending<'a> {
 
 impl Publisher {
     pub fn new(
-        client: async_nats::Client,
+        link: Link,
         in_flight: InFlight,
         permit_wait: Duration,
         ack_timeout: Duration,
         latency: Histogram,
     ) -> Self {
-        let js = jetstream::ContextBuilder::new()
-            .timeout(ack_timeout)
-            // The gateway bounds in-flight publishes itself (with a deadline); the
-            // client's own limit must never be the one that blocks.
-            .max_ack_inflight(in_flight.limit.saturating_mul(2).max(1))
-            .build(client.clone());
         Publisher {
-            client,
-            js,
+            link,
             in_flight,
             permit_wait,
             ack_timeout,
@@ -164,7 +167,7 @@ impl Publisher {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.client.connection_state() == State::Connected
+        self.link.is_connected()
     }
 
     /// Fails fast when NATS is not connected: a publish now would only wait for the
@@ -222,24 +225,15 @@ impl Publisher {
         stream: &'a str,
     ) -> Result<Pending<'a>, PublishError> {
         let started = Instant::now();
-        let subject = Subject::from(event.subject);
-        let message = jetstream::message::PublishMessage::build()
-            .payload(event.payload)
-            .headers(event.headers);
-        let ack = self
-            .js
-            .send_publish(subject.clone(), message)
-            .await
-            .map_err(|e| match e.kind() {
-                PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge(e),
-                PublishErrorKind::TimedOut => PublishError::TimedOut(self.ack_timeout),
-                _ => PublishError::Connection(e),
-            })?;
+        let reply = self
+            .link
+            .request(&event.subject, &event.headers, &event.payload)
+            .map_err(send_error)?;
         Ok(Pending {
-            ack,
+            reply,
             id: event.id,
             stream,
-            subject,
+            subject: event.subject,
             started,
             ack_timeout: self.ack_timeout,
             latency: self.latency.clone(),
@@ -248,54 +242,44 @@ impl Publisher {
     }
 
     /// Sends one event and waits for JetStream to store it.
-    ///
-    /// One event needs no pipelining, so it goes as a plain request on the connection,
-    /// under one timer for the send and the acknowledgement, and its acknowledgement is
-    /// read straight into [`Acknowledgement`]. async-nats' JetStream publish (still
-    /// used by [`Publisher::send`] for batches) reads it as an untagged enum, which
-    /// buffers the document and builds an error for the variant that does not match
-    /// first: about 3% of the gateway's CPU per event (docs/benchmarks.md).
     pub async fn publish(&self, event: Event, stream: &str) -> Result<Stored, PublishError> {
         self.check_connected()?;
-        let _permit = self.reserve().await?;
-        let started = Instant::now();
-        let subject = Subject::from(event.subject);
-        let request = async_nats::Request::new()
-            .headers(event.headers)
-            .payload(event.payload)
-            .timeout(None);
-        let sent = self.client.send_request(subject.clone(), request);
-        let ack = match tokio::time::timeout(self.ack_timeout, sent).await {
-            Err(_) => return Err(PublishError::TimedOut(self.ack_timeout)),
-            Ok(Err(e)) => return Err(request_error(e, &subject, self.ack_timeout)),
-            Ok(Ok(reply)) => Acknowledgement::read(&reply.payload)
-                .map_err(|e| classify_ack_error(e, stream, &subject, self.ack_timeout))?,
-        };
-        self.latency.observe(started.elapsed().as_secs_f64());
-        stored(event.id, stream, ack)
+        let permit = self.reserve().await?;
+        self.send(permit, event, stream).await?.stored().await
     }
 
-    /// Flushes what is buffered towards NATS (used at shutdown).
+    /// Writes what is buffered towards NATS (used at shutdown).
     pub async fn flush(&self) {
-        if let Err(e) = self.client.flush().await {
-            tracing::warn!(error = %fanout_config::error_chain(&e), "flushing the NATS connection at shutdown failed");
-        }
+        self.link.flush(Duration::from_secs(1)).await;
+    }
+}
+
+/// Why a publish could not be sent, as [`PublishError`].
+fn send_error(e: SendError) -> PublishError {
+    match e {
+        SendError::NotConnected => PublishError::NotConnected,
+        SendError::TooLarge { .. } => PublishError::TooLarge(Box::new(e)),
+        SendError::Invalid(e) => PublishError::Rejected(Refusal::Unsendable(e)),
     }
 }
 
 impl Pending<'_> {
     /// Waits for the acknowledgement: only `Ok` means the event is stored.
     pub async fn stored(self) -> Result<Stored, PublishError> {
-        let ack = self
-            .ack
-            .await
-            .map_err(|e| classify_ack_error(e, self.stream, &self.subject, self.ack_timeout))?;
-        self.latency.observe(self.started.elapsed().as_secs_f64());
-        let ack = Ack {
-            stream: ack.stream,
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
+        let reply = match tokio::time::timeout(self.ack_timeout, self.reply).await {
+            Err(_) => return Err(PublishError::TimedOut(self.ack_timeout)),
+            Ok(Err(lost)) => return Err(PublishError::Connection(lost)),
+            Ok(Ok(reply)) => reply,
         };
+        // No responders: nothing stores the subject.
+        if reply.status == Some(503) {
+            return Err(PublishError::StreamMissing {
+                subject: self.subject,
+            });
+        }
+        let ack =
+            Acknowledgement::read(&reply.payload).map_err(|e| classify_refusal(e, self.stream))?;
+        self.latency.observe(self.started.elapsed().as_secs_f64());
         stored(self.id, self.stream, ack)
     }
 }
@@ -319,20 +303,14 @@ struct Ack {
 }
 
 impl Acknowledgement {
-    /// Reads an acknowledgement; an error in it, or an unreadable one, comes out as
-    /// the error async-nats' JetStream publish would give, for [`classify_ack_error`].
-    fn read(payload: &[u8]) -> Result<Ack, jetstream::context::PublishError> {
-        type Source = Box<dyn std::error::Error + Send + Sync>;
-        let other = |source: Source| {
-            jetstream::context::PublishError::with_source(PublishErrorKind::Other, source)
-        };
-        let ack: Acknowledgement =
-            serde_json::from_slice(payload).map_err(|e| other(Box::new(e)))?;
+    /// Reads an acknowledgement; an error in it, or an unreadable one, is a
+    /// [`Refusal`].
+    fn read(payload: &[u8]) -> Result<Ack, Refusal> {
+        let ack: Acknowledgement = serde_json::from_slice(payload).map_err(Refusal::Unreadable)?;
         if let Some(error) = ack.error {
-            return Err(other(Box::new(error)));
+            return Err(Refusal::Api(error));
         }
-        ack.checked()
-            .ok_or_else(|| other("an acknowledgement without a stream or sequence".into()))
+        ack.checked().ok_or(Refusal::Incomplete)
     }
 
     fn checked(self) -> Option<Ack> {
@@ -360,57 +338,18 @@ fn stored(id: String, stream: &str, ack: Ack) -> Result<Stored, PublishError> {
     })
 }
 
-/// Why a request to JetStream got no acknowledgement, as [`PublishError`].
-fn request_error(
-    e: async_nats::RequestError,
-    subject: &str,
-    ack_timeout: Duration,
-) -> PublishError {
-    use async_nats::RequestErrorKind;
-    let publish_error = |kind, e| jetstream::context::PublishError::with_source(kind, e);
-    match e.kind() {
-        RequestErrorKind::TimedOut => PublishError::TimedOut(ack_timeout),
-        RequestErrorKind::NoResponders => PublishError::StreamMissing {
-            subject: subject.to_string(),
+/// What JetStream's refusal means for the client.
+fn classify_refusal(refusal: Refusal, stream: &str) -> PublishError {
+    match refusal {
+        Refusal::Api(api) if is_stream_full(&api) => PublishError::StreamFull {
+            stream: stream.to_string(),
+            reason: description(&api),
+            source: api,
         },
-        RequestErrorKind::MaxPayloadExceeded => {
-            PublishError::TooLarge(publish_error(PublishErrorKind::MaxPayloadExceeded, e))
+        Refusal::Api(api) if api.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => {
+            PublishError::TooLarge(Box::new(api))
         }
-        RequestErrorKind::InvalidSubject | RequestErrorKind::Other => {
-            PublishError::Connection(publish_error(PublishErrorKind::BrokenPipe, e))
-        }
-    }
-}
-
-fn classify_ack_error(
-    e: jetstream::context::PublishError,
-    stream: &str,
-    subject: &str,
-    ack_timeout: Duration,
-) -> PublishError {
-    match e.kind() {
-        PublishErrorKind::TimedOut => PublishError::TimedOut(ack_timeout),
-        PublishErrorKind::BrokenPipe => PublishError::Connection(e),
-        PublishErrorKind::StreamNotFound => PublishError::StreamMissing {
-            subject: subject.to_string(),
-        },
-        PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge(e),
-        _ => {
-            let api_error = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<jetstream::Error>())
-                .cloned();
-            match api_error {
-                Some(api) if is_stream_full(&api) => PublishError::StreamFull {
-                    stream: stream.to_string(),
-                    reason: description(&api),
-                    source: api,
-                },
-                Some(api) if api.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => {
-                    PublishError::TooLarge(e)
-                }
-                _ => PublishError::Rejected(e),
-            }
-        }
+        refusal => PublishError::Rejected(refusal),
     }
 }
 
@@ -439,8 +378,8 @@ mod tests {
     use super::*;
 
     fn read(json: &str) -> Result<Stored, PublishError> {
-        let ack = Acknowledgement::read(json.as_bytes())
-            .map_err(|e| classify_ack_error(e, "orders", "in.orders.event", Duration::ZERO))?;
+        let ack =
+            Acknowledgement::read(json.as_bytes()).map_err(|e| classify_refusal(e, "orders"))?;
         stored("e1".into(), "orders", ack)
     }
 
@@ -491,28 +430,9 @@ mod tests {
     }
 
     #[test]
-    fn a_request_that_found_no_stream_or_no_connection_says_so() {
-        use async_nats::{RequestError, RequestErrorKind};
-        let subject = "in.orders.event";
-        let missing = request_error(
-            RequestError::new(RequestErrorKind::NoResponders),
-            subject,
-            Duration::ZERO,
-        );
-        assert!(
-            matches!(&missing, PublishError::StreamMissing { subject } if subject == "in.orders.event")
-        );
-        let gone = request_error(
-            RequestError::new(RequestErrorKind::Other),
-            subject,
-            Duration::ZERO,
-        );
-        assert!(matches!(gone, PublishError::Connection(_)));
-        let large = request_error(
-            RequestError::new(RequestErrorKind::MaxPayloadExceeded),
-            subject,
-            Duration::ZERO,
-        );
-        assert!(matches!(large, PublishError::TooLarge(_)));
+    fn an_event_too_large_for_the_stream_is_told_apart() {
+        let large = r#"{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"}}"#;
+        let error = read(large).unwrap_err();
+        assert!(matches!(error, PublishError::TooLarge(_)), "{error:?}");
     }
 }

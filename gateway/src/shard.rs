@@ -11,7 +11,6 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::connection::State;
 use fanout_otel::opentelemetry_sdk::trace::SdkTracer;
 use fanout_process::nats::NatsArgs;
 use fanout_process::thread::on_own_thread;
@@ -21,6 +20,8 @@ use crate::accept::Handed;
 use crate::config::RouteTable;
 use crate::headers::ForwardHeaders;
 use crate::metrics::Metrics;
+use crate::nats::handshake::Settings;
+use crate::nats::{self, Link, Server};
 use crate::publish::{InFlight, Publisher};
 use crate::server::{self, AppState, Protocol};
 use crate::{ShutdownError, StartError};
@@ -38,14 +39,14 @@ pub enum Phase {
 /// The NATS connections of all shards.
 pub struct Connections {
     expected: usize,
-    clients: Mutex<Vec<async_nats::Client>>,
+    links: Mutex<Vec<Link>>,
 }
 
 impl Connections {
     pub fn new(expected: usize) -> Self {
         Connections {
             expected,
-            clients: Mutex::new(Vec::with_capacity(expected)),
+            links: Mutex::new(Vec::with_capacity(expected)),
         }
     }
 
@@ -54,8 +55,8 @@ impl Connections {
         self.expected
     }
 
-    fn add(&self, client: async_nats::Client) {
-        self.lock().push(client);
+    fn add(&self, link: Link) {
+        self.lock().push(link);
     }
 
     /// How many shards cannot store events now: not connected to NATS, or not started
@@ -65,14 +66,14 @@ impl Connections {
         let connected = self
             .lock()
             .iter()
-            .filter(|client| client.connection_state() == State::Connected)
+            .filter(|link| link.is_connected())
             .count();
         self.expected - connected
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<async_nats::Client>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
         // The list is only ever pushed to: a panic elsewhere cannot leave it torn.
-        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -91,7 +92,7 @@ pub struct Shared {
     pub permit_wait: Duration,
     pub ack_timeout: Duration,
     pub connections: Arc<Connections>,
-    pub nats: NatsArgs,
+    pub nats: NatsLink,
     /// Where spans go, when tracing is on.
     pub tracer: Option<SdkTracer>,
 }
@@ -146,16 +147,10 @@ async fn serve(
     started: oneshot::Sender<Result<(), StartError>>,
 ) -> Result<(), ShutdownError> {
     // Connect on this thread, so that the connection's task runs on this runtime.
-    let client = match connect(&shared.nats).await {
-        Ok(client) => client,
-        Err(e) => {
-            let _ = started.send(Err(e));
-            return Ok(());
-        }
-    };
-    shared.connections.add(client.clone());
+    let link = shared.nats.start();
+    shared.connections.add(link.clone());
     let publisher = Publisher::new(
-        client,
+        link,
         shared.in_flight,
         shared.permit_wait,
         shared.ack_timeout,
@@ -187,25 +182,34 @@ async fn serve(
     }
 }
 
-/// Connects in the background: the shard serves, and answers 503, until NATS is
-/// reachable.
-async fn connect(nats: &NatsArgs) -> Result<async_nats::Client, StartError> {
-    let options = nats.options().await.map_err(StartError::NatsSettings)?;
-    options
-        .name("fanout-gateway")
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        // Reconnect quickly after a NATS restart: while disconnected every ingest
-        // request is answered 503.
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis((attempt as u64).saturating_mul(100).min(1000))
+/// Where the shards' NATS connections go and how they authenticate, read once
+/// from the `--nats-*` flags.
+#[derive(Clone, Debug)]
+pub struct NatsLink {
+    servers: Vec<Server>,
+    settings: Settings,
+    ping_interval: Duration,
+}
+
+impl NatsLink {
+    pub fn from_args(args: &NatsArgs) -> Result<NatsLink, nats::SettingsError> {
+        let (servers, settings) = nats::settings(args, "fanout-gateway")?;
+        Ok(NatsLink {
+            servers,
+            settings,
+            ping_interval: args.ping_interval.as_std(),
         })
-        .connect(nats.servers())
-        .await
-        .map_err(|source| StartError::Connect {
-            url: nats.url.clone(),
-            source,
-        })
+    }
+
+    /// Connects in the background: the shard serves, and answers 503, until NATS is
+    /// reachable.
+    fn start(&self) -> Link {
+        Link::start(
+            self.servers.clone(),
+            self.settings.clone(),
+            self.ping_interval,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Real parts for Fanout's tests, each started on free loopback ports and cleaned up.
 //!
-//! - [`nats::NatsServer`]: a nats-server with JetStream and a temporary store;
+//! - [`nats::NatsServer`]: a nats-server with JetStream and a temporary store, open or
+//!   requiring a token, TLS or JWTs (operator mode) minted at test time;
 //!   [`nats_cluster::NatsCluster`]: three of them clustered, for R3 streams and faults.
 //! - [`cluster`]: the local kube-apiserver + controller-manager (started once per test
 //!   run by `e2e/cluster.sh`), a client for it, and a fresh namespace per test.

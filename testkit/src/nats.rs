@@ -1,14 +1,18 @@
-//! A real nats-server with JetStream, on free loopback ports with a temporary store.
+//! A real nats-server with JetStream, on free loopback ports with a temporary store;
+//! optionally requiring a token, TLS, or NATS JWT authentication (operator mode).
+
+mod jwt;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
 use tempfile::TempDir;
 
+use crate::pki::TestCa;
 use crate::{free_port, tools, wait};
 
 /// A nats-server child process; killed when dropped.
@@ -19,8 +23,22 @@ pub struct NatsServer {
     monitor_port: u16,
     /// Clients must present this token, when set.
     token: Option<String>,
+    /// Clients must speak TLS, trusting [`ca_file`](Self::ca_file).
+    tls: bool,
+    /// Clients must present a user JWT of the operator, as [`creds_file`](Self::creds_file).
+    jwt: bool,
+    /// The configuration file, when there is anything to configure beyond the
+    /// command line.
+    config: Option<PathBuf>,
     dir: TempDir,
 }
+
+/// Files in the server's temporary directory.
+const CONFIG_FILE: &str = "nats-server.conf";
+const CA_FILE: &str = "ca.pem";
+const CERT_FILE: &str = "server-cert.pem";
+const KEY_FILE: &str = "server-key.pem";
+const CREDS_FILE: &str = "user.creds";
 
 impl NatsServer {
     /// Starts a server with JetStream enabled and waits until JetStream is ready.
@@ -31,33 +49,67 @@ impl NatsServer {
     /// Like [`start`](Self::start), listening for clients on `host` (e.g. the e2e
     /// node's bridge address, so pods reach it). Monitoring listens there too.
     pub fn start_on(host: IpAddr) -> anyhow::Result<NatsServer> {
-        Self::start_with(host, None)
+        Self::start_with(host, None, None, false)
     }
 
     /// Like [`start_on`](Self::start_on), refusing clients that do not present
     /// `token`, as a production NATS refuses anonymous clients.
     pub fn start_with_token(host: IpAddr, token: &str) -> anyhow::Result<NatsServer> {
-        Self::start_with(host, Some(token.to_string()))
+        Self::start_with(host, Some(token.to_string()), None, false)
     }
 
-    fn start_with(host: IpAddr, token: Option<String>) -> anyhow::Result<NatsServer> {
+    /// Like [`start_on`](Self::start_on), secured as a production NATS may be:
+    ///
+    /// - with `tls`, clients must speak TLS; the server's certificate, issued by
+    ///   `tls` for `host` and `localhost`, is verified with [`ca_file`](Self::ca_file).
+    /// - with `jwt`, the server runs in operator mode (decentralized JWT
+    ///   authentication): it trusts an operator minted here, with a system account and
+    ///   one account with unlimited JetStream, and admits only users of that
+    ///   account; [`creds_file`](Self::creds_file) holds one.
+    ///
+    /// Monitoring stays plain HTTP on [`monitor_addr`](Self::monitor_addr).
+    pub fn start_secured(
+        host: IpAddr,
+        tls: Option<&TestCa>,
+        jwt: bool,
+    ) -> anyhow::Result<NatsServer> {
+        Self::start_with(host, None, tls, jwt)
+    }
+
+    fn start_with(
+        host: IpAddr,
+        token: Option<String>,
+        tls: Option<&TestCa>,
+        jwt: bool,
+    ) -> anyhow::Result<NatsServer> {
         let dir = tempfile::Builder::new().prefix("fanout-nats-").tempdir()?;
+        // Secrets go in a file, not on the command line (where `ps` would show them).
+        let mut config = String::new();
         if let Some(token) = &token {
-            // In a file, not on the command line (where `ps` would show it).
-            std::fs::write(
-                dir.path().join("auth.conf"),
-                format!(
-                    "authorization {{ token: {} }}\n",
-                    serde_json::to_string(token)?
-                ),
-            )?;
+            config += &format!("authorization {{ token: {} }}\n", quoted(token)?);
         }
+        if let Some(ca) = tls {
+            config += &tls_config(dir.path(), host, ca)?;
+        }
+        if jwt {
+            config += &jwt_config(dir.path())?;
+        }
+        let config = if config.is_empty() {
+            None
+        } else {
+            let path = dir.path().join(CONFIG_FILE);
+            std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        };
         let mut server = NatsServer {
             child: None,
             host,
             port: free_port(),
             monitor_port: free_port(),
             token,
+            tls: tls.is_some(),
+            jwt,
+            config,
             dir,
         };
         // A port found free can be taken by a parallel test before nats-server binds
@@ -78,6 +130,8 @@ impl NatsServer {
     }
 
     /// `nats://<host>:<port>` (`127.0.0.1` unless started with [`start_on`](Self::start_on)).
+    /// Also with TLS: the server says it requires TLS in its first message (INFO)
+    /// and the client upgrades the connection then.
     pub fn url(&self) -> String {
         format!("nats://{}:{}", self.host, self.port)
     }
@@ -129,11 +183,23 @@ impl NatsServer {
         self.token.as_deref()
     }
 
+    /// The CA certificate (PEM) that clients trust the server's with, when started
+    /// with TLS ([`start_secured`](Self::start_secured)).
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.path().join(CA_FILE))
+    }
+
+    /// A `.creds` file (user JWT and nkey seed) of a user of the JetStream account,
+    /// when started with JWT authentication ([`start_secured`](Self::start_secured)).
+    pub fn creds_file(&self) -> Option<PathBuf> {
+        self.jwt.then(|| self.dir.path().join(CREDS_FILE))
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let binary = tools::path("nats-server")?;
         let mut command = Command::new(&binary);
-        if self.token.is_some() {
-            command.arg("-c").arg(self.dir.path().join("auth.conf"));
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
         }
         let child = command
             .args(["-a", &self.host.to_string(), "-p", &self.port.to_string()])
@@ -148,13 +214,19 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        self.child = Some(child);
         let (host, monitor) = (self.host, self.monitor_port);
+        let child = self.child.insert(child);
+        // A server that exits (a port taken, a configuration it refuses) is not waited
+        // for until the deadline.
         let ready = wait::until_blocking(
             "nats-server JetStream health",
             Duration::from_secs(20),
-            || healthz(host, monitor),
-        );
+            || match child.try_wait() {
+                Ok(Some(status)) => Ok(Err(format!("nats-server exited ({status})"))),
+                _ => healthz(host, monitor).map(Ok),
+            },
+        )
+        .and_then(|outcome| outcome.map_err(anyhow::Error::msg));
         if let Err(e) = ready {
             let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
             self.kill();
@@ -162,6 +234,51 @@ impl NatsServer {
         }
         Ok(())
     }
+}
+
+/// The `tls` block: a server certificate of `ca` for `host` and `localhost`, written
+/// to `dir` with the CA certificate for clients.
+fn tls_config(dir: &Path, host: IpAddr, ca: &TestCa) -> anyhow::Result<String> {
+    let issued = ca
+        .server(&[host], &["localhost"])
+        .context("issuing nats-server's certificate")?;
+    for (file, pem) in [
+        (CA_FILE, ca.pem()),
+        (CERT_FILE, issued.certificate_pem.as_str()),
+        (KEY_FILE, issued.private_key_pem.as_str()),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(format!(
+        "tls {{\n  cert_file: {}\n  key_file: {}\n}}\n",
+        quoted(&dir.join(CERT_FILE).to_string_lossy())?,
+        quoted(&dir.join(KEY_FILE).to_string_lossy())?,
+    ))
+}
+
+/// Operator mode: the operator's JWT (which names the system account) and the
+/// accounts' JWTs preloaded into a memory resolver (no account server to fetch them
+/// from). Writes the user's `.creds` to `dir`.
+fn jwt_config(dir: &Path) -> anyhow::Result<String> {
+    let trust = jwt::Trust::mint()?;
+    let creds = dir.join(CREDS_FILE);
+    std::fs::write(&creds, &trust.user_creds)
+        .with_context(|| format!("writing {}", creds.display()))?;
+    let mut config = format!(
+        "operator: {}\nresolver: MEMORY\nresolver_preload: {{\n",
+        quoted(&trust.operator_jwt)?,
+    );
+    for (account, jwt) in &trust.accounts {
+        config += &format!("  {}: {}\n", quoted(account)?, quoted(jwt)?);
+    }
+    config += "}\n";
+    Ok(config)
+}
+
+/// `value` as a quoted string of the configuration format (JSON's quoting is one).
+fn quoted(value: &str) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(value)?)
 }
 
 /// `GET /healthz?js-enabled-only=true` answers 200 once JetStream can take requests.

@@ -21,12 +21,12 @@
 //! 5,000/s and (e') JetStream alone at that rate
 //! (what the gateway adds where the cores are not saturated); the trivial server's
 //! latency at the median half rate; (b) raw JetStream publishes, pipelined: the
-//! storage ceiling; (b2) the gateway's store step alone (async-nats publishing as the
-//! gateway does, on threads and connections shaped like its shards, at (c)'s
-//! concurrency): the NATS client's CPU per event, and with (a) what is left of the
-//! gateway's CPU per event for its own code; (b3) the same on a minimal publish path
-//! of our own (`raw_publish`, bench only): what one could save against async-nats;
-//! and the gateway's peak resident memory (VmHWM of its process).
+//! storage ceiling; (b2) the gateway's store step alone on async-nats (publishing as
+//! the gateway did until it had a client of its own, on threads and connections
+//! shaped like its shards, at (c)'s concurrency); (b3) the same on the gateway's own
+//! client (`fanout_gateway::nats`): the NATS client's CPU per event, and with (a) what
+//! is left of the gateway's CPU per event for its own code; and the gateway's peak
+//! resident memory (VmHWM of its process).
 //!
 //! Environment: `FANOUT_BENCH_SHORT=1` (the same tables in a minute or two: 3 s
 //! phases, two rounds, without (b), (b2), (b3) and (c')), `BENCH_CONNECTIONS` (default 64),
@@ -35,11 +35,13 @@
 //! gateway's publish latencies and the processes' waits for a CPU during the first
 //! round's (d)), `BENCH_COMPARE_FANOUT=<paths of other fanout binaries, comma-separated>`
 //! (their gateways measured in the same rounds, (c) and (d) beside this build's: a
-//! change's before and after under the same conditions).
+//! change's before and after under the same conditions), `BENCH_PAIRED=<runs>` (the
+//! first two of them under load at the same time, half the connections each: their
+//! CPU per event over the same seconds).
 
 mod jetstream;
 mod load;
-mod raw_publish;
+mod own_client;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -310,10 +312,12 @@ async fn run() {
         let binary = std::path::PathBuf::from(binary);
         let addr = free_addr();
         let (process, _) = start_gateway(&binary, &config, addr, &nats, &[]).await;
-        let name = binary.file_name().map_or_else(
-            || binary.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
+        // The file's name, or its whole path when another binary has that name.
+        let name = binary
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !compared.iter().any(|(other, _, _)| other == n))
+            .unwrap_or_else(|| binary.display().to_string());
         let target = Target {
             addr,
             ..events.clone()
@@ -474,6 +478,7 @@ async fn run() {
         );
         measured.push(this);
     }
+    paired(&compared, connections, seconds).await;
     drop(compared);
     drop(one_shard);
     drop(trivial_one);
@@ -511,9 +516,9 @@ async fn run() {
         eprintln!("(b) JetStream publish: {:.0} msg/s", storage.rate());
         Some(storage)
     };
-    // (b2) The gateway's store step alone, shaped like its shards: what the NATS
-    // client costs per event at the gateway's concurrency; (b3) the same on a minimal
-    // publish path of our own: what one could save.
+    // (b2) The gateway's store step alone, shaped like its shards, on async-nats;
+    // (b3) the same on the gateway's own client: what each client costs per event at
+    // the gateway's concurrency.
     let (shards, per_shard) = shard_shape(connections);
     let (client_alone, raw_alone) = if short {
         (None, None)
@@ -528,9 +533,9 @@ async fn run() {
                 seconds,
             )
         });
-        let raw = store_step_alone("(b3) on a publish path of our own", &nats, seconds, || {
-            raw_publish::publish_like_shards(
-                nats.port(),
+        let raw = store_step_alone("(b3) on the gateway's own client", &nats, seconds, || {
+            own_client::publish_like_shards(
+                &nats.url(),
                 &payload,
                 shards,
                 per_shard,
@@ -675,6 +680,60 @@ async fn closed_loop_with_cpu(
     let report = load::closed_loop(target, connections, WARMUP, seconds).await;
     let cpu = cpu_per_request(processes, &before, &report, seconds);
     (report, cpu)
+}
+
+/// `BENCH_PAIRED=<runs>`: the first two `BENCH_COMPARE_FANOUT` gateways under load at
+/// the same time, half the connections each, `runs` times. Phases one after the other
+/// differ by this machine's drift (10% and more); two gateways measured over the same
+/// seconds share it, so their CPU per event compares closely (a change's before and
+/// after).
+async fn paired(
+    compared: &[(String, ChildProcess, Target)],
+    connections: usize,
+    seconds: Duration,
+) {
+    let runs = env_number("BENCH_PAIRED", 0);
+    let [
+        (first, first_process, first_target),
+        (second, second_process, second_target),
+        ..,
+    ] = compared
+    else {
+        if runs > 0 {
+            eprintln!("BENCH_PAIRED needs two gateways in BENCH_COMPARE_FANOUT");
+        }
+        return;
+    };
+    let half = (connections / 2).max(1);
+    let mut ratios = Vec::new();
+    for run in 1..=runs {
+        let processes = [
+            ("first", first_process.0.id()),
+            ("second", second_process.0.id()),
+        ];
+        let before = cpu_now(&processes);
+        let (a, b) = tokio::join!(
+            load::closed_loop(first_target, half, WARMUP, seconds),
+            load::closed_loop(second_target, half, WARMUP, seconds),
+        );
+        let a_cpu = cpu_per_request(&processes[..1], &before[..1], &a, seconds)[0].1;
+        let b_cpu = cpu_per_request(&processes[1..], &before[1..], &b, seconds)[0].1;
+        ratios.push(b_cpu / a_cpu);
+        println!(
+            "paired run {run}: {first} {:.0} events/s at {a_cpu:.1} µs, {second} {:.0} events/s at {b_cpu:.1} µs per event: {second}/{first} {:.3}",
+            a.rate(),
+            b.rate(),
+            b_cpu / a_cpu
+        );
+    }
+    if !ratios.is_empty() {
+        println!(
+            "paired, {runs} runs of {half} connections each: CPU per event {second}/{first}, median {:.3} (lowest {:.3}, highest {:.3})",
+            median(ratios.iter().copied()),
+            lowest(ratios.iter().copied()),
+            ratios.iter().copied().fold(f64::MIN, f64::max)
+        );
+    }
 }
 
 /// The trivial server (`trivial-server` of `fanout-baselines`, built like `fanout`),
@@ -1015,19 +1074,22 @@ fn print_tables(mut r: Results) {
             .as_ref()
             .map_or(skipped.clone(), |s| format!("{:.0} msg/s", s.rate()))
     );
-    match &r.client_alone {
-        Some(alone) => {
-            let client = alone.cpu[0].1;
+    match (&r.client_alone, &r.raw_alone) {
+        (Some(async_nats), Some(own)) => {
             let (shards, per_shard) = shard_shape(r.connections);
             println!(
-                "| (b2) the gateway's store step alone (async-nats, as it publishes an event), {} connections of {} publishers each, closed loop | {:.0} acks/s; CPU per ack: {} | |",
-                shards,
-                per_shard,
-                alone.report.rate(),
-                cpu_list(&alone.cpu)
+                "| (b2) the gateway's store step alone on async-nats (as the gateway published until it had its own client), {shards} connections of {per_shard} publishers each, closed loop | {:.0} acks/s; CPU per ack: {} | |",
+                async_nats.report.rate(),
+                cpu_list(&async_nats.cpu)
+            );
+            println!(
+                "| (b3) the same on the gateway's own client (`fanout_gateway::nats`) | {:.0} acks/s; CPU per ack: {} | |",
+                own.report.rate(),
+                cpu_list(&own.cpu)
             );
             // What the gateway spends besides serving HTTP (the trivial server's
-            // share) and its NATS client ((b2)), against what 1.4x would leave it.
+            // share) and its NATS client ((b3)), against what 1.4x would leave it.
+            let client = own.cpu[0].1;
             let beside = median(
                 r.rounds
                     .iter()
@@ -1036,22 +1098,10 @@ fn print_tables(mut r: Results) {
             let trivial = median(r.rounds.iter().map(|round| round.ceiling_cpu(0)));
             let left = (CPU_RATIO_GOAL - 1.0) * trivial - client;
             println!(
-                "| (c)-(a)-(b2) the gateway's CPU per event besides HTTP and its NATS client (medians of rounds) | {beside:.1} µs | at {CPU_RATIO_GOAL}x: <= {left:.1} µs |"
+                "| (c)-(a)-(b3) the gateway's CPU per event besides HTTP and its NATS client (medians of rounds) | {beside:.1} µs | at {CPU_RATIO_GOAL}x: <= {left:.1} µs |"
             );
-            if let Some(raw) = &r.raw_alone {
-                let raw_client = raw.cpu[0].1;
-                println!(
-                    "| (b3) the same store step on a minimal publish path of our own (bench only: publishes written into the shard's buffer, acknowledgements matched by number on one subscription) | {:.0} acks/s; CPU per ack: {} | |",
-                    raw.report.rate(),
-                    cpu_list(&raw.cpu)
-                );
-                println!(
-                    "| (c)-(a)-(b2) against what {CPU_RATIO_GOAL}x would leave with (b3)'s client instead of async-nats | {beside:.1} µs | <= {:.1} µs |",
-                    (CPU_RATIO_GOAL - 1.0) * trivial - raw_client
-                );
-            }
         }
-        None => println!("| (b2), (b3) the gateway's store step alone | {skipped} | |"),
+        _ => println!("| (b2), (b3) the gateway's store step alone | {skipped} | |"),
     }
     println!(
         "| (c') (c) with its own Idempotency-Key on each request (a Nats-Msg-Id in the duplicate table) | {} | |",

@@ -7,6 +7,7 @@ mod durability;
 mod errors;
 mod ingest;
 mod limits;
+mod nats_security;
 mod ops;
 mod process;
 mod schemathesis;

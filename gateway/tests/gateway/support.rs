@@ -102,6 +102,8 @@ pub struct Setup {
     /// Whether the configuration file exists when the gateway starts (the routes'
     /// streams are provisioned either way).
     config_file: bool,
+    /// Whether starting waits until the gateway is ready.
+    wait_ready: bool,
 }
 
 impl Default for Setup {
@@ -110,6 +112,7 @@ impl Default for Setup {
             routes: vec![RouteSpec::new("shop", "orders").token(TOKEN)],
             flags: vec![],
             config_file: true,
+            wait_ready: true,
         }
     }
 }
@@ -120,6 +123,7 @@ impl Setup {
             routes,
             flags: vec![],
             config_file: true,
+            wait_ready: true,
         }
     }
 
@@ -127,6 +131,12 @@ impl Setup {
     /// before the operator has rendered the ConfigMap.
     pub fn without_config_file(mut self) -> Self {
         self.config_file = false;
+        self
+    }
+
+    /// Starts the gateway without waiting for it to be ready (it may never be).
+    pub fn unready(mut self) -> Self {
+        self.wait_ready = false;
         self
     }
 
@@ -149,7 +159,17 @@ pub struct Backend {
 impl Backend {
     pub async fn start(routes: &[RouteSpec]) -> Backend {
         let nats = NatsServer::start().expect("starting nats-server");
-        let client = async_nats::connect(nats.url()).await.unwrap();
+        Backend::on(nats, async_nats::ConnectOptions::new(), routes).await
+    }
+
+    /// The routes' streams on `nats`, provisioned by a client with `options` (the
+    /// credentials and CA a secured server asks for).
+    pub async fn on(
+        nats: NatsServer,
+        options: async_nats::ConnectOptions,
+        routes: &[RouteSpec],
+    ) -> Backend {
+        let client = options.connect(nats.url()).await.unwrap();
         let js = jetstream::new(client);
         let provisioner = Provisioner::new(js.clone());
         for route in routes {
@@ -262,12 +282,18 @@ impl Harness {
     }
 
     pub async fn with(setup: Setup) -> Harness {
+        let backend = Backend::start(&setup.routes).await;
+        Harness::on(backend, setup).await
+    }
+
+    /// A gateway in front of `backend`, whose streams are `setup`'s routes'.
+    pub async fn on(backend: Backend, setup: Setup) -> Harness {
         let Backend {
             nats,
             js,
             dir,
             config_path,
-        } = Backend::start(&setup.routes).await;
+        } = backend;
         if !setup.config_file {
             std::fs::remove_file(&config_path).unwrap();
         }
@@ -289,7 +315,9 @@ impl Harness {
             config_path,
             client: http_client(),
         };
-        harness.wait_ready().await;
+        if setup.wait_ready {
+            harness.wait_ready().await;
+        }
         harness
     }
 
