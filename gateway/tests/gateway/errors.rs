@@ -157,6 +157,25 @@ async fn body_over_the_limit_is_413() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_what_nats_accepts_is_413_and_not_sent() {
+    // A body limit above nats-server's max_payload (1 MiB by default): the gateway's
+    // client refuses the message before it is sent, and the connection stays up.
+    let h = Harness::with(Setup::default().flag("body-limit", "2000000")).await;
+    let reply = h.send_event(&[], vec![b'x'; 1_048_576]).await;
+    let problem = reply.problem(413);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("larger than NATS"),
+        "{problem}"
+    );
+    let reply = h.send_event(&[], vec![b'x'; 1_000_000]).await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    assert_eq!(h.stored("fanout_shop_orders").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_with_a_non_json_media_type_is_415() {
     let h = Harness::start().await;
     let reply = h.send_batch("text/plain", &[], "a\nb").await;
