@@ -130,8 +130,11 @@ async fn a_target_that_takes_8_at_once_is_sent_about_8_and_its_circuit_stays_clo
     );
 
     // Status and metrics show the limit it found: near 8. A probe of 9 now and then
-    // cuts it to 6 for a few rounds, and on a loaded machine a slow answer can cut
-    // 8 to 5; it never climbs past what the target takes by more than the probe.
+    // cuts it to 6 for a few rounds, and on a loaded machine a slow round can cut 8
+    // to 5, and two in a row 6 to 4 to 3 for a second; it never climbs past what
+    // the target takes by more than the probe. (Cuts from the in-flight count of a
+    // request that waited in admission, or of a round's last request, took it to 1
+    // or 2: those are fixed, and the bound below would catch them.)
     assert!(
         limits.len() >= 10,
         "too few limits read while a backlog remained: {limits:?}"
@@ -141,7 +144,7 @@ async fn a_target_that_takes_8_at_once_is_sent_about_8_and_its_circuit_stays_clo
     let median = settled_limits[settled_limits.len() / 2];
     assert!((6..=9).contains(&median), "median {median}: {limits:?}");
     assert!(
-        settled_limits.iter().all(|l| (4..=9).contains(l)),
+        settled_limits.iter().all(|l| (3..=9).contains(l)),
         "{limits:?}"
     );
     let metrics = standalone.get("/metrics").await;

@@ -148,16 +148,25 @@ stringData:
     // whatever their own ratio.
     operator::send(&env, &addr, "orders", 0..3).await;
 
+    // Each process exports its spans in batches on its own schedule: the dispatchers'
+    // can reach the collector before the gateway's, so wait for both.
     let spans = wait::until("the spans of three events", T, || async {
         let spans = collector.spans().map_err(|e| e.to_string())?;
-        let delivered = spans
+        let attempts: Vec<_> = spans
             .iter()
             .filter(|s| s.name == "deliver inventory" && s.service == "fanout-dispatcher")
+            .collect();
+        let parents = attempts
+            .iter()
+            .filter(|a| spans.iter().any(|s| s.span_id == a.parent_span_id))
             .count();
-        if delivered == 3 {
+        if attempts.len() == 3 && parents == 3 {
             Ok(spans)
         } else {
-            Err(format!("{spans:?}"))
+            Err(format!(
+                "{parents} of {} attempts' parents: {spans:?}",
+                attempts.len()
+            ))
         }
     })
     .await

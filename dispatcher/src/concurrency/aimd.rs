@@ -65,6 +65,8 @@ struct Round {
     size: u32,
     answers: u32,
     total: Duration,
+    /// The most requests in flight as any of its answers' requests went.
+    peak: u32,
     /// The ceiling was being probed during this whole round.
     probing: bool,
 }
@@ -142,6 +144,7 @@ impl Aimd {
         }
         self.round.answers += 1;
         self.round.total += took;
+        self.round.peak = self.round.peak.max(in_flight);
         if self.round.answers < self.round.size {
             return false;
         }
@@ -159,8 +162,11 @@ impl Aimd {
         } else {
             baseline + (mean - baseline) / 20
         });
+        // Slow at the round's load: the last answer's request may have gone with
+        // few others (at the tail of a wave of retries), and cutting to a fraction
+        // of that took a limit of 8 to 1.
         if slow && self.last_decrease.is_none_or(|at| sent_at > at) {
-            self.decrease(in_flight, now);
+            self.decrease(round.peak, now);
             return true;
         }
         if round.probing && self.probing() {
@@ -308,6 +314,23 @@ mod tests {
             aimd.on_result(t0, 2, Signal::Answer(5 * MS), t0);
         }
         assert_eq!(aimd.limit(), INITIAL);
+    }
+
+    #[test]
+    fn a_slow_round_is_cut_from_its_load_not_from_its_last_request() {
+        let t0 = Instant::now();
+        let mut aimd = Aimd::new(1, 64, 2.0);
+        for _ in 0..INITIAL {
+            aimd.on_result(t0, INITIAL, Signal::Answer(20 * MS), t0);
+        }
+        let before = aimd.limit();
+        // A slow round at full load whose last answer's request went alone.
+        let t1 = t0 + Duration::from_secs(1);
+        for i in 0..before {
+            let in_flight = if i + 1 == before { 1 } else { before };
+            aimd.on_result(t1, in_flight, Signal::Answer(60 * MS), t1);
+        }
+        assert_eq!(aimd.limit(), (f64::from(before) * BACKOFF).floor() as u32);
     }
 
     #[test]

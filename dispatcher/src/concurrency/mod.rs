@@ -129,7 +129,14 @@ impl ConcurrencyLimit {
         in_flight: u32,
         signal: Signal,
     ) -> Option<u32> {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let now = self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Pushback is answered at once: the requests in flight as it comes back are
+        // what the target was holding too (some may have reached it before this one,
+        // whatever the count when it left).
+        let in_flight = match signal {
+            Signal::Pushback => in_flight.max(now),
+            _ => in_flight,
+        };
         let mut state = self.lock();
         let mut changed = None;
         if let Some(controller) = &mut state.controller {
@@ -179,6 +186,10 @@ impl Permit<'_> {
     /// The request was sent now (admission may have waited after the permit).
     pub fn sending(&mut self) {
         self.sent_at = Instant::now();
+        // Others may have gone while this one waited: a pushback to it says the
+        // target could not take as many as are in flight now, not as many as were
+        // when it took its permit (counting those cut a limit of 8 to 2).
+        self.in_flight = self.limit.in_flight.load(Ordering::Relaxed);
     }
 
     /// Returns the permit with what the answer said; the new limit if it moved.
@@ -242,6 +253,36 @@ mod tests {
             .await
             .expect("a returned permit lets the next go");
         assert_eq!(limit.limit(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waited_after_its_permit_is_judged_at_the_load_it_was_sent_into() {
+        let limit = ConcurrencyLimit::adaptive(&policy(), 64);
+        // The first permit, then nine more go out while its request waits in
+        // admission (a rate limit, a Retry-After).
+        let mut waited = limit.acquire().await;
+        let mut others = Vec::new();
+        for _ in 1..aimd::INITIAL {
+            others.push(limit.acquire().await);
+        }
+        waited.sending();
+        drop(others);
+        // Ten were in flight when it went: 3/4 of ten, not of the one there was when
+        // it took its permit.
+        assert_eq!(waited.finish(Signal::Pushback), Some(7));
+    }
+
+    #[tokio::test]
+    async fn pushback_counts_the_requests_in_flight_as_it_comes_back() {
+        let limit = ConcurrencyLimit::adaptive(&policy(), 64);
+        // Sent alone; nine more go before its 429 comes back.
+        let mut first = limit.acquire().await;
+        first.sending();
+        let mut others = Vec::new();
+        for _ in 1..aimd::INITIAL {
+            others.push(limit.acquire().await);
+        }
+        assert_eq!(first.finish(Signal::Pushback), Some(7));
     }
 
     #[tokio::test]
