@@ -316,13 +316,20 @@ mod tests {
         assert_eq!(aimd.limit(), INITIAL);
     }
 
-    #[test]
-    fn a_slow_round_is_cut_from_its_load_not_from_its_last_request() {
-        let t0 = Instant::now();
+    /// A limit after a first round that set the baseline at 20 ms (slow start grew
+    /// it).
+    fn after_a_first_round_at_20ms(t0: Instant) -> Aimd {
         let mut aimd = Aimd::new(1, 64, 2.0);
         for _ in 0..INITIAL {
             aimd.on_result(t0, INITIAL, Signal::Answer(20 * MS), t0);
         }
+        aimd
+    }
+
+    #[test]
+    fn a_slow_round_is_cut_from_its_load_not_from_its_last_request() {
+        let t0 = Instant::now();
+        let mut aimd = after_a_first_round_at_20ms(t0);
         let before = aimd.limit();
         // A slow round at full load whose last answer's request went alone.
         let t1 = t0 + Duration::from_secs(1);
@@ -336,11 +343,7 @@ mod tests {
     #[test]
     fn answers_far_slower_than_usual_reduce_the_limit() {
         let t0 = Instant::now();
-        let mut aimd = Aimd::new(1, 64, 2.0);
-        // A first round sets the baseline at 20 ms (and slow start grows the limit).
-        for _ in 0..INITIAL {
-            aimd.on_result(t0, INITIAL, Signal::Answer(20 * MS), t0);
-        }
+        let mut aimd = after_a_first_round_at_20ms(t0);
         let before = aimd.limit();
         // A round at 60 ms: more than 2 x 20 ms + 10 ms.
         let t1 = t0 + Duration::from_secs(1);

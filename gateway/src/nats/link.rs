@@ -94,7 +94,8 @@ impl Link {
     /// returns at once: until it connects, every publish is refused with
     /// [`SendError::NotConnected`].
     pub fn start(servers: Vec<Server>, settings: Settings, ping_interval: Duration) -> Link {
-        // A v7 id ends in 62 random bits: unique enough for a prefix of this process.
+        // A v7 id: a millisecond timestamp and 74 random bits, unique across the
+        // shards and the gateway's replicas.
         let mut inbox = format!("_INBOX.{}.", uuid::Uuid::now_v7().simple()).into_bytes();
         inbox.shrink_to_fit();
         let shared = Arc::new(Shared {
