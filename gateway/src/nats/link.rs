@@ -76,6 +76,7 @@ struct Shared {
     wake_writer: Notify,
     /// The writer sent everything it had.
     drained: Notify,
+    /// Written only while `state` is locked; read without it for readiness.
     connected: AtomicBool,
     /// `_INBOX.<random>.`: replies come to this prefix and a number.
     inbox: Vec<u8>,
@@ -85,7 +86,6 @@ struct State {
     out: Vec<u8>,
     waiting: HashMap<u64, oneshot::Sender<Reply>>,
     next: u64,
-    connected: bool,
     max_payload: usize,
 }
 
@@ -103,7 +103,6 @@ impl Link {
                 out: Vec::with_capacity(64 * 1024),
                 waiting: HashMap::new(),
                 next: 0,
-                connected: false,
                 max_payload: 0,
             }),
             wake_writer: Notify::new(),
@@ -134,7 +133,9 @@ impl Link {
     ) -> Result<Pending, SendError> {
         let shared = &self.shared;
         let mut state = shared.lock();
-        if !state.connected {
+        // Changed only under the lock: the connection cannot go between this check
+        // and the publish being queued (its end clears the queue).
+        if !shared.connected.load(Ordering::Relaxed) {
             return Err(SendError::NotConnected);
         }
         let id = state.next;
@@ -207,7 +208,6 @@ impl Shared {
 
     fn set_connected(&self, max_payload: usize) {
         let mut state = self.lock();
-        state.connected = true;
         state.max_payload = max_payload;
         self.connected.store(true, Ordering::Relaxed);
     }
@@ -215,7 +215,6 @@ impl Shared {
     /// Stops taking publishes and fails those waiting (their senders dropped).
     fn set_disconnected(&self) {
         let mut state = self.lock();
-        state.connected = false;
         self.connected.store(false, Ordering::Relaxed);
         state.out.clear();
         let waiting = std::mem::take(&mut state.waiting);

@@ -139,14 +139,23 @@ fn message(
         op,
         line: String::from_utf8_lossy(&line[..line.len().min(256)]).into_owned(),
     };
-    let fields: Vec<&[u8]> = line
+    // At most six fields: counted into an array, not collected (one per reply).
+    let mut fields: [&[u8]; 6] = [&[]; 6];
+    let mut count = 0;
+    for field in line
         .split(|b| *b == b' ' || *b == b'\t')
         .filter(|f| !f.is_empty())
-        .collect();
-    let (subject, sid, sizes) = match (headers, fields.len()) {
+    {
+        if count == fields.len() {
+            return Err(malformed());
+        }
+        fields[count] = field;
+        count += 1;
+    }
+    let (subject, sid, sizes) = match (headers, count) {
         (false, 4 | 5) | (true, 5 | 6) => {
             let sizes = if headers { 2 } else { 1 };
-            (fields[1], fields[2], &fields[fields.len() - sizes..])
+            (fields[1], fields[2], &fields[count - sizes..count])
         }
         _ => return Err(malformed()),
     };
@@ -392,6 +401,7 @@ mod tests {
             b"HMSG a 1 5 3\r\nabc\r\n",
             b"MSG a 1 2\r\nabcd\r\n",
             b"HELLO\r\n",
+            b"HMSG a 1 r 2 2 9\r\nab\r\n",
         ] {
             let mut buf = BytesMut::from(wire);
             assert!(
