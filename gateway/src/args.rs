@@ -98,7 +98,8 @@ pub struct Args {
     #[arg(long, env = "FANOUT_GATEWAY_IN_FLIGHT_WAIT", default_value = "100ms")]
     pub in_flight_wait: Duration,
 
-    /// How long to wait for JetStream's acknowledgement before answering 503.
+    /// How long to wait for JetStream's acknowledgement before answering 503 (the 503
+    /// comes at most an eighth of it later).
     #[arg(long, env = "FANOUT_GATEWAY_PUBLISH_TIMEOUT", default_value = "5s")]
     pub publish_timeout: Duration,
 

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use crate::cloudevents::{self, CloudEventError};
 use crate::config::Route;
 use crate::headers::{ForwardHeaders, InvalidHeaderValue};
+use crate::nats::headers::{Headers, LineBreak};
 
 pub use fanout_config::EVENT_ID_HEADER;
 /// JetStream's de-duplication header.
@@ -20,16 +21,9 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Longest event id accepted.
 pub const MAX_ID_LEN: usize = 256;
 
-// The names as values, made once: looking a header up or adding one by its text
-// parses (and for async-nats, copies) the name on every event.
+// Made once: looking a header up by its text parses the name on every event.
 const IDEMPOTENCY_KEY_NAME: HeaderName = HeaderName::from_static(IDEMPOTENCY_KEY);
-const STORED_CONTENT_TYPE: async_nats::HeaderName =
-    async_nats::HeaderName::from_static("Content-Type");
-const STORED_MSG_ID: async_nats::HeaderName = async_nats::HeaderName::from_static(MSG_ID_HEADER);
-const STORED_EVENT_ID: async_nats::HeaderName =
-    async_nats::HeaderName::from_static(EVENT_ID_HEADER);
-const STORED_EXPECTED_STREAM: async_nats::HeaderName =
-    async_nats::HeaderName::from_static(EXPECTED_STREAM_HEADER);
+const CONTENT_TYPE: &str = "Content-Type";
 
 /// Why an event id is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -55,12 +49,20 @@ pub enum EventError {
     Header(#[from] InvalidHeaderValue),
 }
 
+// Values with line breaks never get this far (the HTTP parser, `check_id` and the
+// configuration refuse them); should one, it is the header's problem all the same.
+impl From<LineBreak> for EventError {
+    fn from(e: LineBreak) -> Self {
+        EventError::Header(e.into())
+    }
+}
+
 /// A message ready to be published.
 #[derive(Clone, Debug)]
 pub struct Event {
     pub id: String,
     pub subject: String,
-    pub headers: async_nats::HeaderMap,
+    pub headers: Headers,
     pub payload: Bytes,
 }
 
@@ -144,16 +146,16 @@ pub fn single(
         }
         (None, None) => None,
     };
-    let mut headers = async_nats::HeaderMap::new();
+    let mut headers = Headers::new();
     if let Some(content_type) = request.get(header::CONTENT_TYPE) {
         let text = content_type.to_str().map_err(|_| InvalidHeaderValue {
-            name: "Content-Type".into(),
+            name: CONTENT_TYPE.into(),
         })?;
-        headers.insert(STORED_CONTENT_TYPE, text);
+        headers.append(CONTENT_TYPE, text)?;
     }
     forward.copy(request, &mut headers, true)?;
     route.forward.copy_listed(request, &mut headers)?;
-    Ok(finish(route, client_id, cloudevent.as_ref(), headers, body))
+    finish(route, client_id, cloudevent.as_ref(), headers, body)
 }
 
 /// One event of a batch: its id is the item's CloudEvent id, else
@@ -178,17 +180,17 @@ pub fn batch_item(
         }
         (None, None) => None,
     };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(STORED_CONTENT_TYPE, item.content_type);
+    let mut headers = Headers::new();
+    headers.append(CONTENT_TYPE, item.content_type)?;
     forward.copy(request, &mut headers, false)?;
     route.forward.copy_listed(request, &mut headers)?;
-    Ok(finish(
+    finish(
         route,
         client_id,
         item.cloudevent.as_ref(),
         headers,
         item.payload,
-    ))
+    )
 }
 
 /// Completes an event. An id the client chose (Idempotency-Key, CloudEvent id) is also
@@ -201,9 +203,9 @@ fn finish(
     route: &Route,
     client_id: Option<String>,
     cloudevent: Option<&cloudevents::Attributes>,
-    mut headers: async_nats::HeaderMap,
+    mut headers: Headers,
     payload: Bytes,
-) -> Event {
+) -> Result<Event, EventError> {
     let type_token: Cow<'_, str> = match cloudevent {
         Some(ce) => cloudevents::subject_token(&ce.event_type).into(),
         None => cloudevents::DEFAULT_TYPE_TOKEN.into(),
@@ -214,19 +216,19 @@ fn finish(
     subject.push_str(&type_token);
     let id = match client_id {
         Some(id) => {
-            headers.insert(STORED_MSG_ID, id.as_str());
+            headers.append(MSG_ID_HEADER, &id)?;
             id
         }
         None => new_id(),
     };
-    headers.insert(STORED_EVENT_ID, id.as_str());
-    headers.insert(STORED_EXPECTED_STREAM, route.stream.as_str());
-    Event {
+    headers.append(EVENT_ID_HEADER, &id)?;
+    headers.append(EXPECTED_STREAM_HEADER, &route.stream)?;
+    Ok(Event {
         subject,
         id,
         headers,
         payload,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -260,11 +262,7 @@ mod tests {
         ]);
         let event = single(&route(), &forward(), &request, Bytes::new()).unwrap();
         let values = |name: &str| -> Vec<String> {
-            event
-                .headers
-                .get_all(name)
-                .map(|v| v.as_str().to_string())
-                .collect()
+            event.headers.get_all(name).map(str::to_string).collect()
         };
         assert_eq!(values("X-Account-Kind"), ["customer"]);
         assert_eq!(values("X-Event-Type"), ["user.created"], "not stored twice");
@@ -295,12 +293,9 @@ mod tests {
         let event = single(&route(), &forward(), &request, Bytes::new()).unwrap();
         assert_eq!(event.id, "key-1");
         assert_eq!(event.subject, "fanout.in.shop.orders.order.placed");
-        assert_eq!(event.headers.get(MSG_ID_HEADER).unwrap().as_str(), "key-1");
-        assert_eq!(
-            event.headers.get(EVENT_ID_HEADER).unwrap().as_str(),
-            "key-1"
-        );
-        assert_eq!(event.headers.get("ce-id").unwrap().as_str(), "ce-1");
+        assert_eq!(event.headers.get(MSG_ID_HEADER), Some("key-1"));
+        assert_eq!(event.headers.get(EVENT_ID_HEADER), Some("key-1"));
+        assert_eq!(event.headers.get("ce-id"), Some("ce-1"));
     }
 
     #[test]
@@ -314,15 +309,15 @@ mod tests {
         );
         let event = single(&route(), &forward(), &request, body).unwrap();
         assert_eq!(event.id, "ce-9");
-        assert_eq!(event.headers.get(MSG_ID_HEADER).unwrap().as_str(), "ce-9");
+        assert_eq!(event.headers.get(MSG_ID_HEADER), Some("ce-9"));
         assert_eq!(event.subject, "fanout.in.shop.orders.user_created");
         assert_eq!(
-            event.headers.get("Content-Type").unwrap().as_str(),
-            "application/cloudevents+json; charset=utf-8"
+            event.headers.get("Content-Type"),
+            Some("application/cloudevents+json; charset=utf-8")
         );
         assert_eq!(
-            event.headers.get(EXPECTED_STREAM_HEADER).unwrap().as_str(),
-            "fanout_shop_orders"
+            event.headers.get(EXPECTED_STREAM_HEADER),
+            Some("fanout_shop_orders")
         );
     }
 
@@ -333,7 +328,7 @@ mod tests {
         let b = single(&route(), &forward(), &request, Bytes::from_static(b"x")).unwrap();
         assert_ne!(a.id, b.id);
         assert_eq!(uuid::Uuid::parse_str(&a.id).unwrap().get_version_num(), 7);
-        assert_eq!(a.headers.get(EVENT_ID_HEADER).unwrap().as_str(), a.id);
+        assert_eq!(a.headers.get(EVENT_ID_HEADER), Some(a.id.as_str()));
         // No retry can repeat a made-up id: no duplicate-table entry for it.
         assert!(a.headers.get(MSG_ID_HEADER).is_none());
         assert_eq!(a.subject, "fanout.in.shop.orders.event");
@@ -367,14 +362,8 @@ mod tests {
         };
         let event = batch_item(&route(), &forward(), &request, 3, item).unwrap();
         assert_eq!(event.id, "batch-7-3");
-        assert_eq!(
-            event.headers.get(MSG_ID_HEADER).unwrap().as_str(),
-            "batch-7-3"
-        );
+        assert_eq!(event.headers.get(MSG_ID_HEADER), Some("batch-7-3"));
         assert!(event.headers.get("ce-id").is_none());
-        assert_eq!(
-            event.headers.get("Content-Type").unwrap().as_str(),
-            "application/json"
-        );
+        assert_eq!(event.headers.get("Content-Type"), Some("application/json"));
     }
 }

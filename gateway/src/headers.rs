@@ -2,20 +2,17 @@
 //!
 //! Always: `Content-Type` (the event's own), `traceparent` and `tracestate` (W3C trace
 //! context), and for single events every `ce-*` header (binary-mode CloudEvent
-//! attributes). Besides those, an allow-list from `--forward-headers`.
+//! attributes). Besides those, an allow-list from `--forward-headers`, without the
+//! names the gateway or JetStream own (`Nats-*`, `Fanout-*`).
 
 use axum::http::{HeaderMap, HeaderName};
 
+use crate::nats::headers::{Headers, LineBreak};
+
 /// Trace context headers, always forwarded (stored under the same names).
-const TRACE_HEADERS: [(HeaderName, async_nats::HeaderName); 2] = [
-    (
-        HeaderName::from_static("traceparent"),
-        async_nats::HeaderName::from_static("traceparent"),
-    ),
-    (
-        HeaderName::from_static("tracestate"),
-        async_nats::HeaderName::from_static("tracestate"),
-    ),
+const TRACE_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
 ];
 
 /// A header name in the allow-list that is not a valid header name.
@@ -32,24 +29,37 @@ pub struct InvalidHeaderValue {
     pub name: String,
 }
 
-/// The configured allow-list: HTTP names to match, NATS names to store under (as
+impl From<LineBreak> for InvalidHeaderValue {
+    fn from(e: LineBreak) -> Self {
+        InvalidHeaderValue { name: e.name }
+    }
+}
+
+/// The configured allow-list: HTTP names to match, and the names to store under (as
 /// written in the flag, so `X-Event-Type` stays `X-Event-Type`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ForwardHeaders {
-    names: Vec<(HeaderName, async_nats::HeaderName)>,
+    names: Vec<(HeaderName, Box<str>)>,
 }
 
 impl ForwardHeaders {
     pub fn new(names: &[String]) -> Result<ForwardHeaders, InvalidHeaderName> {
         let mut parsed = Vec::new();
         for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-            let invalid = || InvalidHeaderName {
+            let http_name: HeaderName = name.parse().map_err(|_| InvalidHeaderName {
                 name: name.to_string(),
-            };
-            let http_name: HeaderName = name.parse().map_err(|_| invalid())?;
-            let nats_name: async_nats::HeaderName = name.parse().map_err(|_| invalid())?;
+            })?;
+            if is_owned(&http_name) {
+                // A route's list names what its targets filter on, and a filter on
+                // one of these sees the value the gateway stored: not an error.
+                tracing::debug!(
+                    header = name,
+                    "not forwarded: the gateway or JetStream sets it"
+                );
+                continue;
+            }
             if !parsed.iter().any(|(h, _)| *h == http_name) {
-                parsed.push((http_name, nats_name));
+                parsed.push((http_name, name.into()));
             }
         }
         Ok(ForwardHeaders { names: parsed })
@@ -60,58 +70,62 @@ impl ForwardHeaders {
     pub fn copy(
         &self,
         request: &HeaderMap,
-        event: &mut async_nats::HeaderMap,
+        event: &mut Headers,
         include_cloudevent_headers: bool,
     ) -> Result<(), InvalidHeaderValue> {
-        for (http_name, nats_name) in &TRACE_HEADERS {
-            copy_all(request, http_name, nats_name.clone(), event)?;
+        for name in &TRACE_HEADERS {
+            copy_all(request, name, name.as_str(), event)?;
         }
         self.copy_listed(request, event)?;
         if include_cloudevent_headers {
             for (name, _) in request.iter() {
                 let text = name.as_str();
-                if text.starts_with("ce-") && text.len() > 3 {
-                    // Each name once: copy_all takes every value of it.
-                    if event.get(text).is_none() {
-                        copy_all(request, name, text, event)?;
-                    }
+                // Each name once: copy_all takes every value of it.
+                if text.starts_with("ce-") && text.len() > 3 && !event.contains(text) {
+                    copy_all(request, name, text, event)?;
                 }
             }
         }
         Ok(())
     }
-}
 
-impl ForwardHeaders {
     /// Copies only the allow-listed headers; a header `event` already has (from
     /// another list) is not copied twice. Most requests carry few of the listed
-    /// headers, so the request is asked first: looking a name up in `event` costs a
-    /// copy of the name (async-nats takes names by value) and a hash.
+    /// headers, so the request is asked first.
     pub fn copy_listed(
         &self,
         request: &HeaderMap,
-        event: &mut async_nats::HeaderMap,
+        event: &mut Headers,
     ) -> Result<(), InvalidHeaderValue> {
-        for (http_name, nats_name) in &self.names {
-            if request.contains_key(http_name) && event.get(nats_name.clone()).is_none() {
-                copy_all(request, http_name, nats_name.clone(), event)?;
+        for (http_name, stored_name) in &self.names {
+            if request.contains_key(http_name) && !event.contains(stored_name) {
+                copy_all(request, http_name, stored_name, event)?;
             }
         }
         Ok(())
     }
 }
 
+/// Headers the gateway sets itself (`Fanout-Event-Id`) or that JetStream acts on
+/// (`Nats-Msg-Id`, `Nats-Expected-*`, `Nats-Rollup`, `Nats-TTL`...): taken from a
+/// request, they would let a producer forge an event's id or steer the stream.
+fn is_owned(name: &HeaderName) -> bool {
+    // HTTP header names are lower case once parsed.
+    let name = name.as_str();
+    name.starts_with("nats-") || name.starts_with("fanout-")
+}
+
 fn copy_all(
     request: &HeaderMap,
     http_name: &HeaderName,
-    nats_name: impl async_nats::header::IntoHeaderName + Clone,
-    event: &mut async_nats::HeaderMap,
+    stored_name: &str,
+    event: &mut Headers,
 ) -> Result<(), InvalidHeaderValue> {
     for value in request.get_all(http_name) {
         let text = value.to_str().map_err(|_| InvalidHeaderValue {
             name: http_name.to_string(),
         })?;
-        event.append(nats_name.clone(), text);
+        event.append(stored_name, text)?;
     }
     Ok(())
 }
@@ -135,25 +149,49 @@ mod tests {
     #[test]
     fn allow_listed_trace_and_cloudevent_headers_travel() {
         let forward = ForwardHeaders::new(&["X-Event-Type".into(), "X-Request-Id".into()]).unwrap();
-        let mut event = async_nats::HeaderMap::new();
+        let mut event = Headers::new();
         forward.copy(&request(), &mut event, true).unwrap();
-        assert_eq!(event.get("traceparent").unwrap().as_str(), "00-abc-def-01");
-        assert_eq!(event.get("X-Event-Type").unwrap().as_str(), "order.placed");
-        let ids: Vec<_> = event.get_all("X-Request-Id").map(|v| v.as_str()).collect();
+        assert_eq!(event.get("traceparent"), Some("00-abc-def-01"));
+        assert_eq!(event.get("X-Event-Type"), Some("order.placed"));
+        let ids: Vec<_> = event.get_all("X-Request-Id").collect();
         assert_eq!(ids, ["r1", "r2"]);
-        assert_eq!(event.get("ce-id").unwrap().as_str(), "e1");
+        assert_eq!(event.get("ce-id"), Some("e1"));
+        // Stored under the names as configured.
+        let names: Vec<_> = event.lines().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                "traceparent",
+                "X-Event-Type",
+                "X-Request-Id",
+                "X-Request-Id",
+                "ce-id"
+            ]
+        );
     }
 
     #[test]
     fn credentials_and_unlisted_headers_stay_behind() {
         let forward = ForwardHeaders::new(&["X-Event-Type".into()]).unwrap();
-        let mut event = async_nats::HeaderMap::new();
+        let mut event = Headers::new();
         forward.copy(&request(), &mut event, false).unwrap();
-        assert!(event.get("authorization").is_none());
-        assert!(event.get("Authorization").is_none());
-        assert!(event.get("cookie").is_none());
-        assert!(event.get("X-Request-Id").is_none());
-        assert!(event.get("ce-id").is_none(), "batches leave ce-* behind");
+        for name in ["authorization", "cookie", "X-Request-Id"] {
+            assert!(!event.contains(name), "{name}");
+        }
+        assert!(!event.contains("ce-id"), "batches leave ce-* behind");
+    }
+
+    #[test]
+    fn names_the_gateway_or_jetstream_own_are_never_forwarded() {
+        let listed = [
+            "Nats-Rollup",
+            "nats-msg-id",
+            "Fanout-Event-Id",
+            "X-Event-Type",
+        ];
+        let forward = ForwardHeaders::new(&listed.map(String::from)).unwrap();
+        let names: Vec<&str> = forward.names.iter().map(|(_, n)| &**n).collect();
+        assert_eq!(names, ["X-Event-Type"]);
     }
 
     #[test]

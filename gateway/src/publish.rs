@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::event::Event;
 use crate::nats::protocol::InvalidSubject;
-use crate::nats::{self, Link, Lost, SendError};
+use crate::nats::{self, Link, NoReply, SendError};
 use crate::problem::{Problem, ProblemKind};
 
 /// Seconds a client is asked to wait after a 503.
@@ -59,7 +59,7 @@ pub enum PublishError {
     #[error("JetStream refused the event: {0}")]
     Rejected(#[source] Refusal),
     #[error("the connection to NATS failed while publishing; retry with the same Idempotency-Key")]
-    Connection(#[source] Lost),
+    Connection,
 }
 
 /// Why JetStream's answer is not an acknowledgement, or the event could not be sent.
@@ -79,9 +79,7 @@ impl From<&PublishError> for Problem {
     fn from(e: &PublishError) -> Self {
         let detail = e.to_string();
         match e {
-            PublishError::NotConnected
-            | PublishError::TimedOut(_)
-            | PublishError::Connection(_) => {
+            PublishError::NotConnected | PublishError::TimedOut(_) | PublishError::Connection => {
                 Problem::new(ProblemKind::Unavailable, detail).retry_after(RETRY_AFTER_UNAVAILABLE)
             }
             PublishError::StreamMissing { .. } => Problem::new(ProblemKind::Unavailable, detail)
@@ -266,10 +264,11 @@ fn send_error(e: SendError) -> PublishError {
 impl Pending<'_> {
     /// Waits for the acknowledgement: only `Ok` means the event is stored.
     pub async fn stored(self) -> Result<Stored, PublishError> {
-        let reply = match tokio::time::timeout(self.ack_timeout, self.reply).await {
-            Err(_) => return Err(PublishError::TimedOut(self.ack_timeout)),
-            Ok(Err(lost)) => return Err(PublishError::Connection(lost)),
-            Ok(Ok(reply)) => reply,
+        // The link times the wait out (`--publish-timeout`).
+        let reply = match self.reply.await {
+            Ok(reply) => reply,
+            Err(NoReply::TimedOut(_)) => return Err(PublishError::TimedOut(self.ack_timeout)),
+            Err(NoReply::Lost) => return Err(PublishError::Connection),
         };
         // No responders: nothing stores the subject.
         if reply.status == Some(503) {

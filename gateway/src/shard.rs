@@ -147,7 +147,7 @@ async fn serve(
     started: oneshot::Sender<Result<(), StartError>>,
 ) -> Result<(), ShutdownError> {
     // Connect on this thread, so that the connection's task runs on this runtime.
-    let link = shared.nats.start();
+    let link = shared.nats.start(shared.ack_timeout);
     shared.connections.add(link.clone());
     let publisher = Publisher::new(
         link,
@@ -202,12 +202,13 @@ impl NatsLink {
     }
 
     /// Connects in the background: the shard serves, and answers 503, until NATS is
-    /// reachable.
-    fn start(&self) -> Link {
+    /// reachable. A publish not acknowledged within `ack_timeout` fails.
+    fn start(&self, ack_timeout: Duration) -> Link {
         Link::start(
             self.servers.clone(),
             self.settings.clone(),
             self.ping_interval,
+            ack_timeout,
         )
     }
 }

@@ -71,9 +71,11 @@ impl RequestSpan {
                 KeyValue::new("fanout.stream", stream.to_string()),
             ]);
         let span = self.tracer.build_with_context(builder, &self.context);
-        event
-            .headers
-            .insert("traceparent", context::format(span.span_context()).as_str());
+        // The producer's, if any, is replaced. Hex digits and dashes: never refused.
+        let traceparent = context::format(span.span_context());
+        if event.headers.set("traceparent", &traceparent).is_err() {
+            tracing::debug!("a traceparent with a line break was not stored");
+        }
         PublishSpan { span }
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use fanout_gateway::nats::Link;
+use fanout_gateway::nats::{Headers, Link};
 use fanout_process::nats::NatsArgs;
 
 use crate::jetstream::{ACK_TIMEOUT, PREFIX, STREAM, closed_loops, on_shard_threads, stored};
@@ -31,7 +31,7 @@ pub fn publish_like_shards(
     let (servers, settings) = fanout_gateway::nats::settings(&args, "gateway-bench").unwrap();
     let payload = payload.clone();
     on_shard_threads(shards, warmup, duration, move |start, end| async move {
-        let link = Link::start(servers, settings, Duration::from_secs(10));
+        let link = Link::start(servers, settings, Duration::from_secs(10), ACK_TIMEOUT);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !link.is_connected() {
             assert!(
@@ -42,14 +42,15 @@ pub fn publish_like_shards(
         }
         let subject = format!("{PREFIX}.event");
         closed_loops(per_shard, start, end, async || {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Content-Type", "application/json");
-            headers.insert("Fanout-Event-Id", uuid::Uuid::now_v7().to_string().as_str());
-            headers.insert("Nats-Expected-Stream", STREAM);
+            let mut headers = Headers::new();
+            headers.append("Content-Type", "application/json").unwrap();
+            let id = uuid::Uuid::now_v7().to_string();
+            headers.append("Fanout-Event-Id", &id).unwrap();
+            headers.append("Nats-Expected-Stream", STREAM).unwrap();
             let Ok(pending) = link.request(&subject, &headers, &payload) else {
                 return false;
             };
-            matches!(tokio::time::timeout(ACK_TIMEOUT, pending).await, Ok(Ok(reply)) if reply.status.is_none() && stored(&reply.payload))
+            matches!(pending.await, Ok(reply) if reply.status.is_none() && stored(&reply.payload))
         })
         .await
     })

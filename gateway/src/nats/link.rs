@@ -4,20 +4,25 @@
 //! up in the background: lost, it fails every publish waiting on it (their events may
 //! or may not be stored: the client retries with its Idempotency-Key) and moves to the
 //! next server.
+//!
+//! Publishes waiting for their reply are kept in the order sent, where their number
+//! finds them, and a sweep several times per reply timeout fails those that waited
+//! too long: no timer, channel or hash per publish.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 use super::handshake::{self, Connected, Io, Server, Settings};
+use super::headers::Headers;
 use super::protocol::{self, InvalidSubject, Msg, ProtocolError, ServerOp};
 
 /// The subscription id of the replies.
@@ -41,10 +46,17 @@ pub enum SendError {
     Invalid(#[from] InvalidSubject),
 }
 
-/// The connection was lost before the reply came.
-#[derive(Debug, thiserror::Error)]
-#[error("the connection to NATS was lost before the reply came")]
-pub struct Lost;
+/// Why a publish got no reply.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+pub enum NoReply {
+    #[error("the connection to NATS was lost before the reply came")]
+    Lost,
+    #[error("no reply came within {0:?}")]
+    TimedOut(Duration),
+}
+
+/// Sweeps per reply timeout: a publish fails between the timeout and an eighth more.
+const SWEEPS_PER_TIMEOUT: u32 = 8;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -84,16 +96,36 @@ struct Shared {
 
 struct State {
     out: Vec<u8>,
-    waiting: HashMap<u64, oneshot::Sender<Reply>>,
-    next: u64,
+    /// Publishes sent and not yet finished with, oldest first: `waiting[i]` is
+    /// publish number `first + i`.
+    waiting: VecDeque<Slot>,
+    first: u64,
+    /// Sweeps so far: a publish remembers the count it was sent at.
+    sweeps: u32,
     max_payload: usize,
+}
+
+/// Where a publish stands.
+enum Slot {
+    /// Sent at sweep `sweep`; `waker` is told when the reply comes.
+    Waiting { sweep: u32, waker: Option<Waker> },
+    /// Its reply (or why none came), not yet taken.
+    Answered(Result<Reply, NoReply>),
+    /// Taken, or no longer waited for.
+    Finished,
 }
 
 impl Link {
     /// Starts keeping a connection to one of `servers` on the current runtime, and
     /// returns at once: until it connects, every publish is refused with
-    /// [`SendError::NotConnected`].
-    pub fn start(servers: Vec<Server>, settings: Settings, ping_interval: Duration) -> Link {
+    /// [`SendError::NotConnected`]. A publish whose reply has not come within
+    /// `reply_timeout` fails with [`NoReply::TimedOut`].
+    pub fn start(
+        servers: Vec<Server>,
+        settings: Settings,
+        ping_interval: Duration,
+        reply_timeout: Duration,
+    ) -> Link {
         // A v7 id: a millisecond timestamp and 74 random bits, unique across the
         // shards and the gateway's replicas.
         let mut inbox = format!("_INBOX.{}.", uuid::Uuid::now_v7().simple()).into_bytes();
@@ -101,8 +133,9 @@ impl Link {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 out: Vec::with_capacity(64 * 1024),
-                waiting: HashMap::new(),
-                next: 0,
+                waiting: VecDeque::new(),
+                first: 0,
+                sweeps: 0,
                 max_payload: 0,
             }),
             wake_writer: Notify::new(),
@@ -116,6 +149,7 @@ impl Link {
             settings,
             ping_interval,
         ));
+        tokio::spawn(sweep(shared.clone(), reply_timeout));
         Link { shared }
     }
 
@@ -128,7 +162,7 @@ impl Link {
     pub fn request(
         &self,
         subject: &str,
-        headers: &async_nats::HeaderMap,
+        headers: &Headers,
         payload: &[u8],
     ) -> Result<Pending, SendError> {
         let shared = &self.shared;
@@ -138,8 +172,7 @@ impl Link {
         if !shared.connected.load(Ordering::Relaxed) {
             return Err(SendError::NotConnected);
         }
-        let id = state.next;
-        state.next += 1;
+        let id = state.first + state.waiting.len() as u64;
         let mut reply = [0u8; 96];
         let reply = reply_subject(&mut reply, &shared.inbox, id);
         let was_empty = state.out.is_empty();
@@ -152,15 +185,16 @@ impl Link {
                 max: state.max_payload,
             });
         }
-        let (tx, rx) = oneshot::channel();
-        state.waiting.insert(id, tx);
+        let sweep = state.sweeps;
+        state
+            .waiting
+            .push_back(Slot::Waiting { sweep, waker: None });
         drop(state);
         if was_empty {
             shared.wake_writer.notify_one();
         }
         Ok(Pending {
             id,
-            rx,
             shared: shared.clone(),
             done: false,
         })
@@ -212,14 +246,24 @@ impl Shared {
         self.connected.store(true, Ordering::Relaxed);
     }
 
-    /// Stops taking publishes and fails those waiting (their senders dropped).
+    /// Stops taking publishes and fails those waiting.
     fn set_disconnected(&self) {
         let mut state = self.lock();
         self.connected.store(false, Ordering::Relaxed);
         state.out.clear();
-        let waiting = std::mem::take(&mut state.waiting);
+        let woken = state.answer_waiting(None, NoReply::Lost);
         drop(state);
-        drop(waiting);
+        woken.into_iter().for_each(Waker::wake);
+    }
+
+    /// Counts a sweep and fails the publishes that have waited `reply_timeout`.
+    fn sweep(&self, reply_timeout: Duration) {
+        let mut state = self.lock();
+        state.sweeps = state.sweeps.wrapping_add(1);
+        let woken =
+            state.answer_waiting(Some(SWEEPS_PER_TIMEOUT), NoReply::TimedOut(reply_timeout));
+        drop(state);
+        woken.into_iter().for_each(Waker::wake);
     }
 
     fn deliver(&self, msg: Msg) {
@@ -230,40 +274,115 @@ impl Shared {
         else {
             return;
         };
-        let waiter = self.lock().waiting.remove(&id);
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(Reply {
-                status: msg.status,
-                payload: msg.payload,
-            });
+        let mut state = self.lock();
+        // A reply that comes after its publish timed out finds it finished.
+        let Some(slot) = state.slot(id) else {
+            return;
+        };
+        let Slot::Waiting { waker, .. } = slot else {
+            return;
+        };
+        let waker = waker.take();
+        *slot = Slot::Answered(Ok(Reply {
+            status: msg.status,
+            payload: msg.payload,
+        }));
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
 
-/// A publish waiting for its reply. Dropped early (a timeout, a client gone), it
-/// stops waiting.
+impl State {
+    fn slot(&mut self, id: u64) -> Option<&mut Slot> {
+        let index = usize::try_from(id.checked_sub(self.first)?).ok()?;
+        self.waiting.get_mut(index)
+    }
+
+    /// Forgets the finished publishes at the front.
+    fn trim(&mut self) {
+        while matches!(self.waiting.front(), Some(Slot::Finished)) {
+            self.waiting.pop_front();
+            self.first += 1;
+        }
+    }
+
+    /// Answers `why` to the publishes waiting since more than `sweeps` sweeps ago
+    /// (to all that wait, for `None`), and returns their wakers, to be woken once the
+    /// state is unlocked.
+    fn answer_waiting(&mut self, sweeps: Option<u32>, why: NoReply) -> Vec<Waker> {
+        let now = self.sweeps;
+        let mut woken = Vec::new();
+        for slot in &mut self.waiting {
+            let Slot::Waiting { sweep, waker } = slot else {
+                continue;
+            };
+            // Those after it were sent later still.
+            if sweeps.is_some_and(|sweeps| now.wrapping_sub(*sweep) <= sweeps) {
+                break;
+            }
+            woken.extend(waker.take());
+            *slot = Slot::Answered(Err(why));
+        }
+        woken
+    }
+}
+
+/// A publish waiting for its reply. Dropped early (a client gone), it stops waiting.
 pub struct Pending {
     id: u64,
-    rx: oneshot::Receiver<Reply>,
     shared: Arc<Shared>,
     done: bool,
 }
 
 impl Future for Pending {
-    type Output = Result<Reply, Lost>;
+    type Output = Result<Reply, NoReply>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        let mut state = self.shared.lock();
+        let answer = match state.slot(self.id) {
+            Some(Slot::Waiting { waker, .. }) => {
+                match waker {
+                    Some(known) if known.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+            Some(slot) => match std::mem::replace(slot, Slot::Finished) {
+                Slot::Answered(answer) => answer,
+                // Taken already: not polled again after Ready.
+                _ => Err(NoReply::Lost),
+            },
+            None => Err(NoReply::Lost),
+        };
+        state.trim();
+        drop(state);
         self.done = true;
-        Poll::Ready(result.map_err(|_| Lost))
+        Poll::Ready(answer)
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.lock().waiting.remove(&self.id);
+            let mut state = self.shared.lock();
+            if let Some(slot) = state.slot(self.id) {
+                *slot = Slot::Finished;
+            }
+            state.trim();
         }
+    }
+}
+
+/// Fails, several times per `reply_timeout`, the publishes that waited that long.
+async fn sweep(shared: Arc<Shared>, reply_timeout: Duration) {
+    let every = (reply_timeout / SWEEPS_PER_TIMEOUT).max(Duration::from_millis(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        shared.sweep(reply_timeout);
     }
 }
 
@@ -435,7 +554,156 @@ fn learn_servers(servers: &mut Vec<Server>, announced: &[String], from: &Server)
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
     use super::*;
+
+    /// A link that is connected to nothing: what is sent stays in its buffer, and
+    /// the test plays the server's part.
+    fn connected() -> Link {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                out: Vec::new(),
+                waiting: VecDeque::new(),
+                first: 0,
+                sweeps: 0,
+                max_payload: 1 << 20,
+            }),
+            wake_writer: Notify::new(),
+            drained: Notify::new(),
+            connected: AtomicBool::new(true),
+            inbox: b"_INBOX.t.".to_vec(),
+        });
+        Link { shared }
+    }
+
+    fn send(link: &Link) -> Pending {
+        link.request("in.orders", &Headers::new(), b"{}").unwrap()
+    }
+
+    fn reply(link: &Link, id: u64, payload: &'static str) {
+        link.shared.deliver(Msg {
+            subject: Bytes::from(format!("_INBOX.t.{id}")),
+            sid: REPLIES,
+            status: None,
+            payload: Bytes::from_static(payload.as_bytes()),
+        });
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counted(AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn poll(pending: &mut Pending, waker: &Arc<Counted>) -> Poll<Result<Reply, NoReply>> {
+        let waker = Waker::from(waker.clone());
+        Pin::new(pending).poll(&mut Context::from_waker(&waker))
+    }
+
+    fn waiting(link: &Link) -> usize {
+        link.shared.lock().waiting.len()
+    }
+
+    #[test]
+    fn replies_find_their_publish_in_any_order_and_wake_it() {
+        let link = connected();
+        let (mut a, mut b) = (send(&link), send(&link));
+        let (wa, wb) = (Arc::new(Counted::default()), Arc::new(Counted::default()));
+        assert!(poll(&mut a, &wa).is_pending());
+        assert!(poll(&mut b, &wb).is_pending());
+        reply(&link, 1, "second");
+        assert_eq!(wb.0.load(Ordering::Relaxed), 1);
+        assert_eq!(wa.0.load(Ordering::Relaxed), 0);
+        let Poll::Ready(Ok(got)) = poll(&mut b, &wb) else {
+            panic!("b has its reply")
+        };
+        assert_eq!(got.payload, "second");
+        // The first publish still waits: nothing is forgotten before it.
+        assert_eq!(waiting(&link), 2);
+        reply(&link, 0, "first");
+        let Poll::Ready(Ok(got)) = poll(&mut a, &wa) else {
+            panic!("a has its reply")
+        };
+        assert_eq!(got.payload, "first");
+        assert_eq!(waiting(&link), 0, "both finished: forgotten");
+        // A reply to nothing (late, or not ours) changes nothing.
+        reply(&link, 0, "again");
+        reply(&link, 99, "unknown");
+        assert_eq!(waiting(&link), 0);
+    }
+
+    #[test]
+    fn a_publish_dropped_before_its_reply_is_forgotten() {
+        let link = connected();
+        let mut a = send(&link);
+        let b = send(&link);
+        drop(b);
+        assert_eq!(waiting(&link), 2, "kept until the one before it finishes");
+        reply(&link, 1, "late");
+        reply(&link, 0, "a");
+        assert!(matches!(poll(&mut a, &Arc::default()), Poll::Ready(Ok(_))));
+        assert_eq!(waiting(&link), 0);
+        // Dropped first in line, it is forgotten at once.
+        drop(send(&link));
+        assert_eq!(waiting(&link), 0);
+    }
+
+    #[test]
+    fn a_publish_times_out_after_the_sweeps_of_one_timeout_not_before() {
+        let link = connected();
+        let timeout = Duration::from_secs(5);
+        let mut old = send(&link);
+        let waker = Arc::new(Counted::default());
+        assert!(poll(&mut old, &waker).is_pending());
+        link.shared.sweep(timeout);
+        let mut young = send(&link);
+        for _ in 1..SWEEPS_PER_TIMEOUT {
+            link.shared.sweep(timeout);
+        }
+        // Sent before the first sweep, it may have waited just under the timeout.
+        assert!(poll(&mut old, &waker).is_pending());
+        link.shared.sweep(timeout);
+        assert_eq!(waker.0.load(Ordering::Relaxed), 1);
+        assert!(matches!(
+            poll(&mut old, &waker),
+            Poll::Ready(Err(NoReply::TimedOut(t))) if t == timeout
+        ));
+        assert!(poll(&mut young, &Arc::default()).is_pending());
+        link.shared.sweep(timeout);
+        assert!(matches!(
+            poll(&mut young, &Arc::default()),
+            Poll::Ready(Err(NoReply::TimedOut(_)))
+        ));
+        // Its reply, when it comes at last, finds it finished.
+        reply(&link, 0, "late");
+        assert_eq!(waiting(&link), 0);
+    }
+
+    #[test]
+    fn a_lost_connection_fails_every_waiting_publish_at_once() {
+        let link = connected();
+        let mut pending: Vec<Pending> = (0..3).map(|_| send(&link)).collect();
+        let waker = Arc::new(Counted::default());
+        for p in &mut pending {
+            assert!(poll(p, &waker).is_pending());
+        }
+        link.shared.set_disconnected();
+        assert_eq!(waker.0.load(Ordering::Relaxed), 3);
+        for p in &mut pending {
+            assert!(matches!(poll(p, &waker), Poll::Ready(Err(NoReply::Lost))));
+        }
+        assert!(matches!(
+            link.request("in.orders", &Headers::new(), b"{}"),
+            Err(SendError::NotConnected)
+        ));
+        assert!(link.shared.lock().out.is_empty());
+    }
 
     #[test]
     fn a_reply_subject_is_the_inbox_and_the_number() {

@@ -11,12 +11,14 @@
 //! (docs/benchmarks.md, "A publish path of its own").
 //!
 //! - [`protocol`]: the bytes on the wire.
+//! - [`headers`]: a message's headers, kept as the lines they are sent as.
 //! - [`credentials`]: token and `.creds` files, the nonce signed.
 //! - [`handshake`]: one server: TCP, `INFO`, TLS, `CONNECT`, `SUB`.
 //! - [`link`]: a shard's connection, kept up, and the replies matched to publishes.
 
 pub mod credentials;
 pub mod handshake;
+pub mod headers;
 pub mod link;
 pub mod protocol;
 
@@ -25,7 +27,8 @@ use std::time::Duration;
 use fanout_process::nats::NatsArgs;
 
 pub use handshake::Server;
-pub use link::{Link, Lost, Pending, Reply, SendError};
+pub use headers::Headers;
+pub use link::{Link, NoReply, Pending, Reply, SendError};
 
 use credentials::{Auth, CredentialsError};
 use handshake::{Settings, Tls, TlsFileError, UrlError};

@@ -5,6 +5,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
 
+use super::headers::Headers;
+
 /// The longest control line accepted from a server (an `INFO` with a long list of
 /// cluster URLs is the longest a server sends).
 const MAX_CONTROL_LINE: usize = 64 * 1024;
@@ -236,21 +238,14 @@ pub fn hpub(
     out: &mut Vec<u8>,
     subject: &str,
     reply: &[u8],
-    headers: &async_nats::HeaderMap,
+    headers: &Headers,
     payload: &[u8],
 ) -> Result<usize, InvalidSubject> {
     if !is_token(subject.as_bytes()) {
         return Err(InvalidSubject(subject.to_string()));
     }
-    // async-nats' header names and values refuse line breaks when they are made.
-    let mut header_len = b"NATS/1.0\r\n\r\n".len();
-    for (name, values) in headers.iter() {
-        let name: &[u8] = name.as_ref();
-        for value in values {
-            let value: &[u8] = value.as_ref();
-            header_len += name.len() + 2 + value.len() + 2;
-        }
-    }
+    let lines = headers.as_bytes();
+    let header_len = b"NATS/1.0\r\n".len() + lines.len() + b"\r\n".len();
     let total = header_len + payload.len();
     out.reserve(subject.len() + reply.len() + 32 + total);
     out.extend_from_slice(b"HPUB ");
@@ -262,14 +257,7 @@ pub fn hpub(
     out.push(b' ');
     write_number(out, total as u64);
     out.extend_from_slice(b"\r\nNATS/1.0\r\n");
-    for (name, values) in headers.iter() {
-        for value in values {
-            out.extend_from_slice(name.as_ref());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_ref());
-            out.extend_from_slice(b"\r\n");
-        }
-    }
+    out.extend_from_slice(lines);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
@@ -421,8 +409,8 @@ mod tests {
 
     #[test]
     fn a_publish_is_written_with_its_headers_and_sizes() {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Fanout-Event-Id", "e1");
+        let mut headers = Headers::new();
+        headers.append("Fanout-Event-Id", "e1").unwrap();
         let mut out = Vec::new();
         let size = hpub(&mut out, "in.orders", b"_INBOX.x.5", &headers, b"{}").unwrap();
         let expected =
@@ -437,7 +425,7 @@ mod tests {
     #[test]
     fn a_subject_that_would_break_the_line_is_refused() {
         let mut out = Vec::new();
-        let plain = async_nats::HeaderMap::new();
+        let plain = Headers::new();
         for subject in ["", "in orders", "in.orders\r\nPUB x 1"] {
             assert!(
                 hpub(&mut out, subject, b"r", &plain, b"").is_err(),

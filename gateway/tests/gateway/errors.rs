@@ -336,3 +336,48 @@ async fn exhausted_in_flight_limit_is_503_busy_instead_of_queueing() {
     let stored = h.stored("fanout_shop_orders").await;
     assert_eq!(stored.len(), 1);
 }
+
+/// A nats-server that keeps the connection but stops answering: the event gets 503
+/// once `--publish-timeout` has passed (not sooner), saying it may be stored, and
+/// the client's retry with the same Idempotency-Key, once NATS answers again, stores
+/// it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_not_acknowledged_in_time_is_503_and_its_retry_stores_it_once() {
+    let h = Harness::with(
+        Setup::default()
+            .flag("publish-timeout", "1s")
+            // The connection is not given up on for unanswered PINGs meanwhile.
+            .flag("nats-ping-interval", "60s"),
+    )
+    .await;
+    let key = [("idempotency-key", "order-7")];
+    let frozen = crate::support::Frozen::stop(&h.nats);
+    let asked = std::time::Instant::now();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(30),
+        h.send_event(&key, r#"{"order":7}"#),
+    )
+    .await
+    .expect("no answer within 30 s: the publish timeout never fired");
+    let waited = asked.elapsed();
+    drop(frozen);
+    let problem = reply.problem(503);
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("did not acknowledge the event within 1s")
+            && detail.contains("same Idempotency-Key"),
+        "{detail}"
+    );
+    assert!(reply.header("retry-after").is_some());
+    assert!(
+        waited >= Duration::from_secs(1),
+        "answered after {waited:?}, before the publish timeout"
+    );
+
+    // The frozen server may have stored it on waking up; either way, once.
+    let reply = h.send_event(&key, r#"{"order":7}"#).await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    assert_eq!(reply.json()["id"], "order-7");
+    let stored = h.stored("fanout_shop_orders").await;
+    assert_eq!(stored.len(), 1, "stored once");
+}

@@ -168,3 +168,39 @@ async fn invalid_cloudevents_and_ids_are_400_and_not_stored() {
 
     assert!(h.stored("fanout_shop_orders").await.is_empty());
 }
+
+/// A producer cannot steer JetStream or forge the event's id through a forwarded
+/// header: names the gateway sets or JetStream acts on (`Nats-*`, `Fanout-*`) are
+/// never taken from a request, even when listed in `--forward-headers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_the_gateway_or_jetstream_own_are_never_forwarded() {
+    let h = Harness::with(crate::support::Setup::default().flag(
+        "forward-headers",
+        "X-Event-Type,Nats-Expected-Last-Sequence,Nats-Msg-Id,Fanout-Event-Id",
+    ))
+    .await;
+    let reply = h
+        .send_event(
+            &[
+                ("x-event-type", "order.placed"),
+                // Forwarded, JetStream would refuse the event (the stream is empty).
+                ("nats-expected-last-sequence", "999"),
+                ("nats-msg-id", "forged-dedupe-id"),
+                ("fanout-event-id", "forged-id"),
+            ],
+            r#"{"order":43}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    assert_ne!(id, "forged-id");
+
+    let stored = h.stored("fanout_shop_orders").await;
+    assert_eq!(stored.len(), 1);
+    let message = &stored[0];
+    assert_eq!(stored_header(message, "X-Event-Type"), Some("order.placed"));
+    assert_eq!(stored_header(message, "Fanout-Event-Id"), Some(id.as_str()));
+    assert_eq!(stored_header(message, "Nats-Msg-Id"), None);
+    assert_eq!(stored_header(message, "Nats-Expected-Last-Sequence"), None);
+    assert_eq!(message.headers.get_all("Fanout-Event-Id").count(), 1);
+}
