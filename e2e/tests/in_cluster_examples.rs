@@ -20,6 +20,8 @@ use fanout_testkit::node;
 use fanout_testkit::target::{Received, Reply, TargetServer};
 use fanout_testkit::{wait, webhooks};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
 use support::{Cluster, Release, T, values};
 
 const NATS_TOKEN_SECRET: &str = "nats-token";
@@ -47,19 +49,44 @@ stringData: {{token: {token}}}
 /// pod runs the current template.
 async fn wait_for_rollout(cluster: &Cluster, ns: &str, route: &str) {
     let deployments = cluster.api::<Deployment>(ns);
+    let pods = cluster.api::<Pod>(ns);
     wait::until(&format!("{route}'s dispatchers rolled out"), T, || async {
         let d = deployments
             .get(&format!("{route}-dispatcher"))
             .await
             .map_err(|e| e.to_string())?;
         let generation = d.metadata.generation.unwrap_or(0);
-        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        let s = d.status.ok_or("no status")?;
+        let spec = d.spec.as_ref().ok_or("no spec")?;
+        let want = spec.replicas.unwrap_or(0);
+        let s = d.status.as_ref().ok_or("no status")?;
         let done = s.observed_generation == Some(generation)
             && s.updated_replicas == Some(want)
             && s.replicas == Some(want)
             && s.ready_replicas == Some(want);
-        if done { Ok(()) } else { Err(format!("{s:?}")) }
+        if !done {
+            return Err(format!("{s:?}"));
+        }
+        // The status stops counting an old pod once it is being deleted, but the pod
+        // consumes until its kubelet has stopped it: the rollout is over when no
+        // more pods than wanted are left.
+        let selector = spec
+            .selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let listed = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        let left = listed.items.len();
+        if left == usize::try_from(want).unwrap_or(0) {
+            Ok(())
+        } else {
+            Err(format!("{left} pods left, {want} wanted"))
+        }
     })
     .await
     .unwrap();
