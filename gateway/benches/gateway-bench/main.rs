@@ -37,7 +37,8 @@
 //! (their gateways measured in the same rounds, (c) and (d) beside this build's: a
 //! change's before and after under the same conditions), `BENCH_PAIRED=<runs>` (the
 //! first two of them under load at the same time, half the connections each: their
-//! CPU per event over the same seconds).
+//! CPU per event over the same seconds, then their latency at half of (e)'s rate
+//! each).
 
 mod jetstream;
 mod load;
@@ -732,6 +733,37 @@ async fn paired(
             median(ratios.iter().copied()),
             lowest(ratios.iter().copied()),
             ratios.iter().copied().fold(f64::MIN, f64::max)
+        );
+    }
+    // Latency the same way: each at half of (e)'s fixed rate over the same seconds,
+    // so that the machine's drift between phases does not pass for a change.
+    let mut differences = Vec::new();
+    for run in 1..=runs {
+        let (mut a, mut b) = tokio::join!(
+            load::open_loop(first_target, half, FIXED_RATE / 2.0, seconds),
+            load::open_loop(second_target, half, FIXED_RATE / 2.0, seconds),
+        );
+        let (a50, a99, b50, b99) = (
+            a.latency_ms(0.5),
+            a.latency_ms(0.99),
+            b.latency_ms(0.5),
+            b.latency_ms(0.99),
+        );
+        differences.push((b50 - a50, b99 - a99));
+        println!(
+            "paired latency run {run}, {:.0}/s each: {first} p50 {a50:.2} ms, p99 {a99:.2} ms; {second} p50 {b50:.2} ms, p99 {b99:.2} ms",
+            FIXED_RATE / 2.0
+        );
+    }
+    if !differences.is_empty() {
+        let p50 = differences.iter().map(|d| d.0);
+        let p99 = differences.iter().map(|d| d.1);
+        println!(
+            "paired latency, {runs} runs: {second} minus {first}, median p50 {:+.3} ms, median p99 {:+.3} ms (p99 lowest {:+.3}, highest {:+.3})",
+            median(p50),
+            median(p99.clone()),
+            lowest(p99.clone()),
+            p99.fold(f64::MIN, f64::max)
         );
     }
 }
