@@ -124,7 +124,6 @@ pub struct Publisher {
     link: Link,
     in_flight: InFlight,
     permit_wait: Duration,
-    ack_timeout: Duration,
     /// This shard's publish latencies.
     latency: Histogram,
 }
@@ -142,24 +141,16 @@ pub struct Pending<'a> {
     stream: &'a str,
     subject: String,
     started: Instant,
-    ack_timeout: Duration,
     latency: Histogram,
     _permit: Permit,
 }
 
 impl Publisher {
-    pub fn new(
-        link: Link,
-        in_flight: InFlight,
-        permit_wait: Duration,
-        ack_timeout: Duration,
-        latency: Histogram,
-    ) -> Self {
+    pub fn new(link: Link, in_flight: InFlight, permit_wait: Duration, latency: Histogram) -> Self {
         Publisher {
             link,
             in_flight,
             permit_wait,
-            ack_timeout,
             latency,
         }
     }
@@ -233,7 +224,6 @@ impl Publisher {
             stream,
             subject: event.subject,
             started,
-            ack_timeout: self.ack_timeout,
             latency: self.latency.clone(),
             _permit: permit,
         })
@@ -267,7 +257,7 @@ impl Pending<'_> {
         // The link times the wait out (`--publish-timeout`).
         let reply = match self.reply.await {
             Ok(reply) => reply,
-            Err(NoReply::TimedOut(_)) => return Err(PublishError::TimedOut(self.ack_timeout)),
+            Err(NoReply::TimedOut(waited)) => return Err(PublishError::TimedOut(waited)),
             Err(NoReply::Lost) => return Err(PublishError::Connection),
         };
         // No responders: nothing stores the subject.

@@ -153,7 +153,6 @@ async fn serve(
         link,
         shared.in_flight,
         shared.permit_wait,
-        shared.ack_timeout,
         shared.metrics.publish_latency(index),
     );
     let state = Arc::new(AppState {
