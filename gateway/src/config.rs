@@ -198,7 +198,7 @@ fn load_route(route: &GatewayRoute, missing: MissingTokenFile) -> Result<Route, 
         allow_unauthenticated: route.allow_unauthenticated,
         tokens_pending: route.tokens_pending || !absent_token_files.is_empty(),
         absent_token_files,
-        forward: ForwardHeaders::new(&route.forward_headers).map_err(|source| {
+        forward: ForwardHeaders::for_route(&route.forward_headers).map_err(|source| {
             ConfigError::ForwardHeader {
                 route: label.clone(),
                 source,

@@ -247,7 +247,7 @@ mod tests {
             tokens_pending: false,
             absent_token_files: Vec::new(),
             // What a route whose targets filter on these headers is rendered with.
-            forward: ForwardHeaders::new(&["X-Account-Kind".into(), "x-event-type".into()])
+            forward: ForwardHeaders::for_route(&["X-Account-Kind".into(), "x-event-type".into()])
                 .unwrap(),
             label: crate::metrics::RouteLabel::new("shop", "orders"),
         }
@@ -270,7 +270,7 @@ mod tests {
     }
 
     fn forward() -> ForwardHeaders {
-        ForwardHeaders::new(&["X-Event-Type".into()]).unwrap()
+        ForwardHeaders::from_flag(&["X-Event-Type".into()]).unwrap()
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {

@@ -15,11 +15,15 @@ const TRACE_HEADERS: [HeaderName; 2] = [
     HeaderName::from_static("tracestate"),
 ];
 
-/// A header name in the allow-list that is not a valid header name.
+/// A name in an allow-list that cannot be forwarded.
 #[derive(Debug, thiserror::Error)]
-#[error("--forward-headers: {name:?} is not a valid header name")]
-pub struct InvalidHeaderName {
-    name: String,
+pub enum InvalidHeaderName {
+    #[error("{0:?} is not a valid header name")]
+    Malformed(String),
+    #[error(
+        "{0:?} is set by the gateway or acted on by JetStream (Nats-*, Fanout-*), and is never taken from a request"
+    )]
+    Owned(String),
 }
 
 /// A header whose value cannot be stored (not visible ASCII text).
@@ -43,15 +47,29 @@ pub struct ForwardHeaders {
 }
 
 impl ForwardHeaders {
-    pub fn new(names: &[String]) -> Result<ForwardHeaders, InvalidHeaderName> {
+    /// The list of `--forward-headers`: a name the gateway or JetStream owns is
+    /// refused, since it would never be forwarded.
+    pub fn from_flag(names: &[String]) -> Result<ForwardHeaders, InvalidHeaderName> {
+        Self::parse(names, true)
+    }
+
+    /// A route's list, the headers its targets filter on. A name the gateway or
+    /// JetStream owns is left out: a filter on it sees the value the gateway
+    /// stored, and the route stays usable.
+    pub fn for_route(names: &[String]) -> Result<ForwardHeaders, InvalidHeaderName> {
+        Self::parse(names, false)
+    }
+
+    fn parse(names: &[String], refuse_owned: bool) -> Result<ForwardHeaders, InvalidHeaderName> {
         let mut parsed = Vec::new();
         for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
-            let http_name: HeaderName = name.parse().map_err(|_| InvalidHeaderName {
-                name: name.to_string(),
-            })?;
+            let http_name: HeaderName = name
+                .parse()
+                .map_err(|_| InvalidHeaderName::Malformed(name.to_string()))?;
             if is_owned(&http_name) {
-                // A route's list names what its targets filter on, and a filter on
-                // one of these sees the value the gateway stored: not an error.
+                if refuse_owned {
+                    return Err(InvalidHeaderName::Owned(name.to_string()));
+                }
                 tracing::debug!(
                     header = name,
                     "not forwarded: the gateway or JetStream sets it"
@@ -148,7 +166,8 @@ mod tests {
 
     #[test]
     fn allow_listed_trace_and_cloudevent_headers_travel() {
-        let forward = ForwardHeaders::new(&["X-Event-Type".into(), "X-Request-Id".into()]).unwrap();
+        let forward =
+            ForwardHeaders::from_flag(&["X-Event-Type".into(), "X-Request-Id".into()]).unwrap();
         let mut event = Headers::new();
         forward.copy(&request(), &mut event, true).unwrap();
         assert_eq!(event.get("traceparent"), Some("00-abc-def-01"));
@@ -172,7 +191,7 @@ mod tests {
 
     #[test]
     fn credentials_and_unlisted_headers_stay_behind() {
-        let forward = ForwardHeaders::new(&["X-Event-Type".into()]).unwrap();
+        let forward = ForwardHeaders::from_flag(&["X-Event-Type".into()]).unwrap();
         let mut event = Headers::new();
         forward.copy(&request(), &mut event, false).unwrap();
         for name in ["authorization", "cookie", "X-Request-Id"] {
@@ -189,14 +208,27 @@ mod tests {
             "Fanout-Event-Id",
             "X-Event-Type",
         ];
-        let forward = ForwardHeaders::new(&listed.map(String::from)).unwrap();
+        let forward = ForwardHeaders::for_route(&listed.map(String::from)).unwrap();
         let names: Vec<&str> = forward.names.iter().map(|(_, n)| &**n).collect();
         assert_eq!(names, ["X-Event-Type"]);
+        // Set on the command line, such a name is a mistake to report.
+        for name in ["Nats-Rollup", "fanout-event-id"] {
+            let error = ForwardHeaders::from_flag(&[name.into(), "X-Event-Type".into()]);
+            assert!(
+                matches!(&error, Err(InvalidHeaderName::Owned(n)) if n == name),
+                "{error:?}"
+            );
+        }
     }
 
     #[test]
     fn invalid_allow_list_names_are_refused() {
-        assert!(ForwardHeaders::new(&["bad header".into()]).is_err());
-        assert!(ForwardHeaders::new(&[" ".into()]).unwrap().names.is_empty());
+        assert!(ForwardHeaders::from_flag(&["bad header".into()]).is_err());
+        assert!(
+            ForwardHeaders::from_flag(&[" ".into()])
+                .unwrap()
+                .names
+                .is_empty()
+        );
     }
 }

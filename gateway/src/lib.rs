@@ -65,7 +65,7 @@ use crate::tls::{Certificates, TlsError};
 pub enum StartError {
     #[error("loading the gateway configuration")]
     Config(#[from] ConfigError),
-    #[error(transparent)]
+    #[error("--forward-headers")]
     ForwardHeaders(#[from] InvalidHeaderName),
     #[error("--{flag} must be at least 1")]
     Zero { flag: &'static str },
@@ -193,7 +193,7 @@ impl Gateway {
         let shared = Shared {
             routes: routes_rx,
             metrics: metrics.clone(),
-            forward: ForwardHeaders::new(&args.forward_headers)?,
+            forward: ForwardHeaders::from_flag(&args.forward_headers)?,
             body_limit: args.body_limit,
             body_read_timeout: args.body_read_timeout.as_std(),
             max_batch_items: args.max_batch_items,

@@ -1,6 +1,6 @@
 //! Single events: 202 only once stored, with the id, headers and subject they carry.
 
-use crate::support::{Harness, stored_header};
+use crate::support::{Harness, RouteSpec, Setup, TOKEN, stored_header};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_event_is_in_the_stream_with_its_headers() {
@@ -171,18 +171,20 @@ async fn invalid_cloudevents_and_ids_are_400_and_not_stored() {
 
 /// A producer cannot steer JetStream or forge the event's id through a forwarded
 /// header: names the gateway sets or JetStream acts on (`Nats-*`, `Fanout-*`) are
-/// never taken from a request, even when listed in `--forward-headers`.
+/// never taken from a request, even when a route's targets filter on them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_the_gateway_or_jetstream_own_are_never_forwarded() {
-    let h = Harness::with(crate::support::Setup::default().flag(
-        "forward-headers",
-        "X-Event-Type,Nats-Expected-Last-Sequence,Nats-Msg-Id,Fanout-Event-Id",
-    ))
-    .await;
+    let route = RouteSpec::new("shop", "orders").token(TOKEN).forwarding(&[
+        "X-Account-Kind",
+        "Nats-Expected-Last-Sequence",
+        "Nats-Msg-Id",
+        "Fanout-Event-Id",
+    ]);
+    let h = Harness::with(Setup::only(vec![route])).await;
     let reply = h
         .send_event(
             &[
-                ("x-event-type", "order.placed"),
+                ("x-account-kind", "customer"),
                 // Forwarded, JetStream would refuse the event (the stream is empty).
                 ("nats-expected-last-sequence", "999"),
                 ("nats-msg-id", "forged-dedupe-id"),
@@ -198,7 +200,7 @@ async fn headers_the_gateway_or_jetstream_own_are_never_forwarded() {
     let stored = h.stored("fanout_shop_orders").await;
     assert_eq!(stored.len(), 1);
     let message = &stored[0];
-    assert_eq!(stored_header(message, "X-Event-Type"), Some("order.placed"));
+    assert_eq!(stored_header(message, "X-Account-Kind"), Some("customer"));
     assert_eq!(stored_header(message, "Fanout-Event-Id"), Some(id.as_str()));
     assert_eq!(stored_header(message, "Nats-Msg-Id"), None);
     assert_eq!(stored_header(message, "Nats-Expected-Last-Sequence"), None);

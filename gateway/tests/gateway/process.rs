@@ -164,6 +164,27 @@ async fn a_missing_token_file_stops_start_up_naming_the_route_and_the_file() {
     );
 }
 
+/// A header the gateway would never forward, set on the command line, is a mistake
+/// to report rather than a setting to ignore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_header_the_gateway_or_jetstream_owns_stops_start_up_naming_it() {
+    let backend = Backend::start(&[RouteSpec::new("shop", "orders").token(TOKEN)]).await;
+    let output = start_refused(
+        &backend,
+        &[
+            "--forward-headers".as_ref(),
+            "X-Event-Type,Nats-Msg-Id".as_ref(),
+        ],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--forward-headers")
+            && stderr.contains(r#""Nats-Msg-Id" is set by the gateway or acted on by JetStream"#),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_nats_token_file_stops_start_up_naming_the_file() {
     let backend = Backend::start(&[RouteSpec::new("shop", "orders").token(TOKEN)]).await;

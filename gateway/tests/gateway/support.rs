@@ -33,6 +33,8 @@ pub struct RouteSpec {
     /// Listed as having tokens not loaded yet (`tokensPending`).
     pub tokens_pending: bool,
     pub max_messages: Option<i64>,
+    /// The headers its targets filter on (`forwardHeaders`).
+    pub forward_headers: Vec<String>,
 }
 
 impl RouteSpec {
@@ -44,7 +46,13 @@ impl RouteSpec {
             anonymous: false,
             tokens_pending: false,
             max_messages: None,
+            forward_headers: Vec::new(),
         }
+    }
+
+    pub fn forwarding(mut self, headers: &[&str]) -> Self {
+        self.forward_headers = headers.iter().map(|h| h.to_string()).collect();
+        self
     }
 
     pub fn token(mut self, token: &str) -> Self {
@@ -486,7 +494,7 @@ fn write_config(dir: &std::path::Path, path: &std::path::Path, routes: &[RouteSp
                     .collect(),
                 allow_unauthenticated: r.anonymous,
                 tokens_pending: r.tokens_pending,
-                forward_headers: Vec::new(),
+                forward_headers: r.forward_headers.clone(),
             })
             .collect(),
     };
