@@ -302,13 +302,8 @@ async fn store_all(
             }
         };
         let publish = span.map(|s| s.publish(&mut event, &route.stream));
-        let sent = match permit {
-            Ok(permit) => match publisher.check_connected() {
-                Ok(()) => publisher.send(permit, event, &route.stream).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+        // Not connected, `send` says so at once.
+        let sent = permit.and_then(|permit| publisher.send(permit, event, &route.stream));
         match sent {
             Ok(p) => pending.push((index, p, publish)),
             Err(e) => {

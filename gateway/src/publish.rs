@@ -206,8 +206,9 @@ impl Publisher {
         }
     }
 
-    /// Sends one event without waiting for its acknowledgement.
-    pub async fn send<'a>(
+    /// Sends one event (into the connection's buffer) without waiting for its
+    /// acknowledgement.
+    pub fn send<'a>(
         &self,
         permit: Permit,
         event: Event,
@@ -233,7 +234,7 @@ impl Publisher {
     pub async fn publish(&self, event: Event, stream: &str) -> Result<Stored, PublishError> {
         self.check_connected()?;
         let permit = self.reserve().await?;
-        self.send(permit, event, stream).await?.stored().await
+        self.send(permit, event, stream)?.stored().await
     }
 
     /// Writes what is buffered towards NATS (used at shutdown).
