@@ -514,8 +514,34 @@ impl Frozen {
     pub fn stop(nats: &NatsServer) -> Frozen {
         let pid = nats_pid(nats.port());
         send_signal(pid, "STOP");
+        // kill(1) returns once the signal is sent; each of the server's threads stops
+        // when the kernel next gets to it. Until all have, a publish sent now could
+        // still be stored and acknowledged (seen on a busy machine).
+        let limit = Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + limit;
+        while !all_threads_stopped(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server {pid} had not stopped {limit:?} after SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         Frozen { pid }
     }
+}
+
+/// Whether every thread of `pid` is stopped (state `T` in its `stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.flatten().all(|thread| {
+        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
 }
 
 impl Drop for Frozen {
