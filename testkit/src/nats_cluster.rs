@@ -235,16 +235,31 @@ impl NatsCluster {
         Ok(())
     }
 
+    /// Waits until the meta leader (the node whose `/jsz` lists the group's other
+    /// peers) counts every other node as current: before that, an R3 stream finds
+    /// "no suitable peers for placement".
     fn wait_for_meta_leader(&self) -> anyhow::Result<()> {
-        let (host, monitor) = (self.nodes[0].host, self.nodes[0].monitor_port);
-        wait::until_blocking("a JetStream meta leader", Duration::from_secs(30), || {
-            let body = crate::nats::monitor_get(host, monitor, "/jsz")?;
-            let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-            match v["meta_cluster"]["leader"].as_str() {
-                Some(leader) if !leader.is_empty() => Ok(()),
-                _ => Err(body),
-            }
-        })?;
+        let others = self.nodes.len() - 1;
+        wait::until_blocking(
+            "a JetStream meta leader with every node current",
+            Duration::from_secs(30),
+            || {
+                let mut seen = Vec::new();
+                for node in &self.nodes {
+                    let body = crate::nats::monitor_get(node.host, node.monitor_port, "/jsz")?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                    if let Some(peers) = v["meta_cluster"]["replicas"].as_array() {
+                        let current = peers.iter().filter(|p| p["current"] == true).count();
+                        if peers.len() == others && current == others {
+                            return Ok(());
+                        }
+                    }
+                    seen.push(v["meta_cluster"].to_string());
+                }
+                Err(seen.join("; "))
+            },
+        )?;
         Ok(())
     }
 }
