@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth;
@@ -19,6 +18,9 @@ use crate::problem::{Problem, ProblemKind};
 use crate::publish::Stored;
 use crate::server::AppState;
 use crate::spans::{self, RequestSpan};
+
+/// The 202's content type (what axum's `Json` sets).
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// A request refused before any event was built.
 pub struct Refused {
@@ -122,7 +124,8 @@ async fn answer(
                 .metrics
                 .request(&route.label, Endpoint::Single, outcome);
             state.metrics.event(&route.label, outcome);
-            (StatusCode::ACCEPTED, Json(stored)).into_response()
+            let json = [(header::CONTENT_TYPE, APPLICATION_JSON)];
+            (StatusCode::ACCEPTED, json, stored.to_json()).into_response()
         }
         Err(problem) => {
             state

@@ -32,6 +32,51 @@ pub struct Stored {
     pub duplicate: bool,
 }
 
+impl Stored {
+    /// The 202's body, as serde_json would write it, written directly: through
+    /// serde it cost about 1% of the gateway's CPU (docs/benchmarks.md).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut json = Vec::with_capacity(64 + self.id.len() + self.stream.len());
+        json.extend_from_slice(br#"{"id":"#);
+        json_string(&mut json, &self.id);
+        json.extend_from_slice(br#","stream":"#);
+        json_string(&mut json, &self.stream);
+        json.extend_from_slice(br#","sequence":"#);
+        json.extend_from_slice(itoa::Buffer::new().format(self.sequence).as_bytes());
+        json.extend_from_slice(if self.duplicate {
+            br#","duplicate":true}"#
+        } else {
+            br#","duplicate":false}"#
+        });
+        json
+    }
+}
+
+/// `text` as a JSON string, escaped as serde_json escapes it.
+fn json_string(json: &mut Vec<u8>, text: &str) {
+    json.push(b'"');
+    for &b in text.as_bytes() {
+        match b {
+            b'"' => json.extend_from_slice(br#"\""#),
+            b'\\' => json.extend_from_slice(br"\\"),
+            b'\n' => json.extend_from_slice(br"\n"),
+            b'\r' => json.extend_from_slice(br"\r"),
+            b'\t' => json.extend_from_slice(br"\t"),
+            0x08 => json.extend_from_slice(br"\b"),
+            0x0c => json.extend_from_slice(br"\f"),
+            0..0x20 => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                json.extend_from_slice(br"\u00");
+                json.push(HEX[usize::from(b >> 4)]);
+                json.push(HEX[usize::from(b & 0xf)]);
+            }
+            // Other bytes, UTF-8 included, as they are.
+            _ => json.push(b),
+        }
+    }
+    json.push(b'"');
+}
+
 /// Why an event was not (known to be) stored.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -296,6 +341,9 @@ impl Acknowledgement {
     /// Reads an acknowledgement; an error in it, or an unreadable one, is a
     /// [`Refusal`].
     fn read(payload: &[u8]) -> Result<Ack, Refusal> {
+        if let Some(ack) = Ack::usual(payload) {
+            return Ok(ack);
+        }
         let ack: Acknowledgement = serde_json::from_slice(payload).map_err(Refusal::Unreadable)?;
         if let Some(error) = ack.error {
             return Err(Refusal::Api(error));
@@ -310,6 +358,56 @@ impl Acknowledgement {
             duplicate: self.duplicate,
         })
     }
+}
+
+impl Ack {
+    /// Reads the acknowledgement nats-server writes for nearly every publish,
+    /// `{"stream":"<name>","seq":<n>}` with an optional `"domain"` and
+    /// `"duplicate":true` after it, without a JSON parser: parsing it with serde cost
+    /// about 1% of the gateway's CPU (docs/benchmarks.md). Anything else (an error,
+    /// an escape in a string, fields in another order or added by a newer server) is
+    /// `None`, left to [`Acknowledgement::read`]'s parser.
+    fn usual(payload: &[u8]) -> Option<Ack> {
+        let rest = payload.strip_prefix(br#"{"stream":""#)?;
+        let (stream, rest) = plain_string(rest)?;
+        let rest = rest.strip_prefix(br#","seq":"#)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        // A u64 has at most 20 digits; `parse` refuses those past its maximum.
+        // JSON has no leading zeros; nats-server writes none.
+        if digits == 0 || digits > 20 || (digits > 1 && rest[0] == b'0') {
+            return None;
+        }
+        let sequence = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        let mut rest = &rest[digits..];
+        if let Some(after) = rest.strip_prefix(br#","domain":""#) {
+            rest = plain_string(after)?.1;
+        }
+        let duplicate = match rest.strip_prefix(br#","duplicate":true"#) {
+            Some(after) => {
+                rest = after;
+                true
+            }
+            None => false,
+        };
+        (rest == b"}").then(|| Ack {
+            stream: stream.to_string(),
+            sequence,
+            duplicate,
+        })
+    }
+}
+
+/// A JSON string's text up to its closing quote, when it has no escapes, and what
+/// follows the quote.
+fn plain_string(text: &[u8]) -> Option<(&str, &[u8])> {
+    let end = text
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    if text[end] != b'"' {
+        return None;
+    }
+    let string = std::str::from_utf8(&text[..end]).ok()?;
+    Some((string, &text[end + 1..]))
 }
 
 /// The answer to the client, once the stream is the route's.
@@ -417,6 +515,86 @@ mod tests {
                 "{unreadable}: {error:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_answer_is_written_as_serde_json_writes_it() {
+        let mut every_byte: String = (0u8..0x80).map(char::from).collect();
+        every_byte.push_str("é€😀");
+        for (id, stream, duplicate) in [
+            (
+                "0190a6f0-0000-7000-8000-000000000000",
+                "fanout_shop_orders",
+                false,
+            ),
+            (r#"key "quoted" \ back\slashed"#, "orders", true),
+            (every_byte.as_str(), every_byte.as_str(), false),
+            ("", "", true),
+        ] {
+            for sequence in [0, 7, u64::MAX] {
+                let stored = Stored {
+                    id: id.into(),
+                    stream: stream.into(),
+                    sequence,
+                    duplicate,
+                };
+                assert_eq!(
+                    String::from_utf8(stored.to_json()).unwrap(),
+                    serde_json::to_string(&stored).unwrap()
+                );
+            }
+        }
+    }
+
+    /// What the parser makes of it, for comparison with the usual form's reading.
+    fn parsed(json: &str) -> Option<(String, u64, bool)> {
+        let ack: Acknowledgement = serde_json::from_str(json).ok()?;
+        if ack.error.is_some() {
+            return None;
+        }
+        ack.checked().map(|a| (a.stream, a.sequence, a.duplicate))
+    }
+
+    #[test]
+    fn the_usual_acknowledgement_is_read_without_the_parser_and_as_the_parser_reads_it() {
+        let usual = [
+            r#"{"stream":"orders","seq":7}"#,
+            r#"{"stream":"orders","seq":7,"duplicate":true}"#,
+            r#"{"stream":"fanout_shop-orders","seq":18446744073709551615,"domain":"hub"}"#,
+            r#"{"stream":"orders","seq":0,"domain":"hub","duplicate":true}"#,
+        ];
+        for json in usual {
+            let ack = Ack::usual(json.as_bytes()).unwrap_or_else(|| panic!("{json}"));
+            assert_eq!(
+                Some((ack.stream, ack.sequence, ack.duplicate)),
+                parsed(json),
+                "{json}"
+            );
+        }
+        // Left to the parser, which reads each of these its own way (or refuses it).
+        let other = [
+            r#"{"stream":"orders","seq":7,"duplicate":false}"#,
+            r#"{"seq":7,"stream":"orders"}"#,
+            r#"{"stream":"ord\"ers","seq":7}"#,
+            r#"{"stream":"orders","seq":7,"val":"1"}"#,
+            r#"{"stream":"orders","seq":99999999999999999999}"#,
+            r#"{"stream":"orders","seq":-1}"#,
+            r#"{"stream":"orders","seq":07}"#,
+            r#"{"stream":"orders","seq":}"#,
+            r#"{"stream":"orders","seq":7} "#,
+            r#"{"stream":"orders","seq":7}}"#,
+            "{\"stream\":\"or\tders\",\"seq\":7}",
+            r#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
+            "",
+        ];
+        for json in other {
+            assert!(Ack::usual(json.as_bytes()).is_none(), "{json}");
+        }
+        // And through `read`, the parser's answer stands for them.
+        let not_duplicate = read(r#"{"stream":"orders","seq":7,"duplicate":false}"#).unwrap();
+        assert!(!not_duplicate.duplicate);
+        let reordered = read(r#"{"seq":8,"stream":"orders"}"#).unwrap();
+        assert_eq!(reordered.sequence, 8);
     }
 
     #[test]

@@ -20,6 +20,7 @@ async fn accepted_event_is_in_the_stream_with_its_headers() {
         )
         .await;
     assert_eq!(reply.status, 202, "{:?}", reply.body);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
     let body = reply.json();
     assert_eq!(body["stream"], "fanout_shop_orders");
     assert_eq!(body["sequence"], 1);
@@ -62,6 +63,13 @@ async fn duplicate_idempotency_key_is_stored_once() {
     assert_eq!(second["duplicate"], true);
     assert_eq!(second["sequence"], first["sequence"]);
     assert_eq!(h.stored("fanout_shop_orders").await.len(), 1);
+
+    // Any printable key comes back as it was sent, quotes and backslashes included.
+    let key = r#"order "43" \ {"#;
+    let reply = h.send_event(&[("idempotency-key", key)], "b").await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    assert_eq!(reply.json()["id"], key);
+    assert_eq!(reply.json()["sequence"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
