@@ -443,3 +443,51 @@ async fn a_slow_lossy_link_to_one_target_does_not_slow_the_other() {
     );
     standalone.sigterm_exits_zero();
 }
+
+/// Started together with its cluster, before the cluster can place the route's R3
+/// stream (two of the three servers still down, so no meta leader), standalone says
+/// it waits for JetStream instead of exiting, and serves the route once the servers
+/// are up: an event sent through its gateway then reaches both targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_started_before_its_cluster_is_ready_waits_for_it() {
+    let mut cluster = NatsCluster::start().unwrap();
+    cluster.kill(1);
+    cluster.kill(2);
+    let a = TargetServer::start().await.unwrap();
+    let b = TargetServer::start().await.unwrap();
+    let mut standalone = Standalone::spawn_with(
+        &cluster.urls(),
+        "shop",
+        &manifests(&a.url("/"), &b.url("/")),
+        &["--nats-ping-interval", PING],
+    );
+    let waiting = "JetStream is not ready for the route's streams yet";
+    wait::until("standalone to say it waits for JetStream", T, || {
+        let log = standalone.process.log();
+        let said = log.contains(waiting);
+        async move { if said { Ok(()) } else { Err(log) } }
+    })
+    .await
+    .unwrap();
+    assert!(
+        standalone.process.exited().is_none(),
+        "standalone gave up:\n{}",
+        standalone.process.log()
+    );
+
+    tokio::task::block_in_place(|| {
+        cluster.restart(1)?;
+        cluster.restart(2)
+    })
+    .unwrap();
+    standalone.wait_ready().await;
+    let key = "order-after-the-cluster-formed";
+    standalone
+        .accept(ROUTE, &[("idempotency-key", key)], r#"{"order":1}"#)
+        .await;
+    for target in [&a, &b] {
+        target.wait_for(1, T).await.unwrap();
+        assert_eq!(target.keys(), [key]);
+    }
+    standalone.sigterm_exits_zero();
+}

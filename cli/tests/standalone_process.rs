@@ -337,3 +337,30 @@ fn secret_names_and_keys_that_leave_the_state_dir_are_refused_before_writing() {
         assert!(stderr.contains(named), "{stderr}");
     }
 }
+
+/// A stream JetStream refuses (another stream already takes the route's subjects) is
+/// not waited for like a cluster that is not ready: the start stops at once, well
+/// within `--jetstream-wait`, saying which route and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_jetstream_refuses_stops_the_start_at_once_with_the_reason() {
+    let nats = NatsServer::start().unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "someone_elses".into(),
+            subjects: vec!["fanout.in.test.orders.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let good = manifests("http://127.0.0.1:1/a", "http://127.0.0.1:1/b");
+    let mut standalone = Standalone::spawn(&nats, "test", &good);
+    let exit = tokio::task::block_in_place(|| standalone.process.wait(T)).unwrap();
+    assert!(!exit.success());
+    let log = standalone.process.log();
+    assert!(
+        log.contains("provisioning route test/orders") && log.contains("subjects overlap"),
+        "{log}"
+    );
+    assert!(!log.contains("JetStream is not ready"), "{log}");
+}

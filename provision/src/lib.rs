@@ -13,6 +13,7 @@ pub mod dead_letters;
 pub mod history;
 pub mod observe;
 pub mod replay;
+pub mod transient;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -65,6 +66,17 @@ impl ProvisionError {
             ProvisionError::Stream { .. } => "stream",
             ProvisionError::Consumer { .. } => "consumer",
             ProvisionError::Bucket { .. } => "kv_bucket",
+        }
+    }
+
+    /// Whether JetStream was not ready for the request ([`transient`]): the same
+    /// request may succeed in a moment.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProvisionError::ImmutableChange { .. } => false,
+            ProvisionError::Stream { source, .. }
+            | ProvisionError::Consumer { source, .. }
+            | ProvisionError::Bucket { source, .. } => transient::is_transient(&**source),
         }
     }
 }

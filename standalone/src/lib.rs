@@ -10,6 +10,8 @@
 //!   Secret keys), before anything is started.
 //! - [`secrets`]: the private state directory; Secret keys as 0600 files.
 //! - [`prepare`]: render every route and write the gateway's configuration.
+//! - [`provisioning`]: the routes' streams and consumers, waiting for a JetStream that
+//!   is not ready yet.
 //! - [`run`]: provision, start gateway and engines, serve status, drain on a signal.
 //! - [`status`]: the per-target table, from JetStream and the health snapshots;
 //!   [`http`]: `/status`, `/metrics`, `/healthz`, `/readyz`.
@@ -21,6 +23,7 @@ pub mod demo_target;
 pub mod http;
 pub mod manifests_dir;
 pub mod prepare;
+pub mod provisioning;
 pub mod run;
 pub mod schema;
 pub mod secrets;
@@ -87,6 +90,12 @@ pub struct Args {
     /// How often the engines write health snapshots, which `/status` reads.
     #[arg(long, env = "FANOUT_STANDALONE_HEALTH_INTERVAL", default_value = "1s")]
     pub health_interval: fanout_config::Duration,
+
+    /// How long the start waits for JetStream to be ready for the routes' streams
+    /// (a cluster still electing its leader, servers still joining); any other
+    /// failure to create them stops the start at once.
+    #[arg(long, env = "FANOUT_STANDALONE_JETSTREAM_WAIT", default_value = "60s")]
+    pub jetstream_wait: fanout_config::Duration,
 
     /// How long deliveries in flight may take to finish after SIGTERM or SIGINT.
     #[arg(long, env = "FANOUT_STANDALONE_SHUTDOWN_GRACE", default_value = "25s")]

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::prepare::{Prepared, prepare};
 use crate::secrets::StateDir;
 use crate::status::{LiveSnapshots, StatusSource, table};
-use crate::{Args, checks, http, manifests_dir};
+use crate::{Args, checks, http, manifests_dir, provisioning};
 
 /// Name of this process in health snapshots. Fixed, so that a restart overwrites the
 /// previous run's snapshots instead of adding to them.
@@ -62,14 +62,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let nats = args.nats.connect("fanout-standalone").await?;
     let js = jetstream::new(nats.clone());
-    let provisioner = Provisioner::new(js.clone());
-    for route in &prepared.routes {
-        let key = RouteKey::new(&route.config.namespace, &route.config.name);
-        provisioner
-            .apply(&route.streams)
-            .await
-            .with_context(|| format!("provisioning route {key}"))?;
-    }
+    provisioning::provision(
+        &Provisioner::new(js.clone()),
+        &prepared.routes,
+        args.jetstream_wait,
+    )
+    .await?;
 
     // The gateway's readiness and metrics are served with standalone's own, on
     // --listen-metrics: one address to probe and scrape, and none on the events port.

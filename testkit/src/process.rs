@@ -60,6 +60,11 @@ impl Spawned {
         })
     }
 
+    /// How the process ended, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGTERM, then waits for the exit: how Kubernetes stops a pod.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         self.signal("TERM");

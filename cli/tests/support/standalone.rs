@@ -48,7 +48,13 @@ impl Standalone {
         Self::spawn_with(&nats.url(), namespace, manifests, &[])
     }
 
-    fn spawn_with(nats_url: &str, namespace: &str, manifests: &str, extra: &[&str]) -> Standalone {
+    /// Like [`start_with`](Self::start_with), without waiting for anything.
+    pub fn spawn_with(
+        nats_url: &str,
+        namespace: &str,
+        manifests: &str,
+        extra: &[&str],
+    ) -> Standalone {
         let dir = tempfile::tempdir().unwrap();
         let files = dir.path().join("manifests");
         std::fs::create_dir(&files).unwrap();
