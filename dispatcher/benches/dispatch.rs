@@ -25,6 +25,13 @@
 //! `FANOUT_BENCH_NO_LIMIT=1` leaves the rate limiter out of the targets, and
 //! `FANOUT_BENCH_ONLY=ordering,cel` measures only the baseline, the engine and the
 //! variants named (`no-history`, `cel`, `ordering`, `adaptive`; none: those two only).
+//! `FANOUT_BENCH_COMPARE=<another fanout binary>` adds that build's engine beside this
+//! one's in every round, and prints this build's CPU per event over its, by round: a
+//! change's after against its before under the same conditions.
+//! `FANOUT_BENCH_PAIRED=<runs>` (with `FANOUT_BENCH_COMPARE`) first runs both engines
+//! at the same time, each on a route and targets of its own, `runs` times, and prints
+//! their CPU per event over the same seconds: phases one after another drift by more
+//! than most changes move.
 
 #[path = "shared/events.rs"]
 mod events;
@@ -48,6 +55,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 const SENT_HEADER: &str = "X-Bench-Sent";
+/// The route of every phase, and the second route of a paired run.
+const ROUTE: &str = "bench";
+const PAIRED_ROUTE: &str = "pair";
 /// The ordering key of each event (used when ordering is on): one of [`KEYS`].
 const KEY_HEADER: &str = "X-Bench-Key";
 const KEYS: usize = 1000;
@@ -180,6 +190,9 @@ enum Contender {
     EngineOrdered,
     /// The engine with `concurrency: {adaptive: true}` on both ApiTargets.
     EngineAdaptive,
+    /// The engine of another `fanout` build (`FANOUT_BENCH_COMPARE`), as configured
+    /// by default: a change's before beside its after, in the same rounds.
+    EngineCompare,
 }
 
 const CONTENDERS: [Contender; 6] = [
@@ -218,6 +231,24 @@ fn contenders() -> Vec<Contender> {
         .collect()
 }
 
+/// [`contenders`], and the other build's engine right after this one's when
+/// `FANOUT_BENCH_COMPARE` names a `fanout` binary.
+fn contenders_with_compare() -> Vec<Contender> {
+    let mut all = contenders();
+    if compare_binary().is_some() {
+        let engine = all.iter().position(|c| *c == Contender::Engine).unwrap();
+        all.insert(engine + 1, Contender::EngineCompare);
+    }
+    all
+}
+
+/// `FANOUT_BENCH_COMPARE`: another build's `fanout` binary.
+fn compare_binary() -> Option<&'static Path> {
+    static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PATH.get_or_init(|| std::env::var_os("FANOUT_BENCH_COMPARE").map(PathBuf::from))
+        .as_deref()
+}
+
 impl Contender {
     /// The short name `FANOUT_BENCH_ONLY` takes.
     fn short(self) -> &'static str {
@@ -228,6 +259,7 @@ impl Contender {
             Contender::EngineCel => "cel",
             Contender::EngineOrdered => "ordering",
             Contender::EngineAdaptive => "adaptive",
+            Contender::EngineCompare => "compare",
         }
     }
 
@@ -239,6 +271,7 @@ impl Contender {
             Contender::EngineCel => "engine + CEL filter and transform",
             Contender::EngineOrdered => "engine + per-key ordering (1000 keys)",
             Contender::EngineAdaptive => "engine + adaptive concurrency",
+            Contender::EngineCompare => "engine of FANOUT_BENCH_COMPARE",
         }
     }
 }
@@ -284,8 +317,13 @@ impl Child {
             | Contender::EngineNoHistory
             | Contender::EngineCel
             | Contender::EngineOrdered
-            | Contender::EngineAdaptive => {
-                let mut c = std::process::Command::new(fanout_binary());
+            | Contender::EngineAdaptive
+            | Contender::EngineCompare => {
+                let binary = match contender {
+                    Contender::EngineCompare => compare_binary().unwrap(),
+                    _ => fanout_binary(),
+                };
+                let mut c = std::process::Command::new(binary);
                 c.arg("dispatch").arg("--config").arg(config).args([
                     "--nats-url",
                     nats_url,
@@ -339,6 +377,18 @@ impl Bench {
     /// Fresh streams and consumers for the route as `contender` runs it; returns the
     /// config file path.
     async fn fresh_route(&self, contender: Contender) -> PathBuf {
+        self.fresh_route_named(contender, ROUTE, &self.a, &self.b)
+            .await
+    }
+
+    /// The same for route `route`, delivering to `a` and `b`.
+    async fn fresh_route_named(
+        &self,
+        contender: Contender,
+        route: &str,
+        a: &Target,
+        b: &Target,
+    ) -> PathBuf {
         let history = if contender == Contender::EngineNoHistory {
             "  history: {enabled: false}\n"
         } else {
@@ -381,7 +431,7 @@ spec:
 {adaptive}---
 apiVersion: fanout.dev/v1alpha1
 kind: FanOutRoute
-metadata: {{name: bench}}
+metadata: {{name: {route}}}
 spec:
   targets:
     - name: a
@@ -389,8 +439,8 @@ spec:
 {expressions}{ordering}    - name: b
       apiTargetRef: {{name: b}}
 {expressions}{ordering}{history}",
-            a = self.a.url(),
-            b = self.b.url(),
+            a = a.url(),
+            b = b.url(),
             limit = if std::env::var_os("FANOUT_BENCH_NO_LIMIT").is_some() {
                 ""
             } else {
@@ -405,17 +455,22 @@ spec:
         let provisioner = Provisioner::new(self.js.clone());
         let mut names = vec![rendered.streams.stream.name.clone()];
         names.extend(rendered.streams.dead_letter.iter().map(|s| s.name.clone()));
-        names.push(fanout_config::names::RouteKey::new("bench", "bench").attempts_stream());
+        names.push(fanout_config::names::RouteKey::new("bench", route).attempts_stream());
         provisioner.delete(&names).await.unwrap();
         provisioner.apply(&rendered.streams).await.unwrap();
-        let path = self.dir.path().join("route.yaml");
+        let path = self.dir.path().join(format!("{route}.yaml"));
         std::fs::write(&path, serde_yaml_ng::to_string(&rendered.config).unwrap()).unwrap();
-        self.a.reset();
-        self.b.reset();
+        a.reset();
+        b.reset();
         path
     }
 
     async fn publish(&self, count: usize, stamped: bool) {
+        self.publish_to(ROUTE, count, stamped).await
+    }
+
+    async fn publish_to(&self, route: &str, count: usize, stamped: bool) {
+        let subject = format!("fanout.in.bench.{route}.event");
         let mut acks = Vec::with_capacity(1000);
         for i in 0..count {
             let mut headers = event_headers(i);
@@ -424,7 +479,7 @@ spec:
             }
             let ack = self
                 .js
-                .publish_with_headers("fanout.in.bench.bench.event", headers, body(i))
+                .publish_with_headers(subject.clone(), headers, body(i))
                 .await
                 .unwrap();
             acks.push(ack);
@@ -489,6 +544,78 @@ async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throu
         peak_rss_mib: rss,
         history_dropped,
     }
+}
+
+/// `FANOUT_BENCH_PAIRED=<runs>`, with `FANOUT_BENCH_COMPARE`: this build's engine and
+/// the other build's at the same time, each on a route of its own with two targets of
+/// its own and `events` pre-loaded events, `runs` times (which one starts first
+/// alternates). Each one's CPU per event is read when its targets have every event, so
+/// both are measured over nearly the same seconds: the machine's drift between phases,
+/// larger here than most changes, hits both alike.
+async fn paired(bench: &Bench, a2: &Target, b2: &Target, events: usize, runs: usize) {
+    let other = compare_binary().expect("FANOUT_BENCH_PAIRED needs FANOUT_BENCH_COMPARE");
+    let (mut all, mut user) = (Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let this_config = bench
+            .fresh_route_named(Contender::Engine, ROUTE, &bench.a, &bench.b)
+            .await;
+        let other_config = bench
+            .fresh_route_named(Contender::EngineCompare, PAIRED_ROUTE, a2, b2)
+            .await;
+        bench.publish_to(ROUTE, events, false).await;
+        bench.publish_to(PAIRED_ROUTE, events, false).await;
+        let url = bench.nats.url();
+        let spawn_this = || Child::spawn(Contender::Engine, &this_config, &url);
+        let spawn_other = || Child::spawn(Contender::EngineCompare, &other_config, &url);
+        let (this, that) = if run % 2 == 1 {
+            let this = spawn_this();
+            (this, spawn_other())
+        } else {
+            let that = spawn_other();
+            (spawn_this(), that)
+        };
+        let start = Instant::now();
+        let contenders = [(&this, &*bench.a, &*bench.b), (&that, a2, b2)];
+        let mut done: [Option<(Duration, (f64, f64, f64))>; 2] = [None, None];
+        while done.iter().any(Option::is_none) {
+            for (slot, (child, a, b)) in done.iter_mut().zip(contenders) {
+                let all_in = |t: &Target| t.delivered.load(Ordering::Relaxed) >= events as u64;
+                if slot.is_none() && all_in(a) && all_in(b) {
+                    *slot = Some((start.elapsed(), child.usage()));
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "paired run {run} stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let [Some((this_time, this_use)), Some((that_time, that_use))] = done else {
+            unreachable!("both finished")
+        };
+        let per_1000 = events as f64 / 1000.0;
+        let ratio = this_use.0 / that_use.0;
+        let user_ratio = this_use.1 / that_use.1;
+        eprintln!(
+            "paired run {run}: this build {:.0} events/s at {:.3} CPU s / 1000 events, {} {:.0} events/s at {:.3}: this/other {ratio:.3} (user space {user_ratio:.3})",
+            events as f64 / this_time.as_secs_f64(),
+            this_use.0 / per_1000,
+            other.display(),
+            events as f64 / that_time.as_secs_f64(),
+            that_use.0 / per_1000,
+        );
+        all.push(ratio);
+        user.push(user_ratio);
+    }
+    let middle = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[(v.len() - 1) / 2], v[0], v[v.len() - 1])
+    };
+    let ((m, lo, hi), (um, ulo, uhi)) = (middle(all), middle(user));
+    println!(
+        "Paired, {runs} runs of {events} events each: this build's engine over {}'s, CPU per event: median {m:.3} (lowest {lo:.3}, highest {hi:.3}); in user space {um:.3} ({ulo:.3}-{uhi:.3})",
+        other.display()
+    );
 }
 
 /// The sum of `fanout_history_dropped_records_total` on the engine's /metrics.
@@ -641,7 +768,15 @@ fn parent() {
             js,
             dir: tempfile::tempdir().unwrap(),
         };
-        let contenders = contenders();
+        let paired_runs: usize = std::env::var("FANOUT_BENCH_PAIRED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if paired_runs > 0 {
+            let (a2, b2) = (Target::start().await, Target::start().await);
+            paired(&bench, &a2, &b2, events, paired_runs).await;
+        }
+        let contenders = contenders_with_compare();
         let mut results = Vec::new();
         if std::env::var_os("FANOUT_BENCH_LATENCY_ONLY").is_some() {
             for &contender in &contenders {
@@ -746,6 +881,29 @@ fn parent() {
             "User-space CPU s / 1000 events: baseline {b:.4}, engine {e:.4}; the baseline needs {:.2}x the engine's",
             b / e
         );
+        // A change's after (this build) against its before, round by round: the same
+        // stretch of the machine for both.
+        if let Some(other) = contenders.iter().position(|c| *c == Contender::EngineCompare) {
+            let ratios = |cpu: fn(&Throughput) -> f64| -> (f64, Vec<String>) {
+                let by_round: Vec<f64> = rates[engine]
+                    .iter()
+                    .zip(&rates[other])
+                    .map(|(this, before)| cpu(this) / cpu(before))
+                    .collect();
+                let mut sorted = by_round.clone();
+                sorted.sort_by(f64::total_cmp);
+                let middle = sorted[(sorted.len() - 1) / 2];
+                (middle, by_round.iter().map(|r| format!("{r:.3}")).collect())
+            };
+            let (all, all_rounds) = ratios(|t| t.cpu_per_1000);
+            let (user, user_rounds) = ratios(|t| t.user_cpu_per_1000);
+            println!(
+                "This build's engine over {}'s, CPU per event: {all:.3} (rounds {}); in user space {user:.3} (rounds {})",
+                compare_binary().unwrap().display(),
+                all_rounds.join(", "),
+                user_rounds.join(", ")
+            );
+        }
         // The cost of the delivery history: the engine against its run without it.
         if let Some(off_index) = contenders.iter().position(|c| *c == Contender::EngineNoHistory) {
             let (off, on) = (median(&rates[off_index]), median(&rates[engine]));
