@@ -1,5 +1,6 @@
 //! `fanout standalone` on a three-node NATS cluster with an R3 route, under steady
-//! load through its gateway, while a node fails the ways cluster nodes fail. Each
+//! load through its gateway, while a node fails the ways cluster nodes fail (and
+//! started before its cluster can place the route's stream). Each
 //! test ends with the ledger: every event the gateway accepted (202) reached every
 //! target, or is a dead letter with a reason. Producers retry a 503 with the same
 //! Idempotency-Key, as clients should; nothing else may go wrong for them.

@@ -95,9 +95,9 @@ impl RequestTemplate {
     pub fn build(&self, outgoing: Outgoing<'_>, traceparent: &str) -> http::Request<Full<Bytes>> {
         let event = outgoing.event;
         let computed = outgoing.transformed.map_or(&[][..], |t| t.headers());
-        // A map with room for the event's headers and Fanout's from the start, the
-        // template's copied in: a clone of the template's map, grown to take them,
-        // allocated twice as often and rehashed it (docs/benchmarks.md).
+        // A new map with room for the template's headers, the event's and Fanout's:
+        // a clone of the template's map, grown to take the rest, allocated twice as
+        // often and rehashed it on every request (docs/benchmarks.md).
         let mut headers =
             HeaderMap::with_capacity(self.fixed.len() + event.headers.len() + computed.len() + 7);
         for (name, value) in &self.fixed {
