@@ -546,6 +546,9 @@ async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throu
     }
 }
 
+/// When one engine of a pair had delivered everything, and its [`Child::usage`] then.
+type Finished = (Duration, (f64, f64, f64));
+
 /// `FANOUT_BENCH_PAIRED=<runs>`, with `FANOUT_BENCH_COMPARE`: this build's engine and
 /// the other build's at the same time, each on a route of its own with two targets of
 /// its own and `events` pre-loaded events, `runs` times (which one starts first
@@ -576,7 +579,7 @@ async fn paired(bench: &Bench, a2: &Target, b2: &Target, events: usize, runs: us
         };
         let start = Instant::now();
         let contenders = [(&this, &*bench.a, &*bench.b), (&that, a2, b2)];
-        let mut done: [Option<(Duration, (f64, f64, f64))>; 2] = [None, None];
+        let mut done: [Option<Finished>; 2] = [None, None];
         while done.iter().any(Option::is_none) {
             for (slot, (child, a, b)) in done.iter_mut().zip(contenders) {
                 let all_in = |t: &Target| t.delivered.load(Ordering::Relaxed) >= events as u64;
