@@ -33,9 +33,9 @@ pub async fn provision(
                 Ok(_) => break,
                 Err(error) => error,
             };
-            let waited_enough = Instant::now() + pause > deadline;
-            if !error.is_transient() || waited_enough {
-                let context = if error.is_transient() {
+            let transient = error.is_transient();
+            if !transient || Instant::now() + pause > deadline {
+                let context = if transient {
                     format!(
                         "provisioning route {key}: JetStream was not ready within --jetstream-wait {wait}"
                     )

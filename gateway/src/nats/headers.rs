@@ -47,12 +47,12 @@ impl Headers {
     /// Sets `name` to `value` alone, replacing any values it had.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), LineBreak> {
         if self.contains(name) {
-            let kept: String = self
-                .lines()
-                .filter(|(n, _)| !n.eq_ignore_ascii_case(name))
-                .map(|(n, v)| format!("{n}: {v}\r\n"))
-                .collect();
-            self.lines = kept;
+            let mut kept = Headers::new();
+            for (n, v) in self.lines().filter(|(n, _)| !n.eq_ignore_ascii_case(name)) {
+                // Taken from lines that had no line break.
+                kept.append(n, v)?;
+            }
+            *self = kept;
         }
         self.append(name, value)
     }
@@ -63,13 +63,11 @@ impl Headers {
 
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.lines()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.get_all(name).next()
     }
 
     /// Every value of `name`, in the order added.
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn get_all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         self.lines()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
