@@ -110,6 +110,12 @@ impl Child {
         usage(self.process.id())
     }
 
+    /// CPU seconds used so far in user space: without the kernel's part, which on
+    /// loopback includes the targets' side of each request's TCP.
+    fn user_cpu(&self) -> f64 {
+        fanout_testkit::process::user_and_system_cpu(self.process.id()).0
+    }
+
     /// The end of the contender's log, for a run that went wrong.
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -311,6 +317,8 @@ fn subject() -> String {
 struct Throughput {
     events_per_sec: f64,
     cpu_per_1000: f64,
+    /// Of it, in user space.
+    user_cpu_per_1000: f64,
     peak_rss_mib: f64,
     targets_cpu_per_1000: f64,
     nats_cpu_per_1000: f64,
@@ -331,11 +339,13 @@ async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throu
         .await;
     let elapsed = start.elapsed();
     let (cpu, rss) = child.usage();
+    let user_cpu = child.user_cpu();
     drop(child);
     let thousands = events as f64 / 1000.0;
     Throughput {
         events_per_sec: events as f64 / elapsed.as_secs_f64(),
         cpu_per_1000: cpu / thousands,
+        user_cpu_per_1000: user_cpu / thousands,
         peak_rss_mib: rss,
         targets_cpu_per_1000: (bench.targets.cpu_seconds() - targets_cpu) / thousands,
         nats_cpu_per_1000: (bench.nats_cpu_seconds() - nats_cpu) / thousands,
@@ -517,15 +527,16 @@ async fn run_sweep(bench: &Bench, settings: Vec<usize>, events: usize) {
     }
     println!();
     println!(
-        "| contender | events/s to both | CPU s / 1000 events | peak RSS MiB | connections opened |"
+        "| contender | events/s to both | CPU s / 1000 events | of it user space | peak RSS MiB | connections opened |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     for (contender, t) in rows {
         println!(
-            "| {} | {:.0} | {:.3} | {:.1} | {} |",
+            "| {} | {:.0} | {:.3} | {:.3} | {:.1} | {} |",
             contender.name(),
             t.events_per_sec,
             t.cpu_per_1000,
+            t.user_cpu_per_1000,
             t.peak_rss_mib,
             t.connections
         );
@@ -588,9 +599,9 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
     );
     println!();
     println!(
-        "| contender | events/s to both (rounds) | Fanout's rate against it | CPU s / 1000 events | peak RSS MiB | targets' CPU s / 1000 events | nats-server CPU s / 1000 events | connections opened | healthy target events/s, peer 503 | vs own healthy run | p50 / p99 ms @ {LATENCY_RATE}/s |"
+        "| contender | events/s to both (rounds) | Fanout's rate against it | CPU s / 1000 events | of it user space | peak RSS MiB | targets' CPU s / 1000 events | nats-server CPU s / 1000 events | connections opened | healthy target events/s, peer 503 | vs own healthy run | p50 / p99 ms @ {LATENCY_RATE}/s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let fanout = medians[0];
     for (i, contender) in contenders.iter().enumerate() {
         let t = medians[i];
@@ -606,12 +617,13 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
         };
         let latency = latencies[i].map_or("-".into(), |(p50, p99)| format!("{p50:.2} / {p99:.2}"));
         println!(
-            "| {} | {:.0} ({}) | {:.2}x | {:.3} | {:.1} | {:.3} | {:.3} | {} | {} | {:.0}% | {} |",
+            "| {} | {:.0} ({}) | {:.2}x | {:.3} | {:.3} | {:.1} | {:.3} | {:.3} | {} | {} | {:.0}% | {} |",
             contender.name(),
             t.events_per_sec,
             each.join(", "),
             fanout.events_per_sec / t.events_per_sec,
             t.cpu_per_1000,
+            t.user_cpu_per_1000,
             t.peak_rss_mib,
             t.targets_cpu_per_1000,
             t.nats_cpu_per_1000,
@@ -644,6 +656,12 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
         fanout.cpu_per_1000,
         best.cpu_per_1000,
         verdict(cpu <= 0.25)
+    );
+    println!(
+        "  in user space: {:.0}% ({:.3} against {:.3})",
+        100.0 * fanout.user_cpu_per_1000 / best.user_cpu_per_1000,
+        fanout.user_cpu_per_1000,
+        best.user_cpu_per_1000,
     );
     println!(
         "- the healthy target keeps at least 90% of its rate while the other fails: {:.0}%, {}",
