@@ -10,7 +10,8 @@
 //! so that their CPU time is measured too; each contender is a child process, so its
 //! CPU time and peak RSS are its own. Contenders:
 //! - Fanout: the release `fanout dispatch`, as users run it and as configured in the
-//!   dispatcher benchmark (dispatch.rs): every feature on, `maxInFlight: 256`;
+//!   dispatcher benchmark (dispatch.rs): every feature on, `maxInFlight: 256`; and
+//!   again with `maxInFlight` left at its default (64), as a user's targets have it;
 //! - Bento with a `broker` of `pattern: fan_out` to two `http_client` outputs
 //!   (peer/bento-fan-out.yaml), at two `max_in_flight` settings: 256, as Fanout, and
 //!   `FANOUT_PEER_BENTO_IN_FLIGHT` (default 2, its fastest here);
@@ -22,8 +23,8 @@
 //! gives each contender's median round. Once per contender after the rounds: the
 //! healthy target's rate while the other answers 503 (a run ends when the healthy
 //! target has every event or has received nothing for 10 s). Then the latency from
-//! publish to delivery at a fixed offered rate of 5,000 events/s for Fanout and the
-//! fastest Bento.
+//! publish to delivery at a fixed offered rate of 5,000 events/s for both Fanouts and
+//! the fastest Bento.
 //!
 //! `FANOUT_PEER_SWEEP="1 2 4 8 64 256"` runs instead one throughput round of both
 //! Bento configurations at each of these `max_in_flight` settings (how the default
@@ -71,7 +72,11 @@ fn main() {
 
 #[derive(Clone, Copy, PartialEq)]
 enum Contender {
+    /// `fanout dispatch` at `maxInFlight: 256`, as the dispatcher benchmark runs it.
     Fanout,
+    /// `fanout dispatch` with the targets as a user writes them, `maxInFlight` left
+    /// at its default (64).
+    FanoutDefault,
     /// Bento, one pipeline: `broker` with `pattern: fan_out`, at this `max_in_flight`
     /// per output.
     BentoFanOut(usize),
@@ -83,6 +88,7 @@ impl Contender {
     fn name(self) -> String {
         match self {
             Contender::Fanout => "Fanout (`fanout dispatch`)".into(),
+            Contender::FanoutDefault => "Fanout, maxInFlight at its default (64)".into(),
             Contender::BentoFanOut(n) => format!("Bento fan_out, max_in_flight {n}"),
             Contender::BentoPerTarget(n) => {
                 format!("Bento, a pipeline per target, max_in_flight {n}")
@@ -91,7 +97,15 @@ impl Contender {
     }
 
     fn is_bento(self) -> bool {
-        self != Contender::Fanout
+        !matches!(self, Contender::Fanout | Contender::FanoutDefault)
+    }
+
+    /// Fanout's `maxInFlight` line for each target; none for its default.
+    fn max_in_flight_line(self) -> String {
+        match self {
+            Contender::FanoutDefault => String::new(),
+            _ => format!("\n  maxInFlight: {IN_FLIGHT}"),
+        }
     }
 }
 
@@ -149,23 +163,22 @@ fn bento_configs() -> PathBuf {
 
 impl Bench {
     /// A fresh stream (and Fanout's consumers) for the route; returns Fanout's
-    /// rendered config. Bento's consumers go with the old stream.
-    async fn fresh_route(&self) -> PathBuf {
+    /// rendered config, for `contender` if it is Fanout. Bento's consumers go with the
+    /// old stream.
+    async fn fresh_route(&self, contender: Contender) -> PathBuf {
         let manifests = format!(
             "apiVersion: fanout.dev/v1alpha1
 kind: ApiTarget
 metadata: {{name: a}}
 spec:
-  url: {a}
-  maxInFlight: {IN_FLIGHT}
+  url: {a}{in_flight}
   rateLimit: {{requestsPerSecond: 1000000, burst: 100000}}
 ---
 apiVersion: fanout.dev/v1alpha1
 kind: ApiTarget
 metadata: {{name: b}}
 spec:
-  url: {b}
-  maxInFlight: {IN_FLIGHT}
+  url: {b}{in_flight}
   rateLimit: {{requestsPerSecond: 1000000, burst: 100000}}
 ---
 apiVersion: fanout.dev/v1alpha1
@@ -180,6 +193,7 @@ spec:
 ",
             a = self.targets.url_a(),
             b = self.targets.url_b(),
+            in_flight = contender.max_in_flight_line(),
         );
         let rendered = Manifests::parse(&manifests, "bench")
             .unwrap()
@@ -201,7 +215,7 @@ spec:
     fn spawn(&self, contender: Contender, fanout_config: &Path) -> Child {
         let log = self.dir.path().join("contender.log");
         let mut command = match contender {
-            Contender::Fanout => {
+            Contender::Fanout | Contender::FanoutDefault => {
                 let mut c = std::process::Command::new(&self.fanout);
                 c.arg("dispatch")
                     .arg("--config")
@@ -327,7 +341,7 @@ struct Throughput {
 }
 
 async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throughput {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     bench.publish(events).await;
     bench.targets.reset().await;
     let targets_cpu = bench.targets.cpu_seconds();
@@ -370,7 +384,7 @@ struct Degraded {
 }
 
 async fn with_failing_peer(bench: &Bench, contender: Contender, events: usize) -> Degraded {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     bench.publish(events).await;
     bench.targets.reset().await;
     bench.targets.fail_b(true).await;
@@ -402,7 +416,7 @@ async fn with_failing_peer(bench: &Bench, contender: Contender, events: usize) -
 
 /// (p50, p99) publish-to-delivery latency in ms at [`LATENCY_RATE`] events/s.
 async fn latency(bench: &Bench, contender: Contender) -> (f64, f64) {
-    let config = bench.fresh_route().await;
+    let config = bench.fresh_route(contender).await;
     let child = bench.spawn(contender, &config);
     // Warm up until the contender delivers, so start-up is not measured.
     bench.publish(100).await;
@@ -481,6 +495,7 @@ fn parent() {
     let tuned = env_number("FANOUT_PEER_BENTO_IN_FLIGHT", 2).max(1);
     let contenders = [
         Contender::Fanout,
+        Contender::FanoutDefault,
         Contender::BentoFanOut(IN_FLIGHT),
         Contender::BentoFanOut(tuned),
         Contender::BentoPerTarget(tuned),
@@ -575,7 +590,8 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
         })
         .unwrap();
     let mut latencies = vec![None; contenders.len()];
-    for i in [0, best_bento] {
+    let measured = (0..contenders.len()).filter(|&i| !contenders[i].is_bento() || i == best_bento);
+    for i in measured {
         eprintln!("{}: latency at {LATENCY_RATE}/s ...", contenders[i].name());
         latencies[i] = Some(latency(bench, contenders[i]).await);
     }
@@ -668,4 +684,17 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
         100.0 * isolation,
         verdict(isolation >= 0.9)
     );
+    if let Some(i) = contenders
+        .iter()
+        .position(|c| *c == Contender::FanoutDefault)
+    {
+        let t = medians[i];
+        println!(
+            "{}: {:.2}x its events/s; {:.0}% of its CPU per event, {:.0}% in user space",
+            contenders[i].name(),
+            t.events_per_sec / best.events_per_sec,
+            100.0 * t.cpu_per_1000 / best.cpu_per_1000,
+            100.0 * t.user_cpu_per_1000 / best.user_cpu_per_1000,
+        );
+    }
 }
