@@ -100,7 +100,8 @@ fn main() {
     }
     println!();
     println!(
-        "Consume and acknowledge: {events} events of {BODY_BYTES} B with 6 headers, batches of {BATCH}, {rounds} alternating rounds, median"
+        "Consume and acknowledge: {events} events of {BODY_BYTES} B with {} headers, batches of {BATCH}, {rounds} alternating rounds, median",
+        event_headers(0).iter().count()
     );
     println!();
     println!("| client | CPU µs per event (rounds) | events/s |");
