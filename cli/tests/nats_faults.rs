@@ -475,6 +475,14 @@ async fn standalone_started_before_its_cluster_is_ready_waits_for_it() {
         "standalone gave up:\n{}",
         standalone.process.log()
     );
+    // A request to a JetStream without a leader times out only after seconds: the log
+    // says what standalone waits for before that.
+    let log = standalone.process.log();
+    let announced = log.find("waiting for JetStream to answer");
+    assert!(
+        announced.is_some_and(|at| Some(at) < log.find(waiting)),
+        "no word of the wait before the first failed attempt:\n{log}"
+    );
 
     tokio::task::block_in_place(|| {
         cluster.restart(1)?;

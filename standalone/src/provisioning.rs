@@ -1,8 +1,9 @@
 //! The routes' streams and consumers, made at start. A JetStream that is not ready yet
 //! (a cluster still electing its meta leader, or whose servers are not yet current, so
 //! that a replicated stream finds no peers to be placed on) is waited for, up to
-//! `--jetstream-wait`, saying so in the log; any other failure stops the start at once
-//! (`fanout_provision::transient` tells them apart).
+//! `--jetstream-wait`, saying so in the log (from the first second without an answer
+//! on); any other failure stops the start at once (`fanout_provision::transient` tells
+//! them apart).
 
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ use tokio::time::Instant;
 /// The first pause between attempts, doubled after each up to [`LONGEST_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const LONGEST_PAUSE: Duration = Duration::from_secs(2);
+/// An attempt may take this long before the log says (once per route) what
+/// standalone waits for: a JetStream without a leader may answer nothing, and its
+/// requests time out only after seconds.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// Creates or updates every route's JetStream objects, waiting at most `wait` in all
 /// for JetStream to become ready.
@@ -28,8 +33,18 @@ pub async fn provision(
     for route in routes {
         let key = RouteKey::new(&route.config.namespace, &route.config.name);
         let mut pause = FIRST_PAUSE;
+        let mut announced = false;
         loop {
-            let error = match provisioner.apply(&route.streams).await {
+            let mut attempt = std::pin::pin!(provisioner.apply(&route.streams));
+            let result = tokio::select! {
+                result = &mut attempt => result,
+                _ = tokio::time::sleep(QUIET), if !announced => {
+                    announced = true;
+                    tracing::info!(route = %key, "waiting for JetStream to answer");
+                    attempt.await
+                }
+            };
+            let error = match result {
                 Ok(_) => break,
                 Err(error) => error,
             };
