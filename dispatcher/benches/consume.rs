@@ -1,9 +1,8 @@
 //! What taking events from JetStream and acknowledging them costs the dispatcher's
 //! NATS client, apart from delivering them: async-nats' pull consumer, which each
-//! target's worker uses, against the NATS protocol read and written directly by a
-//! minimal consumer that lives only in this bench. The gap is what a pull consumer of
-//! the dispatcher's own could save (docs/benchmarks.md, "What a consumer of its own
-//! would save").
+//! target's worker uses, against Fanout's own (`fanout_nats_client::pull`), which
+//! reads the protocol straight from its buffer. The gap is what the workers save by
+//! moving to it (docs/benchmarks.md, "What a consumer of its own would save").
 //!
 //!     cargo bench -p fanout-dispatcher --bench consume
 //!
@@ -16,9 +15,6 @@
 //! (`/proc/thread-self/schedstat`: user and kernel), so everything each client does
 //! is counted and nothing else is. `FANOUT_BENCH_ROUNDS` rounds (default 5); the
 //! table gives each client's median.
-//!
-//! The direct consumer does only what this bench needs: no TLS or credentials, no
-//! reconnection, no heartbeats. Those cost nothing per event in a real one.
 
 #[path = "shared/events.rs"]
 mod events;
@@ -26,13 +22,14 @@ mod events;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use events::{BODY_BYTES, body, event_headers};
 use fanout_dispatcher::event::Event;
+use fanout_nats_client::protocol;
+use fanout_nats_client::pull::{Ack, Pull, PullConfig};
+use fanout_process::nats::NatsArgs;
 use fanout_testkit::nats::NatsServer;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -45,18 +42,18 @@ const BATCH: usize = 512;
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Client {
     AsyncNats,
-    Direct,
-    /// Direct, with the headers then parsed into async-nats' `HeaderMap`, as an
+    Own,
+    /// Fanout's own, with the headers then parsed into async-nats' `HeaderMap`, as an
     /// [`Event`] holds them today.
-    DirectHeaderMap,
+    OwnHeaderMap,
 }
 
 impl Client {
     fn name(self) -> &'static str {
         match self {
             Client::AsyncNats => "async-nats pull consumer (what workers use)",
-            Client::Direct => "the protocol read and written directly (bench only)",
-            Client::DirectHeaderMap => "directly, headers then put in async-nats' HeaderMap",
+            Client::Own => "Fanout's own pull consumer (fanout-nats-client)",
+            Client::OwnHeaderMap => "Fanout's own, headers then put in async-nats' HeaderMap",
         }
     }
 }
@@ -78,7 +75,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(preload(&url, events));
-    let clients = [Client::AsyncNats, Client::Direct, Client::DirectHeaderMap];
+    let clients = [Client::AsyncNats, Client::Own, Client::OwnHeaderMap];
     let mut results: Vec<Vec<Round>> = vec![Vec::new(); clients.len()];
     for round in 1..=rounds {
         for (i, client) in clients.iter().enumerate() {
@@ -208,10 +205,15 @@ fn consume(client: Client, url: &str, name: &str, events: usize) -> Round {
                 })
                 .await
             }
-            Client::Direct | Client::DirectHeaderMap => {
-                let header_map = client == Client::DirectHeaderMap;
-                let mut direct = Direct::connect(url, name, header_map).await;
-                measured(direct.take(events)).await
+            Client::Own | Client::OwnHeaderMap => {
+                let pull = own_consumer(url, name).await;
+                let header_map = client == Client::OwnHeaderMap;
+                measured(async {
+                    let taken = with_own(&pull, events, header_map).await;
+                    pull.flush(Duration::from_secs(10)).await;
+                    taken
+                })
+                .await
             }
         }
     });
@@ -259,6 +261,36 @@ async fn with_async_nats(consumer: &PullConsumer, events: usize) -> usize {
     taken
 }
 
+/// Fanout's own consumer, connected: batches of up to [`BATCH`] on the way.
+async fn own_consumer(url: &str, name: &str) -> Pull {
+    let args = NatsArgs {
+        url: url.to_string(),
+        credentials_file: None,
+        token_file: None,
+        ca_file: None,
+        ping_interval: "10s".parse().unwrap(),
+    };
+    let (servers, settings) = fanout_nats_client::settings(&args, "consume-bench").unwrap();
+    let config = PullConfig {
+        stream: STREAM.into(),
+        consumer: name.into(),
+        batch: BATCH,
+        expires: Duration::from_secs(30),
+        heartbeat: Duration::from_secs(5),
+        group: None,
+    };
+    let pull = Pull::start(servers, settings, Duration::from_secs(10), config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pull.is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "the own consumer did not connect"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pull
+}
+
 /// What a delivery needs of an event, taken from the wire without a header map: the
 /// header block stays the bytes it came as.
 #[allow(dead_code)] // Read only through black_box.
@@ -268,181 +300,31 @@ struct RawEvent {
     headers: Bytes,
     header_map: Option<async_nats::HeaderMap>,
     body: Bytes,
-    delivery: u32,
+    delivery: u64,
     stream_sequence: u64,
 }
 
-/// The bench-only consumer: one connection, pull requests written by hand, messages
-/// parsed from the read buffer, acks written into a buffer flushed once per read.
-struct Direct {
-    tcp: TcpStream,
-    read: BytesMut,
-    write: Vec<u8>,
-    pull_subject: String,
-    /// Whether each event's headers are also parsed into a `HeaderMap`.
-    header_map: bool,
-}
-
-const INBOX: &str = "_INBOX.consume";
-
-impl Direct {
-    async fn connect(url: &str, name: &str, header_map: bool) -> Direct {
-        let address = url.trim_start_matches("nats://");
-        let tcp = TcpStream::connect(address).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let mut direct = Direct {
-            tcp,
-            read: BytesMut::with_capacity(64 * 1024),
-            write: Vec::with_capacity(64 * 1024),
-            pull_subject: format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{name}"),
-            header_map,
+/// As a worker would: each event made what a delivery needs, then acked.
+async fn with_own(pull: &Pull, events: usize, header_map: bool) -> usize {
+    let mut taken = 0;
+    while taken < events {
+        let message = pull.next().await.unwrap();
+        let info = message.info().expect("a consumer's delivery");
+        let id = protocol::header(&message.headers, "Fanout-Event-Id").expect("an event id");
+        let event = RawEvent {
+            id: String::from_utf8_lossy(id).into_owned(),
+            subject: String::from_utf8_lossy(&message.subject).into_owned(),
+            header_map: header_map.then(|| self::header_map(&message.headers)),
+            headers: message.headers.clone(),
+            body: message.payload.clone(),
+            delivery: info.delivered,
+            stream_sequence: info.stream_sequence,
         };
-        direct.line().await; // INFO
-        let connect = r#"CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,"protocol":1,"lang":"rust","version":"bench"}"#;
-        let hello = format!("{connect}\r\nSUB {INBOX} 1\r\nPING\r\n");
-        direct.tcp.write_all(hello.as_bytes()).await.unwrap();
-        loop {
-            let line = direct.line().await;
-            if line.starts_with(b"PONG") {
-                break;
-            }
-            assert!(!line.starts_with(b"-ERR"), "{line:?}");
-        }
-        direct
+        std::hint::black_box(&event);
+        pull.ack(&message.reply, Ack::Ack);
+        taken += 1;
     }
-
-    /// The next control line (before any message arrives).
-    async fn line(&mut self) -> Bytes {
-        loop {
-            if let Some(end) = memchr::memmem::find(&self.read, b"\r\n") {
-                let line = self.read.split_to(end + 2).freeze();
-                return line.slice(..end);
-            }
-            assert!(self.tcp.read_buf(&mut self.read).await.unwrap() > 0);
-        }
-    }
-
-    fn pull(&mut self, batch: usize) {
-        let body = format!(r#"{{"batch":{batch},"expires":60000000000}}"#);
-        let line = format!(
-            "PUB {} {INBOX} {}\r\n{body}\r\n",
-            self.pull_subject,
-            body.len()
-        );
-        self.write.extend_from_slice(line.as_bytes());
-    }
-
-    /// Takes `events` events: two pulls of a batch each in flight, another asked for
-    /// as each batch has arrived, every event acked as it is taken.
-    async fn take(&mut self, events: usize) -> usize {
-        self.pull(BATCH);
-        self.pull(BATCH);
-        let (mut taken, mut since_pull) = (0, 0);
-        while taken < events {
-            while let Some(event) = self.next_event() {
-                std::hint::black_box(&event);
-                taken += 1;
-                since_pull += 1;
-                if since_pull == BATCH {
-                    self.pull(BATCH);
-                    since_pull = 0;
-                }
-            }
-            if !self.write.is_empty() {
-                self.tcp.write_all(&self.write).await.unwrap();
-                self.write.clear();
-            }
-            if taken < events {
-                assert!(self.tcp.read_buf(&mut self.read).await.unwrap() > 0);
-            }
-        }
-        self.tcp.write_all(&self.write).await.unwrap();
-        taken
-    }
-
-    /// The next complete event in the read buffer, acked; status messages (a pull
-    /// request's end), PINGs and INFOs are taken care of on the way.
-    fn next_event(&mut self) -> Option<RawEvent> {
-        loop {
-            let end = memchr::memmem::find(&self.read, b"\r\n")?;
-            let line = &self.read[..end];
-            if line.starts_with(b"PING") {
-                self.read.advance(end + 2);
-                self.write.extend_from_slice(b"PONG\r\n");
-                continue;
-            }
-            // The server's INFO again (after CONNECT, or a cluster's change).
-            if line.starts_with(b"INFO ") || line.starts_with(b"+OK") {
-                self.read.advance(end + 2);
-                continue;
-            }
-            assert!(
-                line.starts_with(b"HMSG "),
-                "{:?}",
-                Bytes::copy_from_slice(line)
-            );
-            // HMSG <subject> <sid> [reply] <header bytes> <total bytes>
-            let mut fields = [&b""[..]; 5];
-            let mut count = 0;
-            for field in line[5..].split(|b| *b == b' ').filter(|f| !f.is_empty()) {
-                assert!(count < 5, "too many fields");
-                fields[count] = field;
-                count += 1;
-            }
-            let (subject, reply, header_len, total_len) = match count {
-                5 => (fields[0], Some(fields[2]), fields[3], fields[4]),
-                4 => (fields[0], None, fields[2], fields[3]),
-                _ => panic!("a malformed HMSG line"),
-            };
-            let (header_len, total_len) = (number(header_len), number(total_len));
-            if self.read.len() < end + 2 + total_len + 2 {
-                return None;
-            }
-            let subject = std::str::from_utf8(subject).unwrap().to_string();
-            let reply = reply.map(|r| std::str::from_utf8(r).unwrap().to_string());
-            self.read.advance(end + 2);
-            let mut message = self.read.split_to(total_len + 2).freeze();
-            message.truncate(total_len);
-            let headers = message.slice(..header_len);
-            let body = message.slice(header_len..);
-            let Some(reply) = reply else {
-                // A status: the end of a pull request, or a heartbeat.
-                continue;
-            };
-            // $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
-            let mut tokens = reply.split('.').skip(4);
-            let delivery = tokens.next().unwrap().parse().unwrap();
-            let stream_sequence = tokens.next().unwrap().parse().unwrap();
-            let header_map = self.header_map.then(|| header_map(&headers));
-            let id = header(&headers, "Fanout-Event-Id").unwrap().to_string();
-            self.write.extend_from_slice(b"PUB ");
-            self.write.extend_from_slice(reply.as_bytes());
-            self.write.extend_from_slice(b" 0\r\n\r\n");
-            return Some(RawEvent {
-                id,
-                subject,
-                headers,
-                header_map,
-                body,
-                delivery,
-                stream_sequence,
-            });
-        }
-    }
-}
-
-fn number(digits: &[u8]) -> usize {
-    std::str::from_utf8(digits).unwrap().parse().unwrap()
-}
-
-/// A header's first value in a `NATS/1.0` header block, the name matched without
-/// regard to case.
-fn header<'a>(block: &'a [u8], name: &str) -> Option<&'a str> {
-    let text = std::str::from_utf8(block).ok()?;
-    text.split("\r\n").skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
-    })
+    taken
 }
 
 /// A `NATS/1.0` header block as async-nats' `HeaderMap`.

@@ -12,18 +12,16 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::Notify;
-
-use super::handshake::{self, Connected, Io, Server, Settings};
-use super::headers::Headers;
-use super::protocol::{self, InvalidSubject, Msg, ProtocolError, ServerOp};
+use bytes::Bytes;
+use fanout_nats_client::connection::{self, Session, Signals};
+use fanout_nats_client::handshake::{Server, Settings};
+use fanout_nats_client::headers::Headers;
+use fanout_nats_client::protocol::{self, Info, InvalidSubject, Msg};
 
 /// The subscription id of the replies.
 const REPLIES: u64 = 1;
@@ -58,24 +56,6 @@ pub enum NoReply {
 /// Sweeps per reply timeout: a publish fails between the timeout and an eighth more.
 const SWEEPS_PER_TIMEOUT: u32 = 8;
 
-/// Why a connection ended.
-#[derive(Debug, thiserror::Error)]
-enum Ended {
-    #[error("reading from NATS")]
-    Read(#[source] std::io::Error),
-    #[error("writing to NATS")]
-    Write(#[source] std::io::Error),
-    #[error("the server closed the connection")]
-    Closed,
-    #[error("the server did not answer {0} PINGs")]
-    Stale(u32),
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-}
-
-/// Unanswered PINGs after which the server is given up on.
-const MAX_PINGS_OUT: u32 = 2;
-
 /// A shard's handle on its connection. Cheap to clone.
 #[derive(Clone)]
 pub struct Link {
@@ -84,10 +64,7 @@ pub struct Link {
 
 struct Shared {
     state: Mutex<State>,
-    /// The writer has something to send.
-    wake_writer: Notify,
-    /// The writer sent everything it had.
-    drained: Notify,
+    signals: Signals,
     /// Written only while `state` is locked; read without it for readiness.
     connected: AtomicBool,
     /// `_INBOX.<random>.`: replies come to this prefix and a number.
@@ -138,17 +115,14 @@ impl Link {
                 sweeps: 0,
                 max_payload: 0,
             }),
-            wake_writer: Notify::new(),
-            drained: Notify::new(),
+            signals: Signals::default(),
             connected: AtomicBool::new(false),
             inbox,
         });
-        tokio::spawn(keep_connected(
-            shared.clone(),
-            servers,
-            settings,
-            ping_interval,
-        ));
+        let session = shared.clone();
+        tokio::spawn(async move {
+            connection::keep_connected(&*session, servers, settings, ping_interval).await;
+        });
         tokio::spawn(sweep(shared.clone(), reply_timeout));
         Link { shared }
     }
@@ -191,7 +165,7 @@ impl Link {
             .push_back(Slot::Waiting { sweep, waker: None });
         drop(state);
         if was_empty {
-            shared.wake_writer.notify_one();
+            shared.signals.wake_writer.notify_one();
         }
         Ok(Pending {
             id,
@@ -202,14 +176,9 @@ impl Link {
 
     /// Waits until what is queued has been written (at shutdown), at most `limit`.
     pub async fn flush(&self, limit: Duration) {
-        let drained = self.shared.drained.notified();
-        tokio::pin!(drained);
-        drained.as_mut().enable();
-        if self.shared.lock().out.is_empty() {
-            return;
-        }
-        self.shared.wake_writer.notify_one();
-        let _ = tokio::time::timeout(limit, drained).await;
+        let shared = &self.shared;
+        let is_empty = || shared.lock().out.is_empty();
+        shared.signals.flush(is_empty, limit).await;
     }
 }
 
@@ -227,23 +196,6 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across a panic (each change is one statement).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queues a control line (`PING`, `PONG`).
-    fn queue(&self, line: &[u8]) {
-        let mut state = self.lock();
-        let was_empty = state.out.is_empty();
-        state.out.extend_from_slice(line);
-        drop(state);
-        if was_empty {
-            self.wake_writer.notify_one();
-        }
-    }
-
-    fn set_connected(&self, max_payload: usize) {
-        let mut state = self.lock();
-        state.max_payload = max_payload;
-        self.connected.store(true, Ordering::Relaxed);
     }
 
     /// Stops taking publishes and fails those waiting.
@@ -266,6 +218,7 @@ impl Shared {
         woken.into_iter().for_each(Waker::wake);
     }
 
+    /// Hands a reply to its publish.
     fn deliver(&self, msg: Msg) {
         let Some(id) = msg
             .subject
@@ -386,169 +339,54 @@ async fn sweep(shared: Arc<Shared>, reply_timeout: Duration) {
     }
 }
 
-/// Connects, serves the connection until it ends, and connects again, to each
-/// server in turn, for as long as the runtime runs.
-async fn keep_connected(
-    shared: Arc<Shared>,
-    mut servers: Vec<Server>,
-    settings: Settings,
-    ping_interval: Duration,
-) {
-    let mut subscribe = b"SUB ".to_vec();
-    subscribe.extend_from_slice(&shared.inbox);
-    subscribe.extend_from_slice(b"* ");
-    protocol::write_number(&mut subscribe, REPLIES);
-    subscribe.extend_from_slice(b"\r\n");
-    // Shards spread over the cluster's servers, as the cluster's clients do.
-    let mut next = rand_index(servers.len());
-    let mut failures: u32 = 0;
-    loop {
-        let server = servers[next % servers.len()].clone();
-        next += 1;
-        match handshake::connect(&server, &settings, &subscribe).await {
-            Ok(connected) => {
-                if failures > 0 {
-                    tracing::info!(%server, "connected to NATS again");
-                }
-                failures = 0;
-                let ended = serve(&shared, connected, &mut servers, &server, ping_interval).await;
-                tracing::warn!(%server, error = %fanout_config::error_chain(&ended), "lost the connection to NATS; events are refused with 503 until it is back");
-            }
-            Err(e) => {
-                failures += 1;
-                // Every failure of the first few, then one in 30: a long outage
-                // should not flood the log.
-                if failures <= 3 || failures.is_multiple_of(30) {
-                    tracing::warn!(%server, attempt = failures, error = %fanout_config::error_chain(&e), "cannot connect to NATS");
-                }
-            }
-        }
-        // Quickly after a restart: while disconnected every event is refused.
-        let delay = Duration::from_millis(u64::from(failures).saturating_mul(100).min(1000));
-        tokio::time::sleep(delay).await;
+impl Session for Shared {
+    const WHILE_LOST: &'static str = "events are refused with 503 until it is back";
+
+    fn subscriptions(&self) -> Vec<u8> {
+        let mut subscribe = b"SUB ".to_vec();
+        subscribe.extend_from_slice(&self.inbox);
+        subscribe.extend_from_slice(b"* ");
+        protocol::write_number(&mut subscribe, REPLIES);
+        subscribe.extend_from_slice(b"\r\n");
+        subscribe
     }
-}
 
-fn rand_index(n: usize) -> usize {
-    // The low bits of a v7 id are random.
-    (uuid::Uuid::now_v7().as_u128() as u64 % n.max(1) as u64) as usize
-}
-
-/// Serves one connection until it ends, and says why it did.
-async fn serve(
-    shared: &Shared,
-    connected: Connected,
-    servers: &mut Vec<Server>,
-    server: &Server,
-    ping_interval: Duration,
-) -> Ended {
-    let Connected { stream, info, read } = connected;
-    learn_servers(servers, &info.connect_urls, server);
-    let (reader, writer) = tokio::io::split(stream);
-    let pings_out = AtomicU32::new(0);
-    shared.set_connected(info.max_payload);
-    let ended = tokio::select! {
-        ended = write_loop(shared, writer) => ended,
-        ended = read_loop(shared, reader, read, &pings_out, servers, server) => ended,
-        ended = ping_loop(shared, &pings_out, ping_interval) => ended,
-    };
-    shared.set_disconnected();
-    ended
-}
-
-async fn write_loop(shared: &Shared, mut writer: WriteHalf<Box<dyn Io>>) -> Ended {
-    let mut sending = Vec::with_capacity(64 * 1024);
-    loop {
-        shared.wake_writer.notified().await;
-        std::mem::swap(&mut sending, &mut shared.lock().out);
-        if !sending.is_empty() {
-            let written = async {
-                writer.write_all(&sending).await?;
-                writer.flush().await
-            };
-            if let Err(e) = written.await {
-                return Ended::Write(e);
-            }
-            sending.clear();
-        }
-        shared.drained.notify_waiters();
+    fn connected(&self, info: &Info) {
+        let mut state = self.lock();
+        state.max_payload = info.max_payload;
+        self.connected.store(true, Ordering::Relaxed);
     }
-}
 
-async fn read_loop(
-    shared: &Shared,
-    mut reader: ReadHalf<Box<dyn Io>>,
-    mut read: BytesMut,
-    pings_out: &AtomicU32,
-    servers: &mut Vec<Server>,
-    server: &Server,
-) -> Ended {
-    loop {
-        loop {
-            match protocol::parse(&mut read) {
-                Ok(Some(ServerOp::Msg(msg))) => shared.deliver(msg),
-                Ok(Some(ServerOp::Ping)) => shared.queue(b"PONG\r\n"),
-                Ok(Some(ServerOp::Pong)) => pings_out.store(0, Ordering::Relaxed),
-                Ok(Some(ServerOp::Ok)) => {}
-                Ok(Some(ServerOp::Err(reason))) => {
-                    // Fatal errors close the connection, which ends it below.
-                    tracing::warn!(%server, %reason, "NATS sent an error");
-                }
-                Ok(Some(ServerOp::Info(text))) => match text.parse() {
-                    Ok(info) => {
-                        learn_servers(servers, &info.connect_urls, server);
-                        if info.max_payload > 0 {
-                            shared.lock().max_payload = info.max_payload;
-                        }
-                        if info.ldm {
-                            tracing::info!(%server, "the NATS server is shutting down (lame duck mode)");
-                        }
-                    }
-                    Err(e) => return Ended::Protocol(e),
-                },
-                Ok(None) => break,
-                Err(e) => return Ended::Protocol(e),
-            }
-        }
-        if read.capacity() - read.len() < 4096 {
-            read.reserve(64 * 1024);
-        }
-        match reader.read_buf(&mut read).await {
-            Ok(0) => return Ended::Closed,
-            Ok(_) => {}
-            Err(e) => return Ended::Read(e),
+    fn info_changed(&self, info: &Info) {
+        if info.max_payload > 0 {
+            self.lock().max_payload = info.max_payload;
         }
     }
-}
 
-async fn ping_loop(shared: &Shared, pings_out: &AtomicU32, interval: Duration) -> Ended {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    loop {
-        ticks.tick().await;
-        let out = pings_out.fetch_add(1, Ordering::Relaxed);
-        if out >= MAX_PINGS_OUT {
-            return Ended::Stale(out);
-        }
-        shared.queue(b"PING\r\n");
+    fn message(&self, msg: Msg) {
+        self.deliver(msg);
     }
-}
 
-/// Adds the servers a cluster announces (`host:port`) to those to try, with the
-/// scheme of the one that announced them.
-fn learn_servers(servers: &mut Vec<Server>, announced: &[String], from: &Server) {
-    for address in announced {
-        let url = if from.tls {
-            format!("tls://{address}")
-        } else {
-            format!("nats://{address}")
-        };
-        if let Ok(found) = Server::parse(&url)
-            && !servers
-                .iter()
-                .any(|s| s.host == found.host && s.port == found.port)
-        {
-            servers.push(found);
+    fn queue(&self, line: &[u8]) {
+        let mut state = self.lock();
+        let was_empty = state.out.is_empty();
+        state.out.extend_from_slice(line);
+        drop(state);
+        if was_empty {
+            self.signals.wake_writer.notify_one();
         }
+    }
+
+    fn take_outgoing(&self, sending: &mut Vec<u8>) {
+        std::mem::swap(sending, &mut self.lock().out);
+    }
+
+    fn disconnected(&self) {
+        self.set_disconnected();
+    }
+
+    fn signals(&self) -> &Signals {
+        &self.signals
     }
 }
 
@@ -570,8 +408,7 @@ mod tests {
                 sweeps: 0,
                 max_payload: 1 << 20,
             }),
-            wake_writer: Notify::new(),
-            drained: Notify::new(),
+            signals: Signals::default(),
             connected: AtomicBool::new(true),
             inbox: b"_INBOX.t.".to_vec(),
         });
@@ -586,7 +423,9 @@ mod tests {
         link.shared.deliver(Msg {
             subject: Bytes::from(format!("_INBOX.t.{id}")),
             sid: REPLIES,
+            reply: Bytes::new(),
             status: None,
+            headers: Bytes::new(),
             payload: Bytes::from_static(payload.as_bytes()),
         });
     }
@@ -713,19 +552,5 @@ mod tests {
             reply_subject(&mut buf, b"_INBOX.abc.", u64::MAX),
             format!("_INBOX.abc.{}", u64::MAX).as_bytes()
         );
-    }
-
-    #[test]
-    fn announced_servers_are_added_once_with_the_announcers_scheme() {
-        let first = Server::parse("tls://10.0.0.1:4222").unwrap();
-        let mut servers = vec![first.clone()];
-        let announced = [
-            "10.0.0.1:4222".to_string(),
-            "10.0.0.2:4222".into(),
-            "10.0.0.2:4222".into(),
-        ];
-        learn_servers(&mut servers, &announced, &first);
-        let names: Vec<String> = servers.iter().map(ToString::to_string).collect();
-        assert_eq!(names, ["tls://10.0.0.1:4222", "tls://10.0.0.2:4222"]);
     }
 }

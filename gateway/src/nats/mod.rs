@@ -1,100 +1,13 @@
-//! The gateway's own NATS client: only what storing an event needs (publish with a
-//! reply, one subscription for the replies, PING/PONG, reconnection across a
-//! cluster's servers), with the same authentication and TLS settings as every
-//! Fanout process (`--nats-*`).
+//! The gateway's NATS link: publishes written straight into a shard's buffer and
+//! their replies matched by number, on Fanout's own client (`fanout-nats-client`),
+//! with the same authentication and TLS settings as every Fanout process
+//! (`--nats-*`).
 //!
-//! Why not async-nats, which the other processes use: each publish there is a
-//! command sent to the connection's task, a header map copied into it, an inbox name
-//! and a reply channel made per request, and each reply a message parsed into a
-//! header map. Written straight into the shard's buffer instead, a publish costs
-//! about a third less CPU, the largest single share of the gateway's own
-//! (docs/benchmarks.md, "A publish path of its own").
-//!
-//! - [`protocol`]: the bytes on the wire.
-//! - [`headers`]: a message's headers, kept as the lines they are sent as.
-//! - [`credentials`]: token and `.creds` files, the nonce signed.
-//! - [`handshake`]: one server: TCP, `INFO`, TLS, `CONNECT`, `SUB`.
-//! - [`link`]: a shard's connection, kept up, and the replies matched to publishes.
+//! - [`link`]: a shard's connection, and the replies matched to publishes.
 
-pub mod credentials;
-pub mod handshake;
-pub mod headers;
 pub mod link;
-pub mod protocol;
 
-use std::time::Duration;
-
-use fanout_process::nats::NatsArgs;
-
-pub use handshake::Server;
-pub use headers::Headers;
+pub use fanout_nats_client::{
+    Headers, Server, SettingsError, handshake, headers, protocol, settings,
+};
 pub use link::{Link, NoReply, Pending, Reply, SendError};
-
-use credentials::{Auth, CredentialsError};
-use handshake::{Settings, Tls, TlsFileError, UrlError};
-
-/// How long connecting to one server may take: TCP, TLS and the server's answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why the `--nats-*` settings cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    #[error("--nats-url lists no server")]
-    NoServer,
-    #[error(transparent)]
-    Url(#[from] UrlError),
-    #[error(transparent)]
-    Credentials(#[from] CredentialsError),
-    #[error("reading the NATS CA file {path}")]
-    CaFile {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the NATS CA file {path} is unusable")]
-    Ca {
-        path: std::path::PathBuf,
-        #[source]
-        source: TlsFileError,
-    },
-}
-
-/// The servers to connect to and how, from the `--nats-*` flags. Files are read now,
-/// so that a missing or broken one stops the gateway at start.
-pub fn settings(args: &NatsArgs, name: &str) -> Result<(Vec<Server>, Settings), SettingsError> {
-    let servers = args
-        .servers()
-        .into_iter()
-        .map(Server::parse)
-        .collect::<Result<Vec<_>, _>>()?;
-    if servers.is_empty() {
-        return Err(SettingsError::NoServer);
-    }
-    let auth = match (&args.credentials_file, &args.token_file) {
-        (Some(path), _) => Auth::CredentialsFile(path.clone()),
-        (None, Some(path)) => Auth::TokenFile(path.clone()),
-        (None, None) => Auth::None,
-    };
-    auth.check()?;
-    let tls = match &args.ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|source| SettingsError::CaFile {
-                path: path.clone(),
-                source,
-            })?;
-            let config = handshake::trusting(&pem).map_err(|source| SettingsError::Ca {
-                path: path.clone(),
-                source,
-            })?;
-            Tls::Required(std::sync::Arc::new(config))
-        }
-        None => Tls::IfAsked,
-    };
-    let settings = Settings {
-        name: name.to_string(),
-        auth,
-        tls,
-        timeout: CONNECT_TIMEOUT,
-    };
-    Ok((servers, settings))
-}

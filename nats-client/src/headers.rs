@@ -27,7 +27,7 @@ impl Headers {
         }
     }
 
-    /// Adds `name: value`. `name` must be a header name: the gateway's names are
+    /// Adds `name: value`. `name` must be a header name: the callers' names are
     /// constants, or checked when they are configured or by the HTTP parser.
     pub fn append(&mut self, name: &str, value: &str) -> Result<(), LineBreak> {
         debug_assert!(is_name(name), "{name:?} is not a header name");

@@ -1,4 +1,4 @@
-//! Who the gateway is to NATS: a token, a credentials file (a user JWT and the NKey
+//! Who a Fanout process is to NATS: a token, a credentials file (a user JWT and the NKey
 //! seed that signs the server's nonce), or a user and password in the URL. Secrets
 //! are read from files, kept out of `Debug` and logs, and re-read at every connect,
 //! so that a rotated Secret is used from the next reconnection on.

@@ -1,19 +1,18 @@
-//! The NATS client protocol, as much of it as the gateway speaks: what it writes
+//! The NATS client protocol, as much of it as Fanout's own client speaks: what it writes
 //! (`CONNECT`, `SUB`, `HPUB`, `PING`, `PONG`) and what it reads from the server.
 //! Pure functions over buffers, so that every case is tested without a server.
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::headers::Headers;
+use crate::headers::Headers;
 
 /// The longest control line accepted from a server (an `INFO` with a long list of
 /// cluster URLs is the longest a server sends).
 const MAX_CONTROL_LINE: usize = 64 * 1024;
-/// The largest message accepted from a server. The gateway only receives
-/// acknowledgements (tens of bytes); this bounds what a broken server can make it
-/// buffer.
-const MAX_MESSAGE: usize = 8 * 1024 * 1024;
+/// The largest message accepted from a server: the most a server's `max_payload`
+/// can be set to. It bounds what a broken server can make a client buffer.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// What the server says about itself when a client connects (and again when its
 /// cluster changes).
@@ -68,9 +67,14 @@ impl InfoText {
 pub struct Msg {
     pub subject: Bytes,
     pub sid: u64,
+    /// Where an answer goes (empty when none is asked for).
+    pub reply: Bytes,
     /// The status of a message without a body of its own (`NATS/1.0 503` when a
     /// request found no responders).
     pub status: Option<u16>,
+    /// The header block as it came, its `NATS/1.0` line included (empty without
+    /// headers).
+    pub headers: Bytes,
     pub payload: Bytes,
 }
 
@@ -161,6 +165,7 @@ fn message(
         }
         _ => return Err(malformed()),
     };
+    let with_reply = count == if headers { 6 } else { 5 };
     let sid = number(sid).ok_or_else(malformed)?;
     let total = number(sizes[sizes.len() - 1]).ok_or_else(malformed)? as usize;
     let header_len = if headers {
@@ -183,21 +188,53 @@ fn message(
         return Err(malformed());
     }
     let subject_range = offset(buf, subject);
+    let reply_range = if with_reply {
+        offset(buf, fields[3])
+    } else {
+        0..0
+    };
     let mut frame = buf.split_to(body_start + total + 2).freeze();
     let subject = frame.slice(subject_range);
+    let reply = frame.slice(reply_range);
     frame.advance(body_start);
     let status = status(&frame[..header_len]);
+    let headers = frame.slice(..header_len);
     let payload = frame.slice(header_len..total);
     Ok(Some(ServerOp::Msg(Msg {
         subject,
         sid,
+        reply,
         status,
+        headers,
         payload,
     })))
 }
 
+/// The text after a status code on a header block's first line (`Consumer
+/// Deleted` in `NATS/1.0 409 Consumer Deleted`), empty when there is none.
+pub fn status_text(headers: &[u8]) -> &[u8] {
+    let Some(first) = headers.split(|b| *b == b'\r').next() else {
+        return &[];
+    };
+    let rest = trim(first.strip_prefix(b"NATS/1.0").unwrap_or_default());
+    match rest.iter().position(|b| *b == b' ') {
+        Some(at) => trim(&rest[at..]),
+        None => &[],
+    }
+}
+
+/// The first value of header `name` (any case) in a header block.
+pub fn header<'a>(headers: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    headers.split(|b| *b == b'\n').skip(1).find_map(|line| {
+        let at = line.iter().position(|b| *b == b':')?;
+        line[..at]
+            .eq_ignore_ascii_case(name.as_bytes())
+            .then(|| trim(&line[at + 1..]))
+    })
+}
+
 /// The status code of a header block's first line, `NATS/1.0 <code> [text]`.
-fn status(headers: &[u8]) -> Option<u16> {
+pub(crate) fn status(headers: &[u8]) -> Option<u16> {
     let first = headers.split(|b| *b == b'\r').next()?;
     let rest = first.strip_prefix(b"NATS/1.0")?;
     let code = trim(rest).split(|b| *b == b' ').next()?;
@@ -333,9 +370,9 @@ mod tests {
     }
 
     #[test]
-    fn messages_with_and_without_headers_give_their_subject_status_and_payload() {
+    fn messages_with_and_without_headers_give_their_subject_reply_status_and_payload() {
         let ops = parse_all(
-            b"MSG _INBOX.a.7 1 10\r\n{\"seq\":12}\r\nHMSG _INBOX.a.8 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\nHMSG _INBOX.a.9 1 reply.x 12 14\r\nNATS/1.0\r\n\r\nok\r\n",
+            b"MSG _INBOX.a.7 1 10\r\n{\"seq\":12}\r\nHMSG _INBOX.a.8 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\nHMSG orders.new 1 $JS.ACK.s.c.1.2.3.4.5 18 20\r\nNATS/1.0\r\nA: b\r\n\r\nok\r\n",
         );
         assert_eq!(
             ops,
@@ -343,23 +380,43 @@ mod tests {
                 ServerOp::Msg(Msg {
                     subject: Bytes::from_static(b"_INBOX.a.7"),
                     sid: 1,
+                    reply: Bytes::new(),
                     status: None,
+                    headers: Bytes::new(),
                     payload: Bytes::from_static(b"{\"seq\":12}"),
                 }),
                 ServerOp::Msg(Msg {
                     subject: Bytes::from_static(b"_INBOX.a.8"),
                     sid: 1,
+                    reply: Bytes::new(),
                     status: Some(503),
+                    headers: Bytes::from_static(b"NATS/1.0 503\r\n\r\n"),
                     payload: Bytes::new(),
                 }),
                 ServerOp::Msg(Msg {
-                    subject: Bytes::from_static(b"_INBOX.a.9"),
+                    subject: Bytes::from_static(b"orders.new"),
                     sid: 1,
+                    reply: Bytes::from_static(b"$JS.ACK.s.c.1.2.3.4.5"),
                     status: None,
+                    headers: Bytes::from_static(b"NATS/1.0\r\nA: b\r\n\r\n"),
                     payload: Bytes::from_static(b"ok"),
                 }),
             ]
         );
+    }
+
+    #[test]
+    fn a_status_gives_its_text_and_its_headers() {
+        let block = b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 90\r\nnats-pending-bytes:0\r\n\r\n";
+        assert_eq!(status(block), Some(408));
+        assert_eq!(status_text(block), b"Request Timeout");
+        assert_eq!(header(block, "NATS-PENDING-MESSAGES"), Some(&b"90"[..]));
+        assert_eq!(header(block, "Nats-Pending-Bytes"), Some(&b"0"[..]));
+        assert_eq!(header(block, "Nats-Pin-Id"), None);
+        assert_eq!(status_text(b"NATS/1.0 100\r\n\r\n"), b"");
+        assert_eq!(status_text(b""), b"");
+        // The status line is not a header.
+        assert_eq!(header(b"NATS/1.0 409 X: y\r\n\r\n", "NATS/1.0 409 X"), None);
     }
 
     #[test]

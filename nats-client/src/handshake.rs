@@ -11,8 +11,8 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::credentials::{Auth, CredentialsError, Proof};
-use super::protocol::{self, Info, ProtocolError, ServerOp};
+use crate::credentials::{Auth, CredentialsError, Proof};
+use crate::protocol::{self, Info, ProtocolError, ServerOp};
 
 /// A connection to a server, plain or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
