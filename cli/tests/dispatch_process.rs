@@ -108,6 +108,15 @@ async fn a_nats_server_restart_mid_run_loses_nothing_and_needs_no_dispatcher_res
     let all: BTreeSet<String> = before.union(&after).cloned().collect();
     target.wait_for_keys(&all, T).await.unwrap();
     assert_eq!(target.distinct_keys(), all);
+    // Ready again: its own connection and the target's are back.
+    wait::until("the dispatcher to be ready again", T, || async {
+        match http::get(&addr, "/readyz").await {
+            Ok(r) if r.status == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
     assert!(dispatcher.terminate(T).unwrap().success());
 }
 

@@ -1,8 +1,8 @@
 //! What taking events from JetStream and acknowledging them costs the dispatcher's
-//! NATS client, apart from delivering them: async-nats' pull consumer, which each
-//! target's worker uses, against Fanout's own (`fanout_nats_client::pull`), which
-//! reads the protocol straight from its buffer. The gap is what the workers save by
-//! moving to it (docs/benchmarks.md, "What a consumer of its own would save").
+//! NATS client, apart from delivering them: async-nats' pull consumer, which the
+//! workers used until 2026-12-07, against Fanout's own (`fanout_nats_client::pull`),
+//! which they use now, and the same with an event's headers kept as the bytes they
+//! came as instead of a header map (docs/benchmarks.md, "A consumer of its own").
 //!
 //!     cargo bench -p fanout-dispatcher --bench consume
 //!
@@ -25,6 +25,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 use bytes::Bytes;
 use events::{BODY_BYTES, body, event_headers};
 use fanout_dispatcher::event::Event;
+use fanout_dispatcher::message::Message;
 use fanout_nats_client::protocol;
 use fanout_nats_client::pull::{Ack, Pull, PullConfig};
 use fanout_process::nats::NatsArgs;
@@ -42,18 +43,18 @@ const BATCH: usize = 512;
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Client {
     AsyncNats,
+    /// Fanout's own, each message made an [`Event`] and settled as a worker does.
     Own,
-    /// Fanout's own, with the headers then parsed into async-nats' `HeaderMap`, as an
-    /// [`Event`] holds them today.
-    OwnHeaderMap,
+    /// Fanout's own, the headers kept as the bytes they came as.
+    OwnRaw,
 }
 
 impl Client {
     fn name(self) -> &'static str {
         match self {
-            Client::AsyncNats => "async-nats pull consumer (what workers use)",
-            Client::Own => "Fanout's own pull consumer (fanout-nats-client)",
-            Client::OwnHeaderMap => "Fanout's own, headers then put in async-nats' HeaderMap",
+            Client::AsyncNats => "async-nats pull consumer (what workers used)",
+            Client::Own => "Fanout's own pull consumer, as workers take events",
+            Client::OwnRaw => "Fanout's own, the headers kept as they came",
         }
     }
 }
@@ -75,7 +76,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(preload(&url, events));
-    let clients = [Client::AsyncNats, Client::Own, Client::OwnHeaderMap];
+    let clients = [Client::AsyncNats, Client::Own, Client::OwnRaw];
     let mut results: Vec<Vec<Round>> = vec![Vec::new(); clients.len()];
     for round in 1..=rounds {
         for (i, client) in clients.iter().enumerate() {
@@ -205,11 +206,11 @@ fn consume(client: Client, url: &str, name: &str, events: usize) -> Round {
                 })
                 .await
             }
-            Client::Own | Client::OwnHeaderMap => {
+            Client::Own | Client::OwnRaw => {
                 let pull = own_consumer(url, name).await;
-                let header_map = client == Client::OwnHeaderMap;
+                let raw = client == Client::OwnRaw;
                 measured(async {
-                    let taken = with_own(&pull, events, header_map).await;
+                    let taken = with_own(&pull, events, raw).await;
                     pull.flush(Duration::from_secs(10)).await;
                     taken
                 })
@@ -241,7 +242,8 @@ async fn async_nats_consumer(url: &str, name: &str) -> (async_nats::Client, Pull
     (client, consumer)
 }
 
-/// As a worker does: a continuous pull, each message made an [`Event`], then acked.
+/// As workers did: a continuous pull, each message made what a delivery needs (its
+/// header map moved out, not copied), then acked.
 async fn with_async_nats(consumer: &PullConsumer, events: usize) -> usize {
     let mut messages = consumer
         .stream()
@@ -253,12 +255,37 @@ async fn with_async_nats(consumer: &PullConsumer, events: usize) -> usize {
     let mut taken = 0;
     while taken < events {
         let mut message = messages.next().await.unwrap().unwrap();
-        let event = Event::from_message(&mut message);
+        let info = message.info().unwrap();
+        let (delivery, stream_sequence) = (info.delivered as u64, info.stream_sequence);
+        let headers = message.message.headers.take().unwrap_or_default();
+        let id = headers
+            .get("Fanout-Event-Id")
+            .expect("an event id")
+            .to_string();
+        let event = MappedEvent {
+            id,
+            subject: message.subject.to_string(),
+            headers,
+            body: message.payload.clone(),
+            delivery,
+            stream_sequence,
+        };
         std::hint::black_box(&event);
         message.ack().await.unwrap();
         taken += 1;
     }
     taken
+}
+
+/// What a delivery needs of an event, its headers in async-nats' map.
+#[allow(dead_code)] // Read only through black_box.
+struct MappedEvent {
+    id: String,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: Bytes,
+    delivery: u64,
+    stream_sequence: u64,
 }
 
 /// Fanout's own consumer, connected: batches of up to [`BATCH`] on the way.
@@ -298,45 +325,39 @@ struct RawEvent {
     id: String,
     subject: String,
     headers: Bytes,
-    header_map: Option<async_nats::HeaderMap>,
     body: Bytes,
     delivery: u64,
     stream_sequence: u64,
 }
 
-/// As a worker would: each event made what a delivery needs, then acked.
-async fn with_own(pull: &Pull, events: usize, header_map: bool) -> usize {
+/// Each event made what a delivery needs, then acked: as a worker does
+/// ([`Event::from_message`], [`Message::settle`]), or with the headers kept raw.
+async fn with_own(pull: &Pull, events: usize, raw: bool) -> usize {
     let mut taken = 0;
     while taken < events {
         let message = pull.next().await.unwrap();
-        let info = message.info().expect("a consumer's delivery");
-        let id = protocol::header(&message.headers, "Fanout-Event-Id").expect("an event id");
-        let event = RawEvent {
-            id: String::from_utf8_lossy(id).into_owned(),
-            subject: String::from_utf8_lossy(&message.subject).into_owned(),
-            header_map: header_map.then(|| self::header_map(&message.headers)),
-            headers: message.headers.clone(),
-            body: message.payload.clone(),
-            delivery: info.delivered,
-            stream_sequence: info.stream_sequence,
-        };
-        std::hint::black_box(&event);
-        pull.ack(&message.reply, Ack::Ack);
+        if raw {
+            let info = message.info().expect("a consumer's delivery");
+            let id = protocol::header(&message.headers, "Fanout-Event-Id").expect("an event id");
+            let event = RawEvent {
+                id: String::from_utf8_lossy(id).into_owned(),
+                subject: String::from_utf8_lossy(&message.subject).into_owned(),
+                headers: message.headers.clone(),
+                body: message.payload.clone(),
+                delivery: info.delivered,
+                stream_sequence: info.stream_sequence,
+            };
+            std::hint::black_box(&event);
+            pull.ack(&message.reply, Ack::Ack);
+        } else {
+            let message = Message::new(message, pull.clone());
+            let event = Event::from_message(&message);
+            std::hint::black_box(&event);
+            message.settle(Ack::Ack);
+        }
         taken += 1;
     }
     taken
-}
-
-/// A `NATS/1.0` header block as async-nats' `HeaderMap`.
-fn header_map(block: &[u8]) -> async_nats::HeaderMap {
-    let mut map = async_nats::HeaderMap::new();
-    let text = std::str::from_utf8(block).unwrap();
-    for line in text.split("\r\n").skip(1) {
-        if let Some((name, value)) = line.split_once(':') {
-            map.append(name.trim(), value.trim());
-        }
-    }
-    map
 }
 
 /// CPU time of the calling thread so far, user and kernel, in nanoseconds.

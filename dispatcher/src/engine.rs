@@ -9,6 +9,8 @@ use fanout_config::RouteConfig;
 use fanout_config::egress::EgressPolicy;
 use fanout_config::health::HealthSnapshot;
 use fanout_config::route::AfterDeadLetter;
+use fanout_nats_client::handshake::{Server, Settings};
+use fanout_nats_client::pull::Pull;
 use fanout_otel::opentelemetry_sdk::trace::SdkTracer;
 use fanout_process::nats::NatsArgs;
 use fanout_process::thread::on_own_thread;
@@ -40,11 +42,13 @@ pub struct EngineOptions {
     pub health_ttl: Duration,
     /// How long requests in flight may take to finish after a stop.
     pub shutdown_grace: Duration,
-    /// When set, each target's worker runs on a thread of its own, with its own
-    /// single-threaded runtime and its own connection to NATS made with these
-    /// settings, instead of on the caller's runtime and connection (see
-    /// [`fanout_process::thread`]).
-    pub thread_per_target: Option<NatsArgs>,
+    /// How each target's worker connects to NATS to take its events: a connection
+    /// of its own, made with these settings.
+    pub nats: NatsArgs,
+    /// Each target's worker runs on a thread of its own, with its own
+    /// single-threaded runtime (see [`fanout_process::thread`]), instead of on the
+    /// caller's runtime.
+    pub thread_per_target: bool,
     /// Where targets may be connected to. The default is a dispatcher pod's: loopback,
     /// link-local, metadata and unspecified addresses refused.
     pub egress: Arc<EgressPolicy>,
@@ -52,14 +56,16 @@ pub struct EngineOptions {
     pub tracer: Option<SdkTracer>,
 }
 
-impl Default for EngineOptions {
-    fn default() -> Self {
+impl EngineOptions {
+    /// The defaults, with workers connecting to NATS with `nats`.
+    pub fn new(nats: NatsArgs) -> Self {
         EngineOptions {
             pod: "dispatcher".into(),
             health_interval: Duration::from_secs(5),
             health_ttl: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(25),
-            thread_per_target: None,
+            nats,
+            thread_per_target: false,
             egress: Arc::default(),
             tracer: None,
         }
@@ -127,6 +133,8 @@ pub enum StartError {
     },
     #[error("targets has {targets} entries but {auths} credential sets were given")]
     CredentialCount { targets: usize, auths: usize },
+    #[error("the NATS settings")]
+    NatsSettings(#[from] fanout_nats_client::SettingsError),
 }
 
 /// A running route.
@@ -160,6 +168,12 @@ impl Engine {
         // The HTTP client names ring itself; other rustls users in the process (the NATS
         // client) use the process default, ring too, as kube does.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let (servers, settings) = fanout_nats_client::settings(&options.nats, "fanout-dispatcher")?;
+        let connect = Connect {
+            servers,
+            settings,
+            ping_interval: options.nats.ping_interval.as_std(),
+        };
         // Built for the first https target, then shared.
         let mut tls = None;
 
@@ -315,9 +329,8 @@ impl Engine {
         let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
         for worker in &workers {
             let grace = options.shutdown_grace;
-            if let Some(nats) = &options.thread_per_target {
-                let run =
-                    with_own_connection(nats.clone(), worker.clone(), shutdown.clone(), grace);
+            let run = consume(connect.clone(), worker.clone(), shutdown.clone(), grace);
+            if options.thread_per_target {
                 let name = format!("target-{}", worker.name());
                 let done = on_own_thread(name, move || run).map_err(|source| {
                     shutdown.cancel();
@@ -335,8 +348,7 @@ impl Engine {
                     }
                 });
             } else {
-                let consumer = worker.consumer().clone();
-                tasks.spawn(worker.clone().run(consumer, shutdown.clone(), grace));
+                tasks.spawn(run);
             }
         }
         // On the engine's runtime and connection: a few requests per sweep interval.
@@ -381,6 +393,13 @@ impl Engine {
         }
     }
 
+    /// Whether every target's consumer connection is up, for `/readyz`.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            workers: self.workers.clone(),
+        }
+    }
+
     /// Stops fetching, drains, writes a last health snapshot, and returns when done.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -392,43 +411,54 @@ impl Engine {
     }
 }
 
-/// Runs `worker` on a NATS connection of its own (made on the calling thread, whose
-/// runtime then drives it), so that its messages and acks never cross threads.
-/// Dead letters still go through the engine's connection: they are rare.
-async fn with_own_connection(
-    nats: NatsArgs,
+/// Whether the engine's targets can take events: a cheap handle for a probe.
+#[derive(Clone)]
+pub struct Readiness {
+    workers: Vec<Arc<Worker>>,
+}
+
+impl Readiness {
+    /// `Err` names the first target whose consumer connection is not up.
+    pub fn check(&self) -> Result<(), String> {
+        match self.workers.iter().find(|w| !w.is_pulling()) {
+            Some(worker) => Err(format!("target {} is not connected to NATS", worker.name())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How workers connect to NATS to take their events.
+#[derive(Clone)]
+struct Connect {
+    servers: Vec<Server>,
+    settings: Settings,
+    ping_interval: Duration,
+}
+
+/// How long the acks still queued at stop may take to be written.
+const FLUSH_AT_STOP: Duration = Duration::from_secs(5);
+
+/// Runs `worker` on a NATS connection of its own, made on the calling thread's
+/// runtime, which then drives it: its events and acks never cross threads. Dead
+/// letters and reads of the consumer go through the engine's connection: they are
+/// rare.
+async fn consume(
+    connect: Connect,
     worker: Arc<Worker>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let name = format!("fanout-dispatcher-{}", worker.name());
-    let info = worker.consumer().cached_info();
-    let (stream, consumer_name) = (info.stream_name.clone(), info.name.clone());
-    let connected = loop {
-        let attempt = async {
-            let client = nats.connect(&name).await?;
-            let consumer: PullConsumer = jetstream::new(client.clone())
-                .get_consumer_from_stream(&consumer_name, &stream)
-                .await?;
-            anyhow::Ok((client, consumer))
-        };
-        match attempt.await {
-            Ok(connected) => break connected,
-            Err(error) => {
-                tracing::warn!(target = %worker.name(), error = format!("{error:#}"), "the target's own NATS connection failed; retrying");
-                let pause = tokio::time::sleep(Duration::from_secs(1));
-                if shutdown.run_until_cancelled(pause).await.is_none() {
-                    return;
-                }
-            }
-        }
-    };
-    let (client, consumer) = connected;
-    worker.clone().run(consumer, shutdown, grace).await;
-    // Acks are buffered by the client: send them before the connection goes.
-    if let Err(error) = client.flush().await {
-        tracing::warn!(target = %worker.name(), error = %fanout_config::error_chain(&error), "flushing the target's NATS connection failed; unsent acks are redelivered after the ack wait");
-    }
+    let Connect {
+        servers,
+        mut settings,
+        ping_interval,
+    } = connect;
+    settings.name = format!("fanout-dispatcher-{}", worker.name());
+    let pull = Pull::start(servers, settings, ping_interval, worker.pull_config());
+    worker.clone().run(pull.clone(), shutdown, grace).await;
+    // Acks are queued: send them before the connection goes.
+    pull.flush(FLUSH_AT_STOP).await;
+    pull.close();
 }
 
 fn client_settings(

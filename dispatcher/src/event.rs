@@ -4,9 +4,10 @@
 use std::time::SystemTime;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::Message;
 use async_nats::jetstream::message::StreamMessage;
 use bytes::Bytes;
+
+use crate::message::Message;
 
 pub use fanout_config::EVENT_ID_HEADER;
 
@@ -36,25 +37,25 @@ pub struct Event {
 }
 
 impl Event {
-    /// Moves the headers out of `message` (only its reply subject is needed later, to
-    /// settle it), so no event pays for a copy of its header map.
-    pub fn from_message(message: &mut Message) -> Event {
-        let (delivery, stream_sequence, stream, stored_at) = match message.info() {
-            Ok(info) => (
+    /// The parts of a message taken from a target's consumer.
+    pub fn from_message(message: &Message) -> Event {
+        let taken = message.taken();
+        let (delivery, stream_sequence, stream, stored_at) = match taken.info() {
+            Some(info) => (
                 u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
                 info.stream_sequence,
-                info.stream.to_string(),
-                SystemTime::from(info.published),
+                info.stream,
+                info.published,
             ),
             // Only a message that did not come from a consumer lacks this.
-            Err(_) => (1, 0, String::new(), SystemTime::now()),
+            None => (1, 0, "", SystemTime::now()),
         };
-        let headers = message.message.headers.take().unwrap_or_default();
+        let headers = header_map(&taken.headers);
         Event {
-            id: event_id(&headers, &stream, stream_sequence),
-            subject: message.subject.to_string(),
+            id: event_id(&headers, stream, stream_sequence),
+            subject: String::from_utf8_lossy(&taken.subject).into_owned(),
             headers,
-            body: message.payload.clone(),
+            body: taken.payload.clone(),
             delivery,
             stream_sequence,
             stored_at,
@@ -92,6 +93,18 @@ fn event_id(headers: &HeaderMap, stream: &str, sequence: u64) -> String {
     header(headers, EVENT_ID_HEADER)
         .or_else(|| header(headers, "Nats-Msg-Id"))
         .map_or_else(|| format!("{stream}:{sequence}"), str::to_string)
+}
+
+/// A `NATS/1.0` header block (the status line, then `Name: value` lines) as a map.
+fn header_map(block: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    let text = String::from_utf8_lossy(block);
+    for line in text.split("\r\n").skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            map.append(name.trim(), value.trim());
+        }
+    }
+    map
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -41,6 +41,7 @@ pub mod health;
 pub mod history;
 pub mod http;
 pub mod load;
+pub mod message;
 pub mod oauth2;
 pub mod ordering;
 pub mod rate_share;
@@ -61,7 +62,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 pub use egress_flags::EgressArgs;
-pub use engine::{Engine, EngineOptions};
+pub use engine::{Engine, EngineOptions, Readiness};
 pub use telemetry::Metrics;
 
 /// Command-line settings of `fanout dispatch`. Every flag is also an environment variable.
@@ -123,10 +124,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pod,
         health_interval: args.health_interval.as_std(),
         shutdown_grace: args.shutdown_grace.as_std(),
-        thread_per_target: Some(args.nats.clone()),
+        thread_per_target: true,
         egress: Arc::new(args.egress.policy(true)),
         tracer: tracing.as_ref().map(fanout_otel::Tracing::tracer),
-        ..Default::default()
+        ..EngineOptions::new(args.nats.clone())
     };
     let mut engine = Engine::start(config, auths, nats.clone(), metrics.clone(), options).await?;
 
@@ -138,6 +139,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         listener,
         metrics,
         nats.clone(),
+        engine.readiness(),
         shutdown.clone(),
     ));
 

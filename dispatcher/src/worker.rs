@@ -8,13 +8,14 @@
 //! read, JetStream stops delivering, and the backlog waits in the stream. A target
 //! whose address the egress policy refuses waits the same way ([`EgressHold`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use fanout_config::expiry::Expiry;
 use fanout_config::health::{Circuit, HealthSnapshot};
 use fanout_config::{TargetConfig, error_chain};
+use fanout_nats_client::pull::{Ack, Pull, PullConfig, PullError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use http::StatusCode;
@@ -31,6 +32,7 @@ use crate::egress_hold::EgressHold;
 use crate::event::Event;
 use crate::expressions::{Outgoing, Selection, TargetExpressions};
 use crate::http::{HttpClient, Response, SendError};
+use crate::message::Message;
 use crate::oauth2::{SharedTokenError, TokenSource};
 use crate::ordering;
 use crate::ordering::{Fence, Gate, Ordered};
@@ -41,14 +43,17 @@ use crate::telemetry::TargetTelemetry;
 
 /// Most events JetStream keeps on the way to one worker.
 const MAX_BATCH: usize = 512;
-/// Idle heartbeat of the pull, so a dead connection is noticed.
+/// Idle heartbeat of the pull, so a lost pull is noticed.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one pull waits on the server before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// Wait before pulling again after JetStream refused a pull.
+const REFUSED_PAUSE: Duration = Duration::from_secs(1);
 /// On stop, events still arriving are handed back until none came for this long...
 const HAND_BACK_QUIET: Duration = Duration::from_millis(200);
 /// ...or for at most this long.
 const HAND_BACK_MAX: Duration = Duration::from_secs(2);
 
-pub(crate) type PullStream = jetstream::consumer::pull::Stream;
 /// Bytes of an error response kept for the status and the dead letter.
 const ERROR_BODY_LIMIT: usize = 1024;
 /// Bytes of a success response read to keep the connection reusable.
@@ -123,6 +128,8 @@ pub struct Worker {
     count_pushback: bool,
     /// Set for an ordered target.
     ordered: Option<Ordered>,
+    /// The consumer it takes events from, once started.
+    pull: OnceLock<Pull>,
 }
 
 /// The parts a worker is built from (see `engine.rs`).
@@ -195,7 +202,14 @@ impl Worker {
             ordered: parts.ordered,
             config: parts.config,
             expressions: parts.expressions,
+            pull: OnceLock::new(),
         }
+    }
+
+    /// Whether its consumer's connection is up: without it no event comes or is
+    /// settled.
+    pub fn is_pulling(&self) -> bool {
+        self.pull.get().is_some_and(Pull::is_connected)
     }
 
     /// An ordered target's part.
@@ -289,21 +303,15 @@ impl Worker {
     /// its scheduling and its join bookkeeping per event cost more than the
     /// delivery's own code. The dispatcher runs one runtime thread by default, so
     /// nothing is lost in parallelism; targets still run side by side as tasks.
-    /// `consumer` is the target's consumer on the NATS connection to fetch and settle
-    /// through: [`Worker::consumer`], or the same consumer on a connection of the
-    /// worker's own thread.
-    pub async fn run(
-        self: Arc<Self>,
-        consumer: PullConsumer,
-        shutdown: CancellationToken,
-        grace: Duration,
-    ) {
+    /// `pull` reads the target's consumer on a connection of the worker's own, made
+    /// with [`Worker::pull_config`].
+    pub async fn run(self: Arc<Self>, pull: Pull, shutdown: CancellationToken, grace: Duration) {
+        let _ = self.pull.set(pull.clone());
         if self.ordered.is_some() {
-            return ordering::run::run(self, consumer, shutdown, grace).await;
+            return ordering::run::run(self, pull, shutdown, grace).await;
         }
         let drain = CancellationToken::new();
         let mut deliveries = FuturesUnordered::new();
-        let mut messages = None;
         loop {
             // A free slot first: while every slot is taken (by requests, or by events
             // held back by an open circuit) nothing more is read, JetStream stops
@@ -320,38 +328,24 @@ impl Worker {
             if shutdown.is_cancelled() {
                 break;
             }
-            let stream = match &mut messages {
-                Some(stream) => stream,
-                None => match alongside(&mut deliveries, self.subscribe(&consumer)).await {
-                    Ok(stream) => messages.insert(stream),
-                    Err(error) => {
-                        tracing::warn!(route = %self.route.label, target = %self.name(), error = %fanout_config::error_chain(&error), "pulling events failed; retrying");
-                        let pause = tokio::time::sleep(Duration::from_secs(1));
-                        alongside(&mut deliveries, shutdown.run_until_cancelled(pause)).await;
-                        continue;
-                    }
-                },
-            };
-            let next =
-                alongside(&mut deliveries, shutdown.run_until_cancelled(stream.next())).await;
+            let next = alongside(&mut deliveries, shutdown.run_until_cancelled(pull.next())).await;
             match next {
-                None => break,
-                Some(Some(Ok(message))) => {
+                None | Some(Err(PullError::Closed)) => break,
+                Some(Ok(message)) => {
+                    let message = Message::new(message, pull.clone());
                     deliveries.push(self.clone().deliver(message, drain.clone()));
                 }
-                Some(Some(Err(error))) => {
-                    // Missed heartbeats after a long wait for a slot, a NATS reconnect,
-                    // a consumer recreated by the operator: pull anew.
-                    tracing::debug!(route = %self.route.label, target = %self.name(), error = %fanout_config::error_chain(&error), "pull stream ended; pulling anew");
-                    messages = None;
+                Some(Err(error)) => {
+                    // The consumer is gone (the operator recreates it), or a limit of
+                    // its refused the pull: pull again after a pause.
+                    tracing::warn!(route = %self.route.label, target = %self.name(), error = %fanout_config::error_chain(&error), "pulling events failed; retrying");
+                    let pause = tokio::time::sleep(REFUSED_PAUSE);
+                    alongside(&mut deliveries, shutdown.run_until_cancelled(pause)).await;
                 }
-                Some(None) => messages = None,
             }
         }
         drain.cancel();
-        if let Some(stream) = messages.take() {
-            alongside(&mut deliveries, self.hand_back(stream)).await;
-        }
+        alongside(&mut deliveries, self.hand_back(&pull)).await;
         let finished =
             tokio::time::timeout(grace, async { while deliveries.next().await.is_some() {} }).await;
         if finished.is_err() {
@@ -359,46 +353,50 @@ impl Worker {
         }
     }
 
-    /// A continuous pull: JetStream keeps up to a batch of events on the way to us.
-    async fn subscribe(
-        &self,
-        consumer: &PullConsumer,
-    ) -> Result<PullStream, jetstream::consumer::StreamError> {
-        let batch = (self.config.policy.max_in_flight as usize).clamp(1, MAX_BATCH);
-        consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .heartbeat(HEARTBEAT)
-            .messages()
-            .await
+    /// How this target's consumer is pulled: JetStream keeps up to a batch of events
+    /// on the way to the worker.
+    pub fn pull_config(&self) -> PullConfig {
+        if self.ordered.is_some() {
+            return ordering::run::pull_config(self);
+        }
+        let info = self.consumer.cached_info();
+        PullConfig {
+            stream: info.stream_name.clone(),
+            consumer: info.name.clone(),
+            batch: self.max_in_flight.clamp(1, MAX_BATCH),
+            expires: PULL_EXPIRES,
+            heartbeat: HEARTBEAT,
+            group: None,
+        }
     }
 
     /// On stop: events already on their way to us go straight back (negative ack
     /// without delay) so another replica takes them now, not after the ack wait.
-    pub(crate) async fn hand_back(&self, mut stream: PullStream) {
+    pub(crate) async fn hand_back(&self, pull: &Pull) {
+        pull.stop_asking();
         let deadline = tokio::time::Instant::now() + HAND_BACK_MAX;
         loop {
             let next = tokio::select! {
-                next = stream.next() => next,
+                next = pull.next() => next,
                 _ = tokio::time::sleep(HAND_BACK_QUIET) => break,
                 _ = tokio::time::sleep_until(deadline) => break,
             };
             match next {
-                Some(Ok(message)) => settle(&message, AckKind::Nak(None)).await,
-                _ => break,
+                Ok(message) => pull.ack(&message.reply, Ack::Nak(None)),
+                Err(_) => break,
             }
         }
     }
 
-    async fn deliver(self: Arc<Self>, mut message: Message, drain: CancellationToken) {
-        let event = Event::from_message(&mut message);
+    async fn deliver(self: Arc<Self>, message: Message, drain: CancellationToken) {
+        let event = Event::from_message(&message);
         // What goes to the target: the event, and what its transform computed.
         let transformed = match self.select(&event) {
             Selection::Send(transformed) => transformed,
             Selection::Skip => {
                 self.telemetry.filtered();
                 self.report.filtered(&event);
-                settle(&message, AckKind::Ack).await;
+                message.settle(Ack::Ack);
                 return;
             }
             Selection::Unusable(unusable) => {
@@ -426,7 +424,7 @@ impl Worker {
         {
             Attempted::Answered(verdict, attempt) => (verdict, attempt),
             Attempted::Drain => {
-                settle(&message, AckKind::Nak(None)).await;
+                message.settle(Ack::Nak(None));
                 return;
             }
             Attempted::Expired(refusal) => {
@@ -451,7 +449,7 @@ impl Worker {
                 self.telemetry.delivered(&event.id, event.delivery, status);
                 self.report
                     .finished(&event, attempt, AttemptEnd::Delivered { status });
-                settle(&message, AckKind::Ack).await;
+                message.settle(Ack::Ack);
             }
             Decision::Retry { delay, failure } => match self.time_left(&event) {
                 // The next attempt would come after the event's expiry deadline, so
@@ -472,7 +470,7 @@ impl Worker {
                         delay,
                     };
                     self.report.finished(&event, attempt, end);
-                    settle(&message, AckKind::Nak(Some(delay))).await;
+                    message.settle(Ack::Nak(Some(delay)));
                 }
             },
             Decision::DeadLetter { reason, failure } => {
@@ -615,7 +613,7 @@ impl Worker {
                     if lost() {
                         return Wait::Lost;
                     }
-                    settle(message, AckKind::Progress).await;
+                    message.settle(Ack::Progress);
                     next_progress = Instant::now() + progress_every;
                 }
             }
@@ -636,7 +634,7 @@ impl Worker {
                         if lost() {
                             return Wait::Lost;
                         }
-                        settle(message, AckKind::Progress).await;
+                        message.settle(Ack::Progress);
                         next_progress = Instant::now() + progress_every;
                     }
                     _ = tokio::time::sleep_until(deadline.into()) => return Wait::Expired,
@@ -655,7 +653,7 @@ impl Worker {
                     if lost() {
                         return Wait::Lost;
                     }
-                    settle(message, AckKind::Progress).await;
+                    message.settle(Ack::Progress);
                     next_progress = Instant::now() + progress_every;
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => return Wait::Expired,
@@ -839,9 +837,9 @@ impl Worker {
             .publish_dead_letter(event, reason, last_status, last_error)
             .await
         {
-            Ok(()) => settle(message, AckKind::Term).await,
+            Ok(()) => message.settle(Ack::Term),
             // Not acknowledged: the event stays and comes back after the delay.
-            Err(_) => settle(message, AckKind::Nak(Some(DEAD_LETTER_RETRY))).await,
+            Err(_) => message.settle(Ack::Nak(Some(DEAD_LETTER_RETRY))),
         }
     }
 
@@ -941,14 +939,6 @@ where
             output = &mut future => return output,
             Some(output) = deliveries.next(), if !deliveries.is_empty() => done(output),
         }
-    }
-}
-
-/// Acks, naks or terms a message. A failure here means the NATS connection is gone;
-/// JetStream then redelivers after the ack wait, so logging is all that is left to do.
-pub(crate) async fn settle(message: &Message, kind: AckKind) {
-    if let Err(error) = message.ack_with(kind).await {
-        tracing::warn!(error = %fanout_config::error_chain(error.as_ref()), ?kind, "settling a message failed; JetStream will redeliver it");
     }
 }
 

@@ -524,3 +524,35 @@ async fn stopping_drains_in_flight_requests_and_returns_the_rest() {
     wait_ids(&target, &sent).await;
     h.wait_settled("api", T).await;
 }
+
+#[tokio::test]
+async fn readiness_names_a_target_whose_connection_is_down_until_it_is_back() {
+    let target = TargetServer::start().await.unwrap();
+    let manifests = api_target("api", &target.url("/"), "") + &route(&[("api", "")]);
+    let mut h = Harness::start(&manifests, &[]).await;
+    let readiness = h.engine.as_ref().unwrap().readiness();
+    wait::until("the target's connection to be up", T, || async {
+        readiness.check()
+    })
+    .await
+    .unwrap();
+    h.nats.kill();
+    let why = wait::until("the target's connection to be down", T, || async {
+        match readiness.check() {
+            Err(why) => Ok(why),
+            Ok(()) => Err("still ready".to_string()),
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(why, "target api is not connected to NATS");
+    h.nats.restart().unwrap();
+    wait::until("the target's connection to be back", T, || async {
+        readiness.check()
+    })
+    .await
+    .unwrap();
+    // And it takes events again.
+    h.publish("evt-1", "{}", &[]).await;
+    target.wait_for(1, T).await.unwrap();
+}

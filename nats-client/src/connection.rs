@@ -6,7 +6,7 @@
 //! goes. The session keeps its outgoing bytes under its own lock, together with the
 //! state they belong to, so that queueing a message and recording it is one step.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -36,6 +36,8 @@ pub trait Session: Send + Sync {
     fn queue(&self, line: &[u8]);
     /// Moves everything queued into `sending`, which is empty.
     fn take_outgoing(&self, sending: &mut Vec<u8>);
+    /// The server answered a `PING`.
+    fn pong(&self) {}
     /// The connection ended.
     fn disconnected(&self);
     /// Notified when something is queued to be written and when all of it was.
@@ -51,20 +53,28 @@ pub struct Signals {
     pub wake_writer: Notify,
     /// The writer sent everything it had.
     pub drained: Notify,
+    /// The writer holds bytes it has taken and not yet written.
+    writing: AtomicBool,
 }
 
 impl Signals {
     /// Waits until what is queued has been written, at most `limit`; `is_empty`
     /// tells whether anything is queued.
-    pub async fn flush(&self, is_empty: impl FnOnce() -> bool, limit: Duration) {
-        let drained = self.drained.notified();
-        tokio::pin!(drained);
-        drained.as_mut().enable();
-        if is_empty() {
-            return;
+    pub async fn flush(&self, is_empty: impl Fn() -> bool, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            // Bytes the writer has taken count until they are written.
+            if is_empty() && !self.writing.load(Ordering::Acquire) {
+                return;
+            }
+            self.wake_writer.notify_one();
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return;
+            }
         }
-        self.wake_writer.notify_one();
-        let _ = tokio::time::timeout(limit, drained).await;
     }
 }
 
@@ -154,6 +164,7 @@ async fn write_loop<S: Session>(session: &S, mut writer: WriteHalf<Box<dyn Io>>)
     let mut sending = Vec::with_capacity(64 * 1024);
     loop {
         signals.wake_writer.notified().await;
+        signals.writing.store(true, Ordering::Release);
         session.take_outgoing(&mut sending);
         if !sending.is_empty() {
             let written = async {
@@ -161,10 +172,12 @@ async fn write_loop<S: Session>(session: &S, mut writer: WriteHalf<Box<dyn Io>>)
                 writer.flush().await
             };
             if let Err(e) = written.await {
+                signals.writing.store(false, Ordering::Release);
                 return Ended::Write(e);
             }
             sending.clear();
         }
+        signals.writing.store(false, Ordering::Release);
         signals.drained.notify_waiters();
     }
 }
@@ -182,7 +195,10 @@ async fn read_loop<S: Session>(
             match protocol::parse(&mut read) {
                 Ok(Some(ServerOp::Msg(msg))) => session.message(msg),
                 Ok(Some(ServerOp::Ping)) => session.queue(b"PONG\r\n"),
-                Ok(Some(ServerOp::Pong)) => pings_out.store(0, Ordering::Relaxed),
+                Ok(Some(ServerOp::Pong)) => {
+                    pings_out.store(0, Ordering::Relaxed);
+                    session.pong();
+                }
                 Ok(Some(ServerOp::Ok)) => {}
                 Ok(Some(ServerOp::Err(reason))) => {
                     // Fatal errors close the connection, which ends it below.

@@ -171,6 +171,8 @@ struct Shared {
     signals: Signals,
     /// The consumer's tasks end.
     stop: Notify,
+    /// A `PONG` came.
+    pong: Notify,
     closed: AtomicBool,
     config: PullConfig,
     /// `_INBOX.<random>`: events and the pulls' statuses come here.
@@ -195,6 +197,10 @@ struct State {
     asking: bool,
     /// The pin id of a pinned consumer's group, once JetStream gave us one.
     pin: Option<String>,
+    /// `PING`s queued and `PONG`s received on this connection: a `PONG` answers the
+    /// `PING` of the same number, after the server read all that came before it.
+    pings: u64,
+    pongs: u64,
     /// A refusal not yet told to the caller.
     refused: Option<PullError>,
     /// The caller waiting for an event.
@@ -275,25 +281,59 @@ impl Pull {
         }
     }
 
-    /// At stop: no more events are asked for; those on the way still come, to be
-    /// handed back.
+    /// At stop: no more events are asked for, and the pulls waiting on the server
+    /// end (it drops them once nothing listens). Those already on the way still
+    /// come, to be handed back; acknowledgements still go.
     pub fn stop_asking(&self) {
-        self.shared.lock().asking = false;
+        let mut state = self.shared.lock();
+        state.asking = false;
+        if !state.connected {
+            return;
+        }
+        let was_empty = state.out.is_empty() && state.acks.is_empty();
+        state.out.extend_from_slice(b"UNSUB ");
+        protocol::write_number(&mut state.out, EVENTS);
+        state.out.extend_from_slice(b"\r\n");
+        drop(state);
+        if was_empty {
+            self.shared.signals.wake_writer.notify_one();
+        }
     }
 
     pub fn is_connected(&self) -> bool {
         self.shared.lock().connected
     }
 
-    /// Waits until what is queued (acknowledgements first of all) has been written,
-    /// at most `limit`.
+    /// Waits until the server has read what is queued (acknowledgements first of
+    /// all), at most `limit`: a `PING` goes after it, and its `PONG` says so. Nothing
+    /// is waited for while the connection is down.
     pub async fn flush(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         let shared = &self.shared;
-        let is_empty = || {
-            let state = shared.lock();
-            state.out.is_empty() && state.acks.is_empty()
+        let mine = {
+            let mut state = shared.lock();
+            if !state.connected {
+                return;
+            }
+            state.out.extend_from_slice(b"PING\r\n");
+            state.pings += 1;
+            state.pings
         };
-        shared.signals.flush(is_empty, limit).await;
+        shared.signals.wake_writer.notify_one();
+        loop {
+            let pong = shared.pong.notified();
+            tokio::pin!(pong);
+            pong.as_mut().enable();
+            {
+                let state = shared.lock();
+                if state.pongs >= mine || !state.connected {
+                    return;
+                }
+            }
+            if tokio::time::timeout_at(deadline, pong).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Stops asking for events and ends the connection; `next` then fails with
@@ -345,11 +385,14 @@ impl Shared {
                 last_heard: Instant::now(),
                 asking: true,
                 pin: None,
+                pings: 0,
+                pongs: 0,
                 refused: None,
                 waker: None,
             }),
             signals: Signals::default(),
             stop: Notify::new(),
+            pong: Notify::new(),
             closed: AtomicBool::new(false),
             config,
             inbox,
@@ -513,6 +556,7 @@ impl Session for Shared {
     fn connected(&self, _info: &Info) {
         let mut state = self.lock();
         state.connected = true;
+        (state.pings, state.pongs) = (0, 0);
         // Pulls of an earlier connection ended with it.
         state.asked = 0;
         state.last_heard = Instant::now();
@@ -535,6 +579,9 @@ impl Session for Shared {
         let mut state = self.lock();
         let was_empty = state.out.is_empty() && state.acks.is_empty();
         state.out.extend_from_slice(line);
+        if line == b"PING\r\n" {
+            state.pings += 1;
+        }
         drop(state);
         if was_empty {
             self.signals.wake_writer.notify_one();
@@ -548,9 +595,15 @@ impl Session for Shared {
         state.acks.clear();
     }
 
+    fn pong(&self) {
+        self.lock().pongs += 1;
+        self.pong.notify_waiters();
+    }
+
     fn disconnected(&self) {
         let mut state = self.lock();
         state.connected = false;
+        self.pong.notify_waiters();
         state.out.clear();
         state.asked = 0;
     }
@@ -787,6 +840,7 @@ mod tests {
         shared.connected(&Info::default());
         sent(&shared);
         pull.stop_asking();
+        assert_eq!(sent(&shared), "UNSUB 1\r\n");
         status(&shared, "NATS/1.0 408 Request Timeout\r\n\r\n");
         assert_eq!(sent(&shared), "");
     }

@@ -60,6 +60,10 @@ async fn publish(js: &jetstream::Context, n: usize) {
 }
 
 fn pull(server: &NatsServer, batch: usize, expires: Duration) -> Pull {
+    pull_group(server, batch, expires, None)
+}
+
+fn pull_group(server: &NatsServer, batch: usize, expires: Duration, group: Option<&str>) -> Pull {
     let args = NatsArgs {
         url: server.url(),
         credentials_file: None,
@@ -78,7 +82,7 @@ fn pull(server: &NatsServer, batch: usize, expires: Duration) -> Pull {
             batch,
             expires,
             heartbeat: Duration::from_millis(500),
-            group: None,
+            group: group.map(str::to_string),
         },
     )
 }
@@ -312,4 +316,59 @@ async fn a_closed_consumer_ends_next() {
     pull.close();
     let ended = timeout(WAIT, waiting).await.unwrap().unwrap();
     assert!(matches!(ended, Err(PullError::Closed)), "{ended:?}");
+}
+
+#[tokio::test]
+async fn a_pinned_group_gives_every_event_to_one_client_until_it_stops_pulling() {
+    let server = NatsServer::start().unwrap();
+    let js = setup(&server, Duration::from_secs(30)).await;
+    js.get_stream(STREAM)
+        .await
+        .unwrap()
+        .delete_consumer(CONSUMER)
+        .await
+        .unwrap();
+    js.get_stream(STREAM)
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(CONSUMER.into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            priority_policy: consumer::PriorityPolicy::PinnedClient,
+            priority_groups: vec!["ordered".into()],
+            priority_timeout: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let first = pull_group(&server, 8, Duration::from_secs(1), Some("ordered"));
+    let message = {
+        publish(&js, 1).await;
+        next(&first).await
+    };
+    let pin = message.header("Nats-Pin-Id").expect("a pin id").to_string();
+    first.ack(&message.reply, Ack::Ack);
+    // A second client of the group gets nothing while the first keeps pulling.
+    let second = pull_group(&server, 8, Duration::from_secs(1), Some("ordered"));
+    publish(&js, 3).await;
+    for _ in 0..3 {
+        let message = next(&first).await;
+        assert_eq!(message.header("Nats-Pin-Id"), Some(pin.as_str()));
+        first.ack(&message.reply, Ack::Ack);
+    }
+    assert!(
+        timeout(Duration::from_millis(1500), second.next())
+            .await
+            .is_err(),
+        "the unpinned client got an event"
+    );
+    // The first stops pulling: after the pin's timeout the second is pinned.
+    first.close();
+    drop(first);
+    publish(&js, 1).await;
+    let message = next(&second).await;
+    assert_eq!(message.info().unwrap().stream_sequence, 5);
+    assert_ne!(message.header("Nats-Pin-Id"), Some(pin.as_str()));
+    second.ack(&message.reply, Ack::Ack);
+    until_counts(&js, (0, 0)).await;
 }

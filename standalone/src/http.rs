@@ -19,8 +19,13 @@ struct AppState {
     status: Arc<StatusSource>,
     metrics: Arc<fanout_dispatcher::Metrics>,
     nats: async_nats::Client,
+    targets: Targets,
     gateway: Arc<Ops>,
 }
+
+/// Whether every route's targets can take events (each takes them over a NATS
+/// connection of its own).
+pub type Targets = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(
@@ -28,6 +33,7 @@ pub async fn serve(
     status: Arc<StatusSource>,
     metrics: Arc<fanout_dispatcher::Metrics>,
     nats: async_nats::Client,
+    targets: Targets,
     gateway: Arc<Ops>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -41,6 +47,7 @@ pub async fn serve(
             status,
             metrics,
             nats,
+            targets,
             gateway,
         });
     axum::serve(listener, app)
@@ -88,13 +95,16 @@ fn exposition(dispatchers: &str, gateway: &str) -> String {
     )
 }
 
-/// Ready when events can be stored and delivered: the engines' connection is up and
-/// so is every gateway shard's (each publishes on its own), as the gateway's own
-/// `/readyz` requires.
+/// Ready when events can be stored and delivered: the engines' connection is up, so
+/// is every target's (each takes its events on its own) and every gateway shard's
+/// (each publishes on its own), as the gateway's own `/readyz` requires.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let engines = state.nats.connection_state();
     if engines != async_nats::connection::State::Connected {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("NATS {engines:?}"));
+    }
+    if let Err(why) = (state.targets)() {
+        return (StatusCode::SERVICE_UNAVAILABLE, why);
     }
     match state.gateway.ready() {
         Ok(_) => (StatusCode::OK, "ready".to_string()),

@@ -86,9 +86,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         health_interval: args.health_interval.as_std(),
         health_ttl: HEALTH_TTL,
         shutdown_grace: args.shutdown_grace.as_std(),
+        nats: args.nats.clone(),
         // Every route's targets share this process's runtime: a thread each would add
         // up quickly on a laptop, and local use is not about throughput.
-        thread_per_target: None,
+        thread_per_target: false,
         egress: Arc::new(args.egress.policy(args.egress_deny_loopback)),
         tracer,
     };
@@ -114,11 +115,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let status = Arc::new(StatusSource::new(js, configs, live));
     let shutdown = CancellationToken::new();
     let status_addr = status_listener.local_addr().ok();
+    let targets: http::Targets = {
+        let engines = engines.clone();
+        Arc::new(move || {
+            lock(&engines)
+                .iter()
+                .try_for_each(|engine| engine.readiness().check())
+        })
+    };
     let server = tokio::spawn(http::serve(
         status_listener,
         status.clone(),
         metrics,
         nats.clone(),
+        targets,
         gateway.ops(),
         shutdown.clone(),
     ));

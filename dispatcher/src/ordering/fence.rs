@@ -18,9 +18,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{AckKind, Message};
+use fanout_nats_client::pull::Ack;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::message::Message;
 
 /// How often a delivery that may not go yet looks again.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -121,10 +123,8 @@ impl Fence<'_> {
                 return Gate::Lost;
             }
             if self.pin.is_fresh(self.epoch) {
-                if self.received_at.elapsed() > Duration::from_secs(4)
-                    && let Err(error) = message.ack_with(AckKind::Progress).await
-                {
-                    tracing::debug!(error = %fanout_config::error_chain(error.as_ref()), "progress ack before an ordered attempt failed");
+                if self.received_at.elapsed() > Duration::from_secs(4) {
+                    message.settle(Ack::Progress);
                 }
                 return Gate::Open;
             }

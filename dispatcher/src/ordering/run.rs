@@ -11,9 +11,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{AckKind, Message};
 use fanout_config::jetstream::ORDERED_GROUP;
 use fanout_config::route::AfterDeadLetter;
+use fanout_nats_client::pull::{Ack, PIN_HEADER, Pull, PullConfig, PullError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Notify, mpsc};
@@ -26,11 +26,10 @@ use crate::concurrency::ConcurrencyLimit;
 use crate::delivery::{DeadLetterReason, Decision, decide};
 use crate::event::Event;
 use crate::expressions::{Outgoing, Selection, Transformed, Unusable};
+use crate::message::Message;
 use crate::report::AttemptEnd;
-use crate::worker::{Attempted, Worker, alongside_with, settle};
+use crate::worker::{Attempted, Worker, alongside_with};
 
-/// JetStream's header with the pin id on every event of a pinned consumer.
-const PIN_HEADER: &str = "Nats-Pin-Id";
 /// A pull of an ordered consumer expires after this and is renewed; the pin lasts
 /// while pulls keep coming.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
@@ -40,6 +39,8 @@ const CHECK_TAKING_OVER: Duration = Duration::from_millis(250);
 const CHECK_DELIVERING: Duration = Duration::from_secs(2);
 /// Wait before trying again to record a dead letter or a blocked key.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Wait before pulling again after JetStream refused a pull.
+const REFUSED_PAUSE: Duration = Duration::from_secs(1);
 
 /// One event in hand.
 #[derive(Debug)]
@@ -126,7 +127,7 @@ impl Worker {
 /// of the pin; requests in flight get `grace`.
 pub(crate) async fn run(
     worker: Arc<Worker>,
-    consumer: PullConsumer,
+    pull: Pull,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
@@ -137,7 +138,7 @@ pub(crate) async fn run(
     let taking_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checker = tokio::spawn(check(
         worker.clone(),
-        consumer.clone(),
+        worker.consumer().clone(),
         views_tx,
         check_now.clone(),
         taking_over.clone(),
@@ -158,7 +159,9 @@ pub(crate) async fn run(
     };
     let mut progress = tokio::time::interval(progress_every(worker.ack_wait()));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut messages = None;
+    // Set after JetStream refused a pull: nothing is taken until it has passed.
+    let mut paused: StdPin<Box<tokio::time::Sleep>> = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let mut is_paused = false;
     // One wait for the whole loop: a new one per turn would register and drop a
     // waiter on the token for every event.
     let mut stopping = std::pin::pin!(shutdown.cancelled());
@@ -168,50 +171,10 @@ pub(crate) async fn run(
             std::sync::atomic::Ordering::Relaxed,
         );
         ordered.set_active(state.phase == Phase::Delivering);
-        let stream = match &mut messages {
-            Some(stream) => stream,
-            None => {
-                let pull = consumer
-                    .stream()
-                    .group(ORDERED_GROUP)
-                    .max_messages_per_batch(capacity.clamp(1, 512))
-                    .expires(PULL_EXPIRES)
-                    .heartbeat(HEARTBEAT)
-                    .messages();
-                let mut finished = Vec::new();
-                let pulled = alongside_with(
-                    &mut state.deliveries,
-                    shutdown.run_until_cancelled(pull),
-                    |done| finished.push(done),
-                )
-                .await;
-                for done in finished.drain(..) {
-                    state.finished(done);
-                }
-                match pulled {
-                    None => break,
-                    Some(Ok(stream)) => messages.insert(stream),
-                    Some(Err(error)) => {
-                        tracing::warn!(target = %worker.name(), error = %fanout_config::error_chain(&error), "pulling events failed; retrying");
-                        let pause = tokio::time::sleep(Duration::from_secs(1));
-                        alongside_with(
-                            &mut state.deliveries,
-                            shutdown.run_until_cancelled(pause),
-                            |done| finished.push(done),
-                        )
-                        .await;
-                        for done in finished {
-                            state.finished(done);
-                        }
-                        continue;
-                    }
-                }
-            }
-        };
         // Nothing more is taken while a head that may go waits for a free request:
         // taken now, an event would only wait too (its key's lane or the same queue),
         // costing memory and a cold cache when its turn comes.
-        let room = state.in_hand.len() < capacity && state.ready.is_empty();
+        let room = state.in_hand.len() < capacity && state.ready.is_empty() && !is_paused;
         tokio::select! {
             biased;
             _ = &mut stopping => break,
@@ -219,23 +182,40 @@ pub(crate) async fn run(
             _ = free_request(&worker), if !state.ready.is_empty() => state.start_ready(),
             Some(view) = views.recv() => state.checked(view).await,
             _ = progress.tick() => state.keep_waiting_in_hand().await,
-            next = stream.next(), if room => match next {
-                Some(Ok(message)) => {
-                    state.received(message);
+            _ = &mut paused, if is_paused => is_paused = false,
+            next = pull.next(), if room => match next {
+                Ok(message) => {
+                    state.received(Message::new(message, pull.clone()));
                     if state.phase == Phase::TakingOver {
                         state.take_over_if_all_back().await;
                     }
                 }
-                Some(Err(error)) => {
-                    tracing::debug!(target = %worker.name(), error = %fanout_config::error_chain(&error), "pull stream ended; pulling anew");
-                    messages = None;
+                Err(PullError::Closed) => break,
+                Err(error) => {
+                    tracing::warn!(target = %worker.name(), error = %fanout_config::error_chain(&error), "pulling events failed; retrying");
+                    paused.as_mut().reset(tokio::time::Instant::now() + REFUSED_PAUSE);
+                    is_paused = true;
                 }
-                None => messages = None,
             },
         }
     }
     checker.abort();
-    state.stop(messages, grace).await;
+    state.stop(&pull, grace).await;
+}
+
+/// How an ordered target's consumer is pulled: from its pinned group, with pulls that
+/// expire soon, so that a pin another dispatcher was given is noticed.
+pub(crate) fn pull_config(worker: &Worker) -> PullConfig {
+    let info = worker.consumer().cached_info();
+    let capacity = worker.max_in_flight() + worker.ordered_part().max_waiting;
+    PullConfig {
+        stream: info.stream_name.clone(),
+        consumer: info.name.clone(),
+        batch: capacity.clamp(1, 512),
+        expires: PULL_EXPIRES,
+        heartbeat: HEARTBEAT,
+        group: Some(ORDERED_GROUP.to_string()),
+    }
 }
 
 impl Loop {
@@ -243,12 +223,8 @@ impl Loop {
         self.worker.ordered_part()
     }
 
-    fn received(&mut self, mut message: Message) {
-        let pin_id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(PIN_HEADER))
-            .map(|v| v.as_str().to_string());
+    fn received(&mut self, message: Message) {
+        let pin_id = message.header(PIN_HEADER).map(str::to_string);
         if self.phase == Phase::Unpinned || pin_id != self.pin_id {
             // The pin is new to us: what we held may have gone to another dispatcher
             // meanwhile, and anything the last deliverer held may be on its way.
@@ -256,16 +232,15 @@ impl Loop {
         }
         // JetStream just handed us this: the pin is ours right now.
         self.ordered().pin.confirm();
-        let sequence = match message.info() {
-            Ok(info) => info.stream_sequence,
-            Err(_) => return,
+        let Some(sequence) = message.info().map(|info| info.stream_sequence) else {
+            return;
         };
         if !self.in_hand.insert(sequence) {
             // Redelivered while in hand (an ack wait passed): the copy we hold stands,
             // and acks go by stream sequence.
             return;
         }
-        let event = Event::from_message(&mut message);
+        let event = Event::from_message(&message);
         let selected = match self.worker.select(&event) {
             Selection::Send(transformed) => Ok(transformed),
             Selection::Unusable(unusable) => Err(unusable),
@@ -275,7 +250,7 @@ impl Loop {
                 self.worker.report().filtered(&event);
                 let epoch = self.ordered().pin.epoch();
                 self.deliveries.push(Box::pin(async move {
-                    settle(&message, AckKind::Ack).await;
+                    message.settle(Ack::Ack);
                     Done {
                         epoch,
                         sequence: None,
@@ -486,14 +461,14 @@ impl Loop {
                 .collect()
         };
         for message in &messages {
-            settle(message, AckKind::Progress).await;
+            message.settle(Ack::Progress);
         }
     }
 
     /// On stop: the pin is let go first, so that what goes back (what waits in hand,
     /// what is still arriving) goes to a standby dispatcher, which takes over at once;
     /// requests in flight get `grace`.
-    async fn stop(mut self, messages: Option<crate::worker::PullStream>, grace: Duration) {
+    async fn stop(mut self, pull: &Pull, grace: Duration) {
         self.drain.cancel();
         if self.phase != Phase::Unpinned {
             alongside_with(&mut self.deliveries, unpin(&self.worker), drop).await;
@@ -502,11 +477,9 @@ impl Loop {
         waiting.append(&mut self.taken);
         waiting.extend(self.ready.drain(..).map(|(held, _)| held));
         for held in &waiting {
-            settle(&held.message, AckKind::Nak(None)).await;
+            held.message.settle(Ack::Nak(None));
         }
-        if let Some(stream) = messages {
-            alongside_with(&mut self.deliveries, self.worker.hand_back(stream), drop).await;
-        }
+        alongside_with(&mut self.deliveries, self.worker.hand_back(pull), drop).await;
         self.ordered().set_active(false);
         let finished = tokio::time::timeout(grace, async {
             while self.deliveries.next().await.is_some() {}
@@ -659,7 +632,7 @@ async fn deliver(
         {
             Attempted::Answered(verdict, attempt) => (verdict, attempt),
             Attempted::Drain => {
-                settle(&message, AckKind::Nak(None)).await;
+                message.settle(Ack::Nak(None));
                 break Finished::Abandoned;
             }
             Attempted::Fenced => break Finished::Abandoned,
@@ -704,7 +677,7 @@ async fn deliver(
                 worker
                     .report()
                     .finished(&event, attempt, AttemptEnd::Delivered { status });
-                settle(&message, AckKind::Ack).await;
+                message.settle(Ack::Ack);
                 break Finished::Delivered;
             }
             Decision::Retry { delay, failure } => {
@@ -745,7 +718,7 @@ async fn deliver(
                 match wait_in_hand(&worker, &message, delay, &fence, &drain).await {
                     Gate::Open => {}
                     Gate::Drain => {
-                        settle(&message, AckKind::Nak(None)).await;
+                        message.settle(Ack::Nak(None));
                         break Finished::Abandoned;
                     }
                     Gate::Lost => break Finished::Abandoned,
@@ -818,7 +791,7 @@ async fn settle_dead(
     {
         return Finished::Abandoned;
     }
-    settle(message, AckKind::Term).await;
+    message.settle(Ack::Term);
     Finished::DeadLettered {
         event_id: event.id.clone(),
         at,
@@ -849,7 +822,7 @@ where
         match wait_in_hand(worker, message, STORE_RETRY, fence, drain).await {
             Gate::Open => {}
             Gate::Drain => {
-                settle(message, AckKind::Nak(None)).await;
+                message.settle(Ack::Nak(None));
                 return false;
             }
             Gate::Lost => return false,
@@ -881,7 +854,7 @@ async fn wait_in_hand(
             return Gate::Open;
         }
         if worker.ordered_part().pin.is_fresh(fence.epoch) {
-            settle(message, AckKind::Progress).await;
+            message.settle(Ack::Progress);
         }
     }
 }

@@ -97,15 +97,15 @@ impl Harness {
             shutdown_grace: Duration::from_secs(5),
             // As `fanout dispatch` runs (standalone's shared runtime is covered by
             // its own tests).
-            thread_per_target: Some(NatsArgs {
+            thread_per_target: true,
+            egress: Arc::new(egress),
+            ..EngineOptions::new(NatsArgs {
                 url: self.nats.url(),
                 credentials_file: None,
                 token_file: None,
                 ca_file: None,
                 ping_interval: fanout_config::Duration::from_secs(10),
-            }),
-            egress: Arc::new(egress),
-            ..Default::default()
+            })
         };
         let engine = Engine::start(
             self.config.clone(),
