@@ -1,8 +1,7 @@
 //! What taking events from JetStream and acknowledging them costs the dispatcher's
 //! NATS client, apart from delivering them: async-nats' pull consumer, which the
 //! workers used until 2026-12-07, against Fanout's own (`fanout_nats_client::pull`),
-//! which they use now, and the same with an event's headers kept as the bytes they
-//! came as instead of a header map (docs/benchmarks.md, "A consumer of its own").
+//! which they use now (docs/benchmarks.md, "A consumer of its own").
 //!
 //!     cargo bench -p fanout-dispatcher --bench consume
 //!
@@ -26,7 +25,6 @@ use bytes::Bytes;
 use events::{BODY_BYTES, body, event_headers};
 use fanout_dispatcher::event::Event;
 use fanout_dispatcher::message::Message;
-use fanout_nats_client::protocol;
 use fanout_nats_client::pull::{Ack, Pull, PullConfig};
 use fanout_process::nats::NatsArgs;
 use fanout_testkit::nats::NatsServer;
@@ -45,16 +43,13 @@ enum Client {
     AsyncNats,
     /// Fanout's own, each message made an [`Event`] and settled as a worker does.
     Own,
-    /// Fanout's own, the headers kept as the bytes they came as.
-    OwnRaw,
 }
 
 impl Client {
     fn name(self) -> &'static str {
         match self {
             Client::AsyncNats => "async-nats pull consumer (what workers used)",
-            Client::Own => "Fanout's own pull consumer, as workers take events",
-            Client::OwnRaw => "Fanout's own, the headers kept as they came",
+            Client::Own => "Fanout's own pull consumer (what workers use)",
         }
     }
 }
@@ -76,7 +71,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(preload(&url, events));
-    let clients = [Client::AsyncNats, Client::Own, Client::OwnRaw];
+    let clients = [Client::AsyncNats, Client::Own];
     let mut results: Vec<Vec<Round>> = vec![Vec::new(); clients.len()];
     for round in 1..=rounds {
         for (i, client) in clients.iter().enumerate() {
@@ -206,11 +201,10 @@ fn consume(client: Client, url: &str, name: &str, events: usize) -> Round {
                 })
                 .await
             }
-            Client::Own | Client::OwnRaw => {
+            Client::Own => {
                 let pull = own_consumer(url, name).await;
-                let raw = client == Client::OwnRaw;
                 measured(async {
-                    let taken = with_own(&pull, events, raw).await;
+                    let taken = with_own(&pull, events).await;
                     pull.flush(Duration::from_secs(10)).await;
                     taken
                 })
@@ -318,43 +312,14 @@ async fn own_consumer(url: &str, name: &str) -> Pull {
     pull
 }
 
-/// What a delivery needs of an event, taken from the wire without a header map: the
-/// header block stays the bytes it came as.
-#[allow(dead_code)] // Read only through black_box.
-struct RawEvent {
-    id: String,
-    subject: String,
-    headers: Bytes,
-    body: Bytes,
-    delivery: u64,
-    stream_sequence: u64,
-}
-
-/// Each event made what a delivery needs, then acked: as a worker does
-/// ([`Event::from_message`], [`Message::settle`]), or with the headers kept raw.
-async fn with_own(pull: &Pull, events: usize, raw: bool) -> usize {
+/// As a worker does: each message made an [`Event`], then settled.
+async fn with_own(pull: &Pull, events: usize) -> usize {
     let mut taken = 0;
     while taken < events {
-        let message = pull.next().await.unwrap();
-        if raw {
-            let info = message.info().expect("a consumer's delivery");
-            let id = protocol::header(&message.headers, "Fanout-Event-Id").expect("an event id");
-            let event = RawEvent {
-                id: String::from_utf8_lossy(id).into_owned(),
-                subject: String::from_utf8_lossy(&message.subject).into_owned(),
-                headers: message.headers.clone(),
-                body: message.payload.clone(),
-                delivery: info.delivered,
-                stream_sequence: info.stream_sequence,
-            };
-            std::hint::black_box(&event);
-            pull.ack(&message.reply, Ack::Ack);
-        } else {
-            let message = Message::new(message, pull.clone());
-            let event = Event::from_message(&message);
-            std::hint::black_box(&event);
-            message.settle(Ack::Ack);
-        }
+        let message = Message::new(pull.next().await.unwrap(), pull.clone());
+        let event = Event::from_message(&message);
+        std::hint::black_box(&event);
+        message.settle(Ack::Ack);
         taken += 1;
     }
     taken

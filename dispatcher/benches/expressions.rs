@@ -25,7 +25,7 @@ use std::hint::black_box;
 use std::time::{Instant, SystemTime};
 
 use fanout_api::manifests::Manifests;
-use fanout_dispatcher::event::Event;
+use fanout_dispatcher::event::{Event, Headers};
 use fanout_dispatcher::expressions::{Outgoing, Selection, TargetExpressions};
 use fanout_dispatcher::request::{Auth, RequestTemplate};
 
@@ -135,7 +135,7 @@ fn event(i: usize) -> Event {
     Event {
         id: format!("evt-{i}"),
         subject: "fanout.in.shop.orders.order.placed".into(),
-        headers: events::event_headers(i),
+        headers: Headers::from_map(&events::event_headers(i)),
         body: events::body(i),
         delivery: 1,
         stream_sequence: i as u64 + 1,

@@ -42,12 +42,9 @@ pub struct DeadLetter<'a> {
 impl DeadLetter<'_> {
     pub fn headers(&self) -> HeaderMap {
         let mut out = HeaderMap::new();
-        for (name, values) in self.event.headers.iter() {
-            if !headers::travels_with_copy(name.as_ref()) {
-                continue;
-            }
-            for value in values {
-                out.append(name.clone(), value.clone());
+        for (name, value) in self.event.headers.iter() {
+            if headers::travels_with_copy(name) {
+                out.append(name, value);
             }
         }
         out.insert(EVENT_ID_HEADER, self.event.id.as_str());
@@ -129,14 +126,16 @@ mod tests {
 
     use super::*;
     use crate::classify::Failure;
+    use crate::event::Headers;
 
     fn event() -> Event {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", "evt-1");
-        // What the gateway stores with every event: a copy to the dead-letter stream
-        // carrying it is refused by JetStream.
-        headers.insert("Nats-Expected-Stream", "FANOUT_shop_orders");
-        headers.insert("X-Event-Type", "order.placed");
+        let headers = Headers::from_pairs([
+            ("Nats-Msg-Id", "evt-1"),
+            // What the gateway stores with every event: a copy to the dead-letter
+            // stream carrying it is refused by JetStream.
+            ("Nats-Expected-Stream", "FANOUT_shop_orders"),
+            ("X-Event-Type", "order.placed"),
+        ]);
         Event {
             id: "evt-1".into(),
             subject: "fanout.in.shop.orders.order".into(),

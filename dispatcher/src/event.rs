@@ -27,7 +27,7 @@ pub struct Event {
     /// Stable across retries and redeliveries: the Idempotency-Key targets see.
     pub id: String,
     pub subject: String,
-    pub headers: HeaderMap,
+    pub headers: Headers,
     pub body: Bytes,
     /// 1 for the first delivery of this message to this target.
     pub delivery: u32,
@@ -50,7 +50,7 @@ impl Event {
             // Only a message that did not come from a consumer lacks this.
             None => (1, 0, "", SystemTime::now()),
         };
-        let headers = header_map(&taken.headers);
+        let headers = Headers::from_block(taken.headers.clone());
         Event {
             id: event_id(&headers, stream, stream_sequence),
             subject: String::from_utf8_lossy(&taken.subject).into_owned(),
@@ -65,10 +65,11 @@ impl Event {
     /// An event read from `stream` directly rather than through a consumer (one
     /// that no dispatcher has fetched yet); `delivery` is 0, it was never attempted.
     pub fn from_stored(message: StreamMessage, stream: &str) -> Event {
+        let headers = Headers::from_map(&message.headers);
         Event {
-            id: event_id(&message.headers, stream, message.sequence),
+            id: event_id(&headers, stream, message.sequence),
             subject: message.subject.to_string(),
-            headers: message.headers,
+            headers,
             body: message.payload,
             delivery: 0,
             stream_sequence: message.sequence,
@@ -84,36 +85,91 @@ impl Event {
 
     /// A header's first value, matching the name case-insensitively.
     pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.headers, name)
+        self.headers.get(name)
+    }
+}
+
+/// An event's headers as they came: JetStream's `NATS/1.0` header block, read in
+/// place. A map built for every event cost more than the few lookups a delivery
+/// makes of it (docs/benchmarks.md, "A consumer of its own").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers {
+    /// `NATS/1.0`, then `Name: value` lines, each ending in CRLF, then CRLF; or
+    /// empty.
+    block: Bytes,
+}
+
+impl Headers {
+    pub fn from_block(block: Bytes) -> Headers {
+        Headers { block }
+    }
+
+    /// These names and values in this order (a name with several values comes
+    /// once for each).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Headers {
+        let mut block = b"NATS/1.0\r\n".to_vec();
+        for (name, value) in pairs {
+            block.extend_from_slice(name.as_bytes());
+            block.extend_from_slice(b": ");
+            block.extend_from_slice(value.as_bytes());
+            block.extend_from_slice(b"\r\n");
+        }
+        block.extend_from_slice(b"\r\n");
+        Headers {
+            block: block.into(),
+        }
+    }
+
+    /// The headers of async-nats' map (of an event read from the stream directly).
+    pub fn from_map(map: &HeaderMap) -> Headers {
+        Headers::from_pairs(map.iter().flat_map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values.iter().map(move |value| (name, value.as_str()))
+        }))
+    }
+
+    /// Each header's name and value, in the order they came; a name comes once for
+    /// each of its values. A line that is not `Name: value` text is skipped.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.block
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .filter_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let at = line.iter().position(|b| *b == b':')?;
+                let name = std::str::from_utf8(&line[..at]).ok()?.trim();
+                let value = std::str::from_utf8(&line[at + 1..]).ok()?.trim();
+                (!name.is_empty()).then_some((name, value))
+            })
+    }
+
+    /// The first value of `name`, matched without regard to case.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    }
+
+    /// About how many headers there are (the lines), without reading them.
+    pub fn len(&self) -> usize {
+        self.block
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            .saturating_sub(2)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 /// The producer's id, or (none given) the stream position, unique and stable.
-fn event_id(headers: &HeaderMap, stream: &str, sequence: u64) -> String {
-    header(headers, EVENT_ID_HEADER)
-        .or_else(|| header(headers, "Nats-Msg-Id"))
+fn event_id(headers: &Headers, stream: &str, sequence: u64) -> String {
+    headers
+        .get(EVENT_ID_HEADER)
+        .or_else(|| headers.get("Nats-Msg-Id"))
         .map_or_else(|| format!("{stream}:{sequence}"), str::to_string)
-}
-
-/// A `NATS/1.0` header block (the status line, then `Name: value` lines) as a map.
-fn header_map(block: &[u8]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    let text = String::from_utf8_lossy(block);
-    for line in text.split("\r\n").skip(1) {
-        if let Some((name, value)) = line.split_once(':') {
-            map.append(name.trim(), value.trim());
-        }
-    }
-    map
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.iter().find_map(|(k, values)| {
-        let key: &str = k.as_ref();
-        key.eq_ignore_ascii_case(name)
-            .then(|| values.first().map(|v| v.as_str()))
-            .flatten()
-    })
 }
 
 #[cfg(test)]
@@ -129,10 +185,45 @@ mod tests {
     }
 
     #[test]
-    fn header_lookup_ignores_case() {
-        let mut headers = HeaderMap::new();
-        headers.insert("X-Event-Type", "order.placed");
-        assert_eq!(header(&headers, "x-event-type"), Some("order.placed"));
-        assert_eq!(header(&headers, "X-Other"), None);
+    fn header_lookup_ignores_case_and_takes_the_first_value() {
+        let headers =
+            Headers::from_pairs([("X-Event-Type", "order.placed"), ("x-event-type", "second")]);
+        assert_eq!(headers.get("x-EVENT-type"), Some("order.placed"));
+        assert_eq!(headers.get("X-Other"), None);
+        assert_eq!(headers.len(), 2);
+    }
+
+    #[test]
+    fn a_header_block_reads_as_its_lines() {
+        let block = Bytes::from_static(
+            b"NATS/1.0\r\nFanout-Event-Id: e-1\r\nX-Url:  https://a.example/x?y=1 \r\nbroken line\r\n: no name\r\nX-Empty:\r\n\r\n",
+        );
+        let headers = Headers::from_block(block);
+        let all: Vec<(&str, &str)> = headers.iter().collect();
+        assert_eq!(
+            all,
+            [
+                ("Fanout-Event-Id", "e-1"),
+                ("X-Url", "https://a.example/x?y=1"),
+                ("X-Empty", "")
+            ]
+        );
+        assert!(Headers::default().is_empty());
+        assert_eq!(Headers::default().iter().count(), 0);
+    }
+
+    #[test]
+    fn a_map_becomes_the_same_lines() {
+        let mut map = HeaderMap::new();
+        map.insert("Fanout-Event-Id", "e-1");
+        map.append("X-Tag", "a");
+        map.append("X-Tag", "b");
+        let headers = Headers::from_map(&map);
+        let mut all: Vec<(&str, &str)> = headers.iter().collect();
+        all.sort();
+        assert_eq!(
+            all,
+            [("Fanout-Event-Id", "e-1"), ("X-Tag", "a"), ("X-Tag", "b")]
+        );
     }
 }

@@ -317,13 +317,10 @@ fn is_header_text(value: &str) -> bool {
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
-/// Every header of `event`, name and first value.
+/// Every header of `event`, name and value (a name comes once for each value; the
+/// CEL map keeps the first).
 fn header_pairs(event: &Event) -> Vec<(&str, &str)> {
-    event
-        .headers
-        .iter()
-        .filter_map(|(name, values)| Some((name.as_ref(), values.first()?.as_str())))
-        .collect()
+    event.headers.iter().collect()
 }
 
 fn parts<'e>(event: &'e Event, headers: &'e [(&'e str, &'e str)]) -> EventParts<'e> {
@@ -351,6 +348,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
+    use crate::event::Headers;
 
     fn target(filter: Option<&str>, body: Option<&str>, headers: &[(&str, &str)]) -> TargetConfig {
         let mut config: TargetConfig = serde_yaml_ng::from_str(
@@ -382,10 +380,11 @@ policy:
     }
 
     fn event(subject: &str, body: &str) -> Event {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Content-Type", "application/json");
-        headers.insert("ce-type", "order.placed");
-        headers.insert("X-Tenant", "acme");
+        let headers = Headers::from_pairs([
+            ("Content-Type", "application/json"),
+            ("ce-type", "order.placed"),
+            ("X-Tenant", "acme"),
+        ]);
         Event {
             id: "evt-1".into(),
             subject: subject.into(),

@@ -106,14 +106,14 @@ impl RequestTemplate {
         // The event's own headers (CloudEvents ce-*, X-Event-Type, ...) and those its
         // transform computed fill in what the target's static headers did not set;
         // Fanout's below override both.
-        for (name, values) in event.headers.iter() {
-            let name: &str = name.as_ref();
+        for (name, value) in event.headers.iter() {
             if !is_forwarded(name) || outgoing.transformed.is_some_and(|t| t.computes(name)) {
                 continue;
             }
             let name = HeaderName::from_bytes(name.as_bytes());
-            let value = values.first().map(|v| HeaderValue::from_str(v.as_str()));
-            if let (Ok(name), Some(Ok(value))) = (name, value) {
+            let value = HeaderValue::from_str(value);
+            // A name's first value is the one sent.
+            if let (Ok(name), Ok(value)) = (name, value) {
                 headers.entry(name).or_insert(value);
             }
         }
@@ -189,6 +189,7 @@ mod tests {
 
     use super::*;
     use crate::event::Event;
+    use crate::event::Headers;
     use crate::expressions::{Selection, TargetExpressions};
     use crate::trace;
 
@@ -226,14 +227,10 @@ policy:
     }
 
     fn event(headers: &[(&str, &str)]) -> Event {
-        let mut map = async_nats::HeaderMap::new();
-        for (k, v) in headers {
-            map.insert(*k, *v);
-        }
         Event {
             id: "evt-1".into(),
             subject: "fanout.in.shop.orders.event".into(),
-            headers: map,
+            headers: Headers::from_pairs(headers.iter().copied()),
             body: Bytes::from_static(b"{}"),
             delivery: 2,
             stream_sequence: 9,

@@ -80,19 +80,15 @@ fn partition_key(event: &Event) -> Option<String> {
 mod tests {
     use std::time::SystemTime;
 
-    use async_nats::HeaderMap;
+    use crate::event::Headers;
 
     use super::*;
 
     fn event(headers: &[(&str, &str)], body: &str) -> Event {
-        let mut map = HeaderMap::new();
-        for (k, v) in headers {
-            map.insert(*k, *v);
-        }
         Event {
             id: "e".into(),
             subject: "s".into(),
-            headers: map,
+            headers: Headers::from_pairs(headers.iter().copied()),
             body: body.to_string().into(),
             delivery: 1,
             stream_sequence: 1,
