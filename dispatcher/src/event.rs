@@ -1,6 +1,7 @@
 //! A JetStream message seen as an event: its id, subject, headers and body, and how
 //! many times JetStream has handed it to this target.
 
+use std::ops::Range;
 use std::time::SystemTime;
 
 use async_nats::HeaderMap;
@@ -89,19 +90,36 @@ impl Event {
     }
 }
 
-/// An event's headers as they came: JetStream's `NATS/1.0` header block, read in
-/// place. A map built for every event cost more than the few lookups a delivery
-/// makes of it (docs/benchmarks.md, "A consumer of its own").
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// An event's headers as they came: JetStream's `NATS/1.0` header block, with where
+/// each header's name and value sit in it, found in one pass. A map built for every
+/// event cost more than the few lookups a delivery makes of it, and so did reading
+/// the block again for each (docs/benchmarks.md, "A consumer of its own").
+#[derive(Clone, Debug, Default)]
 pub struct Headers {
     /// `NATS/1.0`, then `Name: value` lines, each ending in CRLF, then CRLF; or
     /// empty.
     block: Bytes,
+    /// Each header's name and value in `block`, trimmed and known to be UTF-8, in
+    /// the order they came.
+    entries: Vec<(Range<u32>, Range<u32>)>,
 }
 
 impl Headers {
+    /// Reads `block`; a line that is not `Name: value` text is left out.
     pub fn from_block(block: Bytes) -> Headers {
-        Headers { block }
+        let mut entries = Vec::new();
+        let mut start = match memchr::memchr(b'\n', &block) {
+            Some(end) => end + 1,
+            None => block.len(),
+        };
+        while start < block.len() {
+            let end = memchr::memchr(b'\n', &block[start..]).map_or(block.len(), |e| start + e);
+            if let Some(entry) = entry(&block, start, end) {
+                entries.push(entry);
+            }
+            start = end + 1;
+        }
+        Headers { block, entries }
     }
 
     /// These names and values in this order (a name with several values comes
@@ -115,9 +133,7 @@ impl Headers {
             block.extend_from_slice(b"\r\n");
         }
         block.extend_from_slice(b"\r\n");
-        Headers {
-            block: block.into(),
-        }
+        Headers::from_block(block.into())
     }
 
     /// The headers of async-nats' map (of an event read from the stream directly).
@@ -129,39 +145,66 @@ impl Headers {
     }
 
     /// Each header's name and value, in the order they came; a name comes once for
-    /// each of its values. A line that is not `Name: value` text is skipped.
+    /// each of its values.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.block
-            .split(|b| *b == b'\n')
-            .skip(1)
-            .filter_map(|line| {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let at = line.iter().position(|b| *b == b':')?;
-                let name = std::str::from_utf8(&line[..at]).ok()?.trim();
-                let value = std::str::from_utf8(&line[at + 1..]).ok()?.trim();
-                (!name.is_empty()).then_some((name, value))
-            })
+        self.entries
+            .iter()
+            .map(|(name, value)| (self.text(name), self.text(value)))
     }
 
     /// The first value of `name`, matched without regard to case.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value)
+        self.entries
+            .iter()
+            .find(|(n, _)| self.block[to_usize(n)].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| self.text(value))
     }
 
-    /// About how many headers there are (the lines), without reading them.
     pub fn len(&self) -> usize {
-        self.block
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            .saturating_sub(2)
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
     }
+
+    fn text(&self, range: &Range<u32>) -> &str {
+        // Checked when the entry was made.
+        std::str::from_utf8(&self.block[to_usize(range)]).unwrap_or_default()
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Headers) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+/// The line `block[start..end]` (its CR included) as a header's name and value.
+fn entry(block: &[u8], start: usize, end: usize) -> Option<(Range<u32>, Range<u32>)> {
+    let line = &block[start..end];
+    let colon = memchr::memchr(b':', line)?;
+    let name = trimmed(line, 0, colon)?;
+    let value = trimmed(line, colon + 1, line.len())?;
+    if name.is_empty() {
+        return None;
+    }
+    let at = |r: Range<usize>| -> Option<Range<u32>> {
+        Some(u32::try_from(start + r.start).ok()?..u32::try_from(start + r.end).ok()?)
+    };
+    Some((at(name)?, at(value)?))
+}
+
+/// `line[from..to]` without the whitespace around it, if it is UTF-8.
+fn trimmed(line: &[u8], from: usize, to: usize) -> Option<Range<usize>> {
+    let text = std::str::from_utf8(&line[from..to]).ok()?;
+    let kept = text.trim();
+    let skipped = kept.as_ptr() as usize - text.as_ptr() as usize;
+    Some(from + skipped..from + skipped + kept.len())
+}
+
+fn to_usize(range: &Range<u32>) -> Range<usize> {
+    range.start as usize..range.end as usize
 }
 
 /// The producer's id, or (none given) the stream position, unique and stable.

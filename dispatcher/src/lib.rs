@@ -157,7 +157,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("metrics server task")?
         .context("metrics server")?;
-    // Acks are buffered by the client; make sure they reach the server before exit.
+    // What the engine's connection still holds (the last health snapshot, dead
+    // letters) reaches the server before exit; the targets flushed their acks.
     nats.flush().await.context("flushing NATS")?;
     if let Some(tracing) = tracing {
         // Sends the last spans; blocking, so off the runtime's thread.

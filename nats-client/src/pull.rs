@@ -8,7 +8,8 @@
 //! heartbeats; when neither events nor heartbeats come for two of their intervals
 //! (a pull lost with a consumer's leader, say), it asks anew. Acknowledgements
 //! queued while the connection is down are sent once it is back, as async-nats
-//! does, so that an event delivered across a reconnection is not delivered twice.
+//! does, rather than dropped: an event whose delivery ended while NATS was away is
+//! then not delivered again, provided the server has its consumer by then.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -487,8 +488,9 @@ impl Shared {
                 }
                 return;
             }
-            // An idle heartbeat: the pull is alive.
-            Some(100) => return,
+            // An idle heartbeat (the pull is alive), or a message that is neither an
+            // event nor a pull's end.
+            Some(100) | None => return,
             _ => {}
         }
         // The pull ended: what it did not deliver is no longer on the way.

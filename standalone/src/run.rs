@@ -165,7 +165,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "deliveries did not drain within {drain_limit:?} (is NATS reachable?); unacknowledged events will be delivered again"
         )
     })?;
-    // Acks are buffered by the client; they must reach the server before exit.
+    // What the engines' connection still holds (health snapshots, dead letters) must
+    // reach the server before exit; the targets flushed their acks when they stopped.
     tokio::time::timeout(NATS_GRACE, nats.flush())
         .await
         .map_err(|_| anyhow::anyhow!("flushing NATS took longer than {NATS_GRACE:?}"))?
