@@ -284,13 +284,7 @@ struct MappedEvent {
 
 /// Fanout's own consumer, connected: batches of up to [`BATCH`] on the way.
 async fn own_consumer(url: &str, name: &str) -> Pull {
-    let args = NatsArgs {
-        url: url.to_string(),
-        credentials_file: None,
-        token_file: None,
-        ca_file: None,
-        ping_interval: "10s".parse().unwrap(),
-    };
+    let args = NatsArgs::for_url(url);
     let (servers, settings) = fanout_nats_client::settings(&args, "consume-bench").unwrap();
     let config = PullConfig {
         stream: STREAM.into(),

@@ -409,7 +409,11 @@ impl Shared {
     fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.stop.notify_waiters();
-        let waker = self.lock().waker.take();
+        let mut state = self.lock();
+        // Its connection is dropped with the task that kept it.
+        state.connected = false;
+        let waker = state.waker.take();
+        drop(state);
         if let Some(waker) = waker {
             waker.wake();
         }

@@ -64,13 +64,7 @@ fn pull(server: &NatsServer, batch: usize, expires: Duration) -> Pull {
 }
 
 fn pull_group(server: &NatsServer, batch: usize, expires: Duration, group: Option<&str>) -> Pull {
-    let args = NatsArgs {
-        url: server.url(),
-        credentials_file: None,
-        token_file: None,
-        ca_file: None,
-        ping_interval: "10s".parse().unwrap(),
-    };
+    let args = NatsArgs::for_url(server.url());
     let (servers, settings) = fanout_nats_client::settings(&args, "pull-test").unwrap();
     Pull::start(
         servers,
@@ -337,6 +331,8 @@ async fn a_pinned_group_gives_every_event_to_one_client_until_it_stops_pulling()
             priority_policy: consumer::PriorityPolicy::PinnedClient,
             priority_groups: vec!["ordered".into()],
             priority_timeout: Duration::from_secs(2),
+            // An event that reaches the first client as it closes comes back soon.
+            ack_wait: Duration::from_secs(3),
             ..Default::default()
         })
         .await
@@ -364,6 +360,7 @@ async fn a_pinned_group_gives_every_event_to_one_client_until_it_stops_pulling()
     );
     // The first stops pulling: after the pin's timeout the second is pinned.
     first.close();
+    assert!(!first.is_connected());
     drop(first);
     publish(&js, 1).await;
     let message = next(&second).await;

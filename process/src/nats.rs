@@ -43,6 +43,18 @@ pub struct NatsArgs {
 }
 
 impl NatsArgs {
+    /// `url` without credentials or TLS, pinged every 10 s (the flags' defaults):
+    /// what a test or a benchmark on loopback connects with.
+    pub fn for_url(url: impl Into<String>) -> NatsArgs {
+        NatsArgs {
+            url: url.into(),
+            credentials_file: None,
+            token_file: None,
+            ca_file: None,
+            ping_interval: fanout_config::Duration::from_secs(10),
+        }
+    }
+
     /// Connects, failing if NATS cannot be reached now (a process that cannot work
     /// without it should say so at start).
     pub async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {

@@ -99,13 +99,7 @@ impl Harness {
             // its own tests).
             thread_per_target: true,
             egress: Arc::new(egress),
-            ..EngineOptions::new(NatsArgs {
-                url: self.nats.url(),
-                credentials_file: None,
-                token_file: None,
-                ca_file: None,
-                ping_interval: fanout_config::Duration::from_secs(10),
-            })
+            ..EngineOptions::new(NatsArgs::for_url(self.nats.url()))
         };
         let engine = Engine::start(
             self.config.clone(),

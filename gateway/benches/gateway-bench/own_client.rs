@@ -21,13 +21,7 @@ pub fn publish_like_shards(
     warmup: Duration,
     duration: Duration,
 ) -> Report {
-    let args = NatsArgs {
-        url: url.to_string(),
-        credentials_file: None,
-        token_file: None,
-        ca_file: None,
-        ping_interval: "10s".parse().unwrap(),
-    };
+    let args = NatsArgs::for_url(url);
     let (servers, settings) = fanout_gateway::nats::settings(&args, "gateway-bench").unwrap();
     let payload = payload.clone();
     on_shard_threads(shards, warmup, duration, move |start, end| async move {
