@@ -42,7 +42,7 @@ use crate::request::RequestTemplate;
 use crate::telemetry::TargetTelemetry;
 
 /// Most events JetStream keeps on the way to one worker.
-const MAX_BATCH: usize = 512;
+pub(crate) const MAX_BATCH: usize = 512;
 /// Idle heartbeat of the pull, so a lost pull is noticed.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long one pull waits on the server before it is renewed.

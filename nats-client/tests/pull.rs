@@ -3,6 +3,8 @@
 //! how many events it keeps on the way, and what it does across a restart, an idle
 //! stretch and a deleted consumer.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -296,19 +298,36 @@ async fn a_deleted_consumer_is_told_and_its_successor_is_read() {
     assert_eq!(message.info().unwrap().stream_sequence, 1);
 }
 
+/// Counts its wake-ups.
+#[derive(Default)]
+struct Woken(AtomicUsize);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[tokio::test]
 async fn a_closed_consumer_ends_next() {
     let server = NatsServer::start().unwrap();
     setup(&server, Duration::from_secs(30)).await;
     let pull = pull(&server, 8, Duration::from_secs(5));
-    let waiting = tokio::spawn({
-        let pull = pull.clone();
-        async move { pull.next().await }
-    });
-    // Most likely waiting by now; if not, it finds the consumer closed.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut waiting = std::pin::pin!(pull.next());
+    // Polled once with a waker that counts: it waits (the stream is empty).
+    let woken = Arc::new(Woken::default());
+    let waker = std::task::Waker::from(woken.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
     pull.close();
-    let ended = timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert_eq!(
+        woken.0.load(Ordering::Relaxed),
+        1,
+        "close wakes the caller waiting"
+    );
+    let std::task::Poll::Ready(ended) = waiting.as_mut().poll(&mut cx) else {
+        panic!("still waiting after close")
+    };
     assert!(matches!(ended, Err(PullError::Closed)), "{ended:?}");
 }
 

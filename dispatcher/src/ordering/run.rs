@@ -28,7 +28,7 @@ use crate::event::Event;
 use crate::expressions::{Outgoing, Selection, Transformed, Unusable};
 use crate::message::Message;
 use crate::report::AttemptEnd;
-use crate::worker::{Attempted, Worker, alongside_with};
+use crate::worker::{Attempted, MAX_BATCH, Worker, alongside_with};
 
 /// A pull of an ordered consumer expires after this and is renewed; the pin lasts
 /// while pulls keep coming.
@@ -121,6 +121,12 @@ impl Worker {
     fn ordered_part(&self) -> &Ordered {
         self.ordered().expect("an ordered target's worker")
     }
+
+    /// Events an ordered target holds at most: its requests and those waiting
+    /// behind their key's head.
+    fn ordered_capacity(&self) -> usize {
+        self.max_in_flight() + self.ordered_part().max_waiting
+    }
 }
 
 /// Fetches and delivers until `shutdown`, then hands back what it holds and lets go
@@ -132,7 +138,7 @@ pub(crate) async fn run(
     grace: Duration,
 ) {
     let ordered = worker.ordered_part();
-    let capacity = worker.max_in_flight() + ordered.max_waiting;
+    let capacity = worker.ordered_capacity();
     let (views_tx, mut views) = mpsc::channel(1);
     let check_now = Arc::new(Notify::new());
     let taking_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -207,11 +213,10 @@ pub(crate) async fn run(
 /// expire soon, so that a pin another dispatcher was given is noticed.
 pub(crate) fn pull_config(worker: &Worker) -> PullConfig {
     let info = worker.consumer().cached_info();
-    let capacity = worker.max_in_flight() + worker.ordered_part().max_waiting;
     PullConfig {
         stream: info.stream_name.clone(),
         consumer: info.name.clone(),
-        batch: capacity.clamp(1, 512),
+        batch: worker.ordered_capacity().clamp(1, MAX_BATCH),
         expires: PULL_EXPIRES,
         heartbeat: HEARTBEAT,
         group: Some(ORDERED_GROUP.to_string()),
