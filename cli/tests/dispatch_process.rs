@@ -1,5 +1,6 @@
 //! `fanout dispatch` as a process: crashes lose nothing, SIGTERM drains, a config
-//! that cannot work fails before consuming, probes and metrics are served.
+//! that cannot work fails before consuming, probes and metrics are served, and a
+//! target cut off from NATS is named by `/readyz` while the others deliver.
 //!
 //! Tests here block on child processes, so they run on a multi-threaded runtime:
 //! the scripted targets must keep answering while the test thread waits.
@@ -10,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use fanout_testkit::nats_proxy::NatsProxy;
 use fanout_testkit::target::{Reply, TargetServer};
 use fanout_testkit::{free_port, http, wait};
 use support::ProvisionedRoute;
@@ -117,6 +119,88 @@ async fn a_nats_server_restart_mid_run_loses_nothing_and_needs_no_dispatcher_res
     })
     .await
     .unwrap();
+    assert!(dispatcher.terminate(T).unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_whose_nats_connection_is_down_is_named_by_readyz_and_the_others_deliver() {
+    let (api, audit) = (
+        TargetServer::start().await.unwrap(),
+        TargetServer::start().await.unwrap(),
+    );
+    let setup = ProvisionedRoute::new(&format!(
+        "apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: api}}
+spec: {{url: \"{}\"}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: ApiTarget
+metadata: {{name: audit}}
+spec: {{url: \"{}\"}}
+---
+apiVersion: fanout.dev/v1alpha1
+kind: FanOutRoute
+metadata: {{name: orders}}
+spec:
+  targets:
+  - {{name: api, apiTargetRef: {{name: api}}}}
+  - {{name: audit, apiTargetRef: {{name: audit}}}}
+",
+        api.url("/"),
+        audit.url("/")
+    ))
+    .await;
+    let upstream = format!("127.0.0.1:{}", setup.nats.port());
+    let proxy = NatsProxy::start(upstream.parse().unwrap()).await.unwrap();
+    let port = free_port();
+    let mut dispatcher = setup.dispatcher_via(&proxy.url(), port, &["--egress-allow", "127.0.0.1"]);
+    let addr = format!("127.0.0.1:{port}");
+    let ready = |expect: u16| {
+        let addr = addr.clone();
+        async move {
+            wait::until(&format!("/readyz to answer {expect}"), T, || async {
+                match http::get(&addr, "/readyz").await {
+                    Ok(r) if r.status == expect => Ok(r.body),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let first: BTreeSet<String> = (0..20).map(|i| format!("evt-{i}")).collect();
+    setup.publish(first.iter().cloned()).await;
+    api.wait_for_keys(&first, T).await.unwrap();
+    audit.wait_for_keys(&first, T).await.unwrap();
+    ready(200).await;
+
+    // Only the api target's consumer connection goes: the dispatcher's own and the
+    // audit target's stay up.
+    proxy.cut("fanout-dispatcher-api");
+    let body = ready(503).await;
+    assert!(
+        body.contains("target api is not connected to NATS"),
+        "{body}"
+    );
+    assert!(
+        proxy
+            .connected()
+            .contains(&"fanout-dispatcher-audit".to_string()),
+        "{:?}",
+        proxy.connected()
+    );
+    let later: BTreeSet<String> = (20..40).map(|i| format!("evt-{i}")).collect();
+    setup.publish(later.iter().cloned()).await;
+    let all: BTreeSet<String> = first.union(&later).cloned().collect();
+    audit.wait_for_keys(&all, T).await.unwrap();
+    assert_eq!(api.distinct_keys(), first, "api took events while cut off");
+
+    // Back: ready again, and the api target gets what it missed.
+    proxy.restore("fanout-dispatcher-api");
+    ready(200).await;
+    api.wait_for_keys(&all, T).await.unwrap();
+    assert_eq!(api.distinct_keys(), all);
     assert!(dispatcher.terminate(T).unwrap().success());
 }
 

@@ -12,7 +12,8 @@
 //! - [`node`]: the same with one real node (`e2e/node.sh`), pods and images.
 //! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed.
 //! - [`prometheus`]: alerting rules checked against the metrics processes export.
-//! - [`proxy::FreezingProxy`]: a loopback TCP proxy that can stop forwarding.
+//! - [`proxy::FreezingProxy`]: a loopback TCP proxy that can stop forwarding;
+//!   [`nats_proxy::NatsProxy`]: one in front of nats-server that cuts off one client.
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
 //! - [`example`]: the scenarios of `examples/` as shipped, their URLs repointed.
 //! - [`netns::Lab`]: hosts in network namespaces of the test's own, to cut off and heal.
@@ -26,6 +27,7 @@ pub mod http;
 pub mod ledger;
 pub mod nats;
 pub mod nats_cluster;
+pub mod nats_proxy;
 pub mod netns;
 pub mod node;
 pub mod oauth2;

@@ -103,14 +103,20 @@ impl ProvisionedRoute {
 
     /// Starts `fanout dispatch` for the route with `extra` flags.
     pub fn dispatcher_with(&self, listen_port: u16, extra: &[&str]) -> Spawned {
-        let (config, nats) = (self.config_file(), self.nats.url());
+        self.dispatcher_via(&self.nats.url(), listen_port, extra)
+    }
+
+    /// Starts `fanout dispatch` for the route connecting to NATS at `nats` (a proxy
+    /// in front of the route's server), with `extra` flags.
+    pub fn dispatcher_via(&self, nats: &str, listen_port: u16, extra: &[&str]) -> Spawned {
+        let config = self.config_file();
         let listen = format!("127.0.0.1:{listen_port}");
         let mut args = vec![
             "dispatch",
             "--config",
             config.to_str().unwrap(),
             "--nats-url",
-            &nats,
+            nats,
             "--listen",
             &listen,
             "--pod-name",
