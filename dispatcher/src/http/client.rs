@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::body::read_limited;
 use super::connect::{self, ConnectError, Fresh, Http1, Http2};
+use super::h1;
 use super::origin::{Origin, OriginError, Security};
 use super::pool::Pool;
 
@@ -50,9 +51,18 @@ pub enum SendError {
     #[error(transparent)]
     Connect(ConnectError),
     #[error("sending the request")]
-    Request(#[source] hyper::Error),
+    Request(#[source] ExchangeError),
     #[error("reading the response body")]
-    Body(#[source] hyper::Error),
+    Body(#[source] ExchangeError),
+}
+
+/// What failed in an exchange, by protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Http1(h1::Error),
+    #[error(transparent)]
+    Http2(hyper::Error),
 }
 
 impl SendError {
@@ -137,26 +147,47 @@ impl HttpClient {
         request
             .headers_mut()
             .insert(http::header::HOST, self.origin.host_header.clone());
-        let (response, connection) = tokio::time::timeout_at(deadline, self.exchange(request))
+        let answer = tokio::time::timeout_at(deadline, self.exchange(request))
             .await
             .map_err(|_| SendError::Timeout(self.timeout))??;
-        let (head, mut body) = response.into_parts();
-        let limit = body_limit(head.status);
-        let body = match tokio::time::timeout_at(deadline, read_limited(&mut body, limit)).await {
-            Ok(Ok(limited)) => {
-                if let (true, Some(connection)) = (limited.ended, connection) {
-                    self.pool.put_idle(connection, std::time::Instant::now());
-                }
-                Ok(limited.bytes)
+        match answer {
+            Answer::Http1(head, mut connection) => {
+                let limit = body_limit(head.status);
+                let body =
+                    match tokio::time::timeout_at(deadline, connection.read_body(&head, limit))
+                        .await
+                    {
+                        Ok(Ok(limited)) => {
+                            if connection.is_reusable() {
+                                self.pool.put_idle(connection, std::time::Instant::now());
+                            }
+                            Ok(limited.bytes)
+                        }
+                        Ok(Err(error)) => Err(SendError::Body(ExchangeError::Http1(error))),
+                        Err(_) => Err(SendError::Timeout(self.timeout)),
+                    };
+                Ok(Response {
+                    status: head.status,
+                    headers: head.headers,
+                    body,
+                })
             }
-            Ok(Err(error)) => Err(SendError::Body(error)),
-            Err(_) => Err(SendError::Timeout(self.timeout)),
-        };
-        Ok(Response {
-            status: head.status,
-            headers: head.headers,
-            body,
-        })
+            Answer::Http2(response) => {
+                let (head, mut body) = response.into_parts();
+                let limit = body_limit(head.status);
+                let body =
+                    match tokio::time::timeout_at(deadline, read_limited(&mut body, limit)).await {
+                        Ok(Ok(limited)) => Ok(limited.bytes),
+                        Ok(Err(error)) => Err(SendError::Body(ExchangeError::Http2(error))),
+                        Err(_) => Err(SendError::Timeout(self.timeout)),
+                    };
+                Ok(Response {
+                    status: head.status,
+                    headers: head.headers,
+                    body,
+                })
+            }
+        }
     }
 
     /// Idle HTTP/1.1 connections in the pool (for tests and diagnostics).
@@ -164,36 +195,34 @@ impl HttpClient {
         self.pool.idle_count()
     }
 
-    /// Gets the answer's head. Returns the HTTP/1.1 connection that carried it, to be
-    /// put back once the body has been read.
-    async fn exchange(
-        &self,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<(http::Response<Incoming>, Option<Http1>), SendError> {
+    /// Sends the request and gets the answer's head: over the shared HTTP/2
+    /// connection, a kept-alive HTTP/1.1 one, or a new one.
+    async fn exchange(&self, mut request: Request<Full<Bytes>>) -> Result<Answer, SendError> {
         if let Some(mut shared) = self.pool.shared() {
             *request.uri_mut() = self.origin.absolute.clone();
             match shared.try_send_request(request).await {
-                Ok(response) => return Ok((response, None)),
+                Ok(response) => return Ok(Answer::Http2(response)),
                 // It closed before taking the request: open a new one below.
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => request = unsent,
-                    None => return Err(SendError::Request(error.into_error())),
+                    None => {
+                        return Err(SendError::Request(ExchangeError::Http2(error.into_error())));
+                    }
                 },
             }
         }
-        *request.uri_mut() = self.origin.origin_form.clone();
+        let target = self.origin.target();
+        let body = full_body(request.body());
         while let Some(mut idle) = self.pool.take_idle(std::time::Instant::now()) {
-            if idle.ready().await.is_err() {
-                continue;
-            }
-            match idle.try_send_request(request).await {
-                Ok(response) => return Ok((response, Some(idle))),
-                // The peer closed it while it was idle, before the request was
-                // written: nothing was sent, so another connection may carry it.
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(SendError::Request(error.into_error())),
-                },
+            match idle
+                .send(request.method(), target, request.headers(), &body)
+                .await
+            {
+                Ok(head) => return Ok(Answer::Http1(head, idle)),
+                // The peer closed it while it was idle and the request could not be
+                // written: another connection may carry it.
+                Err(h1::Error::Write(_)) => continue,
+                Err(error) => return Err(SendError::Request(ExchangeError::Http1(error))),
             }
         }
         let connect_timeout = self.timeout.min(MAX_CONNECT_TIMEOUT);
@@ -210,11 +239,11 @@ impl HttpClient {
         .map_err(SendError::Connect)?
         {
             Fresh::Http1(mut connection) => {
-                let response = connection
-                    .send_request(request)
+                let head = connection
+                    .send(request.method(), target, request.headers(), &body)
                     .await
-                    .map_err(SendError::Request)?;
-                Ok((response, Some(connection)))
+                    .map_err(|e| SendError::Request(ExchangeError::Http1(e)))?;
+                Ok(Answer::Http1(head, connection))
             }
             Fresh::Http2(mut connection) => {
                 // Requests that found no connection at the same moment may each open
@@ -224,11 +253,31 @@ impl HttpClient {
                 let response = connection
                     .send_request(request)
                     .await
-                    .map_err(SendError::Request)?;
-                Ok((response, None))
+                    .map_err(|e| SendError::Request(ExchangeError::Http2(e)))?;
+                Ok(Answer::Http2(response))
             }
         }
     }
+}
+
+/// An answer's head, with what its body is read from.
+enum Answer {
+    /// The connection, to read the body from and pool again.
+    Http1(h1::Head, Http1),
+    Http2(http::Response<Incoming>),
+}
+
+/// The bytes of a `Full` body: its one frame, there at once.
+fn full_body(body: &Full<Bytes>) -> Bytes {
+    use futures::FutureExt;
+    use http_body_util::BodyExt;
+    body.clone()
+        .frame()
+        .now_or_never()
+        .flatten()
+        .and_then(Result::ok)
+        .and_then(|frame| frame.into_data().ok())
+        .unwrap_or_default()
 }
 
 /// Closes idle connections past their time even when no request comes to do it;

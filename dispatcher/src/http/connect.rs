@@ -1,8 +1,9 @@
 //! Opening a new connection to a target: the egress policy's check of each address
 //! (after DNS, so a changed answer is checked too), TCP (no Nagle delay), TLS for
-//! https with ALPN offering h2 and http/1.1, then the HTTP handshake of whichever
-//! protocol the target chose. Each connection is driven by its own task until it
-//! closes.
+//! https with ALPN offering h2 and http/1.1, then whichever protocol the target
+//! chose: HTTP/1.1 on the dispatcher's own connection ([`super::h1`]), which the
+//! delivering future drives, or HTTP/2 on hyper's, driven by a task of its own until
+//! it closes.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,14 +13,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use fanout_config::egress::{EgressPolicy, HostRule, Refusal};
 use http_body_util::Full;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 
 use super::origin::{Host, Origin, Security};
 
-pub type Http1 = http1::SendRequest<Full<Bytes>>;
+pub use super::h1::Http1;
+use super::h1::Io;
 pub type Http2 = http2::SendRequest<Full<Bytes>>;
 
 /// A new connection, ready for its first request.
@@ -89,13 +91,13 @@ pub async fn connect(
     .await
     .map_err(|_| ConnectError::Timeout(timeout))??;
     match tcp {
-        Stream::Plain(tcp) => http1_handshake(tcp).await.map(Fresh::Http1),
+        Stream::Plain(tcp) => Ok(Fresh::Http1(Http1::new(Io::Plain(tcp)))),
         Stream::Tls(stream) => {
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             if h2 {
                 http2_handshake(*stream).await.map(Fresh::Http2)
             } else {
-                http1_handshake(*stream).await.map(Fresh::Http1)
+                Ok(Fresh::Http1(Http1::new(Io::Tls(stream))))
             }
         }
     }
@@ -187,22 +189,6 @@ pub fn refused_without_lookup(origin: &Origin, egress: &EgressPolicy) -> Option<
             (egress.host(name) == HostRule::Denied).then(|| Refusal::Host(name.clone()))
         }
     }
-}
-
-async fn http1_handshake<T>(io: T) -> Result<Http1, ConnectError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(ConnectError::Handshake)?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(error = %fanout_config::error_chain(&error), "HTTP/1.1 connection to a target ended");
-        }
-    });
-    Ok(sender)
 }
 
 async fn http2_handshake<T>(io: T) -> Result<Http2, ConnectError>

@@ -1,4 +1,4 @@
-//! The HTTP client of the delivery path, on hyper directly. One client per target: its
+//! The HTTP client of the delivery path: HTTP/1.1 of its own, HTTP/2 on hyper. One client per target: its
 //! URL is parsed once into the request target and `Host` every request reuses, its
 //! connections are pooled (keep-alive), HTTP/2 is used when the target offers it over
 //! TLS (ALPN), TLS is rustls, redirects are answers (never followed), the target's
@@ -6,6 +6,7 @@
 //!
 //! - [`origin`]: the target's URL taken apart once.
 //! - [`connect`]: opening a connection (TCP, TLS, HTTP handshake).
+//! - [`h1`]: one HTTP/1.1 exchange at a time on a connection.
 //! - [`pool`]: connections kept between requests.
 //! - [`tls`]: trust store, CA bundles and client certificates.
 //! - [`body`]: reading a response body up to a limit.
@@ -14,6 +15,7 @@
 pub mod body;
 pub mod client;
 pub mod connect;
+pub mod h1;
 pub mod origin;
 pub mod pool;
 pub mod tls;

@@ -55,6 +55,13 @@ pub enum OriginError {
 }
 
 impl Origin {
+    /// The origin form as an HTTP/1.1 request line's target: path and query.
+    pub fn target(&self) -> &str {
+        self.origin_form
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+    }
+
     pub fn parse(text: &str) -> Result<Origin, OriginError> {
         let url = url::Url::parse(text).map_err(|e| OriginError::Invalid(text.to_string(), e))?;
         let security = match url.scheme() {

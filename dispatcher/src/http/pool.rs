@@ -15,9 +15,9 @@ pub trait Connection {
     fn is_closed(&self) -> bool;
 }
 
-impl<B> Connection for hyper::client::conn::http1::SendRequest<B> {
+impl Connection for super::h1::Http1 {
     fn is_closed(&self) -> bool {
-        hyper::client::conn::http1::SendRequest::is_closed(self)
+        super::h1::Http1::is_closed(self)
     }
 }
 
