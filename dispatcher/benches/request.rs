@@ -40,7 +40,7 @@ use fanout_config::egress::{EgressPolicy, Settings};
 use fanout_dispatcher::event::{Event, Headers};
 use fanout_dispatcher::expressions::Outgoing;
 use fanout_dispatcher::http::{ClientSettings, HttpClient};
-use fanout_dispatcher::request::{Auth, RequestTemplate};
+use fanout_dispatcher::request::{Auth, RequestTemplate, is_forwarded};
 use fanout_dispatcher::trace;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -287,7 +287,7 @@ impl DirectHead {
         out.clear();
         out.extend_from_slice(&self.fixed);
         for (name, value) in event.headers.iter() {
-            if !forwarded(name) || !valid_name(name) || !valid_value(value) {
+            if !is_forwarded(name) || !valid_name(name) || !valid_value(value) {
                 continue;
             }
             line(out, name, value);
@@ -321,33 +321,6 @@ fn line(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
-}
-
-/// As the worker's request leaves out NATS', Fanout's and the connection's own.
-fn forwarded(name: &str) -> bool {
-    const LEFT_OUT: [&str; 14] = [
-        "nats-",
-        "fanout-",
-        "traceparent",
-        "content-type",
-        "authorization",
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-    ];
-    !LEFT_OUT.iter().any(|n| {
-        if n.ends_with('-') {
-            name.len() >= n.len() && name[..n.len()].eq_ignore_ascii_case(n)
-        } else {
-            name.eq_ignore_ascii_case(n)
-        }
-    })
 }
 
 /// An RFC 9110 token.

@@ -151,7 +151,7 @@ impl RequestTemplate {
 /// Whether an event header goes to the target. Not NATS' or Fanout's own, not the ones
 /// Fanout sets itself (content type, auth, trace), and not the ones that describe the
 /// connection or the framing of the message, which only the HTTP client may set.
-fn is_forwarded(name: &str) -> bool {
+pub fn is_forwarded(name: &str) -> bool {
     const SET_BY_FANOUT_OR_THE_CONNECTION: [&str; 12] = [
         "traceparent",
         "content-type",

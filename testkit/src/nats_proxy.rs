@@ -11,9 +11,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::proxy::{accept_each, bind_for};
 
 /// A running proxy; it and its connections stop when it is dropped.
 pub struct NatsProxy {
@@ -38,33 +40,13 @@ impl NatsProxy {
     /// Listens on a free port of 127.0.0.1 and forwards each connection to
     /// `upstream` (which must be on loopback too).
     pub async fn start(upstream: SocketAddr) -> anyhow::Result<NatsProxy> {
-        anyhow::ensure!(
-            upstream.ip().is_loopback(),
-            "the proxy forwards to loopback only, not {upstream}"
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = bind_for(upstream).await?;
         let addr = listener.local_addr()?;
         let clients = Arc::new(Mutex::new(Clients::default()));
         let stop = CancellationToken::new();
-        let accepting = (clients.clone(), stop.clone());
-        tokio::spawn(async move {
-            let (clients, stop) = accepting;
-            loop {
-                let client = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((client, _)) => client,
-                        Err(_) => continue,
-                    },
-                };
-                let (clients, stop) = (clients.clone(), stop.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = forward(client, upstream, clients) => {}
-                    }
-                });
-            }
+        let shared = clients.clone();
+        accept_each(listener, stop.clone(), move |client| {
+            forward(client, upstream, shared.clone())
         });
         Ok(NatsProxy {
             addr,

@@ -22,34 +22,13 @@ impl FreezingProxy {
     /// Listens on a free port of 127.0.0.1 and forwards each connection to
     /// `upstream` (which must be on loopback too).
     pub async fn start(upstream: SocketAddr) -> anyhow::Result<FreezingProxy> {
-        anyhow::ensure!(
-            upstream.ip().is_loopback(),
-            "the proxy forwards to loopback only, not {upstream}"
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = bind_for(upstream).await?;
         let addr = listener.local_addr()?;
         let (frozen, _) = watch::channel(false);
         let stop = CancellationToken::new();
-        let accepting = (frozen.clone(), stop.clone());
-        tokio::spawn(async move {
-            let (frozen, stop) = accepting;
-            loop {
-                let client = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((client, _)) => client,
-                        Err(_) => continue,
-                    },
-                };
-                let frozen = frozen.subscribe();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = forward(client, upstream, frozen) => {}
-                    }
-                });
-            }
+        let subscribe = frozen.clone();
+        accept_each(listener, stop.clone(), move |client| {
+            forward(client, upstream, subscribe.subscribe())
         });
         Ok(FreezingProxy { addr, frozen, stop })
     }
@@ -69,6 +48,43 @@ impl FreezingProxy {
     pub fn thaw(&self) {
         self.frozen.send_replace(false);
     }
+}
+
+/// A listener on a free port of 127.0.0.1 for a proxy to `upstream`, which must be
+/// on loopback too.
+pub(crate) async fn bind_for(upstream: SocketAddr) -> anyhow::Result<TcpListener> {
+    anyhow::ensure!(
+        upstream.ip().is_loopback(),
+        "the proxy forwards to loopback only, not {upstream}"
+    );
+    Ok(TcpListener::bind("127.0.0.1:0").await?)
+}
+
+/// Hands each connection `listener` accepts to `forward`, on a task of its own, until
+/// `stop`, which ends the connections too.
+pub(crate) fn accept_each<F, Fut>(listener: TcpListener, stop: CancellationToken, forward: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let client = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((client, _)) => client,
+                    Err(_) => continue,
+                },
+            };
+            let (forwarding, stop) = (forward(client), stop.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = forwarding => {}
+                }
+            });
+        }
+    });
 }
 
 impl Drop for FreezingProxy {
