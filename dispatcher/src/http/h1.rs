@@ -3,8 +3,8 @@
 //! (httparse, hyper's parser), and its body is read by `Content-Length`, by chunks or
 //! to the connection's end, up to a limit. hyper's HTTP/1.1 client drove each
 //! connection from a task of its own and handed every request and answer across a
-//! channel, which cost about a quarter of a request's CPU (docs/benchmarks.md, "An
-//! HTTP client of its own"). HTTP/2 stays on hyper.
+//! channel, which cost a quarter to a third of a request's CPU (docs/benchmarks.md,
+//! "An HTTP client of its own"). HTTP/2 stays on hyper.
 
 use std::io;
 use std::pin::Pin;
