@@ -42,6 +42,7 @@ use fanout_dispatcher::expressions::Outgoing;
 use fanout_dispatcher::http::{ClientSettings, HttpClient};
 use fanout_dispatcher::request::{Auth, RequestTemplate, is_forwarded};
 use fanout_dispatcher::trace;
+use fanout_nats_client::protocol::write_number;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use http_body_util::{BodyExt, Full};
@@ -304,13 +305,15 @@ impl DirectHead {
                 line(out, name, value);
             }
         }
-        let mut number = itoa_buffer();
-        line(
-            out,
-            "fanout-attempt",
-            number.format(event.delivery as usize),
-        );
-        line(out, "content-length", number.format(event.body.len()));
+        for (name, n) in [
+            ("fanout-attempt", u64::from(event.delivery)),
+            ("content-length", event.body.len() as u64),
+        ] {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            write_number(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&event.body);
     }
@@ -363,28 +366,6 @@ async fn read_answer(stream: &mut tokio::net::TcpStream, read: &mut Vec<u8>) -> 
             stream.read_buf(read).await.unwrap() > 0,
             "the target closed"
         );
-    }
-}
-
-/// Digits without an allocation.
-struct Digits([u8; 20]);
-
-fn itoa_buffer() -> Digits {
-    Digits([0; 20])
-}
-
-impl Digits {
-    fn format(&mut self, mut n: usize) -> &str {
-        let mut at = self.0.len();
-        loop {
-            at -= 1;
-            self.0[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        std::str::from_utf8(&self.0[at..]).unwrap()
     }
 }
 

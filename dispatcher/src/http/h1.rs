@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
+use fanout_nats_client::protocol::write_number;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -323,23 +324,9 @@ fn encode(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap,
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"content-length: ");
-    let mut digits = [0u8; 20];
-    out.extend_from_slice(decimal(body.len() as u64, &mut digits));
+    write_number(out, body.len() as u64);
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
-}
-
-/// `n` in decimal, written at the end of `digits`.
-fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[at..];
-        }
-    }
 }
 
 /// How the body of an answer with `status` and `headers` ends (RFC 9112, 6.3).
@@ -756,17 +743,6 @@ mod tests {
         assert_eq!(
             framing(StatusCode::NO_CONTENT, &headers(&[("content-length", "7")])).unwrap(),
             Framing::Length(0)
-        );
-    }
-
-    #[test]
-    fn decimal_digits() {
-        let mut digits = [0u8; 20];
-        assert_eq!(decimal(0, &mut digits), b"0");
-        assert_eq!(decimal(256, &mut digits), b"256");
-        assert_eq!(
-            decimal(u64::MAX, &mut digits),
-            u64::MAX.to_string().as_bytes()
         );
     }
 }
