@@ -108,6 +108,10 @@ async fn permanent_400_goes_to_the_dead_letter_stream_once_with_its_reason() {
     h.publish("evt-bad", "{}", &[("X-Event-Type", "order.placed")])
         .await;
 
+    // The consumer may count a message published a moment ago only a moment later
+    // (JetStream signals its consumers asynchronously): settled before the first
+    // attempt would say nothing, so the attempt is waited for first.
+    target.wait_for(1, T).await.unwrap();
     h.wait_settled("api", T).await;
     assert_eq!(target.count(), 1, "a permanent failure is not retried");
     let letters = h.dead_letters().await;
@@ -144,6 +148,8 @@ async fn exhausted_attempts_go_to_the_dead_letter_stream() {
     let h = Harness::start(&manifests, &[]).await;
     h.publish("evt-1", "{}", &[]).await;
 
+    // As above: the attempts first, then settled, then nothing more.
+    target.wait_for(5, T).await.unwrap();
     h.wait_settled("api", T).await;
     assert_eq!(target.count(), 5, "maxAttempts");
     let letters = h.dead_letters().await;
@@ -483,6 +489,7 @@ async fn metrics_count_deliveries_by_outcome() {
     let manifests = api_target("api", &target.url("/"), "") + &route(&[("api", "")]);
     let h = Harness::start(&manifests, &[]).await;
     h.publish("evt-1", "{}", &[]).await;
+    target.wait_for(2, T).await.unwrap();
     h.wait_settled("api", T).await;
     let text = h.metrics.encode();
     assert!(
