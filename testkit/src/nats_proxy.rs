@@ -131,7 +131,8 @@ async fn forward(client: TcpStream, upstream: SocketAddr, clients: Arc<Mutex<Cli
 }
 
 /// Reads up to the end of the client's first line: the bytes read, and the `name` of
-/// its `CONNECT` (empty when it gives none). `None` when the client goes first.
+/// its `CONNECT` (empty when it gives none). `None` when the first line is not a
+/// `CONNECT` or the client leaves before it.
 async fn first_line(from_client: &mut OwnedReadHalf) -> Option<(Vec<u8>, String)> {
     let mut read = Vec::new();
     let mut chunk = [0u8; 4096];

@@ -157,7 +157,7 @@ impl Http1 {
             }
         };
         // Bytes past the answer were not asked for: the connection's state is unknown.
-        self.reusable = ended && self.read.is_empty() && keeps_alive(head);
+        self.reusable = ended && self.read.is_empty() && !head.closes;
         Ok(Limited { bytes, ended })
     }
 
@@ -364,11 +364,6 @@ fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, Error> {
         }
     }
     Ok(length.map_or(Framing::Close, Framing::Length))
-}
-
-/// Whether the answer lets the connection carry another request.
-fn keeps_alive(head: &Head) -> bool {
-    head.framing != Framing::Close && !head.closes
 }
 
 /// Whether `Connection` lists `token`.
