@@ -152,6 +152,14 @@ impl Headers {
             .map(|(name, value)| (self.text(name), self.text(value)))
     }
 
+    /// Each header's name, and its value as a slice of the block (no copy), in the
+    /// order they came.
+    pub fn iter_shared(&self) -> impl Iterator<Item = (&str, Bytes)> {
+        self.entries
+            .iter()
+            .map(|(name, value)| (self.text(name), self.block.slice(to_usize(value))))
+    }
+
     /// The first value of `name`, matched without regard to case.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.entries

@@ -2,6 +2,7 @@
 //! method and static headers, Fanout's own headers, auth and signature. Where it goes
 //! (URI, `Host`, connection) is the HTTP client's part (see `http/`).
 
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -37,7 +38,14 @@ pub struct RequestTemplate {
     /// `Authorization`: copied into each request, never rebuilt.
     fixed: HeaderMap,
     signing: Option<SigningKey>,
+    /// The names of the events' own headers, as the events spell them, made once: a
+    /// name that is not a standard one costs an allocation each time it is made.
+    names: Mutex<Vec<(Box<str>, HeaderName)>>,
 }
+
+/// How many event header names a template keeps made (what producers send is not
+/// bounded; the names a route's events carry are few).
+const NAMES_KEPT: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -87,6 +95,7 @@ impl RequestTemplate {
                 .expect("POST, PUT and PATCH are valid methods"),
             fixed,
             signing: auth.signing,
+            names: Mutex::new(Vec::new()),
         })
     }
 
@@ -106,14 +115,14 @@ impl RequestTemplate {
         // The event's own headers (CloudEvents ce-*, X-Event-Type, ...) and those its
         // transform computed fill in what the target's static headers did not set;
         // Fanout's below override both.
-        for (name, value) in event.headers.iter() {
+        for (name, value) in event.headers.iter_shared() {
             if !is_forwarded(name) || outgoing.transformed.is_some_and(|t| t.computes(name)) {
                 continue;
             }
-            let name = HeaderName::from_bytes(name.as_bytes());
-            let value = HeaderValue::from_str(value);
+            // The value shares the event's header block; checked as `from_str` would.
+            let value = HeaderValue::from_maybe_shared(value);
             // A name's first value is the one sent.
-            if let (Ok(name), Ok(value)) = (name, value) {
+            if let (Some(name), Ok(value)) = (self.header_name(name), value) {
                 headers.entry(name).or_insert(value);
             }
         }
@@ -129,7 +138,7 @@ impl RequestTemplate {
             .unwrap_or("application/octet-stream");
         insert(&mut headers, CONTENT_TYPE, content_type);
         insert(&mut headers, IDEMPOTENCY_KEY, &event.id);
-        headers.insert(FANOUT_ATTEMPT, HeaderValue::from(event.delivery));
+        headers.insert(FANOUT_ATTEMPT, attempt_value(event.delivery));
         insert(&mut headers, TRACEPARENT, traceparent);
         let body = outgoing.body();
         if let Some(key) = &self.signing {
@@ -145,6 +154,30 @@ impl RequestTemplate {
         *request.method_mut() = self.method.clone();
         *request.headers_mut() = headers;
         request
+    }
+
+    /// The header named `name` (as an event spells it), made once for the first
+    /// [`NAMES_KEPT`] names; `None` when it is not a valid header name.
+    fn header_name(&self, name: &str) -> Option<HeaderName> {
+        // Poisoned only by a panic while a name was pushed: the list is still whole.
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, made)) = names.iter().find(|(spelled, _)| **spelled == *name) {
+            return Some(made.clone());
+        }
+        let made = HeaderName::from_bytes(name.as_bytes()).ok()?;
+        if names.len() < NAMES_KEPT {
+            names.push((name.into(), made.clone()));
+        }
+        Some(made)
+    }
+}
+
+/// `Fanout-Attempt`'s value: the usual counts without an allocation.
+fn attempt_value(delivery: u32) -> HeaderValue {
+    const FIRST: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match FIRST.get(delivery as usize) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(delivery),
     }
 }
 
@@ -287,6 +320,34 @@ policy:
         assert_eq!(request.headers()["ce-type"], "order.placed");
         assert_eq!(request.headers()["x-tenant"], "static");
         assert_eq!(request.headers().get_all("x-tenant").iter().count(), 1);
+    }
+
+    #[test]
+    fn one_template_sends_each_events_own_headers_across_many_events() {
+        let template = RequestTemplate::new("shop/orders", &target(&[]), Auth::default()).unwrap();
+        // More distinct names than the template keeps made, each spelled two ways, and
+        // a name and a value that are not valid in HTTP.
+        for round in 0..3 {
+            for i in 0..(NAMES_KEPT as u32 + 8) {
+                let (upper, lower) = (format!("X-Field-{i}"), format!("x-field-{i}"));
+                let value = format!("value {i} of round {round}");
+                let mut e = event(&[
+                    (upper.as_str(), value.as_str()),
+                    (lower.as_str(), "a second value"),
+                    ("Bad Name", "kept out"),
+                    ("X-Bad-Value", "a\u{7f}b"),
+                ]);
+                e.delivery = i;
+                let request = template.build(Outgoing::new(&e, None), "00-0-0-00");
+                let h = request.headers();
+                assert_eq!(h.get_all(lower.as_str()).iter().count(), 1, "{h:?}");
+                assert_eq!(h[lower.as_str()], value.as_str());
+                assert_eq!(h["fanout-attempt"], i.to_string().as_str());
+                assert!(!h.contains_key("x-bad-value"), "{h:?}");
+                assert_eq!(h.len(), 8, "{h:?}");
+            }
+        }
+        assert_eq!(template.names.lock().unwrap().len(), NAMES_KEPT);
     }
 
     #[test]
