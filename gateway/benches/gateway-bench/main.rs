@@ -17,6 +17,10 @@
 //! because this machine's speed drifts by tens of percent within minutes: each round
 //! compares them under the same conditions, and the goals are judged on the median
 //! CPU ratio and on the p99 of every round's (d) and (d') together.
+//! Then the CPU goal in pairs (`BENCH_GOAL_PAIRS` runs, default 5, 2 in the short
+//! form): the gateway and its ceiling under load at the same time, half the
+//! connections each, (c) with (a) and (c1) with (a1), so that both meet the same
+//! stretch of the machine.
 //! Then, once: (c') the gateway with an Idempotency-Key on every request; (e) at
 //! 5,000/s and (e') JetStream alone at that rate
 //! (what the gateway adds where the cores are not saturated); the trivial server's
@@ -238,6 +242,8 @@ struct Settings {
     connections: usize,
     seconds: Duration,
     rounds: usize,
+    /// Runs of each gateway shape loaded together with its ceiling ([`goal_pairs`]).
+    goal_pairs: u64,
     short: bool,
 }
 
@@ -248,6 +254,7 @@ impl Settings {
             connections: env_number("BENCH_CONNECTIONS", 64) as usize,
             seconds: Duration::from_secs(env_number("BENCH_SECONDS", if short { 3 } else { 5 })),
             rounds: env_number("BENCH_ROUNDS", if short { 2 } else { 3 }).max(1) as usize,
+            goal_pairs: env_number("BENCH_GOAL_PAIRS", if short { 2 } else { 5 }),
             short,
         }
     }
@@ -259,6 +266,7 @@ async fn run() {
         connections,
         seconds,
         rounds,
+        goal_pairs: pair_runs,
         short,
     } = settings;
     let payload = body(256);
@@ -479,6 +487,16 @@ async fn run() {
         );
         measured.push(this);
     }
+    // The CPU goal again, each gateway shape loaded together with its ceiling: the
+    // gateway's default shards with (a), one shard with (a1).
+    let mut pairs = Vec::new();
+    let one = gateways.len() - 1;
+    for (label, g, c) in [("(c)/(a)", 0, 0), ("(c1)/(a1)", one, 1)] {
+        let gateway = (&gateways[g].0, gateways[g].1[0].1);
+        let ceiling = (&ceilings[c].0, ceilings[c].1[0].1);
+        let ratios = goal_pairs(label, gateway, ceiling, connections, seconds, pair_runs).await;
+        pairs.push((label, ratios));
+    }
     paired(&compared, connections, seconds).await;
     drop(compared);
     drop(one_shard);
@@ -562,6 +580,7 @@ async fn run() {
         fixed,
         storage_fixed,
         rss_kib,
+        pairs,
     });
 }
 
@@ -708,17 +727,13 @@ async fn paired(
     let half = (connections / 2).max(1);
     let mut ratios = Vec::new();
     for run in 1..=runs {
-        let processes = [
-            ("first", first_process.0.id()),
-            ("second", second_process.0.id()),
-        ];
-        let before = cpu_now(&processes);
-        let (a, b) = tokio::join!(
-            load::closed_loop(first_target, half, WARMUP, seconds),
-            load::closed_loop(second_target, half, WARMUP, seconds),
-        );
-        let a_cpu = cpu_per_request(&processes[..1], &before[..1], &a, seconds)[0].1;
-        let b_cpu = cpu_per_request(&processes[1..], &before[1..], &b, seconds)[0].1;
+        let ((a, a_cpu), (b, b_cpu)) = loaded_together(
+            (first_target, first_process.0.id()),
+            (second_target, second_process.0.id()),
+            half,
+            seconds,
+        )
+        .await;
         ratios.push(b_cpu / a_cpu);
         println!(
             "paired run {run}: {first} {:.0} events/s at {a_cpu:.1} µs, {second} {:.0} events/s at {b_cpu:.1} µs per event: {second}/{first} {:.3}",
@@ -766,6 +781,54 @@ async fn paired(
             p99.fold(f64::MIN, f64::max)
         );
     }
+}
+
+/// Two servers under closed-loop load over the same seconds, `connections` each: each
+/// one's report and its own CPU µs per successful request.
+async fn loaded_together(
+    first: (&Target, u32),
+    second: (&Target, u32),
+    connections: usize,
+    seconds: Duration,
+) -> ((Report, f64), (Report, f64)) {
+    let processes = [("first", first.1), ("second", second.1)];
+    let before = cpu_now(&processes);
+    let (a, b) = tokio::join!(
+        load::closed_loop(first.0, connections, WARMUP, seconds),
+        load::closed_loop(second.0, connections, WARMUP, seconds),
+    );
+    let a_cpu = cpu_per_request(&processes[..1], &before[..1], &a, seconds)[0].1;
+    let b_cpu = cpu_per_request(&processes[1..], &before[1..], &b, seconds)[0].1;
+    ((a, a_cpu), (b, b_cpu))
+}
+
+/// The CPU goal measured in pairs: a gateway and its ceiling, the trivial server of
+/// the same shape, under load at the same time, half the connections each, `runs`
+/// times. Phases one after the other differ by this machine's drift (a round's (c)/(a)
+/// spreads by 0.2x and more); loaded together, both meet the same stretch of it.
+/// Returns the gateway's CPU per acknowledged event over the trivial server's per
+/// request, by run.
+async fn goal_pairs(
+    label: &str,
+    gateway: (&Target, u32),
+    ceiling: (&Target, u32),
+    connections: usize,
+    seconds: Duration,
+    runs: u64,
+) -> Vec<f64> {
+    let half = (connections / 2).max(1);
+    let mut ratios = Vec::new();
+    for run in 1..=runs {
+        let ((g, g_cpu), (t, t_cpu)) = loaded_together(gateway, ceiling, half, seconds).await;
+        eprintln!(
+            "{label} pair {run}: gateway {:.0} events/s at {g_cpu:.1} µs, trivial server {:.0} req/s at {t_cpu:.1} µs: {:.2}x",
+            g.rate(),
+            t.rate(),
+            g_cpu / t_cpu
+        );
+        ratios.push(g_cpu / t_cpu);
+    }
+    ratios
 }
 
 /// The trivial server (`trivial-server` of `fanout-baselines`, built like `fanout`),
@@ -916,6 +979,8 @@ struct Results {
     fixed: Report,
     storage_fixed: Report,
     rss_kib: Option<u64>,
+    /// The CPU goal by pairs ([`goal_pairs`]): each shape's label and ratios by run.
+    pairs: Vec<(&'static str, Vec<f64>)>,
 }
 
 /// (b2) or (b3): the gateway's store step without the gateway.
@@ -1100,6 +1165,17 @@ fn print_tables(mut r: Results) {
     println!();
     println!("| measurement | result | goal |");
     println!("|---|---|---|");
+    let half = (connections / 2).max(1);
+    for (label, ratios) in r.pairs.iter().filter(|(_, ratios)| !ratios.is_empty()) {
+        let ratio = median(ratios.iter().copied());
+        let runs: Vec<String> = ratios.iter().map(|x| format!("{x:.2}x")).collect();
+        println!(
+            "| {label} in pairs: the gateway and the trivial server under load at the same time, {half} connections each, {} runs | {}; median **{ratio:.2}x** | <= {CPU_RATIO_GOAL}x: {} |",
+            ratios.len(),
+            runs.join(", "),
+            verdict(ratio <= CPU_RATIO_GOAL)
+        );
+    }
     println!(
         "| (b) raw JetStream publish, file storage, 1024 in flight | {} | storage ceiling |",
         r.storage
