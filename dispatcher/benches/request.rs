@@ -39,7 +39,7 @@ use fanout_config::TargetConfig;
 use fanout_config::egress::{EgressPolicy, Settings};
 use fanout_dispatcher::event::{Event, Headers};
 use fanout_dispatcher::expressions::Outgoing;
-use fanout_dispatcher::http::{ClientSettings, HttpClient};
+use fanout_dispatcher::http::{ClientSettings, HttpClient, Outbound};
 use fanout_dispatcher::request::{Auth, RequestTemplate, is_forwarded};
 use fanout_dispatcher::trace;
 use fanout_nats_client::protocol::write_number;
@@ -59,9 +59,9 @@ const PATH: &str = "/hook";
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Client {
-    /// `RequestTemplate::build`, then hyper's HTTP/1.1 client.
+    /// The attempt's request as `http::Request`, then hyper's HTTP/1.1 client.
     Hyper,
-    /// `RequestTemplate::build` and `HttpClient::send`, as `Worker::attempt` does.
+    /// `RequestTemplate::attempt` and `HttpClient::send`, as `Worker::attempt` does.
     Fanout,
     /// The same request's bytes written and the answer read directly.
     Direct,
@@ -182,7 +182,7 @@ fn send_all(client: Client, target: SocketAddr, requests: usize, in_flight: usiz
                                     &mut rand::rng(),
                                 );
                                 let request =
-                                    template.build(Outgoing::new(event, None), &traceparent);
+                                    template.attempt(Outgoing::new(event, None), &traceparent);
                                 let response = http.send(request, |_| 4096).await.unwrap();
                                 assert_eq!(response.status, 200);
                                 assert!(response.body.is_ok());
@@ -214,8 +214,9 @@ fn send_all(client: Client, target: SocketAddr, requests: usize, in_flight: usiz
                                     event.header("traceparent"),
                                     &mut rand::rng(),
                                 );
-                                let mut request =
-                                    template.build(Outgoing::new(event, None), &traceparent);
+                                let mut request = template
+                                    .attempt(Outgoing::new(event, None), &traceparent)
+                                    .to_request();
                                 *request.uri_mut() = http::Uri::from_static(PATH);
                                 request
                                     .headers_mut()

@@ -12,6 +12,7 @@ use http_body_util::Full;
 
 use crate::event::is_internal_header;
 use crate::expressions::Outgoing;
+use crate::http::outbound::{self, Outbound};
 use crate::signing::SigningKey;
 
 /// Credentials read from their files at start.
@@ -99,61 +100,30 @@ impl RequestTemplate {
         })
     }
 
-    /// Builds the request of one attempt; `traceparent` is the attempt's own (see
-    /// [`crate::trace::child_traceparent`]).
-    pub fn build(&self, outgoing: Outgoing<'_>, traceparent: &str) -> http::Request<Full<Bytes>> {
+    /// The request of one attempt; `traceparent` is the attempt's own (see
+    /// [`crate::trace::child_traceparent`]). Signed now, when the target signs.
+    pub fn attempt<'a>(&'a self, outgoing: Outgoing<'a>, traceparent: &'a str) -> Attempt<'a> {
         let event = outgoing.event;
-        let computed = outgoing.transformed.map_or(&[][..], |t| t.headers());
-        // A new map with room for the template's headers, the event's and Fanout's:
-        // a clone of the template's map, grown to take the rest, allocated twice as
-        // often and rehashed it on every request (docs/benchmarks.md).
-        let mut headers =
-            HeaderMap::with_capacity(self.fixed.len() + event.headers.len() + computed.len() + 7);
-        for (name, value) in &self.fixed {
-            headers.append(name.clone(), value.clone());
-        }
-        // The event's own headers (CloudEvents ce-*, X-Event-Type, ...) and those its
-        // transform computed fill in what the target's static headers did not set;
-        // Fanout's below override both.
-        for (name, value) in event.headers.iter_shared() {
-            if !is_forwarded(name) || outgoing.transformed.is_some_and(|t| t.computes(name)) {
-                continue;
-            }
-            // The value shares the event's header block; checked as `from_str` would.
-            let value = HeaderValue::from_maybe_shared(value);
-            // A name's first value is the one sent.
-            if let (Some(name), Ok(value)) = (self.header_name(name), value) {
-                headers.entry(name).or_insert(value);
-            }
-        }
-        for (name, value) in computed {
-            if let Some(value) = value
-                && is_forwarded(name.as_str())
-            {
-                headers.entry(name).or_insert_with(|| value.clone());
-            }
-        }
-        let content_type = outgoing
-            .content_type()
-            .unwrap_or("application/octet-stream");
-        insert(&mut headers, CONTENT_TYPE, content_type);
-        insert(&mut headers, IDEMPOTENCY_KEY, &event.id);
-        headers.insert(FANOUT_ATTEMPT, attempt_value(event.delivery));
-        insert(&mut headers, TRACEPARENT, traceparent);
         let body = outgoing.body();
-        if let Some(key) = &self.signing {
+        let signature = self.signing.as_ref().map(|key| {
             let timestamp = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
-            insert(&mut headers, WEBHOOK_ID, &event.id);
-            headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
-            let signature = key.sign(&event.id, timestamp, body);
-            insert(&mut headers, WEBHOOK_SIGNATURE, &signature);
+            Signature {
+                timestamp,
+                value: key.sign(&event.id, timestamp, body),
+            }
+        });
+        Attempt {
+            template: self,
+            outgoing,
+            content_type: outgoing
+                .content_type()
+                .unwrap_or("application/octet-stream"),
+            traceparent,
+            signature,
+            authorization: None,
         }
-        let mut request = http::Request::new(Full::new(body.clone()));
-        *request.method_mut() = self.method.clone();
-        *request.headers_mut() = headers;
-        request
     }
 
     /// The header named `name` (as an event spells it), made once for the first
@@ -170,6 +140,221 @@ impl RequestTemplate {
         }
         Some(made)
     }
+}
+
+/// One attempt's request: the target's template, the event (or what its transform
+/// made of it) and Fanout's own headers. Over HTTP/1.1 its headers are written
+/// straight onto the connection, with no header map in between (building and
+/// dropping one cost a delivery 9% of its CPU: docs/benchmarks.md); over HTTP/2 it
+/// becomes an `http::Request`. Both carry the same headers:
+/// - the template's (static headers, `User-Agent`, `Fanout-Route`, `Fanout-Target`,
+///   the target's credentials);
+/// - then each of the event's own forwarded headers and those its transform computed,
+///   the first value of a name the template does not set;
+/// - and Fanout's, which replace any of the same name: `Content-Type`,
+///   `Idempotency-Key`, `Fanout-Attempt`, `traceparent`, the signature's, and an
+///   access token's `Authorization`.
+pub struct Attempt<'a> {
+    template: &'a RequestTemplate,
+    outgoing: Outgoing<'a>,
+    content_type: &'a str,
+    traceparent: &'a str,
+    signature: Option<Signature>,
+    authorization: Option<HeaderValue>,
+}
+
+/// A Standard Webhooks signature, made once for the attempt.
+struct Signature {
+    timestamp: i64,
+    value: String,
+}
+
+/// Past this many headers of its own, an event's request is written from a header
+/// map: telling repeated names apart then costs a lookup each, not a scan.
+const HEADERS_SCANNED: usize = 16;
+
+impl<'a> Attempt<'a> {
+    /// With an access token's `Authorization` in place of any the template has.
+    pub fn authorized(mut self, authorization: HeaderValue) -> Attempt<'a> {
+        self.authorization = Some(authorization);
+        self
+    }
+
+    /// Fanout's own headers that are sent, each with its value (a value that is not
+    /// a valid header value is left out, and the header of that name is then
+    /// whatever else sets it).
+    fn own(&self, mut each: impl FnMut(HeaderName, OwnValue<'_>)) {
+        let event = self.outgoing.event;
+        each(CONTENT_TYPE, OwnValue::Text(self.content_type));
+        each(IDEMPOTENCY_KEY, OwnValue::Text(&event.id));
+        each(
+            FANOUT_ATTEMPT,
+            OwnValue::Header(attempt_value(event.delivery)),
+        );
+        each(TRACEPARENT, OwnValue::Text(self.traceparent));
+        if let Some(signature) = &self.signature {
+            each(WEBHOOK_ID, OwnValue::Text(&event.id));
+            each(
+                WEBHOOK_TIMESTAMP,
+                OwnValue::Header(HeaderValue::from(signature.timestamp)),
+            );
+            each(WEBHOOK_SIGNATURE, OwnValue::Text(&signature.value));
+        }
+        if let Some(authorization) = &self.authorization {
+            each(AUTHORIZATION, OwnValue::Header(authorization.clone()));
+        }
+    }
+
+    /// Whether Fanout sends a header of this name itself (what [`Attempt::own`]
+    /// gives, without making the values).
+    fn sets_own(&self, name: &HeaderName) -> bool {
+        let valid = |text: &str| is_header_value(text.as_bytes());
+        let id = &self.outgoing.event.id;
+        if name == CONTENT_TYPE {
+            valid(self.content_type)
+        } else if name == IDEMPOTENCY_KEY {
+            valid(id)
+        } else if name == FANOUT_ATTEMPT {
+            true
+        } else if name == TRACEPARENT {
+            valid(self.traceparent)
+        } else if name == AUTHORIZATION {
+            self.authorization.is_some()
+        } else if let Some(signature) = &self.signature {
+            (name == WEBHOOK_ID && valid(id))
+                || name == WEBHOOK_TIMESTAMP
+                || (name == WEBHOOK_SIGNATURE && valid(&signature.value))
+        } else {
+            false
+        }
+    }
+
+    /// The headers as a map, in the order described above.
+    fn header_map(&self) -> HeaderMap {
+        let template = self.template;
+        let event = self.outgoing.event;
+        let computed = self.computed();
+        let mut headers = HeaderMap::with_capacity(
+            template.fixed.len() + event.headers.len() + computed.len() + 7,
+        );
+        for (name, value) in &template.fixed {
+            headers.append(name.clone(), value.clone());
+        }
+        self.event_headers(|name, value| {
+            headers.entry(name).or_insert(value);
+        });
+        for (name, value) in computed {
+            if let Some(value) = value
+                && is_forwarded(name.as_str())
+            {
+                headers.entry(name).or_insert_with(|| value.clone());
+            }
+        }
+        self.own(|name, value| {
+            if let Some(value) = value.into_header() {
+                headers.insert(name, value);
+            }
+        });
+        headers
+    }
+
+    /// The event's own forwarded headers that are valid in HTTP, in their order (a
+    /// name may come more than once).
+    fn event_headers(&self, mut each: impl FnMut(HeaderName, HeaderValue)) {
+        let transformed = self.outgoing.transformed;
+        for (name, value) in self.outgoing.event.headers.iter_shared() {
+            if !is_forwarded(name) || transformed.is_some_and(|t| t.computes(name)) {
+                continue;
+            }
+            // The value shares the event's header block; checked as `from_str` would.
+            let value = HeaderValue::from_maybe_shared(value);
+            if let (Some(name), Ok(value)) = (self.template.header_name(name), value) {
+                each(name, value);
+            }
+        }
+    }
+
+    fn computed(&self) -> &'a [(HeaderName, Option<HeaderValue>)] {
+        self.outgoing.transformed.map_or(&[][..], |t| t.headers())
+    }
+}
+
+impl Outbound for Attempt<'_> {
+    fn method(&self) -> &http::Method {
+        &self.template.method
+    }
+
+    fn body(&self) -> Bytes {
+        self.outgoing.body().clone()
+    }
+
+    fn write_headers(&self, out: &mut Vec<u8>) {
+        let computed = self.computed();
+        if self.outgoing.event.headers.len() + computed.len() > HEADERS_SCANNED {
+            outbound::write_map(out, &self.header_map());
+            return;
+        }
+        let fixed = &self.template.fixed;
+        for (name, value) in fixed {
+            if !self.sets_own(name) {
+                outbound::write_header(out, name, value);
+            }
+        }
+        // Names already written from the event or its transform: its first value wins.
+        let mut written: Vec<HeaderName> = Vec::new();
+        let mut fill_in = |out: &mut Vec<u8>, name: HeaderName, value: &HeaderValue| {
+            if fixed.contains_key(&name) || written.contains(&name) || self.sets_own(&name) {
+                return;
+            }
+            outbound::write_header(out, &name, value);
+            written.push(name);
+        };
+        self.event_headers(|name, value| fill_in(out, name, &value));
+        for (name, value) in computed {
+            if let Some(value) = value
+                && is_forwarded(name.as_str())
+            {
+                fill_in(out, name.clone(), value);
+            }
+        }
+        self.own(|name, value| match value {
+            OwnValue::Text(text) if is_header_value(text.as_bytes()) => {
+                outbound::write_line(out, &name, text.as_bytes());
+            }
+            OwnValue::Text(_) => {}
+            OwnValue::Header(value) => outbound::write_header(out, &name, &value),
+        });
+    }
+
+    fn to_request(&self) -> http::Request<Full<Bytes>> {
+        let mut request = http::Request::new(Full::new(self.body()));
+        *request.method_mut() = self.template.method.clone();
+        *request.headers_mut() = self.header_map();
+        request
+    }
+}
+
+/// The value of one of Fanout's own headers: text to check, or a header value.
+enum OwnValue<'a> {
+    Text(&'a str),
+    Header(HeaderValue),
+}
+
+impl OwnValue<'_> {
+    fn into_header(self) -> Option<HeaderValue> {
+        match self {
+            OwnValue::Text(text) => HeaderValue::from_str(text).ok(),
+            OwnValue::Header(value) => Some(value),
+        }
+    }
+}
+
+/// Whether `bytes` make a valid header value, as `HeaderValue::from_bytes` decides
+/// (visible ASCII, spaces, tabs and bytes past ASCII; no other control bytes).
+fn is_header_value(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
 /// `Fanout-Attempt`'s value: the usual counts without an allocation.
@@ -207,12 +392,6 @@ pub fn is_forwarded(name: &str) -> bool {
 
 /// Inserts a header whose value came from an event; values that are not valid header
 /// text are dropped rather than failing the delivery.
-fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name, value);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -281,15 +460,38 @@ policy:
         outgoing: Outgoing<'_>,
     ) -> http::Request<Full<Bytes>> {
         let event = outgoing.event;
-        RequestTemplate::new("shop/orders", target, auth)
-            .unwrap()
-            .build(
-                outgoing,
-                &trace::child_traceparent(
-                    event.header("traceparent"),
-                    &mut StdRng::seed_from_u64(1),
-                ),
-            )
+        let template = RequestTemplate::new("shop/orders", target, auth).unwrap();
+        let traceparent =
+            trace::child_traceparent(event.header("traceparent"), &mut StdRng::seed_from_u64(1));
+        let attempt = template.attempt(outgoing, &traceparent);
+        let request = attempt.to_request();
+        assert_written_as_built(&attempt, request.headers());
+        request
+    }
+
+    /// What the attempt writes onto an HTTP/1.1 connection carries exactly the
+    /// headers of the request it builds for HTTP/2.
+    fn assert_written_as_built(attempt: &Attempt<'_>, built: &HeaderMap) {
+        let mut lines = Vec::new();
+        attempt.write_headers(&mut lines);
+        let text = String::from_utf8(lines).unwrap();
+        let mut written: Vec<(String, String)> = text
+            .split_terminator("\r\n")
+            .map(|line| {
+                let (name, value) = line.split_once(": ").unwrap();
+                (name.to_string(), value.to_string())
+            })
+            .collect();
+        let mut expected: Vec<(String, String)> = built
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8(value.as_bytes().to_vec()).unwrap();
+                (name.as_str().to_string(), value)
+            })
+            .collect();
+        written.sort();
+        expected.sort();
+        assert_eq!(written, expected);
     }
 
     #[test]
@@ -338,7 +540,9 @@ policy:
                     ("X-Bad-Value", "a\u{7f}b"),
                 ]);
                 e.delivery = i;
-                let request = template.build(Outgoing::new(&e, None), "00-0-0-00");
+                let attempt = template.attempt(Outgoing::new(&e, None), "00-0-0-00");
+                let request = attempt.to_request();
+                assert_written_as_built(&attempt, request.headers());
                 let h = request.headers();
                 assert_eq!(h.get_all(lower.as_str()).iter().count(), 1, "{h:?}");
                 assert_eq!(h[lower.as_str()], value.as_str());
@@ -348,6 +552,82 @@ policy:
             }
         }
         assert_eq!(template.names.lock().unwrap().len(), NAMES_KEPT);
+    }
+
+    #[test]
+    fn written_and_built_requests_carry_the_same_headers_whatever_the_event_sends() {
+        // Names that collide with the template's, with Fanout's own, with each other
+        // in other spellings, and that are not forwarded; values that are not valid.
+        const NAMES: [&str; 12] = [
+            "X-Tenant",
+            "x-tenant",
+            "ce-type",
+            "Idempotency-Key",
+            "Fanout-Attempt",
+            "traceparent",
+            "Content-Type",
+            "Webhook-Id",
+            "Authorization",
+            "Host",
+            "Nats-Msg-Id",
+            "X-Other",
+        ];
+        const VALUES: [&str; 4] = ["a", "b c", "", "bad\u{1}value"];
+        let config = target(&[("X-Tenant", "static"), ("Idempotency-Key", "static")]);
+        let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let mut rng = StdRng::seed_from_u64(21);
+        for case in 0..400 {
+            let signing = case % 2 == 0;
+            let auth = Auth {
+                authorization: Some(HeaderValue::from_static("Bearer static")),
+                signing: signing.then(|| key.clone()),
+                ..Default::default()
+            };
+            let template = RequestTemplate::new("shop/orders", &config, auth).unwrap();
+            // Up to 20 headers: past 16 the written request comes from a map.
+            let count = rand::Rng::random_range(&mut rng, 0..=20);
+            let pairs: Vec<(&str, &str)> = (0..count)
+                .map(|_| {
+                    let name = NAMES[rand::Rng::random_range(&mut rng, 0..NAMES.len())];
+                    let value = VALUES[rand::Rng::random_range(&mut rng, 0..VALUES.len())];
+                    (name, value)
+                })
+                .collect();
+            let mut e = event(&pairs);
+            if case % 5 == 0 {
+                e.id = "id\u{1}with a control byte".into();
+            }
+            e.delivery = case;
+            let traceparent = if case % 7 == 0 {
+                "bad\u{7f}"
+            } else {
+                "00-1-2-01"
+            };
+            let attempt = template.attempt(Outgoing::new(&e, None), traceparent);
+            let attempt = if case % 3 == 0 {
+                attempt.authorized(HeaderValue::from_static("Bearer token"))
+            } else {
+                attempt
+            };
+            let request = attempt.to_request();
+            assert_written_as_built(&attempt, request.headers());
+            assert_eq!(
+                request.headers()["fanout-attempt"],
+                case.to_string().as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn a_header_value_is_valid_as_http_decides() {
+        for b in 0..=u8::MAX {
+            let bytes = [b'a', b, b'z'];
+            assert_eq!(
+                is_header_value(&bytes),
+                HeaderValue::from_bytes(&bytes).is_ok(),
+                "byte {b:#04x}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use fanout_nats_client::pull::{Ack, Pull, PullConfig, PullError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use http::StatusCode;
-use http::header::{AUTHORIZATION, RETRY_AFTER};
+use http::header::RETRY_AFTER;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::parse_retry_after;
@@ -744,13 +744,15 @@ impl Worker {
     /// [`Failure::Refused`]) when the egress policy refused the connection, and so
     /// nothing was sent.
     async fn attempt(&self, outgoing: Outgoing<'_>, traceparent: &str) -> Result<Verdict, Failure> {
-        let request = self.template.build(outgoing, traceparent);
         let sent = match &self.tokens {
-            None => self.client.send(request, body_limit).await,
+            None => {
+                let request = self.template.attempt(outgoing, traceparent);
+                self.client.send(request, body_limit).await
+            }
             // Boxed: its two requests and token fetches would otherwise enlarge
             // every delivery's future, token or not (docs/benchmarks.md).
             Some(tokens) => {
-                match Box::pin(self.send_with_token(tokens, outgoing, traceparent, request)).await {
+                match Box::pin(self.send_with_token(tokens, outgoing, traceparent)).await {
                     Ok(sent) => sent,
                     Err(error) => {
                         return Ok(classify_transport(Failure::Token(error_chain(&*error))));
@@ -803,26 +805,30 @@ impl Worker {
         ))
     }
 
-    /// Sends `request` with the target's access token. A 401 means the target no
-    /// longer takes that token (revoked, or expired early): the request is sent once
-    /// more with a new one, and that answer stands.
+    /// Sends the attempt's request with the target's access token. A 401 means the
+    /// target no longer takes that token (revoked, or expired early): the request is
+    /// sent once more with a new one, and that answer stands.
     async fn send_with_token(
         &self,
         tokens: &TokenSource,
         outgoing: Outgoing<'_>,
         traceparent: &str,
-        mut request: http::Request<http_body_util::Full<bytes::Bytes>>,
     ) -> Result<Result<Response, SendError>, SharedTokenError> {
         let token = tokens.authorization().await?;
-        request.headers_mut().insert(AUTHORIZATION, token.clone());
-        let sent = self.client.send(request, body_limit).await;
+        let request = self.template.attempt(outgoing, traceparent);
+        let sent = self
+            .client
+            .send(request.authorized(token.clone()), body_limit)
+            .await;
         if !matches!(&sent, Ok(r) if r.status == StatusCode::UNAUTHORIZED) {
             return Ok(sent);
         }
         let token = tokens.replace(&token).await?;
-        let mut request = self.template.build(outgoing, traceparent);
-        request.headers_mut().insert(AUTHORIZATION, token);
-        Ok(self.client.send(request, body_limit).await)
+        let request = self.template.attempt(outgoing, traceparent);
+        Ok(self
+            .client
+            .send(request.authorized(token), body_limit)
+            .await)
     }
 
     async fn dead_letter(

@@ -16,6 +16,7 @@ use super::body::read_limited;
 use super::connect::{self, ConnectError, Fresh, Http1, Http2};
 use super::h1;
 use super::origin::{Origin, OriginError, Security};
+use super::outbound::Outbound;
 use super::pool::Pool;
 
 /// How long a connection may sit unused before it is closed.
@@ -140,14 +141,11 @@ impl HttpClient {
     /// `body_limit(status)` bytes of the answer's body.
     pub async fn send(
         &self,
-        mut request: Request<Full<Bytes>>,
+        request: impl Outbound,
         body_limit: impl FnOnce(StatusCode) -> usize,
     ) -> Result<Response, SendError> {
         let deadline = Instant::now() + self.timeout;
-        request
-            .headers_mut()
-            .insert(http::header::HOST, self.origin.host_header.clone());
-        let answer = tokio::time::timeout_at(deadline, self.exchange(request))
+        let answer = tokio::time::timeout_at(deadline, self.exchange(&request))
             .await
             .map_err(|_| SendError::Timeout(self.timeout))??;
         match answer {
@@ -190,6 +188,16 @@ impl HttpClient {
         }
     }
 
+    /// `request` as hyper's HTTP/2 client takes it: the target's URI and `Host`.
+    fn for_http2(&self, request: &impl Outbound) -> Request<Full<Bytes>> {
+        let mut request = request.to_request();
+        *request.uri_mut() = self.origin.absolute.clone();
+        request
+            .headers_mut()
+            .insert(http::header::HOST, self.origin.host_header.clone());
+        request
+    }
+
     /// Idle HTTP/1.1 connections in the pool (for tests and diagnostics).
     pub fn idle_connections(&self) -> usize {
         self.pool.idle_count()
@@ -197,27 +205,22 @@ impl HttpClient {
 
     /// Sends the request and gets the answer's head: over the shared HTTP/2
     /// connection, a kept-alive HTTP/1.1 one, or a new one.
-    async fn exchange(&self, mut request: Request<Full<Bytes>>) -> Result<Answer, SendError> {
+    async fn exchange(&self, request: &impl Outbound) -> Result<Answer, SendError> {
         if let Some(mut shared) = self.pool.shared() {
-            *request.uri_mut() = self.origin.absolute.clone();
-            match shared.try_send_request(request).await {
+            match shared.try_send_request(self.for_http2(request)).await {
                 Ok(response) => return Ok(Answer::Http2(response)),
                 // It closed before taking the request: open a new one below.
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => {
+                Err(mut error) => {
+                    if error.take_message().is_none() {
                         return Err(SendError::Request(ExchangeError::Http2(error.into_error())));
                     }
-                },
+                }
             }
         }
         let target = self.origin.target();
-        let body = full_body(request.body());
+        let host = &self.origin.host_header;
         while let Some(mut idle) = self.pool.take_idle(std::time::Instant::now()) {
-            match idle
-                .send(request.method(), target, request.headers(), &body)
-                .await
-            {
+            match idle.send(target, host, request).await {
                 Ok(head) => return Ok(Answer::Http1(head, idle)),
                 // The peer closed it while it was idle and the request could not be
                 // written: another connection may carry it.
@@ -240,7 +243,7 @@ impl HttpClient {
         {
             Fresh::Http1(mut connection) => {
                 let head = connection
-                    .send(request.method(), target, request.headers(), &body)
+                    .send(target, host, request)
                     .await
                     .map_err(|e| SendError::Request(ExchangeError::Http1(e)))?;
                 Ok(Answer::Http1(head, connection))
@@ -249,9 +252,8 @@ impl HttpClient {
                 // Requests that found no connection at the same moment may each open
                 // one; the last stays shared, the others close when their answer is in.
                 self.pool.set_shared(connection.clone());
-                *request.uri_mut() = self.origin.absolute.clone();
                 let response = connection
-                    .send_request(request)
+                    .send_request(self.for_http2(request))
                     .await
                     .map_err(|e| SendError::Request(ExchangeError::Http2(e)))?;
                 Ok(Answer::Http2(response))
@@ -265,19 +267,6 @@ enum Answer {
     /// The connection, to read the body from and pool again.
     Http1(h1::Head, Http1),
     Http2(http::Response<Incoming>),
-}
-
-/// The bytes of a `Full` body: its one frame, there at once.
-fn full_body(body: &Full<Bytes>) -> Bytes {
-    use futures::FutureExt;
-    use http_body_util::BodyExt;
-    body.clone()
-        .frame()
-        .now_or_never()
-        .flatten()
-        .and_then(Result::ok)
-        .and_then(|frame| frame.into_data().ok())
-        .unwrap_or_default()
 }
 
 /// Closes idle connections past their time even when no request comes to do it;

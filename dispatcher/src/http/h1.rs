@@ -10,14 +10,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use fanout_nats_client::protocol::write_number;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::Limited;
+use super::outbound::Outbound;
 
 /// Larger answer heads are refused (hyper's limit is of the same order).
 const MAX_HEAD: usize = 64 * 1024;
@@ -112,15 +113,14 @@ impl Http1 {
     /// (1xx) answers.
     pub async fn send(
         &mut self,
-        method: &Method,
         target: &str,
-        headers: &HeaderMap,
-        body: &Bytes,
+        host: &HeaderValue,
+        request: &impl Outbound,
     ) -> Result<Head, Error> {
         // Whatever goes wrong from here leaves the connection unusable, until the
         // answer's body has been read to its end.
         self.reusable = false;
-        encode(&mut self.write, method, target, headers, body);
+        encode(&mut self.write, target, host, request);
         self.io.write_all(&self.write).await.map_err(Error::Write)?;
         self.io.flush().await.map_err(Error::Write)?;
         loop {
@@ -308,25 +308,20 @@ fn keep(bytes: &mut Vec<u8>, data: &[u8], limit: usize) {
 }
 
 /// The request's bytes: its line, headers, a `Content-Length` and the body.
-fn encode(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, body: &Bytes) {
+fn encode(out: &mut Vec<u8>, target: &str, host: &HeaderValue, request: &impl Outbound) {
     out.clear();
-    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(request.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    request.write_headers(out);
+    let body = request.body();
     out.extend_from_slice(b"content-length: ");
     write_number(out, body.len() as u64);
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body);
+    out.extend_from_slice(&body);
 }
 
 /// How the body of an answer with `status` and `headers` ends (RFC 9112, 6.3).
@@ -449,6 +444,8 @@ impl AsyncWrite for Io {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http::Method;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -486,17 +483,13 @@ mod tests {
     }
 
     async fn exchange(connection: &mut Http1, limit: usize) -> Result<(Head, Limited), Error> {
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::HOST, HeaderValue::from_static("example.com"));
-        headers.insert("x-event", HeaderValue::from_static("a"));
-        let head = connection
-            .send(
-                &Method::POST,
-                "/hook?x=1",
-                &headers,
-                &Bytes::from_static(b"{}"),
-            )
-            .await?;
+        let mut request = http::Request::new(http_body_util::Full::new(Bytes::from_static(b"{}")));
+        *request.method_mut() = Method::POST;
+        request
+            .headers_mut()
+            .insert("x-event", HeaderValue::from_static("a"));
+        let host = HeaderValue::from_static("example.com");
+        let head = connection.send("/hook?x=1", &host, &request).await?;
         let body = connection.read_body(&head, limit).await?;
         Ok((head, body))
     }

@@ -6,6 +6,7 @@
 //!
 //! - [`origin`]: the target's URL taken apart once.
 //! - [`connect`]: opening a connection (TCP, TLS, HTTP handshake).
+//! - [`outbound`]: what the client sends, written by the request itself.
 //! - [`h1`]: one HTTP/1.1 exchange at a time on a connection.
 //! - [`pool`]: connections kept between requests.
 //! - [`tls`]: trust store, CA bundles and client certificates.
@@ -17,7 +18,9 @@ pub mod client;
 pub mod connect;
 pub mod h1;
 pub mod origin;
+pub mod outbound;
 pub mod pool;
 pub mod tls;
 
 pub use client::{ClientError, ClientSettings, HttpClient, Response, SendError};
+pub use outbound::Outbound;
