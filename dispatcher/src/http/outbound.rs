@@ -65,7 +65,7 @@ pub fn write_line(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
 
 /// Headers that describe the connection or the message's length: only the client
 /// sets them, from the target's URL and the body.
-pub fn is_the_clients(name: &HeaderName) -> bool {
+fn is_the_clients(name: &HeaderName) -> bool {
     name == HOST || name == CONTENT_LENGTH || name == TRANSFER_ENCODING
 }
 
