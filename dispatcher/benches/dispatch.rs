@@ -254,6 +254,18 @@ fn compare_binary() -> Option<&'static Path> {
 }
 
 impl Contender {
+    /// Its binary: built on first use (cargo, seconds on a fresh checkout), so a
+    /// measurement that starts two contenders resolves both first.
+    fn binary(self) -> &'static Path {
+        match self {
+            Contender::Baseline => naive_fanout_binary(),
+            Contender::EngineCompare => {
+                compare_binary().expect("FANOUT_BENCH_COMPARE names the other build")
+            }
+            _ => fanout_binary(),
+        }
+    }
+
     /// The short name `FANOUT_BENCH_ONLY` takes.
     fn short(self) -> &'static str {
         match self {
@@ -304,10 +316,10 @@ impl Child {
     /// With the engine's /metrics on `metrics_port` (0: any).
     fn spawn_on(contender: Contender, config: &Path, nats_url: &str, metrics_port: u16) -> Child {
         let listen = format!("127.0.0.1:{metrics_port}");
-        let mut command = match contender {
+        let mut command = std::process::Command::new(contender.binary());
+        match contender {
             Contender::Baseline => {
-                let mut c = std::process::Command::new(naive_fanout_binary());
-                c.arg("--config").arg(config).args([
+                command.arg("--config").arg(config).args([
                     "--nats-url",
                     nats_url,
                     "--in-flight",
@@ -315,7 +327,6 @@ impl Child {
                     "--forward-header",
                     SENT_HEADER,
                 ]);
-                c
             }
             Contender::Engine
             | Contender::EngineNoHistory
@@ -323,12 +334,7 @@ impl Child {
             | Contender::EngineOrdered
             | Contender::EngineAdaptive
             | Contender::EngineCompare => {
-                let binary = match contender {
-                    Contender::EngineCompare => compare_binary().unwrap(),
-                    _ => fanout_binary(),
-                };
-                let mut c = std::process::Command::new(binary);
-                c.arg("dispatch").arg("--config").arg(config).args([
+                command.arg("dispatch").arg("--config").arg(config).args([
                     "--nats-url",
                     nats_url,
                     "--listen",
@@ -339,9 +345,8 @@ impl Child {
                     "--egress-allow",
                     "127.0.0.0/8",
                 ]);
-                c
             }
-        };
+        }
         let process = command
             .env("FANOUT_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -576,6 +581,11 @@ async fn paired(
         bench.publish_to(ROUTE, events, false).await;
         bench.publish_to(PAIRED_ROUTE, events, false).await;
         let url = bench.nats.url();
+        // Both binaries at hand before the clock starts: building one on first use
+        // while the other ran alone would make the pair two separate runs.
+        Contender::Engine.binary();
+        other.binary();
+        let start = Instant::now();
         let spawn_this = || Child::spawn(Contender::Engine, &this_config, &url);
         let spawn_other = || Child::spawn(other, &other_config, &url);
         let (this, that) = if run % 2 == 1 {
@@ -585,7 +595,6 @@ async fn paired(
             let that = spawn_other();
             (spawn_this(), that)
         };
-        let start = Instant::now();
         let contenders = [(&this, &*bench.a, &*bench.b), (&that, a2, b2)];
         let mut done: [Option<Finished>; 2] = [None, None];
         while done.iter().any(Option::is_none) {
