@@ -85,6 +85,19 @@ impl Report {
         f64::from(self.latencies_us[at]) / 1000.0
     }
 
+    /// Several runs as one: their requests, time and latencies together.
+    pub fn pooled(reports: &[Report]) -> Report {
+        Report {
+            ok: reports.iter().map(|r| r.ok).sum(),
+            failed: reports.iter().map(|r| r.failed).sum(),
+            elapsed: reports.iter().map(|r| r.elapsed).sum(),
+            latencies_us: reports
+                .iter()
+                .flat_map(|r| r.latencies_us.iter().copied())
+                .collect(),
+        }
+    }
+
     pub fn merge(&mut self, other: Report) {
         self.ok += other.ok;
         self.failed += other.failed;
