@@ -37,11 +37,13 @@ fn chart_dir() -> PathBuf {
     repo_root().join("charts/fanout")
 }
 
-/// The pinned helm, with its cache, config and data kept out of the user's home.
+/// The pinned helm, with its cache, config and data kept out of the user's home, in
+/// the target directory's space for tests (one per process under the system's temp
+/// directory was left behind by every run).
 fn helm(args: &[&str]) -> Command {
     static HOME: OnceLock<PathBuf> = OnceLock::new();
     let home = HOME.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("fanout-chart-helm-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chart-helm-home");
         std::fs::create_dir_all(&dir).unwrap();
         dir
     });
