@@ -390,8 +390,6 @@ pub fn is_forwarded(name: &str) -> bool {
             .any(|n| n.eq_ignore_ascii_case(name))
 }
 
-/// Inserts a header whose value came from an event; values that are not valid header
-/// text are dropped rather than failing the delivery.
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
