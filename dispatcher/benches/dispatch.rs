@@ -32,6 +32,11 @@
 //! 0 for none), the engine and the baseline run at the same time, each on a route and
 //! targets of its own: the baseline's CPU per event over the engine's over the same
 //! seconds, the throughput goal (1.6x) as this machine can judge it.
+//! After the table, the same goal by rate where this machine can judge it: the engine
+//! and the baseline at the same time, each on a route and targets of its own and each
+//! within the same CPU limit, as a Kubernetes CPU limit enforces it (a cgroup with a
+//! CFS quota; `FANOUT_BENCH_CPU_LIMIT` millicores, default 400, none in the short form;
+//! needs root), as many runs as the goal's pairs.
 //! `FANOUT_BENCH_PAIRED=<runs>` (with `FANOUT_BENCH_COMPARE`) first runs both engines
 //! at the same time, each on a route and targets of its own, `runs` times, and prints
 //! their CPU per event over the same seconds: phases one after another drift by more
@@ -54,6 +59,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use fanout_api::manifests::Manifests;
 use fanout_provision::Provisioner;
+use fanout_testkit::cpu_limit::CpuLimit;
 use fanout_testkit::nats::NatsServer;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -310,11 +316,18 @@ fn naive_fanout_binary() -> &'static Path {
 
 impl Child {
     fn spawn(contender: Contender, config: &Path, nats_url: &str) -> Child {
-        Self::spawn_on(contender, config, nats_url, 0)
+        Self::spawn_on(contender, config, nats_url, 0, None)
     }
 
-    /// With the engine's /metrics on `metrics_port` (0: any).
-    fn spawn_on(contender: Contender, config: &Path, nats_url: &str, metrics_port: u16) -> Child {
+    /// With the engine's /metrics on `metrics_port` (0: any), inside `limit`'s cgroup
+    /// if there is one.
+    fn spawn_on(
+        contender: Contender,
+        config: &Path,
+        nats_url: &str,
+        metrics_port: u16,
+        limit: Option<&CpuLimit>,
+    ) -> Child {
         let listen = format!("127.0.0.1:{metrics_port}");
         let mut command = std::process::Command::new(contender.binary());
         match contender {
@@ -347,11 +360,11 @@ impl Child {
                 ]);
             }
         }
-        let process = command
-            .env("FANOUT_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        command.env("FANOUT_LOG", "warn");
+        if let Some(limit) = limit {
+            command = limit.wrap(&command);
+        }
+        let process = command.stdout(std::process::Stdio::null()).spawn().unwrap();
         Child { process }
     }
 
@@ -529,11 +542,16 @@ struct Throughput {
     history_dropped: Option<f64>,
 }
 
-async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throughput {
+async fn throughput(
+    bench: &Bench,
+    contender: Contender,
+    events: usize,
+    limit: Option<&CpuLimit>,
+) -> Throughput {
     let config = bench.fresh_route(contender).await;
     bench.publish(events, false).await;
     let metrics_port = fanout_testkit::free_port();
-    let child = Child::spawn_on(contender, &config, &bench.nats.url(), metrics_port);
+    let child = Child::spawn_on(contender, &config, &bench.nats.url(), metrics_port, limit);
     let start = Instant::now();
     let limit = Duration::from_secs(300);
     bench.wait_delivered(&bench.a, events as u64, limit).await;
@@ -564,15 +582,18 @@ type Finished = (Duration, (f64, f64, f64));
 /// `FANOUT_BENCH_COMPARE`; the goal's pairs: the baseline). Each one's CPU per event is
 /// read when its targets have every event, so both are measured over nearly the same
 /// seconds: the machine's drift between phases, larger here than most changes, hits
-/// both alike.
+/// both alike. With `limits`, each runs within its own CPU limit (this build's engine
+/// the first).
 async fn paired(
     bench: &Bench,
     other: Contender,
     (a2, b2): (&Target, &Target),
     events: usize,
     runs: usize,
+    limits: Option<[&CpuLimit; 2]>,
 ) -> Pairs {
     let mut pairs = Pairs::default();
+    let [this_limit, other_limit] = limits.map_or([None, None], |[t, o]| [Some(t), Some(o)]);
     for run in 1..=runs {
         let this_config = bench
             .fresh_route_named(Contender::Engine, ROUTE, &bench.a, &bench.b)
@@ -585,9 +606,10 @@ async fn paired(
         // while the other ran alone would make the pair two separate runs.
         Contender::Engine.binary();
         other.binary();
+        let idle_before = fanout_testkit::process::machine_idle_and_total();
         let start = Instant::now();
-        let spawn_this = || Child::spawn(Contender::Engine, &this_config, &url);
-        let spawn_other = || Child::spawn(other, &other_config, &url);
+        let spawn_this = || Child::spawn_on(Contender::Engine, &this_config, &url, 0, this_limit);
+        let spawn_other = || Child::spawn_on(other, &other_config, &url, 0, other_limit);
         let (this, that) = if run % 2 == 1 {
             let this = spawn_this();
             (this, spawn_other())
@@ -613,19 +635,25 @@ async fn paired(
         let [Some((this_time, this_use)), Some((that_time, that_use))] = done else {
             unreachable!("both finished")
         };
+        let idle = fanout_testkit::process::idle_share_since(idle_before);
         let per_1000 = events as f64 / 1000.0;
         let ratio = this_use.0 / that_use.0;
         let user_ratio = this_use.1 / that_use.1;
-        eprintln!(
-            "paired run {run}: this build's engine {:.0} events/s at {:.3} CPU s / 1000 events, {} {:.0} events/s at {:.3}: this/other {ratio:.3} (user space {user_ratio:.3})",
+        let (this_rate, that_rate) = (
             events as f64 / this_time.as_secs_f64(),
+            events as f64 / that_time.as_secs_f64(),
+        );
+        eprintln!(
+            "paired run {run}: this build's engine {this_rate:.0} events/s at {:.3} CPU s / 1000 events, {} {that_rate:.0} events/s at {:.3}: this/other {ratio:.3} (user space {user_ratio:.3}); the machine idle {:.0}% of the time",
             this_use.0 / per_1000,
             other.name(),
-            events as f64 / that_time.as_secs_f64(),
             that_use.0 / per_1000,
+            100.0 * idle,
         );
         pairs.all.push(ratio);
         pairs.user.push(user_ratio);
+        pairs.rates.push(this_rate / that_rate);
+        pairs.idle.push(idle);
     }
     pairs
 }
@@ -636,6 +664,10 @@ async fn paired(
 struct Pairs {
     all: Vec<f64>,
     user: Vec<f64>,
+    /// This build's engine's events/s over the other's.
+    rates: Vec<f64>,
+    /// The share of the machine's CPU time left idle while the pair ran.
+    idle: Vec<f64>,
 }
 
 impl Pairs {
@@ -755,6 +787,8 @@ struct Settings {
     latency_seconds: u64,
     /// Runs of the engine and the baseline at the same time ([`paired`]).
     goal_pairs: usize,
+    /// The CPU limit of [`within_cpu_limit`], in millicores (0: not run).
+    cpu_limit: u64,
     short: bool,
 }
 
@@ -772,6 +806,7 @@ impl Settings {
             rounds: number("FANOUT_BENCH_ROUNDS", if short { 2 } else { 3 }).max(1),
             latency_seconds: if short { 2 } else { 5 },
             goal_pairs: number("FANOUT_BENCH_GOAL_PAIRS", if short { 2 } else { 5 }),
+            cpu_limit: number("FANOUT_BENCH_CPU_LIMIT", if short { 0 } else { 400 }) as u64,
             short,
         }
     }
@@ -807,7 +842,7 @@ fn parent() {
         let (a2, b2) = (Target::start().await, Target::start().await);
         if paired_runs > 0 {
             let other = compare_binary().expect("FANOUT_BENCH_PAIRED needs FANOUT_BENCH_COMPARE");
-            let pairs = paired(&bench, Contender::EngineCompare, (&a2, &b2), events, paired_runs).await;
+            let pairs = paired(&bench, Contender::EngineCompare, (&a2, &b2), events, paired_runs, None).await;
             let (m, lo, hi) = Pairs::spread(&pairs.all, |r| r);
             let (um, ulo, uhi) = Pairs::spread(&pairs.user, |r| r);
             println!(
@@ -818,7 +853,7 @@ fn parent() {
         // The throughput goal by CPU: the engine and the baseline loaded together.
         let goal_pairs = if settings.goal_pairs > 0 {
             eprintln!("the engine and the baseline at the same time, {} runs ...", settings.goal_pairs);
-            Some(paired(&bench, Contender::Baseline, (&a2, &b2), events, settings.goal_pairs).await)
+            Some(paired(&bench, Contender::Baseline, (&a2, &b2), events, settings.goal_pairs, None).await)
         } else {
             None
         };
@@ -836,7 +871,7 @@ fn parent() {
         for round in 1..=rounds {
             for (i, &contender) in contenders.iter().enumerate() {
                 eprintln!("{}: throughput of {events} pre-loaded events, round {round}/{rounds} ...", contender.name());
-                rates[i].push(throughput(&bench, contender, events).await);
+                rates[i].push(throughput(&bench, contender, events, None).await);
                 if contender == Contender::Engine {
                     history = history_stream(&bench).await;
                 }
@@ -987,5 +1022,67 @@ fn parent() {
                 bytes as f64 / (1024.0 * 1024.0)
             );
         }
+        if settings.cpu_limit > 0 {
+            let runs = settings.goal_pairs.max(rounds);
+            within_cpu_limit(&bench, (&a2, &b2), events, runs, settings.cpu_limit).await;
+        }
     });
+}
+
+/// The throughput goal by rate where this machine can judge it: the engine and the
+/// baseline at the same time, each within a CPU limit of `millicores`, as a Kubernetes
+/// CPU limit enforces it (a cgroup with a CFS quota), `runs` times. Unlimited, both
+/// rates follow the CPU of the whole chain (contender, targets and nats-server on two
+/// cores); a limit that leaves the rest of the chain room makes each contender's own
+/// cost set its rate, as in a pod with a limit, and running both at once puts them on
+/// the same stretch of the machine.
+async fn within_cpu_limit(
+    bench: &Bench,
+    targets: (&Target, &Target),
+    events: usize,
+    runs: usize,
+    millicores: u64,
+) {
+    let limits = CpuLimit::new("fanout-dispatch-bench-engine", millicores).and_then(|engine| {
+        Ok((
+            engine,
+            CpuLimit::new("fanout-dispatch-bench-baseline", millicores)?,
+        ))
+    });
+    let (engine, baseline) = match limits {
+        Ok(limits) => limits,
+        Err(error) => {
+            println!();
+            println!("Within a CPU limit: skipped, no cgroup for it: {error:#}");
+            return;
+        }
+    };
+    eprintln!(
+        "the engine and the baseline at the same time within {millicores}m each, {runs} runs ..."
+    );
+    let pairs = paired(
+        bench,
+        Contender::Baseline,
+        targets,
+        events,
+        runs,
+        Some([&engine, &baseline]),
+    )
+    .await;
+    let (m, lo, hi) = Pairs::spread(&pairs.rates, |r| r);
+    let each: Vec<String> = pairs.rates.iter().map(|r| format!("{r:.2}x")).collect();
+    let idle: Vec<String> = pairs
+        .idle
+        .iter()
+        .map(|i| format!("{:.0}%", 100.0 * i))
+        .collect();
+    let (cpu, _, _) = Pairs::spread(&pairs.all, |r| 1.0 / r);
+    println!();
+    println!(
+        "Within a CPU limit of {millicores}m each (a cgroup with a CFS quota, what `resources.limits.cpu: {millicores}m` sets), the engine and the baseline at the same time, {} runs of {events} events each: the engine's events/s over the baseline's {m:.2}x (lowest {lo:.2}x, highest {hi:.2}x; by run {}); CPU per event {cpu:.2}x; the machine idle by run {}; at least 1.6x in every run: {}",
+        pairs.rates.len(),
+        each.join(", "),
+        idle.join(", "),
+        if lo >= 1.6 { "met" } else { "MISSED" }
+    );
 }

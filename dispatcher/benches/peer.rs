@@ -26,6 +26,14 @@
 //! publish to delivery at a fixed offered rate of 5,000 events/s for both Fanouts and
 //! the fastest Bento.
 //!
+//! Then the rate each contender reaches within the same CPU limit, as a Kubernetes
+//! CPU limit enforces it (a cgroup with a CFS quota: `FANOUT_PEER_CPU_LIMIT`
+//! millicores, default 500, 0 for none; needs root), in `FANOUT_BENCH_ROUNDS`
+//! alternating rounds of both Fanouts and both Bentos at their fastest setting. On 2
+//! cores the unlimited rates follow the CPU of the whole chain (contender, targets and
+//! nats-server); half a core each leaves the targets and nats-server room, so that
+//! each contender's own cost sets its rate.
+//!
 //! `FANOUT_PEER_SWEEP="1 2 4 8 64 256"` runs instead one throughput round of both
 //! Bento configurations at each of these `max_in_flight` settings (how the default
 //! of `FANOUT_PEER_BENTO_IN_FLIGHT` was chosen).
@@ -44,6 +52,7 @@ use async_nats::jetstream;
 use fanout_api::manifests::Manifests;
 use fanout_config::names::RouteKey;
 use fanout_provision::Provisioner;
+use fanout_testkit::cpu_limit::CpuLimit;
 use fanout_testkit::nats::NatsServer;
 
 use targets::{Counts, SENT_HEADER, Targets, now_us};
@@ -212,7 +221,8 @@ spec:
         path
     }
 
-    fn spawn(&self, contender: Contender, fanout_config: &Path) -> Child {
+    /// Starts `contender`, inside `limit`'s cgroup if there is one.
+    fn spawn(&self, contender: Contender, fanout_config: &Path, limit: Option<&CpuLimit>) -> Child {
         let log = self.dir.path().join("contender.log");
         let mut command = match contender {
             Contender::Fanout | Contender::FanoutDefault => {
@@ -250,6 +260,9 @@ spec:
                 c
             }
         };
+        if let Some(limit) = limit {
+            command = limit.wrap(&command);
+        }
         let file = std::fs::File::create(&log).unwrap();
         let process = command
             .stdout(file.try_clone().unwrap())
@@ -338,15 +351,37 @@ struct Throughput {
     nats_cpu_per_1000: f64,
     /// Connections the targets accepted during the run.
     connections: u64,
+    /// Under a CPU limit: the share of the contender's busy CFS periods that ended
+    /// with its quota used up.
+    throttled: Option<f64>,
 }
 
-async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throughput {
+impl Throughput {
+    /// Cores the contender kept busy on average.
+    fn cores(&self) -> f64 {
+        self.cpu_per_1000 * self.events_per_sec / 1000.0
+    }
+
+    /// Cores the targets and nats-server kept busy on average.
+    fn others_cores(&self) -> f64 {
+        (self.targets_cpu_per_1000 + self.nats_cpu_per_1000) * self.events_per_sec / 1000.0
+    }
+}
+
+async fn throughput(
+    bench: &Bench,
+    contender: Contender,
+    events: usize,
+    limit: Option<&CpuLimit>,
+) -> Throughput {
     let config = bench.fresh_route(contender).await;
     bench.publish(events).await;
     bench.targets.reset().await;
     let targets_cpu = bench.targets.cpu_seconds();
     let nats_cpu = bench.nats_cpu_seconds();
-    let child = bench.spawn(contender, &config);
+    let throttling = |limit: &CpuLimit| limit.throttling().expect("the limit's cpu.stat");
+    let throttled_before = limit.map(throttling).unwrap_or_default();
+    let child = bench.spawn(contender, &config, limit);
     let start = Instant::now();
     let counts = bench
         .wait_both(&child, events as u64, Duration::from_secs(600))
@@ -354,6 +389,7 @@ async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throu
     let elapsed = start.elapsed();
     let (cpu, rss) = child.usage();
     let user_cpu = child.user_cpu();
+    let throttled = limit.map(|l| throttling(l).share_since(throttled_before));
     drop(child);
     let thousands = events as f64 / 1000.0;
     Throughput {
@@ -364,6 +400,7 @@ async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throu
         targets_cpu_per_1000: (bench.targets.cpu_seconds() - targets_cpu) / thousands,
         nats_cpu_per_1000: (bench.nats_cpu_seconds() - nats_cpu) / thousands,
         connections: counts.connections,
+        throttled,
     }
 }
 
@@ -388,7 +425,7 @@ async fn with_failing_peer(bench: &Bench, contender: Contender, events: usize) -
     bench.publish(events).await;
     bench.targets.reset().await;
     bench.targets.fail_b(true).await;
-    let child = bench.spawn(contender, &config);
+    let child = bench.spawn(contender, &config, None);
     let start = Instant::now();
     let (mut last, mut progress) = (0, Instant::now());
     let stalled = loop {
@@ -417,7 +454,7 @@ async fn with_failing_peer(bench: &Bench, contender: Contender, events: usize) -
 /// (p50, p99) publish-to-delivery latency in ms at [`LATENCY_RATE`] events/s.
 async fn latency(bench: &Bench, contender: Contender) -> (f64, f64) {
     let config = bench.fresh_route(contender).await;
-    let child = bench.spawn(contender, &config);
+    let child = bench.spawn(contender, &config, None);
     // Warm up until the contender delivers, so start-up is not measured.
     bench.publish(100).await;
     bench.wait_both(&child, 100, Duration::from_secs(30)).await;
@@ -493,6 +530,7 @@ fn parent() {
     let events = env_number("FANOUT_BENCH_EVENTS", 100_000);
     let rounds = env_number("FANOUT_BENCH_ROUNDS", 3).max(1);
     let tuned = env_number("FANOUT_PEER_BENTO_IN_FLIGHT", 2).max(1);
+    let millicores = env_number("FANOUT_PEER_CPU_LIMIT", 500) as u64;
     let contenders = [
         Contender::Fanout,
         Contender::FanoutDefault,
@@ -520,7 +558,18 @@ fn parent() {
                     let settings = sweep.split_whitespace().map(|n| n.parse().unwrap());
                     run_sweep(&bench, settings.collect(), events).await;
                 }
-                Err(_) => run(&bench, &contenders, events, rounds).await,
+                Err(_) => {
+                    run(&bench, &contenders, events, rounds).await;
+                    if millicores > 0 {
+                        let limited = [
+                            Contender::Fanout,
+                            Contender::FanoutDefault,
+                            Contender::BentoFanOut(tuned),
+                            Contender::BentoPerTarget(tuned),
+                        ];
+                        run_limited(&bench, &limited, events, rounds, millicores).await;
+                    }
+                }
             }
         });
 }
@@ -537,7 +586,7 @@ async fn run_sweep(bench: &Bench, settings: Vec<usize>, events: usize) {
                 "{}: throughput of {events} pre-loaded events ...",
                 contender.name()
             );
-            rows.push((contender, throughput(bench, contender, events).await));
+            rows.push((contender, throughput(bench, contender, events, None).await));
         }
     }
     println!();
@@ -566,7 +615,7 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
                 "{}: throughput of {events} pre-loaded events, round {round}/{rounds} ...",
                 contender.name()
             );
-            let t = throughput(bench, *contender, events).await;
+            let t = throughput(bench, *contender, events, None).await;
             eprintln!("  {:.0} events/s", t.events_per_sec);
             rates[i].push(t);
         }
@@ -695,6 +744,110 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
             t.events_per_sec / best.events_per_sec,
             100.0 * t.cpu_per_1000 / best.cpu_per_1000,
             100.0 * t.user_cpu_per_1000 / best.user_cpu_per_1000,
+        );
+    }
+}
+
+/// Each contender's rate within the same CPU limit, in alternating rounds; the
+/// first contender is Fanout, the one the others are compared with.
+async fn run_limited(
+    bench: &Bench,
+    contenders: &[Contender],
+    events: usize,
+    rounds: usize,
+    millicores: u64,
+) {
+    let limit = match CpuLimit::new("fanout-peer-bench", millicores) {
+        Ok(limit) => limit,
+        Err(error) => {
+            println!();
+            println!("At the same CPU limit: skipped, no cgroup for it: {error:#}");
+            return;
+        }
+    };
+    let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(); contenders.len()];
+    for round in 1..=rounds {
+        for (i, contender) in contenders.iter().enumerate() {
+            eprintln!(
+                "{}: throughput within a CPU limit of {millicores}m, round {round}/{rounds} ...",
+                contender.name()
+            );
+            let t = throughput(bench, *contender, events, Some(&limit)).await;
+            eprintln!(
+                "  {:.0} events/s on {:.2} cores",
+                t.events_per_sec,
+                t.cores()
+            );
+            rates[i].push(t);
+        }
+    }
+    let medians: Vec<Throughput> = rates.iter().map(|r| median(r)).collect();
+    println!();
+    println!(
+        "At the same CPU limit: each contender in a cgroup with a CFS quota of {millicores}m (what `resources.limits.cpu: {millicores}m` sets), median of {rounds} alternating rounds; the targets and nats-server unlimited"
+    );
+    println!();
+    println!(
+        "| contender | events/s to both (rounds) | Fanout's rate against it | cores used | busy periods throttled | CPU s / 1000 events | targets' and nats-server's cores |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let fanout = medians[0];
+    for (i, contender) in contenders.iter().enumerate() {
+        let t = medians[i];
+        let each: Vec<String> = rates[i]
+            .iter()
+            .map(|t| format!("{:.0}", t.events_per_sec))
+            .collect();
+        println!(
+            "| {} | {:.0} ({}) | {:.2}x | {:.2} | {:.0}% | {:.3} | {:.2} |",
+            contender.name(),
+            t.events_per_sec,
+            each.join(", "),
+            fanout.events_per_sec / t.events_per_sec,
+            t.cores(),
+            100.0 * t.throttled.unwrap_or_default(),
+            t.cpu_per_1000,
+            t.others_cores(),
+        );
+    }
+    let best_bento = (0..contenders.len())
+        .filter(|&i| contenders[i].is_bento())
+        .max_by(|&i, &j| {
+            medians[i]
+                .events_per_sec
+                .total_cmp(&medians[j].events_per_sec)
+        })
+        .expect("a Bento among the contenders");
+    let best = medians[best_bento];
+    // Each round's Fanout over the same round's fastest Bento: the rounds alternate,
+    // so a slow stretch of the machine hits both.
+    let by_round: Vec<f64> = (0..rounds)
+        .map(|r| rates[0][r].events_per_sec / rates[best_bento][r].events_per_sec)
+        .collect();
+    let lowest = by_round.iter().copied().fold(f64::INFINITY, f64::min);
+    let speed = fanout.events_per_sec / best.events_per_sec;
+    let each: Vec<String> = by_round.iter().map(|x| format!("{x:.2}x")).collect();
+    println!();
+    println!(
+        "- at least 4x the fastest Bento's events/s ({}) within the same CPU limit: {speed:.2}x (rounds {}), {}",
+        contenders[best_bento].name(),
+        each.join(", "),
+        if lowest >= 4.0 {
+            "met in every round"
+        } else if speed >= 4.0 {
+            "met by the median"
+        } else {
+            "missed"
+        }
+    );
+    if let Some(i) = contenders
+        .iter()
+        .position(|c| *c == Contender::FanoutDefault)
+    {
+        println!(
+            "{}: {:.2}x its events/s within the limit",
+            contenders[i].name(),
+            medians[i].events_per_sec / best.events_per_sec
         );
     }
 }

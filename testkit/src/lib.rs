@@ -15,6 +15,7 @@
 //! - [`proxy::FreezingProxy`]: a loopback TCP proxy that can stop forwarding;
 //!   [`nats_proxy::NatsProxy`]: one in front of nats-server that cuts off one client.
 //! - [`tools`]: paths of the pinned binaries built by `e2e/tools.sh`.
+//! - [`cpu_limit::CpuLimit`]: a benchmark contender's CPU limit, as a Kubernetes limit sets it.
 //! - [`example`]: the scenarios of `examples/` as shipped, their URLs repointed.
 //! - [`netns::Lab`]: hosts in network namespaces of the test's own, to cut off and heal.
 //! - [`webhooks`]: Standard Webhooks signatures checked by the official library.
@@ -22,6 +23,7 @@
 //!   [`ledger`]: whether every accepted event reached every target or a dead letter.
 
 pub mod cluster;
+pub mod cpu_limit;
 pub mod example;
 pub mod http;
 pub mod ledger;

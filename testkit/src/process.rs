@@ -118,3 +118,31 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap();
     hwm_kib / 1024.0
 }
+
+/// (idle, total) CPU time of the whole machine so far, in ticks, from /proc/stat.
+pub fn machine_idle_and_total() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .expect("/proc/stat starts with the cpu line")
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let idle = ticks[3] + ticks[4];
+    (idle, ticks.iter().take(8).sum())
+}
+
+/// The share of the machine's CPU time that was idle since `before`
+/// ([`machine_idle_and_total`]): well above zero, the processes measured had cores
+/// to spare and were held back by something else (a CPU limit, their own design).
+pub fn idle_share_since(before: (u64, u64)) -> f64 {
+    let (idle, total) = machine_idle_and_total();
+    let total = total.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    idle.saturating_sub(before.0) as f64 / total as f64
+}

@@ -1,0 +1,56 @@
+//! The CPU limit the peer benchmark puts on each contender holds a busy process to
+//! its quota, as a Kubernetes CPU limit would.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fanout_testkit::cpu_limit::CpuLimit;
+use fanout_testkit::process::user_and_system_cpu;
+
+/// CPU seconds a busy loop uses in `window` of wall time, with and without the limit.
+fn busy_cpu_seconds(limit: Option<&CpuLimit>, window: Duration) -> f64 {
+    let mut busy = Command::new("sh");
+    busy.args(["-c", "while :; do :; done"]);
+    let mut command = match limit {
+        Some(limit) => limit.wrap(&busy),
+        None => busy,
+    };
+    let mut child = command.spawn().expect("starting sh");
+    let start = Instant::now();
+    // The measurement window itself: CPU used over a fixed stretch of wall time.
+    std::thread::sleep(window);
+    let (user, system) = user_and_system_cpu(child.id());
+    let elapsed = start.elapsed().as_secs_f64();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (user + system) / elapsed * window.as_secs_f64()
+}
+
+#[test]
+fn a_busy_process_gets_its_quota_and_no_more() {
+    let window = Duration::from_millis(1500);
+    let limit = CpuLimit::new("fanout-testkit-cpu-limit", 200).expect("a cgroup with a quota");
+    let before = limit.throttling().unwrap();
+    let limited = busy_cpu_seconds(Some(&limit), window);
+    let throttled = limit.throttling().unwrap().share_since(before);
+    let free = busy_cpu_seconds(None, window);
+
+    // 200m over 1.5 s is 0.3 CPU seconds; the loop alone takes nearly a core.
+    assert!(
+        limited <= 0.3 * 1.25,
+        "the limited loop used {limited:.2} CPU s in {window:?}, above its 200m quota"
+    );
+    assert!(
+        limited >= 0.3 * 0.5,
+        "the limited loop used only {limited:.2} CPU s: was it running?"
+    );
+    assert!(
+        free > 2.0 * limited,
+        "without the limit the loop used {free:.2} CPU s, with it {limited:.2}: the limit did not bind"
+    );
+    assert!(
+        throttled > 0.5,
+        "the quota cut short only {:.0}% of the busy periods",
+        100.0 * throttled
+    );
+}
