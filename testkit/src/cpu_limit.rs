@@ -43,9 +43,14 @@ impl Throttling {
 
 impl CpuLimit {
     /// A new cgroup named `name` (unique per process: the pid is appended) whose
-    /// processes together get at most `millicores` thousandths of a CPU.
+    /// processes together get at most `millicores` thousandths of a CPU. Cgroups of
+    /// the same name left by a process that is gone (a bench killed before it could
+    /// remove its own) are removed first.
     pub fn new(name: &str, millicores: u64) -> anyhow::Result<CpuLimit> {
         anyhow::ensure!(millicores > 0, "a CPU limit of 0 millicores");
+        for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/cpu"] {
+            remove_orphans(Path::new(root), name);
+        }
         let name = format!("{name}-{}", std::process::id());
         let quota = millicores * PERIOD_US / 1000;
         let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers");
@@ -131,6 +136,28 @@ impl Drop for CpuLimit {
         // killed and reaped before its limit is dropped.
         if let Err(error) = std::fs::remove_dir(&self.dir) {
             eprintln!("leaving the cgroup {}: {error}", self.dir.display());
+        }
+    }
+}
+
+/// Removes the cgroups `<name>-<pid>` under `root` whose pid is no longer running.
+/// An orphan still holding a process (a contender that outlived its bench) stays:
+/// rmdir refuses it.
+pub fn remove_orphans(root: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(name)?.strip_prefix('-'))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir(entry.path());
         }
     }
 }

@@ -54,3 +54,24 @@ fn a_busy_process_gets_its_quota_and_no_more() {
         100.0 * throttled
     );
 }
+
+#[test]
+fn a_cgroup_left_by_a_process_that_is_gone_is_removed_by_the_next_limit() {
+    // A pid above the kernel's largest (pid_max is at most 2^22) never runs.
+    let name = "fanout-testkit-orphan";
+    let v1 = std::path::Path::new("/sys/fs/cgroup/cpu");
+    let root = if v1.join("cpu.cfs_quota_us").exists() {
+        v1
+    } else {
+        v1.parent().unwrap()
+    };
+    let orphan = root.join(format!("{name}-4999999"));
+    std::fs::create_dir(&orphan).expect("creating a cgroup as a killed bench leaves it");
+    let limit = CpuLimit::new(name, 100).expect("a cgroup with a quota");
+    let left = orphan.exists();
+    if left {
+        let _ = std::fs::remove_dir(&orphan);
+    }
+    assert!(!left, "{} was left in place", orphan.display());
+    drop(limit);
+}
