@@ -228,6 +228,42 @@ async fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     assert!(again.terminate(T).unwrap().success());
 }
 
+/// A pod told to stop while NATS is away (a node drained during a NATS outage) must
+/// still stop, within its termination grace period: what it cannot hand back,
+/// JetStream redelivers after the ack wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_nats_is_away_still_stops_the_dispatcher() {
+    let target = TargetServer::start().await.unwrap();
+    target.set_default(Reply::Delay(Duration::from_millis(20), 200));
+    let mut setup = route_to(&target.url("/"), "  maxInFlight: 8\n").await;
+    setup.publish((0..200).map(|i| format!("evt-{i}"))).await;
+    let port = free_port();
+    let mut dispatcher = setup.dispatcher(port);
+    target.wait_for(20, T).await.unwrap();
+
+    setup.nats.kill();
+    let addr = format!("127.0.0.1:{port}");
+    wait::until("the dispatcher to report NATS away", T, || async {
+        match http::get(&addr, "/readyz").await {
+            Ok(r) if r.status != 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+    // The support's dispatcher has a grace of 10 s; stopping may take that, 5 s more
+    // for NATS, and the exit itself.
+    let status = dispatcher.terminate(Duration::from_secs(20));
+    let status = status.expect("the dispatcher still runs 20 s after SIGTERM with NATS away");
+    // It says why it stopped without handing everything back.
+    assert!(!status.success(), "exit status {status}");
+    let log = dispatcher.log();
+    assert!(
+        log.contains("NATS is away") || log.contains("is NATS reachable?"),
+        "the log does not name NATS:\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_file_fails_fast_naming_the_field() {
     let target = TargetServer::start().await.unwrap();

@@ -59,6 +59,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use fanout_process::nats::{FLUSH_AT_EXIT, flush_before_exit};
 use tokio_util::sync::CancellationToken;
 
 pub use egress_flags::EgressArgs;
@@ -120,10 +121,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .pod_name
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "dispatcher".into());
+    let grace = args.shutdown_grace.as_std();
     let options = EngineOptions {
         pod,
         health_interval: args.health_interval.as_std(),
-        shutdown_grace: args.shutdown_grace.as_std(),
+        shutdown_grace: grace,
         thread_per_target: true,
         egress: Arc::new(args.egress.policy(true)),
         tracer: tracing.as_ref().map(fanout_otel::Tracing::tracer),
@@ -151,15 +153,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         target = engine.worker_lost() => Some(target),
     };
     tracing::info!("stopping: no new fetches, finishing deliveries in flight");
-    engine.stop().await;
+    // Stopping talks to NATS (acks, the last health snapshot and history records),
+    // each step with a limit of its own; this bounds them together, so that a pod
+    // told to stop during a NATS outage stops within its termination grace period.
+    let drain_limit = grace + FLUSH_AT_EXIT;
+    let drained = tokio::time::timeout(drain_limit, engine.stop()).await;
     shutdown.cancel();
     server
         .await
         .context("metrics server task")?
         .context("metrics server")?;
-    // What the engine's connection still holds (the last health snapshot, dead
-    // letters) reaches the server before exit; the targets flushed their acks.
-    nats.flush().await.context("flushing NATS")?;
+    drained.map_err(|_| {
+        anyhow::anyhow!(
+            "deliveries did not drain within {drain_limit:?} (is NATS reachable?); unacknowledged events will be delivered again"
+        )
+    })?;
+    // What the engine's connection still holds (the last health snapshot) reaches
+    // the server before exit; the targets flushed their acks.
+    flush_before_exit(&nats, FLUSH_AT_EXIT).await?;
     if let Some(tracing) = tracing {
         // Sends the last spans; blocking, so off the runtime's thread.
         let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;

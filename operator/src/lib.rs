@@ -180,7 +180,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(elector) = elector.as_mut() {
         elector.release().await;
     }
-    nats.flush().await.ok();
+    if let Err(error) =
+        fanout_process::nats::flush_before_exit(&nats, fanout_process::nats::FLUSH_AT_EXIT).await
+    {
+        // A process told to stop must stop: NATS being away is worth a warning only.
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "stopping without flushing NATS"
+        );
+    }
     finish(server, stop).await
 }
 

@@ -3,8 +3,29 @@
 //! from the command line.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
+
+/// How long a stopping process waits for what its connection still buffers to reach
+/// NATS.
+pub const FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
+
+/// Sends what `client` still buffers (the last health snapshot, core publishes) before
+/// the process exits, waiting at most `limit`. async-nats' own flush waits for a
+/// reconnect for ever while NATS is away, and a process told to stop must stop: what
+/// is dropped here was never acknowledged, so nothing accepted is lost (JetStream
+/// redelivers events whose acks did not arrive, and dead letters are published with
+/// an acknowledgement before their event is let go).
+pub async fn flush_before_exit(client: &async_nats::Client, limit: Duration) -> anyhow::Result<()> {
+    if client.connection_state() == async_nats::connection::State::Disconnected {
+        anyhow::bail!("NATS is away: what this process had not yet sent to it is dropped");
+    }
+    tokio::time::timeout(limit, client.flush())
+        .await
+        .map_err(|_| anyhow::anyhow!("flushing NATS took longer than {limit:?}"))?
+        .context("flushing NATS")
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {

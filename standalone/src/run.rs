@@ -28,7 +28,7 @@ use crate::{Args, checks, http, manifests_dir, provisioning};
 const POD: &str = "standalone";
 
 /// How long NATS may take, after the deliveries' grace, to take the last acks.
-const NATS_GRACE: Duration = Duration::from_secs(5);
+const NATS_GRACE: Duration = fanout_process::nats::FLUSH_AT_EXIT;
 
 /// How long snapshots stay in the KV bucket without a refresh.
 const HEALTH_TTL: Duration = Duration::from_secs(60);
@@ -167,10 +167,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     // What the engines' connection still holds (health snapshots, dead letters) must
     // reach the server before exit; the targets flushed their acks when they stopped.
-    tokio::time::timeout(NATS_GRACE, nats.flush())
-        .await
-        .map_err(|_| anyhow::anyhow!("flushing NATS took longer than {NATS_GRACE:?}"))?
-        .context("flushing NATS")?;
+    fanout_process::nats::flush_before_exit(&nats, NATS_GRACE).await?;
     gateway_stopped.context("stopping the gateway")?;
     if let Some(tracing) = tracing {
         // Sends the last spans; blocking, so off the runtime's thread.

@@ -251,3 +251,34 @@ async fn chart_monitoring_fits(env: &Env, deployment: &str, scrape: &[&str]) {
         "port {port} not among {ports:?}"
     );
 }
+
+/// An operator told to stop while NATS is away (a rollout during a NATS outage) must
+/// still stop, within its pod's termination grace period, and say why it could not
+/// flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_nats_is_away_still_stops_the_operator() {
+    let mut env = Env::new("op-nats-stop").await;
+    let mut operator = env.operator();
+    env.apply(&format!(
+        "{}{}",
+        target_yaml("crm", "http://127.0.0.1:9/crm", ""),
+        route_yaml("orders", &["crm"], "")
+    ));
+    env.wait_condition("orders", "StreamReady", "True", None)
+        .await;
+
+    env.nats.kill();
+    env.wait_condition("orders", "StreamReady", "False", None)
+        .await;
+    let exit = operator
+        .process
+        .terminate(Duration::from_secs(20))
+        .expect("the operator still runs 20 s after SIGTERM with NATS away");
+    assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
+    let log = operator.process.log();
+    assert!(
+        log.contains("stopping without flushing NATS"),
+        "the log does not say NATS was not flushed:\n{log}"
+    );
+    env.ns.delete(&env.client).await.unwrap();
+}

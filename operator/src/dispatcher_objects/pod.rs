@@ -35,8 +35,9 @@ pub(super) fn spec(
     PodSpec {
         service_account_name: Some(name.to_string()),
         automount_service_account_token: Some(false),
-        // The dispatcher's shutdown grace (25 s) plus time to flush acks.
-        termination_grace_period_seconds: Some(35),
+        // The dispatcher's shutdown grace (25 s), the 5 s its drain may take beyond it
+        // and the 5 s of its last flush to NATS, with a few seconds to spare.
+        termination_grace_period_seconds: Some(40),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(DISPATCHER_UID),
