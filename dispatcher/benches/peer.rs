@@ -607,19 +607,60 @@ async fn run_sweep(bench: &Bench, settings: Vec<usize>, events: usize) {
     }
 }
 
-async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usize) {
+/// `rounds` throughput rounds of every contender in turn, within `limit` if there is
+/// one, so that a slow stretch of the machine hits all of them: each one's rounds.
+async fn rounds_of(
+    bench: &Bench,
+    contenders: &[Contender],
+    events: usize,
+    rounds: usize,
+    limit: Option<&CpuLimit>,
+) -> Vec<Vec<Throughput>> {
+    let within = limit.map_or(String::new(), |l| {
+        format!(" within a CPU limit of {}m", l.millicores())
+    });
     let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(); contenders.len()];
     for round in 1..=rounds {
         for (i, contender) in contenders.iter().enumerate() {
             eprintln!(
-                "{}: throughput of {events} pre-loaded events, round {round}/{rounds} ...",
+                "{}: throughput of {events} pre-loaded events{within}, round {round}/{rounds} ...",
                 contender.name()
             );
-            let t = throughput(bench, *contender, events, None).await;
-            eprintln!("  {:.0} events/s", t.events_per_sec);
+            let t = throughput(bench, *contender, events, limit).await;
+            eprintln!(
+                "  {:.0} events/s on {:.2} cores",
+                t.events_per_sec,
+                t.cores()
+            );
             rates[i].push(t);
         }
     }
+    rates
+}
+
+/// Each round's events/s, comma-separated.
+fn by_round(rounds: &[Throughput]) -> String {
+    let each: Vec<String> = rounds
+        .iter()
+        .map(|t| format!("{:.0}", t.events_per_sec))
+        .collect();
+    each.join(", ")
+}
+
+/// The Bento among `contenders` with the highest median rate.
+fn fastest_bento(contenders: &[Contender], medians: &[Throughput]) -> usize {
+    (0..contenders.len())
+        .filter(|&i| contenders[i].is_bento())
+        .max_by(|&i, &j| {
+            medians[i]
+                .events_per_sec
+                .total_cmp(&medians[j].events_per_sec)
+        })
+        .expect("a Bento among the contenders")
+}
+
+async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usize) {
+    let rates = rounds_of(bench, contenders, events, rounds, None).await;
     let medians: Vec<Throughput> = rates.iter().map(|r| median(r)).collect();
     let mut degraded = Vec::new();
     for contender in contenders {
@@ -630,14 +671,7 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
         degraded.push(with_failing_peer(bench, *contender, events).await);
     }
     // Latency for Fanout and the fastest Bento.
-    let best_bento = (0..contenders.len())
-        .filter(|&i| contenders[i].is_bento())
-        .max_by(|&i, &j| {
-            medians[i]
-                .events_per_sec
-                .total_cmp(&medians[j].events_per_sec)
-        })
-        .unwrap();
+    let best_bento = fastest_bento(contenders, &medians);
     let mut latencies = vec![None; contenders.len()];
     let measured = (0..contenders.len()).filter(|&i| !contenders[i].is_bento() || i == best_bento);
     for i in measured {
@@ -647,14 +681,10 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
 
     println!();
     for (contender, rounds) in contenders.iter().zip(&rates) {
-        let each: Vec<String> = rounds
-            .iter()
-            .map(|t| format!("{:.0}", t.events_per_sec))
-            .collect();
         println!(
             "{} events/s by round: {}",
             contender.name(),
-            each.join(", ")
+            by_round(rounds)
         );
     }
     println!();
@@ -670,10 +700,6 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
     let fanout = medians[0];
     for (i, contender) in contenders.iter().enumerate() {
         let t = medians[i];
-        let each: Vec<String> = rates[i]
-            .iter()
-            .map(|t| format!("{:.0}", t.events_per_sec))
-            .collect();
         let d = degraded[i];
         let healthy = if d.stalled {
             format!("{:.0} (stalled after {})", d.events_per_sec, d.delivered)
@@ -685,7 +711,7 @@ async fn run(bench: &Bench, contenders: &[Contender], events: usize, rounds: usi
             "| {} | {:.0} ({}) | {:.2}x | {:.3} | {:.3} | {:.1} | {:.3} | {:.3} | {} | {} | {:.0}% | {} |",
             contender.name(),
             t.events_per_sec,
-            each.join(", "),
+            by_round(&rates[i]),
             fanout.events_per_sec / t.events_per_sec,
             t.cpu_per_1000,
             t.user_cpu_per_1000,
@@ -765,22 +791,7 @@ async fn run_limited(
             return;
         }
     };
-    let mut rates: Vec<Vec<Throughput>> = vec![Vec::new(); contenders.len()];
-    for round in 1..=rounds {
-        for (i, contender) in contenders.iter().enumerate() {
-            eprintln!(
-                "{}: throughput within a CPU limit of {millicores}m, round {round}/{rounds} ...",
-                contender.name()
-            );
-            let t = throughput(bench, *contender, events, Some(&limit)).await;
-            eprintln!(
-                "  {:.0} events/s on {:.2} cores",
-                t.events_per_sec,
-                t.cores()
-            );
-            rates[i].push(t);
-        }
-    }
+    let rates = rounds_of(bench, contenders, events, rounds, Some(&limit)).await;
     let medians: Vec<Throughput> = rates.iter().map(|r| median(r)).collect();
     println!();
     println!(
@@ -794,15 +805,11 @@ async fn run_limited(
     let fanout = medians[0];
     for (i, contender) in contenders.iter().enumerate() {
         let t = medians[i];
-        let each: Vec<String> = rates[i]
-            .iter()
-            .map(|t| format!("{:.0}", t.events_per_sec))
-            .collect();
         println!(
             "| {} | {:.0} ({}) | {:.2}x | {:.2} | {:.0}% | {:.3} | {:.2} |",
             contender.name(),
             t.events_per_sec,
-            each.join(", "),
+            by_round(&rates[i]),
             fanout.events_per_sec / t.events_per_sec,
             t.cores(),
             100.0 * t.throttled.unwrap_or_default(),
@@ -810,23 +817,16 @@ async fn run_limited(
             t.others_cores(),
         );
     }
-    let best_bento = (0..contenders.len())
-        .filter(|&i| contenders[i].is_bento())
-        .max_by(|&i, &j| {
-            medians[i]
-                .events_per_sec
-                .total_cmp(&medians[j].events_per_sec)
-        })
-        .expect("a Bento among the contenders");
+    let best_bento = fastest_bento(contenders, &medians);
     let best = medians[best_bento];
     // Each round's Fanout over the same round's fastest Bento: the rounds alternate,
     // so a slow stretch of the machine hits both.
-    let by_round: Vec<f64> = (0..rounds)
+    let ratios: Vec<f64> = (0..rounds)
         .map(|r| rates[0][r].events_per_sec / rates[best_bento][r].events_per_sec)
         .collect();
-    let lowest = by_round.iter().copied().fold(f64::INFINITY, f64::min);
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let speed = fanout.events_per_sec / best.events_per_sec;
-    let each: Vec<String> = by_round.iter().map(|x| format!("{x:.2}x")).collect();
+    let each: Vec<String> = ratios.iter().map(|x| format!("{x:.2}x")).collect();
     println!();
     println!(
         "- at least 4x the fastest Bento's events/s ({}) within the same CPU limit: {speed:.2}x (rounds {}), {}",
