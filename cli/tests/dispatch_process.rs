@@ -40,6 +40,18 @@ spec:
     .await
 }
 
+/// Waits until the dispatcher serving probes at `addr` reports NATS away (`/readyz`).
+async fn wait_nats_away(addr: &str) {
+    wait::until("the dispatcher to report NATS away", T, || async {
+        match http::get(addr, "/readyz").await {
+            Ok(r) if r.status != 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+    .unwrap();
+}
+
 /// The target's consumer: events not yet fetched, and fetched but not yet acked.
 async fn backlog(route: &ProvisionedRoute) -> (u64, usize) {
     let stream = route.js.get_stream(&route.config.stream).await.unwrap();
@@ -90,14 +102,7 @@ async fn a_nats_server_restart_mid_run_loses_nothing_and_needs_no_dispatcher_res
     // SIGKILL: the stream's file store survives, acks in flight are lost.
     setup.nats.kill();
     let addr = format!("127.0.0.1:{port}");
-    wait::until("the dispatcher to report NATS away", T, || async {
-        match http::get(&addr, "/readyz").await {
-            Ok(r) if r.status != 200 => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    wait_nats_away(&addr).await;
     assert!(
         target.distinct_keys().len() < 300,
         "NATS went away too late to prove anything"
@@ -243,14 +248,7 @@ async fn sigterm_while_nats_is_away_still_stops_the_dispatcher() {
 
     setup.nats.kill();
     let addr = format!("127.0.0.1:{port}");
-    wait::until("the dispatcher to report NATS away", T, || async {
-        match http::get(&addr, "/readyz").await {
-            Ok(r) if r.status != 200 => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await
-    .unwrap();
+    wait_nats_away(&addr).await;
     // The support's dispatcher has a grace of 10 s; stopping may take that, 5 s more
     // for NATS, and the exit itself.
     let status = dispatcher.terminate(Duration::from_secs(20));

@@ -4,10 +4,9 @@
 
 use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_stopped_and_restarted_flips_stream_ready_and_recovers() {
-    let mut env = Env::new("op-nats").await;
-    let _operator = env.operator();
+/// Applies route `orders` to ApiTarget `crm` (nothing listens there) and waits for
+/// its stream.
+async fn provision_orders(env: &Env) {
     env.apply(&format!(
         "{}{}",
         target_yaml("crm", "http://127.0.0.1:9/crm", ""),
@@ -15,6 +14,13 @@ async fn nats_stopped_and_restarted_flips_stream_ready_and_recovers() {
     ));
     env.wait_condition("orders", "StreamReady", "True", None)
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_stopped_and_restarted_flips_stream_ready_and_recovers() {
+    let mut env = Env::new("op-nats").await;
+    let _operator = env.operator();
+    provision_orders(&env).await;
 
     env.nats.kill();
     let status = env
@@ -259,13 +265,7 @@ async fn chart_monitoring_fits(env: &Env, deployment: &str, scrape: &[&str]) {
 async fn sigterm_while_nats_is_away_still_stops_the_operator() {
     let mut env = Env::new("op-nats-stop").await;
     let mut operator = env.operator();
-    env.apply(&format!(
-        "{}{}",
-        target_yaml("crm", "http://127.0.0.1:9/crm", ""),
-        route_yaml("orders", &["crm"], "")
-    ));
-    env.wait_condition("orders", "StreamReady", "True", None)
-        .await;
+    provision_orders(&env).await;
 
     env.nats.kill();
     env.wait_condition("orders", "StreamReady", "False", None)
