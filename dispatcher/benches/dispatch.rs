@@ -542,16 +542,11 @@ struct Throughput {
     history_dropped: Option<f64>,
 }
 
-async fn throughput(
-    bench: &Bench,
-    contender: Contender,
-    events: usize,
-    limit: Option<&CpuLimit>,
-) -> Throughput {
+async fn throughput(bench: &Bench, contender: Contender, events: usize) -> Throughput {
     let config = bench.fresh_route(contender).await;
     bench.publish(events, false).await;
     let metrics_port = fanout_testkit::free_port();
-    let child = Child::spawn_on(contender, &config, &bench.nats.url(), metrics_port, limit);
+    let child = Child::spawn_on(contender, &config, &bench.nats.url(), metrics_port, None);
     let start = Instant::now();
     let limit = Duration::from_secs(300);
     bench.wait_delivered(&bench.a, events as u64, limit).await;
@@ -871,7 +866,7 @@ fn parent() {
         for round in 1..=rounds {
             for (i, &contender) in contenders.iter().enumerate() {
                 eprintln!("{}: throughput of {events} pre-loaded events, round {round}/{rounds} ...", contender.name());
-                rates[i].push(throughput(&bench, contender, events, None).await);
+                rates[i].push(throughput(&bench, contender, events).await);
                 if contender == Contender::Engine {
                     history = history_stream(&bench).await;
                 }

@@ -89,7 +89,8 @@ impl CpuLimit {
 
     /// `command`, started inside this cgroup: a shell joins it and then becomes the
     /// program (exec), so the process has the limit from its first instruction and
-    /// its pid is the program's.
+    /// its pid is the program's. Standard streams are not carried over (a `Command`
+    /// does not expose them): set them on the result.
     pub fn wrap(&self, command: &Command) -> Command {
         let mut wrapped = Command::new("sh");
         wrapped

@@ -85,7 +85,8 @@ impl Report {
         f64::from(self.latencies_us[at]) / 1000.0
     }
 
-    /// Several runs as one: their requests, time and latencies together.
+    /// Runs one after the other as one: their requests, latencies and times added up
+    /// (unlike [`Report::merge`], whose parts ran over the same time).
     pub fn pooled(reports: &[Report]) -> Report {
         Report {
             ok: reports.iter().map(|r| r.ok).sum(),
