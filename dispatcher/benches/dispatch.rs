@@ -364,7 +364,8 @@ impl Child {
         if let Some(limit) = limit {
             command = limit.wrap(&command);
         }
-        let process = command.stdout(std::process::Stdio::null()).spawn().unwrap();
+        command.stdout(std::process::Stdio::null());
+        let process = fanout_testkit::tied::spawn(command).unwrap();
         Child { process }
     }
 

@@ -264,11 +264,8 @@ spec:
             command = limit.wrap(&command);
         }
         let file = std::fs::File::create(&log).unwrap();
-        let process = command
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
+        command.stdout(file.try_clone().unwrap()).stderr(file);
+        let process = fanout_testkit::tied::spawn(command).unwrap();
         Child { process, log }
     }
 

@@ -10,7 +10,8 @@
 //! - [`oauth2::TokenServer`]: an OAuth 2.0 token endpoint (client credentials).
 //! - [`otel::Collector`]: an OpenTelemetry Collector that records the spans it receives.
 //! - [`node`]: the same with one real node (`e2e/node.sh`), pods and images.
-//! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed.
+//! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed;
+//!   [`tied::spawn`]: every child the testkit starts ends with the test process.
 //! - [`prometheus`]: alerting rules checked against the metrics processes export.
 //! - [`proxy::FreezingProxy`]: a loopback TCP proxy that can stop forwarding;
 //!   [`nats_proxy::NatsProxy`]: one in front of nats-server that cuts off one client.
@@ -41,6 +42,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod python;
 pub mod target;
+pub mod tied;
 pub mod tools;
 pub mod wait;
 pub mod webhooks;

@@ -13,9 +13,9 @@ use anyhow::Context;
 use tempfile::TempDir;
 
 use crate::pki::TestCa;
-use crate::{free_port, tools, wait};
+use crate::{free_port, tied, tools, wait};
 
-/// A nats-server child process; killed when dropped.
+/// A nats-server child process; killed when dropped, and when the test process ends.
 pub struct NatsServer {
     child: Option<Child>,
     host: IpAddr,
@@ -201,7 +201,7 @@ impl NatsServer {
         if let Some(config) = &self.config {
             command.arg("-c").arg(config);
         }
-        let child = command
+        command
             .args(["-a", &self.host.to_string(), "-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
             .arg("-js")
@@ -211,9 +211,9 @@ impl NatsServer {
             .arg(self.log_file())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+            .stderr(Stdio::null());
+        let child =
+            tied::spawn(command).with_context(|| format!("starting {}", binary.display()))?;
         let (host, monitor) = (self.host, self.monitor_port);
         let child = self.child.insert(child);
         // A server that exits (a port taken, a configuration it refuses) is not waited

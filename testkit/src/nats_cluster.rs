@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use crate::nats::healthz;
 use crate::netns::{Host, Lab};
 use crate::process::send_signal;
-use crate::{free_port, http, tools, wait};
+use crate::{free_port, http, tied, tools, wait};
 
 /// Name of the NATS cluster (its routes refuse servers of another cluster).
 const CLUSTER: &str = "fanout-test";
@@ -201,7 +201,7 @@ impl NatsCluster {
             }
             None => Command::new(&binary),
         };
-        let child = command
+        command
             .args(["--server_name", &node.name, "--cluster_name", CLUSTER])
             .args(["-a", &node.host.to_string()])
             .args(["-p", &node.client_port.to_string()])
@@ -217,9 +217,9 @@ impl NatsCluster {
             .arg(self.log_file(i))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+            .stderr(Stdio::null());
+        let child =
+            tied::spawn(command).with_context(|| format!("starting {}", binary.display()))?;
         self.nodes[i].child = Some(child);
         let (host, monitor) = (self.nodes[i].host, self.nodes[i].monitor_port);
         let ready = wait::until_blocking(

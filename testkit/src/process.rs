@@ -20,16 +20,22 @@ impl Spawned {
     pub fn start(mut command: Command, log: &Path) -> anyhow::Result<Spawned> {
         let stderr = std::fs::File::create(log)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", log.display()))?;
-        let child = command
+        let program = command.get_program().to_owned();
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting {:?}: {e}", command.get_program()))?;
+            .stderr(stderr);
+        let child = crate::tied::spawn(command)
+            .map_err(|e| anyhow::anyhow!("starting {program:?}: {e}"))?;
         Ok(Spawned {
             child,
             log: log.to_path_buf(),
         })
+    }
+
+    /// The process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What the process has written to stderr so far.
@@ -82,7 +88,7 @@ impl Drop for Spawned {
 }
 
 /// Sends `signal` to process `pid` with kill(1): tests need SIGTERM and SIGSTOP, which
-/// `std::process::Child` cannot send, and the workspace forbids unsafe code.
+/// `std::process::Child` cannot send, and the testkit keeps unsafe code to `tied.rs`.
 pub fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])

@@ -198,11 +198,11 @@ impl Targets {
     /// Starts `bench_binary --child-targets` and reads its ports.
     pub fn start(bench_binary: PathBuf) -> Targets {
         use std::io::BufRead;
-        let mut process = std::process::Command::new(bench_binary)
+        let mut command = std::process::Command::new(bench_binary);
+        command
             .arg("--child-targets")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stdout(std::process::Stdio::piped());
+        let mut process = fanout_testkit::tied::spawn(command).unwrap();
         let mut line = String::new();
         std::io::BufReader::new(process.stdout.take().unwrap())
             .read_line(&mut line)

@@ -79,7 +79,7 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// A child process, killed when dropped.
+/// A child process, killed when dropped (and when the bench ends: `tied::spawn`).
 struct ChildProcess(Child);
 
 impl Drop for ChildProcess {
@@ -884,7 +884,7 @@ async fn start_trivial_server(threads: Option<usize>) -> (ChildProcess, SocketAd
     let mut command = Command::new(exe);
     command.arg(addr.to_string());
     command.args(threads.map(|n| n.to_string()));
-    let trivial = ChildProcess(command.spawn().unwrap());
+    let trivial = ChildProcess(fanout_testkit::tied::spawn(command).unwrap());
     wait_port(addr).await;
     (trivial, addr)
 }
@@ -933,19 +933,17 @@ async fn start_gateway(
     extra: &[&str],
 ) -> (ChildProcess, SocketAddr) {
     let ops = free_addr();
-    let gateway = ChildProcess(
-        Command::new(binary)
-            .arg("gateway")
-            .arg("--config")
-            .arg(config)
-            .args(["--listen", &addr.to_string(), "--nats-url", &nats.url()])
-            .args(["--listen-ops", &ops.to_string()])
-            .args(extra)
-            .env("FANOUT_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut command = Command::new(binary);
+    command
+        .arg("gateway")
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", &addr.to_string(), "--nats-url", &nats.url()])
+        .args(["--listen-ops", &ops.to_string()])
+        .args(extra)
+        .env("FANOUT_LOG", "warn")
+        .stdout(Stdio::null());
+    let gateway = ChildProcess(fanout_testkit::tied::spawn(command).unwrap());
     wait_http_ok(ops, "/readyz").await;
     (gateway, ops)
 }

@@ -1,0 +1,76 @@
+//! Children that end with the process that started them. A test or benchmark that is
+//! killed (a CI timeout, `kill`, a wrapper such as `timeout`) runs no destructors, so
+//! its nats-servers and `fanout` processes used to go on running: idle servers that
+//! hold ports and memory, and busy contenders that skew the next benchmark. A child
+//! started by [`spawn`] is sent SIGKILL by the kernel when this process ends, however
+//! it ends (Linux's `PR_SET_PDEATHSIG`).
+//!
+//! The kernel sends that signal when the *thread* that forked the child ends, not the
+//! process. Tests start servers from threads that end before the process does (a
+//! test's own thread, Tokio's blocking pool), so every child is forked by one thread
+//! of this module's that lives as long as the process.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+
+type Job = (Command, mpsc::SyncSender<io::Result<Child>>);
+
+/// Starts `command` as a child that is killed when this process ends.
+pub fn spawn(command: Command) -> io::Result<Child> {
+    let (reply, answer) = mpsc::sync_channel(1);
+    spawner()
+        .send((command, reply))
+        .map_err(|_| io::Error::other("the spawning thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the spawning thread is gone"))?
+}
+
+/// The thread that forks every tied child; it never ends (its channel's sender is
+/// static).
+fn spawner() -> &'static mpsc::Sender<Job> {
+    static SPAWNER: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("testkit-spawner".into())
+            .spawn(move || {
+                for (command, reply) in receiver {
+                    let _ = reply.send(spawn_here(command));
+                }
+            })
+            .expect("starting the thread that spawns tied children");
+        jobs
+    })
+}
+
+#[allow(unsafe_code)]
+fn spawn_here(mut command: Command) -> io::Result<Child> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec, and makes only
+    // async-signal-safe calls (prctl, getppid) and no allocation.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have ended before the signal was asked for: then none
+            // would come.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
