@@ -262,6 +262,31 @@ async fn sigterm_while_nats_is_away_still_stops_the_dispatcher() {
     );
 }
 
+/// With nothing in flight, a pod told to stop while NATS is away stops at once: it
+/// does not wait out JetStream's timeout (5 s) for acknowledgements of its last
+/// health snapshot and history records, which cannot come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_nats_is_away_and_nothing_is_in_flight_stops_at_once() {
+    let target = TargetServer::start().await.unwrap();
+    let mut setup = route_to(&target.url("/"), "").await;
+    setup.publish((0..5).map(|i| format!("evt-{i}"))).await;
+    let port = free_port();
+    let mut dispatcher = setup.dispatcher(port);
+    target.wait_for(5, T).await.unwrap();
+
+    setup.nats.kill();
+    wait_nats_away(&format!("127.0.0.1:{port}")).await;
+    // Less than JetStream's 5 s: stopping in time shows that no answer was awaited.
+    let status = dispatcher.terminate(Duration::from_secs(4));
+    let log = dispatcher.log();
+    let status = status.unwrap_or_else(|e| panic!("{e:#}\n{log}"));
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        log.contains("NATS is away: the last health snapshot is not written"),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_file_fails_fast_naming_the_field() {
     let target = TargetServer::start().await.unwrap();

@@ -363,6 +363,7 @@ impl Engine {
         tasks.spawn(health::report(
             workers.clone(),
             bucket,
+            js.client(),
             options.pod.clone(),
             options.health_interval,
             shutdown.clone(),

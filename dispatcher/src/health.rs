@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::connection::State;
 use async_nats::jetstream::kv;
 use fanout_config::names::RouteKey;
 use fanout_provision::observe;
@@ -16,6 +17,7 @@ use crate::worker::Worker;
 pub async fn report(
     workers: Vec<Arc<Worker>>,
     bucket: kv::Store,
+    nats: async_nats::Client,
     pod: String,
     interval: Duration,
     shutdown: CancellationToken,
@@ -25,6 +27,12 @@ pub async fn report(
             _ = tokio::time::sleep(interval) => false,
             _ = shutdown.cancelled() => true,
         };
+        if stopping && nats.connection_state() == State::Disconnected {
+            // The write would wait out JetStream's timeout for an answer that cannot
+            // come; the operator sees this pod's snapshots age instead.
+            tracing::info!("NATS is away: the last health snapshot is not written");
+            return;
+        }
         let mut route = None;
         for worker in &workers {
             let snapshot = worker.snapshot(&pod);

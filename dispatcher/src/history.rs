@@ -17,6 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use async_nats::connection::State;
 use async_nats::jetstream;
 use bytes::Bytes;
 use fanout_config::history::{self, BUCKETS, Record};
@@ -213,15 +214,25 @@ async fn flush(
             () = done.cancelled() => break,
         }
     }
+    // Stopping while NATS is away: each publish would wait out JetStream's timeout for
+    // an acknowledgement that cannot come, and a pod told to stop must stop. The
+    // records left are counted as dropped instead.
+    let away = publisher.js.client().connection_state() == State::Disconnected;
+    let mut last = Vec::new();
     while let Ok(batch) = batches.try_recv() {
-        publisher.publish(batch).await;
+        last.push(batch);
     }
-    for target in &targets {
-        for batch in target.take_all() {
+    last.extend(targets.iter().flat_map(|target| target.take_all()));
+    for batch in last {
+        if away {
+            publisher.lost(batch.records, &batch.dropped, "NATS is away at stop");
+        } else {
             publisher.publish(batch).await;
         }
     }
-    publisher.settle_all().await;
+    if !away {
+        publisher.settle_all().await;
+    }
 }
 
 type Ack = std::pin::Pin<Box<dyn Future<Output = (Result<(), String>, u64, Counter)> + Send>>;
