@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use fanout_testkit::nats_proxy::NatsProxy;
+use fanout_testkit::process::Spawned;
 use fanout_testkit::target::{Reply, TargetServer};
 use fanout_testkit::{free_port, http, wait};
 use support::ProvisionedRoute;
@@ -233,6 +234,26 @@ async fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     assert!(again.terminate(T).unwrap().success());
 }
 
+/// A dispatcher for a route to `target` with `published` events, once `delivered` of
+/// them have reached it and its NATS server has been killed under it.
+async fn nats_away_under(
+    target: &TargetServer,
+    target_extra: &str,
+    published: usize,
+    delivered: usize,
+) -> (ProvisionedRoute, Spawned) {
+    let mut setup = route_to(&target.url("/"), target_extra).await;
+    setup
+        .publish((0..published).map(|i| format!("evt-{i}")))
+        .await;
+    let port = free_port();
+    let dispatcher = setup.dispatcher(port);
+    target.wait_for(delivered, T).await.unwrap();
+    setup.nats.kill();
+    wait_nats_away(&format!("127.0.0.1:{port}")).await;
+    (setup, dispatcher)
+}
+
 /// A pod told to stop while NATS is away (a node drained during a NATS outage) must
 /// still stop, within its termination grace period: what it cannot hand back,
 /// JetStream redelivers after the ack wait.
@@ -240,15 +261,7 @@ async fn sigterm_finishes_requests_in_flight_and_exits_zero() {
 async fn sigterm_while_nats_is_away_still_stops_the_dispatcher() {
     let target = TargetServer::start().await.unwrap();
     target.set_default(Reply::Delay(Duration::from_millis(20), 200));
-    let mut setup = route_to(&target.url("/"), "  maxInFlight: 8\n").await;
-    setup.publish((0..200).map(|i| format!("evt-{i}"))).await;
-    let port = free_port();
-    let mut dispatcher = setup.dispatcher(port);
-    target.wait_for(20, T).await.unwrap();
-
-    setup.nats.kill();
-    let addr = format!("127.0.0.1:{port}");
-    wait_nats_away(&addr).await;
+    let (_setup, mut dispatcher) = nats_away_under(&target, "  maxInFlight: 8\n", 200, 20).await;
     // The support's dispatcher has a grace of 10 s; stopping may take that, 5 s more
     // for NATS, and the exit itself.
     let status = dispatcher.terminate(Duration::from_secs(20));
@@ -268,14 +281,7 @@ async fn sigterm_while_nats_is_away_still_stops_the_dispatcher() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_nats_is_away_and_nothing_is_in_flight_stops_at_once() {
     let target = TargetServer::start().await.unwrap();
-    let mut setup = route_to(&target.url("/"), "").await;
-    setup.publish((0..5).map(|i| format!("evt-{i}"))).await;
-    let port = free_port();
-    let mut dispatcher = setup.dispatcher(port);
-    target.wait_for(5, T).await.unwrap();
-
-    setup.nats.kill();
-    wait_nats_away(&format!("127.0.0.1:{port}")).await;
+    let (_setup, mut dispatcher) = nats_away_under(&target, "", 5, 5).await;
     // Less than JetStream's 5 s: stopping in time shows that no answer was awaited.
     let status = dispatcher.terminate(Duration::from_secs(4));
     let log = dispatcher.log();
