@@ -56,6 +56,9 @@ fn state(pid: u32) -> Option<char> {
 
 #[test]
 fn a_tied_child_ends_with_the_process_that_started_it() {
+    // The helper is killed before it can remove its temporary files (nats-server's
+    // store, a log): they go in a directory this test removes.
+    let tmp = tempfile::tempdir().unwrap();
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .args([
             "helper_that_gets_killed",
@@ -64,6 +67,7 @@ fn a_tied_child_ends_with_the_process_that_started_it() {
             "--nocapture",
         ])
         .env(HELPER, "1")
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
