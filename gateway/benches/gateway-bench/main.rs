@@ -8,11 +8,14 @@
 //!     process) at its maximum rate with 256-byte bodies, counting acknowledged
 //!     events (202s), and its own CPU per event against (a)'s per request;
 //! (d) the gateway at half of that rate: latency percentiles; and (d') JetStream's own
-//!     publish+ack at the same rate: what the gateway adds to the storage's latency.
+//!     publish+ack at the same rate: what the gateway adds to the storage's latency;
+//!     and (d-) the trivial server at that rate too: the gateway's CPU per event
+//!     against the trivial server's at the same offered load, below the maximum
+//!     where pods usually run.
 //! (a1) and (c1): the same with one serving thread each, the trivial server's and the
 //!     gateway's (`--shards 1`): the shape the Helm chart gives the gateway by default
 //!     (a shard per requested CPU, rounded up, and it requests 100m).
-//! (a), (a1), (c), (c1), (d) and (d') run in rounds (`BENCH_ROUNDS`, default 3), each
+//! (a), (a1), (c), (c1), (d), (d') and (d-) run in rounds (`BENCH_ROUNDS`, default 3), each
 //! ceiling and its gateway back to back in alternating order, (d) and (d') too,
 //! because this machine's speed drifts by tens of percent within minutes: each round
 //! compares them under the same conditions, and the goals are judged on the median
@@ -423,29 +426,42 @@ async fn run() {
             .ok()
             .and_then(|r| r.parse().ok())
             .unwrap_or(max[0].0.rate() / 2.0);
-        // (d) of each gateway and (d'), JetStream alone (`None`), all at the same rate.
-        let mut half_order = vec![None];
-        half_order.extend((0..gateways.len()).map(Some));
+        // (d) of each gateway, (d') JetStream alone and (d-) each ceiling, all at the
+        // same rate.
+        let mut half_order = vec![HalfStep::Storage];
+        half_order.extend((0..gateways.len()).map(HalfStep::Gateway));
+        half_order.extend((0..ceilings.len()).map(HalfStep::Ceiling));
         if !forward {
             half_order.reverse();
         }
-        let mut half: Vec<Option<Report>> = gateways.iter().map(|_| None).collect();
+        let mut half: Vec<Option<(Report, f64)>> = gateways.iter().map(|_| None).collect();
+        let mut ceilings_half: Vec<f64> = vec![f64::NAN; ceilings.len()];
         let mut storage_half = None;
         for step in half_order {
             match step {
-                Some(g) => {
+                HalfStep::Gateway(g) => {
                     let (target, processes, _) = &gateways[g];
                     let observer = if dump && round == 0 && g == 0 {
                         Some(Observer::start(gateway_ops, processes).await)
                     } else {
                         None
                     };
-                    half[g] = Some(load::open_loop(target, connections, half_rate, seconds).await);
+                    half[g] = Some(
+                        open_loop_with_cpu(target, processes[0].1, connections, half_rate, seconds)
+                            .await,
+                    );
                     if let Some(observer) = observer {
                         observer.print("(d) of round 1").await;
                     }
                 }
-                None => {
+                HalfStep::Ceiling(c) => {
+                    let (target, processes) = &ceilings[c];
+                    ceilings_half[c] =
+                        open_loop_with_cpu(target, processes[0].1, connections, half_rate, seconds)
+                            .await
+                            .1;
+                }
+                HalfStep::Storage => {
                     storage_half = Some(
                         jetstream::publish_at_rate(&js, &payload, connections, half_rate, seconds)
                             .await,
@@ -457,15 +473,20 @@ async fn run() {
             .into_iter()
             .zip(half)
             .zip(&gateways)
-            .map(|(((max, cpu), half), (_, _, ceiling))| GatewayRound {
-                max,
-                cpu,
-                half: half.unwrap(),
-                ceiling: *ceiling,
+            .map(|(((max, cpu), half), (_, _, ceiling))| {
+                let (half, half_cpu) = half.unwrap();
+                GatewayRound {
+                    max,
+                    cpu,
+                    half,
+                    half_cpu,
+                    ceiling: *ceiling,
+                }
             })
             .collect();
         let mut this = Round {
             ceilings: ceilings_measured,
+            ceilings_half,
             gateways: gateways_measured,
             half_rate,
             storage_half: storage_half.unwrap(),
@@ -673,6 +694,8 @@ struct Round {
     /// The trivial server with one thread per CPU, then with one thread; each with
     /// the CPU per request of itself and the load generator.
     ceilings: Vec<Measured>,
+    /// The same trivial servers' CPU µs per request at `half_rate`.
+    ceilings_half: Vec<f64>,
     /// The gateway under test, those of `BENCH_COMPARE_FANOUT`, then the gateway with
     /// one shard.
     gateways: Vec<GatewayRound>,
@@ -686,6 +709,8 @@ struct GatewayRound {
     max: Report,
     cpu: Vec<(&'static str, f64)>,
     half: Report,
+    /// Its own CPU µs per acknowledged event in `half`.
+    half_cpu: f64,
     /// Which of the round's ceilings it is judged against.
     ceiling: usize,
 }
@@ -705,6 +730,12 @@ impl Round {
     /// server's per request.
     fn cpu_ratio(&self, g: usize) -> f64 {
         self.gateways[g].cpu[0].1 / self.ceiling_cpu(g)
+    }
+
+    /// Gateway `g`'s own CPU per acknowledged event at the half rate against its
+    /// ceiling's trivial server's per request at the same offered rate.
+    fn half_cpu_ratio(&self, g: usize) -> f64 {
+        self.gateways[g].half_cpu / self.ceilings_half[self.gateways[g].ceiling]
     }
 
     /// What gateway `g` adds to JetStream's own p99 at the same rate, in ms.
@@ -743,6 +774,31 @@ async fn closed_loop_with_cpu(
     let before = cpu_now(processes);
     let report = load::closed_loop(target, connections, WARMUP, seconds).await;
     let cpu = cpu_per_request(processes, &before, &report, seconds);
+    (report, cpu)
+}
+
+/// A step of a round's phases at the half rate.
+#[derive(Clone, Copy)]
+enum HalfStep {
+    /// (d') JetStream alone.
+    Storage,
+    /// (d) a gateway.
+    Gateway(usize),
+    /// (d-) a ceiling: the trivial server at the same offered rate.
+    Ceiling(usize),
+}
+
+/// An open-loop run at `rate` and the CPU µs per successful request of process `pid`.
+async fn open_loop_with_cpu(
+    target: &Target,
+    pid: u32,
+    connections: usize,
+    rate: f64,
+    seconds: Duration,
+) -> (Report, f64) {
+    let before = cpu_seconds(pid);
+    let report = load::open_loop(target, connections, rate, seconds).await;
+    let cpu = (cpu_seconds(pid) - before) / report.ok.max(1) as f64 * 1e6;
     (report, cpu)
 }
 
@@ -1185,6 +1241,19 @@ fn print_tables(mut r: Results) {
             "| {phase}/{ceiling_phase} {who} CPU per acked event / trivial server CPU per request | {} | median **{cpu_ratio:.2}x** | <= {CPU_RATIO_GOAL}x: {} |",
             each(&|x| format!("{:.2}x", x.cpu_ratio(g)), &mut r.rounds),
             verdict(cpu_ratio <= CPU_RATIO_GOAL)
+        );
+        let half_cpu_ratio = median(r.rounds.iter().map(|x| x.half_cpu_ratio(g)));
+        println!(
+            "| (d)/(d-) at the same offered rate (half of (c)): {who} CPU µs per acked event / trivial server's per request | {} | median **{half_cpu_ratio:.2}x** | |",
+            each(
+                &|x| format!(
+                    "{:.1} / {:.1} = {:.2}x",
+                    x.gateways[g].half_cpu,
+                    x.ceilings_half[x.gateways[g].ceiling],
+                    x.half_cpu_ratio(g)
+                ),
+                &mut r.rounds
+            ),
         );
         println!(
             "| (d) {who} p99 | {} | {} | |",
