@@ -15,11 +15,11 @@
 //! (a1) and (c1): the same with one serving thread each, the trivial server's and the
 //!     gateway's (`--shards 1`): the shape the Helm chart gives the gateway by default
 //!     (a shard per requested CPU, rounded up, and it requests 100m).
-//! (a), (a1), (c), (c1), (d), (d') and (d-) run in rounds (`BENCH_ROUNDS`, default 3), each
-//! ceiling and its gateway back to back in alternating order, (d) and (d') too,
-//! because this machine's speed drifts by tens of percent within minutes: each round
-//! compares them under the same conditions, and the goals are judged on the median
-//! CPU ratio and on the p99 of every round's (d) and (d') together.
+//! (a), (a1), (c), (c1), (d), (d') and (d-) run in rounds (`BENCH_ROUNDS`, default
+//! 3), each ceiling and its gateway back to back in alternating order, (d), (d') and
+//! (d-) too, because this machine's speed drifts by tens of percent within minutes:
+//! each round compares them under the same conditions, and the goals are judged on
+//! the median CPU ratio and on the p99 of every round's (d) and (d') together.
 //! Then the CPU goal in pairs (`BENCH_GOAL_PAIRS` runs, default 5, 2 in the short
 //! form): the gateway and its ceiling under load at the same time, half the
 //! connections each, (c) with (a) and (c1) with (a1), so that both meet the same
