@@ -829,7 +829,7 @@ fn parent() {
             b: Target::start().await,
             nats,
             js,
-            dir: tempfile::tempdir().unwrap(),
+            dir: fanout_testkit::tied::temp_dir("fanout-dispatch-bench-").unwrap(),
         };
         let paired_runs: usize = std::env::var("FANOUT_BENCH_PAIRED")
             .ok()

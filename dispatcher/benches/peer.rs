@@ -548,7 +548,7 @@ fn parent() {
                 js,
                 bento,
                 fanout,
-                dir: tempfile::tempdir().unwrap(),
+                dir: fanout_testkit::tied::temp_dir("fanout-peer-bench-").unwrap(),
             };
             match std::env::var("FANOUT_PEER_SWEEP") {
                 Ok(sweep) => {

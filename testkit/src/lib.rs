@@ -11,7 +11,8 @@
 //! - [`otel::Collector`]: an OpenTelemetry Collector that records the spans it receives.
 //! - [`node`]: the same with one real node (`e2e/node.sh`), pods and images.
 //! - [`process::Spawned`]: a `fanout` process started by a test, logged and killed;
-//!   [`tied::spawn`]: every child the testkit starts ends with the test process.
+//!   [`tied::spawn`]: every child the testkit starts ends with the test process, and
+//!   [`tied::temp_dir`]: its files go once it is gone.
 //! - [`prometheus`]: alerting rules checked against the metrics processes export.
 //! - [`proxy::FreezingProxy`]: a loopback TCP proxy that can stop forwarding;
 //!   [`nats_proxy::NatsProxy`]: one in front of nats-server that cuts off one client.

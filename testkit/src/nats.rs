@@ -82,7 +82,7 @@ impl NatsServer {
         tls: Option<&TestCa>,
         jwt: bool,
     ) -> anyhow::Result<NatsServer> {
-        let dir = tempfile::Builder::new().prefix("fanout-nats-").tempdir()?;
+        let dir = tied::temp_dir("fanout-nats-")?;
         // Secrets go in a file, not on the command line (where `ps` would show them).
         let mut config = String::new();
         if let Some(token) = &token {

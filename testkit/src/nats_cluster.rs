@@ -58,9 +58,7 @@ impl NatsCluster {
     }
 
     fn start_on(places: Vec<(IpAddr, Option<Host>)>) -> anyhow::Result<NatsCluster> {
-        let dir = tempfile::Builder::new()
-            .prefix("fanout-nats-cluster-")
-            .tempdir()?;
+        let dir = tied::temp_dir("fanout-nats-cluster-")?;
         let nodes = places
             .into_iter()
             .enumerate()

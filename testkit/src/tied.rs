@@ -9,9 +9,15 @@
 //! process. Tests start servers from threads that end before the process does (a
 //! test's own thread, Tokio's blocking pool), so every child is forked by one thread
 //! of this module's that lives as long as the process.
+//!
+//! Their files are tied the same way, less promptly: a directory made by
+//! [`temp_dir`] carries this process's id in its name, and is removed the next time
+//! one with the same prefix is made, once that process is gone (a killed bench left
+//! nats-server stores of tens of megabytes behind).
 
 use std::io;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::sync::mpsc;
@@ -73,4 +79,40 @@ fn spawn_here(mut command: Command) -> io::Result<Child> {
         });
     }
     command.spawn()
+}
+
+/// A temporary directory named `<prefix><pid>-<random>` in the system's temporary
+/// directory, removed when dropped, or else by a later call once this process is gone.
+pub fn temp_dir(prefix: &str) -> io::Result<tempfile::TempDir> {
+    temp_dir_in(&std::env::temp_dir(), prefix)
+}
+
+/// [`temp_dir`] in `root`.
+pub fn temp_dir_in(root: &Path, prefix: &str) -> io::Result<tempfile::TempDir> {
+    remove_orphans(root, prefix);
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}-", std::process::id()))
+        .tempdir_in(root)
+}
+
+/// Removes the directories `temp_dir_in(root, prefix)` made for processes that are
+/// gone.
+fn remove_orphans(root: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }

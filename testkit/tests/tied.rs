@@ -1,6 +1,7 @@
 //! A child started with `tied::spawn` ends when the process that started it is
 //! killed, and not before, even when the thread that asked for it has ended; so do
-//! the testkit's nats-servers and `Spawned` processes.
+//! the testkit's nats-servers and `Spawned` processes. A killed process's temporary
+//! directories go when the next one is made.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -114,4 +115,19 @@ fn a_tied_child_ends_with_the_process_that_started_it() {
         }
     }
     ended.unwrap();
+
+    // The killed helper's nats-server store is still there, until the next directory
+    // with its prefix is made.
+    let helper_dirs = || {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&format!("fanout-nats-{}-", helper.id())))
+            .count()
+    };
+    assert_eq!(helper_dirs(), 1, "the helper's nats-server made its store");
+    let ours = tied::temp_dir_in(tmp.path(), "fanout-nats-").unwrap();
+    assert_eq!(helper_dirs(), 0, "the killed helper's store is left behind");
+    assert!(ours.path().exists());
 }

@@ -298,7 +298,7 @@ async fn run() {
 
     let nats = NatsServer::start().expect("starting nats-server");
     let js = jetstream::provision(&nats).await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = fanout_testkit::tied::temp_dir("fanout-gateway-bench-").unwrap();
     let config = jetstream::write_gateway_config(dir.path(), TOKEN);
     let fanout = fanout_testkit::fanout_release_binary();
     let addr = free_addr();
