@@ -145,21 +145,8 @@ impl Drop for CpuLimit {
 /// An orphan still holding a process (a contender that outlived its bench) stays:
 /// rmdir refuses it.
 pub fn remove_orphans(root: &Path, name: &str) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(pid) = file_name
-            .to_str()
-            .and_then(|n| n.strip_prefix(name)?.strip_prefix('-'))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir(entry.path());
-        }
+    for dir in crate::tied::orphans(root, &format!("{name}-")) {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 

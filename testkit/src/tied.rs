@@ -17,7 +17,7 @@
 
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::sync::mpsc;
@@ -98,21 +98,31 @@ pub fn temp_dir_in(root: &Path, prefix: &str) -> io::Result<tempfile::TempDir> {
 /// Removes the directories `temp_dir_in(root, prefix)` made for processes that are
 /// gone.
 fn remove_orphans(root: &Path, prefix: &str) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(prefix))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
+    for dir in orphans(root, prefix) {
+        let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// The entries of `root` named `<prefix><pid>`, or `<prefix><pid>-<anything>`, whose
+/// process `pid` is gone: what a killed process left under its id.
+pub fn orphans(root: &Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let pid_of = |name: &str| {
+        let rest = name.strip_prefix(prefix)?;
+        let (pid, _) = rest.split_once('-').unwrap_or((rest, ""));
+        pid.parse::<u32>().ok()
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(pid_of)
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .map(|entry| entry.path())
+        .collect()
 }
