@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::connection::State;
 use async_nats::jetstream::kv;
 use fanout_config::names::RouteKey;
 use fanout_provision::observe;
@@ -27,7 +26,7 @@ pub async fn report(
             _ = tokio::time::sleep(interval) => false,
             _ = shutdown.cancelled() => true,
         };
-        if stopping && nats.connection_state() == State::Disconnected {
+        if stopping && fanout_process::nats::is_away(&nats) {
             // The write would wait out JetStream's timeout for an answer that cannot
             // come; the operator sees this pod's snapshots age instead.
             tracing::info!("NATS is away: the last health snapshot is not written");

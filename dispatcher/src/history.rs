@@ -17,7 +17,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::connection::State;
 use async_nats::jetstream;
 use bytes::Bytes;
 use fanout_config::history::{self, BUCKETS, Record};
@@ -217,7 +216,7 @@ async fn flush(
     // Stopping while NATS is away: each publish would wait out JetStream's timeout for
     // an acknowledgement that cannot come, and a pod told to stop must stop. The
     // records left are counted as dropped instead.
-    let away = publisher.js.client().connection_state() == State::Disconnected;
+    let away = fanout_process::nats::is_away(&publisher.js.client());
     let mut last = Vec::new();
     while let Ok(batch) = batches.try_recv() {
         last.push(batch);

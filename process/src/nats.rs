@@ -11,6 +11,12 @@ use anyhow::Context;
 /// NATS.
 pub const FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
 
+/// Whether `client` has lost its server and not yet reached another: anything that
+/// waits for an answer from NATS would wait out its timeout.
+pub fn is_away(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Disconnected
+}
+
 /// Sends what `client` still buffers (the last health snapshot, core publishes) before
 /// the process exits, waiting at most `limit`. async-nats' own flush waits for a
 /// reconnect for ever while NATS is away, and a process told to stop must stop: what
@@ -18,7 +24,7 @@ pub const FLUSH_AT_EXIT: Duration = Duration::from_secs(5);
 /// redelivers events whose acks did not arrive, and dead letters are published with
 /// an acknowledgement before their event is let go).
 pub async fn flush_before_exit(client: &async_nats::Client, limit: Duration) -> anyhow::Result<()> {
-    if client.connection_state() == async_nats::connection::State::Disconnected {
+    if is_away(client) {
         anyhow::bail!("NATS is away: what this process had not yet sent to it is dropped");
     }
     tokio::time::timeout(limit, client.flush())

@@ -11,11 +11,12 @@ use fanout_testkit::process::user_and_system_cpu;
 fn busy_cpu_seconds(limit: Option<&CpuLimit>, window: Duration) -> f64 {
     let mut busy = Command::new("sh");
     busy.args(["-c", "while :; do :; done"]);
-    let mut command = match limit {
+    let command = match limit {
         Some(limit) => limit.wrap(&busy),
         None => busy,
     };
-    let mut child = command.spawn().expect("starting sh");
+    // Tied: a busy loop left running by a killed test would skew everything after it.
+    let mut child = fanout_testkit::tied::spawn(command).expect("starting sh");
     let start = Instant::now();
     // The measurement window itself: CPU used over a fixed stretch of wall time.
     std::thread::sleep(window);
