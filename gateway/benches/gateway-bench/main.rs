@@ -23,7 +23,10 @@
 //! Then the CPU goal in pairs (`BENCH_GOAL_PAIRS` runs, default 5, 2 in the short
 //! form): the gateway and its ceiling under load at the same time, half the
 //! connections each, (c) with (a) and (c1) with (a1), so that both meet the same
-//! stretch of the machine.
+//! stretch of the machine. Then the one-shard pair again, each within a CPU limit
+//! of its own (`BENCH_CPU_LIMIT` millicores, default 300; 0 skips it), as a pod at
+//! its `resources.limits.cpu`: each server sets its own rate, and nats-server and the
+//! load generator have cores to spare ([`within_limit`]).
 //! Then (e) the gateway, (e1) the one-shard gateway and (e') JetStream alone, each
 //! at 5,000/s, in as many rounds, alternating: what the gateway adds to the storage's
 //! latency where the cores are not saturated, judged on the median of the rounds'
@@ -51,12 +54,14 @@
 mod jetstream;
 mod load;
 mod own_client;
+mod within_limit;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fanout_testkit::cpu_limit::CpuLimit;
 use fanout_testkit::nats::NatsServer;
 use load::{Report, Target};
 
@@ -132,6 +137,12 @@ fn body(size: usize) -> Bytes {
 
 /// User + system CPU time of a process so far, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = user_and_system_seconds(pid);
+    user + system
+}
+
+/// User and system CPU time of a process so far, in seconds.
+fn user_and_system_seconds(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) start at field 3.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -142,7 +153,7 @@ fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 
 /// The processes that spend CPU on an event sent through the gateway.
@@ -158,6 +169,12 @@ fn cpu_now(processes: &[(&str, u32)]) -> Vec<f64> {
     processes.iter().map(|(_, pid)| cpu_seconds(*pid)).collect()
 }
 
+/// The successful requests of a closed-loop run of `seconds`, counting those of its
+/// warm-up at the same rate: they used CPU too.
+fn requests(report: &Report, seconds: Duration) -> f64 {
+    report.ok as f64 * (1.0 + WARMUP.as_secs_f64() / seconds.as_secs_f64())
+}
+
 /// CPU microseconds per successful request of a closed-loop run, by process.
 fn cpu_per_request<'a>(
     processes: &[(&'a str, u32)],
@@ -165,8 +182,7 @@ fn cpu_per_request<'a>(
     report: &Report,
     seconds: Duration,
 ) -> Vec<(&'a str, f64)> {
-    // The warm-up's requests used CPU too.
-    let requests = report.ok as f64 * (1.0 + WARMUP.as_secs_f64() / seconds.as_secs_f64());
+    let requests = requests(report, seconds);
     processes
         .iter()
         .zip(before)
@@ -248,6 +264,8 @@ struct Settings {
     rounds: usize,
     /// Runs of each gateway shape loaded together with its ceiling ([`goal_pairs`]).
     goal_pairs: u64,
+    /// The CPU limit of [`within_limit`], in millicores (0: not run).
+    cpu_limit: u64,
     short: bool,
 }
 
@@ -259,6 +277,7 @@ impl Settings {
             seconds: Duration::from_secs(env_number("BENCH_SECONDS", if short { 3 } else { 5 })),
             rounds: env_number("BENCH_ROUNDS", if short { 2 } else { 3 }).max(1) as usize,
             goal_pairs: env_number("BENCH_GOAL_PAIRS", if short { 2 } else { 5 }),
+            cpu_limit: env_number("BENCH_CPU_LIMIT", 300),
             short,
         }
     }
@@ -271,6 +290,7 @@ async fn run() {
         seconds,
         rounds,
         goal_pairs: pair_runs,
+        cpu_limit,
         short,
     } = settings;
     let payload = body(256);
@@ -302,7 +322,7 @@ async fn run() {
     let config = jetstream::write_gateway_config(dir.path(), TOKEN);
     let fanout = fanout_testkit::fanout_release_binary();
     let addr = free_addr();
-    let (gateway, gateway_ops) = start_gateway(&fanout, &config, addr, &nats, &[]).await;
+    let (gateway, gateway_ops) = start_gateway(&fanout, &config, addr, &nats, &[], None).await;
     let events = Target {
         addr,
         path: PATH.into(),
@@ -324,7 +344,7 @@ async fn run() {
     {
         let binary = std::path::PathBuf::from(binary);
         let addr = free_addr();
-        let (process, _) = start_gateway(&binary, &config, addr, &nats, &[]).await;
+        let (process, _) = start_gateway(&binary, &config, addr, &nats, &[], None).await;
         // The file's name, or its whole path when another binary has that name.
         let name = binary
             .file_name()
@@ -339,12 +359,19 @@ async fn run() {
     }
     // The gateway as the Helm chart runs it by default: one shard.
     let one_shard_addr = free_addr();
-    let (one_shard, _) =
-        start_gateway(&fanout, &config, one_shard_addr, &nats, &["--shards", "1"]).await;
+    let (one_shard, _) = start_gateway(
+        &fanout,
+        &config,
+        one_shard_addr,
+        &nats,
+        &["--shards", "1"],
+        None,
+    )
+    .await;
     // Each gateway's ceiling: a trivial server with as many serving threads as it has
     // shards.
-    let (trivial, trivial_addr) = start_trivial_server(None).await;
-    let (trivial_one, trivial_one_addr) = start_trivial_server(Some(1)).await;
+    let (trivial, trivial_addr) = start_trivial_server(None, None).await;
+    let (trivial_one, trivial_one_addr) = start_trivial_server(Some(1), None).await;
     let plain = Target {
         addr: trivial_addr,
         headers: vec![("content-type", "application/json".into())],
@@ -519,6 +546,19 @@ async fn run() {
         let ratios = goal_pairs(label, gateway, ceiling, connections, seconds, pair_runs).await;
         pairs.push((label, ratios));
     }
+    // The same goal with each server of the chart's shape within the same CPU limit.
+    let within_limit = if cpu_limit == 0 || pair_runs == 0 {
+        None
+    } else {
+        let setup = within_limit::Setup {
+            fanout: &fanout,
+            config: &config,
+            nats: &nats,
+            events: &events,
+            plain: &plain,
+        };
+        Some(within_limit::measure(setup, cpu_limit, connections, seconds, pair_runs).await)
+    };
     paired(&compared, connections, seconds).await;
     drop(compared);
     drop(trivial_one);
@@ -610,6 +650,7 @@ async fn run() {
         fixed,
         rss_kib,
         pairs,
+        within_limit,
     });
 }
 
@@ -934,12 +975,20 @@ async fn goal_pairs(
 /// The trivial server (`trivial-server` of `fanout-baselines`, built like `fanout`),
 /// once it accepts connections.
 /// `threads` serve (default: one per CPU, as the gateway's default shards).
-async fn start_trivial_server(threads: Option<usize>) -> (ChildProcess, SocketAddr) {
+/// Within `limit`'s cgroup when given.
+async fn start_trivial_server(
+    threads: Option<usize>,
+    limit: Option<&CpuLimit>,
+) -> (ChildProcess, SocketAddr) {
     let addr = free_addr();
     let exe = fanout_testkit::release_binary("fanout-baselines", "trivial-server");
     let mut command = Command::new(exe);
     command.arg(addr.to_string());
     command.args(threads.map(|n| n.to_string()));
+    let command = match limit {
+        Some(limit) => limit.wrap(&command),
+        None => command,
+    };
     let trivial = ChildProcess(fanout_testkit::tied::spawn(command).unwrap());
     wait_port(addr).await;
     (trivial, addr)
@@ -980,13 +1029,14 @@ impl Observer {
 
 /// `fanout gateway` from `binary` (the release build, or the one compared with it), as
 /// a child process, once it is ready; with the address of its ops port (probes,
-/// metrics).
+/// metrics). Within `limit`'s cgroup when given.
 async fn start_gateway(
     binary: &std::path::Path,
     config: &std::path::Path,
     addr: SocketAddr,
     nats: &NatsServer,
     extra: &[&str],
+    limit: Option<&CpuLimit>,
 ) -> (ChildProcess, SocketAddr) {
     let ops = free_addr();
     let mut command = Command::new(binary);
@@ -997,8 +1047,12 @@ async fn start_gateway(
         .args(["--listen", &addr.to_string(), "--nats-url", &nats.url()])
         .args(["--listen-ops", &ops.to_string()])
         .args(extra)
-        .env("FANOUT_LOG", "warn")
-        .stdout(Stdio::null());
+        .env("FANOUT_LOG", "warn");
+    let mut command = match limit {
+        Some(limit) => limit.wrap(&command),
+        None => command,
+    };
+    command.stdout(Stdio::null());
     let gateway = ChildProcess(fanout_testkit::tied::spawn(command).unwrap());
     wait_http_ok(ops, "/readyz").await;
     (gateway, ops)
@@ -1078,6 +1132,8 @@ struct Results {
     rss_kib: Option<u64>,
     /// The CPU goal by pairs ([`goal_pairs`]): each shape's label and ratios by run.
     pairs: Vec<(&'static str, Vec<f64>)>,
+    /// The one-shard pair within a CPU limit each, or why it could not run.
+    within_limit: Option<Result<within_limit::WithinLimit, String>>,
 }
 
 /// (b2) or (b3): the gateway's store step without the gateway.
@@ -1285,6 +1341,38 @@ fn print_tables(mut r: Results) {
             runs.join(", "),
             verdict(ratio <= CPU_RATIO_GOAL)
         );
+    }
+    match &r.within_limit {
+        Some(Ok(limited)) => {
+            let ratios: Vec<f64> = limited.runs.iter().map(|run| run.ratio()).collect();
+            let ratio = median(ratios.iter().copied());
+            let by_run: Vec<String> = ratios.iter().map(|x| format!("{x:.2}x")).collect();
+            let of =
+                |f: &dyn Fn(&within_limit::LimitedRun) -> f64| median(limited.runs.iter().map(f));
+            println!(
+                "| (c1)/(a1) within a CPU limit of {m}m each (a cgroup with a CFS quota, what `resources.limits.cpu: {m}m` sets), at the same time, {} connections each, {} runs | {}; median **{ratio:.2}x** (medians: gateway {:.0} events/s at {:.1} µs ({:.1} in the kernel), trivial server {:.0} req/s at {:.1} µs ({:.1}); throttled in {:.0}% and {:.0}% of their periods; context switches per request {:.3} and {:.3}; the machine {:.0}% idle) | <= {CPU_RATIO_GOAL}x: {} |",
+                limited.connections_each,
+                ratios.len(),
+                by_run.join(", "),
+                of(&|x| x.gateway_rate),
+                of(&|x| x.gateway_cpu),
+                of(&|x| x.gateway_system),
+                of(&|x| x.trivial_rate),
+                of(&|x| x.trivial_cpu),
+                of(&|x| x.trivial_system),
+                100.0 * of(&|x| x.gateway_throttled),
+                100.0 * of(&|x| x.trivial_throttled),
+                of(&|x| x.gateway_switches),
+                of(&|x| x.trivial_switches),
+                100.0 * of(&|x| x.idle),
+                verdict(ratio <= CPU_RATIO_GOAL),
+                m = limited.millicores,
+            );
+        }
+        Some(Err(error)) => {
+            println!("| (c1)/(a1) within a CPU limit | skipped, no cgroup for it: {error} | |")
+        }
+        None => {}
     }
     println!(
         "| (b) raw JetStream publish, file storage, 1024 in flight | {} | storage ceiling |",
