@@ -3,13 +3,13 @@
 //! `resources.limits.cpu` sets), under load at the same time, half the connections
 //! each.
 //!
-//! Unlimited, the gateway shares two cores with nats-server and the load generator:
-//! it sleeps while JetStream acknowledges and is woken when the acknowledgements come,
-//! and what that costs grows with how busy the cores are (docs/benchmarks.md, "Nine
-//! pairs on a slow stretch"). The trivial server, whose answer brings the next request,
-//! almost never sleeps. Within a limit well below the machine, each server is what
-//! sets its own rate, as in a pod at its limit, and the rest of the chain has cores to
-//! spare: the CPU per event of a server that is kept busy.
+//! Unlimited, the two servers, nats-server and the load generator share two cores,
+//! and how often each server sleeps and waits for a core moves its CPU per request
+//! with the machine. Within a limit well below the machine each server is kept busy
+//! by its quota, as a pod at its limit is, and the rest of the chain has cores to
+//! spare. Each server's kernel share and context switches per request are printed
+//! beside the ratio, to tell the work from the waiting (docs/benchmarks.md, "The CPU
+//! goal within a CPU limit").
 
 use std::path::Path;
 use std::time::Duration;
