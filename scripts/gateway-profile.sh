@@ -22,12 +22,16 @@ FANOUT_BENCH_SHORT=1 BENCH_ROUNDS=1 BENCH_GOAL_PAIRS=1 BENCH_SECONDS=20 \
 bench=$!
 
 # The servers' pids, from the cgroups the bench makes for them (cgroup v1 or v2).
+# A cgroup left empty (by a killed run, or before the server has joined it) is skipped.
 pid_in() {
-    local dir
+    local dir pid
     for dir in /sys/fs/cgroup/cpu/fanout-gateway-bench-"$1"-* /sys/fs/cgroup/fanout-gateway-bench-"$1"-*; do
-        [ -r "$dir/cgroup.procs" ] && head -n 1 "$dir/cgroup.procs" && return
+        pid=$(head -n 1 "$dir/cgroup.procs" 2> /dev/null) || continue
+        if [ -n "$pid" ]; then
+            echo "$pid"
+            return
+        fi
     done
-    return 0
 }
 gateway='' trivial=''
 deadline=$((SECONDS + 600))

@@ -25,7 +25,12 @@ PARTS = [
     ("tokio", r"tokio::"),
     ("allocation (mimalloc)", r"\bmi_|_mi_|malloc|\bfree\b"),
     ("copies (mem*)", r"mem(move|cpy|cmp|set)"),
-    ("system call wrappers, clock", r"writev|recv|send|epoll|clock_gettime|__libc_(read|write)"),
+    # libc's and the vDSO's symbols, not Rust functions that happen to be called `send`.
+    (
+        "system call wrappers, clock",
+        r"^(__GI_+|__libc_)?(writev|recv|recvfrom|send|sendto|epoll_wait|read|write)$"
+        r"|clock_gettime",
+    ),
     ("bytes", r"bytes::"),
     ("std and core", r"\b(core|alloc|std)::"),
 ]
@@ -45,7 +50,7 @@ def parts(path):
         match = re.match(r"\s*([\d.]+)%\s+\[(.)\]\s+(.*)", line)
         if not match:
             continue
-        share, kind, symbol = float(match[1]), match[2], match[3]
+        share, kind, symbol = float(match[1]), match[2], match[3].strip()
         if kind == "k":
             shares[KERNEL] += share
             continue
