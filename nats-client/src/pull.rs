@@ -596,7 +596,7 @@ impl Session for Shared {
 
     fn take_outgoing(&self, sending: &mut Vec<u8>) {
         let mut state = self.lock();
-        std::mem::swap(sending, &mut state.out);
+        connection::move_bytes(&mut state.out, sending);
         sending.extend_from_slice(&state.acks);
         state.acks.clear();
     }

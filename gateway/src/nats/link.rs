@@ -378,7 +378,7 @@ impl Session for Shared {
     }
 
     fn take_outgoing(&self, sending: &mut Vec<u8>) {
-        std::mem::swap(sending, &mut self.lock().out);
+        connection::move_bytes(&mut self.lock().out, sending);
     }
 
     fn disconnected(&self) {
