@@ -217,12 +217,7 @@ fn nats_pid(port: u16) -> u32 {
 fn run_delay(pid: u32) -> (Duration, u64) {
     let mut waited = 0u64;
     let mut slices = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+    for stat in task_files(pid, "schedstat") {
         let fields: Vec<u64> = stat
             .split_whitespace()
             .filter_map(|f| f.parse().ok())
@@ -233,6 +228,15 @@ fn run_delay(pid: u32) -> (Duration, u64) {
         }
     }
     (Duration::from_nanos(waited), slices)
+}
+
+/// The text of `/proc/<pid>/task/<each thread>/<name>`, for the threads still there.
+fn task_files(pid: u32, name: &str) -> impl Iterator<Item = String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |task| std::fs::read_to_string(task.path().join(name)).ok())
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {

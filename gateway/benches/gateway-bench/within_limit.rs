@@ -20,7 +20,7 @@ use fanout_testkit::process::{idle_share_since, machine_idle_and_total};
 
 use crate::load::Target;
 use crate::{
-    free_addr, loaded_together, requests, start_gateway, start_trivial_server,
+    free_addr, loaded_together, requests, start_gateway, start_trivial_server, task_files,
     user_and_system_seconds,
 };
 
@@ -166,12 +166,7 @@ pub async fn measure(
 
 /// Voluntary and involuntary context switches of all of a process's threads so far.
 fn context_switches(pid: u32) -> u64 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten();
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+    task_files(pid, "status")
         .flat_map(|status| {
             status
                 .lines()
