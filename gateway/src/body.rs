@@ -1,6 +1,9 @@
 //! Reading a request body up to the configured limit and within the body read
 //! timeout.
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -47,11 +50,15 @@ pub async fn read(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
-    // The timer is registered only if the body is not complete at the first poll:
-    // a body that came with its headers costs no timer.
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| BodyError::TooSlow(timeout))?;
+    // A body that came with its headers is complete at the first poll: it costs no
+    // timer (making one reads the clock and the runtime's handle, on every event).
+    let mut collect = pin!(Limited::new(body, limit).collect());
+    let collected = match poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await {
+        Poll::Ready(collected) => collected,
+        Poll::Pending => tokio::time::timeout(timeout, collect)
+            .await
+            .map_err(|_| BodyError::TooSlow(timeout))?,
+    };
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),

@@ -55,6 +55,12 @@ impl Stored {
 /// `text` as a JSON string, escaped as serde_json escapes it.
 fn json_string(json: &mut Vec<u8>, text: &str) {
     json.push(b'"');
+    // Ids and stream names need no escape: copied whole.
+    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        json.extend_from_slice(text.as_bytes());
+        json.push(b'"');
+        return;
+    }
     for &b in text.as_bytes() {
         match b {
             b'"' => json.extend_from_slice(br#"\""#),
@@ -543,6 +549,21 @@ mod tests {
                     serde_json::to_string(&stored).unwrap()
                 );
             }
+        }
+        // One byte at a time: each is escaped, or copied whole with the rest.
+        for byte in 0u8..0x80 {
+            let text = format!("id-{}-1", char::from(byte));
+            let stored = Stored {
+                id: text.clone(),
+                stream: text,
+                sequence: 1,
+                duplicate: false,
+            };
+            assert_eq!(
+                String::from_utf8(stored.to_json()).unwrap(),
+                serde_json::to_string(&stored).unwrap(),
+                "byte {byte:#04x}"
+            );
         }
     }
 
