@@ -407,6 +407,20 @@ mod tests {
     }
 
     #[test]
+    fn announced_servers_are_added_once_with_the_announcers_scheme() {
+        let first = Server::parse("tls://10.0.0.1:4222").unwrap();
+        let mut servers = vec![first.clone()];
+        let announced = [
+            "10.0.0.1:4222".to_string(),
+            "10.0.0.2:4222".into(),
+            "10.0.0.2:4222".into(),
+        ];
+        learn_servers(&mut servers, &announced, &first);
+        let names: Vec<String> = servers.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["tls://10.0.0.1:4222", "tls://10.0.0.2:4222"]);
+    }
+
+    #[test]
     fn what_is_queued_over_the_next_turns_goes_in_one_write() {
         // Five lines, each queued one poll of the sockets after the one before.
         let writes = written(
