@@ -976,6 +976,14 @@ async fn goal_pairs(
     ratios
 }
 
+/// `command`, run within `limit`'s cgroup when there is one.
+fn within(limit: Option<&CpuLimit>, command: Command) -> Command {
+    match limit {
+        Some(limit) => limit.wrap(&command),
+        None => command,
+    }
+}
+
 /// The trivial server (`trivial-server` of `fanout-baselines`, built like `fanout`),
 /// once it accepts connections.
 /// `threads` serve (default: one per CPU, as the gateway's default shards).
@@ -989,10 +997,7 @@ async fn start_trivial_server(
     let mut command = Command::new(exe);
     command.arg(addr.to_string());
     command.args(threads.map(|n| n.to_string()));
-    let command = match limit {
-        Some(limit) => limit.wrap(&command),
-        None => command,
-    };
+    let command = within(limit, command);
     let trivial = ChildProcess(fanout_testkit::tied::spawn(command).unwrap());
     wait_port(addr).await;
     (trivial, addr)
@@ -1052,10 +1057,7 @@ async fn start_gateway(
         .args(["--listen-ops", &ops.to_string()])
         .args(extra)
         .env("FANOUT_LOG", "warn");
-    let mut command = match limit {
-        Some(limit) => limit.wrap(&command),
-        None => command,
-    };
+    let mut command = within(limit, command);
     command.stdout(Stdio::null());
     let gateway = ChildProcess(fanout_testkit::tied::spawn(command).unwrap());
     wait_http_ok(ops, "/readyz").await;

@@ -167,12 +167,12 @@ pub async fn measure(
 /// Voluntary and involuntary context switches of all of a process's threads so far.
 fn context_switches(pid: u32) -> u64 {
     task_files(pid, "status")
-        .flat_map(|status| {
+        .map(|status| {
             status
                 .lines()
                 .filter(|l| l.contains("ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
+                .sum::<u64>()
         })
         .sum()
 }
